@@ -1,0 +1,107 @@
+"""``mlflow-mnist``: a thin click layer over data, stages, search, tracking and registry.
+
+Mistakes a user can fix (bad stage, bad value, missing file, unreachable server) end in one line on stderr and
+exit code 2, before anything is written to the store; Ctrl-C marks the open runs KILLED and exits 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+
+import click  # noqa: E402
+
+from mlflow_mnist.data import DataError  # noqa: E402
+from mlflow_mnist.model import HyperparameterError  # noqa: E402
+from mlflow_mnist.stages import STAGES, StageError, get_step  # noqa: E402
+
+USER_ERRORS = (DataError, HyperparameterError, StageError)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from mlflow_mnist.tracking import TrackingError
+
+    return (*USER_ERRORS, TrackingError)
+
+
+class _Group(click.Group):
+    """Turns user errors into one line and Ctrl-C into a clean exit, for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except _user_errors() as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: open runs were marked KILLED; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+def _quiet_libraries() -> None:
+    for name in ("mlflow", "absl", "tensorflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+COMMON = [
+    click.option("--epochs", default=6, show_default=True, type=int, help="Epochs per fit unless a step varies it."),
+    click.option("--folds", default=3, show_default=True, type=int, help="Cross-validation folds."),
+    click.option("--digits", default="2,7", show_default=True, help="Digits to classify, e.g. 2,7 or all."),
+    click.option("--data", default="", help="IDX folder, .npz, 'sample', or empty for $MLFLOW_MNIST_DATA / Keras."),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold split."),
+    click.option("--overrides", default="", help="Fixed values that win over the store, e.g. neurons_3=10,epochs=8."),
+    click.option("--experiment", default=None, help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or mnist]."),
+]
+
+
+def common_options(function):
+    for option in reversed(COMMON):
+        function = option(function)
+    return function
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Run, track and understand the seed's staged grid search of a Keras convnet with MLflow."""
+    _quiet_libraries()
+
+
+@main.command()
+def stages() -> None:
+    """List stages, their steps and grids."""
+    for stage, step_names in STAGES.items():
+        if stage == "all":
+            click.echo(f"all: every step above, in this order ({len(step_names)} steps)")
+            continue
+        click.echo(f"{stage}:")
+        for name in step_names:
+            step = get_step(name)
+            grid = "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in step.grid.items())
+            click.echo(f"  {name}: {grid}  ({len(step.candidates())} candidates)")
+
+
+@main.command()
+@click.option("--stage", required=True, help="Stage to run (see `mlflow-mnist stages`).")
+@common_options
+@click.option("--n-jobs", default=0, show_default=True, type=int, help="Parallel fold workers; 0 or -1: every core.")
+@click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
+def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, n_jobs, log_models) -> None:
+    """Run one tuning stage as nested MLflow runs: stage > grid point > fold."""
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.stages import steps_of
+
+    steps_of(stage)  # an unknown stage fails before any data is read
+    campaign = Campaign.open(data, digits, folds, seed, epochs, overrides, experiment)
+    for outcome in campaign.tune(stage, n_jobs=n_jobs, with_model=log_models):
+        best = outcome.best
+        click.echo(
+            f"{outcome.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
+            f"(std {best['std_test_score']:.5f}); trained {outcome.trained} folds, reused {outcome.reused}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The seed's convnet as a function of a flat dict of its 17 hyperparameters.
+
+Unlike the seed, ``pool_size`` and ``optimizer`` are honoured and every optimizer gets an explicit learning
+rate (Keras 3 defaults differ from the Keras 2 ones the seed ran on). The model takes raw 28x28 uint8 pixels:
+scaling lives inside it, so a logged model can be served on raw images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Params = dict[str, Any]
+
+ACTIVATIONS = ("softmax", "softplus", "softsign", "relu", "tanh", "sigmoid", "hard_sigmoid", "linear")
+INITIALIZERS = (
+    "uniform", "lecun_uniform", "normal", "zero", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+)
+OPTIMIZERS = ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam")
+# Keras 3 renamed the seed's Keras 2 initializer aliases; map the names users know to today's classes.
+_INITIALIZER_CLASSES = {
+    "uniform": "RandomUniform", "normal": "RandomNormal", "zero": "Zeros", "lecun_uniform": "LecunUniform",
+    "glorot_normal": "GlorotNormal", "glorot_uniform": "GlorotUniform", "he_normal": "HeNormal",
+    "he_uniform": "HeUniform",
+}
+
+#: The seed's first model, before any stage (stages.md): every hyperparameter the model reads.
+SEED_START: Params = {
+    "neurons_1": 4, "neurons_2": 8, "neurons_3": 16,
+    "kernel_size": (3, 3), "pool_size": (2, 2),
+    "dropout_rate_1": 0.25, "dropout_rate_2": 0.5,
+    "activation_1": "relu", "activation_2": "relu", "activation_3": "relu", "activation_4": "softmax",
+    "init_mode_1": "glorot_uniform", "init_mode_2": "glorot_uniform",
+    "optimizer": "SGD", "learn_rate": 0.1, "momentum": 0.0,
+    "epochs": 6, "batch_size": 20,
+}
+# 18 keys: the 17 of stages.md plus `optimizer`, which the seed varied (and ignored).
+HYPERPARAMETERS = tuple(SEED_START)
+IMAGE_SIDE = 28
+
+
+class HyperparameterError(ValueError):
+    """A hyperparameter value the model cannot use; the message names key, value and the allowed values."""
+
+
+def _as_pair(key: str, value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        value = [part for part in value.replace("(", "").replace(")", "").replace("x", ",").split(",") if part]
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        pair = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{key}={value!r} must be a pair of positive integers such as (3, 3)") from None
+    if len(pair) != 2 or min(pair) < 1:
+        raise HyperparameterError(f"{key}={value!r} must be a pair of positive integers such as (3, 3)")
+    return pair
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise HyperparameterError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _check_number(key: str, value: Any, kind: type, low: float, high: float | None, high_open: bool = False) -> Any:
+    try:
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise HyperparameterError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if number < low or too_high or number != number:
+        bound = "" if high is None else (f" and below {high}" if high_open else f" and at most {high}")
+        raise HyperparameterError(f"{key}={value!r} must be at least {low}{bound}")
+    return number
+
+
+def validate_params(params: Params) -> Params:
+    """Check every key and value before any training; returns a normalised copy (pairs as tuples)."""
+    unknown = sorted(set(params) - set(HYPERPARAMETERS))
+    if unknown:
+        raise HyperparameterError(f"unknown hyperparameter {unknown[0]!r}: known are {', '.join(HYPERPARAMETERS)}")
+    missing = [key for key in HYPERPARAMETERS if key not in params]
+    if missing:
+        raise HyperparameterError(f"missing hyperparameter(s) {', '.join(missing)}")
+    clean = dict(params)
+    for index in (1, 2, 3):
+        clean[f"neurons_{index}"] = _check_number(f"neurons_{index}", params[f"neurons_{index}"], int, 1, None)
+    for index in (1, 2):
+        key = f"dropout_rate_{index}"
+        clean[key] = _check_number(key, params[key], float, 0.0, 1.0, high_open=True)
+    for index in (1, 2, 3, 4):
+        _check_choice(f"activation_{index}", params[f"activation_{index}"], ACTIVATIONS)
+    for index in (1, 2):
+        _check_choice(f"init_mode_{index}", params[f"init_mode_{index}"], INITIALIZERS)
+    _check_choice("optimizer", params["optimizer"], OPTIMIZERS)
+    clean["learn_rate"] = _check_number("learn_rate", params["learn_rate"], float, 1e-12, None)
+    clean["momentum"] = _check_number("momentum", params["momentum"], float, 0.0, 1.0, high_open=True)
+    clean["epochs"] = _check_number("epochs", params["epochs"], int, 1, None)
+    clean["batch_size"] = _check_number("batch_size", params["batch_size"], int, 1, None)
+    kernel = clean["kernel_size"] = _as_pair("kernel_size", params["kernel_size"])
+    pool = clean["pool_size"] = _as_pair("pool_size", params["pool_size"])
+    # Two valid convolutions shrink each side by (k - 1) twice; pooling must then fit what is left.
+    side = [IMAGE_SIDE - 2 * (k - 1) for k in kernel]
+    if min(side) < 1:
+        raise HyperparameterError(
+            f"kernel_size={kernel} is too large for a 28x28 image after two convolutions: use at most (14, 14)"
+        )
+    if any(p > s for p, s in zip(pool, side)):
+        raise HyperparameterError(
+            f"pool_size={pool} does not fit the {side[0]}x{side[1]} feature map left by kernel_size={kernel}"
+        )
+    return clean
+
+
+def make_optimizer(name: str, learn_rate: float, momentum: float):
+    import keras
+
+    if name == "SGD":
+        return keras.optimizers.SGD(learning_rate=learn_rate, momentum=momentum)
+    if name == "RMSprop":
+        return keras.optimizers.RMSprop(learning_rate=learn_rate, momentum=momentum)
+    return getattr(keras.optimizers, name)(learning_rate=learn_rate)
+
+
+def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution: int = 1):
+    """The seed's convnet, compiled; ``steps_per_execution`` > 1 runs several batches per graph call.
+
+    (The argument is not called ``params``: scikeras injects its own dict under that name.)
+    """
+    import keras
+    from keras import layers
+
+    p = validate_params(hyperparameters)
+
+    def initializer(name: str):
+        return getattr(keras.initializers, _INITIALIZER_CLASSES[name])()
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE), dtype="uint8", name="pixels"),
+            layers.Rescaling(1.0 / 255),
+            layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1)),
+            layers.Conv2D(p["neurons_1"], p["kernel_size"], activation=p["activation_1"]),
+            layers.Conv2D(p["neurons_2"], p["kernel_size"], activation=p["activation_2"]),
+            layers.MaxPooling2D(p["pool_size"]),
+            layers.Dropout(p["dropout_rate_1"]),
+            layers.Flatten(),
+            layers.Dense(p["neurons_3"], kernel_initializer=initializer(p["init_mode_1"]), activation=p["activation_3"]),
+            layers.Dropout(p["dropout_rate_2"]),
+            layers.Dense(n_classes, kernel_initializer=initializer(p["init_mode_2"]), activation=p["activation_4"]),
+        ]
+    )
+    model.compile(
+        optimizer=make_optimizer(p["optimizer"], p["learn_rate"], p["momentum"]),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def make_classifier(params: Params, n_classes: int = 2, steps_per_execution: int = 1, random_state: int | None = None):
+    """The model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive."""
+    from scikeras.wrappers import KerasClassifier
+
+    p = validate_params(params)
+    return KerasClassifier(
+        model=build_model,
+        model__hyperparameters=p,
+        model__n_classes=n_classes,
+        model__steps_per_execution=steps_per_execution,
+        loss="categorical_crossentropy",
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        random_state=random_state,
+        verbose=0,
+    )
+
+
+def count_training_flops(params: Params, n_classes: int = 2) -> float:
+    """Floating-point operations to train on one image (forward + backward ~ 3x forward multiply-adds x 2)."""
+    p = validate_params(params)
+    (kh, kw), (ph, pw) = p["kernel_size"], p["pool_size"]
+    h1, w1 = IMAGE_SIDE - kh + 1, IMAGE_SIDE - kw + 1
+    h2, w2 = h1 - kh + 1, w1 - kw + 1
+    macs = h1 * w1 * p["neurons_1"] * kh * kw * 1
+    macs += h2 * w2 * p["neurons_2"] * kh * kw * p["neurons_1"]
+    flat = (h2 // ph) * (w2 // pw) * p["neurons_2"]
+    macs += flat * p["neurons_3"] + p["neurons_3"] * n_classes
+    return 3 * 2 * float(macs)
