@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_mnist import tracking
 from mlflow_mnist.data import SAMPLE_PATH, Task, load_mnist, parse_digits, select_digits
 from mlflow_mnist.model import HyperparameterError, Params
-from mlflow_mnist.search import SearchSettings, check_folds, resolve_fixed_params, run_stage, StepOutcome
+from mlflow_mnist.search import SearchSettings, StepOutcome, check_folds, resolve_fixed_params, run_stage
 from mlflow_mnist.stages import STEPS, parse_overrides, steps_of
-from mlflow_mnist import tracking
 
 DEFAULT_EXPERIMENT = "mnist"
 
@@ -31,8 +31,9 @@ class Campaign:
     data_source: str
 
     @classmethod
-    def open(cls, data: str, digits: str, folds: int, seed: int, epochs: int, overrides: str,
-             experiment: str | None) -> Campaign:
+    def open(
+        cls, data: str, digits: str, folds: int, seed: int, epochs: int, overrides: str, experiment: str | None
+    ) -> Campaign:
         parsed_overrides = parse_overrides(overrides)
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
@@ -56,21 +57,29 @@ class Campaign:
 
     @property
     def stage_params(self) -> dict[str, Any]:
-        return {"task": self.task.name, "n_folds": self.settings.n_folds, "split_seed": self.settings.split_seed,
-                "data_digest": self.settings.data_digest}
+        return {
+            "task": self.task.name,
+            "n_folds": self.settings.n_folds,
+            "split_seed": self.settings.split_seed,
+            "data_digest": self.settings.data_digest,
+        }
 
     def dataset(self, split: str = "train"):
         import mlflow.data
 
         x, y = (self.task.x_train, self.task.y_train) if split == "train" else (self.task.x_test, self.task.y_test)
-        return mlflow.data.from_numpy(features=x, targets=y, name=f"mnist-{self.task.name}-{split}",
-                                      digest=self.task.digest(split))
+        return mlflow.data.from_numpy(
+            features=x, targets=y, name=f"mnist-{self.task.name}-{split}", digest=self.task.digest(split)
+        )
 
     def logger(self) -> tracking.RunLogger:
-        return tracking.RunLogger(self.client, self.experiment_id, self.dataset("train"),
-                                  common_tags={tracking.DIGEST: self.settings.data_digest,
-                                               f"{tracking.PREFIX}data_source": self.data_source},
-                                  adopted_run_id=self.adopt_run_id)
+        return tracking.RunLogger(
+            self.client,
+            self.experiment_id,
+            self.dataset("train"),
+            common_tags={tracking.DIGEST: self.settings.data_digest, f"{tracking.PREFIX}data_source": self.data_source},
+            adopted_run_id=self.adopt_run_id,
+        )
 
     def read_state(self):
         return tracking.read_store_state(self.client, self.experiment_id, self.settings.data_digest)
@@ -81,8 +90,19 @@ class Campaign:
         tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
         try:
             return run_stage(
-                stage, steps, self.task.x_train, self.task.y_train, self.settings, self.overrides, logger,
-                self.read_state, n_jobs, self.adopt_run_id, progress, self.stage_params, with_model,
+                stage,
+                steps,
+                self.task.x_train,
+                self.task.y_train,
+                self.settings,
+                self.overrides,
+                logger,
+                self.read_state,
+                n_jobs,
+                self.adopt_run_id,
+                progress,
+                self.stage_params,
+                with_model,
             )
         except KeyboardInterrupt:
             logger.abort("KILLED")

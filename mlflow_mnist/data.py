@@ -178,8 +178,11 @@ def _validated(x_train, y_train, x_test, y_test, source: str) -> Mnist:
         if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() > 9:
             raise DataError(f"{source}: {split} labels must be integers 0..9, found {y.min()}..{y.max()}")
     return Mnist(
-        np.asarray(x_train), np.asarray(y_train).astype(np.uint8),
-        np.asarray(x_test), np.asarray(y_test).astype(np.uint8), source,
+        np.asarray(x_train),
+        np.asarray(y_train).astype(np.uint8),
+        np.asarray(x_test),
+        np.asarray(y_test).astype(np.uint8),
+        source,
     )
 
 
@@ -229,6 +232,8 @@ def make_sample(data: Mnist, train_per_digit: int, test_per_digit: int, seed: in
         ("train", data.x_train, data.y_train, train_per_digit),
         ("test", data.x_test, data.y_test, test_per_digit),
     ):
-        picks = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == d), per_digit, replace=False) for d in range(10)]))
+        picks = np.sort(
+            np.concatenate([rng.choice(np.flatnonzero(y == d), per_digit, replace=False) for d in range(10)])
+        )
         out[f"x_{split}"], out[f"y_{split}"] = x[picks], y[picks]
     return out

@@ -13,25 +13,48 @@ Params = dict[str, Any]
 
 ACTIVATIONS = ("softmax", "softplus", "softsign", "relu", "tanh", "sigmoid", "hard_sigmoid", "linear")
 INITIALIZERS = (
-    "uniform", "lecun_uniform", "normal", "zero", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform",
+    "uniform",
+    "lecun_uniform",
+    "normal",
+    "zero",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
 )
 OPTIMIZERS = ("SGD", "RMSprop", "Adagrad", "Adadelta", "Adam", "Adamax", "Nadam")
 # Keras 3 renamed the seed's Keras 2 initializer aliases; map the names users know to today's classes.
 _INITIALIZER_CLASSES = {
-    "uniform": "RandomUniform", "normal": "RandomNormal", "zero": "Zeros", "lecun_uniform": "LecunUniform",
-    "glorot_normal": "GlorotNormal", "glorot_uniform": "GlorotUniform", "he_normal": "HeNormal",
+    "uniform": "RandomUniform",
+    "normal": "RandomNormal",
+    "zero": "Zeros",
+    "lecun_uniform": "LecunUniform",
+    "glorot_normal": "GlorotNormal",
+    "glorot_uniform": "GlorotUniform",
+    "he_normal": "HeNormal",
     "he_uniform": "HeUniform",
 }
 
 #: The seed's first model, before any stage (stages.md): every hyperparameter the model reads.
 SEED_START: Params = {
-    "neurons_1": 4, "neurons_2": 8, "neurons_3": 16,
-    "kernel_size": (3, 3), "pool_size": (2, 2),
-    "dropout_rate_1": 0.25, "dropout_rate_2": 0.5,
-    "activation_1": "relu", "activation_2": "relu", "activation_3": "relu", "activation_4": "softmax",
-    "init_mode_1": "glorot_uniform", "init_mode_2": "glorot_uniform",
-    "optimizer": "SGD", "learn_rate": 0.1, "momentum": 0.0,
-    "epochs": 6, "batch_size": 20,
+    "neurons_1": 4,
+    "neurons_2": 8,
+    "neurons_3": 16,
+    "kernel_size": (3, 3),
+    "pool_size": (2, 2),
+    "dropout_rate_1": 0.25,
+    "dropout_rate_2": 0.5,
+    "activation_1": "relu",
+    "activation_2": "relu",
+    "activation_3": "relu",
+    "activation_4": "softmax",
+    "init_mode_1": "glorot_uniform",
+    "init_mode_2": "glorot_uniform",
+    "optimizer": "SGD",
+    "learn_rate": 0.1,
+    "momentum": 0.0,
+    "epochs": 6,
+    "batch_size": 20,
 }
 # 18 keys: the 17 of stages.md plus `optimizer`, which the seed varied (and ignored).
 HYPERPARAMETERS = tuple(SEED_START)
@@ -43,14 +66,16 @@ class HyperparameterError(ValueError):
 
 
 def _as_pair(key: str, value: Any) -> tuple[int, int]:
+    """(5, 5), [5, 5], 5, "(5, 5)" or "5x5" -> (5, 5)."""
+    parts = value
     if isinstance(value, str):
-        value = [part for part in value.replace("(", "").replace(")", "").replace("x", ",").split(",") if part]
-    if isinstance(value, int):
-        value = (value, value)
+        parts = [p for p in value.replace("(", "").replace(")", "").replace("x", ",").split(",") if p.strip()]
+    elif isinstance(value, int):
+        parts = (value, value)
     try:
-        pair = tuple(int(v) for v in value)
+        pair = tuple(int(v) for v in parts)
     except (TypeError, ValueError):
-        raise HyperparameterError(f"{key}={value!r} must be a pair of positive integers such as (3, 3)") from None
+        pair = ()
     if len(pair) != 2 or min(pair) < 1:
         raise HyperparameterError(f"{key}={value!r} must be a pair of positive integers such as (3, 3)")
     return pair
@@ -107,7 +132,7 @@ def validate_params(params: Params) -> Params:
         raise HyperparameterError(
             f"kernel_size={kernel} is too large for a 28x28 image after two convolutions: use at most (14, 14)"
         )
-    if any(p > s for p, s in zip(pool, side)):
+    if any(p > s for p, s in zip(pool, side, strict=True)):
         raise HyperparameterError(
             f"pool_size={pool} does not fit the {side[0]}x{side[1]} feature map left by kernel_size={kernel}"
         )
@@ -147,7 +172,9 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
             layers.MaxPooling2D(p["pool_size"]),
             layers.Dropout(p["dropout_rate_1"]),
             layers.Flatten(),
-            layers.Dense(p["neurons_3"], kernel_initializer=initializer(p["init_mode_1"]), activation=p["activation_3"]),
+            layers.Dense(
+                p["neurons_3"], kernel_initializer=initializer(p["init_mode_1"]), activation=p["activation_3"]
+            ),
             layers.Dropout(p["dropout_rate_2"]),
             layers.Dense(n_classes, kernel_initializer=initializer(p["init_mode_2"]), activation=p["activation_4"]),
         ]

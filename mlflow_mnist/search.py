@@ -150,9 +150,7 @@ def candidate_label(varied: Params) -> str:
     return ",".join(f"{key}={format_value(value)}" for key, value in varied.items())
 
 
-def resolve_fixed_params(
-    step_name: str, step_bests: Mapping[str, StepBest], overrides: Params, epochs: int
-) -> Params:
+def resolve_fixed_params(step_name: str, step_bests: Mapping[str, StepBest], overrides: Params, epochs: int) -> Params:
     """The values a step holds fixed: seed start < ``--epochs`` < best of each earlier step < overrides.
 
     Earlier means earlier in the seed's order, and only steps completed in this experiment on the same data
@@ -180,13 +178,31 @@ def plan_step(step: Step, fixed: Params, settings: SearchSettings, done: Mapping
                 reused[key] = done[key]
             else:
                 to_train.append(
-                    FoldTask(step.name, index, label, params, fold, settings.n_folds, settings.split_seed,
-                             settings.n_classes, key)
+                    FoldTask(
+                        step.name,
+                        index,
+                        label,
+                        params,
+                        fold,
+                        settings.n_folds,
+                        settings.split_seed,
+                        settings.n_classes,
+                        key,
+                    )
                 )
-    plan_text = json.dumps([step.name, canonical(fixed), [c.config_hash for c in candidates],
-                            settings.n_folds, settings.split_seed, settings.data_digest])
-    return StepPlan(step, fixed, tuple(candidates), tuple(to_train), reused,
-                    hashlib.sha256(plan_text.encode()).hexdigest()[:12])
+    plan_text = json.dumps(
+        [
+            step.name,
+            canonical(fixed),
+            [c.config_hash for c in candidates],
+            settings.n_folds,
+            settings.split_seed,
+            settings.data_digest,
+        ]
+    )
+    return StepPlan(
+        step, fixed, tuple(candidates), tuple(to_train), reused, hashlib.sha256(plan_text.encode()).hexdigest()[:12]
+    )
 
 
 def check_folds(y: np.ndarray, n_folds: int, digits: tuple[int, ...]) -> None:
@@ -240,13 +256,43 @@ def _model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
         # Pre-created folder: mlflow's Keras flavour writes the input example before making it (mlflow#16183).
         path = Path(tmp, "model")
         path.mkdir()
-        mlflow.keras.save_model(model, str(path), signature=signature, input_example=x_example,
-                                pip_requirements=mlflow.keras.get_default_pip_requirements())
+        mlflow.keras.save_model(
+            model,
+            str(path),
+            signature=signature,
+            input_example=x_example,
+            pip_requirements=mlflow.keras.get_default_pip_requirements(),
+        )
         return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
+BLOW_UP_FACTOR = 5.0
+
+
+def blown_up(loss: float, n_classes: int) -> bool:
+    """Diverged: a loss that is not finite, or five times worse than always guessing uniformly (ln k)."""
+    return not math.isfinite(loss) or loss > BLOW_UP_FACTOR * math.log(n_classes)
+
+
+def _divergence_guard(n_classes: int):
+    import keras
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        """Stops a fold whose epoch loss has blown up; TerminateOnNaN covers NaN within an epoch."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if blown_up(float((logs or {}).get("loss", 0.0)), n_classes):
+                self.model.stop_training = True
+
+    return DivergenceGuard()
+
+
 def train_fold(
-    task: FoldTask, x: np.ndarray, y: np.ndarray, threads: int = 1, steps_per_execution: int = 32,
+    task: FoldTask,
+    x: np.ndarray,
+    y: np.ndarray,
+    threads: int = 1,
+    steps_per_execution: int = 32,
     with_model: bool = True,
 ) -> FoldResult:
     """Train and score one fold; never raises for a bad candidate (the record says what happened)."""
@@ -259,7 +305,7 @@ def train_fold(
     try:
         keras.utils.set_random_seed(task.seed)
         classifier = make_classifier(task.params, task.n_classes, steps_per_execution)
-        classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN()])
+        classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN(), _divergence_guard(task.n_classes)])
         classifier.fit(x[train], onehot[y[train]], validation_data=(x[held_out], onehot[y[held_out]]))
         model = classifier.model_
         history = {name: [float(v) for v in values] for name, values in classifier.history_.items()}
@@ -267,9 +313,21 @@ def train_fold(
         fit_seconds = time.perf_counter() - start
     except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
         keras.backend.clear_session()
-        return FoldResult(task.key, task.step, task.candidate_index, task.fold, math.nan, math.nan,
-                          time.perf_counter() - start, 0, "failed", error=f"{type(error).__name__}: {error}")
-    diverged = not all(math.isfinite(v) for v in history.get("loss", [])) or not math.isfinite(loss)
+        return FoldResult(
+            task.key,
+            task.step,
+            task.candidate_index,
+            task.fold,
+            math.nan,
+            math.nan,
+            time.perf_counter() - start,
+            0,
+            "failed",
+            error=f"{type(error).__name__}: {error}",
+        )
+    train_losses = history.get("loss", [])
+    diverged = not math.isfinite(loss) or any(blown_up(v, task.n_classes) for v in train_losses[-1:])
+    diverged = diverged or not all(math.isfinite(v) for v in train_losses)
     if diverged:
         # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
         predictions = np.nan_to_num(model.predict(x[held_out], verbose=0, batch_size=256), nan=0.0)
@@ -277,13 +335,26 @@ def train_fold(
     files = _model_files(model, x[held_out][:2]) if with_model and not diverged else None
     keras.backend.clear_session()
     return FoldResult(
-        task.key, task.step, task.candidate_index, task.fold, float(accuracy), float(loss), fit_seconds,
-        len(history.get("loss", [])), "diverged" if diverged else "ok", history, model_files=files,
+        task.key,
+        task.step,
+        task.candidate_index,
+        task.fold,
+        float(accuracy),
+        float(loss),
+        fit_seconds,
+        len(history.get("loss", [])),
+        "diverged" if diverged else "ok",
+        history,
+        model_files=files,
     )
 
 
 def run_tasks(
-    tasks: Iterable[FoldTask], x: np.ndarray, y: np.ndarray, n_jobs: int = -1, with_model: bool = True,
+    tasks: Iterable[FoldTask],
+    x: np.ndarray,
+    y: np.ndarray,
+    n_jobs: int = -1,
+    with_model: bool = True,
     steps_per_execution: int = 32,
 ) -> Iterator[FoldResult]:
     """Train fold tasks, yielding each result as soon as it is done (in completion order)."""
@@ -300,12 +371,11 @@ def run_tasks(
 
     # joblib memory-maps x and y once for all workers instead of pickling them per task.
     parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-    yield from parallel(
-        delayed(train_fold)(task, x, y, threads, steps_per_execution, with_model) for task in tasks
-    )
+    yield from parallel(delayed(train_fold)(task, x, y, threads, steps_per_execution, with_model) for task in tasks)
 
 
 # --- aggregation -------------------------------------------------------------------------------------------
+
 
 def cv_results(plan: StepPlan, results: Mapping[str, FoldResult | FoldRecord]) -> list[dict[str, Any]]:
     """One row per candidate, scikit-learn style: params, split<k>_test_score, mean/std/min, rank, status."""
@@ -318,8 +388,10 @@ def cv_results(plan: StepPlan, results: Mapping[str, FoldResult | FoldRecord]) -
         row.update({f"param_{key}": format_value(value) for key, value in candidate.varied.items()})
         row.update({f"split{i}_test_score": score for i, score in enumerate(scores)})
         row.update(
-            mean_test_score=float(np.mean(scores)), std_test_score=float(np.std(scores)),
-            min_test_score=float(np.min(scores)), mean_fit_time=float(np.mean([f.fit_seconds for f in folds])),
+            mean_test_score=float(np.mean(scores)),
+            std_test_score=float(np.std(scores)),
+            min_test_score=float(np.min(scores)),
+            mean_fit_time=float(np.mean([f.fit_seconds for f in folds])),
             status="failed" if "failed" in statuses else "diverged" if "diverged" in statuses else "ok",
             config_hash=candidate.config_hash,
         )
@@ -341,6 +413,7 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # --- the driver loop ---------------------------------------------------------------------------------------
 
+
 @dataclass
 class StepOutcome:
     step: str
@@ -352,9 +425,19 @@ class StepOutcome:
 
 
 def run_stage(
-    stage: str, steps: list[Step], x: np.ndarray, y: np.ndarray, settings: SearchSettings, overrides: Params,
-    logger, read_state, n_jobs: int = -1, adopt_run_id: str | None = None, progress: bool = True,
-    stage_params: dict[str, Any] | None = None, with_model: bool = True,
+    stage: str,
+    steps: list[Step],
+    x: np.ndarray,
+    y: np.ndarray,
+    settings: SearchSettings,
+    overrides: Params,
+    logger,
+    read_state,
+    n_jobs: int = -1,
+    adopt_run_id: str | None = None,
+    progress: bool = True,
+    stage_params: dict[str, Any] | None = None,
+    with_model: bool = True,
 ) -> list[StepOutcome]:
     """Run the steps of a stage in order, each starting from the store's bests; the driver alone logs.
 
@@ -379,17 +462,19 @@ def run_stage(
         candidate_runs = {c.index: logger.start_candidate(c, plan, stage, step_run) for c in plan.candidates}
         results: dict[str, FoldResult | FoldRecord] = dict(plan.reused)
         tasks = {task.key: task for task in plan.to_train}
-        bar = tqdm(total=len(tasks), desc=step.name, unit="fold", disable=not progress or not tasks,
-                   dynamic_ncols=True)
-        bar.write(f"{step.name}: {len(plan.candidates)} candidates x {settings.n_folds} folds, "
-                  f"{len(tasks)} to train, {len(plan.reused)} reused from the store")
+        bar = tqdm(total=len(tasks), desc=step.name, unit="fold", disable=not progress or not tasks, dynamic_ncols=True)
+        bar.write(
+            f"{step.name}: {len(plan.candidates)} candidates x {settings.n_folds} folds, "
+            f"{len(tasks)} to train, {len(plan.reused)} reused from the store"
+        )
         with bar:
             for result in run_tasks(tasks.values(), x, y, n_jobs, with_model):
                 task = tasks[result.key]
                 logger.log_fold(task, result, stage, candidate_runs[task.candidate_index], stage_params)
                 results[result.key] = result
-                bar.set_postfix_str(f"{task.label} fold {task.fold + 1}/{task.n_folds}: "
-                                    f"{result.status} {result.accuracy:.4f}")
+                bar.set_postfix_str(
+                    f"{task.label} fold {task.fold + 1}/{task.n_folds}: {result.status} {result.accuracy:.4f}"
+                )
                 bar.update()
         rows = cv_results(plan, results)
         for candidate in plan.candidates:

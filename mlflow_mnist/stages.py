@@ -126,6 +126,8 @@ def parse_overrides(text: str | None) -> Params:
         if not sep or not key or not value.strip():
             raise StageError(f"override {item!r} is not KEY=VALUE: write e.g. 'neurons_3=10,epochs=8'")
         if key not in HYPERPARAMETERS:
-            raise HyperparameterError(f"unknown hyperparameter {key!r} in overrides: known are {', '.join(HYPERPARAMETERS)}")
+            raise HyperparameterError(
+                f"unknown hyperparameter {key!r} in overrides: known are {', '.join(HYPERPARAMETERS)}"
+            )
         overrides[key] = parse_value(value)
     return overrides

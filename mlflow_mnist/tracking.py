@@ -23,7 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow_mnist.search import (
-    Candidate, FoldRecord, FoldResult, FoldTask, StepBest, StepPlan, StoreState, config_hash, format_value,
+    Candidate,
+    FoldRecord,
+    FoldResult,
+    FoldTask,
+    StepBest,
+    StepPlan,
+    StoreState,
+    config_hash,
+    format_value,
 )
 
 PREFIX = "mlflow_mnist."
@@ -70,7 +78,9 @@ def connect(uri: str | None = None):
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the SQLite store in {folder}: make it writable or set MLFLOW_TRACKING_URI")
+            raise TrackingError(
+                f"cannot write the SQLite store in {folder}: make it writable or set MLFLOW_TRACKING_URI"
+            )
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
@@ -96,8 +106,7 @@ def search_all(client, experiment_ids: list[str], filter_string: str = "", order
     """Every matching run, page by page (a search answers at most 1,000 at a time)."""
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, order_by=order_by,
-                                  page_token=token)
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
@@ -123,8 +132,12 @@ def read_store_state(client, experiment: str, data_digest: str) -> StoreState:
         elif tags.get(LEVEL) == "fold" and FOLD_KEY in tags and tags.get(STATUS) in ("ok", "diverged"):
             parent = tags.get(PARENT, "")
             state.folds[tags[FOLD_KEY]] = FoldRecord(
-                tags[FOLD_KEY], run.data.metrics.get("heldout_accuracy", math.nan),
-                run.data.metrics.get("fit_seconds", math.nan), tags[STATUS], info.run_id, parent,
+                tags[FOLD_KEY],
+                run.data.metrics.get("heldout_accuracy", math.nan),
+                run.data.metrics.get("fit_seconds", math.nan),
+                tags[STATUS],
+                info.run_id,
+                parent,
                 status.get(parent) == "FINISHED",
             )
     return state
@@ -184,8 +197,14 @@ def _metrics(values: dict[str, float], step: int = 0):
 class RunLogger:
     """Creates and closes the runs of one CLI invocation; remembers which are open so Ctrl-C can close them."""
 
-    def __init__(self, client, experiment: str, dataset=None, common_tags: dict[str, str] | None = None,
-                 adopted_run_id: str | None = None):
+    def __init__(
+        self,
+        client,
+        experiment: str,
+        dataset=None,
+        common_tags: dict[str, str] | None = None,
+        adopted_run_id: str | None = None,
+    ):
         self.client = client
         self.experiment = experiment
         self.dataset = dataset
@@ -199,14 +218,21 @@ class RunLogger:
             logged = self.client.get_run(run_id).data.params
             values = {
                 (key if key not in logged else f"effective_{key}"): value
-                for key, value in values.items() if logged.get(key) != format_value(value)
+                for key, value in values.items()
+                if logged.get(key) != format_value(value)
             }
         if values:
             self.client.log_batch(run_id, params=_params(values))
 
     # -- generic -------------------------------------------------------------------------------------------
-    def start(self, name: str, level: str, parent: str | None = None, tags: dict[str, Any] | None = None,
-              run_id: str | None = None) -> str:
+    def start(
+        self,
+        name: str,
+        level: str,
+        parent: str | None = None,
+        tags: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> str:
         """A new run (or the adopted ``run_id`` that ``mlflow run`` made for us) with our tags and dataset."""
         all_tags = {**self.common_tags, LEVEL: level, **(tags or {})}
         if parent:
@@ -249,8 +275,9 @@ class RunLogger:
             self.client.log_artifact(run_id, str(path), folder)
 
     # -- search runs ---------------------------------------------------------------------------------------
-    def start_stage(self, stage: str, step: str | None, settings_params: dict[str, Any],
-                    adopt_run_id: str | None = None) -> str:
+    def start_stage(
+        self, stage: str, step: str | None, settings_params: dict[str, Any], adopt_run_id: str | None = None
+    ) -> str:
         """Top run of an invocation; ``step`` given when the stage is a single step (then it is the step run)."""
         level = "step" if step else "stage"
         tags = {STAGE: stage, **({STEP: step} if step else {})}
@@ -274,10 +301,17 @@ class RunLogger:
         return run_id
 
     def start_candidate(self, candidate: Candidate, plan: StepPlan, stage: str, parent: str) -> str:
-        run_id = self.start(candidate.label, "candidate", parent, {
-            STAGE: stage, STEP: plan.step.name, CONFIG_HASH: candidate.config_hash,
-            f"{PREFIX}candidate_index": candidate.index,
-        })
+        run_id = self.start(
+            candidate.label,
+            "candidate",
+            parent,
+            {
+                STAGE: stage,
+                STEP: plan.step.name,
+                CONFIG_HASH: candidate.config_hash,
+                f"{PREFIX}candidate_index": candidate.index,
+            },
+        )
         self.log_params(run_id, candidate.params)
         adopted, referenced = [], []
         for key in candidate.fold_keys:
@@ -298,27 +332,43 @@ class RunLogger:
 
     def log_fold(self, task: FoldTask, result: FoldResult, stage: str, parent: str, settings_params: dict) -> str:
         name = f"fold {task.fold + 1}/{task.n_folds}"
-        run_id = self.start(name, "fold", parent, {
-            STAGE: stage, STEP: task.step, FOLD_KEY: task.key, STATUS: result.status,
-            CONFIG_HASH: config_hash(task.params),
-            f"{PREFIX}diverged": result.status == "diverged",
-            **({f"{PREFIX}error": result.error[:500]} if result.error else {}),
-        })
-        params = {**task.params, "fold": task.fold, "n_folds": task.n_folds, "split_seed": task.split_seed,
-                  **settings_params}
+        run_id = self.start(
+            name,
+            "fold",
+            parent,
+            {
+                STAGE: stage,
+                STEP: task.step,
+                FOLD_KEY: task.key,
+                STATUS: result.status,
+                CONFIG_HASH: config_hash(task.params),
+                f"{PREFIX}diverged": result.status == "diverged",
+                **({f"{PREFIX}error": result.error[:500]} if result.error else {}),
+            },
+        )
+        params = {
+            **task.params,
+            "fold": task.fold,
+            "n_folds": task.n_folds,
+            "split_seed": task.split_seed,
+            **settings_params,
+        }
         self.log_params(run_id, params)
         curves = []
         for name_, values in result.history.items():
             for epoch, value in enumerate(values, start=1):
                 if math.isfinite(value):
                     curves.extend(_metrics({name_: value}, epoch))
-        final = {"heldout_accuracy": result.accuracy, "fit_seconds": result.fit_seconds,
-                 "epochs_run": result.epochs_run}
+        final = {
+            "heldout_accuracy": result.accuracy,
+            "fit_seconds": result.fit_seconds,
+            "epochs_run": result.epochs_run,
+        }
         if math.isfinite(result.loss):
             final["heldout_loss"] = result.loss
         metrics = curves + _metrics({k: v for k, v in final.items() if math.isfinite(v)})
         for start in range(0, len(metrics), 900):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 900])
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
         if result.model_files:
             with tempfile.TemporaryDirectory() as tmp:
                 for relative, content in result.model_files.items():
@@ -330,26 +380,41 @@ class RunLogger:
         return run_id
 
     def finish_candidate(self, run_id: str, row: dict[str, Any]) -> None:
-        self.client.log_batch(run_id, metrics=_metrics({
-            "mean_heldout_accuracy": row["mean_test_score"], "std_heldout_accuracy": row["std_test_score"],
-            "min_heldout_accuracy": row["min_test_score"], "rank": row["rank_test_score"],
-            "mean_fit_seconds": row["mean_fit_time"],
-        }), tags=_tags({STATUS: row["status"]}))
+        self.client.log_batch(
+            run_id,
+            metrics=_metrics(
+                {
+                    "mean_heldout_accuracy": row["mean_test_score"],
+                    "std_heldout_accuracy": row["std_test_score"],
+                    "min_heldout_accuracy": row["min_test_score"],
+                    "rank": row["rank_test_score"],
+                    "mean_fit_seconds": row["mean_fit_time"],
+                }
+            ),
+            tags=_tags({STATUS: row["status"]}),
+        )
         self.finish(run_id)
 
-    def finish_step(self, run_id: str, plan: StepPlan, rows: list[dict[str, Any]], best: dict[str, Any],
-                    close: bool = True) -> None:
+    def finish_step(
+        self, run_id: str, plan: StepPlan, rows: list[dict[str, Any]], best: dict[str, Any], close: bool = True
+    ) -> None:
         best_candidate = plan.candidates[[r["candidate"] for r in rows].index(best["candidate"])]
         self.log_text(run_id, rows_to_csv(rows), "cv_results.csv")
         self.log_params(run_id, {f"best_{k}": v for k, v in best_candidate.varied.items()})
         self.client.log_batch(
             run_id,
-            metrics=_metrics({"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]}),
-            tags=_tags({
-                BEST_PARAMS: json.dumps({k: list(v) if isinstance(v, tuple) else v
-                                         for k, v in best_candidate.varied.items()}),
-                BEST_SCORE: repr(best["mean_test_score"]), f"{PREFIX}best_candidate": best["candidate"],
-            }),
+            metrics=_metrics(
+                {"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]}
+            ),
+            tags=_tags(
+                {
+                    BEST_PARAMS: json.dumps(
+                        {k: list(v) if isinstance(v, tuple) else v for k, v in best_candidate.varied.items()}
+                    ),
+                    BEST_SCORE: repr(best["mean_test_score"]),
+                    f"{PREFIX}best_candidate": best["candidate"],
+                }
+            ),
         )
         if close:
             self.finish(run_id)

@@ -1,0 +1,3 @@
+from mlflow_mnist.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""Shared fixtures: a throw-away SQLite store, the shipped sample, and a CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """An empty SQLite tracking store in a temporary folder, which is also the working directory."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def sample():
+    from mlflow_mnist.data import load_mnist
+
+    return load_mnist("sample")
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run ``python -m mlflow_mnist`` as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow_mnist", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True, magic: int | None = None) -> Path:
+    """Write ``array`` (uint8) as an IDX file, the format MNIST ships in."""
+    magic = magic if magic is not None else {1: 2049, 3: 2051}[array.ndim]
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as handle:
+        handle.write(payload)
+    return path
+
+
+def write_idx_folder(folder: Path, data, compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", data.x_train, compress)
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", data.y_train, compress)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", data.x_test, compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", data.y_test, compress)
+    return folder

@@ -1,0 +1,175 @@
+"""The real thing on the shipped sample: `mlflow run`, carry-forward through the store, resume after kill -9."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from mlflow_mnist import tracking
+
+pytestmark = pytest.mark.slow
+
+
+def _client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _runs(uri, experiment="mnist"):
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return tracking.search_all(client, [exp.experiment_id]) if exp else []
+
+
+def _by_level(runs):
+    levels = {}
+    for run in runs:
+        levels.setdefault(run.data.tags.get(tracking.LEVEL), []).append(run)
+    return levels
+
+
+def test_mlflow_run_logs_stage_grid_points_and_folds(store, sample):
+    import mlflow
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        [
+            "mlflow",
+            "run",
+            str(ROOT),
+            "-P",
+            "stage=kernel_size",
+            "-P",
+            "data=sample",
+            "-P",
+            "epochs=1",
+            "-P",
+            "folds=2",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "mnist",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    levels = _by_level(_runs(store))
+    assert {k: len(v) for k, v in levels.items()} == {"step": 1, "candidate": 4, "fold": 8}
+    assert all(r.info.status == "FINISHED" for rs in levels.values() for r in rs)
+    stage = levels["step"][0]
+    assert stage.info.run_name == "kernel_size" and stage.data.params["stage"] == "kernel_size"  # -P kept
+    assert stage.data.params["pool_size"] == "(2, 2)" and "best_kernel_size" in stage.data.params
+    assert 0.5 < stage.data.metrics["best_mean_accuracy"] <= 1
+    candidate_ids = {r.info.run_id for r in levels["candidate"]}
+    assert {r.data.tags[tracking.PARENT] for r in levels["candidate"]} == {stage.info.run_id}
+    assert Counter(r.data.tags[tracking.PARENT] for r in levels["fold"]) == {c: 2 for c in candidate_ids}
+    assert sorted(r.info.run_name for r in levels["candidate"]) == [
+        "kernel_size=(1, 1)",
+        "kernel_size=(3, 3)",
+        "kernel_size=(5, 5)",
+        "kernel_size=(7, 7)",
+    ]
+    client = _client(store)
+    table = list(csv.DictReader(Path(client.download_artifacts(stage.info.run_id, "cv_results.csv")).open()))
+    assert len(table) == 4 and {"split0_test_score", "split1_test_score", "rank_test_score"} <= set(table[0])
+    assert sorted(int(row["rank_test_score"]) for row in table) == [1, 2, 3, 4]
+
+    fold = levels["fold"][0]
+    assert fold.info.run_name in ("fold 1/2", "fold 2/2")
+    assert {"neurons_1", "kernel_size", "pool_size", "fold", "split_seed"} <= set(fold.data.params)
+    history = client.get_metric_history(fold.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    assert fold.data.metrics["heldout_accuracy"] == pytest.approx(history[0].value)
+    assert fold.inputs.dataset_inputs[0].dataset.digest == fold.data.tags[tracking.DIGEST]
+
+    # The fold's model takes raw uint8 pixels and predicts digits.
+    from mlflow_mnist.data import select_digits
+
+    task = select_digits(sample, (2, 7))
+    model = mlflow.pyfunc.load_model(f"runs:/{fold.info.run_id}/model")
+    probabilities = np.asarray(model.predict(task.x_test[:100]))
+    assert probabilities.shape == (100, 2)
+    assert (probabilities.argmax(axis=1) == task.y_test[:100]).mean() > 0.8
+
+
+def test_each_stage_starts_from_the_stores_best(store):
+    from mlflow_mnist.campaign import Campaign
+
+    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, overrides="neurons_2=4", experiment="mnist")
+    first = campaign.tune("kernel_size", n_jobs=1, with_model=False, progress=False)[0]
+    best_kernel = first.best["params"]["kernel_size"]
+    second = campaign.tune("pool_size", n_jobs=1, with_model=False, progress=False)[0]
+    assert second.reused == 2 and second.trained == 6  # the previous best is pool (2, 2): not retrained
+    runs = _by_level(_runs(store))
+    pool_run = next(r for r in runs["step"] if r.info.run_name == "pool_size")
+    assert pool_run.data.params["kernel_size"] == f"({best_kernel[0]}, {best_kernel[1]})"
+    assert pool_run.data.params["neurons_2"] == "4"  # overrides win
+    reused_tag = [r for r in runs["candidate"] if tracking.REUSED in r.data.tags]
+    assert len(reused_tag) == 1 and reused_tag[0].data.params["pool_size"] == "(2, 2)"
+    # Re-running a finished stage trains nothing.
+    again = campaign.tune("pool_size", n_jobs=1, with_model=False, progress=False)[0]
+    assert again.trained == 0 and again.reused == 8
+
+
+def _fold_runs_finished(uri) -> int:
+    return sum(1 for r in _runs(uri) if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED")
+
+
+def test_resume_after_kill_trains_only_what_is_missing(store):
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow_mnist",
+        "tune",
+        "--stage",
+        "kernel_size",
+        "--data",
+        "sample",
+        "--epochs",
+        "2",
+        "--folds",
+        "2",
+        "--n-jobs",
+        "1",
+        "--experiment",
+        "mnist",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and _fold_runs_finished(store) < 3 and proc.poll() is None:
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = _fold_runs_finished(store)
+    assert 3 <= finished_before < 8
+    assert any(r.info.status == "RUNNING" for r in _runs(store))
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"trained {8 - finished_before} folds, reused {finished_before}" in rerun.stdout
+    runs = _runs(store)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finished_folds = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"]
+    keys = Counter(r.data.tags[tracking.FOLD_KEY] for r in finished_folds)
+    assert len(keys) == 8 and set(keys.values()) == {1}
+    # The finished tree is whole: every fold of the new stage run hangs under one of its grid points.
+    new_stage = next(r for r in runs if r.data.tags.get(tracking.LEVEL) == "step" and r.info.status == "FINISHED")
+    candidates = {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT) == new_stage.info.run_id}
+    assert len(candidates) == 4
+    assert all(r.data.tags[tracking.PARENT] in candidates for r in finished_folds)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlflow_mnist.model import (
+    HYPERPARAMETERS,
+    SEED_START,
+    HyperparameterError,
+    build_model,
+    count_training_flops,
+    validate_params,
+)
+
+
+def test_seed_start_names_every_hyperparameter():
+    assert len(HYPERPARAMETERS) == 18 and validate_params(SEED_START)["kernel_size"] == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"dropout_rate_1": -0.1}, r"dropout_rate_1=-0.1 must be at least 0.0 and below 1.0"),
+        ({"dropout_rate_2": 1.0}, r"dropout_rate_2=1.0 must be at least 0.0 and below 1.0"),
+        ({"neurons_1": 0}, r"neurons_1=0 must be at least 1"),
+        ({"neurons_3": -5}, r"neurons_3=-5 must be at least 1"),
+        ({"neurons_2": 2.5}, r"neurons_2=2.5 must be an integer"),
+        ({"activation_2": "relu6x"}, r"activation_2='relu6x' is not one of softmax, softplus"),
+        ({"init_mode_1": "orthogonalish"}, r"init_mode_1='orthogonalish' is not one of uniform"),
+        ({"optimizer": "LBFGS"}, r"optimizer='LBFGS' is not one of SGD"),
+        ({"kernel_size": (15, 15)}, r"too large for a 28x28 image"),
+        ({"kernel_size": (7, 7), "pool_size": (17, 17)}, r"pool_size=\(17, 17\) does not fit the 16x16"),
+        ({"kernel_size": "big"}, r"kernel_size='big' must be a pair"),
+        ({"epochs": 0}, r"epochs=0 must be at least 1"),
+        ({"learn_rate": 0}, r"learn_rate=0 must be at least"),
+        ({"momentum": 1.5}, r"momentum=1.5 must be at least 0.0 and below 1.0"),
+        ({"colour": "red"}, r"unknown hyperparameter 'colour'"),
+    ],
+)
+def test_invalid_values_are_rejected_before_training(change, message):
+    with pytest.raises(HyperparameterError, match=message) as caught:
+        validate_params({**SEED_START, **change})
+    assert "\n" not in str(caught.value)
+
+
+def test_pool_size_and_optimizer_are_honoured():
+    """The seed ignored both: here they change the network."""
+    a = build_model({**SEED_START, "pool_size": (1, 1)})
+    b = build_model({**SEED_START, "pool_size": (3, 3), "optimizer": "Adamax", "learn_rate": 0.02})
+    assert a.count_params() != b.count_params()
+    assert type(a.optimizer).__name__ == "SGD" and type(b.optimizer).__name__ == "Adamax"
+    assert float(b.optimizer.learning_rate.numpy()) == pytest.approx(0.02)
+
+
+def test_model_takes_raw_pixels(sample):
+    model = build_model(SEED_START, n_classes=10)
+    out = model.predict(sample.x_test[:3], verbose=0)
+    assert out.shape == (3, 10) and np.allclose(out.sum(axis=1), 1, atol=1e-5)
+    assert model.inputs[0].dtype == "uint8"
+
+
+def test_flops_grow_with_kernel_and_neurons():
+    small = count_training_flops(SEED_START)
+    assert count_training_flops({**SEED_START, "neurons_2": 25, "kernel_size": (5, 5)}) > 2 * small
+    # Hand count for the seed start (kernel 3, 4 and 8 filters, pool 2, dense 16): 6 x multiply-adds.
+    macs = 26 * 26 * 4 * 9 + 24 * 24 * 8 * 9 * 4 + 12 * 12 * 8 * 16 + 16 * 2
+    assert small == 6 * macs

@@ -1,0 +1,161 @@
+"""Planning and carry-forward as pure functions over a store snapshot; one real fold for divergence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mlflow_mnist.model import SEED_START, HyperparameterError
+from mlflow_mnist.search import (
+    FINAL,
+    FoldRecord,
+    FoldResult,
+    SearchSettings,
+    StepBest,
+    best_row,
+    cv_results,
+    fold_indices,
+    fold_key,
+    plan_step,
+    resolve_fixed_params,
+    train_fold,
+)
+from mlflow_mnist.stages import get_step
+
+SETTINGS = SearchSettings(n_folds=3, split_seed=0, epochs=6, data_digest="abc", n_classes=2)
+
+
+def test_fixed_params_carry_forward_from_earlier_steps_only():
+    bests = {
+        "momentum": StepBest("momentum", {"momentum": 0.4}, 0.99),
+        "kernel_size": StepBest("kernel_size", {"kernel_size": (5, 5)}, 0.995),
+        "pool_size": StepBest("pool_size", {"pool_size": (1, 1)}, 0.995),
+    }
+    fixed = resolve_fixed_params("pool_size", bests, {}, epochs=6)
+    assert fixed["momentum"] == 0.4 and fixed["kernel_size"] == (5, 5)
+    assert fixed["pool_size"] == SEED_START["pool_size"]  # pool_size's own result is not "earlier"
+    assert resolve_fixed_params("batch_size", bests, {}, 6)["momentum"] == SEED_START["momentum"]
+    assert resolve_fixed_params(FINAL, bests, {}, 6)["pool_size"] == (1, 1)
+
+
+def test_overrides_win_over_store_and_epochs_over_seed():
+    bests = {"neurons_3": StepBest("neurons_3", {"neurons_3": 5}, 0.99)}
+    fixed = resolve_fixed_params("kernel_size", bests, {"neurons_3": 10}, epochs=8)
+    assert fixed["neurons_3"] == 10 and fixed["epochs"] == 8
+    epochs_best = {"epochs": StepBest("epochs", {"epochs": 20, "batch_size": 60}, 0.99)}
+    assert resolve_fixed_params(FINAL, epochs_best, {}, epochs=6)["batch_size"] == 60
+
+
+def test_invalid_override_is_caught_while_planning():
+    with pytest.raises(HyperparameterError, match="dropout_rate_1=1.5"):
+        resolve_fixed_params("kernel_size", {}, {"dropout_rate_1": 1.5}, 6)
+
+
+def test_plan_trains_every_fold_of_a_fresh_step():
+    fixed = resolve_fixed_params("kernel_size", {}, {}, 6)
+    plan = plan_step(get_step("kernel_size"), fixed, SETTINGS, done={})
+    assert len(plan.candidates) == 4 and len(plan.to_train) == 12 and not plan.reused
+    assert [t.label for t in plan.to_train[:3]] == ["kernel_size=(1, 1)"] * 3
+    assert len({t.key for t in plan.to_train}) == 12
+    assert plan.candidates[1].params["kernel_size"] == (3, 3)
+
+
+def test_plan_reuses_finished_folds_and_the_previous_best():
+    """The best of kernel_size is also a grid point of pool_size: its folds are not trained again."""
+    step_k = get_step("kernel_size")
+    plan_k = plan_step(step_k, resolve_fixed_params("kernel_size", {}, {}, 6), SETTINGS, {})
+    done = {t.key: FoldRecord(t.key, 0.99, 1.0, "ok") for t in plan_k.to_train}
+    best = StepBest("kernel_size", {"kernel_size": (3, 3)}, 0.99)
+    fixed = resolve_fixed_params("pool_size", {"kernel_size": best}, {}, 6)
+    plan_p = plan_step(get_step("pool_size"), fixed, SETTINGS, done)
+    # pool (2, 2) with kernel (3, 3) is exactly kernel_size's (3, 3) candidate.
+    assert len(plan_p.reused) == 3 and len(plan_p.to_train) == 9
+    assert {t.params["pool_size"] for t in plan_p.to_train} == {(1, 1), (3, 3), (5, 5)}
+    # A partial store (an interrupted run) trains only what is missing.
+    some = dict(list(done.items())[:5])
+    assert len(plan_step(step_k, plan_k.fixed, SETTINGS, some).to_train) == 7
+
+
+def test_fold_key_depends_on_everything_that_changes_the_result():
+    params = resolve_fixed_params("kernel_size", {}, {}, 6)
+    key = fold_key(params, 0, SETTINGS)
+    assert key == fold_key(dict(params), 0, SETTINGS)
+    others = [
+        fold_key(params, 1, SETTINGS),
+        fold_key({**params, "epochs": 7}, 0, SETTINGS),
+        fold_key(params, 0, SearchSettings(3, 1, 6, "abc", 2)),
+        fold_key(params, 0, SearchSettings(3, 0, 6, "other data", 2)),
+        fold_key(params, 0, SearchSettings(5, 0, 6, "abc", 2)),
+    ]
+    assert key not in others and len(set(others)) == len(others)
+
+
+def _results(plan, scores):
+    return {
+        key: FoldRecord(key, s, 1.0, status)
+        for c, (per_fold, status) in zip(plan.candidates, scores, strict=True)
+        for key, s in zip(c.fold_keys, per_fold, strict=True)
+    }
+
+
+def test_cv_results_rank_and_tie_break():
+    plan = plan_step(get_step("kernel_size"), resolve_fixed_params("kernel_size", {}, {}, 6), SETTINGS, {})
+    rows = cv_results(
+        plan,
+        _results(
+            plan,
+            [
+                ([0.99, 0.99, 0.99], "ok"),  # mean .99, std 0
+                ([0.98, 0.99, 1.00], "ok"),  # same mean, larger std
+                ([0.999, 0.999, 0.999], "diverged"),  # highest mean, but diverged: never the best
+                ([0.99, 0.99, 0.99], "ok"),  # exact tie with the first: grid order decides
+            ],
+        ),
+    )
+    assert [r["rank_test_score"] for r in rows] == [1, 3, 4, 2]
+    assert best_row(rows)["candidate"] == "kernel_size=(1, 1)"
+    assert rows[1]["split2_test_score"] == 1.0 and rows[1]["mean_test_score"] == pytest.approx(0.99)
+    assert rows[2]["status"] == "diverged"
+    assert set(rows[0]) >= {"params", "param_kernel_size", "std_test_score", "min_test_score", "mean_fit_time"}
+
+
+def test_folds_are_stratified_and_disjoint():
+    y = np.array([0] * 30 + [1] * 60)
+    held = [fold_indices(y, 3, 0, k)[1] for k in range(3)]
+    assert sorted(np.concatenate(held).tolist()) == list(range(90))
+    assert all(np.bincount(y[h]).tolist() == [10, 20] for h in held)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"learn_rate": 50.0, "activation_3": "linear"},  # loss becomes NaN within the first epoch
+        {"learn_rate": 1e6, "activation_4": "linear"},
+    ],  # loss stays finite but far above chance
+)
+def test_a_diverging_candidate_is_recorded_not_raised(sample, extra):
+    from mlflow_mnist.data import select_digits
+
+    task = select_digits(sample, (2, 7))
+    params = {**SEED_START, "epochs": 3, **extra}
+    plan = plan_step(get_step("momentum"), params, SearchSettings(2, 0, 3, "x", 2), {})
+    task0 = next(t for t in plan.to_train if t.params["momentum"] == 0.9)
+    result = train_fold(task0, task.x_train, task.y_train, with_model=True)
+    assert isinstance(result, FoldResult)
+    assert result.status == "diverged" and result.model_files is None
+    assert 0.0 <= result.accuracy <= 1.0 and not math.isnan(result.accuracy)
+    assert result.epochs_run < 3  # stopped early
+
+
+def test_a_healthy_fold_returns_curves_and_a_model(sample):
+    from mlflow_mnist.data import select_digits
+
+    task = select_digits(sample, (2, 7))
+    plan = plan_step(get_step("kernel_size"), {**SEED_START, "epochs": 2}, SearchSettings(2, 0, 2, "x", 2), {})
+    result = train_fold(plan.to_train[2], task.x_train, task.y_train, with_model=True)
+    assert result.status == "ok" and result.epochs_run == 2
+    assert set(result.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.history["val_accuracy"][-1] == pytest.approx(result.accuracy, abs=1e-6)
+    assert result.accuracy > 0.8 and "MLmodel" in result.model_files

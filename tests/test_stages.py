@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import pytest
+
+from mlflow_mnist.model import HyperparameterError
+from mlflow_mnist.stages import STAGES, STEPS, StageError, parse_overrides, steps_of
+
+
+def test_the_seeds_eighteen_steps_in_order():
+    names = [step.name for step in STEPS]
+    assert len(names) == 18 and names[0] == "batch_size" and names[-1] == "epochs"
+    assert names.index("kernel_size") + 1 == names.index("pool_size")
+    assert STAGES["all"] == tuple(names)
+    # stages.md counts "roughly 130 candidates"; its grids add up to 123.
+    assert [len(step.candidates()) for step in STEPS] == [6, 7, 6, 5, 8, 8, 8, 8, 8, 8, 10, 10, 7, 7, 6, 4, 4, 3]
+
+
+def test_stage_names_users_type():
+    assert [s.name for s in steps_of("neurons")] == ["neurons_1", "neurons_2", "neurons_3"]
+    assert [s.name for s in steps_of("init_mode")] == ["init_mode_1", "init_mode_2"]
+    assert [s.name for s in steps_of("neurons_2")] == ["neurons_2"]
+    with pytest.raises(StageError, match="unknown stage 'neuron': choose one of batch_size"):
+        steps_of("neuron")
+
+
+def test_candidates_keep_the_seeds_order():
+    epochs = steps_of("epochs")[0].candidates()
+    assert epochs == [{"epochs": 20, "batch_size": b} for b in (20, 40, 60)]
+    assert [c["kernel_size"] for c in steps_of("kernel_size")[0].candidates()] == [(1, 1), (3, 3), (5, 5), (7, 7)]
+
+
+def test_parse_overrides():
+    assert parse_overrides("neurons_3=10,epochs=8") == {"neurons_3": 10, "epochs": 8}
+    assert parse_overrides("kernel_size=(5,5), learn_rate=0.05, activation_1=tanh") == {
+        "kernel_size": (5, 5),
+        "learn_rate": 0.05,
+        "activation_1": "tanh",
+    }
+    assert parse_overrides("pool_size=2x2") == {"pool_size": (2, 2)}
+    assert parse_overrides("") == {}
+
+
+@pytest.mark.parametrize(
+    "text, error, message",
+    [
+        ("neurons_3", StageError, "is not KEY=VALUE"),
+        ("neurons_3=", StageError, "is not KEY=VALUE"),
+        ("colour=red", HyperparameterError, "unknown hyperparameter 'colour'"),
+    ],
+)
+def test_parse_overrides_rejects(text, error, message):
+    with pytest.raises(error, match=message):
+        parse_overrides(text)
