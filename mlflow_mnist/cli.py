@@ -27,6 +27,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (*USER_ERRORS, TrackingError)
 
 
+def _rejections() -> tuple[type[Exception], ...]:
+    from mlflow_mnist.registry import PromotionRejected
+
+    return (PromotionRejected,)
+
+
 class _Group(click.Group):
     """Turns user errors into one line and Ctrl-C into a clean exit, for every command."""
 
@@ -36,6 +42,9 @@ class _Group(click.Group):
         except _user_errors() as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except _rejections() as error:
+            click.echo(str(error), err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: open runs were marked KILLED; run the same command again to resume", err=True)
             sys.exit(130)
@@ -102,6 +111,58 @@ def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, n_jobs
             f"(std {best['std_test_score']:.5f}); trained {outcome.trained} folds, reused {outcome.reused}"
         )
 
+
+@main.command()
+@common_options
+@click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Seeds to train and test.")
+@click.option("--n-jobs", default=0, show_default=True, type=int, help="Parallel seeds; 0 or -1: every core.")
+def final(epochs, folds, digits, data, seed, overrides, experiment, repeats, n_jobs) -> None:
+    """Train the store's best configuration on all training data and test it once (per seed)."""
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.registry import run_final
+
+    campaign = Campaign.open(data, digits, folds, seed, epochs, overrides, experiment)
+    summary = run_final(campaign, repeats=repeats, n_jobs=n_jobs)
+    click.echo(
+        f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {repeats} seed(s) "
+        f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "
+        f"max {summary['max_test_accuracy']:.4%}); run {summary['run_id']}"
+    )
+
+
+@main.command()
+@click.option("--experiment", default=None, help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or mnist].")
+@click.option("--name", default="", help="Registered model name [default: mnist-<digits>-convnet].")
+@click.option("--min-accuracy", default=0.9966, show_default=True, type=float, help="Gate on the median test accuracy.")
+@click.option("--force/--no-force", default=False, help="Replace a better current champion.")
+@click.option("--run-id", default="", help="Final run to promote [default: the latest finished one].")
+def promote(experiment, name, min_accuracy, force, run_id) -> None:
+    """Register the final model and move alias @champion to it if it passes the gate."""
+    import os
+
+    from mlflow_mnist import tracking
+    from mlflow_mnist.campaign import DEFAULT_EXPERIMENT
+    from mlflow_mnist.registry import promote as promote_model
+
+    client = tracking.connect()
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        experiment_id = client.get_run(launcher).info.experiment_id
+    else:
+        experiment_id = tracking.experiment_id(
+            client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        )
+    done = promote_model(client, experiment_id, name or None, min_accuracy, force, run_id or None)
+    click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
+
+
+def _add_analyze() -> None:
+    from analysis.cli import analyze
+
+    main.add_command(analyze, "analyze")
+
+
+_add_analyze()
 
 if __name__ == "__main__":
     main()

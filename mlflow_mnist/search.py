@@ -246,7 +246,17 @@ def configure_threads(threads: int) -> None:
         pass  # TensorFlow already started in this process (in-process runs): keep its settings
 
 
-def _model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
+def model_requirements() -> list[str]:
+    """Pinned keras and its TensorFlow backend (mlflow's Keras default names keras alone)."""
+    from importlib.metadata import version
+
+    import keras
+    import tensorflow as tf
+
+    return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"mlflow=={version('mlflow')}"]
+
+
+def model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
     """The MLflow model folder as bytes, made on the worker so the driver only uploads."""
     import mlflow.keras
     from mlflow.models import infer_signature
@@ -261,12 +271,13 @@ def _model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
             str(path),
             signature=signature,
             input_example=x_example,
-            pip_requirements=mlflow.keras.get_default_pip_requirements(),
+            pip_requirements=model_requirements(),
         )
         return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
 
 
 BLOW_UP_FACTOR = 5.0
+VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-out pass several times faster
 
 
 def blown_up(loss: float, n_classes: int) -> bool:
@@ -306,10 +317,17 @@ def train_fold(
         keras.utils.set_random_seed(task.seed)
         classifier = make_classifier(task.params, task.n_classes, steps_per_execution)
         classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN(), _divergence_guard(task.n_classes)])
-        classifier.fit(x[train], onehot[y[train]], validation_data=(x[held_out], onehot[y[held_out]]))
+        classifier.fit(
+            x[train],
+            onehot[y[train]],
+            validation_data=(x[held_out], onehot[y[held_out]]),
+            validation_batch_size=VALIDATION_BATCH,
+        )
         model = classifier.model_
         history = {name: [float(v) for v in values] for name, values in classifier.history_.items()}
-        loss, accuracy = model.evaluate(x[held_out], onehot[y[held_out]], verbose=0, batch_size=256)
+        # The last epoch's validation pass already scored the final weights on the held-out fold.
+        loss = history.get("val_loss", [math.nan])[-1]
+        accuracy = history.get("val_accuracy", [math.nan])[-1]
         fit_seconds = time.perf_counter() - start
     except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
         keras.backend.clear_session()
@@ -330,9 +348,9 @@ def train_fold(
     diverged = diverged or not all(math.isfinite(v) for v in train_losses)
     if diverged:
         # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
-        predictions = np.nan_to_num(model.predict(x[held_out], verbose=0, batch_size=256), nan=0.0)
+        predictions = np.nan_to_num(model.predict(x[held_out], verbose=0, batch_size=VALIDATION_BATCH), nan=0.0)
         accuracy = float(np.mean(predictions.argmax(axis=1) == y[held_out]))
-    files = _model_files(model, x[held_out][:2]) if with_model and not diverged else None
+    files = model_files(model, x[held_out][:2]) if with_model and not diverged else None
     keras.backend.clear_session()
     return FoldResult(
         task.key,
@@ -349,6 +367,26 @@ def train_fold(
     )
 
 
+def execute(function, calls: list[tuple], n_jobs: int = -1) -> Iterator[Any]:
+    """``function(*call, threads=...)`` for each call, in parallel processes; results in completion order.
+
+    Each worker gets an equal share of the cores for TensorFlow, so n workers never oversubscribe the machine.
+    """
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs in (None, 0, -1) else max(1, min(n_jobs, cores))
+    n_jobs = min(n_jobs, max(1, len(calls)))
+    threads = max(1, cores // n_jobs)
+    if n_jobs == 1:
+        for call in calls:
+            yield function(*call, threads=threads)
+        return
+    from joblib import Parallel, delayed
+
+    # joblib memory-maps large arrays once for all workers instead of pickling them per task.
+    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    yield from parallel(delayed(function)(*call, threads=threads) for call in calls)
+
+
 def run_tasks(
     tasks: Iterable[FoldTask],
     x: np.ndarray,
@@ -358,20 +396,12 @@ def run_tasks(
     steps_per_execution: int = 32,
 ) -> Iterator[FoldResult]:
     """Train fold tasks, yielding each result as soon as it is done (in completion order)."""
-    tasks = list(tasks)
-    cores = os.cpu_count() or 1
-    n_jobs = cores if n_jobs in (None, 0, -1) else max(1, min(n_jobs, cores))
-    n_jobs = min(n_jobs, max(1, len(tasks)))
-    threads = max(1, cores // n_jobs)
-    if n_jobs == 1:
-        for task in tasks:
-            yield train_fold(task, x, y, threads, steps_per_execution, with_model)
-        return
-    from joblib import Parallel, delayed
+    calls = [(task, x, y, steps_per_execution, with_model) for task in tasks]
+    yield from execute(_train_fold_call, calls, n_jobs)
 
-    # joblib memory-maps x and y once for all workers instead of pickling them per task.
-    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-    yield from parallel(delayed(train_fold)(task, x, y, threads, steps_per_execution, with_model) for task in tasks)
+
+def _train_fold_call(task, x, y, steps_per_execution, with_model, threads):
+    return train_fold(task, x, y, threads, steps_per_execution, with_model)
 
 
 # --- aggregation -------------------------------------------------------------------------------------------
@@ -438,11 +468,13 @@ def run_stage(
     progress: bool = True,
     stage_params: dict[str, Any] | None = None,
     with_model: bool = True,
+    executor=None,
 ) -> list[StepOutcome]:
     """Run the steps of a stage in order, each starting from the store's bests; the driver alone logs.
 
     ``logger`` is a :class:`mlflow_mnist.tracking.RunLogger`; ``read_state`` returns a fresh
-    :class:`StoreState`. The first step is planned (and so every value validated) before any run is created.
+    :class:`StoreState`; ``executor`` (default :func:`run_tasks`) turns fold tasks into
+    results. The first step is planned (and so every value validated) before any run is created.
     """
     from tqdm.auto import tqdm
 
@@ -468,7 +500,7 @@ def run_stage(
             f"{len(tasks)} to train, {len(plan.reused)} reused from the store"
         )
         with bar:
-            for result in run_tasks(tasks.values(), x, y, n_jobs, with_model):
+            for result in (executor or run_tasks)(tasks.values(), x, y, n_jobs, with_model):
                 task = tasks[result.key]
                 logger.log_fold(task, result, stage, candidate_runs[task.candidate_index], stage_params)
                 results[result.key] = result

@@ -33,7 +33,8 @@ class Step:
         # ParameterGrid sorts keys; the seed's order of keys and values is what users read, so re-sort.
         points = list(ParameterGrid({key: list(values) for key, values in self.grid.items()}))
         position = {key: {value: i for i, value in enumerate(values)} for key, values in self.grid.items()}
-        return sorted(points, key=lambda p: tuple(position[key][p[key]] for key in self.grid))
+        ordered = sorted(points, key=lambda p: tuple(position[key][p[key]] for key in self.grid))
+        return [{key: point[key] for key in self.grid} for point in ordered]
 
 
 def _step(name: str, values, key: str | None = None) -> Step:

@@ -42,6 +42,8 @@ BEST_PARAMS, BEST_SCORE, PLAN_HASH, STATUS = (
     f"{PREFIX}{name}" for name in ("best_params", "best_mean_accuracy", "plan_hash", "status")
 )
 REUSED = f"{PREFIX}reused_fold_runs"
+CANDIDATE = f"{PREFIX}candidate"
+VARIED = f"{PREFIX}varied"
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -293,7 +295,9 @@ class RunLogger:
         """The step run (or, for a single-step stage, the stage run itself) gets the fixed params and grid."""
         if run_id is None:
             run_id = self.start(plan.step.name, "step", parent, {STAGE: stage, STEP: plan.step.name})
-        self.client.set_tag(run_id, PLAN_HASH, plan.plan_hash)
+        self.client.log_batch(
+            run_id, tags=_tags({PLAN_HASH: plan.plan_hash, VARIED: json.dumps(list(plan.step.varied))})
+        )
         fixed = {k: v for k, v in plan.fixed.items() if k not in plan.step.varied}
         self.log_params(run_id, fixed)
         grid = {key: [format_value(v) for v in values] for key, values in plan.step.grid.items()}
@@ -309,6 +313,8 @@ class RunLogger:
                 STAGE: stage,
                 STEP: plan.step.name,
                 CONFIG_HASH: candidate.config_hash,
+                CANDIDATE: candidate.label,
+                VARIED: json.dumps(list(plan.step.varied)),
                 f"{PREFIX}candidate_index": candidate.index,
             },
         )
@@ -340,6 +346,8 @@ class RunLogger:
                 STAGE: stage,
                 STEP: task.step,
                 FOLD_KEY: task.key,
+                CANDIDATE: task.label,
+                f"{PREFIX}fold": task.fold,
                 STATUS: result.status,
                 CONFIG_HASH: config_hash(task.params),
                 f"{PREFIX}diverged": result.status == "diverged",
@@ -354,30 +362,88 @@ class RunLogger:
             **settings_params,
         }
         self.log_params(run_id, params)
-        curves = []
-        for name_, values in result.history.items():
-            for epoch, value in enumerate(values, start=1):
-                if math.isfinite(value):
-                    curves.extend(_metrics({name_: value}, epoch))
         final = {
             "heldout_accuracy": result.accuracy,
             "fit_seconds": result.fit_seconds,
             "epochs_run": result.epochs_run,
+            "heldout_loss": result.loss,
         }
-        if math.isfinite(result.loss):
-            final["heldout_loss"] = result.loss
-        metrics = curves + _metrics({k: v for k, v in final.items() if math.isfinite(v)})
-        for start in range(0, len(metrics), 900):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
-        if result.model_files:
-            with tempfile.TemporaryDirectory() as tmp:
-                for relative, content in result.model_files.items():
-                    path = Path(tmp, relative)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(content)
-                self.client.log_artifacts(run_id, tmp, "model")
+        self.log_curves(run_id, result.history, final)
+        self.log_model_files(run_id, result.model_files)
         self.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED")
         return run_id
+
+    def log_model_files(self, run_id: str, files: dict[str, bytes] | None) -> None:
+        """Upload a model folder a worker saved (``search.model_files``) as the run's ``model`` artifact."""
+        if not files:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for relative, content in files.items():
+                path = Path(tmp, relative)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content)
+            self.client.log_artifacts(run_id, tmp, "model")
+
+    def log_curves(self, run_id: str, history: dict[str, list[float]], final: dict[str, float]) -> None:
+        """Per-epoch curves (step = epoch) and final numbers; non-finite values are left out, not faked."""
+        metrics = []
+        for name, values in history.items():
+            for epoch, value in enumerate(values, start=1):
+                if math.isfinite(value):
+                    metrics.extend(_metrics({name: value}, epoch))
+        metrics += _metrics({k: v for k, v in final.items() if math.isfinite(v)})
+        for start in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
+
+    # -- final model ---------------------------------------------------------------------------------------
+    def start_final(
+        self,
+        params: dict[str, Any],
+        state: StoreState,
+        repeats: int,
+        settings_params: dict,
+        adopt_run_id: str | None = None,
+    ) -> str:
+        sources = {name: best.run_id for name, best in state.step_bests.items()}
+        run_id = self.start(
+            "final",
+            "final",
+            tags={
+                STAGE: "final",
+                f"{PREFIX}task": settings_params.get("task", ""),
+                f"{PREFIX}source_step_runs": json.dumps(sources)[:5000],
+            },
+            run_id=adopt_run_id,
+        )
+        self.log_params(run_id, {**params, **settings_params, "repeats": repeats})
+        return run_id
+
+    def start_seed(self, parent: str, seed: int, test_dataset=None) -> str:
+        run_id = self.start(f"seed {seed}", "final_seed", parent, {STAGE: "final", f"{PREFIX}seed": seed})
+        self.log_dataset(run_id, test_dataset, context="test")
+        return run_id
+
+    def log_result(self, run_id: str, result) -> None:
+        self.log_curves(
+            run_id,
+            result.history,
+            {
+                "test_accuracy": result.test_accuracy,
+                "test_loss": result.test_loss,
+                "fit_seconds": result.fit_seconds,
+                "test_errors": float(result.errors),
+            },
+        )
+        self.client.log_batch(run_id, tags=_tags({STATUS: result.status, f"{PREFIX}seed": result.seed}))
+        self.log_model_files(run_id, result.model_files)
+
+    def finish_final(self, run_id: str, summary: dict[str, Any]) -> None:
+        numbers = {k: v for k, v in summary.items() if isinstance(v, float)}
+        self.client.log_batch(
+            run_id, metrics=_metrics(numbers), tags=_tags({"mlflow_mnist.median_run_id": summary["median_run_id"]})
+        )
+        self.log_text(run_id, json.dumps(summary["seeds"], indent=2), "test_accuracy_by_seed.json")
+        self.finish(run_id)
 
     def finish_candidate(self, run_id: str, row: dict[str, Any]) -> None:
         self.client.log_batch(
@@ -418,6 +484,70 @@ class RunLogger:
         )
         if close:
             self.finish(run_id)
+
+
+def latest_final_run(client, experiment: str):
+    runs = client.search_runs(
+        [experiment],
+        f"tags.`{LEVEL}` = 'final' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def register_champion(client, name: str, final_run, accuracy: float, alias: str):
+    """A new model version from the final run's median model, described and tagged, then the alias moved."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    model_run = final_run.data.tags.get("mlflow_mnist.median_run_id", final_run.info.run_id)
+    metrics, params = final_run.data.metrics, final_run.data.params
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Seed convnet tuned by mlflow-mnist; @champion is served.")
+    tags = {
+        "test_accuracy": repr(accuracy),
+        "mean_test_accuracy": repr(metrics.get("mean_test_accuracy")),
+        "std_test_accuracy": repr(metrics.get("std_test_accuracy")),
+        "min_test_accuracy": repr(metrics.get("min_test_accuracy")),
+        "max_test_accuracy": repr(metrics.get("max_test_accuracy")),
+        "repeats": params.get("repeats", "1"),
+        "data_digest": final_run.data.tags.get(DIGEST, ""),
+        "source_run": model_run,
+        "final_run": final_run.info.run_id,
+        "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
+    }
+    version = mlflow.register_model(f"runs:/{model_run}/model", name, tags=tags)
+    client.update_model_version(
+        name,
+        version.version,
+        description=(
+            f"Median of {tags['repeats']} seed(s): test accuracy {accuracy:.4%} "
+            f"(mean {metrics.get('mean_test_accuracy', 0):.4%}, "
+            f"min {metrics.get('min_test_accuracy', 0):.4%}, max {metrics.get('max_test_accuracy', 0):.4%}); "
+            f"data {tags['data_digest']}; run {model_run}."
+        ),
+    )
+    client.set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def log_report(client, experiment_name: str, folder: Path, run_id: str | None = None) -> str:
+    """Log an analysis folder under ``analysis/`` of ``run_id``, or of a new experiment-level "analysis" run."""
+    if run_id:
+        client.log_artifacts(run_id, str(folder), "analysis")
+        return run_id
+    experiment = client.get_experiment_by_name(experiment_name).experiment_id
+    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: "analysis"})
+    try:
+        client.log_artifacts(run.info.run_id, str(folder), "analysis")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:

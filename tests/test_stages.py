@@ -26,6 +26,7 @@ def test_stage_names_users_type():
 def test_candidates_keep_the_seeds_order():
     epochs = steps_of("epochs")[0].candidates()
     assert epochs == [{"epochs": 20, "batch_size": b} for b in (20, 40, 60)]
+    assert [list(point) for point in epochs] == [["epochs", "batch_size"]] * 3  # the seed's key order, not sorted
     assert [c["kernel_size"] for c in steps_of("kernel_size")[0].candidates()] == [(1, 1), (3, 3), (5, 5), (7, 7)]
 
 

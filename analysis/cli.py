@@ -1,0 +1,37 @@
+"""The ``analyze`` command, shared by ``python -m analysis`` and ``mlflow-mnist analyze``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--experiment", "experiments", multiple=True, help="Experiment(s) to read [default: mnist].")
+@click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--stage-run", default="", help="Only this stage run; the report is logged on it.")
+@click.option("--log/--no-log", default=True, show_default=True, help="Log the report back to the store.")
+def analyze(experiments, out, stage_run, log) -> None:
+    """Sensitivity, noise floor, importance, curves and an HTML report, from the tracking store alone."""
+    from analysis.report import build_report
+    from mlflow_mnist import tracking
+
+    client = tracking.connect()
+    launcher = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: read its experiment, log on its run
+    if not experiments and launcher:
+        experiments = [client.get_experiment(client.get_run(launcher).info.experiment_id).name]
+    experiments = list(experiments) or [os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mnist"]
+    try:
+        report = build_report(client, experiments, out, stage_run or None)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for row in report.verdicts.itertuples():
+        click.echo(
+            f"{row.step}: best {row.best} {row.best_mean:.5f} +/- {row.best_std:.5f}; {row.n_tied} tied; {row.verdict}"
+        )
+    if log:
+        run_id = tracking.log_report(client, experiments[0], out, stage_run or os.environ.get("MLFLOW_RUN_ID"))
+        click.echo(f"report logged to run {run_id} under analysis/")
+    click.echo(f"report: {report.html_path}")

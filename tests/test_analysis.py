@@ -1,0 +1,193 @@
+"""Analysis table builders on synthetic stores written through the real logging path (no training)."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from analysis import curves, importance, interaction, noise, progression, sensitivity
+from analysis.report import build_report
+from analysis.stats import EFFECT, NO_EFFECT, candidate_summary, step_verdicts
+from analysis.store import epoch_table, fold_table, read_runs
+from mlflow_mnist import tracking
+from mlflow_mnist.search import FoldResult, SearchSettings, run_stage
+from mlflow_mnist.stages import steps_of
+
+DIGEST = "synthetic"
+
+
+def scripted(score, diverged=()):
+    """An executor that 'trains' by looking up score(label, fold)."""
+
+    def executor(tasks, x, y, n_jobs, with_model):
+        for t in tasks:
+            accuracy = score(t.label, t.fold)
+            yield FoldResult(
+                t.key,
+                t.step,
+                t.candidate_index,
+                t.fold,
+                accuracy,
+                0.1,
+                0.5,
+                2,
+                "diverged" if t.label in diverged else "ok",
+                history={"val_accuracy": [accuracy - 0.01, accuracy], "loss": [0.3, 0.2]},
+            )
+
+    return executor
+
+
+def log_stage(uri, stage, score, folds=3, diverged=()):
+    client = tracking.connect(uri)
+    experiment = tracking.experiment_id(client, "mnist")
+    logger = tracking.RunLogger(client, experiment, None, common_tags={tracking.DIGEST: DIGEST})
+    settings = SearchSettings(folds, 0, 2, DIGEST, 2)
+    return run_stage(
+        stage,
+        steps_of(stage),
+        None,
+        None,
+        settings,
+        {},
+        logger,
+        lambda: tracking.read_store_state(client, experiment, DIGEST),
+        progress=False,
+        executor=scripted(score, diverged),
+    )
+
+
+NOISE = [0.991, 0.986, 0.993]  # fold-to-fold noise shared by identical models
+
+
+@pytest.fixture
+def campaign(store):
+    """Four steps: identical models, a numeric effect with a diverged candidate, a categorical one, a reuse."""
+    log_stage(store, "optimizer", lambda label, fold: NOISE[fold])  # every optimizer "the same model"
+    log_stage(
+        store,
+        "momentum",
+        lambda label, fold: 0.49 if label == "momentum=0.9" else NOISE[fold] - 0.004 * float(label.split("=")[1]) ** 2,
+        diverged={"momentum=0.9"},
+    )
+    log_stage(
+        store,
+        "activation_1",
+        lambda label, fold: NOISE[fold] - (0.02 if label.endswith(("softmax", "sigmoid")) else 0.0),
+    )
+    log_stage(store, "kernel_size", lambda label, fold: NOISE[fold] + (0.003 if "(5, 5)" in label else 0.0))
+    log_stage(store, "pool_size", lambda label, fold: NOISE[fold] + (0.001 if "(1, 1)" in label else 0.0))
+    client = tracking.connect(store)
+    return client, fold_table(read_runs(client, ["mnist"]))
+
+
+def test_fold_table_has_every_fold_of_every_candidate(campaign):
+    _, folds = campaign
+    counts = folds.groupby("step")["fold_run_id"].count().to_dict()
+    assert counts == {"optimizer": 21, "momentum": 18, "activation_1": 24, "kernel_size": 12, "pool_size": 12}
+    # pool_size's (2, 2) point is kernel_size's best: its folds are read from there, flagged reused.
+    reused = folds[(folds["step"] == "pool_size") & folds["reused"]]
+    assert set(reused["value"]) == {"(2, 2)"} and len(reused) == 3
+    assert folds[folds["value"] == "0.9"]["diverged"].all()
+
+
+def test_identical_models_show_no_detectable_effect(campaign):
+    _, folds = campaign
+    verdicts = step_verdicts(candidate_summary(folds)).set_index("step")
+    assert verdicts.loc["optimizer", "verdict"] == NO_EFFECT
+    assert verdicts.loc["optimizer", "n_tied"] == 6
+    assert verdicts.loc["activation_1", "verdict"] == EFFECT
+    assert verdicts.loc["momentum", "n_diverged"] == 1
+
+
+def test_significance_uses_paired_folds(campaign):
+    _, folds = campaign
+    summary = candidate_summary(folds).set_index(["step", "candidate"])
+    # softmax is 2 points worse on every fold: a constant paired difference is significant.
+    assert not summary.loc[("activation_1", "activation_1=softmax"), "tied"]
+    assert summary.loc[("activation_1", "activation_1=relu"), "tied"]
+    assert not summary.loc[("momentum", "momentum=0.9"), "tied"]  # diverged is never tied
+    assert summary.loc[("kernel_size", "kernel_size=(5, 5)"), "is_best"]
+
+
+def test_sensitivity_axes_numeric_categorical_and_diverged(campaign, tmp_path):
+    _, folds = campaign
+    summary = candidate_summary(folds)
+    momentum = sensitivity.get_sensitivity_info(folds, summary, "momentum")
+    assert momentum.numeric and not momentum.log_x and momentum.points["diverged"].sum() == 3
+    assert momentum.means.loc[momentum.means["is_best"], "x"].item() == 0.0
+    activation = sensitivity.get_sensitivity_info(folds, summary, "activation_1")
+    assert not activation.numeric and list(activation.means["x"])[:2] == ["softmax", "softplus"]
+    kernel = sensitivity.get_sensitivity_info(folds, summary, "kernel_size")
+    assert not kernel.numeric  # pairs are categories, in grid order
+    for info in (momentum, activation, kernel):
+        path = sensitivity.render_sensitivity(info, tmp_path / f"{info.step}.png")
+        assert path.stat().st_size > 5000
+
+
+def test_progression_importance_noise_and_curves(campaign, tmp_path):
+    client, folds = campaign
+    summary = candidate_summary(folds)
+    verdicts = step_verdicts(summary)
+    prog = progression.get_progression_info(summary)
+    assert list(prog["step"]) == ["optimizer", "momentum", "activation_1", "kernel_size", "pool_size"]
+    assert prog.set_index("step").loc["optimizer", "no_effect"]
+    imp = importance.get_importance_info(summary).set_index("step")
+    assert imp.loc["optimizer", "effect"] == 0 and imp.loc["activation_1", "ratio"] > 2
+    info = noise.get_noise_info(summary, verdicts)
+    assert set(info["class"]) == {"best", "tied", "worse", "diverged"}
+    epochs = epoch_table(client, folds[folds["step"] == "kernel_size"])
+    curve = curves.get_curves_info(epochs, "kernel_size")
+    assert len(curve) == 4 * 2 and set(curve["epoch"]) == {1, 2}
+    assert curve[curve["epoch"] == 2]["value"].max() == pytest.approx(sum(NOISE) / 3 + 0.003)
+    for path in (
+        progression.render_progression(prog, tmp_path / "p.png"),
+        importance.render_importance(importance.get_importance_info(summary), tmp_path / "i.png"),
+        noise.render_noise(info, tmp_path / "n.png"),
+        curves.render_curves(curve, "kernel_size", tmp_path / "c.png"),
+    ):
+        assert path.stat().st_size > 5000
+
+
+def test_interaction_of_the_epochs_grid(store, tmp_path):
+    log_stage(store, "epochs", lambda label, fold: NOISE[fold] - 0.001 * int(label.split("=")[-1]) / 20)
+    folds = fold_table(read_runs(tracking.connect(store), ["mnist"]))
+    summary = candidate_summary(folds)
+    assert interaction.steps_with_two_parameters(summary) == ["epochs"]
+    table = interaction.get_interaction_info(summary, "epochs")
+    assert table.shape == (1, 3) and list(table.columns) == ["20", "40", "60"]
+    assert table.loc["20", "20"] > table.loc["20", "60"]
+    assert interaction.render_interaction(table, "epochs", tmp_path / "x.png").stat().st_size > 5000
+
+
+def test_report_links_every_figure_and_is_logged(campaign, tmp_path):
+    client, _ = campaign
+    report = build_report(client, ["mnist"], tmp_path / "out")
+    text = report.html_path.read_text()
+    assert len(report.figures) == 3 + 2 * 5
+    for name in report.figures:
+        anchor = name.replace(" ", "-")
+        assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == len(report.figures)
+    assert "no detectable effect" in text
+    run_id = tracking.log_report(client, "mnist", tmp_path / "out")
+    logged = {f.path for f in client.list_artifacts(run_id, "analysis")}
+    assert "analysis/report.html" in logged and "analysis/noise_floor.png" in logged
+
+
+def test_empty_store_warns_and_still_renders(tmp_path):
+    empty = pd.DataFrame(columns=["step", "candidate", "mean", "ci_low", "ci_high", "is_best", "tied", "step_order"])
+    with pytest.warns(UserWarning, match="no finished steps"):
+        path = progression.render_progression(progression.get_progression_info(empty), tmp_path / "e.png")
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_more_than_a_thousand_runs_are_read_whole(store):
+    log_stage(store, "dropout_rate_1", lambda label, fold: 0.99 - fold * 1e-5, folds=100)
+    runs = read_runs(tracking.connect(store), ["mnist"])
+    assert len(runs) == 1 + 10 + 1000
+    folds = fold_table(runs)
+    assert len(folds) == 1000 and folds["fold"].nunique() == 100

@@ -1,0 +1,130 @@
+"""final -> promote -> load by alias -> serve over HTTP, on the shipped sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote, promotion_decision, run_final
+
+
+@pytest.mark.parametrize(
+    "accuracy, minimum, champion, force, accepted, reason",
+    [
+        (0.9970, 0.9966, None, False, True, "passes"),
+        (0.9966, 0.9966, None, False, True, "passes"),
+        (0.9951, 0.9966, None, False, False, "below --min-accuracy"),
+        (0.9970, 0.9966, 0.9980, False, False, "below the current champion's"),
+        (0.9970, 0.9966, 0.9980, True, True, "passes"),
+        (0.9951, 0.9966, 0.9900, True, False, "below --min-accuracy"),  # force never lowers the bar
+        (float("nan"), 0.5, None, True, False, "below --min-accuracy"),
+    ],
+)
+def test_promotion_gate(accuracy, minimum, champion, force, accepted, reason):
+    ok, why = promotion_decision(accuracy, minimum, champion, force)
+    assert ok is accepted and reason in why
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_final_promote_load_and_serve(store, sample):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.data import select_digits
+
+    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=2, overrides="", experiment="mnist")
+    best_kernel = campaign.tune("kernel_size", n_jobs=1, with_model=False, progress=False)[0].best["params"]
+    summary = run_final(campaign, repeats=1, progress=False)
+    assert summary["params"]["kernel_size"] == tuple(best_kernel["kernel_size"])  # carried forward from the store
+    client = MlflowClient(store)
+    final = client.get_run(summary["run_id"])
+    assert final.data.params["kernel_size"] == "({}, {})".format(*best_kernel["kernel_size"])
+    artifacts = {f.path for f in client.list_artifacts(final.info.run_id)}
+    assert {"confusion_matrix.png", "confusion_matrix.json", "misclassified.png", "model"} <= artifacts
+    matrix = json.loads(Path(client.download_artifacts(final.info.run_id, "confusion_matrix.json")).read_text())
+    task = select_digits(sample, (2, 7))
+    assert np.sum(matrix["matrix"]) == len(task.y_test) and matrix["labels"] == [2, 7]
+    accuracy = final.data.metrics["test_accuracy"]
+    assert accuracy == pytest.approx(np.trace(matrix["matrix"]) / len(task.y_test))
+    contexts = {i.tags[0].value for i in final.inputs.dataset_inputs}
+    assert contexts == {"train", "test"}
+
+    done = promote(client, campaign.experiment_id, min_accuracy=0.5)
+    name = done["name"]
+    assert name == "mnist-2v7-convnet" and str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    with pytest.raises(PromotionRejected, match="below --min-accuracy"):
+        promote(client, campaign.experiment_id, min_accuracy=0.99999)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+
+    # A clearly worse model (tiny learning rate) passes a low bar but not the champion, unless forced.
+    worse = Campaign.open("sample", "2,7", 2, 0, 1, "learn_rate=0.0001", "mnist")
+    run_final(worse, repeats=3, n_jobs=1, progress=False)
+    with pytest.raises(PromotionRejected, match="current champion"):
+        promote(client, campaign.experiment_id, min_accuracy=0.3)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
+    forced = promote(client, campaign.experiment_id, min_accuracy=0.3, force=True)
+    version = client.get_model_version_by_alias(name, CHAMPION)
+    assert str(forced["version"]) == str(version.version) == "2"
+    assert float(version.tags["test_accuracy"]) <= accuracy and version.tags["repeats"] == "3"
+    promote(client, campaign.experiment_id, min_accuracy=0.3, run_id=final.info.run_id, force=True)
+
+    # The champion loads by alias and predicts digits from raw pixels.
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    predicted = np.asarray(model.predict(task.x_test)).argmax(axis=1)
+    assert np.mean(predicted == task.y_test) == pytest.approx(accuracy)
+
+    # ... and answers HTTP on loopback.
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{name}@{CHAMPION}",
+            "--env-manager",
+            "local",
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        body = json.dumps({"inputs": task.x_test[:10].tolist()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        served = np.asarray(answer["predictions"]).argmax(axis=1)
+        assert np.array_equal(served, predicted[:10])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
