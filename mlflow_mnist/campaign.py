@@ -88,7 +88,7 @@ class Campaign:
         steps = steps_of(stage)
         logger = self.logger()
         tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
-        try:
+        with logger.closing_on_failure(tracking.tracking_uri()):
             return run_stage(
                 stage,
                 steps,
@@ -104,9 +104,3 @@ class Campaign:
                 self.stage_params,
                 with_model,
             )
-        except KeyboardInterrupt:
-            logger.abort("KILLED")
-            raise
-        except BaseException:
-            logger.abort("FAILED")
-            raise

@@ -137,12 +137,12 @@ def _load_idx_dir(folder: Path) -> Mnist:
         found = next((path for path in candidates if path.is_file()), None)
         if found is None:
             raise DataError(f"{folder} has no {stem}[.gz]: it needs the four canonical MNIST IDX files")
-        arrays[key] = read_idx(found)
+        arrays[key] = read_idx(found, expected_ndim=3 if key.startswith("x") else 1)
     return _validated(**arrays, source=str(folder))
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (gzip'ed or not) of unsigned bytes."""
+def read_idx(path: Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Read one IDX file (gzip'ed or not) of unsigned bytes: images (3 dimensions) or labels (1)."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
@@ -153,8 +153,10 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is too short to be an IDX file: re-download it")
     magic = int.from_bytes(raw[:4], "big")
     ndim = raw[3]
-    if magic not in _IDX_MAGIC.values() or _IDX_MAGIC.get(ndim) != magic:
-        raise DataError(f"{path} has IDX magic number {magic}, expected 2049 (labels) or 2051 (images)")
+    allowed = [_IDX_MAGIC[expected_ndim]] if expected_ndim else list(_IDX_MAGIC.values())
+    if magic not in allowed:
+        kinds = {2049: "2049 (labels)", 2051: "2051 (images)"}
+        raise DataError(f"{path} has IDX magic number {magic}, expected {' or '.join(kinds[m] for m in allowed)}")
     header_end = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))

@@ -148,7 +148,7 @@ def run_final(campaign, repeats: int = 1, n_jobs: int = 0, progress: bool = True
     task = campaign.task
     logger = campaign.logger()
     tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
-    try:
+    with logger.closing_on_failure(tracking.tracking_uri()):
         parent = logger.start_final(params, state, repeats, campaign.stage_params, campaign.adopt_run_id)
         logger.log_dataset(parent, campaign.dataset("test"), context="test")
         seeds = [campaign.settings.split_seed + k for k in range(repeats)]
@@ -165,12 +165,6 @@ def run_final(campaign, repeats: int = 1, n_jobs: int = 0, progress: bool = True
                 bar.update()
         summary = summarize(results)
         logger.finish_final(parent, summary)
-    except KeyboardInterrupt:
-        logger.abort("KILLED")
-        raise
-    except BaseException:
-        logger.abort("FAILED")
-        raise
     return {**summary, "run_id": parent, "params": params}
 
 

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -64,6 +65,15 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(query="")) if parts.query else urlunsplit(parts)
 
 
+def _writable(folder: Path) -> bool:
+    """A real write probe: permission bits say nothing to root, a read-only mount says no to everyone."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
@@ -78,8 +88,8 @@ def connect(uri: str | None = None):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
+        folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve().parent
+        if not _writable(folder):
             raise TrackingError(
                 f"cannot write the SQLite store in {folder}: make it writable or set MLFLOW_TRACKING_URI"
             )
@@ -89,6 +99,11 @@ def connect(uri: str | None = None):
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        if "401" in reason or "403" in reason:
+            raise TrackingError(
+                f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): set "
+                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            ) from None
         raise TrackingError(
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
@@ -236,7 +251,8 @@ class RunLogger:
         run_id: str | None = None,
     ) -> str:
         """A new run (or the adopted ``run_id`` that ``mlflow run`` made for us) with our tags and dataset."""
-        all_tags = {**self.common_tags, LEVEL: level, **(tags or {})}
+        # Tag values must be strings: SQLite coerces them, the REST store refuses anything else.
+        all_tags = {key: str(value) for key, value in {**self.common_tags, LEVEL: level, **(tags or {})}.items()}
         if parent:
             all_tags[PARENT] = parent
         if run_id:
@@ -267,7 +283,30 @@ class RunLogger:
             try:
                 self.finish(run_id, status)
             except Exception:  # noqa: BLE001 - best effort while already failing
-                pass
+                # The store is gone: retrying every run would only delay the exit; the next start closes them.
+                return
+
+    @contextmanager
+    def closing_on_failure(self, uri: str):
+        """Close open runs on any failure; a lost store becomes one :class:`TrackingError` line naming ``uri``."""
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.abort("KILLED")
+            raise
+        except (MlflowException, RequestException, OSError) as error:
+            self.abort("FAILED")
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise TrackingError(
+                f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "
+                f"once it is back, run the same command again to resume"
+            ) from None
+        except BaseException:
+            self.abort("FAILED")
+            raise
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

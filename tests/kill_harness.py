@@ -1,0 +1,178 @@
+"""SIGKILL a stage at random moments, rerun it, and check nothing was lost, duplicated or retrained twice.
+
+    python tests/kill_harness.py --points 12            # the long version, by hand (about 5 minutes)
+
+The suite runs a short version (tests/test_reliability.py). Each kill point gets a fresh store: start
+`mlflow-mnist tune` on the shipped sample, kill -9 it after a random delay (spread over the whole run: during
+training, while logging a model, between runs), rerun to completion, then check:
+no run left RUNNING; exactly one FINISHED fold run per fold key; the final cv_results equal to an uninterrupted
+run's; and the rerun trained exactly the folds that had not finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGE_ARGS = [
+    "tune",
+    "--stage",
+    "kernel_size",
+    "--data",
+    "sample",
+    "--epochs",
+    "2",
+    "--folds",
+    "2",
+    "--experiment",
+    "mnist",
+]
+TOTAL_FOLDS = 8
+
+
+@dataclass
+class KillOutcome:
+    delay: float
+    finished_before: int
+    running_at_kill: int
+    trained_after: int
+    duplicates: int
+    left_running: int
+    results_equal: bool
+
+
+def _env(store_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store_dir}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _command(n_jobs: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow_mnist", *STAGE_ARGS, "--n-jobs", str(n_jobs)]
+
+
+def _runs(store_dir: Path) -> list:
+    from mlflow import MlflowClient
+
+    from mlflow_mnist import tracking
+
+    client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
+    experiment = client.get_experiment_by_name("mnist")
+    return tracking.search_all(client, [experiment.experiment_id]) if experiment else []
+
+
+def final_means(store_dir: Path) -> dict[str, float]:
+    """mean_test_score per candidate from the newest finished stage run's cv_results.csv."""
+    from mlflow import MlflowClient
+
+    from mlflow_mnist import tracking
+
+    steps = [r for r in _runs(store_dir) if r.data.tags.get(tracking.LEVEL) == "step" and r.info.status == "FINISHED"]
+    newest = max(steps, key=lambda r: r.info.end_time)
+    path = MlflowClient(f"sqlite:///{store_dir}/mlflow.db").download_artifacts(newest.info.run_id, "cv_results.csv")
+    return {row["candidate"]: float(row["mean_test_score"]) for row in csv.DictReader(Path(path).open())}
+
+
+def run_to_completion(store_dir: Path, n_jobs: int) -> tuple[int, int, float]:
+    """Run the stage; returns (folds trained, folds reused, seconds)."""
+    start = time.perf_counter()
+    proc = subprocess.run(_command(n_jobs), capture_output=True, text=True, env=_env(store_dir), timeout=900)
+    if proc.returncode:
+        raise RuntimeError(f"stage failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    trained, reused = map(int, re.search(r"trained (\d+) folds, reused (\d+)", proc.stdout).groups())
+    return trained, reused, time.perf_counter() - start
+
+
+def kill_once(store_dir: Path, delay: float, reference: dict[str, float], n_jobs: int) -> KillOutcome:
+    from mlflow_mnist import tracking
+
+    proc = subprocess.Popen(
+        _command(n_jobs),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(store_dir),
+        start_new_session=True,
+    )
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and any workers it started, like a crash would
+    proc.wait()
+    runs = _runs(store_dir)
+    folds = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "fold"]
+    finished_before = sum(r.info.status == "FINISHED" for r in folds)
+    running_at_kill = sum(r.info.status == "RUNNING" for r in runs)
+    trained, _, _ = run_to_completion(store_dir, n_jobs)
+    runs = _runs(store_dir)
+    finished = Counter(
+        r.data.tags[tracking.FOLD_KEY]
+        for r in runs
+        if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"
+    )
+    means = final_means(store_dir)
+    return KillOutcome(
+        delay,
+        finished_before,
+        running_at_kill,
+        trained,
+        duplicates=sum(n - 1 for n in finished.values()) + (TOTAL_FOLDS - len(finished)),
+        left_running=sum(r.info.status == "RUNNING" for r in runs),
+        results_equal=means.keys() == reference.keys() and all(abs(means[k] - reference[k]) < 1e-9 for k in means),
+    )
+
+
+def campaign(points: int, seed: int = 0, n_jobs: int = 1, workdir: Path | None = None) -> list[KillOutcome]:
+    """A reference run, then ``points`` kill-and-resume rounds at delays spread over the reference duration."""
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="kill-"))
+    reference_dir = workdir / "reference"
+    reference_dir.mkdir(parents=True)
+    _, _, duration = run_to_completion(reference_dir, n_jobs)
+    reference = final_means(reference_dir)
+    rng = random.Random(seed)
+    # Evenly spread strata with random jitter: early (start-up, first fold), middle, and late (last logging).
+    delays = sorted(duration * (i + rng.random()) / points for i in range(points))
+    outcomes = []
+    for index, delay in enumerate(delays):
+        store_dir = workdir / f"kill-{index}"
+        store_dir.mkdir()
+        outcomes.append(kill_once(store_dir, delay, reference, n_jobs))
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-jobs", type=int, default=1)
+    args = parser.parse_args()
+    outcomes = campaign(args.points, args.seed, args.n_jobs)
+    print(
+        "| delay s | folds finished before kill | runs RUNNING at kill | retrained | duplicates | "
+        "left RUNNING | cv_results equal |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for o in outcomes:
+        print(
+            f"| {o.delay:.1f} | {o.finished_before} | {o.running_at_kill} | {o.trained_after} | {o.duplicates} | "
+            f"{o.left_running} | {o.results_equal} |"
+        )
+    bad = [
+        o
+        for o in outcomes
+        if o.duplicates or o.left_running or not o.results_equal or o.trained_after != TOTAL_FOLDS - o.finished_before
+    ]
+    print(f"{len(outcomes)} kill points, {len(bad)} with a problem")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,329 @@
+"""Bad input, Ctrl-C, kill -9, a tracking server that goes away, and secrets that must never reach the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import kill_harness
+import numpy as np
+import pytest
+from conftest import cli, write_idx, write_idx_folder
+
+from mlflow_mnist import tracking
+
+STAGE = ["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "1", "--folds", "2"]
+
+
+def _run_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            return connection.execute("select count(*) from runs").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.fixture(scope="module")
+def broken_data(tmp_path_factory):
+    from mlflow_mnist.data import load_mnist
+
+    sample = load_mnist("sample")
+    base = tmp_path_factory.mktemp("broken")
+    corrupt = base / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
+    truncated = write_idx_folder(base / "truncated", sample)
+    blob = (truncated / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (truncated / "t10k-images-idx3-ubyte.gz").write_bytes(blob[:1000])
+    magic = write_idx_folder(base / "magic", sample)
+    write_idx(magic / "train-images-idx3-ubyte.gz", sample.x_train, magic=2049)
+    shape = write_idx_folder(base / "shape", sample)
+    write_idx(shape / "train-images-idx3-ubyte.gz", sample.x_train.reshape(-1, 784, 1))
+    labels = base / "labels.npz"
+    np.savez(
+        labels,
+        x_train=sample.x_train,
+        y_train=(sample.y_train + 5).astype(np.uint8),
+        x_test=sample.x_test,
+        y_test=sample.y_test,
+    )
+    return {"corrupt": corrupt, "truncated": truncated, "magic": magic, "shape": shape, "labels": labels}
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+BAD_INPUTS = [
+    ("unknown stage", ["--stage", "neuronz"], {}, "unknown stage 'neuronz'"),
+    ("overrides syntax", ["--overrides", "neurons_3"], {}, "is not KEY=VALUE"),
+    ("unknown parameter", ["--overrides", "colour=red"], {}, "unknown hyperparameter 'colour'"),
+    ("negative dropout", ["--overrides", "dropout_rate_1=-0.2"], {}, "dropout_rate_1=-0.2 must be at least 0.0"),
+    ("dropout of one", ["--overrides", "dropout_rate_2=1"], {}, "dropout_rate_2=1 must be at least 0.0 and below 1.0"),
+    ("zero neurons", ["--overrides", "neurons_1=0"], {}, "neurons_1=0 must be at least 1"),
+    ("negative neurons", ["--overrides", "neurons_2=-3"], {}, "neurons_2=-3 must be at least 1"),
+    ("unknown activation", ["--overrides", "activation_1=swishy"], {}, "activation_1='swishy' is not one of"),
+    ("unknown initializer", ["--overrides", "init_mode_2=ones"], {}, "init_mode_2='ones' is not one of"),
+    ("unknown optimizer", ["--overrides", "optimizer=LBFGS"], {}, "optimizer='LBFGS' is not one of"),
+    ("kernel too large", ["--overrides", "kernel_size=(15,15)"], {}, "too large for a 28x28 image"),
+    ("epochs 0", ["--epochs", "0"], {}, "epochs=0 must be at least 1"),
+    ("one fold", ["--folds", "1"], {}, "at least 2 folds"),
+    ("more folds than images", ["--folds", "301"], {}, "folds=301 is more than the 300 training images of digit 2"),
+    ("repeated digit", ["--digits", "2,2"], {}, "repeats a digit"),
+    ("digit 11", ["--digits", "11"], {}, "must each be 0-9"),
+    ("letter digit", ["--digits", "a"], {}, "comma-separated digits"),
+    ("single digit", ["--digits", "7"], {}, "names one class"),
+    ("missing data path", ["--data", "/nonexistent/mnist"], {}, "does not exist"),
+    ("corrupt npz", ["--data", "{corrupt}"], {}, "not a readable .npz"),
+    ("truncated gz", ["--data", "{truncated}"], {}, "truncated or corrupt"),
+    ("IDX wrong magic", ["--data", "{magic}"], {}, "magic number 2049"),
+    ("IDX wrong shape", ["--data", "{shape}"], {}, "expected (n, 28, 28)"),
+    ("labels out of range", ["--data", "{labels}"], {}, "labels must be integers 0..9"),
+    ("unreachable server", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "cannot reach the tracking store"),
+    ("read-only store", [], {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}/mlflow.db"}, "cannot write the SQLite store"),
+]
+
+
+@pytest.mark.parametrize("name, args, env, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data, name, args, env, message):
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    if os.geteuid() == 0:  # permission bits do not stop root; a read-only mount does
+        readonly = Path("/sys")
+    fill = {**{k: str(v) for k, v in broken_data.items()}, "port": _closed_port(), "readonly": readonly}
+    args = [a.format(**fill) for a in args]
+    env = {k: v.format(**fill) for k, v in env.items()}
+    command = list(STAGE)
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        if flag in command:
+            command[command.index(flag) + 1] = value
+        else:
+            command += [flag, value]
+    started = time.time()
+    proc = cli(*command, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **env}, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert _run_count(tmp_path / "mlflow.db") == 0
+    assert time.time() - started < 60
+
+
+def test_credentials_never_appear_in_messages():
+    uri = "https://alice:s3cr3t-t0ken@mlflow.example.com:5000/api?token=s3cr3t-t0ken"
+    assert "s3cr3t" not in tracking.redact(uri) and "mlflow.example.com:5000" in tracking.redact(uri)
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_mnist", *STAGE, "--epochs", "3", "--n-jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not kill_harness_finished_fold(tmp_path):
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted: open runs were marked KILLED")
+    runs = kill_harness._runs(tmp_path)
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs if r.data.tags.get(tracking.LEVEL) in ("step", "candidate")} == {"KILLED"}
+
+
+def kill_harness_finished_fold(store_dir: Path) -> bool:
+    try:
+        return any(
+            r.info.status == "FINISHED" and r.data.tags.get(tracking.LEVEL) == "fold"
+            for r in kill_harness._runs(store_dir)
+        )
+    except Exception:  # noqa: BLE001 - the store may not exist yet
+        return False
+
+
+@pytest.mark.slow
+def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+    outcomes = kill_harness.campaign(points=2, seed=1, workdir=tmp_path)
+    for outcome in outcomes:
+        assert outcome.duplicates == 0 and outcome.left_running == 0 and outcome.results_equal
+        assert outcome.trained_after == kill_harness.TOTAL_FOLDS - outcome.finished_before
+
+
+class Server:
+    """A real `mlflow server` on a free loopback port, SQLite backend, local artifacts."""
+
+    def __init__(self, folder: Path, extra: tuple[str, ...] = (), env: dict | None = None):
+        self.folder, self.extra, self.env = folder, extra, env or {}
+        self.port = _closed_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> Server:
+        exe = Path(sys.executable).parent / "mlflow"
+        self.proc = subprocess.Popen(
+            [
+                str(exe),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder}/server.db",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **self.env},
+            cwd=self.folder,
+        )
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    time.sleep(1)
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.mark.slow
+def test_server_stops_mid_stage_then_resume_without_duplicates(tmp_path):
+    server = Server(tmp_path).start()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": server.uri,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    }
+    args = [sys.executable, "-m", "mlflow_mnist", *STAGE, "--epochs", "2", "--n-jobs", "1", "--experiment", "mnist"]
+    try:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        client = tracking.connect(server.uri)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            exp = client.get_experiment_by_name("mnist")
+            folds = client.search_runs([exp.experiment_id], "tags.`mlflow_mnist.level` = 'fold'") if exp else []
+            if any(r.info.status == "FINISHED" for r in folds):
+                break
+            time.sleep(0.5)
+        server.stop()
+        _, err = proc.communicate(timeout=180)
+        lines = [line for line in err.splitlines() if line.strip() and "absl" not in line]
+        assert proc.returncode == 2
+        assert lines[-1].startswith(f"error: lost the tracking store at {server.uri}"), err[-2000:]
+        assert "Traceback" not in err
+        server.start()
+        rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        client = tracking.connect(server.uri)
+        exp = client.get_experiment_by_name("mnist")
+        runs = tracking.search_all(client, [exp.experiment_id])
+        finished = [
+            r.data.tags[tracking.FOLD_KEY]
+            for r in runs
+            if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"
+        ]
+        assert len(finished) == len(set(finished)) == 8
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        assert "reused" in rerun.stdout and "reused 0" not in rerun.stdout
+    finally:
+        server.stop()
+
+
+SECRETS = {
+    "MLFLOW_TRACKING_PASSWORD": "pw-Zq81-never-log",
+    "AWS_SECRET_ACCESS_KEY": "aws-Kx92-never-log",
+    "MLFLOW_TRACKING_TOKEN": "tok-Pm37-never-log",
+}
+
+
+@pytest.mark.slow
+def test_basic_auth_server_and_no_secret_reaches_the_store(tmp_path):
+    admin_password = SECRETS["MLFLOW_TRACKING_PASSWORD"]
+    (tmp_path / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///basic_auth.db\n"
+        f"admin_username = admin\nadmin_password = {admin_password}\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    server = Server(
+        tmp_path,
+        ("--app-name", "basic-auth"),
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key",
+        },
+    ).start()
+    try:
+        base = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        denied = subprocess.run(
+            [sys.executable, "-m", "mlflow_mnist", *STAGE],
+            capture_output=True,
+            text=True,
+            env={**base, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
+        )
+        assert denied.returncode == 2 and "refused our credentials" in denied.stderr
+        assert "wrong" not in denied.stderr
+        env = {**base, **SECRETS, "MLFLOW_TRACKING_USERNAME": "admin"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlflow_mnist", *STAGE, "--n-jobs", "1"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin_password})
+        try:
+            client = tracking.connect(server.uri)
+            exp = client.get_experiment_by_name("mnist")
+            runs = tracking.search_all(client, [exp.experiment_id])
+            assert len(runs) == 1 + 4 + 8
+            texts = []
+            for run in runs:
+                texts += list(run.data.params) + list(run.data.params.values())
+                texts += list(run.data.tags) + list(run.data.tags.values()) + list(run.data.metrics)
+        finally:
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                os.environ.pop(key, None)
+        for path in (tmp_path / "artifacts").rglob("*"):
+            if path.is_file():
+                texts.append(path.read_bytes().decode("latin-1"))
+                if path.suffix == ".keras":
+                    with zipfile.ZipFile(path) as archive:
+                        texts += [archive.read(n).decode("latin-1") for n in archive.namelist()]
+        blob = "\n".join(texts)
+        for secret in SECRETS.values():
+            assert secret not in blob
+        models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/model/" in p.as_posix()]
+        assert any(p.name == "model.keras" for p in models)
+        assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
+    finally:
+        server.stop()
