@@ -27,7 +27,11 @@ def render_importance(info: pd.DataFrame, path: Path) -> Path:
             100 * effect, y, f"  {ratio:.1f}x noise" if np.isfinite(ratio) else "  (one fold)", va="center", fontsize=8
         )
     ax.set_xlabel("spread of candidates' mean accuracy (percentage points)")
-    ax.set_title("Parameter importance (green: more than twice the noise)", fontsize=10)
+    ax.set_title(
+        "Parameter importance: spread of healthy candidates against the noise of one mean\n"
+        "(green: more than twice the noise; per-candidate significance is in the noise-floor figure)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, path)
 

@@ -61,6 +61,7 @@ def candidate_summary(folds: pd.DataFrame) -> pd.DataFrame:
     summary = pd.DataFrame(rows)
     if summary.empty:
         return summary
+    summary = summary.astype({"diverged": bool, "tied": bool, "is_best": bool})
     return summary.sort_values(["step_order", "candidate_index"], ignore_index=True)
 
 
@@ -95,11 +96,20 @@ def step_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
                 "tied": ", ".join(tied["value"]),
                 "n_tied": len(tied),
                 "n_diverged": int(group["diverged"].sum()),
-                "verdict": NO_EFFECT if group["tied"].all() else EFFECT,
+                "verdict": _verdict(group),
                 "step_order": best["step_order"],
             }
         )
     return pd.DataFrame(rows)
+
+
+def _verdict(group: pd.DataFrame) -> str:
+    if group["tied"].all():
+        return NO_EFFECT
+    diverged = int(group["diverged"].sum())
+    if diverged and group.loc[~group["diverged"], "tied"].all():
+        return f"{NO_EFFECT} apart from {diverged} diverged"  # the healthy values are indistinguishable
+    return EFFECT
 
 
 def importance(summary: pd.DataFrame) -> pd.DataFrame:
