@@ -7,6 +7,7 @@ Variants, each in a fresh process so TensorFlow's thread settings cannot leak be
   a  the seed's way: scikit-learn GridSearchCV over scikeras' KerasClassifier, default compile, n_jobs=1, no tracking
   b  our stage, full tracking (fold runs, curves, models) into a throw-away SQLite store
   c  our stage's executor alone, tracking disabled
+  d  our stage, full tracking, --precision mixed_bfloat16 (bfloat16 compute: AMX / AVX512-BF16 CPUs)
 Writes benchmarks/results/bench_stage[-quick].json and .md; prints the table.
 """
 
@@ -69,13 +70,13 @@ def variant_a(data: str, step: str, epochs: int, folds: int) -> dict:
     return {"seconds": time.perf_counter() - start, "mean_accuracy": search.cv_results_["mean_test_score"].tolist()}
 
 
-def variant_b(data: str, step: str, epochs: int, folds: int) -> dict:
+def variant_b(data: str, step: str, epochs: int, folds: int, precision: str = "float32") -> dict:
     from mlflow_mnist.campaign import Campaign
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ.pop("MLFLOW_RUN_ID", None)
-        campaign = Campaign.open(data, "2,7", folds, 0, epochs, SEED_CONTEXT, "benchmark")
+        campaign = Campaign.open(data, "2,7", folds, 0, epochs, SEED_CONTEXT, "benchmark", precision)
         start = time.perf_counter()
         outcome = campaign.tune(step, progress=False)[0]
         seconds = time.perf_counter() - start
@@ -96,7 +97,11 @@ def variant_c(data: str, step: str, epochs: int, folds: int) -> dict:
     return {"seconds": seconds, "mean_accuracy": [row["mean_test_score"] for row in cv_results(plan, results)]}
 
 
-VARIANTS = {"a": variant_a, "b": variant_b, "c": variant_c}
+def variant_d(data: str, step: str, epochs: int, folds: int) -> dict:
+    return variant_b(data, step, epochs, folds, precision="mixed_bfloat16")
+
+
+VARIANTS = {"a": variant_a, "b": variant_b, "c": variant_c, "d": variant_d}
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 7) -> float:
@@ -166,14 +171,14 @@ def main() -> None:
     peak = matmul_peak_gflops()
     work = training_work(data, args.step, epochs, folds)
     measured = {}
-    for name in ("a", "b", "c"):
+    for name in VARIANTS:
         print(f"running variant {name} ...", file=sys.stderr, flush=True)
         command = [sys.executable, __file__, "--only", name, "--step", args.step, "--data", data]
         proc = subprocess.run(command + (["--quick"] if args.quick else []), capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-3000:]}")
         measured[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    a, b, c = (measured[k]["seconds"] for k in "abc")
+    a, b, c, d = (measured[k]["seconds"] for k in "abcd")
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -182,15 +187,20 @@ def main() -> None:
             "matmul_peak_gflops": peak,
         },
         "setup": {"step": args.step, "epochs": epochs, "folds": folds, "data": data, "quick": args.quick, **work},
-        "seconds": {"a_seed_way": a, "b_tracked": b, "c_untracked": c},
+        "seconds": {"a_seed_way": a, "b_tracked": b, "c_untracked": c, "d_tracked_bf16": d},
         "speedup_a_over_b": a / b,
+        "speedup_a_over_d": a / d,
         "tracking_overhead": (b - c) / c,
-        "images_per_second": {k: work["images"] / s for k, s in zip("abc", (a, b, c), strict=True)},
-        "gflops_per_second": {k: work["flops"] / s / 1e9 for k, s in zip("abc", (a, b, c), strict=True)},
-        "mean_accuracy": {"a": measured["a"]["mean_accuracy"], "b": measured["b"]["mean_accuracy"]},
+        "images_per_second": {k: work["images"] / s for k, s in zip("abcd", (a, b, c, d), strict=True)},
+        "gflops_per_second": {k: work["flops"] / s / 1e9 for k, s in zip("abcd", (a, b, c, d), strict=True)},
+        "mean_accuracy": {k: measured[k]["mean_accuracy"] for k in "abd"},
     }
     report["fraction_of_peak"] = report["gflops_per_second"]["b"] / peak
-    rates = {"seed_way": a / (work["flops"] / 1e9), "ours": b / (work["flops"] / 1e9)}
+    rates = {
+        "seed_way": a / (work["flops"] / 1e9),
+        "ours": b / (work["flops"] / 1e9),
+        "ours_bf16": d / (work["flops"] / 1e9),
+    }
     report["campaign_minutes"] = campaign_estimate(rates, folds, work["train_images"])
     report["targets"] = TARGETS
     args.out.mkdir(parents=True, exist_ok=True)
@@ -215,8 +225,9 @@ def markdown(r: dict) -> str:
         "a": "a) seed's way (GridSearchCV, no tracking)",
         "b": "b) ours, full tracking",
         "c": "c) ours, tracking off",
+        "d": "d) ours, full tracking, bfloat16",
     }
-    for key, seconds in zip("abc", s.values(), strict=True):
+    for key, seconds in zip("abcd", s.values(), strict=True):
         gflops = r["gflops_per_second"][key]
         lines.append(
             f"| {names[key]} | {seconds:.1f} | {r['images_per_second'][key]:.0f} | {gflops:.1f} | "
@@ -224,15 +235,19 @@ def markdown(r: dict) -> str:
         )
     lines += [
         "",
-        f"- speed-up a/b: **{r['speedup_a_over_b']:.2f}x** (target >= {r['targets']['speedup_a_over_b']}x)",
+        f"- speed-up a/b: **{r['speedup_a_over_b']:.2f}x** (target >= {r['targets']['speedup_a_over_b']}x); "
+        f"a/d with bfloat16: **{r['speedup_a_over_d']:.2f}x**",
         f"- tracking overhead (b-c)/c: **{100 * r['tracking_overhead']:.1f}%** "
         f"(target <= {100 * r['targets']['tracking_overhead']:.0f}%)",
         f"- share of matmul peak while training (b): **{100 * r['fraction_of_peak']:.1f}%** "
         f"(target >= {100 * r['targets']['fraction_of_peak']:.0f}%)",
         "- mean CV accuracy per candidate, a vs b: "
-        + ", ".join(f"{x:.4f}/{y:.4f}" for x, y in zip(r["mean_accuracy"]["a"], r["mean_accuracy"]["b"], strict=True)),
+        + ", ".join(f"{x:.4f}/{y:.4f}" for x, y in zip(r["mean_accuracy"]["a"], r["mean_accuracy"]["b"], strict=True))
+        + "; d (bfloat16): "
+        + ", ".join(f"{x:.4f}" for x in r["mean_accuracy"]["d"]),
         f"- whole 18-step campaign at the seed's settings, estimated from these rates: seed's way "
-        f"{r['campaign_minutes']['seed_way']:.0f} min, ours {r['campaign_minutes']['ours']:.0f} min",
+        f"{r['campaign_minutes']['seed_way']:.0f} min, ours {r['campaign_minutes']['ours']:.0f} min, "
+        f"ours with bfloat16 {r['campaign_minutes']['ours_bf16']:.0f} min",
         "",
     ]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlflow_mnist import tracking
 from mlflow_mnist.data import SAMPLE_PATH, Task, load_mnist, parse_digits, select_digits
-from mlflow_mnist.model import HyperparameterError, Params
+from mlflow_mnist.model import HyperparameterError, Params, check_precision
 from mlflow_mnist.search import SearchSettings, StepOutcome, check_folds, resolve_fixed_params, run_stage
 from mlflow_mnist.stages import STEPS, parse_overrides, steps_of
 
@@ -32,8 +32,17 @@ class Campaign:
 
     @classmethod
     def open(
-        cls, data: str, digits: str, folds: int, seed: int, epochs: int, overrides: str, experiment: str | None
+        cls,
+        data: str,
+        digits: str,
+        folds: int,
+        seed: int,
+        epochs: int,
+        overrides: str,
+        experiment: str | None,
+        precision: str = "float32",
     ) -> Campaign:
+        check_precision(precision)
         parsed_overrides = parse_overrides(overrides)
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
@@ -44,7 +53,7 @@ class Campaign:
         resolve_fixed_params(STEPS[0].name, {}, parsed_overrides, epochs)
         task = select_digits(load_mnist(data), chosen)
         check_folds(task.y_train, folds, chosen)
-        settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes)
+        settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision)
         client = tracking.connect()
         adopt = os.environ.get("MLFLOW_RUN_ID") or None  # set by `mlflow run`: that run becomes our stage run
         if adopt:
@@ -62,6 +71,7 @@ class Campaign:
             "n_folds": self.settings.n_folds,
             "split_seed": self.settings.split_seed,
             "data_digest": self.settings.data_digest,
+            "precision": self.settings.precision,
         }
 
     def dataset(self, split: str = "train"):

@@ -149,10 +149,21 @@ def make_optimizer(name: str, learn_rate: float, momentum: float):
     return getattr(keras.optimizers, name)(learning_rate=learn_rate)
 
 
-def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution: int = 1):
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise HyperparameterError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution: int = 1, precision: str = "float32"):
     """The seed's convnet, compiled; ``steps_per_execution`` > 1 runs several batches per graph call.
 
-    (The argument is not called ``params``: scikeras injects its own dict under that name.)
+    ``precision="mixed_bfloat16"`` computes in bfloat16 with float32 weights (fast on CPUs with AMX or
+    AVX512-BF16, slow elsewhere); the output layer stays float32. (The argument is not called ``params``:
+    scikeras injects its own dict under that name.)
     """
     import keras
     from keras import layers
@@ -162,21 +173,31 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
     def initializer(name: str):
         return getattr(keras.initializers, _INITIALIZER_CLASSES[name])()
 
+    dtype = check_precision(precision)
+
     model = keras.Sequential(
         [
             keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE), dtype="uint8", name="pixels"),
-            layers.Rescaling(1.0 / 255),
-            layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1)),
-            layers.Conv2D(p["neurons_1"], p["kernel_size"], activation=p["activation_1"]),
-            layers.Conv2D(p["neurons_2"], p["kernel_size"], activation=p["activation_2"]),
-            layers.MaxPooling2D(p["pool_size"]),
-            layers.Dropout(p["dropout_rate_1"]),
-            layers.Flatten(),
+            layers.Rescaling(1.0 / 255, dtype=dtype),
+            layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1), dtype=dtype),
+            layers.Conv2D(p["neurons_1"], p["kernel_size"], activation=p["activation_1"], dtype=dtype),
+            layers.Conv2D(p["neurons_2"], p["kernel_size"], activation=p["activation_2"], dtype=dtype),
+            layers.MaxPooling2D(p["pool_size"], dtype=dtype),
+            layers.Dropout(p["dropout_rate_1"], dtype=dtype),
+            layers.Flatten(dtype=dtype),
             layers.Dense(
-                p["neurons_3"], kernel_initializer=initializer(p["init_mode_1"]), activation=p["activation_3"]
+                p["neurons_3"],
+                kernel_initializer=initializer(p["init_mode_1"]),
+                activation=p["activation_3"],
+                dtype=dtype,
             ),
-            layers.Dropout(p["dropout_rate_2"]),
-            layers.Dense(n_classes, kernel_initializer=initializer(p["init_mode_2"]), activation=p["activation_4"]),
+            layers.Dropout(p["dropout_rate_2"], dtype=dtype),
+            layers.Dense(
+                n_classes,
+                kernel_initializer=initializer(p["init_mode_2"]),
+                activation=p["activation_4"],
+                dtype="float32",
+            ),
         ]
     )
     model.compile(
@@ -188,7 +209,13 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
     return model
 
 
-def make_classifier(params: Params, n_classes: int = 2, steps_per_execution: int = 1, random_state: int | None = None):
+def make_classifier(
+    params: Params,
+    n_classes: int = 2,
+    steps_per_execution: int = 1,
+    random_state: int | None = None,
+    precision: str = "float32",
+):
     """The model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive."""
     from scikeras.wrappers import KerasClassifier
 
@@ -198,6 +225,7 @@ def make_classifier(params: Params, n_classes: int = 2, steps_per_execution: int
         model__hyperparameters=p,
         model__n_classes=n_classes,
         model__steps_per_execution=steps_per_execution,
+        model__precision=check_precision(precision),
         loss="categorical_crossentropy",
         epochs=p["epochs"],
         batch_size=p["batch_size"],

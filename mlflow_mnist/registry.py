@@ -52,6 +52,7 @@ def train_final(
     y_test,
     n_classes: int,
     seed: int,
+    precision: str = "float32",
     steps_per_execution: int = 32,
     threads: int = 1,
 ) -> FinalResult:
@@ -62,7 +63,7 @@ def train_final(
     keras.utils.set_random_seed(seed)
     onehot = np.eye(n_classes, dtype="float32")
     start = time.perf_counter()
-    classifier = make_classifier(params, n_classes, steps_per_execution)
+    classifier = make_classifier(params, n_classes, steps_per_execution, precision=precision)
     classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN()])
     classifier.fit(x_train, onehot[y_train])
     fit_seconds = time.perf_counter() - start
@@ -152,7 +153,19 @@ def run_final(campaign, repeats: int = 1, n_jobs: int = 0, progress: bool = True
         parent = logger.start_final(params, state, repeats, campaign.stage_params, campaign.adopt_run_id)
         logger.log_dataset(parent, campaign.dataset("test"), context="test")
         seeds = [campaign.settings.split_seed + k for k in range(repeats)]
-        calls = [(params, task.x_train, task.y_train, task.x_test, task.y_test, task.n_classes, s) for s in seeds]
+        calls = [
+            (
+                params,
+                task.x_train,
+                task.y_train,
+                task.x_test,
+                task.y_test,
+                task.n_classes,
+                s,
+                campaign.settings.precision,
+            )
+            for s in seeds
+        ]
         results = []
         with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
             for result in execute(train_final, calls, n_jobs if repeats > 1 else 1):

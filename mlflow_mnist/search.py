@@ -36,6 +36,7 @@ class SearchSettings:
     epochs: int = 6
     data_digest: str = ""
     n_classes: int = 2
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class FoldTask:
     split_seed: int
     n_classes: int
     key: str
+    precision: str = "float32"
 
     @property
     def seed(self) -> int:
@@ -137,7 +139,10 @@ def config_hash(params: Params) -> str:
 
 def fold_key(params: Params, fold: int, settings: SearchSettings) -> str:
     """Identity of a fold result: same hyperparameters, fold, split and data give the same key anywhere."""
-    text = json.dumps([canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest])
+    identity = [canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
+    if settings.precision != "float32":  # float32 keys stay as they were before precision existed
+        identity.append(settings.precision)
+    text = json.dumps(identity)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -188,6 +193,7 @@ def plan_step(step: Step, fixed: Params, settings: SearchSettings, done: Mapping
                         settings.split_seed,
                         settings.n_classes,
                         key,
+                        settings.precision,
                     )
                 )
     plan_text = json.dumps(
@@ -315,7 +321,7 @@ def train_fold(
     start = time.perf_counter()
     try:
         keras.utils.set_random_seed(task.seed)
-        classifier = make_classifier(task.params, task.n_classes, steps_per_execution)
+        classifier = make_classifier(task.params, task.n_classes, steps_per_execution, precision=task.precision)
         classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN(), _divergence_guard(task.n_classes)])
         classifier.fit(
             x[train],

@@ -65,3 +65,12 @@ def test_flops_grow_with_kernel_and_neurons():
     # Hand count for the seed start (kernel 3, 4 and 8 filters, pool 2, dense 16): 6 x multiply-adds.
     macs = 26 * 26 * 4 * 9 + 24 * 24 * 8 * 9 * 4 + 12 * 12 * 8 * 16 + 16 * 2
     assert small == 6 * macs
+
+
+def test_bfloat16_precision_computes_in_bfloat16_and_predicts_float32(sample):
+    model = build_model(SEED_START, precision="mixed_bfloat16")
+    conv = next(layer for layer in model.layers if "conv" in layer.name)
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.predict(sample.x_test[:2], verbose=0).dtype == np.float32
+    with pytest.raises(HyperparameterError, match="precision='float16' is not one of float32, mixed_bfloat16"):
+        build_model(SEED_START, precision="float16")

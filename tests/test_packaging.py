@@ -18,7 +18,17 @@ def test_mlproject_entry_point_parameters():
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     assert spec["conda_env"] == "conda.yaml"
     main = spec["entry_points"]["main"]
-    assert set(main["parameters"]) == {"stage", "epochs", "folds", "digits", "data", "seed", "overrides", "n_jobs"}
+    assert set(main["parameters"]) == {
+        "stage",
+        "epochs",
+        "folds",
+        "digits",
+        "data",
+        "seed",
+        "overrides",
+        "n_jobs",
+        "precision",
+    }
     assert main["parameters"]["epochs"]["default"] == "6" and main["parameters"]["folds"]["default"] == "3"
     for name in main["parameters"]:
         assert "{" + name + "}" in main["command"]

@@ -159,3 +159,12 @@ def test_a_healthy_fold_returns_curves_and_a_model(sample):
     assert set(result.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert result.history["val_accuracy"][-1] == pytest.approx(result.accuracy, abs=1e-6)
     assert result.accuracy > 0.8 and "MLmodel" in result.model_files
+
+
+def test_precision_is_part_of_the_fold_key_but_float32_keys_are_unchanged():
+    params = resolve_fixed_params("kernel_size", {}, {}, 6)
+    bf16 = SearchSettings(3, 0, 6, "abc", 2, "mixed_bfloat16")
+    assert fold_key(params, 0, bf16) != fold_key(params, 0, SETTINGS)
+    assert fold_key(params, 0, SETTINGS) == fold_key(params, 0, SearchSettings(3, 0, 6, "abc", 2, "float32"))
+    plan = plan_step(get_step("kernel_size"), params, bf16, {})
+    assert {t.precision for t in plan.to_train} == {"mixed_bfloat16"}
