@@ -576,6 +576,9 @@ def register_champion(client, name: str, final_run, accuracy: float, alias: str)
 def log_report(client, experiment_name: str, folder: Path, run_id: str | None = None) -> str:
     """Log an analysis folder under ``analysis/`` of ``run_id``, or of a new experiment-level "analysis" run."""
     if run_id:
+        if LEVEL not in client.get_run(run_id).data.tags:  # the bare run `mlflow run -e analyze` made
+            client.update_run(run_id, name="analysis")
+            client.set_tag(run_id, LEVEL, "analysis")
         client.log_artifacts(run_id, str(folder), "analysis")
         return run_id
     experiment = client.get_experiment_by_name(experiment_name).experiment_id
