@@ -74,6 +74,20 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def _create_sqlite_store(path: Path) -> None:
+    """Create the schema in a temporary file and rename it into place.
+
+    MLflow builds a new SQLite store in dozens of migration steps; a process killed among them left a database
+    no later start could open ("index ... already exists"). A rename is atomic: the store is whole or absent.
+    """
+    from mlflow import MlflowClient
+
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.unlink(missing_ok=True)
+    MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
+    os.replace(partial, path)
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
@@ -88,11 +102,13 @@ def connect(uri: str | None = None):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve().parent
-        if not _writable(folder):
+        path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
+        if not _writable(path.parent):
             raise TrackingError(
-                f"cannot write the SQLite store in {folder}: make it writable or set MLFLOW_TRACKING_URI"
+                f"cannot write the SQLite store in {path.parent}: make it writable or set MLFLOW_TRACKING_URI"
             )
+        if not path.exists():
+            _create_sqlite_store(path)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     try:

@@ -57,7 +57,8 @@ def _env(store_dir: Path) -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{store_dir}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def _command(n_jobs: int) -> list[str]:
+def stage_command(n_jobs: int) -> list[str]:
+    """The stage every kill test runs: kernel_size on the shipped sample, 2 epochs, 2 folds."""
     return [sys.executable, "-m", "mlflow_mnist", *STAGE_ARGS, "--n-jobs", str(n_jobs)]
 
 
@@ -86,7 +87,7 @@ def final_means(store_dir: Path) -> dict[str, float]:
 def run_to_completion(store_dir: Path, n_jobs: int) -> tuple[int, int, float]:
     """Run the stage; returns (folds trained, folds reused, seconds)."""
     start = time.perf_counter()
-    proc = subprocess.run(_command(n_jobs), capture_output=True, text=True, env=_env(store_dir), timeout=900)
+    proc = subprocess.run(stage_command(n_jobs), capture_output=True, text=True, env=_env(store_dir), timeout=900)
     if proc.returncode:
         raise RuntimeError(f"stage failed ({proc.returncode}): {proc.stderr[-2000:]}")
     trained, reused = map(int, re.search(r"trained (\d+) folds, reused (\d+)", proc.stdout).groups())
@@ -97,7 +98,7 @@ def kill_once(store_dir: Path, delay: float, reference: dict[str, float], n_jobs
     from mlflow_mnist import tracking
 
     proc = subprocess.Popen(
-        _command(n_jobs),
+        stage_command(n_jobs),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(store_dir),

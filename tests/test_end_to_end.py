@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import kill_harness
 import numpy as np
 import pytest
 from conftest import ROOT
@@ -130,24 +131,7 @@ def _fold_runs_finished(uri) -> int:
 
 
 def test_resume_after_kill_trains_only_what_is_missing(store):
-    args = [
-        sys.executable,
-        "-m",
-        "mlflow_mnist",
-        "tune",
-        "--stage",
-        "kernel_size",
-        "--data",
-        "sample",
-        "--epochs",
-        "2",
-        "--folds",
-        "2",
-        "--n-jobs",
-        "1",
-        "--experiment",
-        "mnist",
-    ]
+    args = kill_harness.stage_command(n_jobs=1)
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     )

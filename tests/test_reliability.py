@@ -327,3 +327,23 @@ def test_basic_auth_server_and_no_secret_reaches_the_store(tmp_path):
         assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("after", [0.0, 0.1, 0.2, 0.3, 0.45, 0.6])
+def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, after):
+    """MLflow creates a SQLite store in many migration steps; a kill among them must not break later starts.
+
+    The process is killed ``after`` seconds once a database file appears, i.e. while the schema is written.
+    """
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = f"from mlflow_mnist import tracking; tracking.connect({uri!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("*mlflow.db*")):
+        time.sleep(0.005)
+    time.sleep(after)
+    proc.kill()
+    proc.wait()
+    assert list(tmp_path.glob("*mlflow.db*")), "the store was never started"
+    client = tracking.connect(uri)
+    assert tracking.experiment_id(client, "mnist")
