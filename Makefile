@@ -23,7 +23,7 @@ setup: $(STAMP)
 
 # The main job: the seed's last two search stages on real 2-vs-7 data (6 epochs, 3 folds), each as nested
 # runs through `mlflow run`, then the final model (trained once, tested once) and the analysis report, all in
-# experiment $(EXPERIMENT). About 5 minutes on 2 cores. Promotion is left to you: `make promote`.
+# experiment $(EXPERIMENT). About 2.5 minutes on 2 cores once installed. Promotion is left to you: `make promote`.
 run: setup
 	@for stage in $(RUN_STAGES); do \
 	  mlflow run . --env-manager local --experiment-name $(EXPERIMENT) -P stage=$$stage -P data=$(DATA) || exit 1; \

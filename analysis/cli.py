@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -19,10 +18,10 @@ def analyze(experiments, out, stage_run, log) -> None:
     from mlflow_mnist import tracking
 
     client = tracking.connect()
-    launcher = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: read its experiment, log on its run
-    if not experiments and launcher:
-        experiments = [client.get_experiment(client.get_run(launcher).info.experiment_id).name]
-    experiments = list(experiments) or [os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mnist"]
+    launcher = None
+    if not experiments:  # under `mlflow run`: read its experiment and log the report on its run
+        experiment_id, launcher = tracking.resolve_experiment(client, create=False)
+        experiments = [client.get_experiment(experiment_id).name]
     try:
         report = build_report(client, experiments, out, stage_run or None)
     except ValueError as error:
@@ -32,6 +31,6 @@ def analyze(experiments, out, stage_run, log) -> None:
             f"{row.step}: best {row.best} {row.best_mean:.5f} +/- {row.best_std:.5f}; {row.n_tied} tied; {row.verdict}"
         )
     if log:
-        run_id = tracking.log_report(client, experiments[0], out, stage_run or os.environ.get("MLFLOW_RUN_ID"))
+        run_id = tracking.log_report(client, experiments[0], out, stage_run or launcher)
         click.echo(f"report logged to run {run_id} under analysis/")
     click.echo(f"report: {report.html_path}")

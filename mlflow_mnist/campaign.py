@@ -6,7 +6,6 @@ costs one line and leaves the store untouched.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ from mlflow_mnist.data import SAMPLE_PATH, Task, load_mnist, parse_digits, selec
 from mlflow_mnist.model import HyperparameterError, Params, check_precision
 from mlflow_mnist.search import SearchSettings, StepOutcome, check_folds, resolve_fixed_params, run_stage
 from mlflow_mnist.stages import STEPS, parse_overrides, steps_of
-
-DEFAULT_EXPERIMENT = "mnist"
 
 
 @dataclass
@@ -55,12 +52,7 @@ class Campaign:
         check_folds(task.y_train, folds, chosen)
         settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision)
         client = tracking.connect()
-        adopt = os.environ.get("MLFLOW_RUN_ID") or None  # set by `mlflow run`: that run becomes our stage run
-        if adopt:
-            experiment_id = client.get_run(adopt).info.experiment_id
-        else:
-            name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-            experiment_id = tracking.experiment_id(client, name)
+        experiment_id, adopt = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
         source = str(SAMPLE_PATH) if data == "sample" else str(Path(data).resolve()) if data else task.source
         return cls(task, settings, parsed_overrides, client, experiment_id, adopt, source)
 

@@ -144,20 +144,11 @@ def final(epochs, folds, digits, data, seed, overrides, experiment, precision, r
 @click.option("--run-id", default="", help="Final run to promote [default: the latest finished one].")
 def promote(experiment, name, min_accuracy, force, run_id) -> None:
     """Register the final model and move alias @champion to it if it passes the gate."""
-    import os
-
     from mlflow_mnist import tracking
-    from mlflow_mnist.campaign import DEFAULT_EXPERIMENT
     from mlflow_mnist.registry import promote as promote_model
 
     client = tracking.connect()
-    launcher = os.environ.get("MLFLOW_RUN_ID")
-    if launcher:
-        experiment_id = client.get_run(launcher).info.experiment_id
-    else:
-        experiment_id = tracking.experiment_id(
-            client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-        )
+    experiment_id, _ = tracking.resolve_experiment(client, experiment, create=False)
     done = promote_model(client, experiment_id, name or None, min_accuracy, force, run_id or None)
     click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
 

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -46,7 +47,6 @@ REUSED = f"{PREFIX}reused_fold_runs"
 CANDIDATE = f"{PREFIX}candidate"
 VARIED = f"{PREFIX}varied"
 PARENT = "mlflow.parentRunId"
-RUN_NAME = "mlflow.runName"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 LIBRARIES = ("mlflow", "keras", "tensorflow", "scikit-learn", "scikeras", "numpy")
 
@@ -115,7 +115,7 @@ def connect(uri: str | None = None):
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        if "401" in reason or "403" in reason:
+        if re.search(r"error code (401|403)\b", str(error)):
             raise TrackingError(
                 f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): set "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
@@ -124,6 +124,23 @@ def connect(uri: str | None = None):
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
     return client
+
+
+DEFAULT_EXPERIMENT = "mnist"
+
+
+def resolve_experiment(client, name: str | None = None, create: bool = True) -> tuple[str, str | None]:
+    """(experiment id, launcher run id): under `mlflow run`, the run it made and its experiment win.
+
+    Readers pass ``create=False``: a missing experiment is then an error, not a new empty one.
+    """
+    launcher = os.environ.get("MLFLOW_RUN_ID") or None
+    if launcher:
+        return client.get_run(launcher).info.experiment_id, launcher
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    if not create and client.get_experiment_by_name(name) is None:
+        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
+    return experiment_id(client, name), None
 
 
 def experiment_id(client, name: str) -> str:

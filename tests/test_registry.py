@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def test_final_promote_load_and_serve(store, sample):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -126,5 +128,5 @@ def test_final_promote_load_and_serve(store, sample):
         served = np.asarray(answer["predictions"]).argmax(axis=1)
         assert np.array_equal(served, predicted[:10])
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn workers it started
         server.wait(timeout=30)

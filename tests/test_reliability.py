@@ -101,7 +101,9 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     readonly.chmod(0o555)
     if os.geteuid() == 0:  # permission bits do not stop root; a read-only mount does
         readonly = Path("/sys")
-    fill = {**{k: str(v) for k, v in broken_data.items()}, "port": _closed_port(), "readonly": readonly}
+    refusing = socket.socket()  # bound but never listening: connections are refused, and the port stays ours
+    refusing.bind(("127.0.0.1", 0))
+    fill = {**{k: str(v) for k, v in broken_data.items()}, "port": refusing.getsockname()[1], "readonly": readonly}
     args = [a.format(**fill) for a in args]
     env = {k: v.format(**fill) for k, v in env.items()}
     command = list(STAGE)
@@ -118,6 +120,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     assert lines[0].startswith("error: ")
     assert _run_count(tmp_path / "mlflow.db") == 0
     assert time.time() - started < 60
+    refusing.close()
 
 
 def test_credentials_never_appear_in_messages():
