@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist.model import Params, make_classifier
-from mlflow_mnist.search import FINAL, blown_up, configure_threads, execute, model_files
+from mlflow_mnist.search import FINAL, blown_up, configure_threads, divergence_guard, execute, model_files
 
 CHAMPION = "champion"
 TEST_ACCURACY = "test_accuracy"
@@ -64,7 +64,7 @@ def train_final(
     onehot = np.eye(n_classes, dtype="float32")
     start = time.perf_counter()
     classifier = make_classifier(params, n_classes, steps_per_execution, precision=precision)
-    classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN()])
+    classifier.set_params(callbacks=[divergence_guard(n_classes)])
     classifier.fit(x_train, onehot[y_train])
     fit_seconds = time.perf_counter() - start
     model = classifier.model_

@@ -291,11 +291,17 @@ def blown_up(loss: float, n_classes: int) -> bool:
     return not math.isfinite(loss) or loss > BLOW_UP_FACTOR * math.log(n_classes)
 
 
-def _divergence_guard(n_classes: int):
+def divergence_guard(n_classes: int):
+    """A callback that stops training once the loss is NaN/inf (checked per batch) or blown up (per epoch).
+
+    Keras' own TerminateOnNaN does the first half but prints into the middle of the progress bar.
+    """
     import keras
 
     class DivergenceGuard(keras.callbacks.Callback):
-        """Stops a fold whose epoch loss has blown up; TerminateOnNaN covers NaN within an epoch."""
+        def on_train_batch_end(self, batch, logs=None):
+            if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+                self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
             if blown_up(float((logs or {}).get("loss", 0.0)), n_classes):
@@ -322,7 +328,7 @@ def train_fold(
     try:
         keras.utils.set_random_seed(task.seed)
         classifier = make_classifier(task.params, task.n_classes, steps_per_execution, precision=task.precision)
-        classifier.set_params(callbacks=[keras.callbacks.TerminateOnNaN(), _divergence_guard(task.n_classes)])
+        classifier.set_params(callbacks=[divergence_guard(task.n_classes)])
         classifier.fit(
             x[train],
             onehot[y[train]],
