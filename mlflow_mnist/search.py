@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -237,13 +238,17 @@ _THREADS_SET = False
 
 
 def configure_threads(threads: int) -> None:
-    """Give each worker its share of the cores; TensorFlow only accepts this before its first op."""
+    """Set a worker up once: its share of the cores (TensorFlow only accepts this before its first op), and
+    quiet logs, since a worker process does not inherit the driver's logging settings."""
     global _THREADS_SET
     if _THREADS_SET:
         return
     _THREADS_SET = True
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
+
+    # A new model per fold is a new tf.function by design; its "retracing" warnings would flood the progress bar.
+    tf.get_logger().setLevel(logging.ERROR)
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
