@@ -1,0 +1,28 @@
+"""The benchmark's --quick mode as a smoke test: it runs all four variants and writes its report. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_every_variant_and_writes_its_report(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_stage.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "bench_stage-quick.json").read_text())
+    assert set(report["seconds"]) == {"a_seed_way", "b_tracked", "c_untracked", "d_tracked_bf16"}
+    assert all(seconds > 0 for seconds in report["seconds"].values())
+    assert len(report["mean_accuracy"]["a"]) == len(report["mean_accuracy"]["b"]) == 4
+    assert all(0.5 < accuracy <= 1 for accuracy in report["mean_accuracy"]["b"])
+    assert report["machine"]["matmul_peak_gflops"] > 0 and report["setup"]["flops"] > 0
+    assert "speed-up a/b" in (tmp_path / "bench_stage-quick.md").read_text()
