@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist.model import Params, make_classifier
-from mlflow_mnist.search import FINAL, blown_up, configure_threads, divergence_guard, execute, model_files
+from mlflow_mnist.search import FINAL, configure_threads, divergence_guard, execute, model_files, training_diverged
 
 CHAMPION = "champion"
 TEST_ACCURACY = "test_accuracy"
@@ -72,7 +72,7 @@ def train_final(
     probabilities = np.nan_to_num(model.predict(x_test, verbose=0, batch_size=512), nan=0.0)
     loss = float(keras.losses.categorical_crossentropy(onehot[y_test], probabilities).numpy().mean())
     predictions = probabilities.argmax(axis=1)
-    diverged = not history.get("loss") or blown_up(history["loss"][-1], n_classes)
+    diverged = training_diverged(history.get("loss", []), n_classes)
     files = None if diverged else model_files(model, x_test[:2])
     keras.backend.clear_session()
     errors = int(np.sum(predictions != y_test))
@@ -151,7 +151,8 @@ def run_final(campaign, repeats: int = 1, n_jobs: int = 0, progress: bool = True
     tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
     with logger.closing_on_failure(tracking.tracking_uri()):
         parent = logger.start_final(params, state, repeats, campaign.stage_params, campaign.adopt_run_id)
-        logger.log_dataset(parent, campaign.dataset("test"), context="test")
+        test_dataset = campaign.dataset("test")  # digest and profile computed once for the parent and every seed
+        logger.log_dataset(parent, test_dataset, context="test")
         seeds = [campaign.settings.split_seed + k for k in range(repeats)]
         calls = [
             (
@@ -169,7 +170,7 @@ def run_final(campaign, repeats: int = 1, n_jobs: int = 0, progress: bool = True
         results = []
         with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
             for result in execute(train_final, calls, n_jobs if repeats > 1 else 1):
-                run_id = parent if repeats == 1 else logger.start_seed(parent, result.seed, campaign.dataset("test"))
+                run_id = parent if repeats == 1 else logger.start_seed(parent, result.seed, test_dataset)
                 log_final_result(logger, run_id, result, task)
                 if run_id != parent:
                     logger.finish(run_id)

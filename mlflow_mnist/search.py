@@ -296,6 +296,14 @@ def blown_up(loss: float, n_classes: int) -> bool:
     return not math.isfinite(loss) or loss > BLOW_UP_FACTOR * math.log(n_classes)
 
 
+def training_diverged(losses: list[float], n_classes: int) -> bool:
+    """The verdict on a finished fit: no epoch at all, or a last epoch loss that is NaN/inf or blown up.
+
+    The last epoch is enough: :func:`divergence_guard` stops training in the epoch where the loss broke.
+    """
+    return not losses or blown_up(losses[-1], n_classes)
+
+
 def divergence_guard(n_classes: int):
     """A callback that stops training once the loss is NaN/inf (checked per batch) or blown up (per epoch).
 
@@ -360,9 +368,7 @@ def train_fold(
             "failed",
             error=f"{type(error).__name__}: {error}",
         )
-    train_losses = history.get("loss", [])
-    diverged = not math.isfinite(loss) or any(blown_up(v, task.n_classes) for v in train_losses[-1:])
-    diverged = diverged or not all(math.isfinite(v) for v in train_losses)
+    diverged = not math.isfinite(loss) or training_diverged(history.get("loss", []), task.n_classes)
     if diverged:
         # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
         predictions = np.nan_to_num(model.predict(x[held_out], verbose=0, batch_size=VALIDATION_BATCH), nan=0.0)

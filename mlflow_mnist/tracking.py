@@ -196,11 +196,11 @@ def read_store_state(client, experiment: str, data_digest: str) -> StoreState:
 def close_stale_runs(client, experiment: str, keep: Iterable[str] = ()) -> int:
     """Runs left RUNNING by a killed driver become KILLED; one driver per experiment is assumed."""
     keep = set(keep)
-    stale = search_all(client, [experiment], f"attributes.status = 'RUNNING' and tags.`{LEVEL}` != ''")
+    running = search_all(client, [experiment], f"attributes.status = 'RUNNING' and tags.`{LEVEL}` != ''")
+    stale = [run for run in running if run.info.run_id not in keep]
     for run in stale:
-        if run.info.run_id not in keep:
-            client.set_terminated(run.info.run_id, "KILLED")
-    return len([run for run in stale if run.info.run_id not in keep])
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(stale)
 
 
 def _git_commit() -> str | None:
