@@ -40,8 +40,9 @@ TARGETS = {"speedup_a_over_b": 4.0, "tracking_overhead": 0.03, "fraction_of_peak
 
 def _plan(data: str, step: str, epochs: int, folds: int):
     from mlflow_mnist.data import load_task
-    from mlflow_mnist.search import SearchSettings, plan_step, resolve_fixed_params
+    from mlflow_mnist.planning import SearchSettings, resolve_fixed_params
     from mlflow_mnist.stages import get_step, parse_overrides
+    from mlflow_mnist.strategies.staged import plan_step
 
     task = load_task(data, "2,7")
     settings = SearchSettings(folds, 0, epochs, task.digest(), task.n_classes)
@@ -76,7 +77,9 @@ def variant_b(data: str, step: str, epochs: int, folds: int, precision: str = "f
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ.pop("MLFLOW_RUN_ID", None)
-        campaign = Campaign.open(data, "2,7", folds, 0, epochs, SEED_CONTEXT, "benchmark", precision)
+        campaign = Campaign.open(
+            data, "2,7", folds=folds, epochs=epochs, overrides=SEED_CONTEXT, experiment="benchmark", precision=precision
+        )
         start = time.perf_counter()
         outcome = campaign.tune(step, progress=False)[0]
         seconds = time.perf_counter() - start
@@ -88,11 +91,16 @@ def variant_b(data: str, step: str, epochs: int, folds: int, precision: str = "f
 
 
 def variant_c(data: str, step: str, epochs: int, folds: int) -> dict:
-    from mlflow_mnist.search import cv_results, run_tasks
+    from mlflow_mnist.data import DataRef
+    from mlflow_mnist.executors import JoblibExecutor
+    from mlflow_mnist.results import cv_results
+    from mlflow_mnist.worker import FoldWorker
 
     task, settings, plan = _plan(data, step, epochs, folds)
     start = time.perf_counter()
-    results = {r.key: r for r in run_tasks(plan.to_train, task.x_train, task.y_train, with_model=False)}
+    executor = JoblibExecutor()
+    worker = FoldWorker(DataRef(data, task.digits, task.digest()), executor.threads_per_worker, with_model=False)
+    results = {r.key: r for r in executor.map_unordered(worker, plan.to_train)}
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "mean_accuracy": [row["mean_test_score"] for row in cv_results(plan, results)]}
 
@@ -122,7 +130,7 @@ def _timed(function) -> float:
 def training_work(data: str, step: str, epochs: int, folds: int) -> dict:
     """Images seen and floating-point operations done by one pass over the step (training + held-out scoring)."""
     from mlflow_mnist.model import count_training_flops
-    from mlflow_mnist.search import fold_indices
+    from mlflow_mnist.planning import fold_indices
 
     task, settings, plan = _plan(data, step, epochs, folds)
     images = flops = 0.0
@@ -138,7 +146,7 @@ def training_work(data: str, step: str, epochs: int, folds: int) -> dict:
 def campaign_estimate(seconds_per_gflop: dict[str, float], folds: int, train_images: int) -> dict[str, float]:
     """Minutes for the seed's 18 steps at its settings, scaling each candidate by its FLOPs (seed's final model)."""
     from mlflow_mnist.model import count_training_flops
-    from mlflow_mnist.search import resolve_fixed_params
+    from mlflow_mnist.planning import resolve_fixed_params
     from mlflow_mnist.stages import STEPS, parse_overrides
 
     fixed = resolve_fixed_params("pool_size", {}, parse_overrides(SEED_CONTEXT), 6)

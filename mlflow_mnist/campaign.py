@@ -1,20 +1,35 @@
 """A campaign: one task's data, its search settings and its experiment in the tracking store.
 
 Opening one validates everything a user typed and reaches the store before any run is created, so a mistake
-costs one line and leaves the store untouched.
+costs one line and leaves the store untouched. It then wires a search: strategy, executor, run tree.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_mnist import tracking
-from mlflow_mnist.data import SAMPLE_PATH, Task, load_mnist, parse_digits, select_digits
+from mlflow_mnist.data import DATA_ENV_VAR, SAMPLE_PATH, DataRef, Task, load_mnist, parse_digits, select_digits
+from mlflow_mnist.executors import Executor, JoblibExecutor
 from mlflow_mnist.model import HyperparameterError, Params, check_precision
-from mlflow_mnist.search import SearchSettings, StepOutcome, check_folds, resolve_fixed_params, run_stage
+from mlflow_mnist.planning import SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.runs import RunWriter
+from mlflow_mnist.search import GroupOutcome, Progress, run_search
+from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.stages import STEPS, parse_overrides, steps_of
+from mlflow_mnist.strategies import StagedGrid, Strategy
+from mlflow_mnist.worker import FoldWorker
+
+
+def _data_source(data: str) -> str:
+    """Where workers load the data from: ``sample``, an absolute path, or "" for Keras' own cache."""
+    if data == "sample":
+        return "sample"
+    chosen = data or os.environ.get(DATA_ENV_VAR, "")
+    return str(Path(chosen).expanduser().resolve()) if chosen else ""
 
 
 @dataclass
@@ -23,8 +38,8 @@ class Campaign:
     settings: SearchSettings
     overrides: Params
     client: Any
-    experiment_id: str
-    adopt_run_id: str | None
+    experiment: tracking.Experiment
+    data_ref: DataRef
     data_source: str
 
     @classmethod
@@ -32,11 +47,12 @@ class Campaign:
         cls,
         data: str,
         digits: str,
-        folds: int,
-        seed: int,
-        epochs: int,
-        overrides: str,
-        experiment: str | None,
+        *,
+        folds: int = 3,
+        seed: int = 0,
+        epochs: int = 6,
+        overrides: str = "",
+        experiment: str | None = None,
         precision: str = "float32",
     ) -> Campaign:
         check_precision(precision)
@@ -52,9 +68,18 @@ class Campaign:
         check_folds(task.y_train, folds, chosen)
         settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision)
         client = tracking.connect()
-        experiment_id, adopt = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
+        where = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
         source = str(SAMPLE_PATH) if data == "sample" else str(Path(data).resolve()) if data else task.source
-        return cls(task, settings, parsed_overrides, client, experiment_id, adopt, source)
+        ref = DataRef(_data_source(data), chosen, settings.data_digest)
+        return cls(task, settings, parsed_overrides, client, where, ref, source)
+
+    @property
+    def experiment_id(self) -> str:
+        return self.experiment.experiment_id
+
+    @property
+    def adopt_run_id(self) -> str | None:
+        return self.experiment.launcher_run_id
 
     @property
     def stage_params(self) -> dict[str, Any]:
@@ -74,35 +99,61 @@ class Campaign:
             features=x, targets=y, name=f"mnist-{self.task.name}-{split}", digest=self.task.digest(split)
         )
 
-    def logger(self) -> tracking.RunLogger:
-        return tracking.RunLogger(
+    def writer(self) -> RunWriter:
+        return RunWriter(
             self.client,
             self.experiment_id,
-            self.dataset("train"),
+            dataset=self.dataset("train"),
             common_tags={tracking.DIGEST: self.settings.data_digest, f"{tracking.PREFIX}data_source": self.data_source},
             adopted_run_id=self.adopt_run_id,
         )
 
-    def read_state(self):
+    def read_state(self) -> StoreState:
         return tracking.read_store_state(self.client, self.experiment_id, self.settings.data_digest)
 
-    def tune(self, stage: str, n_jobs: int = 0, with_model: bool = True, progress: bool = True) -> list[StepOutcome]:
-        steps = steps_of(stage)
-        logger = self.logger()
+    def search(
+        self,
+        strategy: Strategy,
+        *,
+        name: str,
+        executor: Executor,
+        with_model: bool = True,
+        progress: bool = True,
+    ) -> list[GroupOutcome]:
+        """Run ``strategy`` as search run ``name`` on ``executor``; the driver alone writes the run tree."""
+        writer = self.writer()
         tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
-        with logger.closing_on_failure(tracking.tracking_uri()):
-            return run_stage(
-                stage,
-                steps,
-                self.task.x_train,
-                self.task.y_train,
-                self.settings,
-                self.overrides,
-                logger,
-                self.read_state,
-                n_jobs,
-                self.adopt_run_id,
-                progress,
-                self.stage_params,
-                with_model,
+        tree = SearchTree(
+            writer,
+            name=name,
+            strategy=strategy.name,
+            single_group=strategy.single_group,
+            settings_params=self.stage_params,
+            adopt_run_id=self.adopt_run_id,
+        )
+        worker = FoldWorker(self.data_ref, executor.threads_per_worker, with_model)
+        with writer.closing_on_failure(tracking.tracking_uri()):
+            return run_search(
+                strategy,
+                settings=self.settings,
+                executor=executor,
+                worker=worker,
+                read_state=self.read_state,
+                listeners=[tree, Progress(progress)],
             )
+
+    def tune(
+        self,
+        stage: str,
+        *,
+        executor: Executor | None = None,
+        n_jobs: int = 0,
+        with_model: bool = True,
+        progress: bool = True,
+    ) -> list[GroupOutcome]:
+        """The seed's staged grid for ``stage`` (one or more steps)."""
+        strategy = StagedGrid(steps_of(stage), overrides=self.overrides, epochs=self.settings.epochs)
+        if executor is not None:
+            return self.search(strategy, name=stage, executor=executor, with_model=with_model, progress=progress)
+        with JoblibExecutor(n_jobs) as own:
+            return self.search(strategy, name=stage, executor=own, with_model=with_model, progress=progress)

@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports Te
 import click  # noqa: E402
 
 from mlflow_mnist.data import DataError  # noqa: E402
+from mlflow_mnist.executors import EXECUTORS  # noqa: E402
 from mlflow_mnist.model import HyperparameterError  # noqa: E402
 from mlflow_mnist.stages import STAGES, StageError, get_step  # noqa: E402
 
@@ -62,7 +63,11 @@ COMMON = [
     click.option("--data", default="", help="IDX folder, .npz, 'sample', or empty for $MLFLOW_MNIST_DATA / Keras."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold split."),
     click.option("--overrides", default="", help="Fixed values that win over the store, e.g. neurons_3=10,epochs=8."),
-    click.option("--experiment", default=None, help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or mnist]."),
+    click.option(
+        "--experiment",
+        default=None,
+        help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the latest campaign's, else mnist].",
+    ),
     click.option(
         "--precision",
         default="float32",
@@ -98,19 +103,52 @@ def stages() -> None:
             click.echo(f"  {name}: {grid}  ({len(step.candidates())} candidates)")
 
 
+EXECUTOR_OPTION = click.option(
+    "--executor",
+    default="joblib",
+    show_default=True,
+    type=click.Choice(EXECUTORS),
+    help="Where folds run: a local process pool (joblib) or this process (serial).",
+)
+N_JOBS_OPTION = click.option(
+    "--n-jobs", default=0, show_default=True, type=int, help="Parallel workers; 0 or -1: every core."
+)
+
+
+def _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision):
+    from mlflow_mnist.campaign import Campaign
+
+    campaign = Campaign.open(
+        data,
+        digits,
+        folds=folds,
+        seed=seed,
+        epochs=epochs,
+        overrides=overrides,
+        experiment=experiment,
+        precision=precision,
+    )
+    if campaign.experiment.chosen_because:
+        click.echo(campaign.experiment.chosen_because, err=True)
+    return campaign
+
+
 @main.command()
 @click.option("--stage", required=True, help="Stage to run (see `mlflow-mnist stages`).")
 @common_options
-@click.option("--n-jobs", default=0, show_default=True, type=int, help="Parallel fold workers; 0 or -1: every core.")
+@EXECUTOR_OPTION
+@N_JOBS_OPTION
 @click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
-def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precision, n_jobs, log_models) -> None:
+def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precision, executor, n_jobs, log_models):
     """Run one tuning stage as nested MLflow runs: stage > grid point > fold."""
-    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.executors import make_executor
     from mlflow_mnist.stages import steps_of
 
     steps_of(stage)  # an unknown stage fails before any data is read
-    campaign = Campaign.open(data, digits, folds, seed, epochs, overrides, experiment, precision)
-    for outcome in campaign.tune(stage, n_jobs=n_jobs, with_model=log_models):
+    campaign = _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision)
+    with make_executor(executor, n_jobs=n_jobs) as pool:
+        outcomes = campaign.tune(stage, executor=pool, with_model=log_models)
+    for outcome in outcomes:
         best = outcome.best
         click.echo(
             f"{outcome.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
@@ -121,14 +159,18 @@ def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precis
 @main.command()
 @common_options
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Seeds to train and test.")
-@click.option("--n-jobs", default=0, show_default=True, type=int, help="Parallel seeds; 0 or -1: every core.")
-def final(epochs, folds, digits, data, seed, overrides, experiment, precision, repeats, n_jobs) -> None:
+@EXECUTOR_OPTION
+@N_JOBS_OPTION
+def final(epochs, folds, digits, data, seed, overrides, experiment, precision, repeats, executor, n_jobs) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
-    from mlflow_mnist.campaign import Campaign
-    from mlflow_mnist.registry import run_final
+    from mlflow_mnist.executors import make_executor
+    from mlflow_mnist.executors.joblib import usable_cores
+    from mlflow_mnist.final import run_final
 
-    campaign = Campaign.open(data, digits, folds, seed, epochs, overrides, experiment, precision)
-    summary = run_final(campaign, repeats=repeats, n_jobs=n_jobs)
+    campaign = _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision)
+    n_jobs = min(n_jobs if n_jobs > 0 else usable_cores(), repeats)  # one seed: every core to it
+    with make_executor(executor, n_jobs=n_jobs) as pool:
+        summary = run_final(campaign, repeats=repeats, executor=pool)
     click.echo(
         f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {repeats} seed(s) "
         f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "
@@ -137,7 +179,7 @@ def final(epochs, folds, digits, data, seed, overrides, experiment, precision, r
 
 
 @main.command()
-@click.option("--experiment", default=None, help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or mnist].")
+@click.option("--experiment", default=None, help="MLflow experiment [default: the one with the latest campaign runs].")
 @click.option("--name", default="", help="Registered model name [default: mnist-<digits>-convnet].")
 @click.option("--min-accuracy", default=0.9966, show_default=True, type=float, help="Gate on the median test accuracy.")
 @click.option("--force/--no-force", default=False, help="Replace a better current champion.")
@@ -148,18 +190,25 @@ def promote(experiment, name, min_accuracy, force, run_id) -> None:
     from mlflow_mnist.registry import promote as promote_model
 
     client = tracking.connect()
-    experiment_id, _ = tracking.resolve_experiment(client, experiment, create=False)
-    done = promote_model(client, experiment_id, name or None, min_accuracy, force, run_id or None)
+    where = tracking.resolve_experiment(client, experiment, create=False)
+    if where.chosen_because:
+        click.echo(where.chosen_because, err=True)
+    done = promote_model(
+        client, where.experiment_id, name=name or None, min_accuracy=min_accuracy, force=force, run_id=run_id or None
+    )
     click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
 
 
-def _add_analyze() -> None:
-    from analysis.cli import analyze
+def _add_plugin_commands() -> None:
+    """Commands other packages register (``analyze`` from ``analysis``), found through entry points so this
+    package never imports them."""
+    from importlib.metadata import entry_points
 
-    main.add_command(analyze, "analyze")
+    for entry in entry_points(group="mlflow_mnist.commands"):
+        main.add_command(entry.load(), entry.name)
 
 
-_add_analyze()
+_add_plugin_commands()
 
 if __name__ == "__main__":
     main()

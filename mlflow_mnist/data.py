@@ -239,3 +239,27 @@ def make_sample(data: Mnist, train_per_digit: int, test_per_digit: int, seed: in
         )
         out[f"x_{split}"], out[f"y_{split}"] = x[picks], y[picks]
     return out
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """How a worker finds a task's pixels without anyone shipping them: a source it can load, the digits, and
+    the training split's digest to check that it loaded the same images as the driver."""
+
+    source: str  # "sample", an absolute path, or "" ($MLFLOW_MNIST_DATA, then Keras' cache)
+    digits: tuple[int, ...]
+    digest: str
+
+
+def load_ref(ref: DataRef) -> Task:
+    """Load what ``ref`` names and check its digest; a mismatch names this worker and what to fix."""
+    import socket
+
+    task = select_digits(load_mnist(ref.source), ref.digits)
+    found = task.digest()
+    if found != ref.digest:
+        raise DataError(
+            f"worker {socket.gethostname()} (pid {os.getpid()}) loaded {ref.source or 'the default MNIST'} with "
+            f"digest {found}, but the driver's data has digest {ref.digest}: give every worker the same files"
+        )
+    return task

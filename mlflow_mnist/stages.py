@@ -8,11 +8,10 @@ which is also the last tie-break when two candidates score exactly the same.
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
-
-from sklearn.model_selection import ParameterGrid
 
 from mlflow_mnist.model import ACTIVATIONS, HYPERPARAMETERS, INITIALIZERS, OPTIMIZERS, HyperparameterError, Params
 
@@ -29,12 +28,12 @@ class Step:
         return tuple(self.grid)
 
     def candidates(self) -> list[Params]:
-        """Grid points in the seed's order (first key slowest), each a dict of the varied values."""
-        # ParameterGrid sorts keys; the seed's order of keys and values is what users read, so re-sort.
-        points = list(ParameterGrid({key: list(values) for key, values in self.grid.items()}))
-        position = {key: {value: i for i, value in enumerate(values)} for key, values in self.grid.items()}
-        ordered = sorted(points, key=lambda p: tuple(position[key][p[key]] for key in self.grid))
-        return [{key: point[key] for key in self.grid} for point in ordered]
+        """Grid points in the seed's order (first key slowest), each a dict of the varied values.
+
+        ``itertools.product`` keeps the seed's order of keys and values, which users read and which is the last
+        tie-break; scikit-learn's ParameterGrid sorts keys instead.
+        """
+        return [dict(zip(self.grid, point, strict=True)) for point in itertools.product(*self.grid.values())]
 
 
 def _step(name: str, values, key: str | None = None) -> Step:

@@ -12,50 +12,55 @@ from analysis.report import build_report
 from analysis.stats import EFFECT, NO_EFFECT, candidate_summary, step_verdicts
 from analysis.store import epoch_table, fold_table, read_runs
 from mlflow_mnist import tracking
-from mlflow_mnist.search import FoldResult, SearchSettings, run_stage
+from mlflow_mnist.executors import SerialExecutor
+from mlflow_mnist.planning import SearchSettings
+from mlflow_mnist.results import FoldResult
+from mlflow_mnist.runs import RunWriter, log_report
+from mlflow_mnist.search import run_search
+from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.stages import steps_of
+from mlflow_mnist.strategies import StagedGrid
 
 DIGEST = "synthetic"
 
 
 def scripted(score, diverged=()):
-    """An executor that 'trains' by looking up score(label, fold)."""
+    """A fold worker that 'trains' by looking up score(label, fold)."""
 
-    def executor(tasks, x, y, n_jobs, with_model):
-        for t in tasks:
-            accuracy = score(t.label, t.fold)
-            yield FoldResult(
-                t.key,
-                t.step,
-                t.candidate_index,
-                t.fold,
-                accuracy,
-                0.1,
-                0.5,
-                2,
-                "diverged" if t.label in diverged else "ok",
-                history={"val_accuracy": [accuracy - 0.01, accuracy], "loss": [0.3, 0.2]},
-            )
+    def worker(t):
+        accuracy = score(t.label, t.fold)
+        return FoldResult(
+            t.key,
+            t.step,
+            t.candidate_index,
+            t.fold,
+            accuracy,
+            0.1,
+            0.5,
+            2,
+            "diverged" if t.label in diverged else "ok",
+            history={"val_accuracy": [accuracy - 0.01, accuracy], "loss": [0.3, 0.2]},
+        )
 
-    return executor
+    return worker
 
 
 def log_stage(uri, stage, score, folds=3, diverged=()):
     client = tracking.connect(uri)
     experiment = tracking.experiment_id(client, "mnist")
-    logger = tracking.RunLogger(client, experiment, None, common_tags={tracking.DIGEST: DIGEST})
+    writer = RunWriter(client, experiment, common_tags={tracking.DIGEST: DIGEST})
     settings = SearchSettings(folds, 0, 2, DIGEST, 2)
-    return run_stage(
-        stage,
-        steps_of(stage),
-        None,
-        None,
-        settings,
-        {},
-        logger,
-        lambda: tracking.read_store_state(client, experiment, DIGEST),
-        progress=False,
-        executor=scripted(score, diverged),
+    strategy = StagedGrid(steps_of(stage), overrides={}, epochs=2)
+    tree = SearchTree(
+        writer, name=stage, strategy=strategy.name, single_group=strategy.single_group, settings_params={}
+    )
+    return run_search(
+        strategy,
+        settings=settings,
+        executor=SerialExecutor(),
+        worker=scripted(score, diverged),
+        read_state=lambda: tracking.read_store_state(client, experiment, DIGEST),
+        listeners=[tree],
     )
 
 
@@ -172,7 +177,7 @@ def test_report_links_every_figure_and_is_logged(campaign, tmp_path):
         assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text
     assert len(re.findall(r'<img src="data:image/png;base64,', text)) == len(report.figures)
     assert "no detectable effect" in text
-    run_id = tracking.log_report(client, "mnist", tmp_path / "out")
+    run_id = log_report(client, "mnist", tmp_path / "out")
     logged = {f.path for f in client.list_artifacts(run_id, "analysis")}
     assert "analysis/report.html" in logged and "analysis/noise_floor.png" in logged
 

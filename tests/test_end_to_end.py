@@ -157,3 +157,58 @@ def test_resume_after_kill_trains_only_what_is_missing(store):
     candidates = {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT) == new_stage.info.run_id}
     assert len(candidates) == 4
     assert all(r.data.tags[tracking.PARENT] in candidates for r in finished_folds)
+
+
+def test_mlflow3_native_run_tree_in_the_default_experiment(store, tmp_path):
+    """`mlflow run` with no experiment name, then `analyze` with none: LoggedModels, true times, best children."""
+    import mlflow
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = ["mlflow", "run", str(ROOT), "--env-manager", "local"]
+    for param in ("stage=kernel_size", "data=sample", "epochs=1", "folds=2"):
+        command += ["-P", param]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = _client(store)
+    experiment = client.get_experiment("0")
+    assert experiment.tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    levels = _by_level(_runs(store, "Default"))
+    folds, candidates, (stage,) = levels["fold"], levels["candidate"], levels["step"]
+
+    # One LoggedModel per fold run, its held-out accuracy on the model, rankable by it.
+    models = mlflow.search_logged_models(
+        experiment_ids=["0"],
+        order_by=[{"field_name": "metrics.heldout_accuracy", "ascending": False}],
+        output_format="list",
+    )
+    assert sorted(m.source_run_id for m in models) == sorted(r.info.run_id for r in folds)
+    accuracies = [next(x.value for x in m.metrics if x.key == "heldout_accuracy") for m in models]
+    assert accuracies == sorted(accuracies, reverse=True)
+    by_run = {r.info.run_id: r for r in folds}
+    assert all(
+        by_run[m.source_run_id].data.metrics["heldout_accuracy"] == pytest.approx(a)
+        for m, a in zip(models, accuracies, strict=True)
+    )
+
+    # Fold runs show their true training time, not the moment the driver logged them.
+    assert all(r.info.end_time - r.info.start_time >= 1000 for r in folds)
+
+    # Every stage and grid-point run names its best child, which is one of its children.
+    for parent in [stage, *candidates]:
+        children = {r.info.run_id for r in folds + candidates if r.data.tags.get(tracking.PARENT) == parent.info.run_id}
+        assert parent.data.tags["mlflow_mnist.best_child_run_id"] in children
+        assert parent.data.tags["mlflow.note.content"].startswith("Best child: [")
+    best = client.get_run(stage.data.tags["mlflow_mnist.best_child_run_id"])
+    assert stage.data.metrics["mean_heldout_accuracy"] == best.data.metrics["mean_heldout_accuracy"]
+
+    # analyze with no --experiment finds the campaign in Default and says so.
+    report = subprocess.run(
+        [str(Path(sys.executable).parent / "mlflow-mnist"), "analyze", "--out", str(tmp_path / "report")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "experiment 'Default': it holds the latest campaign runs" in report.stderr
+    assert (tmp_path / "report" / "report.html").exists()

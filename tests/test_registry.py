@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote, promotion_decision, run_final
+from mlflow_mnist.executors import JoblibExecutor
+from mlflow_mnist.final import run_final
+from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote, promotion_decision
 
 
 @pytest.mark.parametrize(
@@ -51,13 +53,16 @@ def test_final_promote_load_and_serve(store, sample):
 
     campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=2, overrides="", experiment="mnist")
     best_kernel = campaign.tune("kernel_size", n_jobs=1, with_model=False, progress=False)[0].best["params"]
-    summary = run_final(campaign, repeats=1, progress=False)
+    summary = run_final(campaign, repeats=1, executor=JoblibExecutor(1), progress=False)
     assert summary["params"]["kernel_size"] == tuple(best_kernel["kernel_size"])  # carried forward from the store
     client = MlflowClient(store)
     final = client.get_run(summary["run_id"])
     assert final.data.params["kernel_size"] == "({}, {})".format(*best_kernel["kernel_size"])
     artifacts = {f.path for f in client.list_artifacts(final.info.run_id)}
-    assert {"confusion_matrix.png", "confusion_matrix.json", "misclassified.png", "model"} <= artifacts
+    assert {"confusion_matrix.png", "confusion_matrix.json", "misclassified.png"} <= artifacts
+    # MLflow 3 keeps a run's models as LoggedModels beside its artifacts; `runs:/<id>/model` still reaches them.
+    model_files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"runs:/{final.info.run_id}/model")}
+    assert "model/MLmodel" in model_files
     matrix = json.loads(Path(client.download_artifacts(final.info.run_id, "confusion_matrix.json")).read_text())
     task = select_digits(sample, (2, 7))
     assert np.sum(matrix["matrix"]) == len(task.y_test) and matrix["labels"] == [2, 7]
@@ -74,8 +79,8 @@ def test_final_promote_load_and_serve(store, sample):
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
 
     # A clearly worse model (tiny learning rate) passes a low bar but not the champion, unless forced.
-    worse = Campaign.open("sample", "2,7", 2, 0, 1, "learn_rate=0.0001", "mnist")
-    run_final(worse, repeats=3, n_jobs=1, progress=False)
+    worse = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, overrides="learn_rate=0.0001", experiment="mnist")
+    run_final(worse, repeats=3, executor=JoblibExecutor(1), progress=False)
     with pytest.raises(PromotionRejected, match="current champion"):
         promote(client, campaign.experiment_id, min_accuracy=0.3)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"

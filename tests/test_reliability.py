@@ -325,7 +325,8 @@ def test_basic_auth_server_and_no_secret_reaches_the_store(tmp_path):
         blob = "\n".join(texts)
         for secret in SECRETS.values():
             assert secret not in blob
-        models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/model/" in p.as_posix()]
+        # MLflow 3 LoggedModels live under <experiment>/models/<model id>/artifacts/.
+        models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/models/" in p.as_posix()]
         assert any(p.name == "model.keras" for p in models)
         assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
     finally:

@@ -8,21 +8,19 @@ import numpy as np
 import pytest
 
 from mlflow_mnist.model import SEED_START, HyperparameterError
-from mlflow_mnist.search import (
+from mlflow_mnist.planning import (
     FINAL,
     FoldRecord,
-    FoldResult,
     SearchSettings,
     StepBest,
-    best_row,
-    cv_results,
     fold_indices,
     fold_key,
-    plan_step,
     resolve_fixed_params,
-    train_fold,
 )
+from mlflow_mnist.results import FoldResult, best_row, cv_results
 from mlflow_mnist.stages import get_step
+from mlflow_mnist.strategies.staged import plan_step
+from mlflow_mnist.worker import train_fold
 
 SETTINGS = SearchSettings(n_folds=3, split_seed=0, epochs=6, data_digest="abc", n_classes=2)
 

@@ -1,0 +1,70 @@
+"""Train the campaign's best configuration on all training images, test it once per seed, log it.
+
+``final`` gathers the best value of every completed step (the search's carry-forward rule), trains on the whole
+training set and evaluates once on the test set. With ``repeats`` > 1 it trains one model per seed, through
+the same executors as the search, so users see how much of a test accuracy is luck; ``promote`` gates on the
+*median* seed, not the luckiest.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+
+from mlflow_mnist.executors import Executor
+from mlflow_mnist.final_tree import FinalTree
+from mlflow_mnist.planning import FINAL, resolve_fixed_params
+from mlflow_mnist.worker import FinalResult, FinalWorker
+
+MEDIAN_ACCURACY = "median_test_accuracy"
+
+
+def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
+    """Mean/std/min/max over seeds, and the median seed (the lower middle one for an even count)."""
+    accuracies = [r.test_accuracy for r, _ in results]
+    ordered = sorted(results, key=lambda pair: pair[0].test_accuracy)
+    median_result, median_run = ordered[(len(ordered) - 1) // 2]
+    return {
+        "mean_test_accuracy": statistics.fmean(accuracies),
+        "std_test_accuracy": float(np.std(accuracies)),
+        "min_test_accuracy": min(accuracies),
+        "max_test_accuracy": max(accuracies),
+        MEDIAN_ACCURACY: median_result.test_accuracy,
+        "median_run_id": median_run,
+        "mean_fit_seconds": statistics.fmean(r.fit_seconds for r, _ in results),
+        "n_repeats": len(results),
+        "seeds": {str(r.seed): r.test_accuracy for r, _ in results},
+    }
+
+
+def run_final(campaign, *, repeats: int = 1, executor: Executor, progress: bool = True) -> dict[str, Any]:
+    """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary."""
+    from tqdm.auto import tqdm
+
+    from mlflow_mnist import tracking
+
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be at least 1")
+    state = campaign.read_state()
+    params = resolve_fixed_params(FINAL, state.step_bests, campaign.overrides, campaign.settings.epochs)
+    writer = campaign.writer()
+    tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
+    seeds = [campaign.settings.split_seed + k for k in range(repeats)]
+    worker = FinalWorker(campaign.data_ref, params, campaign.settings.precision, executor.threads_per_worker)
+    with writer.closing_on_failure(tracking.tracking_uri()):
+        # The test set's digest and profile are computed once, for the final run and every seed.
+        tree = FinalTree(writer, task=campaign.task, test_dataset=campaign.dataset("test"))
+        parent = tree.start(
+            params, state, repeats=repeats, settings_params=campaign.stage_params, adopt_run_id=campaign.adopt_run_id
+        )
+        results = []
+        with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
+            for result in executor.map_unordered(worker, seeds):
+                results.append((result, tree.seed_finished(result)))
+                bar.set_postfix_str(f"seed {result.seed}: test accuracy {result.test_accuracy:.4f}")
+                bar.update()
+        summary = summarize(results)
+        tree.finish(summary)
+    return {**summary, "run_id": parent, "params": params}

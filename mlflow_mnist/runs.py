@@ -1,0 +1,253 @@
+"""The generic run writer: creates, fills and closes MLflow runs for one driver process.
+
+With :mod:`mlflow_mnist.search_tree`, :mod:`mlflow_mnist.final_tree` and :mod:`mlflow_mnist.registry` it is
+the only code that writes to the tracking store. Runs carry true times (a fold run starts and ends when its
+worker did), models are MLflow 3 LoggedModels with their metrics linked, and nothing here logs environment
+variables or the tracking URI, so credentials never reach the store.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow_mnist.planning import format_value
+from mlflow_mnist.tracking import LEVEL, PARENT, TrackingError, redact
+
+NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
+BEST_CHILD = "mlflow_mnist.best_child_run_id"
+MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
+
+
+def _params(values: Mapping[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(key, format_value(value)) for key, value in values.items()]
+
+
+def _tags(values: Mapping[str, Any]):
+    from mlflow.entities import RunTag
+
+    # Tag values must be strings: SQLite coerces them, the REST store refuses anything else.
+    return [RunTag(key, str(value)) for key, value in values.items()]
+
+
+def _metrics(values: Mapping[str, float], step: int = 0, model_id: str | None = None, run_id: str | None = None):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [
+        Metric(key, float(value), now, step, model_id=model_id, run_id=run_id)
+        for key, value in values.items()
+        if math.isfinite(float(value))  # non-finite values are left out, not faked
+    ]
+
+
+class RunWriter:
+    """Creates and closes the runs of one CLI invocation; remembers which are open so Ctrl-C can close them."""
+
+    def __init__(
+        self,
+        client,
+        experiment_id: str,
+        *,
+        dataset=None,
+        common_tags: Mapping[str, str] | None = None,
+        adopted_run_id: str | None = None,
+    ):
+        self.client = client
+        self.experiment_id = experiment_id
+        self.dataset = dataset
+        self.common_tags = dict(common_tags or {})
+        self.adopted_run_id = adopted_run_id
+        self.open_runs: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(
+        self,
+        name: str,
+        level: str,
+        *,
+        parent: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        adopt: str | None = None,
+        start_ms: int | None = None,
+    ) -> str:
+        """A new run (or the adopted run ``mlflow run`` made for us) with our tags and the training dataset."""
+        all_tags = {key: str(value) for key, value in {**self.common_tags, LEVEL: level, **(tags or {})}.items()}
+        if parent:
+            all_tags[PARENT] = parent
+        if adopt:
+            self.client.update_run(adopt, status="RUNNING", name=name)
+            self.client.log_batch(adopt, tags=_tags(all_tags))
+            run_id = adopt
+        else:
+            run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name, tags=all_tags)
+            run_id = run.info.run_id
+        self.open_runs.append(run_id)
+        self.log_dataset(run_id)
+        return run_id
+
+    def finish(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
+        self.client.set_terminated(run_id, status, end_time=end_ms)
+        if run_id in self.open_runs:
+            self.open_runs.remove(run_id)
+
+    def abort(self, status: str = "KILLED") -> None:
+        """Close every run this writer opened, innermost first (Ctrl-C, or a fatal error)."""
+        for run_id in reversed(list(self.open_runs)):
+            try:
+                self.finish(run_id, status)
+            except Exception:  # noqa: BLE001 - best effort while already failing
+                # The store is gone: retrying every run would only delay the exit; the next start closes them.
+                return
+
+    @contextmanager
+    def closing_on_failure(self, uri: str):
+        """Close open runs on any failure; a lost store becomes one :class:`TrackingError` line naming ``uri``."""
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.abort("KILLED")
+            raise
+        except (MlflowException, RequestException, OSError) as error:
+            self.abort("FAILED")
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise TrackingError(
+                f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "
+                f"once it is back, run the same command again to resume"
+            ) from None
+        except BaseException:
+            self.abort("FAILED")
+            raise
+
+    # -- content -------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
+        """Params are write-once: on the run ``mlflow run`` made, keep its -P values and log ours beside them."""
+        if run_id == self.adopted_run_id:
+            logged = self.client.get_run(run_id).data.params
+            values = {
+                (key if key not in logged else f"effective_{key}"): value
+                for key, value in values.items()
+                if logged.get(key) != format_value(value)
+            }
+        if values:
+            self.client.log_batch(run_id, params=_params(values))
+
+    def log_tags(self, run_id: str, values: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=_tags(values))
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float], *, model_id: str | None = None) -> None:
+        self.client.log_batch(run_id, metrics=_metrics(values, model_id=model_id, run_id=run_id))
+
+    def log_curves(self, run_id: str, history: Mapping[str, list[float]], final: Mapping[str, float]) -> None:
+        """Per-epoch curves (step = epoch) and final numbers; ``log_batch`` chunks them itself."""
+        metrics = [
+            m for name, values in history.items() for step, v in enumerate(values, 1) for m in _metrics({name: v}, step)
+        ]
+        self.client.log_batch(run_id, metrics=metrics + _metrics(final))
+
+    def log_dataset(self, run_id: str, dataset=None, context: str = "train") -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = dataset or self.dataset
+        if dataset is not None:
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            self.client.log_inputs(run_id, datasets=[entity])
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, values: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, dict(values), artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def describe(self, run_id: str, markdown: str) -> None:
+        self.client.set_tag(run_id, NOTE, markdown)
+
+    def run_link(self, run_id: str, text: str) -> str:
+        return f"[{text}](#/experiments/{self.experiment_id}/runs/{run_id})"
+
+    def name_best_child(self, run_id: str, child_id: str, child_name: str, metrics: Mapping[str, float]) -> None:
+        """Tag the parent with its best child's run id, link it in the description, copy its metrics."""
+        self.log_tags(run_id, {BEST_CHILD: child_id, NOTE: f"Best child: {self.run_link(child_id, child_name)}"})
+        self.log_metrics(run_id, metrics)
+
+    def log_model(
+        self,
+        run_id: str,
+        files: Mapping[str, bytes] | None,
+        *,
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Upload a model folder a worker saved as an MLflow 3 LoggedModel of ``run_id``; returns its model id.
+
+        The model's metrics (held-out or test accuracy) are linked to it, so the UI's Models column and
+        ``mlflow.search_logged_models(order_by=...)`` can rank the models of a whole search.
+        """
+        if not files:
+            return None
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.models import Model
+
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=MODEL_NAME,
+            source_run_id=run_id,
+            params={key: format_value(value) for key, value in (params or {}).items()},
+            tags={key: str(value) for key, value in (tags or {}).items()},
+            model_type="keras-convnet",
+        )
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                for relative, content in files.items():
+                    path = Path(tmp, relative)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(content)
+                # The worker could not know the ids: record them in MLmodel, as mlflow's own log_model does.
+                mlmodel = Model.load(tmp)
+                mlmodel.model_id, mlmodel.run_id, mlmodel.artifact_path = (
+                    model.model_id,
+                    run_id,
+                    model.artifact_location,
+                )
+                mlmodel.save(str(Path(tmp, "MLmodel")))
+                self.client.log_model_artifacts(model.model_id, tmp)
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        self.log_metrics(run_id, metrics, model_id=model.model_id)
+        return model.model_id
+
+
+def log_report(client, experiment_name: str, folder: Path, run_id: str | None = None) -> str:
+    """Log an analysis folder under ``analysis/`` of ``run_id``, or of a new experiment-level "analysis" run."""
+    if run_id:
+        if LEVEL not in client.get_run(run_id).data.tags:  # the bare run `mlflow run -e analyze` made
+            client.update_run(run_id, name="analysis")
+            client.set_tag(run_id, LEVEL, "analysis")
+        client.log_artifacts(run_id, str(folder), "analysis")
+        return run_id
+    experiment = client.get_experiment_by_name(experiment_name).experiment_id
+    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: "analysis"})
+    try:
+        client.log_artifacts(run.info.run_id, str(folder), "analysis")
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

@@ -1,0 +1,27 @@
+"""The strategy protocol: what to evaluate next. A strategy calls ``evaluate`` and reads the store's snapshot;
+it never touches MLflow, processes or progress bars (scikit-learn's ``_run_search(evaluate_candidates)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from mlflow_mnist.model import Params
+from mlflow_mnist.planning import Group, StoreState
+
+Rows = list[dict[str, Any]]
+
+
+class Evaluate(Protocol):
+    """Cross-validate ``candidates`` (full hyperparameter dicts) as one group; returns ``cv_results`` rows."""
+
+    def __call__(self, candidates: Sequence[Params], *, group: Group, labels: Sequence[str] | None = None) -> Rows: ...
+
+
+class Strategy(Protocol):
+    """``name`` tags the search run; ``single_group`` says the search is one group (its run is the search run)."""
+
+    name: str
+    single_group: bool
+
+    def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None: ...
