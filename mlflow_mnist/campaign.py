@@ -7,6 +7,7 @@ costs one line and leaves the store untouched. It then wires a search: strategy,
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from mlflow_mnist.planning import SearchSettings, StoreState, check_folds, resol
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.search import GroupOutcome, Progress, run_search
 from mlflow_mnist.search_tree import SearchTree
-from mlflow_mnist.stages import STEPS, parse_overrides, steps_of
+from mlflow_mnist.stages import STEPS, Step, parse_overrides, steps_of
 from mlflow_mnist.strategies import StagedGrid, Strategy
 from mlflow_mnist.worker import FoldWorker
 
@@ -146,13 +147,14 @@ class Campaign:
         self,
         stage: str,
         *,
+        steps: Sequence[Step] | None = None,
         executor: Executor | None = None,
         n_jobs: int = 0,
         with_model: bool = True,
         progress: bool = True,
     ) -> list[GroupOutcome]:
-        """The seed's staged grid for ``stage`` (one or more steps)."""
-        strategy = StagedGrid(steps_of(stage), overrides=self.overrides, epochs=self.settings.epochs)
+        """The seed's staged grid for ``stage`` (its ``steps``, when the caller has already looked them up)."""
+        strategy = StagedGrid(steps or steps_of(stage), overrides=self.overrides, epochs=self.settings.epochs)
         if executor is not None:
             return self.search(strategy, name=stage, executor=executor, with_model=with_model, progress=progress)
         with JoblibExecutor(n_jobs) as own:

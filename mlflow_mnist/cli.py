@@ -144,10 +144,10 @@ def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precis
     from mlflow_mnist.executors import make_executor
     from mlflow_mnist.stages import steps_of
 
-    steps_of(stage)  # an unknown stage fails before any data is read
+    steps = steps_of(stage)  # validated once, before any data is read
     campaign = _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision)
     with make_executor(executor, n_jobs=n_jobs) as pool:
-        outcomes = campaign.tune(stage, executor=pool, with_model=log_models)
+        outcomes = campaign.tune(stage, steps=steps, executor=pool, with_model=log_models)
     for outcome in outcomes:
         best = outcome.best
         click.echo(

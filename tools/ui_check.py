@@ -137,7 +137,8 @@ def check(uri_folder: Path, out: Path, experiment: str) -> list[str]:
             problems.append(f"fold row {row['name']} lasted {row.get('duration')!r}, not its training time")
     print(f"{len(rows)} rows: {len(stages)} stage, {len(points)} grid points, {len(folds)} folds")
     for row in rows:
-        print(f"  {'  ' * depth[row.get('indent', 0)]}{row.get('name')}: {row.get('duration')}, models {row.get('models')}")
+        indent = "  " * depth[row.get("indent", 0)]
+        print(f"  {indent}{row.get('name')}: {row.get('duration')}, models {row.get('models')}")
     return problems
 
 
