@@ -11,7 +11,7 @@ DATA    ?= $(if $(MLFLOW_MNIST_DATA),$(MLFLOW_MNIST_DATA),$(SHARED_MNIST))
 EXPERIMENT ?= mnist
 RUN_STAGES ?= kernel_size pool_size
 
-.PHONY: setup run promote test lint ui clean
+.PHONY: setup run promote test lint ui clean postgres cluster-demo
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,9 +35,18 @@ run: setup
 promote: setup
 	mlflow run . -e promote --env-manager local --experiment-name $(EXPERIMENT)
 
-test: setup
+# The cluster tests start PostgreSQL from the OS binaries; install them where they are missing.
+postgres:
+	@./tools/ensure_postgres.sh
+
+test: setup postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# PostgreSQL, a PostgreSQL-backed mlflow server, a Dask scheduler and two workers on this machine; one stage
+# through `mlflow run ... -P executor=dask`; then everything torn down. About 2 minutes.
+cluster-demo: setup postgres
+	$(PYTHON) tools/cluster_demo.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

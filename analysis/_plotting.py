@@ -1,4 +1,4 @@
-"""What every figure shares: a headless backend, one style, saving and an empty-data placeholder."""
+"""What every figure shares: a headless backend, one style, verdict colours, saving, an empty-data placeholder."""
 
 from __future__ import annotations
 
@@ -12,7 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
-COLORS = {"best": "#1b7837", "tied": "#7f7f7f", "worse": "#c51b7d", "diverged": "#d73027", "point": "#4c72b0"}
+#: One colour per verdict, in every figure.
+COLORS = {
+    "reference": "#1b7837",
+    "better": "#2166ac",
+    "practically equivalent": "#7f7f7f",
+    "undecided": "#e08214",
+    "worse": "#c51b7d",
+    "unstable": "#8c510a",
+    "diverged": "#d73027",
+    "failed": "#d73027",
+    "incomplete": "#bababa",
+    "point": "#9e9ac8",
+    "effect": "#2166ac",
+    "no practical effect": "#7f7f7f",
+}
+MARKERS = {"unstable": "v", "diverged": "x", "failed": "x", "incomplete": "s"}
 
 
 def save(fig, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Parameter importance across the campaign: how far each step's parameter moved accuracy, against noise."""
+"""Parameter importance across the campaign: how far each step's parameter moved accuracy, against the spread
+pure noise would give for that many candidates, coloured by the step's verdict."""
 
 from __future__ import annotations
 
@@ -8,33 +9,35 @@ import numpy as np
 import pandas as pd
 
 from analysis._plotting import COLORS, empty, plt, save
-from analysis.stats import importance
+from analysis.stats import ALPHA, importance
 
 
-def get_importance_info(summary: pd.DataFrame) -> pd.DataFrame:
-    return importance(summary).sort_values("effect", ascending=True, ignore_index=True)
+def get_importance_info(summary: pd.DataFrame, verdicts: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    return importance(summary, verdicts, folds).sort_values("spread", ascending=True, ignore_index=True)
 
 
 def render_importance(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished steps to plot")
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(info) + 1.6))
-    colors = [COLORS["best"] if r > 2 else COLORS["tied"] for r in info["ratio"]]
-    ax.barh(info["step"], 100 * info["effect"], color=colors)
-    ax.scatter(200 * info["noise"], info["step"], marker="|", s=250, color="black", label="2 x noise (SE of a mean)")
-    for y, (effect, ratio) in enumerate(zip(info["effect"], info["ratio"], strict=True)):
-        ax.text(
-            100 * effect, y, f"  {ratio:.1f}x noise" if np.isfinite(ratio) else "  (one fold)", va="center", fontsize=8
-        )
-    ax.set_xlabel("spread of candidates' mean accuracy (percentage points)")
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(info) + 2.2))
+    spread = 100 * info["spread"]
+    ax.barh(info["step"], spread, color=[COLORS.get(v, COLORS["undecided"]) for v in info["verdict"]])
+    noise = 100 * info["noise_spread"]
+    ax.scatter(noise, info["step"], marker="|", s=250, color="black", label="spread pure noise would give")
+    for y, row in enumerate(info.itertuples()):
+        ax.text(100 * row.spread, y, f"  {row.verdict}", va="center", fontsize=8)
+    ax.set_xscale("symlog", linthresh=0.5)
+    ax.set_xlim(0, max(1.0, float(np.nanmax(spread)) * 3))
+    ax.set_xlabel("spread of candidates' mean accuracy (points, log scale past 0.5)")
     ax.set_title(
-        "Parameter importance: spread of healthy candidates against the noise of one mean\n"
-        "(green: more than twice the noise; per-candidate significance is in the noise-floor figure)",
+        "Parameter importance: spread between a step's best and worst candidate\n"
+        f"black tick: the spread pure noise exceeds only {ALPHA:.0%} of the time (studentized range)\n"
+        "label and colour: the step's verdict",
         fontsize=9,
     )
     ax.legend(fontsize=8, loc="lower right")
     return save(fig, path)
 
 
-def plot_importance(summary: pd.DataFrame, path: Path) -> Path:
-    return render_importance(get_importance_info(summary), path)
+def plot_importance(summary: pd.DataFrame, verdicts: pd.DataFrame, folds: pd.DataFrame, path: Path) -> Path:
+    return render_importance(get_importance_info(summary, verdicts, folds), path)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 
-from analysis._plotting import COLORS, empty, is_numeric, plt, save
+from analysis._plotting import COLORS, MARKERS, empty, is_numeric, plt, save
+from analysis.stats import UNHEALTHY
 
 
 class SensitivityInfo(NamedTuple):
@@ -15,8 +17,8 @@ class SensitivityInfo(NamedTuple):
     varied: str
     numeric: bool
     log_x: bool
-    points: pd.DataFrame  # one row per fold: x, accuracy, diverged
-    means: pd.DataFrame  # one row per candidate: x, mean, ci_low, ci_high, is_best, tied, diverged
+    points: pd.DataFrame  # one row per split: x, accuracy, diverged
+    means: pd.DataFrame  # one row per candidate: x, mean, ci_low, ci_high, is_best, verdict
     verdict: str
 
 
@@ -36,20 +38,22 @@ def get_sensitivity_info(folds: pd.DataFrame, summary: pd.DataFrame, step: str, 
 def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
     if info.means.empty:
         return empty(path, f"no finished folds for step {info.step}")
-    bad = info.means[info.means["diverged"]]
+    unhealthy = info.means["verdict"].isin(UNHEALTHY)
+    bad = info.means[unhealthy]
     fig, axes = plt.subplots(
         2 if len(bad) else 1,
         1,
-        figsize=(7, 5.2 if len(bad) else 4.2),
+        figsize=(9, 5.6 if len(bad) else 4.6),
         squeeze=False,
         sharex=True,
         gridspec_kw={"height_ratios": [4, 1]} if len(bad) else None,
     )
     ax = axes[0, 0]
-    good = info.means[~info.means["diverged"]]
+    good = info.means[~unhealthy]
     order = {x: i for i, x in enumerate(info.means.sort_values("candidate_index")["x"])}
     position = (lambda x: x) if info.numeric else (lambda x: order[x])
-    healthy_points = info.points[~info.points["diverged"]]
+    bad_indexes = set(bad["candidate_index"])
+    healthy_points = info.points[~info.points["candidate_index"].isin(bad_indexes)]
     ax.scatter(
         healthy_points["x"].map(position),
         healthy_points["accuracy"],
@@ -60,7 +64,7 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
         zorder=2,
     )
     for row in good.itertuples():
-        color = COLORS["best"] if row.is_best else COLORS["tied"] if row.tied else COLORS["worse"]
+        color = COLORS[row.verdict]
         ax.errorbar(
             position(row.x),
             row.mean,
@@ -74,23 +78,29 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
     if info.numeric:
         ax.plot(good.sort_values("x")["x"], good.sort_values("x")["mean"], color="#999999", lw=1, zorder=1)
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"{info.step}: {info.verdict}" if info.verdict else info.step, fontsize=11)
+    title = info.step if not info.verdict else f"{info.step}\n" + "\n".join(textwrap.wrap(info.verdict, 95))
+    ax.set_title(title, fontsize=9)
     handles = [
-        plt.Line2D([], [], color=c, marker=m, ls="", label=lab)
-        for c, m, lab in (
-            (COLORS["best"], "D", "best (mean, 95% CI)"),
-            (COLORS["tied"], "o", "tied with best"),
-            (COLORS["worse"], "o", "worse than best (p<0.05)"),
-            (COLORS["point"], "o", "one fold"),
-        )
+        plt.Line2D([], [], color=COLORS[v], marker="o", ls="", label=f"{v} (mean, 95% CI)")
+        for v in dict.fromkeys(good["verdict"])
     ]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    handles.append(plt.Line2D([], [], color=COLORS["point"], marker="o", ls="", label="one fold"))
+    handles.append(plt.Line2D([], [], color="black", marker="D", ls="", label="chosen (best)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if len(bad):
         low = axes[1, 0]
-        bad_points = info.points[info.points["diverged"]]
-        low.scatter(bad_points["x"].map(position), bad_points["accuracy"], marker="x", color=COLORS["diverged"])
-        low.set_ylabel("diverged", color=COLORS["diverged"])
-        low.set_ylim(0, 1)
+        for row in bad.itertuples():
+            points = info.points[info.points["candidate_index"] == row.candidate_index]
+            low.scatter(
+                points["x"].map(position),
+                points["accuracy"],
+                marker=MARKERS[row.verdict],
+                color=COLORS[row.verdict],
+                label=row.verdict,
+            )
+        low.set_ylabel("unhealthy\nfolds", fontsize=8)
+        low.set_ylim(0, 1.05)
+        low.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     bottom = axes[-1, 0]
     if info.log_x:
         bottom.set_xscale("log")

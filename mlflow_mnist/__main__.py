@@ -1,3 +1,5 @@
 from mlflow_mnist.cli import main
 
-main()
+# The guard matters: process pools (Dask's LocalCluster, multiprocessing's spawn) re-import this module.
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ costs one line and leaves the store untouched. It then wires a search: strategy,
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from mlflow_mnist import tracking
 from mlflow_mnist.data import DATA_ENV_VAR, SAMPLE_PATH, DataRef, Task, load_mnist, parse_digits, select_digits
 from mlflow_mnist.executors import Executor, JoblibExecutor
+from mlflow_mnist.lease import CampaignLease
 from mlflow_mnist.model import HyperparameterError, Params, check_precision
 from mlflow_mnist.planning import SearchSettings, StoreState, check_folds, resolve_fixed_params
 from mlflow_mnist.runs import RunWriter
@@ -55,8 +57,11 @@ class Campaign:
         overrides: str = "",
         experiment: str | None = None,
         precision: str = "float32",
+        cv_repeats: int = 1,
     ) -> Campaign:
         check_precision(precision)
+        if cv_repeats < 1:
+            raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = parse_overrides(overrides)
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
@@ -67,7 +72,7 @@ class Campaign:
         resolve_fixed_params(STEPS[0].name, {}, parsed_overrides, epochs)
         task = select_digits(load_mnist(data), chosen)
         check_folds(task.y_train, folds, chosen)
-        settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision)
+        settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision, cv_repeats)
         client = tracking.connect()
         where = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
         source = str(SAMPLE_PATH) if data == "sample" else str(Path(data).resolve()) if data else task.source
@@ -90,6 +95,7 @@ class Campaign:
             "split_seed": self.settings.split_seed,
             "data_digest": self.settings.data_digest,
             "precision": self.settings.precision,
+            "cv_repeats": self.settings.cv_repeats,
         }
 
     def dataset(self, split: str = "train"):
@@ -105,12 +111,22 @@ class Campaign:
             self.client,
             self.experiment_id,
             dataset=self.dataset("train"),
-            common_tags={tracking.DIGEST: self.settings.data_digest, f"{tracking.PREFIX}data_source": self.data_source},
+            common_tags={
+                tracking.DIGEST: self.settings.data_digest,
+                tracking.SETTINGS_KEY: self.settings.key(),
+                f"{tracking.PREFIX}data_source": self.data_source,
+            },
             adopted_run_id=self.adopt_run_id,
         )
 
+    def lease(self) -> CampaignLease:
+        """This driver's hold on the experiment: only one driver may write it at a time."""
+        return CampaignLease(self.client, self.experiment_id, command=" ".join(["mlflow-mnist", *sys.argv[1:4]]))
+
     def read_state(self) -> StoreState:
-        return tracking.read_store_state(self.client, self.experiment_id, self.settings.data_digest)
+        return tracking.read_store_state(
+            self.client, self.experiment_id, self.settings.data_digest, self.settings.key()
+        )
 
     def search(
         self,
@@ -123,7 +139,6 @@ class Campaign:
     ) -> list[GroupOutcome]:
         """Run ``strategy`` as search run ``name`` on ``executor``; the driver alone writes the run tree."""
         writer = self.writer()
-        tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
         tree = SearchTree(
             writer,
             name=name,
@@ -132,8 +147,9 @@ class Campaign:
             settings_params=self.stage_params,
             adopt_run_id=self.adopt_run_id,
         )
-        worker = FoldWorker(self.data_ref, executor.threads_per_worker, with_model)
-        with writer.closing_on_failure(tracking.tracking_uri()):
+        worker = FoldWorker(self.data_ref, executor.threads_per_worker, with_model, driver_pid=os.getpid())
+        with self.lease(), writer.closing_on_failure(tracking.tracking_uri()):
+            tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
             return run_search(
                 strategy,
                 settings=self.settings,

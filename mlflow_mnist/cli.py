@@ -23,9 +23,18 @@ USER_ERRORS = (DataError, HyperparameterError, StageError)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from mlflow_mnist.executors.dask import ExecutorError
+    from mlflow_mnist.lease import LeaseHeld
     from mlflow_mnist.tracking import TrackingError
 
-    return (*USER_ERRORS, TrackingError)
+    return (*USER_ERRORS, TrackingError, LeaseHeld, ExecutorError)
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return (MlflowException, RequestException)
 
 
 def _rejections() -> tuple[type[Exception], ...]:
@@ -43,6 +52,16 @@ class _Group(click.Group):
         except _user_errors() as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
+            from mlflow_mnist.tracking import redact, tracking_uri
+
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            click.echo(
+                f"error: the tracking store at {redact(tracking_uri())} failed ({reason}): "
+                "check that it is up and rerun the same command",
+                err=True,
+            )
+            sys.exit(2)
         except _rejections() as error:
             click.echo(str(error), err=True)
             sys.exit(1)
@@ -59,6 +78,13 @@ def _quiet_libraries() -> None:
 COMMON = [
     click.option("--epochs", default=6, show_default=True, type=int, help="Epochs per fit unless a step varies it."),
     click.option("--folds", default=3, show_default=True, type=int, help="Cross-validation folds."),
+    click.option(
+        "--cv-repeats",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Repeats of the stratified k-fold split (repeated CV: tighter verdicts; fold runs per repeat and fold).",
+    ),
     click.option("--digits", default="2,7", show_default=True, help="Digits to classify, e.g. 2,7 or all."),
     click.option("--data", default="", help="IDX folder, .npz, 'sample', or empty for $MLFLOW_MNIST_DATA / Keras."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold split."),
@@ -108,20 +134,27 @@ EXECUTOR_OPTION = click.option(
     default="joblib",
     show_default=True,
     type=click.Choice(EXECUTORS),
-    help="Where folds run: a local process pool (joblib) or this process (serial).",
+    help="Where folds run: a local process pool (joblib), this process (serial), or Dask (dask).",
+)
+SCHEDULER_OPTION = click.option(
+    "--scheduler",
+    default="",
+    envvar="DASK_SCHEDULER_ADDRESS",
+    help="Dask scheduler address for --executor dask [default: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
 N_JOBS_OPTION = click.option(
     "--n-jobs", default=0, show_default=True, type=int, help="Parallel workers; 0 or -1: every core."
 )
 
 
-def _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision):
+def _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision):
     from mlflow_mnist.campaign import Campaign
 
     campaign = Campaign.open(
         data,
         digits,
         folds=folds,
+        cv_repeats=cv_repeats,
         seed=seed,
         epochs=epochs,
         overrides=overrides,
@@ -137,16 +170,32 @@ def _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, pre
 @click.option("--stage", required=True, help="Stage to run (see `mlflow-mnist stages`).")
 @common_options
 @EXECUTOR_OPTION
+@SCHEDULER_OPTION
 @N_JOBS_OPTION
 @click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
-def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precision, executor, n_jobs, log_models):
+def tune(
+    stage,
+    epochs,
+    folds,
+    cv_repeats,
+    digits,
+    data,
+    seed,
+    overrides,
+    experiment,
+    precision,
+    executor,
+    scheduler,
+    n_jobs,
+    log_models,
+):
     """Run one tuning stage as nested MLflow runs: stage > grid point > fold."""
     from mlflow_mnist.executors import make_executor
     from mlflow_mnist.stages import steps_of
 
     steps = steps_of(stage)  # validated once, before any data is read
-    campaign = _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision)
-    with make_executor(executor, n_jobs=n_jobs) as pool:
+    campaign = _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision)
+    with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         outcomes = campaign.tune(stage, steps=steps, executor=pool, with_model=log_models)
     for outcome in outcomes:
         best = outcome.best
@@ -160,16 +209,31 @@ def tune(stage, epochs, folds, digits, data, seed, overrides, experiment, precis
 @common_options
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Seeds to train and test.")
 @EXECUTOR_OPTION
+@SCHEDULER_OPTION
 @N_JOBS_OPTION
-def final(epochs, folds, digits, data, seed, overrides, experiment, precision, repeats, executor, n_jobs) -> None:
+def final(
+    epochs,
+    folds,
+    cv_repeats,
+    digits,
+    data,
+    seed,
+    overrides,
+    experiment,
+    precision,
+    repeats,
+    executor,
+    scheduler,
+    n_jobs,
+) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
     from mlflow_mnist.executors import make_executor
     from mlflow_mnist.executors.joblib import usable_cores
     from mlflow_mnist.final import run_final
 
-    campaign = _open_campaign(data, digits, folds, seed, epochs, overrides, experiment, precision)
+    campaign = _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision)
     n_jobs = min(n_jobs if n_jobs > 0 else usable_cores(), repeats)  # one seed: every core to it
-    with make_executor(executor, n_jobs=n_jobs) as pool:
+    with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         summary = run_final(campaign, repeats=repeats, executor=pool)
     click.echo(
         f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {repeats} seed(s) "
@@ -197,6 +261,8 @@ def promote(experiment, name, min_accuracy, force, run_id) -> None:
         client, where.experiment_id, name=name or None, min_accuracy=min_accuracy, force=force, run_id=run_id or None
     )
     click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
+    if done["warning"]:
+        click.echo(done["warning"], err=True)
 
 
 def _add_plugin_commands() -> None:

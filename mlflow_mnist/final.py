@@ -8,6 +8,7 @@ the same executors as the search, so users see how much of a test accuracy is lu
 
 from __future__ import annotations
 
+import os
 import statistics
 from typing import Any
 
@@ -50,10 +51,12 @@ def run_final(campaign, *, repeats: int = 1, executor: Executor, progress: bool 
     state = campaign.read_state()
     params = resolve_fixed_params(FINAL, state.step_bests, campaign.overrides, campaign.settings.epochs)
     writer = campaign.writer()
-    tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
-    worker = FinalWorker(campaign.data_ref, params, campaign.settings.precision, executor.threads_per_worker)
-    with writer.closing_on_failure(tracking.tracking_uri()):
+    worker = FinalWorker(
+        campaign.data_ref, params, campaign.settings.precision, executor.threads_per_worker, driver_pid=os.getpid()
+    )
+    with campaign.lease(), writer.closing_on_failure(tracking.tracking_uri()):
+        tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
         # The test set's digest and profile are computed once, for the final run and every seed.
         tree = FinalTree(writer, task=campaign.task, test_dataset=campaign.dataset("test"))
         parent = tree.start(

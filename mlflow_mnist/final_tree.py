@@ -24,6 +24,7 @@ from mlflow_mnist.worker import FinalResult
 MEDIAN_RUN = f"{PREFIX}median_run_id"
 MEDIAN_MODEL = f"{PREFIX}median_model_id"
 TASK = f"{PREFIX}task"
+TEST_DIGEST, TEST_SIZE = f"{PREFIX}test_digest", f"{PREFIX}test_size"  # which test set the accuracy is on
 
 
 def confusion_figure(matrix: np.ndarray, digits: tuple[int, ...], title: str):
@@ -86,6 +87,8 @@ class FinalTree:
             tags={
                 STAGE: "final",
                 TASK: settings_params.get("task", ""),
+                TEST_DIGEST: self.task.digest("test"),
+                TEST_SIZE: len(self.task.y_test),
                 f"{PREFIX}source_step_runs": json.dumps(sources)[:5000],
             },
             adopt=adopt_run_id,

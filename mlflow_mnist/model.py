@@ -1,8 +1,12 @@
-"""The seed's convnet as a function of a flat dict of its 17 hyperparameters.
+"""The seed's convnet as a function of a flat dict of its 17 hyperparameters, plus a few the seed lacked.
 
 Unlike the seed, ``pool_size`` and ``optimizer`` are honoured and every optimizer gets an explicit learning
 rate (Keras 3 defaults differ from the Keras 2 ones the seed ran on). The model takes raw 28x28 uint8 pixels:
 scaling lives inside it, so a logged model can be served on raw images.
+
+The extra hyperparameters (light data augmentation, a cosine learning-rate schedule) are off by default; at
+their neutral values they add nothing to the model and nothing to a fold's key, so everything the seed's
+search trained stays what it was.
 """
 
 from __future__ import annotations
@@ -57,8 +61,22 @@ SEED_START: Params = {
     "batch_size": 20,
 }
 # 18 keys: the 17 of stages.md plus `optimizer`, which the seed varied (and ignored).
-HYPERPARAMETERS = tuple(SEED_START)
+SCHEDULES = ("constant", "cosine")
+#: Hyperparameters the seed did not have, at values that leave its model unchanged.
+EXTRA_NEUTRAL: Params = {
+    "augment_shift": 0.0,  # random translation while training, as a fraction of the side (0.1 = 2.8 pixels)
+    "augment_rotation": 0.0,  # random rotation while training, in degrees either way
+    "augment_zoom": 0.0,  # random zoom while training, as a fraction
+    "lr_schedule": "constant",  # or "cosine": decay to zero over the whole fit
+}
+HYPERPARAMETERS = tuple(SEED_START)  # the seed's 18, every one required
+KNOWN = (*HYPERPARAMETERS, *EXTRA_NEUTRAL)
 IMAGE_SIDE = 28
+
+
+def without_neutral(params: Params) -> Params:
+    """``params`` without the extra hyperparameters that sit at their neutral values (for keys and labels)."""
+    return {k: v for k, v in params.items() if not (k in EXTRA_NEUTRAL and v == EXTRA_NEUTRAL[k])}
 
 
 class HyperparameterError(ValueError):
@@ -103,13 +121,17 @@ def _check_number(key: str, value: Any, kind: type, low: float, high: float | No
 
 def validate_params(params: Params) -> Params:
     """Check every key and value before any training; returns a normalised copy (pairs as tuples)."""
-    unknown = sorted(set(params) - set(HYPERPARAMETERS))
+    unknown = sorted(set(params) - set(KNOWN))
     if unknown:
-        raise HyperparameterError(f"unknown hyperparameter {unknown[0]!r}: known are {', '.join(HYPERPARAMETERS)}")
+        raise HyperparameterError(f"unknown hyperparameter {unknown[0]!r}: known are {', '.join(KNOWN)}")
     missing = [key for key in HYPERPARAMETERS if key not in params]
     if missing:
         raise HyperparameterError(f"missing hyperparameter(s) {', '.join(missing)}")
-    clean = dict(params)
+    clean = {**EXTRA_NEUTRAL, **params}
+    clean["augment_shift"] = _check_number("augment_shift", clean["augment_shift"], float, 0.0, 0.5, high_open=True)
+    clean["augment_zoom"] = _check_number("augment_zoom", clean["augment_zoom"], float, 0.0, 0.5, high_open=True)
+    clean["augment_rotation"] = _check_number("augment_rotation", clean["augment_rotation"], float, 0.0, 90.0)
+    _check_choice("lr_schedule", clean["lr_schedule"], SCHEDULES)
     for index in (1, 2, 3):
         clean[f"neurons_{index}"] = _check_number(f"neurons_{index}", params[f"neurons_{index}"], int, 1, None)
     for index in (1, 2):
@@ -158,8 +180,20 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution: int = 1, precision: str = "float32"):
+def build_model(
+    hyperparameters: Params,
+    n_classes: int = 2,
+    steps_per_execution: int = 1,
+    precision: str = "float32",
+    seed: int | None = None,
+    n_train: int | None = None,
+):
     """The seed's convnet, compiled; ``steps_per_execution`` > 1 runs several batches per graph call.
+
+    ``seed`` seeds every initializer and dropout layer explicitly. Without it Keras draws their seeds from
+    Python's process-wide ``random``, which other threads (a Dask worker's event loop) also draw from: the
+    same fold would then train differently from run to run. ``n_train`` (training images) sizes a cosine
+    learning-rate schedule.
 
     ``precision="mixed_bfloat16"`` computes in bfloat16 with float32 weights (fast on CPUs with AMX or
     AVX512-BF16, slow elsewhere); the output layer stays float32. (The argument is not called ``params``:
@@ -170,20 +204,54 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
 
     p = validate_params(hyperparameters)
 
+    seeds = iter(range(seed, seed + 100)) if seed is not None else None
+
+    def next_seed() -> int | None:
+        return next(seeds) if seeds is not None else None
+
     def initializer(name: str):
-        return getattr(keras.initializers, _INITIALIZER_CLASSES[name])()
+        cls = getattr(keras.initializers, _INITIALIZER_CLASSES[name])
+        return cls() if name == "zero" else cls(seed=next_seed())
 
     dtype = check_precision(precision)
+
+    def augmentation_seed(offset: int) -> int | None:
+        return None if seed is None else seed + 1000 + offset  # apart from the layers' own seeds
+
+    # Light augmentation, active only while training (Keras' preprocessing layers pass images through at
+    # inference): absent at the neutral values, so the seed's model is exactly what it was.
+    augmentation = []
+    if p["augment_shift"]:
+        shift = p["augment_shift"]
+        augmentation.append(layers.RandomTranslation(shift, shift, fill_mode="constant", seed=augmentation_seed(0)))
+    if p["augment_rotation"]:
+        turn = p["augment_rotation"] / 360.0
+        augmentation.append(layers.RandomRotation(turn, fill_mode="constant", seed=augmentation_seed(1)))
+    if p["augment_zoom"]:
+        augmentation.append(layers.RandomZoom(p["augment_zoom"], fill_mode="constant", seed=augmentation_seed(2)))
 
     model = keras.Sequential(
         [
             keras.Input(shape=(IMAGE_SIDE, IMAGE_SIDE), dtype="uint8", name="pixels"),
             layers.Rescaling(1.0 / 255, dtype=dtype),
             layers.Reshape((IMAGE_SIDE, IMAGE_SIDE, 1), dtype=dtype),
-            layers.Conv2D(p["neurons_1"], p["kernel_size"], activation=p["activation_1"], dtype=dtype),
-            layers.Conv2D(p["neurons_2"], p["kernel_size"], activation=p["activation_2"], dtype=dtype),
+            *augmentation,
+            layers.Conv2D(
+                p["neurons_1"],
+                p["kernel_size"],
+                activation=p["activation_1"],
+                kernel_initializer=initializer("glorot_uniform"),
+                dtype=dtype,
+            ),
+            layers.Conv2D(
+                p["neurons_2"],
+                p["kernel_size"],
+                activation=p["activation_2"],
+                kernel_initializer=initializer("glorot_uniform"),
+                dtype=dtype,
+            ),
             layers.MaxPooling2D(p["pool_size"], dtype=dtype),
-            layers.Dropout(p["dropout_rate_1"], dtype=dtype),
+            layers.Dropout(p["dropout_rate_1"], seed=next_seed(), dtype=dtype),
             layers.Flatten(dtype=dtype),
             layers.Dense(
                 p["neurons_3"],
@@ -191,7 +259,7 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
                 activation=p["activation_3"],
                 dtype=dtype,
             ),
-            layers.Dropout(p["dropout_rate_2"], dtype=dtype),
+            layers.Dropout(p["dropout_rate_2"], seed=next_seed(), dtype=dtype),
             layers.Dense(
                 n_classes,
                 kernel_initializer=initializer(p["init_mode_2"]),
@@ -200,8 +268,12 @@ def build_model(hyperparameters: Params, n_classes: int = 2, steps_per_execution
             ),
         ]
     )
+    learn_rate = p["learn_rate"]
+    if p["lr_schedule"] == "cosine" and n_train:
+        steps = p["epochs"] * -(-n_train // p["batch_size"])
+        learn_rate = keras.optimizers.schedules.CosineDecay(p["learn_rate"], decay_steps=steps)
     model.compile(
-        optimizer=make_optimizer(p["optimizer"], p["learn_rate"], p["momentum"]),
+        optimizer=make_optimizer(p["optimizer"], learn_rate, p["momentum"]),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
@@ -215,8 +287,13 @@ def make_classifier(
     steps_per_execution: int = 1,
     random_state: int | None = None,
     precision: str = "float32",
+    seed: int | None = None,
+    n_train: int | None = None,
 ):
-    """The model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive."""
+    """The model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive.
+
+    ``seed`` seeds the model's initializers and dropout explicitly; ``n_train`` sizes a cosine schedule
+    (see :func:`build_model`)."""
     from scikeras.wrappers import KerasClassifier
 
     p = validate_params(params)
@@ -226,6 +303,8 @@ def make_classifier(
         model__n_classes=n_classes,
         model__steps_per_execution=steps_per_execution,
         model__precision=check_precision(precision),
+        model__seed=seed,
+        model__n_train=n_train,
         loss="categorical_crossentropy",
         epochs=p["epochs"],
         batch_size=p["batch_size"],

@@ -16,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_mnist.model import SEED_START, HyperparameterError, Params, validate_params
+from mlflow_mnist.model import SEED_START, HyperparameterError, Params, validate_params, without_neutral
 from mlflow_mnist.stages import STEP_ORDER
 
 FINAL = "final"  # pseudo-step after every real step: what ``final`` carries forward
+#: Version of the training recipe (worker.py: divergence rules, validation, scaling, what a fold returns).
+#: Part of every fold key: bump it whenever training semantics change, so stale folds are never reused.
+RECIPE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,25 @@ class SearchSettings:
     data_digest: str = ""
     n_classes: int = 2
     precision: str = "float32"
+    cv_repeats: int = 1
+
+    @property
+    def n_splits(self) -> int:
+        return self.n_folds * self.cv_repeats
+
+    def key(self) -> str:
+        """Everything besides hyperparameters that shapes a step's scores: step bests only carry forward (and
+        are only analysed together) between runs with the same key."""
+        identity = [
+            self.n_folds,
+            self.cv_repeats,
+            self.split_seed,
+            self.epochs,
+            self.precision,
+            RECIPE_VERSION,
+            self.data_digest,
+        ]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,7 @@ class FoldRecord:
     run_id: str = ""
     parent_run_id: str = ""
     parent_finished: bool = True
+    chance: float = 0.5  # the held-out fold's majority-class rate: what guessing scores
 
 
 @dataclass
@@ -97,6 +120,12 @@ class FoldTask:
     n_classes: int
     key: str
     precision: str = "float32"
+    repeat: int = 0  # which repetition of the k-fold split (``--cv-repeats``)
+
+    @property
+    def split(self) -> int:
+        """Position among all ``repeats x folds`` splits, scikit-learn's ``split<i>`` numbering."""
+        return self.repeat * self.n_folds + self.fold
 
     @property
     def seed(self) -> int:
@@ -133,18 +162,25 @@ class Plan:
 
 
 def canonical(params: Params) -> str:
-    """Stable text for hashing: sorted keys, tuples as lists, floats by repr."""
-    return json.dumps({key: list(v) if isinstance(v, tuple) else v for key, v in sorted(params.items())})
+    """Stable text for hashing: sorted keys, tuples as lists, floats by repr; extra hyperparameters at their
+    neutral values are left out, so they change no key the seed's search made."""
+    items = sorted(without_neutral(params).items())
+    return json.dumps({key: list(v) if isinstance(v, tuple) else v for key, v in items})
 
 
 def config_hash(params: Params) -> str:
     return hashlib.sha256(canonical(params).encode()).hexdigest()[:12]
 
 
-def fold_key(params: Params, fold: int, settings: SearchSettings) -> str:
-    """Identity of a fold result: same hyperparameters, fold, split and data give the same key anywhere."""
+def fold_key(params: Params, fold: int, settings: SearchSettings, repeat: int = 0) -> str:
+    """Identity of a fold result: same hyperparameters, split, data and training recipe give the same key anywhere.
+
+    The number of repeats is not part of it: repeat 0 of a 3-repeat campaign is the single-repeat campaign's
+    split, so raising ``--cv-repeats`` reuses every fold already trained.
+    """
     identity = [canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
-    if settings.precision != "float32":  # float32 keys stay as they were before precision existed
+    identity += [repeat, RECIPE_VERSION]
+    if settings.precision != "float32":
         identity.append(settings.precision)
     text = json.dumps(identity)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -190,9 +226,10 @@ def plan_candidates(
         params = validate_params(raw)
         varied = {key: params[key] for key in group.varied}
         label = labels[index] if labels else candidate_label(varied)
-        keys = tuple(fold_key(params, fold, settings) for fold in range(settings.n_folds))
+        splits = [(repeat, fold) for repeat in range(settings.cv_repeats) for fold in range(settings.n_folds)]
+        keys = tuple(fold_key(params, fold, settings, repeat) for repeat, fold in splits)
         planned.append(Candidate(index, label, varied, params, config_hash(params), keys))
-        for fold, key in enumerate(keys):
+        for (repeat, fold), key in zip(splits, keys, strict=True):
             if key in done:
                 reused[key] = done[key]
                 continue
@@ -208,6 +245,7 @@ def plan_candidates(
                     n_classes=settings.n_classes,
                     key=key,
                     precision=settings.precision,
+                    repeat=repeat,
                 )
             )
     plan_text = json.dumps(
@@ -215,9 +253,7 @@ def plan_candidates(
             group.step,
             canonical(group.fixed),
             [c.config_hash for c in planned],
-            settings.n_folds,
-            settings.split_seed,
-            settings.data_digest,
+            settings.key(),
         ]
     )
     plan_hash = hashlib.sha256(plan_text.encode()).hexdigest()[:12]
@@ -237,8 +273,15 @@ def check_folds(y: np.ndarray, n_folds: int, digits: tuple[int, ...]) -> None:
         )
 
 
-def fold_indices(y: np.ndarray, n_folds: int, split_seed: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import StratifiedKFold
+def fold_indices(
+    y: np.ndarray, n_folds: int, split_seed: int, fold: int, repeat: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices of one split of scikit-learn's repeated stratified k-fold.
 
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=split_seed)
-    return list(splitter.split(np.zeros(len(y)), y))[fold]
+    Repeat 0 is exactly ``StratifiedKFold(shuffle=True, random_state=split_seed)``, and a repeat's splits do not
+    depend on how many repeats follow it.
+    """
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    splitter = RepeatedStratifiedKFold(n_splits=n_folds, n_repeats=repeat + 1, random_state=split_seed)
+    return list(splitter.split(np.zeros(len(y)), y))[repeat * n_folds + fold]

@@ -34,6 +34,29 @@ class FoldResult:
     model_files: dict[str, bytes] | None = None
     started_ms: int | None = None  # the worker's clock: the fold run shows its true training time
     ended_ms: int | None = None
+    chance: float = 0.5  # the held-out fold's majority-class rate: what guessing scores
+
+
+#: A healthy-looking fold that scores within this many accuracy points of guessing has collapsed.
+COLLAPSE_MARGIN = 0.05
+#: Candidate statuses; every one but "ok" ranks after every "ok" candidate, in search and analysis alike.
+STATUSES = ("ok", "unstable", "incomplete", "diverged", "failed")
+
+
+def collapsed(accuracy: float, chance: float) -> bool:
+    """A fold whose held-out accuracy is within :data:`COLLAPSE_MARGIN` of the majority-class rate."""
+    return accuracy == accuracy and accuracy <= chance + COLLAPSE_MARGIN
+
+
+def candidate_status(fold_statuses: list[str], n_collapsed: int, n_expected: int) -> str:
+    """failed > diverged > incomplete (folds missing) > unstable (a fold collapsed to chance) > ok."""
+    if "failed" in fold_statuses:
+        return "failed"
+    if "diverged" in fold_statuses:
+        return "diverged"
+    if len(fold_statuses) < n_expected:
+        return "incomplete"
+    return "unstable" if n_collapsed else "ok"
 
 
 def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> list[dict[str, Any]]:
@@ -42,7 +65,8 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
     for candidate in plan.candidates:
         folds = [results[key] for key in candidate.fold_keys]
         scores = np.array([f.accuracy for f in folds], dtype=float)
-        statuses = {f.status for f in folds}
+        statuses = [f.status for f in folds]
+        n_collapsed = sum(f.status == "ok" and collapsed(f.accuracy, f.chance) for f in folds)
         row: dict[str, Any] = {"candidate": candidate.label, "params": json.loads(canonical(candidate.varied))}
         row.update({f"param_{key}": format_value(value) for key, value in candidate.varied.items()})
         row.update({f"split{i}_test_score": score for i, score in enumerate(scores)})
@@ -51,7 +75,8 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
             std_test_score=float(np.std(scores)),
             min_test_score=float(np.min(scores)),
             mean_fit_time=float(np.mean([f.fit_seconds for f in folds])),
-            status="failed" if "failed" in statuses else "diverged" if "diverged" in statuses else "ok",
+            status=candidate_status(statuses, n_collapsed, len(candidate.fold_keys)),
+            collapsed_folds=n_collapsed,
             config_hash=candidate.config_hash,
         )
         rows.append(row)
@@ -61,7 +86,7 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
 
 
 def rank_key(row: Mapping[str, Any], index: int) -> tuple:
-    """Tie-break: usable before diverged/failed, then higher mean, then lower std, then grid order."""
+    """Tie-break: "ok" before any other status, then higher mean, then lower std, then grid order."""
     mean = row["mean_test_score"]
     return (row["status"] != "ok", -mean if math.isfinite(mean) else math.inf, row["std_test_score"], index)
 

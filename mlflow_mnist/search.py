@@ -131,9 +131,9 @@ class Progress:
         )
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
-        self.bar.set_postfix_str(
-            f"{task.label} fold {task.fold + 1}/{task.n_folds}: {result.status} {result.accuracy:.4f}"
-        )
+        repeated = len(plan.candidates[task.candidate_index].fold_keys) > task.n_folds
+        where = f"{f'repeat {task.repeat + 1} ' if repeated else ''}fold {task.fold + 1}/{task.n_folds}"
+        self.bar.set_postfix_str(f"{task.label} {where}: {result.status} {result.accuracy:.4f}")
         self.bar.update()
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:

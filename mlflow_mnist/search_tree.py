@@ -39,6 +39,7 @@ from mlflow_mnist.tracking import (
 )
 
 STRATEGY = f"{PREFIX}strategy"
+INCUMBENT = f"{PREFIX}incumbent"
 LIBRARIES = ("mlflow", "keras", "tensorflow", "scikit-learn", "scikeras", "numpy", "optuna")
 
 
@@ -118,7 +119,12 @@ class SearchTree:
         else:
             self.group_run = self.root
         if group.own_run or self.single_group:
-            self.writer.log_tags(self.group_run, {PLAN_HASH: plan.plan_hash, VARIED: json.dumps(list(group.varied))})
+            # The carried-in values of the varied parameters: the reference the analysis compares against.
+            incumbent = {k: _json_value(plan.fixed[k]) for k in group.varied if k in plan.fixed}
+            self.writer.log_tags(
+                self.group_run,
+                {PLAN_HASH: plan.plan_hash, VARIED: json.dumps(list(group.varied)), INCUMBENT: json.dumps(incumbent)},
+            )
             self.writer.log_params(self.group_run, {k: v for k, v in plan.fixed.items() if k not in group.varied})
             if group.grid is not None:
                 grid = {key: [_json_value(v) for v in values] for key, values in group.grid.items()}
@@ -158,8 +164,9 @@ class SearchTree:
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
         parent = self.candidate_runs[task.candidate_index]
+        name = f"fold {task.fold + 1}/{task.n_folds}"
         run_id = self.writer.start(
-            f"fold {task.fold + 1}/{task.n_folds}",
+            f"repeat {task.repeat + 1} {name}" if self.settings_params.get("cv_repeats", 1) > 1 else name,
             "fold",
             parent=parent,
             start_ms=result.started_ms,
@@ -169,18 +176,24 @@ class SearchTree:
                 FOLD_KEY: task.key,
                 CANDIDATE: task.label,
                 f"{PREFIX}fold": task.fold,
+                f"{PREFIX}repeat": task.repeat,
                 STATUS: result.status,
                 CONFIG_HASH: config_hash(task.params),
                 f"{PREFIX}diverged": result.status == "diverged",
                 **({f"{PREFIX}error": result.error[:500]} if result.error else {}),
             },
         )
-        fold_params = {"fold": task.fold, "n_folds": task.n_folds, "split_seed": task.split_seed}
+        fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
         self.writer.log_params(run_id, {**task.params, **fold_params, **self.settings_params})
         self.writer.log_curves(
             run_id,
             result.history,
-            {"fit_seconds": result.fit_seconds, "epochs_run": result.epochs_run, "heldout_loss": result.loss},
+            {
+                "fit_seconds": result.fit_seconds,
+                "epochs_run": result.epochs_run,
+                "heldout_loss": result.loss,
+                "chance_accuracy": result.chance,
+            },
         )
         scores = {"heldout_accuracy": result.accuracy}
         model_id = self.writer.log_model(
@@ -232,7 +245,7 @@ class SearchTree:
             run_id,
             {**_candidate_metrics(row), "rank": row["rank_test_score"], "mean_fit_seconds": row["mean_fit_time"]},
         )
-        self.writer.log_tags(run_id, {STATUS: row["status"]})
+        self.writer.log_tags(run_id, {STATUS: row["status"], f"{PREFIX}collapsed_folds": row["collapsed_folds"]})
         folds = [(i, a) for i, a in self.fold_runs.get(candidate.index, []) if a == a]  # NaN: a failed fold
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])

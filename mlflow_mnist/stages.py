@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_mnist.model import ACTIVATIONS, HYPERPARAMETERS, INITIALIZERS, OPTIMIZERS, HyperparameterError, Params
+from mlflow_mnist.model import ACTIVATIONS, INITIALIZERS, KNOWN, OPTIMIZERS, HyperparameterError, Params
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,7 @@ def parse_overrides(text: str | None) -> Params:
         key = key.strip()
         if not sep or not key or not value.strip():
             raise StageError(f"override {item!r} is not KEY=VALUE: write e.g. 'neurons_3=10,epochs=8'")
-        if key not in HYPERPARAMETERS:
-            raise HyperparameterError(
-                f"unknown hyperparameter {key!r} in overrides: known are {', '.join(HYPERPARAMETERS)}"
-            )
+        if key not in KNOWN:
+            raise HyperparameterError(f"unknown hyperparameter {key!r} in overrides: known are {', '.join(KNOWN)}")
         overrides[key] = parse_value(value)
     return overrides

@@ -29,6 +29,7 @@ BEST_PARAMS, BEST_SCORE, PLAN_HASH, STATUS = (
     f"{PREFIX}{name}" for name in ("best_params", "best_mean_accuracy", "plan_hash", "status")
 )
 REUSED = f"{PREFIX}reused_fold_runs"
+SETTINGS_KEY = f"{PREFIX}settings_key"  # SearchSettings.key(): which runs' step bests may carry forward
 CANDIDATE = f"{PREFIX}candidate"
 VARIED = f"{PREFIX}varied"
 PARENT = "mlflow.parentRunId"
@@ -87,6 +88,8 @@ def connect(uri: str | None = None):
     # A shared server that is down should fail in seconds, not after MLflow's default minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # MLflow prints a URL for every run it closes on a server: hundreds of lines through our progress bar.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
         if not _writable(path.parent):
@@ -188,8 +191,13 @@ def search_all(client, experiment_ids: list[str], filter_string: str = "", order
             return runs
 
 
-def read_store_state(client, experiment: str, data_digest: str) -> StoreState:
-    """Completed steps' bests and finished folds on this data: the campaign's memory, read-only."""
+def read_store_state(client, experiment: str, data_digest: str, settings_key: str | None = None) -> StoreState:
+    """Completed steps' bests (made under the same settings) and finished folds on this data, read-only.
+
+    Folds are matched by key alone (the key holds everything that shapes a fold); a step's best only carries
+    forward into a campaign with the same :meth:`SearchSettings.key`, so a 1-epoch 2-fold exploration never
+    feeds a 6-epoch 3-fold campaign on the same data.
+    """
     runs = search_all(client, [experiment], f"tags.`{DIGEST}` = '{data_digest}'")
     status = {run.info.run_id: run.info.status for run in runs}
     state = StoreState()
@@ -199,6 +207,8 @@ def read_store_state(client, experiment: str, data_digest: str) -> StoreState:
         if info.status != "FINISHED":
             continue
         if BEST_PARAMS in tags and tags.get(LEVEL) == "step":
+            if settings_key is not None and tags.get(SETTINGS_KEY) != settings_key:
+                continue
             step = tags[STEP]
             if (info.end_time or 0) >= newest_end.get(step, -1):
                 newest_end[step] = info.end_time or 0
@@ -214,6 +224,7 @@ def read_store_state(client, experiment: str, data_digest: str) -> StoreState:
                 info.run_id,
                 parent,
                 status.get(parent) == "FINISHED",
+                run.data.metrics.get("chance_accuracy", 0.5),
             )
     return state
 

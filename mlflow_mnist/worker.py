@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +29,27 @@ VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-
 STEPS_PER_EXECUTION = 32  # several batches per graph call: about 2x faster at batch 20 on CPU
 
 _THREADS_SET = False
+_WATCHING_DRIVER = False
+
+
+def exit_with_driver(driver_pid: int | None) -> None:
+    """In a pool process the driver started itself, exit as soon as the driver is gone.
+
+    A driver killed with SIGKILL (an OOM kill, ``kill -9``) runs no cleanup: its pool processes, each holding
+    TensorFlow and a copy of the data, would live on as orphans. A daemon thread notices that the process was
+    re-parented and ends it. Processes not started by the driver (a cluster's workers) are left alone.
+    """
+    global _WATCHING_DRIVER
+    if _WATCHING_DRIVER or driver_pid is None or os.getpid() == driver_pid or os.getppid() != driver_pid:
+        return
+    _WATCHING_DRIVER = True
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
 def configure_threads(threads: int | None) -> None:
@@ -42,13 +64,24 @@ def configure_threads(threads: int | None) -> None:
 
     # A new model per fold is a new tf.function by design; its "retracing" warnings would flood the progress bar.
     tf.get_logger().setLevel(logging.ERROR)
-    if not threads:  # no share given: every core this process may run on
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if not threads:  # no share given: this process's cores, split between the tasks it runs at once
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // _concurrent_tasks())
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except RuntimeError:
         pass  # TensorFlow already started in this process (in-process runs): keep its settings
+
+
+def _concurrent_tasks() -> int:
+    """How many tasks this process runs at once: a Dask worker's thread count, else one."""
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1
 
 
 def now_ms() -> int:
@@ -99,9 +132,11 @@ def training_diverged(losses: list[float], n_classes: int) -> bool:
 
 
 def divergence_guard(n_classes: int):
-    """A callback that stops training once the loss is NaN/inf (checked per batch) or blown up (per epoch).
+    """A callback that stops training once the loss is NaN/inf or blown up.
 
-    Keras' own TerminateOnNaN does the first half but prints into the middle of the progress bar.
+    NaN/inf is checked after every execution step, which is :data:`STEPS_PER_EXECUTION` batches (Keras calls
+    batch callbacks once per execution); the blow-up rule once per epoch. Keras' own TerminateOnNaN does the
+    first half but prints into the middle of the progress bar.
     """
     import keras
 
@@ -145,7 +180,7 @@ def fit(
     onehot = np.eye(n_classes, dtype="float32")
     started_ms, start = now_ms(), time.perf_counter()
     keras.utils.set_random_seed(seed)
-    classifier = make_classifier(params, n_classes, steps_per_execution, precision=precision)
+    classifier = make_classifier(params, n_classes, steps_per_execution, precision=precision, seed=seed, n_train=len(x))
     classifier.set_params(callbacks=[divergence_guard(n_classes)])
     extra = {}
     if validation is not None:
@@ -168,9 +203,15 @@ def train_fold(
     configure_threads(threads)
     import keras
 
-    train, held_out = fold_indices(y, task.n_folds, task.split_seed, task.fold)
+    train, held_out = fold_indices(y, task.n_folds, task.split_seed, task.fold, task.repeat)
     started_ms, start = now_ms(), time.perf_counter()
-    record = {"key": task.key, "step": task.step, "candidate_index": task.candidate_index, "fold": task.fold}
+    record = {
+        "key": task.key,
+        "step": task.step,
+        "candidate_index": task.candidate_index,
+        "fold": task.fold,
+        "chance": float(np.bincount(y[held_out]).max() / len(held_out)),
+    }
     try:
         trained = fit(
             task.params,
@@ -286,8 +327,10 @@ class FoldWorker:
     data: DataRef
     threads: int | None = 1
     with_model: bool = True
+    driver_pid: int | None = None
 
     def __call__(self, task: FoldTask) -> FoldResult:
+        exit_with_driver(self.driver_pid)
         data = _task(self.data)
         return train_fold(task, data.x_train, data.y_train, threads=self.threads, with_model=self.with_model)
 
@@ -300,6 +343,8 @@ class FinalWorker:
     params: Params
     precision: str = "float32"
     threads: int | None = 1
+    driver_pid: int | None = None
 
     def __call__(self, seed: int) -> FinalResult:
+        exit_with_driver(self.driver_pid)
         return train_final(self.params, _task(self.data), seed, precision=self.precision, threads=self.threads)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # services.py: PostgreSQL, mlflow server and Dask for the cluster tests
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

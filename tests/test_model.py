@@ -74,3 +74,40 @@ def test_bfloat16_precision_computes_in_bfloat16_and_predicts_float32(sample):
     assert model.predict(sample.x_test[:2], verbose=0).dtype == np.float32
     with pytest.raises(HyperparameterError, match="precision='float16' is not one of float32, mixed_bfloat16"):
         build_model(SEED_START, precision="float16")
+
+
+def test_extra_hyperparameters_are_off_by_default_and_change_no_key():
+    from mlflow_mnist.planning import SearchSettings, fold_key
+
+    plain = build_model(SEED_START, seed=1)
+    assert [type(layer).__name__ for layer in plain.layers][:2] == ["Rescaling", "Reshape"]
+    neutral = {**SEED_START, "augment_shift": 0.0, "augment_rotation": 0, "lr_schedule": "constant"}
+    assert fold_key(neutral, 0, SearchSettings()) == fold_key(dict(SEED_START), 0, SearchSettings())
+    assert fold_key({**SEED_START, "augment_shift": 0.1}, 0, SearchSettings()) != fold_key(
+        SEED_START, 0, SearchSettings()
+    )
+
+
+def test_augmentation_trains_only_and_cosine_decays_to_zero(sample):
+    params = {**SEED_START, "augment_shift": 0.1, "augment_rotation": 10, "augment_zoom": 0.1}
+    params |= {"lr_schedule": "cosine", "optimizer": "Adam", "learn_rate": 0.001, "epochs": 2, "batch_size": 50}
+    model = build_model(params, seed=3, n_train=1000)
+    names = [type(layer).__name__ for layer in model.layers]
+    assert {"RandomTranslation", "RandomRotation", "RandomZoom"} <= set(names)
+    x = sample.x_test[:8]
+    assert np.allclose(model.predict(x, verbose=0), model.predict(x, verbose=0))  # inactive at inference
+    schedule = model.optimizer._learning_rate  # the schedule itself (learning_rate is its current value)
+    assert float(schedule(0)) == pytest.approx(0.001) and float(schedule(2 * 20)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("augment_shift", 0.5, "augment_shift=0.5 must be at least 0.0 and below 0.5"),
+        ("augment_rotation", -5, "augment_rotation=-5 must be at least 0.0"),
+        ("lr_schedule", "step", "lr_schedule='step' is not one of constant, cosine"),
+    ],
+)
+def test_extra_hyperparameters_are_validated(key, value, message):
+    with pytest.raises(HyperparameterError, match=message):
+        validate_params({**SEED_START, key: value})

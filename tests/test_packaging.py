@@ -28,7 +28,10 @@ def test_mlproject_entry_point_parameters():
         "overrides",
         "n_jobs",
         "precision",
+        "cv_repeats",
+        "executor",
     }
+    assert set(spec["entry_points"]["final"]["parameters"]) >= {"folds", "cv_repeats", "precision", "epochs", "seed"}
     assert main["parameters"]["epochs"]["default"] == "6" and main["parameters"]["folds"]["default"] == "3"
     for name in main["parameters"]:
         assert "{" + name + "}" in main["command"]

@@ -30,11 +30,64 @@ from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote, promotio
         (0.9970, 0.9966, 0.9980, True, True, "passes"),
         (0.9951, 0.9966, 0.9900, True, False, "below --min-accuracy"),  # force never lowers the bar
         (float("nan"), 0.5, None, True, False, "below --min-accuracy"),
+        (0.9970, 0.9966, float("nan"), False, False, "no valid test accuracy"),  # a champion whose tag is lost
+        (0.9970, 0.9966, float("nan"), True, True, "passes"),
     ],
 )
 def test_promotion_gate(accuracy, minimum, champion, force, accepted, reason):
-    ok, why = promotion_decision(accuracy, minimum, champion, force)
+    ok, why = promotion_decision(accuracy, minimum, champion, force, n_test=2060)
     assert ok is accepted and reason in why
+    assert "+/-0.1" in why or "nan" in why  # the standard error on 2,060 images, about 0.13 points
+
+
+@pytest.mark.slow
+def test_the_gate_cannot_be_fooled(store, sample, tmp_path):
+    """A final on another test set never replaces the champion (not even with --force); a champion without an
+    accuracy is not replaced without --force; --run-id must name a finished final run."""
+    from mlflow import MlflowClient
+
+    from mlflow_mnist.campaign import Campaign
+
+    client = MlflowClient(store)
+    options = dict(folds=2, seed=0, epochs=1, experiment="mnist")
+    first = Campaign.open("sample", "2,7", **options)
+    final = run_final(first, repeats=1, executor=JoblibExecutor(1), progress=False)
+    done = promote(client, first.experiment_id, min_accuracy=0.5)
+    assert "+/-" in done["reason"] and "200 test images" in done["reason"] and not done["warning"]
+    version = client.get_model_version_by_alias(done["name"], CHAMPION)
+    assert version.tags["test_size"] == "200" and version.tags["test_set_uses"] == "1"
+
+    # Another test set (ten test images fewer): a different measurement, refused even when forced.
+    smaller = tmp_path / "smaller.npz"
+    np.savez(
+        smaller, x_train=sample.x_train, y_train=sample.y_train, x_test=sample.x_test[10:], y_test=sample.y_test[10:]
+    )
+    other = Campaign.open(str(smaller), "2,7", **options)
+    run_final(other, repeats=1, executor=JoblibExecutor(1), progress=False)
+    for force in (False, True):
+        with pytest.raises(PromotionRejected, match="different test sets cannot be compared, even with --force"):
+            promote(client, first.experiment_id, min_accuracy=0.5, force=force)
+    assert client.get_model_version_by_alias(done["name"], CHAMPION).version == version.version
+
+    # A champion whose accuracy tag is gone: kept unless forced.
+    client.delete_model_version_tag(done["name"], version.version, "test_accuracy")
+    with pytest.raises(PromotionRejected, match="no valid test accuracy"):
+        promote(client, first.experiment_id, min_accuracy=0.5, run_id=final["run_id"])
+    forced = promote(client, first.experiment_id, min_accuracy=0.5, run_id=final["run_id"], force=True)
+    assert "test set has scored 2 finals" not in forced["warning"]  # the other final used another test set
+    assert forced["warning"] == ""
+
+    # --run-id must be a finished final run.
+    fold_like = client.create_run(first.experiment_id, tags={"mlflow_mnist.level": "fold"}).info.run_id
+    with pytest.raises(PromotionRejected, match="not a FINISHED final run"):
+        promote(client, first.experiment_id, min_accuracy=0.5, run_id=fold_like)
+    with pytest.raises(PromotionRejected, match="not a run in this tracking store"):
+        promote(client, first.experiment_id, min_accuracy=0.5, run_id="0" * 32)
+
+    # A second final on the same test set: promoting now warns of test-set reuse.
+    run_final(first, repeats=1, executor=JoblibExecutor(1), progress=False)
+    again = promote(client, first.experiment_id, min_accuracy=0.5, force=True)
+    assert "test set has scored 2 finals" in again["warning"]
 
 
 def _free_port() -> int:

@@ -160,11 +160,15 @@ def kill_harness_finished_fold(store_dir: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path):
-    outcomes = kill_harness.campaign(points=2, seed=1, workdir=tmp_path)
+@pytest.mark.parametrize("executor, n_jobs", [("joblib", 2), ("dask", 2)])
+def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path, executor, n_jobs):
+    """Two kill points each: the driver alone (its workers must exit by themselves), then the whole session."""
+    outcomes = kill_harness.campaign(points=2, seed=1, n_jobs=n_jobs, workdir=tmp_path, executor=executor)
+    assert [o.target for o in outcomes] == ["driver", "group"]
     for outcome in outcomes:
         assert outcome.duplicates == 0 and outcome.left_running == 0 and outcome.results_equal
         assert outcome.trained_after == kill_harness.TOTAL_FOLDS - outcome.finished_before
+        assert outcome.processes_left == 0
 
 
 class Server:

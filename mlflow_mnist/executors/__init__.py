@@ -6,15 +6,19 @@ from mlflow_mnist.executors.base import Executor
 from mlflow_mnist.executors.joblib import JoblibExecutor
 from mlflow_mnist.executors.serial import SerialExecutor
 
-EXECUTORS = ("joblib", "serial")
+EXECUTORS = ("joblib", "serial", "dask")
 
 
-def make_executor(name: str = "joblib", *, n_jobs: int = 0) -> Executor:
+def make_executor(name: str = "joblib", *, n_jobs: int = 0, scheduler: str | None = None) -> Executor:
     """The executor a user named; ``joblib`` with one job runs in-process like ``serial``."""
     if name == "serial":
         return SerialExecutor()
     if name == "joblib":
         return JoblibExecutor(n_jobs)
+    if name == "dask":
+        from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads only when asked for
+
+        return DaskExecutor(scheduler, n_workers=n_jobs)
     raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
 
 
