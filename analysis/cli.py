@@ -46,4 +46,4 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
     if log:
         run_id = log_report(client, experiments[0], out, stage_run or launcher)
         click.echo(f"report logged to run {run_id} under analysis/")
-    click.echo(f"report: {report.html_path}; verdicts: {report.csv_path}")
+    click.echo(f"report: {report.html_path}" + (f"; verdicts: {report.csv_path}" if report.csv_path else ""))

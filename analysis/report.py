@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import comparisons, curves, importance, interaction, progression, sensitivity
+from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity
+from analysis.searches import search_table, trial_table
 from analysis.stats import ALPHA, DEFAULT_ROPE, candidate_summary, step_verdicts
 from analysis.store import epoch_table, fold_table, read_runs
 
@@ -39,14 +40,23 @@ def build_report(
     """Read, compute, draw every figure into ``out``; write ``out/report.html`` and ``out/verdicts.csv``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    folds = fold_table(read_runs(client, experiments), data_digest, stage_run_id)
-    if folds.empty:
+    runs = read_runs(client, experiments)
+    folds = fold_table(runs, data_digest, stage_run_id)
+    searches = search_table(runs)
+    if folds.empty and searches.empty:
         raise ValueError(f"no finished steps in experiment(s) {', '.join(experiments)}: run `mlflow-mnist tune` first")
-    summary = candidate_summary(folds, rope=rope)
-    verdicts = step_verdicts(summary)
-    epochs = epoch_table(client, folds)
+    summary = candidate_summary(folds, rope=rope) if not folds.empty else pd.DataFrame()
+    verdicts = step_verdicts(summary) if not folds.empty else pd.DataFrame(columns=VERDICT_STEP_COLUMNS)
     report = Report(folds, summary, verdicts)
     figures = report.figures
+    if not searches.empty:
+        figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")
+    _joint_figures(figures, trial_table(runs), out)
+    if folds.empty:
+        report.html_path = out / "report.html"
+        report.html_path.write_text(render_html(report, experiments, rope=rope))
+        return report
+    epochs = epoch_table(client, folds)
     figures["progression"] = progression.plot_progression(summary, verdicts, out / "progression.png")
     figures["comparisons"] = comparisons.plot_comparisons(summary, out / "comparisons.png", rope=rope)
     figures["importance"] = importance.plot_importance(summary, verdicts, folds, out / "importance.png")
@@ -63,6 +73,38 @@ def build_report(
     report.html_path = out / "report.html"
     report.html_path.write_text(render_html(report, experiments, rope=rope))
     return report
+
+
+VERDICT_STEP_COLUMNS = [
+    "step",
+    "verdict",
+    "sentence",
+    "best_value",
+    "best_mean",
+    "best_std",
+    "n_candidates",
+    "repeats_needed",
+]
+
+
+def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, out: Path) -> None:
+    """fANOVA importance and the top-two interaction of each Optuna search (the space comes from its name)."""
+    from mlflow_mnist.spaces import SPACES
+
+    for search, part in trials.groupby("search", sort=False):
+        space = SPACES.get(str(search).split(":")[-1])
+        if space is None:
+            continue
+        info = fanova.get_importance_info(part, space.distributions)
+        slug = str(search).replace(":", "-")
+        figures[f"importance {search}"] = fanova.render_importance(
+            info, out / f"importance_{slug}.png", f"{search}: parameter importance ({len(part)} complete trials)"
+        )
+        figures[f"interaction {search}"] = fanova.render_interaction(
+            fanova.get_interaction_info(part, info),
+            out / f"interaction_{slug}.png",
+            f"{search}: the two most important parameters, every complete trial",
+        )
 
 
 def _image(path: Path) -> str:

@@ -6,6 +6,8 @@ costs one line and leaves the store untouched. It then wires a search: strategy,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -18,13 +20,16 @@ from mlflow_mnist.data import DATA_ENV_VAR, SAMPLE_PATH, DataRef, Task, load_mni
 from mlflow_mnist.executors import Executor, JoblibExecutor
 from mlflow_mnist.lease import CampaignLease
 from mlflow_mnist.model import HyperparameterError, Params, check_precision
-from mlflow_mnist.planning import SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.planning import Group, SearchSettings, StoreState, canonical, check_folds, resolve_fixed_params
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.search import GroupOutcome, Progress, run_search
 from mlflow_mnist.search_tree import SearchTree
-from mlflow_mnist.stages import STEPS, Step, parse_overrides, steps_of
-from mlflow_mnist.strategies import StagedGrid, Strategy
+from mlflow_mnist.spaces import Space, get_space
+from mlflow_mnist.stages import STEPS, StageError, Step, parse_overrides, steps_of
+from mlflow_mnist.strategies import STRATEGIES, OptunaSearch, StagedGrid, Strategy, SuccessiveHalving, trial_records
 from mlflow_mnist.worker import FoldWorker
+
+LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
 
 
 def _data_source(data: str) -> str:
@@ -146,6 +151,7 @@ class Campaign:
             single_group=strategy.single_group,
             settings_params=self.stage_params,
             adopt_run_id=self.adopt_run_id,
+            log_threads=LOG_THREADS if tracking.tracking_uri().startswith(("http://", "https://")) else 1,
         )
         worker = FoldWorker(self.data_ref, executor.threads_per_worker, with_model, driver_pid=os.getpid())
         with self.lease(), writer.closing_on_failure(tracking.tracking_uri()):
@@ -175,3 +181,56 @@ class Campaign:
             return self.search(strategy, name=stage, executor=executor, with_model=with_model, progress=progress)
         with JoblibExecutor(n_jobs) as own:
             return self.search(strategy, name=stage, executor=own, with_model=with_model, progress=progress)
+
+    def search_key(self, *parts: object) -> str:
+        """Identity of a joint search: the same key on a rerun finds (and continues) the same search."""
+        text = json.dumps([self.settings.key(), canonical(self.overrides), *map(str, parts)])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def strategy(
+        self,
+        name: str,
+        *,
+        stage: str = "",
+        steps: Sequence[Step] = (),
+        space: Space | None = None,
+        trials: int = 20,
+        factor: int = 3,
+        batch: int = 4,
+    ) -> tuple[Strategy, str]:
+        """The strategy a user named and its search run's name: staged (``steps`` of ``stage``), halving (of those
+        steps, or of ``trials`` configurations sampled from ``space``), or optuna (``trials`` over ``space``)."""
+        if name == "staged":
+            return StagedGrid(steps, overrides=self.overrides, epochs=self.settings.epochs), stage
+        if name == "halving" and steps:
+            strategy = SuccessiveHalving(
+                steps=steps, overrides=self.overrides, epochs=self.settings.epochs, factor=factor
+            )
+            return strategy, f"{stage} (halving)"
+        chosen = space or get_space("wide")
+        key = self.search_key(name, chosen.name, factor, self.settings.split_seed, trials if name == "halving" else "")
+        if name == "halving":
+            group = Group(name=f"halving:{chosen.name}", step=f"halving:{chosen.name}", varied=chosen.names)
+
+            def sample():
+                return OptunaSearch.sampled_configs(
+                    chosen, trials, seed=self.settings.split_seed, overrides=self.overrides
+                )
+
+            return SuccessiveHalving(sample=sample, sample_group=group, factor=factor), f"halving:{chosen.name}"
+        if name == "optuna":
+            strategy = OptunaSearch(
+                chosen,
+                n_trials=trials,
+                overrides=self.overrides,
+                batch=batch,
+                factor=factor,
+                seed=self.settings.split_seed,
+                search_key=key,
+                past_trials=lambda: trial_records(
+                    tracking.search_all(self.client, [self.experiment_id], f"tags.`{tracking.SEARCH_KEY}` = '{key}'"),
+                    key,
+                ),
+            )
+            return strategy, f"optuna:{chosen.name}"
+        raise StageError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")

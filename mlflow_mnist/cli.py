@@ -18,6 +18,7 @@ from mlflow_mnist.data import DataError  # noqa: E402
 from mlflow_mnist.executors import EXECUTORS  # noqa: E402
 from mlflow_mnist.model import HyperparameterError  # noqa: E402
 from mlflow_mnist.stages import STAGES, StageError, get_step  # noqa: E402
+from mlflow_mnist.strategies.base import STRATEGIES  # noqa: E402
 
 USER_ERRORS = (DataError, HyperparameterError, StageError)
 
@@ -129,6 +130,25 @@ def stages() -> None:
             click.echo(f"  {name}: {grid}  ({len(step.candidates())} candidates)")
 
 
+@main.command()
+def spaces() -> None:
+    """List the search spaces of joint searches: each parameter's range, and why it is there."""
+    from mlflow_mnist.spaces import SPACES
+
+    for space in SPACES.values():
+        click.echo(f"{space.name}: {space.about} (resource: up to {space.max_epochs} epochs)")
+        for dimension in space.dimensions:
+            click.echo(f"  {dimension.name}: {_describe(dimension.distribution)}  -- {dimension.why}")
+
+
+def _describe(distribution) -> str:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return "one of " + ", ".join(map(str, choices))
+    scale = " (log scale)" if getattr(distribution, "log", False) else ""
+    return f"{distribution.low} to {distribution.high}{scale}"
+
+
 EXECUTOR_OPTION = click.option(
     "--executor",
     default="joblib",
@@ -147,94 +167,96 @@ N_JOBS_OPTION = click.option(
 )
 
 
-def _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision):
+def _open_campaign(*, data, digits, **settings):
+    """The campaign the common options describe (data, digits, folds, repeats, seed, epochs, overrides, ...)."""
     from mlflow_mnist.campaign import Campaign
 
-    campaign = Campaign.open(
-        data,
-        digits,
-        folds=folds,
-        cv_repeats=cv_repeats,
-        seed=seed,
-        epochs=epochs,
-        overrides=overrides,
-        experiment=experiment,
-        precision=precision,
-    )
+    campaign = Campaign.open(data, digits, **settings)
     if campaign.experiment.chosen_because:
         click.echo(campaign.experiment.chosen_because, err=True)
     return campaign
 
 
 @main.command()
-@click.option("--stage", required=True, help="Stage to run (see `mlflow-mnist stages`).")
+@click.option("--stage", default="", help="Stage to run (see `mlflow-mnist stages`); staged and halving searches.")
+@click.option(
+    "--strategy",
+    default="staged",
+    show_default=True,
+    type=click.Choice(STRATEGIES),
+    help="staged: the seed's steps; halving: successive halving over epochs (of --stage's steps, else of "
+    "--trials configurations sampled from --space); optuna: TPE over --space with pruning.",
+)
+@click.option("--space", default="wide", show_default=True, help="Search space of a joint search: seed or wide.")
+@click.option("--trials", default=20, show_default=True, type=click.IntRange(1), help="Trials of a joint search.")
+@click.option("--halving-factor", default=3, show_default=True, type=click.IntRange(2), help="Rung ratio.")
 @common_options
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
 @click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
-def tune(
-    stage,
-    epochs,
-    folds,
-    cv_repeats,
-    digits,
-    data,
-    seed,
-    overrides,
-    experiment,
-    precision,
-    executor,
-    scheduler,
-    n_jobs,
-    log_models,
-):
-    """Run one tuning stage as nested MLflow runs: stage > grid point > fold."""
+def tune(stage, strategy, space, trials, halving_factor, executor, scheduler, n_jobs, log_models, **common):
+    """Run a search as nested MLflow runs: search (stage) > [step or rung] > grid point or trial > fold."""
     from mlflow_mnist.executors import make_executor
-    from mlflow_mnist.stages import steps_of
+    from mlflow_mnist.spaces import get_space
+    from mlflow_mnist.stages import StageError, steps_of
 
-    steps = steps_of(stage)  # validated once, before any data is read
-    campaign = _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision)
+    # Everything the user chose is validated once, before any data is read.
+    steps = steps_of(stage) if stage else []
+    if strategy == "staged" and not steps:
+        raise StageError("--stage is required for --strategy staged: e.g. --stage kernel_size (see `stages`)")
+    chosen_space = get_space(space) if not steps else None
+    campaign = _open_campaign(**common)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
-        outcomes = campaign.tune(stage, steps=steps, executor=pool, with_model=log_models)
+        search, name = campaign.strategy(
+            strategy,
+            stage=stage,
+            steps=steps,
+            space=chosen_space,
+            trials=trials,
+            factor=halving_factor,
+            batch=2 * pool.n_workers,
+        )
+        outcomes = campaign.search(search, name=name, executor=pool, with_model=log_models)
+    trained, reused = sum(o.trained for o in outcomes), sum(o.reused for o in outcomes)
     for outcome in outcomes:
+        if strategy == "optuna" or "@" in outcome.step:  # trials and low rungs: summed up below
+            continue
         best = outcome.best
         click.echo(
             f"{outcome.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
             f"(std {best['std_test_score']:.5f}); trained {outcome.trained} folds, reused {outcome.reused}"
+        )
+    if strategy != "staged":
+        finals = [o for o in outcomes if "@" not in o.step]
+        best = max((o.best for o in finals), key=lambda row: (row["status"] == "ok", row["mean_test_score"]))
+        click.echo(
+            f"{name}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f}; "
+            f"trained {trained} folds, reused {reused} in all"
         )
 
 
 @main.command()
 @common_options
 @click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Seeds to train and test.")
+@click.option(
+    "--search",
+    default="",
+    help="Train a joint search's best configuration (its run id, or 'latest') instead of the staged carry-forward.",
+)
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
-def final(
-    epochs,
-    folds,
-    cv_repeats,
-    digits,
-    data,
-    seed,
-    overrides,
-    experiment,
-    precision,
-    repeats,
-    executor,
-    scheduler,
-    n_jobs,
-) -> None:
+def final(repeats, search, executor, scheduler, n_jobs, **common) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
     from mlflow_mnist.executors import make_executor
     from mlflow_mnist.executors.joblib import usable_cores
     from mlflow_mnist.final import run_final
 
-    campaign = _open_campaign(data, digits, folds, cv_repeats, seed, epochs, overrides, experiment, precision)
+    campaign = _open_campaign(**common)
     n_jobs = min(n_jobs if n_jobs > 0 else usable_cores(), repeats)  # one seed: every core to it
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
-        summary = run_final(campaign, repeats=repeats, executor=pool)
+        summary = run_final(campaign, repeats=repeats, executor=pool, search=search or None)
     click.echo(
         f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {repeats} seed(s) "
         f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "

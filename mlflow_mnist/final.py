@@ -8,6 +8,7 @@ the same executors as the search, so users see how much of a test accuracy is lu
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from typing import Any
@@ -16,7 +17,9 @@ import numpy as np
 
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.final_tree import FinalTree
+from mlflow_mnist.model import Params, validate_params
 from mlflow_mnist.planning import FINAL, resolve_fixed_params
+from mlflow_mnist.stages import StageError
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
 MEDIAN_ACCURACY = "median_test_accuracy"
@@ -40,8 +43,44 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
     }
 
 
-def run_final(campaign, *, repeats: int = 1, executor: Executor, progress: bool = True) -> dict[str, Any]:
-    """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary."""
+def search_config(campaign, search: str) -> tuple[Params, str]:
+    """The best configuration a joint search left on its run (``latest``: the newest such search on this data)."""
+    from mlflow_mnist import tracking
+
+    if search == "latest":
+        runs = campaign.client.search_runs(
+            [campaign.experiment_id],
+            f"tags.`{tracking.BEST_CONFIG}` != '' and attributes.status = 'FINISHED' "
+            f"and tags.`{tracking.DIGEST}` = '{campaign.settings.data_digest}'",
+            max_results=1,
+            order_by=["attributes.end_time DESC"],
+        )
+        if not runs:
+            raise StageError("no finished search on this data left a best configuration: run a search first")
+        run = runs[0]
+    else:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = campaign.client.get_run(search)
+        except MlflowException:
+            raise StageError(f"--search {search}: no such run; pass a search run's id or 'latest'") from None
+        if tracking.BEST_CONFIG not in run.data.tags:
+            raise StageError(f"--search {search} is not a finished search run with a best configuration")
+    config = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(run.data.tags[tracking.BEST_CONFIG]).items()
+    }
+    return validate_params({**config, **campaign.overrides}), run.info.run_id
+
+
+def run_final(
+    campaign, *, repeats: int = 1, executor: Executor, progress: bool = True, search: str | None = None
+) -> dict[str, Any]:
+    """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary.
+
+    The configuration is the staged campaign's (every step's best, carried forward), or with ``search`` the best
+    configuration of a joint search (its run id, or ``latest``).
+    """
     from tqdm.auto import tqdm
 
     from mlflow_mnist import tracking
@@ -49,7 +88,11 @@ def run_final(campaign, *, repeats: int = 1, executor: Executor, progress: bool 
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
     state = campaign.read_state()
-    params = resolve_fixed_params(FINAL, state.step_bests, campaign.overrides, campaign.settings.epochs)
+    source = None
+    if search:
+        params, source = search_config(campaign, search)
+    else:
+        params = resolve_fixed_params(FINAL, state.step_bests, campaign.overrides, campaign.settings.epochs)
     writer = campaign.writer()
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
@@ -60,7 +103,12 @@ def run_final(campaign, *, repeats: int = 1, executor: Executor, progress: bool 
         # The test set's digest and profile are computed once, for the final run and every seed.
         tree = FinalTree(writer, task=campaign.task, test_dataset=campaign.dataset("test"))
         parent = tree.start(
-            params, state, repeats=repeats, settings_params=campaign.stage_params, adopt_run_id=campaign.adopt_run_id
+            params,
+            state,
+            repeats=repeats,
+            settings_params=campaign.stage_params,
+            adopt_run_id=campaign.adopt_run_id,
+            source_search=source,
         )
         results = []
         with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:

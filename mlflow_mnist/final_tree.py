@@ -79,8 +79,11 @@ class FinalTree:
         repeats: int,
         settings_params: Mapping[str, Any],
         adopt_run_id: str | None = None,
+        source_search: str | None = None,
     ) -> str:
         sources = {name: best.run_id for name, best in state.step_bests.items()}
+        if source_search:  # a joint search's best configuration, not the staged carry-forward
+            sources = {"search": source_search}
         self.parent = self.writer.start(
             "final",
             "final",

@@ -140,6 +140,7 @@ class Candidate:
     params: Params
     config_hash: str
     fold_keys: tuple[str, ...]
+    tags: Mapping[str, str] = field(default_factory=dict)  # the strategy's own notes (a trial's number)
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def plan_candidates(
     settings: SearchSettings,
     done: Mapping[str, FoldRecord],
     labels: Sequence[str] | None = None,
+    tags: Sequence[Mapping[str, str]] | None = None,
 ) -> Plan:
     """Every candidate (a full hyperparameter dict) with its fold keys; tasks only for what ``done`` lacks. Pure.
 
@@ -228,7 +230,8 @@ def plan_candidates(
         label = labels[index] if labels else candidate_label(varied)
         splits = [(repeat, fold) for repeat in range(settings.cv_repeats) for fold in range(settings.n_folds)]
         keys = tuple(fold_key(params, fold, settings, repeat) for repeat, fold in splits)
-        planned.append(Candidate(index, label, varied, params, config_hash(params), keys))
+        notes = dict(tags[index]) if tags else {}
+        planned.append(Candidate(index, label, varied, params, config_hash(params), keys, notes))
         for (repeat, fold), key in zip(splits, keys, strict=True):
             if key in done:
                 reused[key] = done[key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -66,6 +67,7 @@ class RunWriter:
         self.common_tags = dict(common_tags or {})
         self.adopted_run_id = adopted_run_id
         self.open_runs: list[str] = []
+        self._open_lock = threading.Lock()  # folds may be logged from several threads
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(
@@ -89,18 +91,22 @@ class RunWriter:
         else:
             run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name, tags=all_tags)
             run_id = run.info.run_id
-        self.open_runs.append(run_id)
+        with self._open_lock:
+            self.open_runs.append(run_id)
         self.log_dataset(run_id)
         return run_id
 
     def finish(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
         self.client.set_terminated(run_id, status, end_time=end_ms)
-        if run_id in self.open_runs:
-            self.open_runs.remove(run_id)
+        with self._open_lock:
+            if run_id in self.open_runs:
+                self.open_runs.remove(run_id)
 
     def abort(self, status: str = "KILLED") -> None:
         """Close every run this writer opened, innermost first (Ctrl-C, or a fatal error)."""
-        for run_id in reversed(list(self.open_runs)):
+        with self._open_lock:
+            open_runs = list(self.open_runs)
+        for run_id in reversed(open_runs):
             try:
                 self.finish(run_id, status)
             except Exception:  # noqa: BLE001 - best effort while already failing

@@ -9,7 +9,7 @@ shows (:mod:`mlflow_mnist.search_tree`, :class:`Progress`). None of them knows t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,9 +79,13 @@ def run_search(
     outcomes: list[GroupOutcome] = []
 
     def evaluate(
-        candidates: Sequence[Params], *, group: Group, labels: Sequence[str] | None = None
+        candidates: Sequence[Params],
+        *,
+        group: Group,
+        labels: Sequence[str] | None = None,
+        tags: Sequence[Mapping[str, str]] | None = None,
     ) -> list[dict[str, Any]]:
-        plan = plan_candidates(group, candidates, settings, memory().folds, labels)
+        plan = plan_candidates(group, candidates, settings, memory().folds, labels, tags)
         for listener in listeners:
             listener.group_started(plan)
         results: dict[str, FoldResult | FoldRecord] = dict(plan.reused)

@@ -13,7 +13,9 @@ the finished tree is whole; folds that belong to a completed run elsewhere stay 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -22,11 +24,14 @@ from mlflow_mnist.planning import Candidate, FoldTask, Plan, config_hash
 from mlflow_mnist.results import FoldResult, best_row
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.tracking import (
+    BEST_CONFIG,
     BEST_PARAMS,
     BEST_SCORE,
     CANDIDATE,
     CONFIG_HASH,
+    FINAL_RUNG,
     FOLD_KEY,
+    INCUMBENT,
     PARENT,
     PLAN_HASH,
     PREFIX,
@@ -34,12 +39,11 @@ from mlflow_mnist.tracking import (
     STAGE,
     STATUS,
     STEP,
+    STRATEGY,
     VARIED,
     redact,
 )
 
-STRATEGY = f"{PREFIX}strategy"
-INCUMBENT = f"{PREFIX}incumbent"
 LIBRARIES = ("mlflow", "keras", "tensorflow", "scikit-learn", "scikeras", "numpy", "optuna")
 
 
@@ -84,6 +88,7 @@ class SearchTree:
         single_group: bool,
         settings_params: Mapping[str, Any],
         adopt_run_id: str | None = None,
+        log_threads: int = 1,
     ):
         self.writer, self.name, self.strategy, self.single_group = writer, name, strategy, single_group
         self.settings_params = dict(settings_params)
@@ -93,6 +98,13 @@ class SearchTree:
         self.candidate_runs: dict[int, str] = {}
         self.fold_runs: dict[int, list[tuple[str, float]]] = {}  # candidate index -> (fold run id, accuracy)
         self.last_group: tuple[str, str, dict[str, float]] | None = None
+        self.best: tuple[tuple, str, str, dict, dict[str, float]] | None = None  # rank, run, label, params, metrics
+        self.joint = False  # candidates straight under the search run (Optuna's trials)
+        # A fold's run takes about ten requests; against a remote server they wait on the network, not on us, so
+        # several folds are logged at once. A group waits for its folds' logging before it closes.
+        self.pool = ThreadPoolExecutor(log_threads, thread_name_prefix="log-fold") if log_threads > 1 else None
+        self.pending: list[Future] = []
+        self.lock = threading.Lock()
 
     # -- the search run ------------------------------------------------------------------------------------
     def _start_root(self, plan: Plan) -> str:
@@ -144,6 +156,7 @@ class SearchTree:
                 VARIED: json.dumps(list(plan.group.varied)),
                 f"{PREFIX}candidate_index": candidate.index,
                 **plan.group.tags,
+                **candidate.tags,
             },
         )
         self.writer.log_params(run_id, candidate.params)
@@ -163,6 +176,17 @@ class SearchTree:
         return run_id
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
+        if self.pool is None:
+            self._log_fold(task, result)
+        else:
+            self.pending.append(self.pool.submit(self._log_fold, task, result))
+
+    def _wait_for_folds(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()  # a failed upload fails the search, as it would have without threads
+
+    def _log_fold(self, task: FoldTask, result: FoldResult) -> None:
         parent = self.candidate_runs[task.candidate_index]
         name = f"fold {task.fold + 1}/{task.n_folds}"
         run_id = self.writer.start(
@@ -206,14 +230,23 @@ class SearchTree:
         if model_id is None:
             self.writer.log_metrics(run_id, scores)
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
-        self.fold_runs[task.candidate_index].append((run_id, result.accuracy))
+        with self.lock:
+            self.fold_runs[task.candidate_index].append((run_id, result.accuracy))
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
+        self._wait_for_folds()
         for candidate in plan.candidates:
             self._finish_candidate(candidate, rows[candidate.index])
         best = best_row(rows)
         winner = plan.candidates[[r["candidate"] for r in rows].index(best["candidate"])]
         metrics = _candidate_metrics(best)
+        if plan.group.tags.get(FINAL_RUNG) != "false":  # a low rung of successive halving decides nothing
+            self.joint = self.joint or not plan.group.own_run
+            rank = (best["status"] != "ok", -best["mean_test_score"], best["std_test_score"])
+            entry = (rank, self.candidate_runs[winner.index], winner.label, winner.params, metrics)
+            # Staged steps carry forward, so the last step's best is the stage's; a joint search keeps its best.
+            if not self.joint or self.best is None or rank < self.best[0]:
+                self.best = entry
         if plan.group.own_run or self.single_group:
             self.writer.log_text(self.group_run, pd.DataFrame(rows).to_csv(index=False), "cv_results.csv")
             self.writer.log_params(self.group_run, {f"best_{k}": v for k, v in winner.varied.items()})
@@ -253,16 +286,27 @@ class SearchTree:
         self.writer.finish(run_id)
 
     def search_failed(self, error: BaseException) -> None:
-        pass  # the writer's closing_on_failure marks the open runs KILLED or FAILED
+        # The writer's closing_on_failure marks the open runs KILLED or FAILED; folds being logged finish first.
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def search_finished(self, outcomes) -> None:
         if self.root is None:
             return
-        if self.last_group is not None and not self.single_group:
+        if self.joint and self.best is not None:
+            # Trials hang under the search run: its best child is the best trial at the full budget.
+            _, run_id, label, _, metrics = self.best
+            self.writer.name_best_child(self.root, run_id, label, metrics)
+        elif self.last_group is not None and not self.single_group:
             # A stage hands on its last group's best (carry-forward): that is the stage's best child.
             run_id, name, metrics = self.last_group
             self.writer.name_best_child(self.root, run_id, name, metrics)
+        if self.best is not None:
+            params = {k: _json_value(v) for k, v in self.best[3].items()}
+            self.writer.log_tags(self.root, {BEST_CONFIG: json.dumps(params)[:5000]})
         self.writer.finish(self.root)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 def _candidate_metrics(row: Mapping[str, Any]) -> dict[str, float]:

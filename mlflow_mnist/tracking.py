@@ -30,6 +30,12 @@ BEST_PARAMS, BEST_SCORE, PLAN_HASH, STATUS = (
 )
 REUSED = f"{PREFIX}reused_fold_runs"
 SETTINGS_KEY = f"{PREFIX}settings_key"  # SearchSettings.key(): which runs' step bests may carry forward
+STRATEGY, INCUMBENT = f"{PREFIX}strategy", f"{PREFIX}incumbent"
+BEST_CONFIG = f"{PREFIX}best_config"  # a search's best full configuration: what `final --search` trains
+# Successive halving and Optuna: which rung (and how many epochs) a group or candidate ran at, and whether it
+# was the last rung (only that one decides anything); a trial's number and sampled values; the search's key.
+RUNG, BUDGET, FINAL_RUNG = f"{PREFIX}rung", f"{PREFIX}budget_epochs", f"{PREFIX}final_rung"
+TRIAL, SAMPLED, SEARCH_KEY = f"{PREFIX}trial", f"{PREFIX}sampled", f"{PREFIX}search_key"
 CANDIDATE = f"{PREFIX}candidate"
 VARIED = f"{PREFIX}varied"
 PARENT = "mlflow.parentRunId"

@@ -172,7 +172,8 @@ def test_report_links_every_figure_and_is_logged(campaign, tmp_path):
     client, _ = campaign
     report = build_report(client, ["mnist"], tmp_path / "out")
     text = report.html_path.read_text()
-    assert len(report.figures) == 3 + 2 * 5
+    assert len(report.figures) == 4 + 2 * 5  # progression, comparisons, importance, anytime; per step two
+    assert "anytime" in report.figures
     for name in report.figures:
         anchor = name.replace(" ", "-")
         assert f'href="#{anchor}"' in text and f'id="{anchor}"' in text

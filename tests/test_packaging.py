@@ -30,6 +30,10 @@ def test_mlproject_entry_point_parameters():
         "precision",
         "cv_repeats",
         "executor",
+        "scheduler",
+        "strategy",
+        "space",
+        "trials",
     }
     assert set(spec["entry_points"]["final"]["parameters"]) >= {"folds", "cv_repeats", "precision", "epochs", "seed"}
     assert main["parameters"]["epochs"]["default"] == "6" and main["parameters"]["folds"]["default"] == "3"

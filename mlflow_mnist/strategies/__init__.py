@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mlflow_mnist.strategies.base import Evaluate, Strategy
+from mlflow_mnist.strategies.base import STRATEGIES, Evaluate, Strategy
+from mlflow_mnist.strategies.halving import SuccessiveHalving
+from mlflow_mnist.strategies.optuna import OptunaSearch, trial_records
 from mlflow_mnist.strategies.staged import StagedGrid
 
-STRATEGIES = ("staged",)
-
-__all__ = ["STRATEGIES", "Evaluate", "StagedGrid", "Strategy"]
+__all__ = ["STRATEGIES", "Evaluate", "OptunaSearch", "StagedGrid", "Strategy", "SuccessiveHalving", "trial_records"]

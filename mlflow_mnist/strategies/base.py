@@ -3,19 +3,31 @@ it never touches MLflow, processes or progress bars (scikit-learn's ``_run_searc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mlflow_mnist.model import Params
 from mlflow_mnist.planning import Group, StoreState
 
 Rows = list[dict[str, Any]]
+STRATEGIES = ("staged", "halving", "optuna")  # registered in mlflow_mnist.strategies
 
 
 class Evaluate(Protocol):
-    """Cross-validate ``candidates`` (full hyperparameter dicts) as one group; returns ``cv_results`` rows."""
+    """Cross-validate ``candidates`` (full hyperparameter dicts) as one group; returns ``cv_results`` rows.
 
-    def __call__(self, candidates: Sequence[Params], *, group: Group, labels: Sequence[str] | None = None) -> Rows: ...
+    ``labels`` name the candidates' runs (default: their varied values); ``tags`` are the strategy's notes on
+    each candidate (an Optuna trial's number), kept on its run so a restart can read them back.
+    """
+
+    def __call__(
+        self,
+        candidates: Sequence[Params],
+        *,
+        group: Group,
+        labels: Sequence[str] | None = None,
+        tags: Sequence[Mapping[str, str]] | None = None,
+    ) -> Rows: ...
 
 
 class Strategy(Protocol):

@@ -1,0 +1,152 @@
+"""How many finished folds per second one driver logs into a PostgreSQL-backed `mlflow server` (and into the
+embedded SQLite store, for comparison): is the driver the bottleneck of a big cluster?
+
+    python benchmarks/bench_driver.py [--folds 60] [--threads 1 4 8]
+
+Synthetic fold results go through the real run tree (runs/search_tree.py): a run per fold with its params,
+6 epochs of curves, the dataset input, a real saved model folder uploaded as a LoggedModel with its metric,
+true start and end times. PostgreSQL and the server are started here from the OS binaries (tools/services.py).
+Writes benchmarks/results/bench_driver.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools"), str(Path(__file__).parent)]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import machine  # noqa: E402
+
+
+def synthetic_results(n_folds: int):
+    """A plan of n_folds / 3 candidates x 3 folds, and a worker-like result for each fold (with a real model)."""
+    import numpy as np
+
+    from mlflow_mnist.data import load_task
+    from mlflow_mnist.model import SEED_START, build_model
+    from mlflow_mnist.planning import Group, SearchSettings, plan_candidates
+    from mlflow_mnist.results import FoldResult
+    from mlflow_mnist.worker import model_files, now_ms
+
+    task = load_task("sample", "2,7")
+    settings = SearchSettings(3, 0, 6, task.digest(), 2)
+    candidates = [{**SEED_START, "neurons_3": 5 + i} for i in range(max(1, n_folds // 3))]
+    plan = plan_candidates(Group("neurons_3", "neurons_3", ("neurons_3",), dict(SEED_START)), candidates, settings, {})
+    files = model_files(build_model(SEED_START, seed=0), task.x_test[:2])
+    history = {name: list(np.linspace(0.9, 0.99, 6)) for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
+    start = now_ms()
+    results = [
+        FoldResult(
+            t.key,
+            t.step,
+            t.candidate_index,
+            t.fold,
+            0.99,
+            0.03,
+            20.0,
+            6,
+            "ok",
+            history,
+            "",
+            files,
+            start,
+            start + 20_000,
+        )
+        for t in plan.to_train
+    ]
+    return task, plan, results, sum(len(v) for v in files.values())
+
+
+def log_all(uri: str, task, plan, results, threads: int) -> float:
+    """Seconds for the driver to log every fold of ``plan`` (and close the tree) into ``uri``."""
+    import mlflow.data
+
+    from mlflow_mnist import tracking
+    from mlflow_mnist.runs import RunWriter
+    from mlflow_mnist.search_tree import SearchTree
+
+    client = tracking.connect(uri)
+    experiment = tracking.experiment_id(client, f"driver-{time.time_ns()}")
+    dataset = mlflow.data.from_numpy(features=task.x_train, targets=task.y_train, name="train", digest=task.digest())
+    writer = RunWriter(client, experiment, dataset=dataset, common_tags={tracking.DIGEST: task.digest()})
+    tree = SearchTree(
+        writer, name="bench", strategy="staged", single_group=True, settings_params={}, log_threads=threads
+    )
+    tasks = {t.key: t for t in plan.to_train}
+    start = time.perf_counter()
+    tree.group_started(plan)
+    for result in results:
+        tree.fold_finished(plan, tasks[result.key], result)
+    tree.group_finished(plan, [_row(plan, c.index) for c in plan.candidates])
+    tree.search_finished([])
+    return time.perf_counter() - start
+
+
+def _row(plan, index: int) -> dict:
+    from mlflow_mnist.planning import FoldRecord
+    from mlflow_mnist.results import cv_results
+
+    records = {k: FoldRecord(k, 0.99, 20.0, "ok", chance=0.51) for c in plan.candidates for k in c.fold_keys}
+    return cv_results(plan, records)[index]
+
+
+def main() -> None:
+    from services import MlflowServer, Postgres
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=60)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    task, plan, results, model_bytes = synthetic_results(args.folds)
+    base = Path(tempfile.mkdtemp(prefix="bench-driver-"))
+    database = Postgres(base / "pg").start()
+    server = MlflowServer(database.uri, base / "server").start()
+    stores = {"postgresql server": server.uri, "sqlite": f"sqlite:///{base}/mlflow.db"}
+    measured: dict[str, dict[int, list[float]]] = {name: {t: [] for t in args.threads} for name in stores}
+    try:
+        for _ in range(args.repeats):  # interleaved, so a slow minute does not land on one variant
+            for name, uri in stores.items():
+                for threads in args.threads:
+                    if name == "sqlite" and threads > 1:
+                        continue  # SQLite writes one at a time: the run tree logs serially there
+                    measured[name][threads].append(len(results) / log_all(uri, task, plan, results, threads))
+    finally:
+        server.stop()
+        database.stop()
+    rates = {name: {t: statistics.median(v) for t, v in by.items() if v} for name, by in measured.items()}
+    report = {
+        "machine": machine.describe(),
+        "folds": len(results),
+        "model_bytes": model_bytes,
+        "folds_per_second": rates,
+        "all": measured,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_driver.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        f"One driver logging {len(results)} finished folds (curves, dataset, a {model_bytes / 1024:.0f} KB model as a "
+        f"LoggedModel each) on {machine.line(report['machine'])}; median of {args.repeats} interleaved runs:",
+        "",
+        "| store | logging threads | folds/s | folds/s needed by 100 workers x 20 s folds |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, by in rates.items():
+        for threads, rate in by.items():
+            lines.append(f"| {name} | {threads} | {rate:.1f} | 5.0 |")
+    (args.out / "bench_driver.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

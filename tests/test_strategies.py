@@ -1,0 +1,184 @@
+"""Successive halving and Optuna on the real engine, run tree and store, with a fold worker that scores a known
+function of the hyperparameters instead of training (so the strategies' decisions can be checked exactly)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from mlflow_mnist import tracking
+from mlflow_mnist.executors import SerialExecutor
+from mlflow_mnist.planning import SearchSettings
+from mlflow_mnist.results import FoldResult
+from mlflow_mnist.runs import RunWriter
+from mlflow_mnist.search import run_search
+from mlflow_mnist.search_tree import SearchTree
+from mlflow_mnist.spaces import SEED
+from mlflow_mnist.stages import steps_of
+from mlflow_mnist.strategies import OptunaSearch, SuccessiveHalving, trial_records
+from mlflow_mnist.strategies.halving import rung_budgets
+from mlflow_mnist.strategies.optuna import rungs
+
+DIGEST = "synthetic"
+SETTINGS = SearchSettings(3, 0, 6, DIGEST, 2)
+
+
+def score(params) -> float:
+    """A smooth, known objective: bigger kernels and more epochs help, a learning rate near 0.05 is best."""
+    kernel = params["kernel_size"][0]
+    epochs_gain = 0.02 * (1 - math.exp(-params["epochs"] / 3))
+    return 0.95 + 0.004 * kernel + epochs_gain - 0.01 * abs(math.log10(params["learn_rate"] / 0.05))
+
+
+class Worker:
+    """Scores folds by :func:`score` plus a small per-fold wobble; counts what it was asked to train."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.trained: Counter = Counter()
+        self.stop_after = stop_after
+
+    def __call__(self, task) -> FoldResult:
+        if self.stop_after is not None and sum(self.trained.values()) >= self.stop_after:
+            raise KeyboardInterrupt  # the driver stopped mid-search
+        self.trained[task.key] += 1
+        accuracy = min(0.9999, score(task.params) + 0.0005 * (task.fold - 1))
+        epochs = task.params["epochs"]
+        return FoldResult(
+            task.key,
+            task.step,
+            task.candidate_index,
+            task.fold,
+            accuracy,
+            0.1,
+            0.01,
+            epochs,
+            "ok",
+            history={"val_accuracy": [accuracy] * epochs},
+            chance=0.51,
+        )
+
+
+def search(uri, strategy, name, worker):
+    client = tracking.connect(uri)
+    experiment = tracking.experiment_id(client, "mnist")
+    writer = RunWriter(client, experiment, common_tags={tracking.DIGEST: DIGEST})
+    tree = SearchTree(writer, name=name, strategy=strategy.name, single_group=False, settings_params={})
+    with writer.closing_on_failure(uri):
+        return run_search(
+            strategy,
+            settings=SETTINGS,
+            executor=SerialExecutor(),
+            worker=worker,
+            read_state=lambda: tracking.read_store_state(client, experiment, DIGEST),
+            listeners=[tree],
+        )
+
+
+def runs(uri):
+    client = tracking.connect(uri)
+    return tracking.search_all(client, [client.get_experiment_by_name("mnist").experiment_id])
+
+
+def test_rung_budgets():
+    assert rung_budgets(4, 6, 3) == [2, 6] and rung_budgets(10, 6, 3) == [1, 2, 6] and rung_budgets(2, 6, 3) == [6]
+    assert rungs(18, 3) == [2, 6, 18] and rungs(6, 3) == [2, 6] and rungs(20, 3) == [20]
+
+
+def test_halving_a_staged_step_trains_less_and_keeps_the_winner(store):
+    worker = Worker()
+    strategy = SuccessiveHalving(steps=steps_of("kernel_size"), overrides={"learn_rate": 0.05}, epochs=6)
+    outcomes = search(store, strategy, "kernel_size (halving)", worker)
+    assert [o.step for o in outcomes] == ["kernel_size@rung1", "kernel_size"]
+    rung1, final = outcomes
+    assert len(rung1.rows) == 3  # the carried-in (3, 3) skips the low rung: its full folds come from the store
+    assert final.best["candidate"] == "kernel_size=(7, 7)"  # the known winner
+    epochs = sum(int(key_epochs) for key_epochs in _epochs_trained(store))
+    assert epochs < 4 * 3 * 6  # less than the full grid's fold-epochs
+    groups = [r for r in runs(store) if r.data.tags.get(tracking.LEVEL) == "step"]
+    assert sorted(r.info.run_name for r in groups) == [
+        "kernel_size rung 1/2: 2 epochs",
+        "kernel_size rung 2/2: 6 epochs",
+    ]
+    # Rerunning replays both rungs from the store: nothing is trained again.
+    again = Worker()
+    search(
+        store, SuccessiveHalving(steps=steps_of("kernel_size"), overrides={"learn_rate": 0.05}, epochs=6), "x", again
+    )
+    assert not again.trained
+
+
+def _epochs_trained(uri):
+    return [r.data.metrics["epochs_run"] for r in runs(uri) if r.data.tags.get(tracking.LEVEL) == "fold"]
+
+
+def _optuna(uri, n_trials, key="k1"):
+    client = tracking.connect(uri)
+    experiment = tracking.experiment_id(client, "mnist")
+    return OptunaSearch(
+        SEED,
+        n_trials=n_trials,
+        batch=2,
+        seed=0,
+        search_key=key,
+        past_trials=lambda: trial_records(tracking.search_all(client, [experiment]), key),
+    )
+
+
+def test_optuna_prunes_and_names_its_best_trial(store):
+    worker = Worker()
+    search(store, _optuna(store, 8), "optuna:seed", worker)
+    trials = [r for r in runs(store) if r.data.tags.get(tracking.TRIAL) is not None]
+    numbers = {r.data.tags[tracking.TRIAL] for r in trials}
+    assert len(numbers) == 8
+    budgets = Counter(r.data.tags[tracking.BUDGET] for r in trials)
+    assert budgets["2"] == 8 and 0 < budgets["6"] < 8  # some trials were pruned after 2 epochs
+    (root,) = [r for r in runs(store) if r.data.tags.get(tracking.LEVEL) == "stage"]
+    best = {r.info.run_id: r for r in trials}[root.data.tags["mlflow_mnist.best_child_run_id"]]
+    assert best.data.tags[tracking.BUDGET] == "6"
+    full = [r for r in trials if r.data.tags[tracking.BUDGET] == "6"]
+    assert best.data.metrics["mean_heldout_accuracy"] == max(r.data.metrics["mean_heldout_accuracy"] for r in full)
+    assert root.data.tags[tracking.BEST_CONFIG].startswith("{")
+    assert all(r.data.tags[tracking.PARENT] == root.info.run_id for r in trials)  # trial runs under the search
+    assert set(worker.trained.values()) == {1}
+
+
+def test_a_killed_optuna_search_resumes_from_the_store_and_trains_nothing_twice(store):
+    first = Worker(stop_after=20)
+    with pytest.raises(KeyboardInterrupt):
+        search(store, _optuna(store, 8), "optuna:seed", first)
+    second = Worker()
+    search(store, _optuna(store, 8), "optuna:seed", second)
+    assert not set(first.trained) & set(second.trained)  # no fold trained twice
+    told = trial_records(runs(store), "k1")
+    assert len({str(sorted(r.sampled.items())) for r in told if r.budget == 6}) >= 1
+    # Asking for more trials continues the same search: the finished ones are told, not trained again.
+    third = Worker()
+    search(store, _optuna(store, 10), "optuna:seed", third)
+    assert not set(third.trained) & (set(first.trained) | set(second.trained))
+    assert len(set(third.trained)) <= 2 * 3 * 2  # at most two new trials, three folds, two rungs
+
+
+def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_path):
+    """The known objective depends on kernel_size and learn_rate only (and epochs, the resource): fANOVA must rank
+    the learning rate first, and the anytime curve must never go down."""
+    from analysis import anytime, fanova
+    from analysis.report import build_report
+    from analysis.searches import search_table, trial_table
+    from analysis.store import read_runs
+
+    search(store, _optuna(store, 30), "optuna:seed", Worker())
+    client = tracking.connect(store)
+    runs = read_runs(client, ["mnist"])
+    trials = trial_table(runs)
+    assert len(trials) >= 4 and set(trials["search"]) == {"optuna:seed"}
+    importance = fanova.get_importance_info(trials, SEED.distributions)
+    ranked = importance.sort_values("importance", ascending=False)["parameter"].tolist()
+    # Among complete trials TPE has settled on the best kernel, so the learning rate is what still varies.
+    assert ranked[0] == "learn_rate" and importance["importance"].sum() == pytest.approx(1.0)
+    info = anytime.get_anytime_info(search_table(runs))
+    assert info["best_so_far"].is_monotonic_increasing and info["fold_epochs"].is_monotonic_increasing
+    assert info["best_so_far"].iloc[-1] == trials["mean"].max()
+    report = build_report(client, ["mnist"], tmp_path / "out")
+    assert {"anytime", "importance optuna:seed", "interaction optuna:seed"} <= set(report.figures)
