@@ -39,7 +39,7 @@ promote: setup
 # trained on all training images with 5 seeds and tested once each, then promoted if its median passes the
 # default gate (99.66%). Decisions on CV only. Rerunning resumes: the store is the campaign's memory.
 CHAMPION_EXPERIMENT ?= champion
-TRIALS ?= 16
+TRIALS ?= 12
 champion: setup
 	mlflow run . --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P strategy=optuna -P space=wide \
 	  -P trials=$(TRIALS) -P data=$(DATA)

@@ -36,11 +36,9 @@ def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
 
 
 def search_roots(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished top-level search runs (a stage, or a single-step stage) that named a best configuration."""
-    if _tag(tracking.BEST_CONFIG) not in runs:
-        return runs.iloc[:0]
-    roots = runs[runs[_tag(tracking.BEST_CONFIG)].notna() & (runs["status"] == "FINISHED")]
-    return roots.sort_values("start_time")
+    """Finished top-level search runs: a stage, a single-step stage, a halving or Optuna search."""
+    top = runs[_tag(tracking.PARENT)].isna() & runs[_tag(tracking.LEVEL)].isin(["stage", "step"])
+    return runs[top & (runs["status"] == "FINISHED")].sort_values("start_time")
 
 
 def search_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -75,7 +73,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Complete trials of joint searches (Optuna, halving over a space): sampled values and mean CV accuracy."""
+    """Complete trials of Optuna searches: sampled values and mean CV accuracy."""
     if _tag(tracking.SAMPLED) not in runs:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     rows = []

@@ -292,8 +292,10 @@ def sentence(group: pd.DataFrame) -> str:
     reference = group[group["is_reference"]].iloc[0]
     against = f"the carried-in {reference['value']}" if reference["is_incumbent"] else f"the best, {reference['value']}"
     parts = []
-    for row in group[group["verdict"] == "unstable"].itertuples():
-        parts.append(f"{row.value} collapses to chance on {row.collapsed_folds} of {row.n_splits} folds")
+    unstable = group[group["verdict"] == "unstable"]
+    for (collapsed_folds, n_splits), rows in unstable.groupby(["collapsed_folds", "n_splits"], sort=False):
+        verb = "collapses" if len(rows) == 1 else "collapse"
+        parts.append(f"{_values(rows)} {verb} to chance on {collapsed_folds} of {n_splits} folds")
     for status, verb in (("diverged", "diverges"), ("failed", "fails"), ("incomplete", "has missing folds")):
         rows = group[group["verdict"] == status]
         if len(rows):
@@ -314,10 +316,7 @@ def sentence(group: pd.DataFrame) -> str:
         if needed.notna().all():
             hint = f"about {int(needed.max())} repeats of the split would decide it"
         else:
-            hint = (
-                "repeating the split will not decide it: the corrected variance keeps a floor for overlapping "
-                "training sets that is wider than the ROPE; more data or more folds would"
-            )
+            hint = "repeats will not decide it: the correction's floor is wider than the ROPE; more folds or data would"
         parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
     if not parts:
         parts.append(f"only {reference['value']} is usable")

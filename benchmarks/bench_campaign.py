@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import machine  # noqa: E402
 
 
-def run_campaign(data: str, store: Path, strategy: str, stage: str, epochs: int) -> float:
+def run_campaign(data: str, store: Path, strategy: str, stage: str, epochs: int, extra: list[str]) -> float:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("MLFLOW_RUN_ID", None)
     command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "campaign"]
-    params = [f"stage={stage}", f"data={data}", f"epochs={epochs}"]
+    params = [f"stage={stage}", f"data={data}", f"epochs={epochs}", *extra]
     for param in params + ([f"strategy={strategy}"] if strategy != "staged" else []):
         command += ["-P", param]
     start = time.perf_counter()
@@ -99,12 +99,16 @@ def main() -> None:
     parser.add_argument("--strategy", default="staged")
     parser.add_argument("--stage", default="all")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--space", default="seed", help="optuna: the search space")
+    parser.add_argument("--trials", default="40", help="optuna: the number of trials")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if not args.data:
         sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
     store = Path(tempfile.mkdtemp(prefix="campaign-"))
-    wall = run_campaign(str(Path(args.data).resolve()), store, args.strategy, args.stage, args.epochs)
+    stage = "" if args.strategy == "optuna" else args.stage
+    extra = [f"space={args.space}", f"trials={args.trials}"] if args.strategy == "optuna" else []
+    wall = run_campaign(str(Path(args.data).resolve()), store, args.strategy, stage, args.epochs, extra)
     steps = per_step(store)
     report = {
         "machine": machine.describe(),
@@ -120,7 +124,7 @@ def main() -> None:
         "steps": steps,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"campaign-{args.strategy}" + ("" if args.stage == "all" else f"-{args.stage}")
+    stem = f"campaign-{args.strategy}" + ("" if args.stage == "all" or args.strategy == "optuna" else f"-{args.stage}")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))

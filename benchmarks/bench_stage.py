@@ -74,7 +74,8 @@ def grid_search(data: str, step: str, epochs: int, folds: int, n_jobs: int) -> d
     search = GridSearchCV(
         make_classifier(plan.fixed, task.n_classes, steps_per_execution=1),
         {"model__hyperparameters": [c.params for c in plan.candidates]},
-        cv=StratifiedKFold(folds, shuffle=True, random_state=0).split(task.x_train, task.y_train),
+        # a list, not split()'s generator: GridSearchCV(n_jobs>1) pickles its own parameters into each task
+        cv=list(StratifiedKFold(folds, shuffle=True, random_state=0).split(task.x_train, task.y_train)),
         n_jobs=n_jobs,
         refit=False,
         scoring="accuracy",

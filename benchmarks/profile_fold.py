@@ -207,7 +207,8 @@ def main() -> None:
     (args.out / "profile_fold.json").write_text(json.dumps(report, indent=2))
     base_time = summary[next(iter(summary))]["seconds_per_epoch"]
     lines = [
-        f"One fold (8,149 images) of the seed's pool_size configuration, {args.epochs} epochs, median of "
+        f"One fold ({summary[next(iter(summary))]['images']:,} images) of the seed's pool_size configuration, "
+        f"{args.epochs} epochs, median of "
         f"{args.repeats} interleaved fresh processes, on {machine.line(report['machine'])}:",
         "",
         "| setting | s per epoch | min - max | vs baseline | first epoch s (tracing) |",

@@ -35,6 +35,7 @@ class FoldResult:
     started_ms: int | None = None  # the worker's clock: the fold run shows its true training time
     ended_ms: int | None = None
     chance: float = 0.5  # the held-out fold's majority-class rate: what guessing scores
+    worker: str = ""  # host:pid of the process that trained it (a warm pool serves many folds)
 
 
 #: A healthy-looking fold that scores within this many accuracy points of guessing has collapsed.

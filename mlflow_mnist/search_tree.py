@@ -201,6 +201,7 @@ class SearchTree:
                 CANDIDATE: task.label,
                 f"{PREFIX}fold": task.fold,
                 f"{PREFIX}repeat": task.repeat,
+                f"{PREFIX}worker": result.worker,
                 STATUS: result.status,
                 CONFIG_HASH: config_hash(task.params),
                 f"{PREFIX}diverged": result.status == "diverged",

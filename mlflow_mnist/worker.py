@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -211,6 +212,7 @@ def train_fold(
         "candidate_index": task.candidate_index,
         "fold": task.fold,
         "chance": float(np.bincount(y[held_out]).max() / len(held_out)),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     try:
         trained = fit(

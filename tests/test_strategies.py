@@ -134,6 +134,11 @@ def test_optuna_prunes_and_names_its_best_trial(store):
     assert len(numbers) == 8
     budgets = Counter(r.data.tags[tracking.BUDGET] for r in trials)
     assert budgets["2"] == 8 and 0 < budgets["6"] < 8  # some trials were pruned after 2 epochs
+    # The first batch (trials 0 and 1) is judged together: only the better of the two goes on.
+    first = {r.data.tags[tracking.TRIAL]: r for r in trials if r.data.tags[tracking.BUDGET] == "2"}
+    better = max(("0", "1"), key=lambda n: first[n].data.metrics["mean_heldout_accuracy"])
+    promoted = {r.data.tags[tracking.TRIAL] for r in trials if r.data.tags[tracking.BUDGET] == "6"}
+    assert better in promoted and ({"0", "1"} - {better}).isdisjoint(promoted)
     (root,) = [r for r in runs(store) if r.data.tags.get(tracking.LEVEL) == "stage"]
     best = {r.info.run_id: r for r in trials}[root.data.tags["mlflow_mnist.best_child_run_id"]]
     assert best.data.tags[tracking.BUDGET] == "6"

@@ -145,17 +145,21 @@ class OptunaSearch:
             first = trials[0].number
             for rung, budget in enumerate(self.budgets, start=1):
                 rows = self._evaluate(evaluate, trials, budget, rung, first)
-                survivors = []
-                for trial, row in zip(trials, rows, strict=True):
-                    value = row["mean_test_score"] if row["status"] == "ok" else 0.0
+                values = [row["mean_test_score"] if row["status"] == "ok" else 0.0 for row in rows]
+                for trial, value in zip(trials, values, strict=True):
                     trial.report(value, budget)
+                # The batch finished its rung together, so it is judged best first: Optuna's (asynchronous)
+                # pruner compares a trial only with those judged before it at that rung, and the first one judged
+                # is always promoted. Best first, a trial goes on only if it is in the best third of all of them.
+                survivors = []
+                for trial, value in sorted(zip(trials, values, strict=True), key=lambda pair: -pair[1]):
                     if budget == self.budgets[-1]:
                         study.tell(trial, value)
                     elif trial.should_prune():
                         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     else:
                         survivors.append(trial)
-                trials = survivors
+                trials = sorted(survivors, key=lambda t: t.number)
                 if not trials:
                     break
             done += min(self.batch, self.n_trials - done)
