@@ -1,6 +1,6 @@
 """Does the test keep its promises? A Monte Carlo check on real cross-validation of real (small) learners.
 
-    python -m analysis.calibration --replicates 2000     # the README's numbers (about 10 minutes, one core)
+    python -m analysis.calibration --replicates 2000     # the README's numbers (32 min beside a search)
 
 Two learners see different but equally informative features of the same synthetic two-class data, so their
 population accuracies are equal (no effect) or differ by a known amount (``--gap``). Each replicate draws a
