@@ -11,11 +11,12 @@ from analysis._plotting import empty, plt, save
 
 
 def get_anytime_info(searches: pd.DataFrame) -> pd.DataFrame:
-    """Per search, the running best mean CV accuracy after each full-budget candidate it finished."""
+    """Per search, the running best mean CV accuracy after each full-budget candidate it finished, to its end."""
     if searches.empty:
         return searches.assign(best_so_far=pd.Series(dtype=float))
     ordered = searches.sort_values(["search_run_id", "finished"])
-    best = ordered.groupby("search_run_id")["mean"].cummax()
+    # cummax skips a NaN score (a failed candidate, the search's closing row) but leaves it NaN: carry the best on
+    best = ordered.groupby("search_run_id")["mean"].cummax().groupby(ordered["search_run_id"]).ffill()
     return ordered.assign(best_so_far=best).dropna(subset=["best_so_far"]).reset_index(drop=True)
 
 
@@ -27,8 +28,8 @@ def render_anytime(info: pd.DataFrame, path: Path) -> Path:
         label = f"{part['search'].iloc[0]} ({part['strategy'].iloc[0]})"
         for ax, x in zip(axes, ("fold_epochs", "minutes"), strict=True):
             ax.step(part[x], part["best_so_far"], where="post", marker="o", ms=3, label=label)
-    axes[0].set(xlabel="fold-epochs trained", ylabel="best mean CV accuracy so far")
-    axes[1].set(xlabel="wall time (minutes)")
+    axes[0].set(xlabel="fold-epochs trained", ylabel="best mean CV accuracy so far", xlim=(0, None))
+    axes[1].set(xlabel="wall time (minutes)", xlim=(0, None))
     low = info["best_so_far"].quantile(0.05)
     axes[0].set_ylim(max(0.0, low - 0.002), min(1.0, info["best_so_far"].max() + 0.001))
     axes[1].legend(fontsize=8, loc="lower right")

@@ -14,7 +14,7 @@ MIN_TRIALS = 4
 
 
 def get_importance_info(trials: pd.DataFrame, distributions: dict) -> pd.DataFrame:
-    """fANOVA importance of each searched parameter (sums to 1), from complete trials alone."""
+    """fANOVA importance of each searched parameter (sums to 1) over the given trials (one rung of each)."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator
 
@@ -34,7 +34,7 @@ def get_importance_info(trials: pd.DataFrame, distributions: dict) -> pd.DataFra
 
 def render_importance(info: pd.DataFrame, path: Path, title: str) -> Path:
     if info.empty:
-        return empty(path, f"fewer than {MIN_TRIALS} complete trials: no importance yet")
+        return empty(path, f"fewer than {MIN_TRIALS} trials: no importance yet")
     ordered = info.sort_values("importance")
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.6))
     ax.barh(ordered["parameter"], ordered["importance"], color="#2166ac")
@@ -44,7 +44,7 @@ def render_importance(info: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def get_interaction_info(trials: pd.DataFrame, importance: pd.DataFrame) -> pd.DataFrame:
-    """The two most important parameters of each complete trial, and its mean CV accuracy."""
+    """The two most important parameters of each given trial, and its mean CV accuracy."""
     if len(importance) < 2:
         return pd.DataFrame(columns=["x", "y", "mean"])
     first, second = importance.sort_values("importance", ascending=False)["parameter"].iloc[:2]

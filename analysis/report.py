@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity
-from analysis.searches import search_table, trial_table
+from analysis.searches import search_table, trial_table, trials_for_importance
 from analysis.stats import ALPHA, DEFAULT_ROPE, candidate_summary, step_verdicts
 from analysis.store import epoch_table, fold_table, read_runs
 
@@ -95,15 +95,17 @@ def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, out: Path) ->
         space = SPACES.get(str(search).split(":")[-1])
         if space is None:
             continue
-        info = fanova.get_importance_info(part, space.distributions)
+        chosen = trials_for_importance(part, fanova.MIN_TRIALS)
+        info = fanova.get_importance_info(chosen, space.distributions)
         slug = str(search).replace(":", "-")
+        which = f"{len(chosen)} trials at {chosen['budget'].max()} epochs" if len(chosen) else "no trials"
         figures[f"importance {search}"] = fanova.render_importance(
-            info, out / f"importance_{slug}.png", f"{search}: parameter importance ({len(part)} complete trials)"
+            info, out / f"importance_{slug}.png", f"{search}: parameter importance ({which})"
         )
         figures[f"interaction {search}"] = fanova.render_interaction(
-            fanova.get_interaction_info(part, info),
+            fanova.get_interaction_info(chosen, info),
             out / f"interaction_{slug}.png",
-            f"{search}: the two most important parameters, every complete trial",
+            f"{search}: the two most important parameters ({which})",
         )
 
 

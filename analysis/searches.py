@@ -2,8 +2,9 @@
 
 :func:`search_table` gives, per search run (a staged stage, a halving search, an Optuna study), every finished
 candidate at its full budget in the order they finished, with the fold-epochs and wall time the search had spent
-by then: the data of the anytime figure. :func:`trial_table` gives the complete trials of joint searches with
-their sampled values: the data of parameter importance and interactions.
+by then, and a last row (no candidate, no score) for what it spent in all: the data of the anytime figure.
+:func:`trial_table` gives every evaluated rung of the trials of joint searches with their sampled values: the
+data of parameter importance and interactions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 from mlflow_mnist import tracking
 
 SEARCH_COLUMNS = ["search_run_id", "search", "strategy", "candidate", "finished", "mean", "fold_epochs", "minutes"]
-TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean"]
+TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete"]
 
 
 def _tag(name: str) -> str:
@@ -69,18 +70,32 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "minutes": (candidate["end_time"] - start).total_seconds() / 60,
                 }
             )
+        if len(spent):  # where the search stopped: what it spent in all, found nothing better
+            rows.append(
+                {
+                    "search_run_id": root["run_id"],
+                    "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+                    "strategy": root.get(_tag(tracking.STRATEGY)) or "staged",
+                    "candidate": "",
+                    "finished": root["end_time"],
+                    "mean": float("nan"),
+                    "fold_epochs": float(spent["fold_epochs"].iloc[-1]),
+                    "minutes": (root["end_time"] - start).total_seconds() / 60,
+                }
+            )
     return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
 
 
 def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Complete trials of Optuna searches: sampled values and mean CV accuracy."""
+    """Every evaluated (trial, rung) of Optuna searches: sampled values, the rung's epochs, its mean CV accuracy,
+    and whether it was the full budget (``complete``). Pruned trials stop at a low rung; their rows there still
+    say which values lost early."""
     if _tag(tracking.SAMPLED) not in runs:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
         trials = below[below[_tag(tracking.SAMPLED)].notna() & (below["status"] == "FINISHED")]
-        trials = trials[trials[_tag(tracking.FINAL_RUNG)].fillna("true") != "false"]
         for _, trial in trials.iterrows():
             if trial.get(_tag(tracking.STATUS), "ok") != "ok":
                 continue
@@ -90,7 +105,20 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
                     "trial": int(trial[_tag(tracking.TRIAL)]),
                     "mean": trial["metrics.mean_heldout_accuracy"],
+                    "budget": int(trial.get(_tag(tracking.BUDGET)) or 0),
+                    "complete": trial.get(_tag(tracking.FINAL_RUNG)) != "false",
                     **json.loads(trial[_tag(tracking.SAMPLED)]),
                 }
             )
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=TRIAL_COLUMNS)
+
+
+def trials_for_importance(trials: pd.DataFrame, minimum: int) -> pd.DataFrame:
+    """The trials at the highest rung that at least ``minimum`` of them reached: the complete trials when there are
+    enough, else a lower rung (with pruning, few trials reach the full budget; importance among them says little)."""
+    if trials.empty:
+        return trials
+    counts = trials.groupby("budget")["trial"].nunique()
+    enough = counts[counts >= minimum]
+    budget = enough.index.max() if len(enough) else counts.idxmax()
+    return trials[trials["budget"] == budget].drop_duplicates("trial", keep="last")

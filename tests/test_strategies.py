@@ -170,14 +170,19 @@ def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_pa
     the learning rate first, and the anytime curve must never go down."""
     from analysis import anytime, fanova
     from analysis.report import build_report
-    from analysis.searches import search_table, trial_table
+    from analysis.searches import search_table, trial_table, trials_for_importance
     from analysis.store import read_runs
 
     search(store, _optuna(store, 30), "optuna:seed", Worker())
     client = tracking.connect(store)
     runs = read_runs(client, ["mnist"])
-    trials = trial_table(runs)
+    every_rung = trial_table(runs)
+    trials = every_rung[every_rung["complete"]]
     assert len(trials) >= 4 and set(trials["search"]) == {"optuna:seed"}
+    # Pruned trials stay in the table at the rung they reached; importance falls back to a rung enough reached.
+    assert set(every_rung["budget"]) == {2, 6} and (~every_rung["complete"]).any()
+    assert set(trials_for_importance(every_rung, len(trials) + 1)["budget"]) == {2}
+    assert trials_for_importance(every_rung, 4)["trial"].is_unique
     importance = fanova.get_importance_info(trials, SEED.distributions)
     ranked = importance.sort_values("importance", ascending=False)["parameter"].tolist()
     # Among complete trials TPE has settled on the best kernel, so the learning rate is what still varies.
