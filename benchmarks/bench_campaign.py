@@ -51,7 +51,10 @@ def per_step(store: Path) -> list[dict]:
     for run in runs:
         by_parent.setdefault(run.data.tags.get(tracking.PARENT, ""), []).append(run)
     rows = []
-    groups = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "step" and r.info.status == "FINISHED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    groups = [r for r in finished if r.data.tags.get(tracking.LEVEL) == "step"]
+    # an Optuna search has no steps: its trials hang straight under the search run
+    groups = groups or [r for r in finished if r.data.tags.get(tracking.LEVEL) == "stage"]
     for group in sorted(groups, key=lambda r: r.info.start_time):
         step = group.data.tags.get(tracking.STEP, group.info.run_name)
         candidates = [c for c in by_parent.get(group.info.run_id, []) if c.data.tags.get(tracking.LEVEL) == "candidate"]

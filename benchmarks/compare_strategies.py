@@ -1,8 +1,9 @@
 """Strategies at equal compute, read back from the stores of measured campaigns (bench_campaign.py).
 
-    python benchmarks/compare_strategies.py staged halving optuna
+    python benchmarks/compare_strategies.py staged halving optuna champion
 
-For each campaign in benchmarks/results/campaign-<name>.json (its store is named there): the best mean CV
+For each campaign in benchmarks/results/campaign-<name>.json or <name>.json (its store is named there; the
+champion's search is one): the best mean CV
 accuracy it reached, the fold-epochs and wall time it spent in all, and the fold-epochs and minutes it needed to
 first reach the first campaign's best (within the ROPE: a practically equivalent accuracy counts as reached).
 Each campaign's best configuration is compared with the first's on the same splits (all campaigns split with
@@ -57,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     infos, rows, scores = [], [], {}
     for name in args.campaigns:
-        report = json.loads((RESULTS / f"campaign-{name}.json").read_text())
+        path = RESULTS / f"campaign-{name}.json"
+        report = json.loads((path if path.exists() else RESULTS / f"{name}.json").read_text())
         runs = read_store(report["store"])
         info = get_anytime_info(search_table(runs)).assign(search=name)
         infos.append(info)
@@ -67,8 +69,9 @@ def main() -> None:
                 "campaign": name,
                 "best_mean_cv": float(info["best_so_far"].max()),
                 "best_candidate": candidate,
-                "fold_epochs": report["fold_epochs"],
-                "minutes": report["wall_seconds"] / 60,
+                # from the store, the same way for every strategy: the search's closing row holds its totals
+                "fold_epochs": int(info["fold_epochs"].max()),
+                "minutes": float(info["minutes"].max()),
             }
         )
     target = rows[0]["best_mean_cv"] - stats.DEFAULT_ROPE
