@@ -55,14 +55,17 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         start = root["start_time"]
         epochs = folds.get("metrics.epochs_run", pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
+        search = {
+            "search_run_id": root["run_id"],
+            "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+            "strategy": root.get(_tag(tracking.STRATEGY)) or "staged",
+        }
         for _, candidate in candidates.sort_values("end_time").iterrows():
             done = spent[spent["end"] <= candidate["end_time"]]
             status = candidate.get(_tag(tracking.STATUS), "ok")
             rows.append(
                 {
-                    "search_run_id": root["run_id"],
-                    "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
-                    "strategy": root.get(_tag(tracking.STRATEGY)) or "staged",
+                    **search,
                     "candidate": candidate.get(_tag(tracking.CANDIDATE), ""),
                     "finished": candidate["end_time"],
                     "mean": candidate.get("metrics.mean_heldout_accuracy") if status == "ok" else float("nan"),
@@ -73,9 +76,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         if len(spent):  # where the search stopped: what it spent in all, found nothing better
             rows.append(
                 {
-                    "search_run_id": root["run_id"],
-                    "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
-                    "strategy": root.get(_tag(tracking.STRATEGY)) or "staged",
+                    **search,
                     "candidate": "",
                     "finished": root["end_time"],
                     "mean": float("nan"),
