@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +71,40 @@ def write_idx_folder(folder: Path, data, compress: bool = True) -> Path:
     write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", data.x_test, compress)
     write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", data.y_test, compress)
     return folder
+
+
+class FoldWatcher:
+    """Reads a `tune` child's stderr on a thread and counts the folds its progress line reports finished.
+
+    Tests that stop a stage part-way wait on this rather than poll the SQLite store the child writes: the
+    progress line shows a fold only after the run tree has written it, and reading a pipe cannot meet a locked
+    database or miss a short window between polls.
+    """
+
+    # The bar's postfix: "..., 2.09s/fold, kernel_size=(7, 7) fold 2/2: ok 0.8533]", redrawn more than once.
+    _FOLD_DONE = re.compile(r"fold(?:/s)?, ([^\]]+? fold \d+/\d+): ok ")
+
+    def __init__(self, stream):
+        self._buffer = bytearray()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream.fileno(),), daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        while chunk := os.read(fd, 65536):
+            with self._changed:
+                self._buffer += chunk
+                self._changed.notify_all()
+
+    def finished(self) -> int:
+        return len(set(self._FOLD_DONE.findall(self.text())))
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.finished() >= count, timeout=timeout)
+
+    def join(self, timeout: float = 10) -> None:
+        self._thread.join(timeout)
+
+    def text(self) -> str:
+        return self._buffer.decode(errors="replace")

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 import pytest
+from conftest import FoldWatcher
 from services import DaskCluster, MlflowServer, Postgres, postgres_bindir
 
 from mlflow_mnist import tracking
@@ -40,18 +41,6 @@ def _finished_fold_keys(uri: str) -> Counter:
         for r in _runs(uri)
         if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"
     )
-
-
-def _wait_for_folds(uri: str, count: int, process: subprocess.Popen, seconds: float = 240) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline and process.poll() is None:
-        try:
-            if sum(_finished_fold_keys(uri).values()) >= count:
-                return
-        except Exception:  # noqa: BLE001 - the store may not be there yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} folds finished; the stage exited with {process.poll()}")
 
 
 def test_a_local_dask_cluster_gives_the_same_cv_results_as_joblib(tmp_path, monkeypatch):
@@ -90,15 +79,16 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         # A worker killed mid-stage: its fold is trained again elsewhere; nothing twice, nothing lost.
         stage = subprocess.Popen(
             _command("--stage", "kernel_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address),
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            text=True,
             env=_env(uri),
         )
-        _wait_for_folds(uri, 1, stage)
+        progress = FoldWatcher(stage.stderr)
+        assert progress.wait_for(1, timeout=240), progress.text()[-3000:]
         os.killpg(cluster.workers[0].pid, signal.SIGKILL)
-        out, err = stage.communicate(timeout=600)
-        assert stage.returncode == 0, err[-3000:]
+        stage.wait(timeout=600)
+        progress.join()
+        assert stage.returncode == 0, progress.text()[-3000:]
         keys = _finished_fold_keys(uri)
         assert len(keys) == 8 and set(keys.values()) == {1}
         assert not [r for r in _runs(uri) if r.info.status == "RUNNING"]
@@ -108,10 +98,13 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         command = _command(
             "--stage", "pool_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address
         )
-        stage = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(uri))
-        _wait_for_folds(uri, 9, stage)
+        stage = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(uri))
+        progress = FoldWatcher(stage.stderr)
+        assert progress.wait_for(1, timeout=240), progress.text()[-3000:]
         cluster.stop()
-        _, err = stage.communicate(timeout=180)
+        stage.wait(timeout=180)
+        progress.join()
+        err = progress.text()
         lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("I0000", "WARNING"))]
         assert stage.returncode == 2, err[-3000:]
         assert lines[-1].startswith(f"error: lost the Dask scheduler at {cluster.address}"), err[-2000:]
@@ -149,9 +142,10 @@ def test_no_workers_is_one_line_after_a_bounded_wait(tmp_path):
 
 def test_a_second_driver_is_refused_and_a_killed_drivers_lease_is_taken_over(tmp_path):
     env = _env(f"sqlite:///{tmp_path}/mlflow.db")
-    command = _command("--stage", "kernel_size", "--epochs", "3", "--n-jobs", "1")
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    _wait_for_folds(f"sqlite:///{tmp_path}/mlflow.db", 1, first)
+    # Eight epochs leave the first driver half a minute of work after its first fold while the second starts.
+    command = _command("--stage", "kernel_size", "--epochs", "8", "--n-jobs", "1")
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert FoldWatcher(first.stderr).wait_for(1, timeout=240), "the first driver finished no fold"
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert second.returncode == 2
     line = second.stderr.strip().splitlines()[-1]

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import kill_harness
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, FoldWatcher
 
 from mlflow_mnist import tracking
 
@@ -133,11 +132,9 @@ def _fold_runs_finished(uri) -> int:
 def test_resume_after_kill_trains_only_what_is_missing(store):
     args = kill_harness.stage_command(n_jobs=1)
     proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and _fold_runs_finished(store) < 3 and proc.poll() is None:
-        time.sleep(0.3)
+    assert FoldWatcher(proc.stderr).wait_for(3, timeout=300), "fewer than 3 folds finished"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished_before = _fold_runs_finished(store)
