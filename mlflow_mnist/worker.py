@@ -7,6 +7,7 @@ is loaded once per process, so no task pickles the pixels.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -53,13 +54,39 @@ def exit_with_driver(driver_pid: int | None) -> None:
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
+# glibc's mallopt() parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit Linux.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
+
+
+def restore_malloc_fast_path() -> bool:
+    """Undo what ``MALLOC_TRIM_THRESHOLD_`` does to a training process; True when thresholds were raised.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (to give freed memory back to the
+    OS). Setting any malloc threshold also freezes glibc's *mmap* threshold at 128 KiB, so each batch's
+    activation tensors (about 1.7 MB for the first convolution) become a fresh ``mmap`` with page faults on
+    every step: one fold measured 12-30% slower per epoch (benchmarks/profile_fold.py, "Dask worker's malloc
+    settings"). Raising both thresholds gives back heap reuse; a process without the variable keeps glibc's
+    own adaptive defaults, which are as fast.
+    """
+    if TRIM_ENV not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 128 << 20))
+    except (OSError, AttributeError):
+        return False  # not glibc (macOS, musl): nothing to undo
+
+
 def configure_threads(threads: int | None) -> None:
-    """Set a worker up once: its share of the cores (TensorFlow only accepts this before its first op), and
-    quiet logs, since a worker process does not inherit the driver's logging settings."""
+    """Set a worker up once: its share of the cores (TensorFlow only accepts this before its first op), quiet
+    logs (a worker process does not inherit the driver's logging settings) and malloc's fast path."""
     global _THREADS_SET
     if _THREADS_SET:
         return
     _THREADS_SET = True
+    restore_malloc_fast_path()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
