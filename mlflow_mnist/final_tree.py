@@ -135,18 +135,17 @@ class FinalTree:
             "matrix": matrix.tolist(),
         }
         self.writer.log_dict(run_id, matrix_json, "confusion_matrix.json")
-        self.writer.log_curves(
-            run_id,
-            result.history,
-            {"test_loss": result.test_loss, "fit_seconds": result.fit_seconds, "test_errors": float(result.errors)},
-        )
-        self.writer.log_tags(run_id, {STATUS: result.status, f"{PREFIX}seed": result.seed})
-        scores = {"test_accuracy": result.test_accuracy}
         model_id = self.writer.log_model(
-            run_id, result.model_files, metrics=scores, tags={f"{PREFIX}seed": result.seed, STAGE: "final"}
+            run_id, result.model_files, tags={f"{PREFIX}seed": result.seed, STAGE: "final"}
         )
-        if model_id is None:
-            self.writer.log_metrics(run_id, scores)
+        self.writer.log_results(
+            run_id,
+            tags={STATUS: result.status, f"{PREFIX}seed": result.seed},
+            history=result.history,
+            metrics={"test_loss": result.test_loss, "fit_seconds": result.fit_seconds, "test_errors": result.errors},
+            scores={"test_accuracy": result.test_accuracy},
+            model_id=model_id,
+        )
         self.model_ids[run_id] = model_id
 
     def finish(self, summary: Mapping[str, Any]) -> None:

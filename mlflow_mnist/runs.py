@@ -136,16 +136,19 @@ class RunWriter:
             raise
 
     # -- content -------------------------------------------------------------------------------------------
-    def log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
+    def _writable_params(self, run_id: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """Params are write-once: on the run ``mlflow run`` made, keep its -P values and log ours beside them."""
-        if run_id == self.adopted_run_id:
-            logged = self.client.get_run(run_id).data.params
-            values = {
-                (key if key not in logged else f"effective_{key}"): value
-                for key, value in values.items()
-                if logged.get(key) != format_value(value)
-            }
-        if values:
+        if run_id != self.adopted_run_id:
+            return dict(values)
+        logged = self.client.get_run(run_id).data.params
+        return {
+            (key if key not in logged else f"effective_{key}"): value
+            for key, value in values.items()
+            if logged.get(key) != format_value(value)
+        }
+
+    def log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
+        if values := self._writable_params(run_id, values):
             self.client.log_batch(run_id, params=_params(values))
 
     def log_tags(self, run_id: str, values: Mapping[str, Any]) -> None:
@@ -154,12 +157,36 @@ class RunWriter:
     def log_metrics(self, run_id: str, values: Mapping[str, float], *, model_id: str | None = None) -> None:
         self.client.log_batch(run_id, metrics=_metrics(values, model_id=model_id, run_id=run_id))
 
-    def log_curves(self, run_id: str, history: Mapping[str, list[float]], final: Mapping[str, float]) -> None:
-        """Per-epoch curves (step = epoch) and final numbers; ``log_batch`` chunks them itself."""
-        metrics = [
-            m for name, values in history.items() for step, v in enumerate(values, 1) for m in _metrics({name: v}, step)
+    def log_results(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        history: Mapping[str, list[float]] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        scores: Mapping[str, float] | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        """What a trained model's run records, in one request: against a tracking server each request is a
+        round trip, and a driver logging for many workers is bound by them (benchmarks/bench_driver.py).
+
+        Per-epoch ``history`` curves (step = epoch), final ``metrics``, and ``scores`` linked to ``model_id``
+        (the UI's Models column ranks by them); ``log_batch`` chunks past MLflow's per-request limits itself.
+        """
+        curves = [
+            m
+            for name, values in (history or {}).items()
+            for step, v in enumerate(values, 1)
+            for m in _metrics({name: v}, step)
         ]
-        self.client.log_batch(run_id, metrics=metrics + _metrics(final))
+        linked = _metrics(scores or {}, model_id=model_id, run_id=run_id)
+        self.client.log_batch(
+            run_id,
+            metrics=curves + _metrics(metrics or {}) + linked,
+            params=_params(self._writable_params(run_id, params or {})),
+            tags=_tags(tags or {}),
+        )
 
     def log_dataset(self, run_id: str, dataset=None, context: str = "train") -> None:
         from mlflow.entities import DatasetInput, InputTag
@@ -194,13 +221,12 @@ class RunWriter:
         run_id: str,
         files: Mapping[str, bytes] | None,
         *,
-        metrics: Mapping[str, float],
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Upload a model folder a worker saved as an MLflow 3 LoggedModel of ``run_id``; returns its model id.
 
-        The model's metrics (held-out or test accuracy) are linked to it, so the UI's Models column and
+        Log its scores with :meth:`log_results` (``scores=``, ``model_id=``) so that the UI's Models column and
         ``mlflow.search_logged_models(order_by=...)`` can rank the models of a whole search.
         """
         if not files:
@@ -236,7 +262,6 @@ class RunWriter:
             raise
         self.client.finalize_logged_model(model.model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        self.log_metrics(run_id, metrics, model_id=model.model_id)
         return model.model_id
 
 

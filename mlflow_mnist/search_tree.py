@@ -208,28 +208,26 @@ class SearchTree:
                 **({f"{PREFIX}error": result.error[:500]} if result.error else {}),
             },
         )
-        fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
-        self.writer.log_params(run_id, {**task.params, **fold_params, **self.settings_params})
-        self.writer.log_curves(
+        model_id = self.writer.log_model(
             run_id,
-            result.history,
-            {
+            result.model_files,
+            params=task.params,
+            tags={FOLD_KEY: task.key, CANDIDATE: task.label, f"{PREFIX}fold": task.fold, STEP: task.step},
+        )
+        fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
+        self.writer.log_results(
+            run_id,
+            params={**task.params, **fold_params, **self.settings_params},
+            history=result.history,
+            metrics={
                 "fit_seconds": result.fit_seconds,
                 "epochs_run": result.epochs_run,
                 "heldout_loss": result.loss,
                 "chance_accuracy": result.chance,
             },
+            scores={"heldout_accuracy": result.accuracy},
+            model_id=model_id,
         )
-        scores = {"heldout_accuracy": result.accuracy}
-        model_id = self.writer.log_model(
-            run_id,
-            result.model_files,
-            metrics=scores,
-            params=task.params,
-            tags={FOLD_KEY: task.key, CANDIDATE: task.label, f"{PREFIX}fold": task.fold, STEP: task.step},
-        )
-        if model_id is None:
-            self.writer.log_metrics(run_id, scores)
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
         with self.lock:
             self.fold_runs[task.candidate_index].append((run_id, result.accuracy))
