@@ -126,8 +126,13 @@ def model_requirements() -> list[str]:
     return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"mlflow=={version('mlflow')}"]
 
 
-def model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
-    """The MLflow model folder as bytes, made on the worker so the driver only uploads."""
+def model_files(model, x_example: np.ndarray, *, with_example: bool = True) -> dict[str, bytes]:
+    """The MLflow model folder as bytes, made on the worker so the driver only uploads.
+
+    Every model carries its signature; only models meant to be served (the final ones) carry the input and
+    serving examples too: a fold's model is evaluated, not served, and two more files are two more uploads per
+    fold for a driver logging for many workers (benchmarks/bench_driver.py).
+    """
     import mlflow.keras
     from mlflow.models import infer_signature
 
@@ -140,7 +145,7 @@ def model_files(model, x_example: np.ndarray) -> dict[str, bytes]:
             model,
             str(path),
             signature=signature,
-            input_example=x_example,
+            input_example=x_example if with_example else None,
             pip_requirements=model_requirements(),
         )
         return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
@@ -273,7 +278,7 @@ def train_fold(
         # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
         predictions = predict(trained.model, x[held_out])
         accuracy = float(np.mean(predictions.argmax(axis=1) == y[held_out]))
-    files = model_files(trained.model, x[held_out][:2]) if with_model and not diverged else None
+    files = model_files(trained.model, x[held_out][:2], with_example=False) if with_model and not diverged else None
     keras.backend.clear_session()
     return FoldResult(
         **record,

@@ -145,6 +145,7 @@ def test_final_promote_load_and_serve(store, sample):
 
     # The champion loads by alias and predicts digits from raw pixels.
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    assert model.metadata.saved_input_example_info is not None  # served models carry their examples
     predicted = np.asarray(model.predict(task.x_test)).argmax(axis=1)
     assert np.mean(predicted == task.y_test) == pytest.approx(accuracy)
 
