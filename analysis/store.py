@@ -49,17 +49,26 @@ def _tag(name: str) -> str:
     return f"tags.{name}"
 
 
-def read_runs(client, experiment_names: Iterable[str]) -> pd.DataFrame:
-    """Every run of the named experiments as one DataFrame (``mlflow.search_runs``, all pages)."""
+def read_runs(client, experiment_names: Iterable[str] | None) -> pd.DataFrame:
+    """Every run of the named experiments (``None``: of every experiment) in ``client``'s store as one
+    DataFrame (``mlflow.search_runs``, all pages)."""
     import mlflow
 
-    ids = []
-    for name in experiment_names:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise ValueError(f"experiment {name!r} does not exist in this tracking store")
-        ids.append(experiment.experiment_id)
-    runs = mlflow.search_runs(experiment_ids=ids, max_results=1_000_000)
+    ids = None
+    if experiment_names is not None:
+        ids = []
+        for name in experiment_names:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise ValueError(f"experiment {name!r} does not exist in this tracking store")
+            ids.append(experiment.experiment_id)
+    # mlflow.search_runs reads the process-wide store: point it at the client's for this one call.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        runs = mlflow.search_runs(experiment_ids=ids, search_all_experiments=ids is None, max_results=1_000_000)
+    finally:
+        mlflow.set_tracking_uri(previous)
     for column in (_tag(tracking.LEVEL), _tag(tracking.PARENT), _tag(tracking.DIGEST), _tag(tracking.SETTINGS_KEY)):
         if column not in runs:
             runs[column] = None

@@ -26,16 +26,10 @@ sys.path.insert(0, str(ROOT))
 from analysis import stats  # noqa: E402
 from analysis.anytime import get_anytime_info, render_anytime  # noqa: E402
 from analysis.searches import search_table  # noqa: E402
+from analysis.store import read_runs  # noqa: E402
 from mlflow_mnist import tracking  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def read_store(store: str) -> pd.DataFrame:
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-    return mlflow.search_runs(search_all_experiments=True, max_results=1_000_000)
 
 
 def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd.Series]:
@@ -60,7 +54,7 @@ def main() -> None:
     for name in args.campaigns:
         path = RESULTS / f"campaign-{name}.json"
         report = json.loads((path if path.exists() else RESULTS / f"{name}.json").read_text())
-        runs = read_store(report["store"])
+        runs = read_runs(tracking.connect(f"sqlite:///{report['store']}/mlflow.db"), None)
         info = get_anytime_info(search_table(runs)).assign(search=name)
         infos.append(info)
         candidate, scores[name] = best_fold_scores(runs, info)

@@ -200,6 +200,19 @@ def test_more_than_a_thousand_runs_are_read_whole(store):
     assert len(folds) == 1000 and folds["fold"].nunique() == 100
 
 
+def test_runs_are_read_from_the_clients_store_whatever_the_process_wide_store_is(store, tmp_path):
+    import mlflow
+
+    log_stage(store, "optimizer", lambda label, fold: NOISE[fold])
+    client = tracking.connect(store)
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    tracking.connect(elsewhere)  # an empty store, now the process-wide one
+    runs = read_runs(client, ["mnist"])
+    assert (runs[f"tags.{tracking.LEVEL}"] == "fold").sum() == 7 * 3
+    assert len(read_runs(client, None)) == len(runs)  # None: every experiment of the store
+    assert mlflow.get_tracking_uri() == elsewhere
+
+
 def test_the_reported_kernel_size_case_comes_out_unstable_and_importance_agrees(store, tmp_path):
     """The issue's `make run` store, through the real logging path: kernel_size from the seed's start on real
     2-vs-7, (1, 1) at 0.51, 0.51 and 0.99, the others at 0.99 (two digits, as reported). The old report said
