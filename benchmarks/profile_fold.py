@@ -9,6 +9,8 @@ fresh process per setting, settings interleaved, median of ``--repeats``:
   execution     steps_per_execution 1 vs 32 (batches per graph call)
   onednn        TF_ENABLE_ONEDNN_OPTS=0 vs 1
   allocator     glibc malloc vs jemalloc vs tcmalloc (LD_PRELOAD; skipped when the library is not installed)
+  dask malloc   MALLOC_TRIM_THRESHOLD_=65536 as Dask's nanny sets it, as it is and with the thresholds raised
+                again (worker.restore_malloc_fast_path, which every worker runs)
   input         numpy arrays vs a tf.data pipeline
   pinning       two workers at once, each pinned to its own core (taskset) vs free
 and per layer: the forward + backward time of each layer on a batch, against its share of the FLOPs.
@@ -33,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import machine  # noqa: E402
 
+from mlflow_mnist import worker  # noqa: E402
+
 SEED_POOL = {
     "momentum": 0.4,
     "learn_rate": 0.1,
@@ -55,16 +59,20 @@ ALLOCATORS = {
 }
 
 
-def one_fold(data: str, *, threads: int, batch: int, steps: int, pipeline: str, epochs: int) -> dict:
+def one_fold(
+    data: str, *, threads: int, batch: int, steps: int, pipeline: str, epochs: int, restore_malloc: bool = True
+) -> dict:
     """Seconds per epoch (epochs after the first, which pays for tracing) of one fold."""
     import numpy as np
 
+    from mlflow_mnist import worker
     from mlflow_mnist.data import load_task
     from mlflow_mnist.model import SEED_START, build_model
     from mlflow_mnist.planning import fold_indices
-    from mlflow_mnist.worker import configure_threads
 
-    configure_threads(threads)
+    if not restore_malloc:  # measure what restore_malloc_fast_path undoes
+        worker.restore_malloc_fast_path = lambda: False
+    worker.configure_threads(threads)
     import keras
     import tensorflow as tf
 
@@ -176,6 +184,13 @@ def main() -> None:
         "oneDNN off": (base, {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
         "tf.data input": ({**base, "pipeline": "tf.data"}, {}, None),
     }
+    dask_malloc = {worker.TRIM_ENV: "65536"}
+    settings["Dask worker's malloc setting, as the nanny leaves it"] = (
+        {**base, "restore_malloc": False},
+        dask_malloc,
+        None,
+    )
+    settings["Dask worker's malloc setting, thresholds raised again"] = (base, dask_malloc, None)
     for name, library in ALLOCATORS.items():
         if glob.glob(library):
             settings[name] = (base, {"LD_PRELOAD": library}, None)

@@ -75,8 +75,8 @@ class DaskExecutor:
         else:
             import dask
 
-            # Dask's nanny would start each worker with MALLOC_TRIM_THRESHOLD_=65536, which makes TensorFlow
-            # on CPU 12-30% slower (see worker.restore_malloc_fast_path); our own workers keep glibc's defaults.
+            # Dask's nanny would start each worker with MALLOC_TRIM_THRESHOLD_=65536, which makes TensorFlow on
+            # CPU about 1.3x slower per epoch (worker.restore_malloc_fast_path): our workers keep glibc's defaults.
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
                 self.cluster = LocalCluster(
                     n_workers=self.n_workers,
