@@ -130,11 +130,14 @@ def test_credentials_never_appear_in_messages():
 
 @pytest.mark.slow
 def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
-    # Ten epochs keep the remaining seven folds busy for a minute after the first one reports, so the signal
-    # lands mid-stage even on a slow CI machine; the first fold is seen on the progress line, not by polling the
-    # SQLite store the child is writing (a poll that meets a locked database used to miss the whole window).
+    # Ten epochs keep the remaining seven folds busy after the first one reports, so the signal lands mid-stage
+    # even on a slow CI machine; the first fold is seen on the progress line, not by polling the store.
+    # The child gets Python's own SIGINT handler, as in a terminal: a CI job started in the background (`cmd &`
+    # in a script) inherits SIGINT *ignored*, and Python keeps an ignored SIGINT, so Ctrl-C would never arrive.
+    interactive = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    interactive += "runpy.run_module('mlflow_mnist', run_name='__main__', alter_sys=True)"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_mnist", *STAGE, "--epochs", "10", "--n-jobs", "1"],
+        [sys.executable, "-c", interactive, *STAGE, "--epochs", "10", "--n-jobs", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
