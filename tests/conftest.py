@@ -76,9 +76,10 @@ def write_idx_folder(folder: Path, data, compress: bool = True) -> Path:
 class FoldWatcher:
     """Reads a `tune` child's stderr on a thread and counts the folds its progress line reports finished.
 
-    Tests that stop a stage part-way wait on this rather than poll the SQLite store the child writes: the
-    progress line shows a fold only after the run tree has written it, and reading a pipe cannot meet a locked
-    database or miss a short window between polls.
+    Tests that stop a stage part-way wait on this rather than poll the SQLite store the child writes: reading a
+    pipe cannot meet a locked database or miss a short window between polls. With SQLite the run tree writes a
+    fold before the progress line shows it; against a tracking server it logs folds on threads, so a test that
+    needs the fold *in the store* there polls the server (which has no locks to meet).
     """
 
     # The bar's postfix: "..., 2.09s/fold, kernel_size=(7, 7) fold 2/2: ok 0.8533]", redrawn more than once.
