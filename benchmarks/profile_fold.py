@@ -65,7 +65,6 @@ def one_fold(
     """Seconds per epoch (epochs after the first, which pays for tracing) of one fold."""
     import numpy as np
 
-    from mlflow_mnist import worker
     from mlflow_mnist.data import load_task
     from mlflow_mnist.model import SEED_START, build_model
     from mlflow_mnist.planning import fold_indices

@@ -54,9 +54,11 @@ def exit_with_driver(driver_pid: int | None) -> None:
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
-# glibc's mallopt() parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit Linux.
+# glibc's mallopt() parameters (malloc.h), the largest mmap threshold it accepts on 64-bit Linux, and a trim
+# threshold well above it, so freed activation buffers stay in the heap for the next step.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 << 20
+TRIM_THRESHOLD = 128 << 20
 TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 
 
@@ -74,7 +76,8 @@ def restore_malloc_fast_path() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, 128 << 20))
+        raised = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        return bool(raised)
     except (OSError, AttributeError):
         return False  # not glibc (macOS, musl): nothing to undo
 

@@ -75,9 +75,11 @@ class DaskExecutor:
         else:
             import dask
 
+            from mlflow_mnist.worker import TRIM_ENV
+
             # Dask's nanny would start each worker with MALLOC_TRIM_THRESHOLD_=65536, which makes TensorFlow on
             # CPU about 1.3x slower per epoch (worker.restore_malloc_fast_path): our workers keep glibc's defaults.
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM_ENV}": None}):
                 self.cluster = LocalCluster(
                     n_workers=self.n_workers,
                     threads_per_worker=1,
