@@ -67,8 +67,8 @@ def restore_malloc_fast_path() -> bool:
 
     Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (to give freed memory back to the
     OS). Setting any malloc threshold also freezes glibc's *mmap* threshold at 128 KiB, so each batch's
-    activation tensors (about 1.7 MB for the first convolution) become a fresh ``mmap`` with page faults on
-    every step: one fold measured 1.29x slower per epoch, 1.06x once this has run (medians of 3,
+    activation and gradient tensors (200-800 KB each at batch 20 in the seed's model) become a fresh ``mmap``
+    with page faults on every step: one fold measured 1.29x slower per epoch, 1.06x once this has run (medians of 3,
     benchmarks/profile_fold.py, "Dask worker's malloc setting"). Raising both thresholds gives back heap reuse;
     a process without the variable keeps glibc's own adaptive defaults, which are as fast.
     """
