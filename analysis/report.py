@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity
-from analysis.searches import search_table, trial_table, trials_for_importance
+from analysis.searches import search_spaces, search_table, trial_table, trials_for_importance
 from analysis.stats import ALPHA, DEFAULT_ROPE, candidate_summary, step_verdicts
 from analysis.store import epoch_table, fold_table, read_runs
 
@@ -51,7 +51,8 @@ def build_report(
     figures = report.figures
     if not searches.empty:
         figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")
-    _joint_figures(figures, trial_table(runs), out)
+    trials = trial_table(runs)
+    _joint_figures(figures, trials, search_spaces(runs, trials), out)
     if folds.empty:
         report.html_path = out / "report.html"
         report.html_path.write_text(render_html(report, experiments, rope=rope))
@@ -87,17 +88,16 @@ VERDICT_STEP_COLUMNS = [
 ]
 
 
-def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, out: Path) -> None:
-    """fANOVA importance and the top-two interaction of each Optuna search (the space comes from its name)."""
-    from mlflow_mnist.spaces import SPACES
-
-    for search, part in trials.groupby("search", sort=False):
-        space = SPACES.get(str(search).split(":")[-1])
-        if space is None:
+def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, spaces: dict[str, dict], out: Path) -> None:
+    """fANOVA importance and the top-two interaction of each joint search, over the space its run keeps."""
+    for search_run_id, part in trials.groupby("search_run_id", sort=False):
+        distributions = spaces.get(search_run_id)
+        if not distributions:
             continue
+        search = part["search"].iloc[0]
         chosen = trials_for_importance(part, fanova.MIN_TRIALS)
-        info = fanova.get_importance_info(chosen, space.distributions)
-        slug = str(search).replace(":", "-")
+        info = fanova.get_importance_info(chosen, distributions)
+        slug = str(search).replace(":", "-").replace(" ", "_")
         which = f"{len(chosen)} trials at {chosen['budget'].max()} epochs" if len(chosen) else "no trials"
         figures[f"importance {search}"] = fanova.render_importance(
             info, out / f"importance_{slug}.png", f"{search}: parameter importance ({which})"

@@ -9,11 +9,9 @@ data of parameter importance and interactions.
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
-from mlflow_mnist import tracking
+from mlflow_mnist import schema
 
 SEARCH_COLUMNS = ["search_run_id", "search", "strategy", "candidate", "finished", "mean", "fold_epochs", "minutes"]
 TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete"]
@@ -24,7 +22,7 @@ def _tag(name: str) -> str:
 
 
 def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
-    parent = runs.set_index("run_id")[_tag(tracking.PARENT)].to_dict()
+    parent = runs.set_index("run_id")[_tag(schema.PARENT)].to_dict()
     keep = []
     for run_id in runs["run_id"]:
         node, seen = run_id, 0
@@ -38,7 +36,7 @@ def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
 
 def search_roots(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished top-level search runs: a stage, a single-step stage, a halving or Optuna search."""
-    top = runs[_tag(tracking.PARENT)].isna() & runs[_tag(tracking.LEVEL)].isin(["stage", "step"])
+    top = runs[_tag(schema.PARENT)].isna() & runs[_tag(schema.LEVEL)].isin([schema.STAGE_LEVEL, schema.STEP_LEVEL])
     return runs[top & (runs["status"] == "FINISHED")].sort_values("start_time")
 
 
@@ -47,26 +45,28 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
-        level = below[_tag(tracking.LEVEL)]
+        level = below[_tag(schema.LEVEL)]
         folds = below[(level == "fold") & below["status"].isin(["FINISHED", "FAILED"])].sort_values("end_time")
-        candidates = below[(level == "candidate") & (below["status"] == "FINISHED")]
-        if _tag(tracking.FINAL_RUNG) in candidates:
-            candidates = candidates[candidates[_tag(tracking.FINAL_RUNG)].fillna("true") != "false"]
+        candidates = below[(level == schema.CANDIDATE_LEVEL) & (below["status"] == "FINISHED")]
+        deciding = [schema.counts(schema.tags_of_row(row)) for _, row in candidates.iterrows()]
+        candidates = (
+            candidates[pd.Series(deciding, index=candidates.index, dtype=bool)] if len(candidates) else candidates
+        )
         start = root["start_time"]
         epochs = folds.get("metrics.epochs_run", pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
         search = {
             "search_run_id": root["run_id"],
             "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
-            "strategy": root.get(_tag(tracking.STRATEGY)) or "staged",
+            "strategy": root.get(_tag(schema.STRATEGY)) or "staged",
         }
         for _, candidate in candidates.sort_values("end_time").iterrows():
             done = spent[spent["end"] <= candidate["end_time"]]
-            status = candidate.get(_tag(tracking.STATUS), "ok")
+            status = candidate.get(_tag(schema.STATUS), "ok")
             rows.append(
                 {
                     **search,
-                    "candidate": candidate.get(_tag(tracking.CANDIDATE), ""),
+                    "candidate": candidate.get(_tag(schema.CANDIDATE), ""),
                     "finished": candidate["end_time"],
                     "mean": candidate.get("metrics.mean_heldout_accuracy") if status == "ok" else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
@@ -91,24 +91,25 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Every evaluated (trial, rung) of Optuna searches: sampled values, the rung's epochs, its mean CV accuracy,
     and whether it was the full budget (``complete``). Pruned trials stop at a low rung; their rows there still
     say which values lost early."""
-    if _tag(tracking.SAMPLED) not in runs:
+    if _tag(schema.SAMPLED) not in runs:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
-        trials = below[below[_tag(tracking.SAMPLED)].notna() & (below["status"] == "FINISHED")]
+        trials = below[below[_tag(schema.SAMPLED)].notna() & (below["status"] == "FINISHED")]
         for _, trial in trials.iterrows():
-            if trial.get(_tag(tracking.STATUS), "ok") != "ok":
+            record = schema.CandidateTags.parse(schema.tags_of_row(trial))
+            if trial.get(_tag(schema.STATUS), "ok") != "ok" or record.trial is None:
                 continue
             rows.append(
                 {
                     "search_run_id": root["run_id"],
                     "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
-                    "trial": int(trial[_tag(tracking.TRIAL)]),
+                    "trial": record.trial,
                     "mean": trial["metrics.mean_heldout_accuracy"],
-                    "budget": int(trial.get(_tag(tracking.BUDGET)) or 0),
-                    "complete": trial.get(_tag(tracking.FINAL_RUNG)) != "false",
-                    **json.loads(trial[_tag(tracking.SAMPLED)]),
+                    "budget": record.rung.budget if record.rung else int(trial.get("params.epochs") or 0),
+                    "complete": record.rung is None or record.rung.counts,
+                    **record.sampled,
                 }
             )
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=TRIAL_COLUMNS)
@@ -123,3 +124,33 @@ def trials_for_importance(trials: pd.DataFrame, minimum: int) -> pd.DataFrame:
     enough = counts[counts >= minimum]
     budget = enough.index.max() if len(enough) else counts.idxmax()
     return trials[trials["budget"] == budget].drop_duplicates("trial", keep="last")
+
+
+def search_spaces(runs: pd.DataFrame, trials: pd.DataFrame) -> dict[str, dict]:
+    """Each joint search's space (its distributions, as the search run keeps them), by search run id.
+
+    Searches made before the space was kept on the run get one inferred from the values their trials sampled:
+    categories as seen, numbers over the range seen (fANOVA needs a distribution per parameter)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    spaces = {}
+    by_id = runs.set_index("run_id")
+    for search_run_id, part in trials.groupby("search_run_id", sort=False):
+        kept = (
+            schema.parse_space(schema.tags_of_row(by_id.loc[search_run_id])) if search_run_id in by_id.index else None
+        )
+        if kept is not None:
+            spaces[search_run_id] = kept[1]
+            continue
+        inferred = {}
+        for column in part.columns.difference(TRIAL_COLUMNS):
+            values = part[column].dropna()
+            if values.empty:
+                continue
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                low, high = float(values.min()), float(values.max())
+                inferred[column] = FloatDistribution(low, high if high > low else low + 1e-9)
+            else:
+                inferred[column] = CategoricalDistribution(sorted({str(v) for v in values}))
+        spaces[search_run_id] = inferred
+    return spaces

@@ -9,14 +9,12 @@ step (tag ``mlflow_mnist.reused_fold_runs``), so a reused candidate is never mis
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import pandas as pd
 
-from mlflow_mnist import tracking
-from mlflow_mnist.planning import format_value
-from mlflow_mnist.stages import STEP_ORDER
+from mlflow_mnist import schema
+from mlflow_mnist.params import format_value
 
 VALUE_SEPARATOR = " | "  # kernel sizes contain commas
 FOLD_COLUMNS = [
@@ -29,6 +27,8 @@ FOLD_COLUMNS = [
     "varied",
     "value",
     "is_incumbent",
+    "is_reference",
+    "reference_reused",
     "fold",
     "repeat",
     "split",
@@ -36,6 +36,7 @@ FOLD_COLUMNS = [
     "n_splits",
     "accuracy",
     "chance",
+    "n_classes",
     "status",
     "diverged",
     "reused",
@@ -69,7 +70,7 @@ def read_runs(client, experiment_names: Iterable[str] | None) -> pd.DataFrame:
         runs = mlflow.search_runs(experiment_ids=ids, search_all_experiments=ids is None, max_results=1_000_000)
     finally:
         mlflow.set_tracking_uri(previous)
-    for column in (_tag(tracking.LEVEL), _tag(tracking.PARENT), _tag(tracking.DIGEST), _tag(tracking.SETTINGS_KEY)):
+    for column in (_tag(schema.LEVEL), _tag(schema.PARENT), _tag(schema.DIGEST), _tag(schema.SETTINGS_KEY)):
         if column not in runs:
             runs[column] = None
     return runs
@@ -81,7 +82,10 @@ def _get(row: pd.Series, column: str, default=None):
 
 
 def _finished_steps(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[(runs[_tag(tracking.LEVEL)] == "step") & (runs["status"] == "FINISHED")]
+    """Finished step runs that decide something (not the low rungs of successive halving)."""
+    steps = runs[(runs[_tag(schema.LEVEL)] == schema.STEP_LEVEL) & (runs["status"] == "FINISHED")]
+    deciding = [schema.counts(schema.tags_of_row(row)) for _, row in steps.iterrows()]
+    return steps[pd.Series(deciding, index=steps.index, dtype=bool)] if len(steps) else steps
 
 
 def newest_step(runs: pd.DataFrame) -> pd.Series | None:
@@ -94,28 +98,24 @@ def _latest_step_runs(
 ) -> list[pd.Series]:
     steps = _finished_steps(runs)
     if data_digest is not None:
-        steps = steps[steps[_tag(tracking.DIGEST)] == data_digest]
+        steps = steps[steps[_tag(schema.DIGEST)] == data_digest]
     if settings_key is not None:
-        steps = steps[steps[_tag(tracking.SETTINGS_KEY)] == settings_key]
+        steps = steps[steps[_tag(schema.SETTINGS_KEY)] == settings_key]
     if stage_run_id:
-        steps = steps[(steps["run_id"] == stage_run_id) | (steps[_tag(tracking.PARENT)] == stage_run_id)]
+        steps = steps[(steps["run_id"] == stage_run_id) | (steps[_tag(schema.PARENT)] == stage_run_id)]
     latest: dict[str, pd.Series] = {}
     for _, run in steps.sort_values("end_time").iterrows():
-        latest[_get(run, _tag(tracking.STEP), run.get("tags.mlflow.runName"))] = run
-    return sorted(latest.values(), key=lambda r: STEP_ORDER.get(_get(r, _tag(tracking.STEP)), 99))
+        latest[schema.step_name(schema.tags_of_row(run)) or run.get("tags.mlflow.runName")] = run
+    # The order the campaign ran its steps in (each step's latest run): no task's step list is needed.
+    return sorted(latest.values(), key=lambda r: r["start_time"])
 
 
 def _incumbent(step_run: pd.Series, varied: list[str]) -> str | None:
     """The carried-in value of the step's varied parameters, formatted as candidate values are."""
-    text = _get(step_run, _tag("mlflow_mnist.incumbent"))
-    if not text:
+    values = schema.GroupTags.parse(schema.tags_of_row(step_run)).incumbent
+    if not values or set(values) != set(varied):
         return None
-    values = json.loads(text)
-    if set(values) != set(varied):
-        return None
-    return VALUE_SEPARATOR.join(
-        format_value(tuple(values[k]) if isinstance(values[k], list) else values[k]) for k in varied
-    )
+    return VALUE_SEPARATOR.join(format_value(values[k]) for k in varied)
 
 
 def fold_table(
@@ -128,39 +128,56 @@ def fold_table(
     one set of campaign settings (by default those of the newest finished step)."""
     newest = newest_step(runs)
     if newest is not None:
-        data_digest = data_digest or _get(newest, _tag(tracking.DIGEST))
-        settings_key = settings_key or _get(newest, _tag(tracking.SETTINGS_KEY))
+        data_digest = data_digest or _get(newest, _tag(schema.DIGEST))
+        settings_key = settings_key or _get(newest, _tag(schema.SETTINGS_KEY))
     by_id = runs.set_index("run_id", drop=False)
-    children = {parent: group for parent, group in runs.groupby(_tag(tracking.PARENT))}
+    children = {parent: group for parent, group in runs.groupby(_tag(schema.PARENT))}
     rows = []
-    for step_run in _latest_step_runs(runs, data_digest, settings_key, stage_run_id):
-        step = _get(step_run, _tag(tracking.STEP), step_run.get("tags.mlflow.runName"))
-        varied = json.loads(_get(step_run, _tag(tracking.VARIED), json.dumps([step])))
+    for order, step_run in enumerate(_latest_step_runs(runs, data_digest, settings_key, stage_run_id)):
+        group_tags = schema.GroupTags.parse(schema.tags_of_row(step_run))
+        step = group_tags.step or step_run.get("tags.mlflow.runName")
+        varied = list(group_tags.varied) or [step]
         incumbent = _incumbent(step_run, varied)
         candidates = children.get(step_run["run_id"], runs.iloc[:0])
-        for _, candidate in candidates[candidates[_tag(tracking.LEVEL)] == "candidate"].iterrows():
-            reused_ids = [i for i in (_get(candidate, _tag(tracking.REUSED), "") or "").split(",") if i]
+        candidates = candidates[candidates[_tag(schema.LEVEL)] == schema.CANDIDATE_LEVEL]
+        records = {
+            row["run_id"]: schema.CandidateTags.parse(schema.tags_of_row(row)) for _, row in candidates.iterrows()
+        }
+        # The reference is fixed before any score: the carried-in configuration trained afresh in this step.
+        # Stores made before that rule compared with the carried-in grid point, whose folds came from the step
+        # before (selected for winning there): still used, and flagged as reused.
+        fresh = any(record.role == schema.REFERENCE for record in records.values())
+        for _, candidate in candidates.iterrows():
+            record = records[candidate["run_id"]]
+            reused_ids = [i for i in (_get(candidate, _tag(schema.REUSED), "") or "").split(",") if i]
             own = children.get(candidate["run_id"], runs.iloc[:0])
             folds = [(r, False) for _, r in own.iterrows()]
             folds += [(by_id.loc[i], True) for i in reused_ids if i in by_id.index]
             value = VALUE_SEPARATOR.join(str(_get(candidate, f"params.{k}", "?")) for k in varied)
+            if record.role == schema.REFERENCE:
+                value = f"{value} (reference)"
+            is_incumbent = record.role != schema.REFERENCE and value == incumbent
+            is_reference = record.role == schema.REFERENCE if fresh else is_incumbent
             for fold_run, reused in folds:
-                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(tracking.LEVEL)) != "fold":
+                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != "fold":
                     continue
-                status = _get(fold_run, _tag(tracking.STATUS), "ok")
+                status = _get(fold_run, _tag(schema.STATUS), "ok")
                 n_folds = int(_get(fold_run, "params.n_folds", 3))
                 fold, repeat = int(_get(fold_run, "params.fold", 0)), int(_get(fold_run, "params.repeat", 0))
+                n_classes = _get(fold_run, "params.n_classes")
                 rows.append(
                     {
                         "step": step,
-                        "step_order": STEP_ORDER.get(step, 99),
-                        "stage": _get(step_run, _tag(tracking.STAGE), step),
+                        "step_order": order,
+                        "stage": _get(step_run, _tag(schema.STAGE), step),
                         "step_run_id": step_run["run_id"],
-                        "candidate": _get(candidate, _tag(tracking.CANDIDATE), candidate.get("tags.mlflow.runName")),
-                        "candidate_index": int(_get(candidate, _tag(f"{tracking.PREFIX}candidate_index"), 0)),
+                        "candidate": record.label,
+                        "candidate_index": record.index,
                         "varied": ",".join(varied),
                         "value": value,
-                        "is_incumbent": value == incumbent,
+                        "is_incumbent": is_incumbent,
+                        "is_reference": is_reference,
+                        "reference_reused": is_reference and not fresh,
                         "fold": fold,
                         "repeat": repeat,
                         "split": repeat * n_folds + fold,
@@ -168,6 +185,7 @@ def fold_table(
                         "n_splits": n_folds * int(_get(fold_run, "params.cv_repeats", 1)),
                         "accuracy": float(_get(fold_run, "metrics.heldout_accuracy", float("nan"))),
                         "chance": float(_get(fold_run, "metrics.chance_accuracy", 0.5)),
+                        "n_classes": int(n_classes) if n_classes is not None else None,
                         "status": status,
                         "diverged": status == "diverged",
                         "reused": reused,

@@ -10,52 +10,59 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_mnist import tracking
-from mlflow_mnist.data import DATA_ENV_VAR, SAMPLE_PATH, DataRef, Task, load_mnist, parse_digits, select_digits
-from mlflow_mnist.executors import Executor, JoblibExecutor
+from mlflow_mnist.executors import Executor
 from mlflow_mnist.lease import CampaignLease
-from mlflow_mnist.model import HyperparameterError, Params, check_precision
-from mlflow_mnist.planning import Group, SearchSettings, StoreState, canonical, check_folds, resolve_fixed_params
+from mlflow_mnist.params import HyperparameterError, Params
+from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.results import FoldResult
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.search import GroupOutcome, Progress, run_search
+from mlflow_mnist.schema import DATA_SOURCE, DIGEST, SETTINGS_KEY
+from mlflow_mnist.search import Progress, SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
-from mlflow_mnist.spaces import Space, get_space
-from mlflow_mnist.stages import STEPS, StageError, Step, parse_overrides, steps_of
-from mlflow_mnist.strategies import STRATEGIES, OptunaSearch, StagedGrid, Strategy, SuccessiveHalving, trial_records
-from mlflow_mnist.worker import FoldWorker
+from mlflow_mnist.strategies import SearchRequest, Strategy
+from mlflow_mnist.tasks import DEFAULT_TASK, get_task
+from mlflow_mnist.tasks.base import Dataset, Task, check_precision
+from mlflow_mnist.worker import DataRef, FoldWorker
 
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
+DATA_ENV_VAR = "MLFLOW_MNIST_DATA"  # the default data source of every task that reads files
 
 
-def _data_source(data: str) -> str:
-    """Where workers load the data from: ``sample``, an absolute path, or "" for Keras' own cache."""
-    if data == "sample":
-        return "sample"
+def data_source(task: Task, data: str) -> str:
+    """Where workers load the data from: a path made absolute (workers may start elsewhere), a name the task
+    knows (``sample``) as it is, or "" for the task's default."""
     chosen = data or os.environ.get(DATA_ENV_VAR, "")
-    return str(Path(chosen).expanduser().resolve()) if chosen else ""
+    if not chosen or chosen in task.named_sources:
+        return chosen
+    path = Path(chosen).expanduser()
+    return str(path.resolve()) if path.exists() else chosen
 
 
 @dataclass
 class Campaign:
     task: Task
+    task_spec: str  # how workers find the task: its registered name or module:attr
+    data: Dataset
     settings: SearchSettings
     overrides: Params
     client: Any
     experiment: tracking.Experiment
     data_ref: DataRef
-    data_source: str
+    shipped: bool = False  # the arrays came from memory (the test seam): workers get them, not a reference
 
     @classmethod
     def open(
         cls,
-        data: str,
-        digits: str,
+        data: str = "",
+        classes: str = "",
         *,
+        task: str = DEFAULT_TASK,
         folds: int = 3,
         seed: int = 0,
         epochs: int = 6,
@@ -63,26 +70,39 @@ class Campaign:
         experiment: str | None = None,
         precision: str = "float32",
         cv_repeats: int = 1,
+        dataset: Dataset | None = None,
     ) -> Campaign:
+        """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
+        the store; nothing is written yet."""
+        chosen_task = get_task(task)
         check_precision(precision)
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
-        parsed_overrides = parse_overrides(overrides)
+        parsed_overrides = chosen_task.parse_overrides(overrides)
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
         if folds < 2:
             raise HyperparameterError(f"folds={folds}: cross-validation needs at least 2 folds")
-        chosen = parse_digits(digits)
-        # Validate overrides now, on top of the seed's start, so a typo never reaches the store.
-        resolve_fixed_params(STEPS[0].name, {}, parsed_overrides, epochs)
-        task = select_digits(load_mnist(data), chosen)
-        check_folds(task.y_train, folds, chosen)
-        settings = SearchSettings(folds, seed, epochs, task.digest(), task.n_classes, precision, cv_repeats)
+        # Validate overrides now, on top of the task's start, so a typo never reaches the store.
+        chosen_task.validate({**chosen_task.start, "epochs": epochs, **parsed_overrides})
+        source = data_source(chosen_task, data)
+        loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
+        check_folds(loaded.y_train, folds, loaded.class_names)
+        settings = SearchSettings(
+            chosen_task,
+            folds,
+            seed,
+            epochs,
+            loaded.digest(),
+            loaded.n_classes,
+            precision,
+            cv_repeats,
+        )
         client = tracking.connect()
         where = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
-        source = str(SAMPLE_PATH) if data == "sample" else str(Path(data).resolve()) if data else task.source
-        ref = DataRef(_data_source(data), chosen, settings.data_digest)
-        return cls(task, settings, parsed_overrides, client, where, ref, source)
+        ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
+        spec = task or DEFAULT_TASK
+        return cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
 
     @property
     def experiment_id(self) -> str:
@@ -96,6 +116,7 @@ class Campaign:
     def stage_params(self) -> dict[str, Any]:
         return {
             "task": self.task.name,
+            "classes": self.data.variant,
             "n_folds": self.settings.n_folds,
             "split_seed": self.settings.split_seed,
             "data_digest": self.settings.data_digest,
@@ -106,10 +127,9 @@ class Campaign:
     def dataset(self, split: str = "train"):
         import mlflow.data
 
-        x, y = (self.task.x_train, self.task.y_train) if split == "train" else (self.task.x_test, self.task.y_test)
-        return mlflow.data.from_numpy(
-            features=x, targets=y, name=f"mnist-{self.task.name}-{split}", digest=self.task.digest(split)
-        )
+        x, y = self.data.arrays(split)
+        name = f"{self.task.name}-{self.data.variant}-{split}"
+        return mlflow.data.from_numpy(features=x, targets=y, name=name, digest=self.data.digest(split))
 
     def writer(self) -> RunWriter:
         return RunWriter(
@@ -117,9 +137,9 @@ class Campaign:
             self.experiment_id,
             dataset=self.dataset("train"),
             common_tags={
-                tracking.DIGEST: self.settings.data_digest,
-                tracking.SETTINGS_KEY: self.settings.key(),
-                f"{tracking.PREFIX}data_source": self.data_source,
+                DIGEST: self.settings.data_digest,
+                SETTINGS_KEY: self.settings.key(),
+                DATA_SOURCE: self.data.source,
             },
             adopted_run_id=self.adopt_run_id,
         )
@@ -133,30 +153,44 @@ class Campaign:
             self.client, self.experiment_id, self.settings.data_digest, self.settings.key()
         )
 
+    def worker_data(self) -> DataRef | Dataset:
+        """What workers load: a reference, or the arrays themselves when they came from memory (the test seam)."""
+        return self.data if self.shipped else self.data_ref
+
     def search(
         self,
         strategy: Strategy,
         *,
-        name: str,
         executor: Executor,
         with_model: bool = True,
         progress: bool = True,
-    ) -> list[GroupOutcome]:
-        """Run ``strategy`` as search run ``name`` on ``executor``; the driver alone writes the run tree."""
+        lock: bool = True,
+        worker: Callable[[FoldTask], FoldResult] | None = None,
+    ) -> SearchOutcome:
+        """Run ``strategy`` on ``executor``; the driver alone writes the run tree.
+
+        ``lock=False`` and ``worker`` (a stand-in for training) are the test seam's (:mod:`mlflow_mnist.testing`).
+        """
+        from contextlib import nullcontext
+
         writer = self.writer()
         tree = SearchTree(
             writer,
-            name=name,
+            name=strategy.search_name,
             strategy=strategy.name,
             single_group=strategy.single_group,
             settings_params=self.stage_params,
             adopt_run_id=self.adopt_run_id,
             log_threads=LOG_THREADS if tracking.tracking_uri().startswith(("http://", "https://")) else 1,
+            neutral=self.task.neutral,
+            space=strategy.space,
         )
-        worker = FoldWorker(self.data_ref, executor.threads_per_worker, with_model, driver_pid=os.getpid())
-        with self.lease(), writer.closing_on_failure(tracking.tracking_uri()):
+        worker = worker or FoldWorker(
+            self.task_spec, self.worker_data(), executor.threads_per_worker, with_model, driver_pid=os.getpid()
+        )
+        with self.lease() if lock else nullcontext(), writer.closing_on_failure(tracking.tracking_uri()):
             tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
-            return run_search(
+            outcome = run_search(
                 strategy,
                 settings=self.settings,
                 executor=executor,
@@ -164,73 +198,24 @@ class Campaign:
                 read_state=self.read_state,
                 listeners=[tree, Progress(progress)],
             )
-
-    def tune(
-        self,
-        stage: str,
-        *,
-        steps: Sequence[Step] | None = None,
-        executor: Executor | None = None,
-        n_jobs: int = 0,
-        with_model: bool = True,
-        progress: bool = True,
-    ) -> list[GroupOutcome]:
-        """The seed's staged grid for ``stage`` (its ``steps``, when the caller has already looked them up)."""
-        strategy = StagedGrid(steps or steps_of(stage), overrides=self.overrides, epochs=self.settings.epochs)
-        if executor is not None:
-            return self.search(strategy, name=stage, executor=executor, with_model=with_model, progress=progress)
-        with JoblibExecutor(n_jobs) as own:
-            return self.search(strategy, name=stage, executor=own, with_model=with_model, progress=progress)
+        outcome.run_id = tree.root
+        return outcome
 
     def search_key(self, *parts: object) -> str:
         """Identity of a joint search: the same key on a rerun finds (and continues) the same search."""
-        text = json.dumps([self.settings.key(), canonical(self.overrides), *map(str, parts)])
+        text = json.dumps([self.settings.key(), self.settings.canonical(self.overrides), *map(str, parts)])
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def strategy(
-        self,
-        name: str,
-        *,
-        stage: str = "",
-        steps: Sequence[Step] = (),
-        space: Space | None = None,
-        trials: int = 20,
-        factor: int = 3,
-        batch: int = 4,
-    ) -> tuple[Strategy, str]:
-        """The strategy a user named and its search run's name: staged (``steps`` of ``stage``), halving (of those
-        steps, or of ``trials`` configurations sampled from ``space``), or optuna (``trials`` over ``space``)."""
-        if name == "staged":
-            return StagedGrid(steps, overrides=self.overrides, epochs=self.settings.epochs), stage
-        if name == "halving" and steps:
-            strategy = SuccessiveHalving(
-                steps=steps, overrides=self.overrides, epochs=self.settings.epochs, factor=factor
-            )
-            return strategy, f"{stage} (halving)"
-        chosen = space or get_space("wide")
-        key = self.search_key(name, chosen.name, factor, self.settings.split_seed, trials if name == "halving" else "")
-        if name == "halving":
-            group = Group(name=f"halving:{chosen.name}", step=f"halving:{chosen.name}", varied=chosen.names)
+    def request(self, **options: Any) -> SearchRequest:
+        """What a strategy is built from: this campaign's task, epochs, overrides, seed and key, and ``options``."""
+        defaults = {
+            "task": self.task,
+            "epochs": self.settings.epochs,
+            "overrides": self.overrides,
+            "seed": self.settings.split_seed,
+            "search_key": self.search_key,
+        }
+        return SearchRequest(**{**defaults, **options})
 
-            def sample():
-                return OptunaSearch.sampled_configs(
-                    chosen, trials, seed=self.settings.split_seed, overrides=self.overrides
-                )
-
-            return SuccessiveHalving(sample=sample, sample_group=group, factor=factor), f"halving:{chosen.name}"
-        if name == "optuna":
-            strategy = OptunaSearch(
-                chosen,
-                n_trials=trials,
-                overrides=self.overrides,
-                batch=batch,
-                factor=factor,
-                seed=self.settings.split_seed,
-                search_key=key,
-                past_trials=lambda: trial_records(
-                    tracking.search_all(self.client, [self.experiment_id], f"tags.`{tracking.SEARCH_KEY}` = '{key}'"),
-                    key,
-                ),
-            )
-            return strategy, f"optuna:{chosen.name}"
-        raise StageError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    def final_params(self, state: StoreState) -> Params:
+        return resolve_fixed_params(self.task, "final", state.step_bests, self.overrides, self.settings.epochs)

@@ -1,7 +1,8 @@
-"""``mlflow-mnist``: a thin click layer over data, stages, search, tracking and registry.
+"""``mlflow-mnist``: a thin click layer over the Python API (:mod:`mlflow_mnist.api`).
 
-Mistakes a user can fix (bad stage, bad value, missing file, unreachable server) end in one line on stderr and
-exit code 2, before anything is written to the store; Ctrl-C marks the open runs KILLED and exits 130.
+Mistakes a user can fix (bad task, stage, value, missing file, unreachable server) end in one line on stderr and
+exit code 2, before anything is written to the store; Ctrl-C marks the open runs KILLED and exits 130. The
+choices of ``--task``, ``--strategy`` and ``--executor`` come from their registries.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports Te
 
 import click  # noqa: E402
 
-from mlflow_mnist.data import DataError  # noqa: E402
 from mlflow_mnist.executors import EXECUTORS  # noqa: E402
-from mlflow_mnist.model import HyperparameterError  # noqa: E402
-from mlflow_mnist.stages import STAGES, StageError, get_step  # noqa: E402
-from mlflow_mnist.strategies.base import STRATEGIES  # noqa: E402
+from mlflow_mnist.params import HyperparameterError, StageError  # noqa: E402
+from mlflow_mnist.strategies import STRATEGIES  # noqa: E402
+from mlflow_mnist.tasks import DEFAULT_TASK, DataError  # noqa: E402
 
 USER_ERRORS = (DataError, HyperparameterError, StageError)
 
@@ -76,7 +76,20 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _notify(message: str) -> None:
+    click.echo(message, err=True)
+
+
+TASK_OPTION = click.option(
+    "--task",
+    default=DEFAULT_TASK,
+    show_default=True,
+    envvar="MLFLOW_MNIST_TASK",
+    help="A registered task (`mlflow-mnist tasks`) or package.module:attr.",
+)
+
 COMMON = [
+    TASK_OPTION,
     click.option("--epochs", default=6, show_default=True, type=int, help="Epochs per fit unless a step varies it."),
     click.option("--folds", default=3, show_default=True, type=int, help="Cross-validation folds."),
     click.option(
@@ -86,8 +99,10 @@ COMMON = [
         type=int,
         help="Repeats of the stratified k-fold split (repeated CV: tighter verdicts; fold runs per repeat and fold).",
     ),
-    click.option("--digits", default="2,7", show_default=True, help="Digits to classify, e.g. 2,7 or all."),
-    click.option("--data", default="", help="IDX folder, .npz, 'sample', or empty for $MLFLOW_MNIST_DATA / Keras."),
+    click.option("--classes", default="", help="Classes to learn, e.g. 2,7 or all [default: the task's]."),
+    # MNIST's classes are digits: the seed's option name stays as an alias.
+    click.option("--digits", default="", hidden=True, help="Alias of --classes."),
+    click.option("--data", default="", help="The task's data source (see `mlflow-mnist tasks`); 'sample' for MNIST's."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold split."),
     click.option("--overrides", default="", help="Fixed values that win over the store, e.g. neurons_3=10,epochs=8."),
     click.option(
@@ -110,43 +125,72 @@ def common_options(function):
     return function
 
 
+def _classes(common: dict) -> dict:
+    """``--digits`` is ``--classes`` by its old name; giving both, differently, is a mistake."""
+    digits = common.pop("digits", "")
+    if digits and common.get("classes") and digits != common["classes"]:
+        raise StageError(f"--digits {digits} and --classes {common['classes']} disagree: give one of them")
+    common["classes"] = common.get("classes") or digits
+    return common
+
+
 @click.group(cls=_Group)
 def main() -> None:
-    """Run, track and understand the seed's staged grid search of a Keras convnet with MLflow."""
+    """Run, track and understand hyperparameter searches of Keras models with MLflow."""
     _quiet_libraries()
 
 
 @main.command()
-def stages() -> None:
-    """List stages, their steps and grids."""
-    for stage, step_names in STAGES.items():
-        if stage == "all":
-            click.echo(f"all: every step above, in this order ({len(step_names)} steps)")
+def tasks() -> None:
+    """List the registered tasks, their data, stages and spaces."""
+    from mlflow_mnist.tasks import available_tasks, get_task
+
+    for name, where in sorted(available_tasks().items()):
+        task = get_task(name)
+        click.echo(f"{name} ({where}): {task.about}")
+        click.echo(f"  data: {task.data_help}; classes by default: {task.default_classes}")
+        click.echo(f"  promotion threshold: {task.min_accuracy:.4%}")
+        click.echo(f"  stages: {', '.join(task.stages) or 'none'}")
+        click.echo(f"  spaces: {', '.join(task.spaces) or 'none'}")
+
+
+@main.command()
+@TASK_OPTION
+def stages(task) -> None:
+    """List a task's stages, their steps and grids."""
+    from mlflow_mnist.tasks import get_task
+
+    chosen = get_task(task)
+    every = tuple(step.name for step in chosen.steps)
+    for stage, step_names in chosen.stages.items():
+        if step_names == every and len(every) > 1:
+            click.echo(f"{stage}: every step above, in this order ({len(every)} steps)")
             continue
         click.echo(f"{stage}:")
         for name in step_names:
-            step = get_step(name)
+            step = chosen.get_step(name)
             grid = "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in step.grid.items())
             click.echo(f"  {name}: {grid}  ({len(step.candidates())} candidates)")
 
 
 @main.command()
-def spaces() -> None:
-    """List the search spaces of joint searches: each parameter's range, and why it is there."""
-    from mlflow_mnist.spaces import SPACES
+@TASK_OPTION
+def spaces(task) -> None:
+    """List a task's search spaces of joint searches: each parameter's range, and why it is there."""
+    from mlflow_mnist.spaces import describe
+    from mlflow_mnist.tasks import get_task
 
-    for space in SPACES.values():
+    for space in get_task(task).spaces.values():
         click.echo(f"{space.name}: {space.about} (resource: up to {space.max_epochs} epochs)")
         for dimension in space.dimensions:
-            click.echo(f"  {dimension.name}: {_describe(dimension.distribution)}  -- {dimension.why}")
+            click.echo(f"  {dimension.name}: {describe(dimension.distribution)}  -- {dimension.why}")
 
 
-def _describe(distribution) -> str:
-    choices = getattr(distribution, "choices", None)
-    if choices is not None:
-        return "one of " + ", ".join(map(str, choices))
-    scale = " (log scale)" if getattr(distribution, "log", False) else ""
-    return f"{distribution.low} to {distribution.high}{scale}"
+@main.command()
+def strategies() -> None:
+    """List the search strategies."""
+    for name, strategy in STRATEGIES.items():
+        click.echo(f"{name}: {strategy.help}")
 
 
 EXECUTOR_OPTION = click.option(
@@ -163,18 +207,12 @@ SCHEDULER_OPTION = click.option(
     help="Dask scheduler address for --executor dask [default: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
 N_JOBS_OPTION = click.option(
-    "--n-jobs", default=0, show_default=True, type=int, help="Parallel workers; 0 or -1: every core."
+    "--n-jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    help="Parallel workers, joblib's convention: -1 every core, -2 all but one, N that many.",
 )
-
-
-def _open_campaign(*, data, digits, **settings):
-    """The campaign the common options describe (data, digits, folds, repeats, seed, epochs, overrides, ...)."""
-    from mlflow_mnist.campaign import Campaign
-
-    campaign = Campaign.open(data, digits, **settings)
-    if campaign.experiment.chosen_because:
-        click.echo(campaign.experiment.chosen_because, err=True)
-    return campaign
 
 
 @main.command()
@@ -183,11 +221,10 @@ def _open_campaign(*, data, digits, **settings):
     "--strategy",
     default="staged",
     show_default=True,
-    type=click.Choice(STRATEGIES),
-    help="staged: the seed's steps; halving: successive halving over epochs (of --stage's steps, else of "
-    "--trials configurations sampled from --space); optuna: TPE over --space with pruning.",
+    type=click.Choice(list(STRATEGIES)),
+    help="; ".join(f"{name}: {strategy.help}" for name, strategy in STRATEGIES.items()),
 )
-@click.option("--space", default="wide", show_default=True, help="Search space of a joint search: seed or wide.")
+@click.option("--space", default="", help="Search space of a joint search [default: the task's first].")
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(1), help="Trials of a joint search.")
 @click.option("--halving-factor", default=3, show_default=True, type=click.IntRange(2), help="Rung ratio.")
 @common_options
@@ -195,44 +232,32 @@ def _open_campaign(*, data, digits, **settings):
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
 @click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
-def tune(stage, strategy, space, trials, halving_factor, executor, scheduler, n_jobs, log_models, **common):
+@click.option(
+    "--reuse-reference/--fresh-reference",
+    default=False,
+    show_default=True,
+    help="Staged steps: compare with the previous step's winning folds (cheaper, biased) instead of retraining "
+    "the carried-in configuration.",
+)
+def tune(**options) -> None:
     """Run a search as nested MLflow runs: search (stage) > [step or rung] > grid point or trial > fold."""
-    from mlflow_mnist.executors import make_executor
-    from mlflow_mnist.spaces import get_space
-    from mlflow_mnist.stages import StageError, steps_of
+    from mlflow_mnist.api import tune as run_tune
 
-    # Everything the user chose is validated once, before any data is read.
-    steps = steps_of(stage) if stage else []
-    if strategy == "staged" and not steps:
-        raise StageError("--stage is required for --strategy staged: e.g. --stage kernel_size (see `stages`)")
-    chosen_space = get_space(space) if not steps else None
-    campaign = _open_campaign(**common)
-    with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
-        search, name = campaign.strategy(
-            strategy,
-            stage=stage,
-            steps=steps,
-            space=chosen_space,
-            trials=trials,
-            factor=halving_factor,
-            batch=2 * pool.n_workers,
-        )
-        outcomes = campaign.search(search, name=name, executor=pool, with_model=log_models)
-    trained, reused = sum(o.trained for o in outcomes), sum(o.reused for o in outcomes)
-    for outcome in outcomes:
-        if strategy == "optuna" or "@" in outcome.step:  # trials and low rungs: summed up below
-            continue
-        best = outcome.best
+    result = run_tune(**_classes(options), notify=_notify)
+    outcome = result.outcome
+    for group in outcome.groups:
+        if group.counts and group.group.own_run:
+            best = group.best
+            click.echo(
+                f"{group.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
+                f"(std {best['std_test_score']:.5f}); trained {group.trained} folds, reused {group.reused}"
+            )
+    if outcome.best is not None and len([g for g in outcome.groups if g.counts]) > 1:
+        best = outcome.best.best
         click.echo(
-            f"{outcome.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
-            f"(std {best['std_test_score']:.5f}); trained {outcome.trained} folds, reused {outcome.reused}"
-        )
-    if strategy != "staged":
-        finals = [o for o in outcomes if "@" not in o.step]
-        best = max((o.best for o in finals), key=lambda row: (row["status"] == "ok", row["mean_test_score"]))
-        click.echo(
-            f"{name}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f}; "
-            f"trained {trained} folds, reused {reused} in all"
+            f"{outcome.best.step if outcome.best.group.own_run else 'search'}: best {best['candidate']} mean "
+            f"held-out accuracy {best['mean_test_score']:.5f}; trained {outcome.trained} folds, reused "
+            f"{outcome.reused} in all"
         )
 
 
@@ -247,18 +272,13 @@ def tune(stage, strategy, space, trials, halving_factor, executor, scheduler, n_
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
-def final(repeats, search, executor, scheduler, n_jobs, **common) -> None:
+def final(**options) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
-    from mlflow_mnist.executors import make_executor
-    from mlflow_mnist.executors.joblib import usable_cores
-    from mlflow_mnist.final import run_final
+    from mlflow_mnist.api import final as run_final
 
-    campaign = _open_campaign(**common)
-    n_jobs = min(n_jobs if n_jobs > 0 else usable_cores(), repeats)  # one seed: every core to it
-    with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
-        summary = run_final(campaign, repeats=repeats, executor=pool, search=search or None)
+    summary = run_final(**_classes(options), notify=_notify)
     click.echo(
-        f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {repeats} seed(s) "
+        f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {summary['n_repeats']} seed(s) "
         f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "
         f"max {summary['max_test_accuracy']:.4%}); run {summary['run_id']}"
     )
@@ -266,21 +286,18 @@ def final(repeats, search, executor, scheduler, n_jobs, **common) -> None:
 
 @main.command()
 @click.option("--experiment", default=None, help="MLflow experiment [default: the one with the latest campaign runs].")
-@click.option("--name", default="", help="Registered model name [default: mnist-<digits>-convnet].")
-@click.option("--min-accuracy", default=0.9966, show_default=True, type=float, help="Gate on the median test accuracy.")
-@click.option("--force/--no-force", default=False, help="Replace a better current champion.")
+@click.option("--name", default="", help="Registered model name [default: the task's, e.g. mnist-2v7-convnet].")
+@click.option(
+    "--min-accuracy", default=None, type=float, help="Gate on the median test accuracy [default: the task's]."
+)
+@click.option("--force", default=False, type=click.BOOL, is_flag=False, flag_value=True, help="Replace a champion.")
 @click.option("--run-id", default="", help="Final run to promote [default: the latest finished one].")
 def promote(experiment, name, min_accuracy, force, run_id) -> None:
     """Register the final model and move alias @champion to it if it passes the gate."""
-    from mlflow_mnist import tracking
-    from mlflow_mnist.registry import promote as promote_model
+    from mlflow_mnist.api import promote as run_promote
 
-    client = tracking.connect()
-    where = tracking.resolve_experiment(client, experiment, create=False)
-    if where.chosen_because:
-        click.echo(where.chosen_because, err=True)
-    done = promote_model(
-        client, where.experiment_id, name=name or None, min_accuracy=min_accuracy, force=force, run_id=run_id or None
+    done = run_promote(
+        experiment=experiment, name=name, min_accuracy=min_accuracy, force=force, run_id=run_id, notify=_notify
     )
     click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
     if done["warning"]:

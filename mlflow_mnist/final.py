@@ -8,7 +8,6 @@ the same executors as the search, so users see how much of a test accuracy is lu
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from typing import Any
@@ -17,9 +16,8 @@ import numpy as np
 
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.final_tree import FinalTree
-from mlflow_mnist.model import Params, validate_params
-from mlflow_mnist.planning import FINAL, resolve_fixed_params
-from mlflow_mnist.stages import StageError
+from mlflow_mnist.params import Params, StageError
+from mlflow_mnist.schema import BEST_CONFIG, DIGEST, best_config
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
 MEDIAN_ACCURACY = "median_test_accuracy"
@@ -45,13 +43,11 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
 
 def search_config(campaign, search: str) -> tuple[Params, str]:
     """The best configuration a joint search left on its run (``latest``: the newest such search on this data)."""
-    from mlflow_mnist import tracking
-
     if search == "latest":
         runs = campaign.client.search_runs(
             [campaign.experiment_id],
-            f"tags.`{tracking.BEST_CONFIG}` != '' and attributes.status = 'FINISHED' "
-            f"and tags.`{tracking.DIGEST}` = '{campaign.settings.data_digest}'",
+            f"tags.`{BEST_CONFIG}` != '' and attributes.status = 'FINISHED' "
+            f"and tags.`{DIGEST}` = '{campaign.settings.data_digest}'",
             max_results=1,
             order_by=["attributes.end_time DESC"],
         )
@@ -65,12 +61,12 @@ def search_config(campaign, search: str) -> tuple[Params, str]:
             run = campaign.client.get_run(search)
         except MlflowException:
             raise StageError(f"--search {search}: no such run; pass a search run's id or 'latest'") from None
-        if tracking.BEST_CONFIG not in run.data.tags:
-            raise StageError(f"--search {search} is not a finished search run with a best configuration")
-    config = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(run.data.tags[tracking.BEST_CONFIG]).items()
-    }
-    return validate_params({**config, **campaign.overrides}), run.info.run_id
+        if BEST_CONFIG not in run.data.tags or run.info.experiment_id != campaign.experiment_id:
+            raise StageError(
+                f"--search {search} is not a finished search run of this experiment with a best configuration"
+            )
+    config = best_config(run.data.tags)
+    return campaign.task.validate({**config, **campaign.overrides}), run.info.run_id
 
 
 def run_final(
@@ -92,16 +88,21 @@ def run_final(
     if search:
         params, source = search_config(campaign, search)
     else:
-        params = resolve_fixed_params(FINAL, state.step_bests, campaign.overrides, campaign.settings.epochs)
+        params = campaign.final_params(state)
     writer = campaign.writer()
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
-        campaign.data_ref, params, campaign.settings.precision, executor.threads_per_worker, driver_pid=os.getpid()
+        campaign.task_spec,
+        campaign.worker_data(),
+        params,
+        campaign.settings.precision,
+        executor.threads_per_worker,
+        driver_pid=os.getpid(),
     )
     with campaign.lease(), writer.closing_on_failure(tracking.tracking_uri()):
         tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
         # The test set's digest and profile are computed once, for the final run and every seed.
-        tree = FinalTree(writer, task=campaign.task, test_dataset=campaign.dataset("test"))
+        tree = FinalTree(writer, task=campaign.task, data=campaign.data, test_dataset=campaign.dataset("test"))
         parent = tree.start(
             params,
             state,

@@ -8,40 +8,45 @@ registers) and carries the spread over seeds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from mlflow_mnist.data import Task
 from mlflow_mnist.planning import StoreState
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.tracking import PREFIX, STAGE, STATUS
+from mlflow_mnist.schema import (
+    FINAL_LEVEL,
+    FINAL_SEED_LEVEL,
+    MEDIAN_MODEL,
+    MEDIAN_RUN,
+    SEED,
+    STAGE,
+    STATUS,
+    FinalTags,
+    TaskRef,
+)
+from mlflow_mnist.tasks.base import Dataset, Task
 from mlflow_mnist.worker import FinalResult
 
-MEDIAN_RUN = f"{PREFIX}median_run_id"
-MEDIAN_MODEL = f"{PREFIX}median_model_id"
-TASK = f"{PREFIX}task"
-TEST_DIGEST, TEST_SIZE = f"{PREFIX}test_digest", f"{PREFIX}test_size"  # which test set the accuracy is on
 
-
-def confusion_figure(matrix: np.ndarray, digits: tuple[int, ...], title: str):
+def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * len(digits), 2 + 0.5 * len(digits)))
-    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, xticklabels=digits, yticklabels=digits, ax=ax)
-    ax.set(xlabel="predicted digit", ylabel="true digit", title=title)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * len(classes), 2 + 0.5 * len(classes)))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, xticklabels=classes, yticklabels=classes, ax=ax)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
     return fig
 
 
-def misclassified_figure(x: np.ndarray, y_true, y_pred, digits: tuple[int, ...], limit: int = 36):
+def misclassified_figure(images: list, y_true, y_pred, classes: tuple[str, ...], limit: int = 36):
+    """A grid of the first ``limit`` misclassified examples; ``images[i]`` is example i as a 2-D image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,20 +59,30 @@ def misclassified_figure(x: np.ndarray, y_true, y_pred, digits: tuple[int, ...],
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong, strict=False):
-        ax.imshow(x[index], cmap="gray_r")
-        ax.set_title(f"#{index}: {digits[y_true[index]]} as {digits[y_pred[index]]}", fontsize=8)
+        ax.imshow(images[index], cmap="gray_r")
+        ax.set_title(f"#{index}: {classes[y_true[index]]} as {classes[y_pred[index]]}", fontsize=8)
     if not len(wrong):
         axes[0, 0].text(0.5, 0.5, "no errors", ha="center", va="center")
-    fig.suptitle(f"{int((y_true != y_pred).sum())} misclassified test images (true as predicted)", fontsize=9)
+    fig.suptitle(f"{int((y_true != y_pred).sum())} misclassified test examples (true as predicted)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+class _LazyImages:
+    """Examples turned into images only where a figure shows them."""
+
+    def __init__(self, task: Task, examples: np.ndarray):
+        self.task, self.examples = task, examples
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.task.as_image(self.examples[index])
 
 
 class FinalTree:
     """Writes one ``final`` invocation: its run, its seed runs, their models and figures."""
 
-    def __init__(self, writer: RunWriter, *, task: Task, test_dataset=None):
-        self.writer, self.task, self.test_dataset = writer, task, test_dataset
+    def __init__(self, writer: RunWriter, *, task: Task, data: Dataset, test_dataset=None):
+        self.writer, self.task, self.data, self.test_dataset = writer, task, data, test_dataset
         self.parent: str | None = None
         self.model_ids: dict[str, str | None] = {}
 
@@ -84,18 +99,10 @@ class FinalTree:
         sources = {name: best.run_id for name, best in state.step_bests.items()}
         if source_search:  # a joint search's best configuration, not the staged carry-forward
             sources = {"search": source_search}
-        self.parent = self.writer.start(
-            "final",
-            "final",
-            tags={
-                STAGE: "final",
-                TASK: settings_params.get("task", ""),
-                TEST_DIGEST: self.task.digest("test"),
-                TEST_SIZE: len(self.task.y_test),
-                f"{PREFIX}source_step_runs": json.dumps(sources)[:5000],
-            },
-            adopt=adopt_run_id,
+        final_tags = FinalTags(
+            TaskRef(self.task.name, self.data.variant), self.data.digest("test"), len(self.data.y_test), sources
         )
+        self.parent = self.writer.start(FINAL_LEVEL, FINAL_LEVEL, tags=final_tags.tags(), adopt=adopt_run_id)
         self.writer.log_params(self.parent, {**params, **settings_params, "repeats": repeats})
         self.writer.log_dataset(self.parent, self.test_dataset, context="test")
         self.repeats = repeats
@@ -108,9 +115,9 @@ class FinalTree:
         else:
             run_id = self.writer.start(
                 f"seed {result.seed}",
-                "final_seed",
+                FINAL_SEED_LEVEL,
                 parent=self.parent,
-                tags={STAGE: "final", f"{PREFIX}seed": result.seed},
+                tags={STAGE: FINAL_LEVEL, SEED: result.seed},
                 start_ms=result.started_ms,
             )
             self.writer.log_dataset(run_id, self.test_dataset, context="test")
@@ -122,25 +129,25 @@ class FinalTree:
     def _log_result(self, run_id: str, result: FinalResult) -> None:
         from sklearn.metrics import confusion_matrix
 
-        task = self.task
-        matrix = confusion_matrix(task.y_test, result.predictions, labels=range(task.n_classes))
+        data = self.data
+        matrix = confusion_matrix(data.y_test, result.predictions, labels=range(data.n_classes))
         title = f"test accuracy {result.test_accuracy:.4%} (seed {result.seed})"
-        self.writer.log_figure(run_id, confusion_figure(matrix, task.digits, title), "confusion_matrix.png")
-        figure = misclassified_figure(task.x_test, task.y_test, result.predictions, task.digits)
-        self.writer.log_figure(run_id, figure, "misclassified.png")
+        self.writer.log_figure(run_id, confusion_figure(matrix, data.class_names, title), "confusion_matrix.png")
+        if len(data.x_test) and self.task.as_image(data.x_test[0]) is not None:  # image-like examples only
+            images = _LazyImages(self.task, data.x_test)
+            figure = misclassified_figure(images, data.y_test, result.predictions, data.class_names)
+            self.writer.log_figure(run_id, figure, "misclassified.png")
         matrix_json = {
-            "labels": list(task.digits),
-            "rows": "true digit",
-            "columns": "predicted digit",
+            "labels": list(data.class_names),
+            "rows": "true class",
+            "columns": "predicted class",
             "matrix": matrix.tolist(),
         }
         self.writer.log_dict(run_id, matrix_json, "confusion_matrix.json")
-        model_id = self.writer.log_model(
-            run_id, result.model_files, tags={f"{PREFIX}seed": result.seed, STAGE: "final"}
-        )
+        model_id = self.writer.log_model(run_id, result.model_files, tags={SEED: result.seed, STAGE: FINAL_LEVEL})
         self.writer.log_results(
             run_id,
-            tags={STATUS: result.status, f"{PREFIX}seed": result.seed},
+            tags={STATUS: result.status, SEED: result.seed},
             history=result.history,
             metrics={"test_loss": result.test_loss, "fit_seconds": result.fit_seconds, "test_errors": result.errors},
             scores={"test_accuracy": result.test_accuracy},

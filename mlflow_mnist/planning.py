@@ -1,9 +1,9 @@
 """Pure planning: a snapshot of the tracking store and a list of candidates in, the fold tasks still to train out.
 
 A fold is identified by a hash of everything that shapes its score (hyperparameters, fold, split seed, fold
-count, data digest, precision), so anything already finished anywhere in the experiment (an interrupted
-attempt, the best candidate of the previous step) is reused rather than trained again. Nothing here touches
-MLflow, Keras or processes: these functions are unit-tested on plain data.
+count, data digest, precision, the task's model identity), so anything already finished anywhere in the
+experiment (an interrupted attempt, the best candidate of the previous step) is reused rather than trained
+again. Nothing here touches MLflow, Keras or processes: these functions are unit-tested on plain data.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_mnist.model import SEED_START, HyperparameterError, Params, validate_params, without_neutral
-from mlflow_mnist.stages import STEP_ORDER
+from mlflow_mnist.params import HyperparameterError, Params, format_value
+from mlflow_mnist.schema import GRID, REUSED_RULE, CandidateTags, Rung
+from mlflow_mnist.tasks.base import Task
 
 FINAL = "final"  # pseudo-step after every real step: what ``final`` carries forward
 #: Version of the training recipe (worker.py: divergence rules, validation, scaling, what a fold returns).
@@ -27,8 +28,9 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """What, besides hyperparameters, decides a fold's result."""
+    """What, besides hyperparameters, decides a fold's result; ``task`` validates and keys hyperparameters."""
 
+    task: Task = field(compare=False)
     n_folds: int = 3
     split_seed: int = 0
     epochs: int = 6
@@ -53,7 +55,12 @@ class SearchSettings:
             RECIPE_VERSION,
             self.data_digest,
         ]
+        if self.task.model_key:
+            identity.append(self.task.model_key)
         return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
+
+    def canonical(self, params: Params) -> str:
+        return canonical(params, self.task.neutral)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class StepBest:
     params: Params
     mean_accuracy: float
     run_id: str = ""
+    reference_rule: str = REUSED_RULE  # how the step was compared: resuming it keeps the rule it ran with
 
 
 @dataclass(frozen=True)
@@ -80,12 +88,24 @@ class FoldRecord:
     chance: float = 0.5  # the held-out fold's majority-class rate: what guessing scores
 
 
+@dataclass(frozen=True)
+class CandidateRecord:
+    """A candidate run found in the store (Optuna rebuilds its study from these); ``finished`` False when cut
+    short. ``score`` is its mean held-out accuracy when healthy, 0 otherwise."""
+
+    tags: CandidateTags
+    score: float
+    status: str
+    finished: bool
+
+
 @dataclass
 class StoreState:
     """What planning needs to know about the tracking store, and nothing else."""
 
     step_bests: dict[str, StepBest] = field(default_factory=dict)
     folds: dict[str, FoldRecord] = field(default_factory=dict)
+    candidates: list[CandidateRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,14 @@ class Group:
     fixed: Params = field(default_factory=dict)
     grid: Mapping[str, Sequence[Any]] | None = None
     own_run: bool = True
-    tags: Mapping[str, str] = field(default_factory=dict)
+    rung: Rung | None = None
+    search_key: str = ""
+    reference_rule: str = REUSED_RULE  # a staged step's: FRESH when its reference is retrained in it
+
+    @property
+    def counts(self) -> bool:
+        """Whether this group's results decide anything (not a low rung of successive halving)."""
+        return self.rung is None or self.rung.counts
 
 
 @dataclass(frozen=True)
@@ -140,7 +167,9 @@ class Candidate:
     params: Params
     config_hash: str
     fold_keys: tuple[str, ...]
-    tags: Mapping[str, str] = field(default_factory=dict)  # the strategy's own notes (a trial's number)
+    role: str = GRID
+    trial: int | None = None  # an Optuna trial's number, and the values it sampled
+    sampled: Params = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,33 +191,34 @@ class Plan:
         return self.group.step
 
 
-def canonical(params: Params) -> str:
-    """Stable text for hashing: sorted keys, tuples as lists, floats by repr; extra hyperparameters at their
-    neutral values are left out, so they change no key the seed's search made."""
-    items = sorted(without_neutral(params).items())
+def canonical(params: Params, neutral: Mapping[str, Any]) -> str:
+    """Stable text for hashing: sorted keys, tuples as lists, floats by repr; optional hyperparameters at their
+    ``neutral`` values are left out, so adding one changes no key a search has made."""
+    items = sorted((k, v) for k, v in params.items() if not (k in neutral and v == neutral[k]))
     return json.dumps({key: list(v) if isinstance(v, tuple) else v for key, v in items})
 
 
-def config_hash(params: Params) -> str:
-    return hashlib.sha256(canonical(params).encode()).hexdigest()[:12]
+def config_hash(params: Params, neutral: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(params, neutral).encode()).hexdigest()[:12]
 
 
-def fold_key(params: Params, fold: int, settings: SearchSettings, repeat: int = 0) -> str:
+def fold_key(params: Params, fold: int, settings: SearchSettings, repeat: int = 0, replicate: str = "") -> str:
     """Identity of a fold result: same hyperparameters, split, data and training recipe give the same key anywhere.
 
     The number of repeats is not part of it: repeat 0 of a 3-repeat campaign is the single-repeat campaign's
-    split, so raising ``--cv-repeats`` reuses every fold already trained.
+    split, so raising ``--cv-repeats`` reuses every fold already trained. ``replicate`` names a deliberate
+    retraining of the same configuration (a step's reference): another key, hence other training seeds.
     """
-    identity = [canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
+    identity = [settings.canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
     identity += [repeat, RECIPE_VERSION]
     if settings.precision != "float32":
         identity.append(settings.precision)
+    if settings.task.model_key:
+        identity.append(settings.task.model_key)
+    if replicate:
+        identity.append(replicate)
     text = json.dumps(identity)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def format_value(value: Any) -> str:
-    return f"({value[0]}, {value[1]})" if isinstance(value, tuple) else str(value)
 
 
 def candidate_label(varied: Params) -> str:
@@ -196,42 +226,62 @@ def candidate_label(varied: Params) -> str:
     return ",".join(f"{key}={format_value(value)}" for key, value in varied.items())
 
 
-def resolve_fixed_params(step_name: str, step_bests: Mapping[str, StepBest], overrides: Params, epochs: int) -> Params:
-    """The values a step holds fixed: seed start < ``--epochs`` < best of each earlier step < overrides.
+def resolve_fixed_params(
+    task: Task, step_name: str, step_bests: Mapping[str, StepBest], overrides: Params, epochs: int
+) -> Params:
+    """The values a step holds fixed: the task's start < ``--epochs`` < best of each earlier step < overrides.
 
-    Earlier means earlier in the seed's order, and only steps completed in this experiment on the same data
-    count. ``step_name`` may be :data:`FINAL`, which sees every step.
+    Earlier means earlier in the task's step order, and only steps completed in this experiment on the same
+    data count. ``step_name`` may be :data:`FINAL`, which sees every step.
     """
-    limit = len(STEP_ORDER) if step_name == FINAL else STEP_ORDER[step_name]
-    fixed = dict(SEED_START, epochs=epochs)
-    for name in sorted((n for n in step_bests if n in STEP_ORDER), key=STEP_ORDER.__getitem__):
-        if STEP_ORDER[name] < limit:
+    order = task.step_order
+    limit = len(order) if step_name == FINAL else order[step_name]
+    fixed = dict(task.start, epochs=epochs)
+    for name in sorted((n for n in step_bests if n in order), key=order.__getitem__):
+        if order[name] < limit:
             fixed.update(step_bests[name].params)
     fixed.update(overrides)
-    return validate_params(fixed)
+    return task.validate(fixed)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a strategy asks to evaluate: a full hyperparameter dict, and optionally its run's name, its role and
+    the Optuna trial it stands for."""
+
+    params: Params
+    label: str | None = None
+    role: str = GRID
+    trial: int | None = None
+    sampled: Params = field(default_factory=dict)
+    replicate: str = ""  # another training of the same configuration: its own fold keys and seeds
 
 
 def plan_candidates(
     group: Group,
-    candidates: Sequence[Params],
+    candidates: Sequence[Params | Spec],
     settings: SearchSettings,
     done: Mapping[str, FoldRecord],
-    labels: Sequence[str] | None = None,
-    tags: Sequence[Mapping[str, str]] | None = None,
 ) -> Plan:
-    """Every candidate (a full hyperparameter dict) with its fold keys; tasks only for what ``done`` lacks. Pure.
+    """Every candidate (a full hyperparameter dict, or a :class:`Spec`) with its fold keys; tasks only for what
+    ``done`` lacks. Pure.
 
     Validates every candidate first, so a bad value fails before any run exists.
     """
     planned, to_train, reused = [], [], {}
+    neutral = settings.task.neutral
     for index, raw in enumerate(candidates):
-        params = validate_params(raw)
+        spec = raw if isinstance(raw, Spec) else Spec(raw)
+        params = settings.task.validate(spec.params)
         varied = {key: params[key] for key in group.varied}
-        label = labels[index] if labels else candidate_label(varied)
+        label = spec.label or candidate_label(varied)
         splits = [(repeat, fold) for repeat in range(settings.cv_repeats) for fold in range(settings.n_folds)]
-        keys = tuple(fold_key(params, fold, settings, repeat) for repeat, fold in splits)
-        notes = dict(tags[index]) if tags else {}
-        planned.append(Candidate(index, label, varied, params, config_hash(params), keys, notes))
+        keys = tuple(fold_key(params, fold, settings, repeat, spec.replicate) for repeat, fold in splits)
+        planned.append(
+            Candidate(
+                index, label, varied, params, config_hash(params, neutral), keys, spec.role, spec.trial, spec.sampled
+            )
+        )
         for (repeat, fold), key in zip(splits, keys, strict=True):
             if key in done:
                 reused[key] = done[key]
@@ -254,7 +304,7 @@ def plan_candidates(
     plan_text = json.dumps(
         [
             group.step,
-            canonical(group.fixed),
+            settings.canonical(group.fixed),
             [c.config_hash for c in planned],
             settings.key(),
         ]
@@ -263,16 +313,16 @@ def plan_candidates(
     return Plan(group, tuple(planned), tuple(to_train), reused, plan_hash)
 
 
-def check_folds(y: np.ndarray, n_folds: int, digits: tuple[int, ...]) -> None:
-    """Stratified k-fold needs at least k images of every class; say so before any run exists."""
+def check_folds(y: np.ndarray, n_folds: int, class_names: tuple[str, ...]) -> None:
+    """Stratified k-fold needs at least k examples of every class; say so before any run exists."""
     if n_folds < 2:
         raise HyperparameterError(f"folds={n_folds}: cross-validation needs at least 2 folds")
-    counts = np.bincount(y, minlength=len(digits))
+    counts = np.bincount(y, minlength=len(class_names))
     smallest = int(counts.argmin())
     if n_folds > counts[smallest]:
         raise HyperparameterError(
-            f"folds={n_folds} is more than the {counts[smallest]} training images of digit {digits[smallest]}: "
-            f"use fewer folds or more data"
+            f"folds={n_folds} is more than the {counts[smallest]} training examples of class "
+            f"{class_names[smallest]}: use fewer folds or more data"
         )
 
 

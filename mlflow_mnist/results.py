@@ -5,7 +5,6 @@ The ranking rule lives here alone, so the search and the analysis name the same 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_mnist.planning import FoldRecord, Plan, canonical, format_value
+from mlflow_mnist.params import format_value, json_value
+from mlflow_mnist.planning import FoldRecord, Plan
 
 
 @dataclass
@@ -68,7 +68,11 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
         scores = np.array([f.accuracy for f in folds], dtype=float)
         statuses = [f.status for f in folds]
         n_collapsed = sum(f.status == "ok" and collapsed(f.accuracy, f.chance) for f in folds)
-        row: dict[str, Any] = {"candidate": candidate.label, "params": json.loads(canonical(candidate.varied))}
+        row: dict[str, Any] = {
+            "candidate": candidate.label,
+            "params": {key: json_value(value) for key, value in candidate.varied.items()},
+            "role": candidate.role,
+        }
         row.update({f"param_{key}": format_value(value) for key, value in candidate.varied.items()})
         row.update({f"split{i}_test_score": score for i, score in enumerate(scores)})
         row.update(
@@ -93,4 +97,6 @@ def rank_key(row: Mapping[str, Any], index: int) -> tuple:
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return min(rows, key=lambda row: row["rank_test_score"])
+    """The best of ``rows`` by :func:`rank_key`, earlier rows first on exact ties: rows of one group (ranked in
+    grid order) or the best rows of several groups in the order they were evaluated."""
+    return min(enumerate(rows), key=lambda pair: rank_key(pair[1], pair[0]))[1]

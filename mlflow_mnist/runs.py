@@ -17,11 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlflow_mnist.planning import format_value
-from mlflow_mnist.tracking import LEVEL, PARENT, TrackingError, redact
+from mlflow_mnist.params import format_value
+from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, LEVEL, NOTE, PARENT
+from mlflow_mnist.tracking import TrackingError, redact
 
-NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
-BEST_CHILD = "mlflow_mnist.best_child_run_id"
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
 
 
@@ -240,7 +239,7 @@ class RunWriter:
             source_run_id=run_id,
             params={key: format_value(value) for key, value in (params or {}).items()},
             tags={key: str(value) for key, value in (tags or {}).items()},
-            model_type="keras-convnet",
+            model_type="keras",
         )
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -270,11 +269,11 @@ def log_report(client, experiment_name: str, folder: Path, run_id: str | None = 
     if run_id:
         if LEVEL not in client.get_run(run_id).data.tags:  # the bare run `mlflow run -e analyze` made
             client.update_run(run_id, name="analysis")
-            client.set_tag(run_id, LEVEL, "analysis")
+            client.set_tag(run_id, LEVEL, ANALYSIS_LEVEL)
         client.log_artifacts(run_id, str(folder), "analysis")
         return run_id
     experiment = client.get_experiment_by_name(experiment_name).experiment_id
-    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: "analysis"})
+    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: ANALYSIS_LEVEL})
     try:
         client.log_artifacts(run.info.run_id, str(folder), "analysis")
     except BaseException:

@@ -14,21 +14,73 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mlflow_mnist.executors import Executor
-from mlflow_mnist.model import Params
-from mlflow_mnist.planning import FoldRecord, FoldTask, Group, Plan, SearchSettings, StoreState, plan_candidates
+from mlflow_mnist.params import Params
+from mlflow_mnist.planning import (
+    Candidate,
+    FoldRecord,
+    FoldTask,
+    Group,
+    Plan,
+    SearchSettings,
+    Spec,
+    StepBest,
+    StoreState,
+    plan_candidates,
+)
 from mlflow_mnist.results import FoldResult, best_row, cv_results
 from mlflow_mnist.strategies import Strategy
 
 
 @dataclass
 class GroupOutcome:
-    """What one evaluate call found: its ``cv_results`` rows, the best row, and how much it trained."""
+    """What one evaluate call found: its ``cv_results`` rows, the best row and its candidate, how much it
+    trained, and whether it decides anything (a low rung of successive halving does not)."""
 
-    step: str
+    group: Group
     rows: list[dict[str, Any]]
     best: dict[str, Any]
+    winner: Candidate
     trained: int
     reused: int
+
+    @property
+    def step(self) -> str:
+        return self.group.step
+
+    @property
+    def counts(self) -> bool:
+        return self.group.counts
+
+
+@dataclass
+class SearchOutcome:
+    """A whole search: every group's outcome and the search's result, by the one rule that every reader uses
+    (:func:`search_best`)."""
+
+    groups: list[GroupOutcome]
+    best: GroupOutcome | None
+    run_id: str | None = None  # the search run, once the run tree has made it
+
+    @property
+    def trained(self) -> int:
+        return sum(g.trained for g in self.groups)
+
+    @property
+    def reused(self) -> int:
+        return sum(g.reused for g in self.groups)
+
+
+def search_best(groups: Sequence[GroupOutcome], *, carries_forward: bool) -> GroupOutcome | None:
+    """The search's result: the last deciding group's best when each group builds on the one before (staged
+    steps), else the best deciding group's best by :func:`~mlflow_mnist.results.rank_key`, first evaluated
+    first on exact ties."""
+    deciding = [g for g in groups if g.counts]
+    if not deciding:
+        return None
+    if carries_forward:
+        return deciding[-1]
+    best = best_row([g.best for g in deciding])
+    return next(g for g in deciding if g.best is best)
 
 
 class Listener(Protocol):
@@ -40,14 +92,16 @@ class Listener(Protocol):
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None: ...
 
-    def search_finished(self, outcomes: list[GroupOutcome]) -> None: ...
+    def search_finished(self, outcome: SearchOutcome) -> None: ...
 
     def search_failed(self, error: BaseException) -> None:
         """Stopped by an error or Ctrl-C; open runs are closed by the writer, not here."""
 
 
 class Memory:
-    """The store's snapshot, read once per group: a strategy and the planner see the same state."""
+    """The campaign's memory during a search: the store's snapshot, read once when the search starts (that is
+    how it resumes), then kept up to date with what the search itself computes, so the store is not read again.
+    A strategy and the planner see the same state."""
 
     def __init__(self, read: Callable[[], StoreState]):
         self.read, self._state = read, None
@@ -57,8 +111,22 @@ class Memory:
             self._state = self.read()
         return self._state
 
-    def forget(self) -> None:
-        self._state = None
+    def record(self, plan: Plan, results: Mapping[str, FoldResult | FoldRecord], outcome: GroupOutcome) -> None:
+        """What a finished group adds: its trained folds (reusable by key) and, when it decides, its step's best."""
+        state = self()
+        for key, result in results.items():
+            if isinstance(result, FoldResult) and result.status in ("ok", "diverged") and key not in state.folds:
+                state.folds[key] = FoldRecord(
+                    key, result.accuracy, result.fit_seconds, result.status, chance=result.chance
+                )
+        if outcome.counts:
+            best = outcome.best
+            state.step_bests[plan.step] = StepBest(
+                plan.step,
+                dict(outcome.winner.varied),
+                best["mean_test_score"],
+                reference_rule=plan.group.reference_rule,
+            )
 
 
 def run_search(
@@ -69,23 +137,18 @@ def run_search(
     worker: Callable[[FoldTask], FoldResult],
     read_state: Callable[[], StoreState],
     listeners: Sequence[Listener] = (),
-) -> list[GroupOutcome]:
+) -> SearchOutcome:
     """Run ``strategy`` to the end; every fold goes through ``executor`` as ``worker(task)``.
 
-    Each evaluate call is planned against the store as it stands (so finished folds anywhere in the
-    experiment are reused) before any run of that call is created: a bad value fails early and cleanly.
+    The store is read once, when the search starts (``read_state``); each evaluate call is planned against that
+    memory and what the search has computed since (so finished folds anywhere in the experiment are reused)
+    before any run of that call is created: a bad value fails early and cleanly.
     """
     memory = Memory(read_state)
     outcomes: list[GroupOutcome] = []
 
-    def evaluate(
-        candidates: Sequence[Params],
-        *,
-        group: Group,
-        labels: Sequence[str] | None = None,
-        tags: Sequence[Mapping[str, str]] | None = None,
-    ) -> list[dict[str, Any]]:
-        plan = plan_candidates(group, candidates, settings, memory().folds, labels, tags)
+    def evaluate(candidates: Sequence[Params | Spec], *, group: Group) -> list[dict[str, Any]]:
+        plan = plan_candidates(group, candidates, settings, memory().folds)
         for listener in listeners:
             listener.group_started(plan)
         results: dict[str, FoldResult | FoldRecord] = dict(plan.reused)
@@ -97,8 +160,11 @@ def run_search(
         rows = cv_results(plan, results)
         for listener in listeners:
             listener.group_finished(plan, rows)
-        memory.forget()  # what this group logged is part of the next group's store
-        outcomes.append(GroupOutcome(plan.step, rows, best_row(rows), len(tasks), len(plan.reused)))
+        best = best_row(rows)
+        winner = plan.candidates[rows.index(best)]
+        outcome = GroupOutcome(plan.group, rows, best, winner, len(tasks), len(plan.reused))
+        memory.record(plan, results, outcome)
+        outcomes.append(outcome)
         return rows
 
     try:
@@ -107,9 +173,10 @@ def run_search(
         for listener in listeners:
             listener.search_failed(error)
         raise
+    outcome = SearchOutcome(outcomes, search_best(outcomes, carries_forward=strategy.carries_forward))
     for listener in listeners:
-        listener.search_finished(outcomes)
-    return outcomes
+        listener.search_finished(outcome)
+    return outcome
 
 
 class Progress:
@@ -129,10 +196,11 @@ class Progress:
             disable=not self.enabled or not plan.to_train,
             dynamic_ncols=True,
         )
-        self.bar.write(
-            f"{plan.group.name}: {len(plan.candidates)} candidates x {n_folds} folds, "
-            f"{len(plan.to_train)} to train, {len(plan.reused)} reused from the store"
-        )
+        if self.enabled:
+            self.bar.write(
+                f"{plan.group.name}: {len(plan.candidates)} candidates x {n_folds} folds, "
+                f"{len(plan.to_train)} to train, {len(plan.reused)} reused from the store"
+            )
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
         repeated = len(plan.candidates[task.candidate_index].fold_keys) > task.n_folds
@@ -143,7 +211,7 @@ class Progress:
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
         self.bar.close()
 
-    def search_finished(self, outcomes: list[GroupOutcome]) -> None:
+    def search_finished(self, outcome: SearchOutcome) -> None:
         pass
 
     def search_failed(self, error: BaseException) -> None:

@@ -12,7 +12,6 @@ the finished tree is whole; folds that belong to a completed run elsewhere stay 
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,29 +19,33 @@ from typing import Any
 
 import pandas as pd
 
+from mlflow_mnist.params import json_value
 from mlflow_mnist.planning import Candidate, FoldTask, Plan, config_hash
 from mlflow_mnist.results import FoldResult, best_row
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.tracking import (
-    BEST_CONFIG,
-    BEST_PARAMS,
-    BEST_SCORE,
-    CANDIDATE,
-    CONFIG_HASH,
-    FINAL_RUNG,
-    FOLD_KEY,
-    INCUMBENT,
+from mlflow_mnist.schema import (
+    CANDIDATE_LEVEL,
+    COLLAPSED_FOLDS,
+    FOLD_LEVEL,
     PARENT,
-    PLAN_HASH,
-    PREFIX,
     REUSED,
     STAGE,
+    STAGE_LEVEL,
     STATUS,
     STEP,
+    STEP_LEVEL,
     STRATEGY,
-    VARIED,
-    redact,
+    VERSION_PREFIX,
+    CandidateTags,
+    FoldTags,
+    GroupResult,
+    GroupTags,
+    best_config_tag,
+    space_tag,
 )
+from mlflow_mnist.search import SearchOutcome
+from mlflow_mnist.spaces import Space
+from mlflow_mnist.tracking import redact
 
 LIBRARIES = ("mlflow", "keras", "tensorflow", "scikit-learn", "scikeras", "numpy", "optuna")
 
@@ -72,10 +75,6 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
-def _json_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 class SearchTree:
     """The run-tree listener of one search; the search run is created when the first group is planned."""
 
@@ -89,17 +88,21 @@ class SearchTree:
         settings_params: Mapping[str, Any],
         adopt_run_id: str | None = None,
         log_threads: int = 1,
+        neutral: Mapping[str, Any] | None = None,
+        space: Space | None = None,
     ):
         self.writer, self.name, self.strategy, self.single_group = writer, name, strategy, single_group
+        self.neutral = dict(neutral or {})  # the task's optional hyperparameters at values left out of hashes
+        self.space = space
         self.settings_params = dict(settings_params)
         self.adopt_run_id = adopt_run_id
         self.root: str | None = None
         self.group_run: str | None = None
         self.candidate_runs: dict[int, str] = {}
         self.fold_runs: dict[int, list[tuple[str, float]]] = {}  # candidate index -> (fold run id, accuracy)
-        self.last_group: tuple[str, str, dict[str, float]] | None = None
-        self.best: tuple[tuple, str, str, dict, dict[str, float]] | None = None  # rank, run, label, params, metrics
-        self.joint = False  # candidates straight under the search run (Optuna's trials)
+        self.logged_folds: dict[str, str] = {}  # fold key -> run id, for folds this search logged
+        self.group_runs: dict[int, str] = {}  # id(group) -> its run, for the search's best child
+        self.best_candidate_run: dict[int, str] = {}  # id(group) -> its best candidate's run
         # A fold's run takes about ten requests; against a remote server they wait on the network, not on us, so
         # several folds are logged at once. A group waits for its folds' logging before it closes.
         self.pool = ThreadPoolExecutor(log_threads, thread_name_prefix="log-fold") if log_threads > 1 else None
@@ -108,11 +111,13 @@ class SearchTree:
 
     # -- the search run ------------------------------------------------------------------------------------
     def _start_root(self, plan: Plan) -> str:
-        level = "step" if self.single_group else "stage"
+        level = STEP_LEVEL if self.single_group else STAGE_LEVEL
         tags = {STAGE: self.name, STRATEGY: self.strategy, **({STEP: plan.step} if self.single_group else {})}
         if not self.adopt_run_id:  # `mlflow run` already set these on the run it made
             tags.update(context_tags())
-        tags.update({f"{PREFIX}version.{name}": v for name, v in library_versions().items()})
+        tags.update({f"{VERSION_PREFIX}{name}": v for name, v in library_versions().items()})
+        if self.space is not None:
+            tags.update(space_tag(self.space.name, self.space.distributions))
         run_id = self.writer.start(self.name, level, tags=tags, adopt=self.adopt_run_id)
         self.writer.log_params(run_id, self.settings_params)
         return run_id
@@ -125,39 +130,39 @@ class SearchTree:
         if self.single_group:
             self.group_run = self.root
         elif group.own_run:
-            self.group_run = self.writer.start(
-                group.name, "step", parent=self.root, tags={STAGE: self.name, STEP: group.step, **group.tags}
-            )
+            self.group_run = self.writer.start(group.name, STEP_LEVEL, parent=self.root, tags={STAGE: self.name})
         else:
             self.group_run = self.root
+        self.group_runs[id(group)] = self.group_run
         if group.own_run or self.single_group:
-            # The carried-in values of the varied parameters: the reference the analysis compares against.
-            incumbent = {k: _json_value(plan.fixed[k]) for k in group.varied if k in plan.fixed}
-            self.writer.log_tags(
-                self.group_run,
-                {PLAN_HASH: plan.plan_hash, VARIED: json.dumps(list(group.varied)), INCUMBENT: json.dumps(incumbent)},
+            # The carried-in values of the varied parameters: what the step started from.
+            incumbent = {k: plan.fixed[k] for k in group.varied if k in plan.fixed}
+            group_tags = GroupTags(
+                group.step, group.varied, incumbent, plan.plan_hash, group.rung, group.reference_rule
             )
+            self.writer.log_tags(self.group_run, group_tags.tags())
             self.writer.log_params(self.group_run, {k: v for k, v in plan.fixed.items() if k not in group.varied})
             if group.grid is not None:
-                grid = {key: [_json_value(v) for v in values] for key, values in group.grid.items()}
+                grid = {key: [json_value(v) for v in values] for key, values in group.grid.items()}
                 self.writer.log_dict(self.group_run, grid, "grid.json")
         self.candidate_runs = {c.index: self._start_candidate(c, plan) for c in plan.candidates}
 
     def _start_candidate(self, candidate: Candidate, plan: Plan) -> str:
+        group = plan.group
+        record = CandidateTags(
+            step=plan.step,
+            label=candidate.label,
+            index=candidate.index,
+            config_hash=candidate.config_hash,
+            varied=group.varied,
+            role=candidate.role,
+            rung=group.rung,
+            trial=candidate.trial,
+            sampled=candidate.sampled,
+            search_key=group.search_key,
+        )
         run_id = self.writer.start(
-            candidate.label,
-            "candidate",
-            parent=self.group_run,
-            tags={
-                STAGE: self.name,
-                STEP: plan.step,
-                CONFIG_HASH: candidate.config_hash,
-                CANDIDATE: candidate.label,
-                VARIED: json.dumps(list(plan.group.varied)),
-                f"{PREFIX}candidate_index": candidate.index,
-                **plan.group.tags,
-                **candidate.tags,
-            },
+            candidate.label, CANDIDATE_LEVEL, parent=self.group_run, tags={STAGE: self.name, **record.tags()}
         )
         self.writer.log_params(run_id, candidate.params)
         self.fold_runs[candidate.index] = []
@@ -166,11 +171,12 @@ class SearchTree:
             record = plan.reused.get(key)
             if record is None:
                 continue
-            self.fold_runs[candidate.index].append((record.run_id, record.accuracy))
+            fold_run = record.run_id or self.logged_folds.get(key, "")
+            self.fold_runs[candidate.index].append((fold_run, record.accuracy))
             if record.parent_finished:
-                referenced.append(record.run_id)
+                referenced.append(fold_run)
             else:  # a finished fold of an interrupted attempt: it joins the new tree
-                self.writer.log_tags(record.run_id, {PARENT: run_id})
+                self.writer.log_tags(fold_run, {PARENT: run_id})
         if referenced:
             self.writer.log_tags(run_id, {REUSED: ",".join(referenced)})
         return run_id
@@ -189,31 +195,26 @@ class SearchTree:
     def _log_fold(self, task: FoldTask, result: FoldResult) -> None:
         parent = self.candidate_runs[task.candidate_index]
         name = f"fold {task.fold + 1}/{task.n_folds}"
+        fold_tags = FoldTags(
+            step=task.step,
+            fold_key=task.key,
+            label=task.label,
+            config_hash=config_hash(task.params, self.neutral),
+            fold=task.fold,
+            repeat=task.repeat,
+            status=result.status,
+            worker=result.worker,
+            error=redact(result.error),
+        )
         run_id = self.writer.start(
             f"repeat {task.repeat + 1} {name}" if self.settings_params.get("cv_repeats", 1) > 1 else name,
-            "fold",
+            FOLD_LEVEL,
             parent=parent,
             start_ms=result.started_ms,
-            tags={
-                STAGE: self.name,
-                STEP: task.step,
-                FOLD_KEY: task.key,
-                CANDIDATE: task.label,
-                f"{PREFIX}fold": task.fold,
-                f"{PREFIX}repeat": task.repeat,
-                f"{PREFIX}worker": result.worker,
-                STATUS: result.status,
-                CONFIG_HASH: config_hash(task.params),
-                f"{PREFIX}diverged": result.status == "diverged",
-                **({f"{PREFIX}error": result.error[:500]} if result.error else {}),
-            },
+            tags={STAGE: self.name, **fold_tags.tags()},
         )
-        model_id = self.writer.log_model(
-            run_id,
-            result.model_files,
-            params=task.params,
-            tags={FOLD_KEY: task.key, CANDIDATE: task.label, f"{PREFIX}fold": task.fold, STEP: task.step},
-        )
+        model_tags = {k: v for k, v in fold_tags.tags().items() if k not in (STATUS,)}
+        model_id = self.writer.log_model(run_id, result.model_files, params=task.params, tags=model_tags)
         fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
         self.writer.log_results(
             run_id,
@@ -231,45 +232,29 @@ class SearchTree:
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
         with self.lock:
             self.fold_runs[task.candidate_index].append((run_id, result.accuracy))
+            self.logged_folds[task.key] = run_id
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
         self._wait_for_folds()
         for candidate in plan.candidates:
             self._finish_candidate(candidate, rows[candidate.index])
         best = best_row(rows)
-        winner = plan.candidates[[r["candidate"] for r in rows].index(best["candidate"])]
+        winner = plan.candidates[rows.index(best)]
+        self.best_candidate_run[id(plan.group)] = self.candidate_runs[winner.index]
+        if not (plan.group.own_run or self.single_group):
+            return
+        result = GroupResult(dict(winner.varied), best["mean_test_score"], best["candidate"])
+        self.writer.log_text(self.group_run, pd.DataFrame(rows).to_csv(index=False), "cv_results.csv")
+        self.writer.log_params(self.group_run, {f"best_{k}": v for k, v in winner.varied.items()})
+        self.writer.log_tags(self.group_run, result.tags())
+        self.writer.log_metrics(
+            self.group_run,
+            {"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]},
+        )
         metrics = _candidate_metrics(best)
-        if plan.group.tags.get(FINAL_RUNG) != "false":  # a low rung of successive halving decides nothing
-            self.joint = self.joint or not plan.group.own_run
-            rank = (best["status"] != "ok", -best["mean_test_score"], best["std_test_score"])
-            entry = (rank, self.candidate_runs[winner.index], winner.label, winner.params, metrics)
-            # Staged steps carry forward, so the last step's best is the stage's; a joint search keeps its best.
-            if not self.joint or self.best is None or rank < self.best[0]:
-                self.best = entry
-        if plan.group.own_run or self.single_group:
-            self.writer.log_text(self.group_run, pd.DataFrame(rows).to_csv(index=False), "cv_results.csv")
-            self.writer.log_params(self.group_run, {f"best_{k}": v for k, v in winner.varied.items()})
-            best_params = json.dumps({k: _json_value(v) for k, v in winner.varied.items()})
-            self.writer.log_tags(
-                self.group_run,
-                {
-                    BEST_PARAMS: best_params,
-                    BEST_SCORE: repr(best["mean_test_score"]),
-                    f"{PREFIX}best_candidate": best["candidate"],
-                },
-            )
-            self.writer.log_metrics(
-                self.group_run,
-                {"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]},
-            )
-            self.writer.name_best_child(self.group_run, self.candidate_runs[winner.index], winner.label, metrics)
-            if self.group_run != self.root:
-                self.writer.finish(self.group_run)
-                self.last_group = (
-                    self.group_run,
-                    plan.group.name,
-                    {"best_mean_accuracy": best["mean_test_score"], **metrics},
-                )
+        self.writer.name_best_child(self.group_run, self.candidate_runs[winner.index], winner.label, metrics)
+        if self.group_run != self.root:
+            self.writer.finish(self.group_run)
 
     def _finish_candidate(self, candidate: Candidate, row: Mapping[str, Any]) -> None:
         run_id = self.candidate_runs[candidate.index]
@@ -277,7 +262,7 @@ class SearchTree:
             run_id,
             {**_candidate_metrics(row), "rank": row["rank_test_score"], "mean_fit_seconds": row["mean_fit_time"]},
         )
-        self.writer.log_tags(run_id, {STATUS: row["status"], f"{PREFIX}collapsed_folds": row["collapsed_folds"]})
+        self.writer.log_tags(run_id, {STATUS: row["status"], COLLAPSED_FOLDS: row["collapsed_folds"]})
         folds = [(i, a) for i, a in self.fold_runs.get(candidate.index, []) if a == a]  # NaN: a failed fold
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])
@@ -289,20 +274,21 @@ class SearchTree:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def search_finished(self, outcomes) -> None:
+    def search_finished(self, outcome: SearchOutcome) -> None:
         if self.root is None:
             return
-        if self.joint and self.best is not None:
-            # Trials hang under the search run: its best child is the best trial at the full budget.
-            _, run_id, label, _, metrics = self.best
-            self.writer.name_best_child(self.root, run_id, label, metrics)
-        elif self.last_group is not None and not self.single_group:
-            # A stage hands on its last group's best (carry-forward): that is the stage's best child.
-            run_id, name, metrics = self.last_group
-            self.writer.name_best_child(self.root, run_id, name, metrics)
-        if self.best is not None:
-            params = {k: _json_value(v) for k, v in self.best[3].items()}
-            self.writer.log_tags(self.root, {BEST_CONFIG: json.dumps(params)[:5000]})
+        best = outcome.best
+        if best is not None:
+            group = best.group
+            if group.own_run and not self.single_group:
+                # A stage of steps: its best child is the group (step) run that holds the result.
+                metrics = {"best_mean_accuracy": best.best["mean_test_score"], **_candidate_metrics(best.best)}
+                self.writer.name_best_child(self.root, self.group_runs[id(group)], group.name, metrics)
+            elif not self.single_group:
+                # Trials hang under the search run: its best child is the best trial at the full budget.
+                run_id = self.best_candidate_run[id(group)]
+                self.writer.name_best_child(self.root, run_id, best.winner.label, _candidate_metrics(best.best))
+            self.writer.log_tags(self.root, best_config_tag(best.winner.params))
         self.writer.finish(self.root)
         if self.pool is not None:
             self.pool.shutdown(wait=True)

@@ -1,15 +1,9 @@
-"""Store access and tag names: connect, find the campaign's experiment, read its memory. Writes live in
-:mod:`mlflow_mnist.runs` and the modules built on it.
-
-Run tree: a stage run (``kernel_size``), one child per grid point (``kernel_size=(5, 5)``), one grandchild per
-fold (``fold 2/3``). A multi-step stage (``neurons``) puts a step run between stage and grid points. Runs carry
-tags to query by (``mlflow_mnist.level``, ``.stage``, ``.step``, ``.config_hash``, ``.fold_key``,
-``.data_digest``).
+"""Store access: connect, find the campaign's experiment, read its memory. Tag names and the records they form
+live in :mod:`mlflow_mnist.schema`; writes live in :mod:`mlflow_mnist.runs` and the modules built on it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -19,26 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from mlflow_mnist.planning import FoldRecord, StepBest, StoreState
+from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
+from mlflow_mnist.schema import (
+    CANDIDATE_LEVEL,
+    DIGEST,
+    FINAL_LEVEL,
+    FOLD_KEY,
+    FOLD_LEVEL,
+    LEVEL,
+    PARENT,
+    SETTINGS_KEY,
+    STATUS,
+    STEP_LEVEL,
+    CandidateTags,
+    GroupResult,
+    GroupTags,
+    counts,
+    step_name,
+)
 
-PREFIX = "mlflow_mnist."
-LEVEL, STAGE, STEP, CONFIG_HASH, FOLD_KEY, DIGEST = (
-    f"{PREFIX}{name}" for name in ("level", "stage", "step", "config_hash", "fold_key", "data_digest")
-)
-BEST_PARAMS, BEST_SCORE, PLAN_HASH, STATUS = (
-    f"{PREFIX}{name}" for name in ("best_params", "best_mean_accuracy", "plan_hash", "status")
-)
-REUSED = f"{PREFIX}reused_fold_runs"
-SETTINGS_KEY = f"{PREFIX}settings_key"  # SearchSettings.key(): which runs' step bests may carry forward
-STRATEGY, INCUMBENT = f"{PREFIX}strategy", f"{PREFIX}incumbent"
-BEST_CONFIG = f"{PREFIX}best_config"  # a search's best full configuration: what `final --search` trains
-# Successive halving and Optuna: which rung (and how many epochs) a group or candidate ran at, and whether it
-# was the last rung (only that one decides anything); a trial's number and sampled values; the search's key.
-RUNG, BUDGET, FINAL_RUNG = f"{PREFIX}rung", f"{PREFIX}budget_epochs", f"{PREFIX}final_rung"
-TRIAL, SAMPLED, SEARCH_KEY = f"{PREFIX}trial", f"{PREFIX}sampled", f"{PREFIX}search_key"
-CANDIDATE = f"{PREFIX}candidate"
-VARIED = f"{PREFIX}varied"
-PARENT = "mlflow.parentRunId"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
@@ -67,18 +60,65 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def _abandoned_partials(path: Path) -> list[Path]:
+    """Partial stores (and their journals) left by processes on this host that were killed while creating."""
+    import glob
+    import socket
+
+    prefix = f".{path.name}.{socket.gethostname()}."
+    abandoned = []
+    for partial in path.parent.glob(f"{glob.escape(prefix)}*.partial*"):
+        pid = partial.name.removeprefix(prefix).split(".")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            abandoned.append(partial)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge: a name we did not make, or another user's live process
+    return abandoned
+
+
 def _create_sqlite_store(path: Path) -> None:
-    """Create the schema in a temporary file and rename it into place.
+    """Build the schema in a private temporary file, then link it into place unless a store is already there.
 
     MLflow builds a new SQLite store in dozens of migration steps; a process killed among them left a database
-    no later start could open ("index ... already exists"). A rename is atomic: the store is whole or absent.
+    no later start could open ("index ... already exists"), so the schema is built aside and appears whole.
+    ``os.link`` refuses an existing target, which makes creation exclusive: of two drivers creating the same
+    fresh store at once, the later one discards its copy and uses the first's (a rename would replace it, and
+    the runs the first had already written would be lost). Filesystems without hard links decide under a lock.
     """
-    from mlflow import MlflowClient
+    import logging
+    import socket
+    import uuid
 
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.unlink(missing_ok=True)
-    MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
-    os.replace(partial, path)
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    for abandoned in _abandoned_partials(path):
+        abandoned.unlink(missing_ok=True)
+    partial = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    migrations = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables...": noise
+    level = migrations.level
+    migrations.setLevel(logging.WARNING)
+    try:
+        MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(f"sqlite:///{partial}", None)
+        if engine is not None:
+            engine.dispose()  # no connection of ours stays on the file under its temporary name
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            pass  # another process created the store first: it is the store
+        except OSError:  # no hard links here (some network or FUSE filesystems)
+            import fcntl
+
+            with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not path.exists():
+                    os.replace(partial, path)
+    finally:
+        migrations.setLevel(level)
+        partial.unlink(missing_ok=True)
 
 
 def tracking_uri() -> str:
@@ -198,11 +238,11 @@ def search_all(client, experiment_ids: list[str], filter_string: str = "", order
 
 
 def read_store_state(client, experiment: str, data_digest: str, settings_key: str | None = None) -> StoreState:
-    """Completed steps' bests (made under the same settings) and finished folds on this data, read-only.
+    """Completed steps' bests (made under the same settings), finished folds and candidates on this data.
 
     Folds are matched by key alone (the key holds everything that shapes a fold); a step's best only carries
     forward into a campaign with the same :meth:`SearchSettings.key`, so a 1-epoch 2-fold exploration never
-    feeds a 6-epoch 3-fold campaign on the same data.
+    feeds a 6-epoch 3-fold campaign on the same data. Low rungs of successive halving decide nothing.
     """
     runs = search_all(client, [experiment], f"tags.`{DIGEST}` = '{data_digest}'")
     status = {run.info.run_id: run.info.status for run in runs}
@@ -210,17 +250,25 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
     newest_end: dict[str, int] = {}
     for run in runs:
         tags, info = run.data.tags, run.info
+        level = tags.get(LEVEL)
+        if level == CANDIDATE_LEVEL:
+            ok = tags.get(STATUS, "ok") == "ok"
+            score = run.data.metrics.get("mean_heldout_accuracy", math.nan) if ok else 0.0
+            record = CandidateTags.parse(tags)
+            state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), info.status == "FINISHED"))
+            continue
         if info.status != "FINISHED":
             continue
-        if BEST_PARAMS in tags and tags.get(LEVEL) == "step":
+        result = GroupResult.parse(tags) if level == STEP_LEVEL else None
+        if result is not None and counts(tags):
             if settings_key is not None and tags.get(SETTINGS_KEY) != settings_key:
                 continue
-            step = tags[STEP]
+            step = step_name(tags)
             if (info.end_time or 0) >= newest_end.get(step, -1):
                 newest_end[step] = info.end_time or 0
-                params = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(tags[BEST_PARAMS]).items()}
-                state.step_bests[step] = StepBest(step, params, float(tags.get(BEST_SCORE, "nan")), info.run_id)
-        elif tags.get(LEVEL) == "fold" and FOLD_KEY in tags and tags.get(STATUS) in ("ok", "diverged"):
+                rule = GroupTags.parse(tags).reference_rule
+                state.step_bests[step] = StepBest(step, result.best_params, result.best_score, info.run_id, rule)
+        elif level == FOLD_LEVEL and FOLD_KEY in tags and tags.get(STATUS) in ("ok", "diverged"):
             parent = tags.get(PARENT, "")
             state.folds[tags[FOLD_KEY]] = FoldRecord(
                 tags[FOLD_KEY],
@@ -248,7 +296,7 @@ def close_stale_runs(client, experiment: str, keep: Iterable[str] = ()) -> int:
 def latest_final_run(client, experiment: str):
     runs = client.search_runs(
         [experiment],
-        f"tags.`{LEVEL}` = 'final' and attributes.status = 'FINISHED'",
+        f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'",
         max_results=1,
         order_by=["attributes.end_time DESC"],
     )

@@ -34,7 +34,7 @@ def store(tmp_path, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def sample():
-    from mlflow_mnist.data import load_mnist
+    from mlflow_mnist.tasks.mnist.data import load_mnist
 
     return load_mnist("sample")
 

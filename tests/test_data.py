@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import write_idx, write_idx_folder
 
-from mlflow_mnist.data import (
-    DataError,
+from mlflow_mnist.tasks.base import DataError
+from mlflow_mnist.tasks.mnist.data import (
     load_mnist,
     load_task,
     make_sample,
@@ -114,7 +114,7 @@ def test_parse_digits_rejects(text, message):
 
 def test_select_digits_relabels_by_position(sample):
     task = select_digits(sample, (7, 2))
-    assert task.name == "7v2" and task.n_classes == 2
+    assert task.variant == "7v2" and task.class_names == ("7", "2") and task.n_classes == 2
     assert len(task.y_train) == 600 and set(np.unique(task.y_train)) == {0, 1}
     # Class 0 is the first digit given: the 7s.
     sevens = sample.x_train[sample.y_train == 7]

@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlflow_mnist.model import (
+from mlflow_mnist.params import HyperparameterError
+from mlflow_mnist.tasks.mnist.model import (
     HYPERPARAMETERS,
     SEED_START,
-    HyperparameterError,
     build_model,
     count_training_flops,
     validate_params,
@@ -78,13 +78,16 @@ def test_bfloat16_precision_computes_in_bfloat16_and_predicts_float32(sample):
 
 def test_extra_hyperparameters_are_off_by_default_and_change_no_key():
     from mlflow_mnist.planning import SearchSettings, fold_key
+    from mlflow_mnist.tasks import get_task
+
+    settings = SearchSettings(get_task("mnist"))
 
     plain = build_model(SEED_START, seed=1)
     assert [type(layer).__name__ for layer in plain.layers][:2] == ["Rescaling", "Reshape"]
     neutral = {**SEED_START, "augment_shift": 0.0, "augment_rotation": 0, "lr_schedule": "constant"}
-    assert fold_key(neutral, 0, SearchSettings()) == fold_key(dict(SEED_START), 0, SearchSettings())
-    assert fold_key({**SEED_START, "augment_shift": 0.1}, 0, SearchSettings()) != fold_key(
-        SEED_START, 0, SearchSettings()
+    assert fold_key(neutral, 0, settings) == fold_key(dict(SEED_START), 0, settings)
+    assert fold_key({**SEED_START, "augment_shift": 0.1}, 0, settings) != fold_key(
+        SEED_START, 0, settings
     )
 
 

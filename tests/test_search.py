@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from mlflow_mnist.model import SEED_START, HyperparameterError
+from mlflow_mnist.params import HyperparameterError
+from mlflow_mnist.tasks import get_task
+from mlflow_mnist.tasks.mnist.model import SEED_START
 from mlflow_mnist.planning import (
     FINAL,
     FoldRecord,
@@ -18,11 +20,12 @@ from mlflow_mnist.planning import (
     resolve_fixed_params,
 )
 from mlflow_mnist.results import FoldResult, best_row, cv_results
-from mlflow_mnist.stages import get_step
 from mlflow_mnist.strategies.staged import plan_step
 from mlflow_mnist.worker import train_fold
 
-SETTINGS = SearchSettings(n_folds=3, split_seed=0, epochs=6, data_digest="abc", n_classes=2)
+MNIST = get_task("mnist")
+get_step = MNIST.get_step
+SETTINGS = SearchSettings(MNIST, n_folds=3, split_seed=0, epochs=6, data_digest="abc", n_classes=2)
 
 
 def test_fixed_params_carry_forward_from_earlier_steps_only():
@@ -31,28 +34,28 @@ def test_fixed_params_carry_forward_from_earlier_steps_only():
         "kernel_size": StepBest("kernel_size", {"kernel_size": (5, 5)}, 0.995),
         "pool_size": StepBest("pool_size", {"pool_size": (1, 1)}, 0.995),
     }
-    fixed = resolve_fixed_params("pool_size", bests, {}, epochs=6)
+    fixed = resolve_fixed_params(MNIST, "pool_size", bests, {}, epochs=6)
     assert fixed["momentum"] == 0.4 and fixed["kernel_size"] == (5, 5)
     assert fixed["pool_size"] == SEED_START["pool_size"]  # pool_size's own result is not "earlier"
-    assert resolve_fixed_params("batch_size", bests, {}, 6)["momentum"] == SEED_START["momentum"]
-    assert resolve_fixed_params(FINAL, bests, {}, 6)["pool_size"] == (1, 1)
+    assert resolve_fixed_params(MNIST, "batch_size", bests, {}, 6)["momentum"] == SEED_START["momentum"]
+    assert resolve_fixed_params(MNIST, FINAL, bests, {}, 6)["pool_size"] == (1, 1)
 
 
 def test_overrides_win_over_store_and_epochs_over_seed():
     bests = {"neurons_3": StepBest("neurons_3", {"neurons_3": 5}, 0.99)}
-    fixed = resolve_fixed_params("kernel_size", bests, {"neurons_3": 10}, epochs=8)
+    fixed = resolve_fixed_params(MNIST, "kernel_size", bests, {"neurons_3": 10}, epochs=8)
     assert fixed["neurons_3"] == 10 and fixed["epochs"] == 8
     epochs_best = {"epochs": StepBest("epochs", {"epochs": 20, "batch_size": 60}, 0.99)}
-    assert resolve_fixed_params(FINAL, epochs_best, {}, epochs=6)["batch_size"] == 60
+    assert resolve_fixed_params(MNIST, FINAL, epochs_best, {}, epochs=6)["batch_size"] == 60
 
 
 def test_invalid_override_is_caught_while_planning():
     with pytest.raises(HyperparameterError, match="dropout_rate_1=1.5"):
-        resolve_fixed_params("kernel_size", {}, {"dropout_rate_1": 1.5}, 6)
+        resolve_fixed_params(MNIST, "kernel_size", {}, {"dropout_rate_1": 1.5}, 6)
 
 
 def test_plan_trains_every_fold_of_a_fresh_step():
-    fixed = resolve_fixed_params("kernel_size", {}, {}, 6)
+    fixed = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
     plan = plan_step(get_step("kernel_size"), fixed, SETTINGS, done={})
     assert len(plan.candidates) == 4 and len(plan.to_train) == 12 and not plan.reused
     assert [t.label for t in plan.to_train[:3]] == ["kernel_size=(1, 1)"] * 3
@@ -63,10 +66,10 @@ def test_plan_trains_every_fold_of_a_fresh_step():
 def test_plan_reuses_finished_folds_and_the_previous_best():
     """The best of kernel_size is also a grid point of pool_size: its folds are not trained again."""
     step_k = get_step("kernel_size")
-    plan_k = plan_step(step_k, resolve_fixed_params("kernel_size", {}, {}, 6), SETTINGS, {})
+    plan_k = plan_step(step_k, resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6), SETTINGS, {})
     done = {t.key: FoldRecord(t.key, 0.99, 1.0, "ok") for t in plan_k.to_train}
     best = StepBest("kernel_size", {"kernel_size": (3, 3)}, 0.99)
-    fixed = resolve_fixed_params("pool_size", {"kernel_size": best}, {}, 6)
+    fixed = resolve_fixed_params(MNIST, "pool_size", {"kernel_size": best}, {}, 6)
     plan_p = plan_step(get_step("pool_size"), fixed, SETTINGS, done)
     # pool (2, 2) with kernel (3, 3) is exactly kernel_size's (3, 3) candidate.
     assert len(plan_p.reused) == 3 and len(plan_p.to_train) == 9
@@ -77,15 +80,15 @@ def test_plan_reuses_finished_folds_and_the_previous_best():
 
 
 def test_fold_key_depends_on_everything_that_changes_the_result():
-    params = resolve_fixed_params("kernel_size", {}, {}, 6)
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
     key = fold_key(params, 0, SETTINGS)
     assert key == fold_key(dict(params), 0, SETTINGS)
     others = [
         fold_key(params, 1, SETTINGS),
         fold_key({**params, "epochs": 7}, 0, SETTINGS),
-        fold_key(params, 0, SearchSettings(3, 1, 6, "abc", 2)),
-        fold_key(params, 0, SearchSettings(3, 0, 6, "other data", 2)),
-        fold_key(params, 0, SearchSettings(5, 0, 6, "abc", 2)),
+        fold_key(params, 0, SearchSettings(MNIST, 3, 1, 6, "abc", 2)),
+        fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "other data", 2)),
+        fold_key(params, 0, SearchSettings(MNIST, 5, 0, 6, "abc", 2)),
     ]
     assert key not in others and len(set(others)) == len(others)
 
@@ -99,7 +102,7 @@ def _results(plan, scores):
 
 
 def test_cv_results_rank_and_tie_break():
-    plan = plan_step(get_step("kernel_size"), resolve_fixed_params("kernel_size", {}, {}, 6), SETTINGS, {})
+    plan = plan_step(get_step("kernel_size"), resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6), SETTINGS, {})
     rows = cv_results(
         plan,
         _results(
@@ -134,13 +137,13 @@ def test_folds_are_stratified_and_disjoint():
     ],  # loss stays finite but far above chance
 )
 def test_a_diverging_candidate_is_recorded_not_raised(sample, extra):
-    from mlflow_mnist.data import select_digits
+    from mlflow_mnist.tasks.mnist.data import select_digits
 
     task = select_digits(sample, (2, 7))
     params = {**SEED_START, "epochs": 3, **extra}
-    plan = plan_step(get_step("momentum"), params, SearchSettings(2, 0, 3, "x", 2), {})
+    plan = plan_step(get_step("momentum"), params, SearchSettings(MNIST, 2, 0, 3, "x", 2), {})
     task0 = next(t for t in plan.to_train if t.params["momentum"] == 0.9)
-    result = train_fold(task0, task.x_train, task.y_train, with_model=True)
+    result = train_fold(MNIST, task0, task.x_train, task.y_train, with_model=True)
     assert isinstance(result, FoldResult)
     assert result.status == "diverged" and result.model_files is None
     assert 0.0 <= result.accuracy <= 1.0 and not math.isnan(result.accuracy)
@@ -148,11 +151,11 @@ def test_a_diverging_candidate_is_recorded_not_raised(sample, extra):
 
 
 def test_a_healthy_fold_returns_curves_and_a_model(sample):
-    from mlflow_mnist.data import select_digits
+    from mlflow_mnist.tasks.mnist.data import select_digits
 
     task = select_digits(sample, (2, 7))
-    plan = plan_step(get_step("kernel_size"), {**SEED_START, "epochs": 2}, SearchSettings(2, 0, 2, "x", 2), {})
-    result = train_fold(plan.to_train[2], task.x_train, task.y_train, with_model=True)
+    plan = plan_step(get_step("kernel_size"), {**SEED_START, "epochs": 2}, SearchSettings(MNIST, 2, 0, 2, "x", 2), {})
+    result = train_fold(MNIST, plan.to_train[2], task.x_train, task.y_train, with_model=True)
     assert result.status == "ok" and result.epochs_run == 2
     assert set(result.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert result.history["val_accuracy"][-1] == pytest.approx(result.accuracy, abs=1e-6)
@@ -160,9 +163,40 @@ def test_a_healthy_fold_returns_curves_and_a_model(sample):
 
 
 def test_precision_is_part_of_the_fold_key_but_float32_keys_are_unchanged():
-    params = resolve_fixed_params("kernel_size", {}, {}, 6)
-    bf16 = SearchSettings(3, 0, 6, "abc", 2, "mixed_bfloat16")
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    bf16 = SearchSettings(MNIST, 3, 0, 6, "abc", 2, "mixed_bfloat16")
     assert fold_key(params, 0, bf16) != fold_key(params, 0, SETTINGS)
-    assert fold_key(params, 0, SETTINGS) == fold_key(params, 0, SearchSettings(3, 0, 6, "abc", 2, "float32"))
+    assert fold_key(params, 0, SETTINGS) == fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "abc", 2, "float32"))
     plan = plan_step(get_step("kernel_size"), params, bf16, {})
     assert {t.precision for t in plan.to_train} == {"mixed_bfloat16"}
+
+
+def test_keys_and_digests_are_those_older_versions_made():
+    """Pinned values computed by the code before MNIST became a task plug-in: a store it made must resume with
+    nothing retrained, so keys, settings keys, hashes and data digests may never drift."""
+    from mlflow_mnist.planning import config_hash
+
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    assert fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "abc", 2)) == "269dfaf46e424479"
+    extra = {**params, "augment_shift": 0.1, "lr_schedule": "cosine"}
+    bf16 = SearchSettings(MNIST, 3, 1, 6, "abc", 2, "mixed_bfloat16", 3)
+    assert fold_key(extra, 2, bf16, repeat=2) == "c951e5b1baa129e5"
+    assert SearchSettings(MNIST, 3, 0, 6, "abc", 2).key() == "4c24702a5853"
+    assert config_hash(params, MNIST.neutral) == "36e768c4aa62"
+    two = MNIST.load("sample", classes="2,7")
+    assert (two.digest(), two.digest("test"), two.variant) == ("354443cf91039304", "eb8b0f1268b7a63b", "2v7")
+    assert MNIST.load("sample", classes="all").digest() == "9c8bbab2fa4a17f4"
+
+
+def test_a_step_retrains_its_reference_with_keys_of_its_own():
+    """The reference (the carried-in configuration) is one more candidate whose folds are trained afresh in each
+    step: not the grid point's keys, and not the previous step's reference's either."""
+    fixed = resolve_fixed_params(MNIST, "pool_size", {}, {}, 6)
+    pool = plan_step(get_step("pool_size"), fixed, SETTINGS, {}, reference=True)
+    kernel = plan_step(get_step("kernel_size"), fixed, SETTINGS, {}, reference=True)
+    reference = pool.candidates[-1]
+    assert reference.role == "reference" and reference.label == "reference" and len(pool.candidates) == 5
+    twin = next(c for c in pool.candidates[:-1] if c.params == reference.params)  # pool (2, 2) is the carried-in
+    assert not set(reference.fold_keys) & set(twin.fold_keys)
+    assert not set(reference.fold_keys) & set(kernel.candidates[-1].fold_keys)
+    assert len(pool.to_train) == 15 and pool.group.reference_rule == "fresh"

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from mlflow_mnist.model import HyperparameterError
-from mlflow_mnist.stages import STAGES, STEPS, StageError, parse_overrides, steps_of
+from mlflow_mnist.params import HyperparameterError, StageError
+from mlflow_mnist.tasks import get_task
+from mlflow_mnist.tasks.mnist.steps import STAGES, STEPS
+
+MNIST = get_task("mnist")
+steps_of = MNIST.steps_of
+parse_overrides = MNIST.parse_overrides
 
 
 def test_the_seeds_eighteen_steps_in_order():

@@ -8,21 +8,16 @@ from collections import Counter
 
 import pytest
 
-from mlflow_mnist import tracking
-from mlflow_mnist.executors import SerialExecutor
-from mlflow_mnist.planning import SearchSettings
-from mlflow_mnist.results import FoldResult
-from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.search import run_search
-from mlflow_mnist.search_tree import SearchTree
-from mlflow_mnist.spaces import SEED
-from mlflow_mnist.stages import steps_of
-from mlflow_mnist.strategies import OptunaSearch, SuccessiveHalving, trial_records
+from mlflow_mnist import schema, tracking
+from mlflow_mnist.strategies import SuccessiveHalving
 from mlflow_mnist.strategies.halving import rung_budgets
-from mlflow_mnist.strategies.optuna import rungs
+from mlflow_mnist.strategies.optuna import OptunaSearch, rungs
+from mlflow_mnist.tasks import get_task
+from mlflow_mnist.tasks.mnist.steps import SEED
+from mlflow_mnist.testing import fold_result, open_campaign, run, tiny_dataset
 
-DIGEST = "synthetic"
-SETTINGS = SearchSettings(3, 0, 6, DIGEST, 2)
+MNIST = get_task("mnist")
+DATA = tiny_dataset()
 
 
 def score(params) -> float:
@@ -39,41 +34,24 @@ class Worker:
         self.trained: Counter = Counter()
         self.stop_after = stop_after
 
-    def __call__(self, task) -> FoldResult:
+    def __call__(self, task):
         if self.stop_after is not None and sum(self.trained.values()) >= self.stop_after:
             raise KeyboardInterrupt  # the driver stopped mid-search
         self.trained[task.key] += 1
-        accuracy = min(0.9999, score(task.params) + 0.0005 * (task.fold - 1))
-        epochs = task.params["epochs"]
-        return FoldResult(
-            task.key,
-            task.step,
-            task.candidate_index,
-            task.fold,
-            accuracy,
-            0.1,
-            0.01,
-            epochs,
-            "ok",
-            history={"val_accuracy": [accuracy] * epochs},
-            chance=0.51,
-        )
+        return fold_result(task, min(0.9999, score(task.params) + 0.0005 * (task.fold - 1)))
 
 
-def search(uri, strategy, name, worker):
-    client = tracking.connect(uri)
-    experiment = tracking.experiment_id(client, "mnist")
-    writer = RunWriter(client, experiment, common_tags={tracking.DIGEST: DIGEST})
-    tree = SearchTree(writer, name=name, strategy=strategy.name, single_group=False, settings_params={})
-    with writer.closing_on_failure(uri):
-        return run_search(
-            strategy,
-            settings=SETTINGS,
-            executor=SerialExecutor(),
-            worker=worker,
-            read_state=lambda: tracking.read_store_state(client, experiment, DIGEST),
-            listeners=[tree],
-        )
+def campaign(uri):
+    return open_campaign(uri, dataset=DATA, experiment="mnist", folds=3, epochs=6, task="mnist")
+
+
+def search(uri, strategy, worker):
+    return run(campaign(uri), strategy, worker=worker, with_model=False)
+
+
+def halving(uri, stage="kernel_size"):
+    request = campaign(uri).request(stage=stage, steps=tuple(MNIST.steps_of(stage)), overrides={"learn_rate": 0.05})
+    return SuccessiveHalving.from_request(request)
 
 
 def runs(uri):
@@ -88,79 +66,71 @@ def test_rung_budgets():
 
 def test_halving_a_staged_step_trains_less_and_keeps_the_winner(store):
     worker = Worker()
-    strategy = SuccessiveHalving(steps=steps_of("kernel_size"), overrides={"learn_rate": 0.05}, epochs=6)
-    outcomes = search(store, strategy, "kernel_size (halving)", worker)
-    assert [o.step for o in outcomes] == ["kernel_size@rung1", "kernel_size"]
-    rung1, final = outcomes
+    outcome = search(store, halving(store), worker)
+    assert [(o.step, o.counts) for o in outcome.groups] == [("kernel_size", False), ("kernel_size", True)]
+    rung1, final = outcome.groups
     assert len(rung1.rows) == 3  # the carried-in (3, 3) skips the low rung: its full folds come from the store
     assert final.best["candidate"] == "kernel_size=(7, 7)"  # the known winner
     epochs = sum(int(key_epochs) for key_epochs in _epochs_trained(store))
     assert epochs < 4 * 3 * 6  # less than the full grid's fold-epochs
-    groups = [r for r in runs(store) if r.data.tags.get(tracking.LEVEL) == "step"]
+    groups = [r for r in runs(store) if r.data.tags.get(schema.LEVEL) == "step"]
     assert sorted(r.info.run_name for r in groups) == [
         "kernel_size rung 1/2: 2 epochs",
         "kernel_size rung 2/2: 6 epochs",
     ]
     # Rerunning replays both rungs from the store: nothing is trained again.
     again = Worker()
-    search(
-        store, SuccessiveHalving(steps=steps_of("kernel_size"), overrides={"learn_rate": 0.05}, epochs=6), "x", again
-    )
+    search(store, halving(store), again)
     assert not again.trained
+    # Only the last rung decides: the store's step best is the 6-epoch winner, whatever the 2-epoch rung said.
+    state = tracking.read_store_state(tracking.connect(store), campaign(store).experiment_id, DATA.digest())
+    assert state.step_bests["kernel_size"].params == {"kernel_size": (7, 7)}
 
 
 def _epochs_trained(uri):
-    return [r.data.metrics["epochs_run"] for r in runs(uri) if r.data.tags.get(tracking.LEVEL) == "fold"]
+    return [r.data.metrics["epochs_run"] for r in runs(uri) if r.data.tags.get(schema.LEVEL) == "fold"]
 
 
 def _optuna(uri, n_trials, key="k1"):
-    client = tracking.connect(uri)
-    experiment = tracking.experiment_id(client, "mnist")
-    return OptunaSearch(
-        SEED,
-        n_trials=n_trials,
-        batch=2,
-        seed=0,
-        search_key=key,
-        past_trials=lambda: trial_records(tracking.search_all(client, [experiment]), key),
-    )
+    return OptunaSearch(SEED, n_trials=n_trials, batch=2, seed=0, search_key=key)
 
 
 def test_optuna_prunes_and_names_its_best_trial(store):
     worker = Worker()
-    search(store, _optuna(store, 8), "optuna:seed", worker)
-    trials = [r for r in runs(store) if r.data.tags.get(tracking.TRIAL) is not None]
-    numbers = {r.data.tags[tracking.TRIAL] for r in trials}
+    search(store, _optuna(store, 8), worker)
+    trials = [r for r in runs(store) if r.data.tags.get(schema.TRIAL) is not None]
+    numbers = {r.data.tags[schema.TRIAL] for r in trials}
     assert len(numbers) == 8
-    budgets = Counter(r.data.tags[tracking.BUDGET] for r in trials)
+    budgets = Counter(r.data.tags[schema.BUDGET] for r in trials)
     assert budgets["2"] == 8 and 0 < budgets["6"] < 8  # some trials were pruned after 2 epochs
     # The first batch (trials 0 and 1) is judged together: only the better of the two goes on.
-    first = {r.data.tags[tracking.TRIAL]: r for r in trials if r.data.tags[tracking.BUDGET] == "2"}
+    first = {r.data.tags[schema.TRIAL]: r for r in trials if r.data.tags[schema.BUDGET] == "2"}
     better = max(("0", "1"), key=lambda n: first[n].data.metrics["mean_heldout_accuracy"])
-    promoted = {r.data.tags[tracking.TRIAL] for r in trials if r.data.tags[tracking.BUDGET] == "6"}
+    promoted = {r.data.tags[schema.TRIAL] for r in trials if r.data.tags[schema.BUDGET] == "6"}
     assert better in promoted and ({"0", "1"} - {better}).isdisjoint(promoted)
-    (root,) = [r for r in runs(store) if r.data.tags.get(tracking.LEVEL) == "stage"]
+    (root,) = [r for r in runs(store) if r.data.tags.get(schema.LEVEL) == "stage"]
     best = {r.info.run_id: r for r in trials}[root.data.tags["mlflow_mnist.best_child_run_id"]]
-    assert best.data.tags[tracking.BUDGET] == "6"
-    full = [r for r in trials if r.data.tags[tracking.BUDGET] == "6"]
+    assert best.data.tags[schema.BUDGET] == "6"
+    full = [r for r in trials if r.data.tags[schema.BUDGET] == "6"]
     assert best.data.metrics["mean_heldout_accuracy"] == max(r.data.metrics["mean_heldout_accuracy"] for r in full)
-    assert root.data.tags[tracking.BEST_CONFIG].startswith("{")
-    assert all(r.data.tags[tracking.PARENT] == root.info.run_id for r in trials)  # trial runs under the search
+    assert root.data.tags[schema.BEST_CONFIG].startswith("{")
+    assert all(r.data.tags[schema.PARENT] == root.info.run_id for r in trials)  # trial runs under the search
     assert set(worker.trained.values()) == {1}
 
 
 def test_a_killed_optuna_search_resumes_from_the_store_and_trains_nothing_twice(store):
     first = Worker(stop_after=20)
     with pytest.raises(KeyboardInterrupt):
-        search(store, _optuna(store, 8), "optuna:seed", first)
+        search(store, _optuna(store, 8), first)
     second = Worker()
-    search(store, _optuna(store, 8), "optuna:seed", second)
+    search(store, _optuna(store, 8), second)
     assert not set(first.trained) & set(second.trained)  # no fold trained twice
-    told = trial_records(runs(store), "k1")
-    assert len({str(sorted(r.sampled.items())) for r in told if r.budget == 6}) >= 1
+    state = tracking.read_store_state(tracking.connect(store), campaign(store).experiment_id, DATA.digest())
+    told = _optuna(store, 8).past_trials(state)
+    assert len({str(sorted(r.tags.sampled.items())) for r in told if r.tags.rung.budget == 6}) >= 1
     # Asking for more trials continues the same search: the finished ones are told, not trained again.
     third = Worker()
-    search(store, _optuna(store, 10), "optuna:seed", third)
+    search(store, _optuna(store, 10), third)
     assert not set(third.trained) & (set(first.trained) | set(second.trained))
     assert len(set(third.trained)) <= 2 * 3 * 2  # at most two new trials, three folds, two rungs
 
@@ -173,7 +143,7 @@ def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_pa
     from analysis.searches import search_table, trial_table, trials_for_importance
     from analysis.store import read_runs
 
-    search(store, _optuna(store, 30), "optuna:seed", Worker())
+    search(store, _optuna(store, 30), Worker())
     client = tracking.connect(store)
     runs = read_runs(client, ["mnist"])
     every_rung = trial_table(runs)

@@ -1,39 +1,78 @@
 """The strategy protocol: what to evaluate next. A strategy calls ``evaluate`` and reads the store's snapshot;
-it never touches MLflow, processes or progress bars (scikit-learn's ``_run_search(evaluate_candidates)``)."""
+it never touches MLflow, processes or progress bars (scikit-learn's ``_run_search(evaluate_candidates)``).
+
+Every strategy is built the same way, from a :class:`SearchRequest` (what the user asked for), so the CLI, the
+Python API and ``Campaign`` wire any registered strategy without knowing which it is.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
-from mlflow_mnist.model import Params
-from mlflow_mnist.planning import Group, StoreState
+from mlflow_mnist.params import Params, StageError
+from mlflow_mnist.planning import Group, Spec, StoreState
+from mlflow_mnist.spaces import Space
+from mlflow_mnist.stages import Step
+from mlflow_mnist.tasks.base import Task
 
 Rows = list[dict[str, Any]]
-STRATEGIES = ("staged", "halving", "optuna")  # registered in mlflow_mnist.strategies
 
 
 class Evaluate(Protocol):
-    """Cross-validate ``candidates`` (full hyperparameter dicts) as one group; returns ``cv_results`` rows.
+    """Cross-validate ``candidates`` (full hyperparameter dicts, or :class:`Spec` with a label, role or trial)
+    as one group; returns ``cv_results`` rows in the candidates' order."""
 
-    ``labels`` name the candidates' runs (default: their varied values); ``tags`` are the strategy's notes on
-    each candidate (an Optuna trial's number), kept on its run so a restart can read them back.
+    def __call__(self, candidates: Sequence[Params | Spec], *, group: Group) -> Rows: ...
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What the user asked for, whichever strategy runs it.
+
+    ``steps`` are the staged steps of ``--stage`` (empty without one); ``space`` the joint-search space;
+    ``batch`` how many trials may be in flight (twice the workers); ``search_key(*parts)`` names a joint search
+    so that a rerun continues it; ``reuse_reference`` keeps the old, cheaper reference rule of staged steps.
     """
 
-    def __call__(
-        self,
-        candidates: Sequence[Params],
-        *,
-        group: Group,
-        labels: Sequence[str] | None = None,
-        tags: Sequence[Mapping[str, str]] | None = None,
-    ) -> Rows: ...
+    task: Task
+    epochs: int
+    overrides: Params = field(default_factory=dict)
+    stage: str = ""
+    steps: tuple[Step, ...] = ()
+    space: Space | None = None
+    trials: int = 20
+    factor: int = 3
+    batch: int = 4
+    seed: int = 0
+    search_key: Callable[..., str] = lambda *parts: ""
+    reuse_reference: bool = False
+
+    def need_steps(self, strategy: str) -> tuple[Step, ...]:
+        if not self.steps:
+            raise StageError(f"--stage is required for --strategy {strategy}: e.g. --stage kernel_size (see `stages`)")
+        return self.steps
+
+    def need_space(self) -> Space:
+        if self.space is None:
+            raise StageError("this strategy searches a space: give --space (see `mlflow-mnist spaces`)")
+        return self.space
 
 
 class Strategy(Protocol):
-    """``name`` tags the search run; ``single_group`` says the search is one group (its run is the search run)."""
+    """``name`` tags the search run; ``help`` is the CLI's line; ``single_group`` says the search is one group
+    (its run is the search run); ``carries_forward`` says the search's result is its last group's best (each
+    group builds on the one before) rather than the best of all its groups."""
 
-    name: str
+    name: ClassVar[str]
+    help: ClassVar[str]
     single_group: bool
+    carries_forward: bool
+    search_name: str
+    space: Space | None  # the joint-search space, kept on the search run; None for staged steps
+
+    @classmethod
+    def from_request(cls, request: SearchRequest) -> Strategy: ...
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None: ...

@@ -2,7 +2,7 @@
 every candidate trains a few epochs, the best third trains three times longer, and so on up to the full
 budget, where the survivors are ranked as usual.
 
-It halves any candidate list: each of the seed's staged steps (carry-forward as in :class:`StagedGrid`), or a
+It halves any candidate list: each of the task's staged steps (carry-forward as in :class:`StagedGrid`), or a
 set sampled from a search space. Each rung is one evaluate call and one run in the tree (``kernel_size rung
 1/2: 2 epochs``), so a rung shows what it trained, and a restart replays finished rungs from the store for free
 (their folds are reused by key) and goes on mid-rung. Only the last rung of a step is the step's result.
@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from mlflow_mnist.model import Params
-from mlflow_mnist.planning import Group, StoreState
-from mlflow_mnist.stages import Step
-from mlflow_mnist.strategies.base import Evaluate, Rows
+from mlflow_mnist.params import Params
+from mlflow_mnist.planning import Group, Spec, StoreState
+from mlflow_mnist.schema import Rung
+from mlflow_mnist.spaces import Space
+from mlflow_mnist.strategies.base import Evaluate, Rows, SearchRequest
+from mlflow_mnist.strategies.sampling import sample_configs
 from mlflow_mnist.strategies.staged import StagedGrid, step_candidates, step_group
-from mlflow_mnist.tracking import BUDGET, FINAL_RUNG, RUNG
 
 
 def rung_budgets(n_candidates: int, max_epochs: int, factor: int) -> list[int]:
@@ -31,11 +32,10 @@ def rung_budgets(n_candidates: int, max_epochs: int, factor: int) -> list[int]:
 
 def halve(
     evaluate: Evaluate,
-    candidates: Sequence[Params],
+    candidates: Sequence[Spec],
     *,
     group: Group,
     factor: int,
-    labels: Sequence[str] | None = None,
     incumbent: Params | None = None,
 ) -> Rows:
     """Successive halving of ``candidates`` (each at its own full ``epochs``); returns the last rung's rows.
@@ -43,24 +43,25 @@ def halve(
     ``incumbent``, when it is one of the candidates, skips the low rungs and meets the survivors in the last:
     the store already holds its folds at the full budget, so it costs nothing there.
     """
-    max_epochs = max(c["epochs"] for c in candidates)
+    max_epochs = max(c.params["epochs"] for c in candidates)
     budgets = rung_budgets(len(candidates), max_epochs, factor)
-    names = list(labels) if labels else [None] * len(candidates)
-    alive = [i for i, c in enumerate(candidates) if c != incumbent]
+    positions = [i for i, c in enumerate(candidates) if c.params == incumbent]
+    alive = [i for i in range(len(candidates)) if i not in positions[:1]]
     rows: Rows = []
-    for rung, budget in enumerate(budgets, start=1):
-        last = rung == len(budgets)
-        if last and incumbent is not None and incumbent in candidates:
-            alive = sorted(set(alive) | {list(candidates).index(incumbent)})
+    for index, budget in enumerate(budgets, start=1):
+        last = index == len(budgets)
+        if last and positions:
+            alive = sorted(set(alive) | {positions[0]})
         rung_group = replace(
             group,
-            name=f"{group.name} rung {rung}/{len(budgets)}: {budget} epochs",
-            step=group.step if last else f"{group.step}@rung{rung}",
-            tags={**group.tags, RUNG: str(rung), BUDGET: str(budget), FINAL_RUNG: str(last).lower()},
+            name=f"{group.name} rung {index}/{len(budgets)}: {budget} epochs",
+            rung=Rung(index, len(budgets), budget),
         )
-        rung_candidates = [{**candidates[i], "epochs": budget if not last else candidates[i]["epochs"]} for i in alive]
-        rung_labels = [names[i] for i in alive] if labels else None
-        rows = evaluate(rung_candidates, group=rung_group, labels=rung_labels)
+        at_budget = [
+            replace(candidates[i], params={**candidates[i].params, "epochs": budget}) if not last else candidates[i]
+            for i in alive
+        ]
+        rows = evaluate(at_budget, group=rung_group)
         if last:
             break
         keep = max(1, math.ceil(len(alive) / factor))
@@ -70,31 +71,49 @@ def halve(
 
 
 class SuccessiveHalving:
-    """``--strategy halving``: the seed's steps, each halved (carry-forward between them), or ``n`` configurations
-    sampled from a space and halved once."""
+    """``--strategy halving``: the task's steps, each halved (carry-forward between them), or ``--trials``
+    configurations sampled from ``--space`` and halved once."""
 
     name = "halving"
-    single_group = False
+    help = "successive halving over epochs: of --stage's steps, else of --trials configurations from --space"
+    carries_forward = False  # set per instance: halving steps carry forward like the staged grid
 
     def __init__(
         self,
         *,
-        steps: Sequence[Step] = (),
-        sample: Callable[[], tuple[list[Params], list[str]]] | None = None,
+        staged: StagedGrid | None = None,
+        sample: Callable[[], list[Spec]] | None = None,
         sample_group: Group | None = None,
-        overrides: Params | None = None,
-        epochs: int = 6,
         factor: int = 3,
+        search_name: str = "halving",
+        space: Space | None = None,
     ):
-        self.steps, self.sample, self.sample_group = list(steps), sample, sample_group
-        self.staged = StagedGrid(self.steps, overrides=overrides or {}, epochs=epochs)
-        self.factor = factor
+        self.staged, self.sample, self.sample_group, self.factor = staged, sample, sample_group, factor
+        self.carries_forward = staged is not None
+        self.single_group = False
+        self.search_name = search_name
+        self.space = space
+
+    @classmethod
+    def from_request(cls, request: SearchRequest) -> SuccessiveHalving:
+        if request.steps:
+            staged = StagedGrid(request.task, request.steps, overrides=request.overrides, epochs=request.epochs)
+            return cls(staged=staged, factor=request.factor, search_name=f"{request.stage} (halving)")
+        space = request.need_space()
+        key = request.search_key(cls.name, space.name, request.factor, request.seed, request.trials)
+        group = Group(name=f"halving:{space.name}", step=f"halving:{space.name}", varied=space.names, search_key=key)
+
+        def sample() -> list[Spec]:
+            return sample_configs(space, request.trials, seed=request.seed, overrides=request.overrides)
+
+        name = f"halving:{space.name}"
+        return cls(sample=sample, sample_group=group, factor=request.factor, search_name=name, space=space)
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
-        for step in self.steps:
-            fixed = self.staged.fixed_for(step, memory())
-            candidates = step_candidates(step, fixed)
-            halve(evaluate, candidates, group=step_group(step, fixed), factor=self.factor, incumbent=fixed)
+        if self.staged is not None:
+            for step in self.staged.steps:
+                fixed = self.staged.fixed_for(step, memory())
+                specs = step_candidates(step, fixed)
+                halve(evaluate, specs, group=step_group(step, fixed), factor=self.factor, incumbent=fixed)
         if self.sample is not None:
-            candidates, labels = self.sample()
-            halve(evaluate, candidates, group=self.sample_group, factor=self.factor, labels=labels)
+            halve(evaluate, self.sample(), group=self.sample_group, factor=self.factor)

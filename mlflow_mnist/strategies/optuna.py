@@ -23,26 +23,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from mlflow_mnist.model import Params
-from mlflow_mnist.planning import Group, StoreState
+from mlflow_mnist.params import Params
+from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
+from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate
-from mlflow_mnist.tracking import BUDGET, FINAL_RUNG, LEVEL, RUNG, SAMPLED, SEARCH_KEY, STATUS, TRIAL
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """One (trial, rung) run as the store remembers it; ``finished`` False for a run cut short."""
-
-    number: int
-    sampled: Params
-    budget: int
-    mean: float
-    status: str
-    finished: bool = True
+from mlflow_mnist.strategies.base import Evaluate, SearchRequest
 
 
 def rungs(max_epochs: int, factor: int, count: int = 3) -> list[int]:
@@ -55,7 +42,9 @@ class OptunaSearch:
     """TPE over ``space``; ``n_trials`` in all (store's included), ``batch`` trials in flight at a time."""
 
     name = "optuna"
+    help = "TPE over --space with successive-halving pruning over epochs; --trials in all"
     single_group = False
+    carries_forward = False
 
     def __init__(
         self,
@@ -67,13 +56,25 @@ class OptunaSearch:
         factor: int = 3,
         seed: int = 0,
         search_key: str = "",
-        past_trials: Callable[[], list[TrialRecord]] = list,
     ):
         self.space, self.n_trials, self.overrides = space, n_trials, dict(overrides or {})
         self.batch, self.factor, self.seed, self.search_key = max(1, batch), factor, seed, search_key
         self.budgets = rungs(space.max_epochs, factor)
-        self.past_trials = past_trials
+        self.search_name = f"{self.name}:{space.name}"
         self.study = None
+
+    @classmethod
+    def from_request(cls, request: SearchRequest) -> OptunaSearch:
+        space = request.need_space()
+        return cls(
+            space,
+            n_trials=request.trials,
+            overrides=request.overrides,
+            batch=request.batch,
+            factor=request.factor,
+            seed=request.seed,
+            search_key=request.search_key(cls.name, space.name, request.factor, request.seed, ""),
+        )
 
     def make_study(self):
         import optuna
@@ -85,27 +86,36 @@ class OptunaSearch:
         )
         return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
 
-    def remember(self, study) -> int:
+    def past_trials(self, state: StoreState) -> list[CandidateRecord]:
+        """This search's evaluated (trial, rung) candidates in the store's snapshot."""
+        return [
+            c
+            for c in state.candidates
+            if c.tags.search_key == self.search_key and c.tags.trial is not None and c.tags.rung is not None
+        ]
+
+    def remember(self, study, records: list[CandidateRecord]) -> int:
         """Tell ``study`` the store's finished trials and enqueue the unfinished; returns how many were told."""
         import optuna
 
         # A trial is its sampled values: numbers restart with every study, values do not.
-        by_trial: dict[str, list[TrialRecord]] = {}
-        for record in sorted(self.past_trials(), key=lambda r: r.number):
-            by_trial.setdefault(json.dumps(record.sampled, sort_keys=True), []).append(record)
+        by_trial: dict[str, list[CandidateRecord]] = {}
+        for record in sorted(records, key=lambda r: r.tags.trial):
+            by_trial.setdefault(json.dumps(record.tags.sampled, sort_keys=True), []).append(record)
         told = 0
-        for records in by_trial.values():
-            finished = sorted((r for r in records if r.finished), key=lambda r: r.budget)
-            reached = max(r.budget for r in records)
-            if not finished or reached > finished[-1].budget:
-                study.enqueue_trial(records[0].sampled, skip_if_exists=True)  # cut short: finished folds are reused
+        for group in by_trial.values():
+            finished = sorted((r for r in group if r.finished), key=lambda r: r.tags.rung.budget)
+            reached = max(r.tags.rung.budget for r in group)
+            sampled = group[0].tags.sampled
+            if not finished or reached > finished[-1].tags.rung.budget:
+                study.enqueue_trial(sampled, skip_if_exists=True)  # cut short: finished folds are reused
                 continue
-            values = {r.budget: (r.mean if math.isfinite(r.mean) else 0.0) for r in finished}
-            top = finished[-1].budget
+            values = {r.tags.rung.budget: (r.score if math.isfinite(r.score) else 0.0) for r in finished}
+            top = finished[-1].tags.rung.budget
             complete = top == self.budgets[-1]
             study.add_trial(
                 optuna.trial.create_trial(
-                    params=records[0].sampled,
+                    params=sampled,
                     distributions=self.space.distributions,
                     value=values[top] if complete else None,
                     intermediate_values=values,
@@ -116,30 +126,31 @@ class OptunaSearch:
         return told
 
     def _evaluate(self, evaluate: Evaluate, trials: list, budget: int, rung: int, first: int) -> list[dict]:
-        configs = [self.space.config(t.params, epochs=budget, overrides=self.overrides) for t in trials]
+        specs = [
+            Spec(
+                self.space.config(t.params, epochs=budget, overrides=self.overrides),
+                label=f"trial {t.number} ({budget} epochs)",
+                role=TRIAL_ROLE,
+                trial=t.number,
+                sampled=dict(t.params),
+            )
+            for t in trials
+        ]
         group = Group(
             name=f"trials {first}-{first + len(trials) - 1} rung {rung}: {budget} epochs",
-            step=f"{self.name}:{self.space.name}"
-            if budget == self.budgets[-1]
-            else f"{self.name}:{self.space.name}@{budget}",
+            step=self.search_name,
             varied=self.space.names,
             own_run=False,
-            tags={
-                RUNG: str(rung),
-                BUDGET: str(budget),
-                FINAL_RUNG: str(budget == self.budgets[-1]).lower(),
-                SEARCH_KEY: self.search_key,
-            },
+            rung=Rung(rung, len(self.budgets), budget),
+            search_key=self.search_key,
         )
-        labels = [f"trial {t.number} ({budget} epochs)" for t in trials]
-        tags = [{TRIAL: str(t.number), SAMPLED: json.dumps(t.params)} for t in trials]
-        return evaluate(configs, group=group, labels=labels, tags=tags)
+        return evaluate(specs, group=group)
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
         import optuna
 
         study = self.study = self.make_study()
-        done = self.remember(study)
+        done = self.remember(study, self.past_trials(memory()))
         while done < self.n_trials:
             trials = [study.ask(self.space.distributions) for _ in range(min(self.batch, self.n_trials - done))]
             first = trials[0].number
@@ -163,32 +174,3 @@ class OptunaSearch:
                 if not trials:
                     break
             done += min(self.batch, self.n_trials - done)
-
-    @staticmethod
-    def sampled_configs(
-        space: Space, n: int, *, seed: int, overrides: Params | None = None
-    ) -> tuple[list[Params], list[str]]:
-        """``n`` configurations drawn at random from ``space`` (Optuna's RandomSampler), for successive halving."""
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-        trials = [study.ask(space.distributions) for _ in range(n)]
-        return [space.config(t.params, overrides=overrides) for t in trials], [f"sample {t.number}" for t in trials]
-
-
-def trial_records(runs: Sequence, search_key: str) -> list[TrialRecord]:
-    """The store's evaluated (trial, rung) runs of one search, from its candidate runs' tags and metrics."""
-    records = []
-    for run in runs:
-        tags = run.data.tags
-        if tags.get(LEVEL) != "candidate" or tags.get(SEARCH_KEY) != search_key or TRIAL not in tags:
-            continue
-        mean = run.data.metrics.get("mean_heldout_accuracy", math.nan)
-        status = tags.get(STATUS, "ok")
-        finished = run.info.status == "FINISHED"
-        score = mean if status == "ok" else 0.0
-        records.append(
-            TrialRecord(int(tags[TRIAL]), json.loads(tags[SAMPLED]), int(tags[BUDGET]), score, status, finished)
-        )
-    return records

@@ -1,53 +1,100 @@
 """The seed's way: its steps in order, each varying one group over its grid, everything else fixed at the best
-values earlier steps left in the tracking store (carry-forward), with ``--overrides`` on top."""
+values earlier steps left in the tracking store (carry-forward), with ``--overrides`` on top.
+
+Each step also trains its *reference*, the carried-in configuration, afresh (new training seeds) as one more
+candidate: the analysis compares every grid point with it, and it is fixed before any score of the step is
+seen. Reusing the previous step's winning folds instead is cheaper but biased (they were chosen for being
+best): ``--reuse-reference`` keeps that older behaviour.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from mlflow_mnist.model import Params
+from mlflow_mnist.params import Params
 from mlflow_mnist.planning import (
     FoldRecord,
     Group,
     Plan,
     SearchSettings,
+    Spec,
     StoreState,
     plan_candidates,
     resolve_fixed_params,
 )
+from mlflow_mnist.schema import FRESH, REFERENCE, REUSED_RULE
 from mlflow_mnist.stages import Step
-from mlflow_mnist.strategies.base import Evaluate
+from mlflow_mnist.strategies.base import Evaluate, SearchRequest
+from mlflow_mnist.tasks.base import Task
+
+REFERENCE_LABEL = "reference"
 
 
-def step_group(step: Step, fixed: Params) -> Group:
-    return Group(name=step.name, step=step.name, varied=step.varied, fixed=fixed, grid=step.grid)
+def step_group(step: Step, fixed: Params, *, reference: bool = False) -> Group:
+    rule = FRESH if reference else REUSED_RULE
+    return Group(name=step.name, step=step.name, varied=step.varied, fixed=fixed, grid=step.grid, reference_rule=rule)
 
 
-def step_candidates(step: Step, fixed: Params) -> list[Params]:
-    return [{**fixed, **varied} for varied in step.candidates()]
+def step_candidates(step: Step, fixed: Params, *, reference: bool = False) -> list[Spec]:
+    """The step's grid points on top of ``fixed``; with ``reference``, the carried-in configuration last, as a
+    candidate of its own (its folds get their own keys, hence new training seeds)."""
+    specs = [Spec({**fixed, **varied}) for varied in step.candidates()]
+    # The step's name makes the reference's keys its own: the next step's reference (often the same
+    # configuration) is trained afresh again, never one selected for winning here.
+    if reference:
+        specs.append(Spec(dict(fixed), label=REFERENCE_LABEL, role=REFERENCE, replicate=f"{REFERENCE}:{step.name}"))
+    return specs
 
 
-def plan_step(step: Step, fixed: Params, settings: SearchSettings, done: Mapping[str, FoldRecord]) -> Plan:
+def plan_step(
+    step: Step, fixed: Params, settings: SearchSettings, done: Mapping[str, FoldRecord], *, reference: bool = False
+) -> Plan:
     """Every grid point of ``step`` on top of ``fixed``; fold tasks only for what ``done`` lacks. Pure."""
-    return plan_candidates(step_group(step, fixed), step_candidates(step, fixed), settings, done)
+    group = step_group(step, fixed, reference=reference)
+    return plan_candidates(group, step_candidates(step, fixed, reference=reference), settings, done)
 
 
 class StagedGrid:
     """One evaluate call per step; a step's fixed values come from the store as it stands before the step."""
 
     name = "staged"
+    help = "the task's steps in order, each over its grid, with carry-forward (--stage)"
+    carries_forward = True
+    space = None
 
-    def __init__(self, steps: Sequence[Step], *, overrides: Params, epochs: int):
-        self.steps, self.overrides, self.epochs = list(steps), dict(overrides), epochs
+    def __init__(self, task: Task, steps: Sequence[Step], *, overrides: Params, epochs: int, reference: bool = True):
+        self.task, self.steps, self.overrides, self.epochs = task, list(steps), dict(overrides), epochs
+        self.reference = reference
+        self.search_name = steps[0].name if len(steps) == 1 else ""
+
+    @classmethod
+    def from_request(cls, request: SearchRequest) -> StagedGrid:
+        strategy = cls(
+            request.task,
+            request.need_steps(cls.name),
+            overrides=request.overrides,
+            epochs=request.epochs,
+            reference=not request.reuse_reference,
+        )
+        strategy.search_name = request.stage
+        return strategy
 
     @property
     def single_group(self) -> bool:
         return len(self.steps) == 1
 
     def fixed_for(self, step: Step, state: StoreState) -> Params:
-        return resolve_fixed_params(step.name, state.step_bests, self.overrides, self.epochs)
+        return resolve_fixed_params(self.task, step.name, state.step_bests, self.overrides, self.epochs)
+
+    def fresh_reference(self, step: Step, state: StoreState) -> bool:
+        """Retrain the reference, unless told not to or the step already finished in the store under the old rule:
+        resuming a finished step keeps the rule it ran with, so a store made before references were retrained
+        resumes without training anything."""
+        done = state.step_bests.get(step.name)
+        return self.reference and (done is None or done.reference_rule == FRESH)
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
         for step in self.steps:
-            fixed = self.fixed_for(step, memory())
-            evaluate(step_candidates(step, fixed), group=step_group(step, fixed))
+            state = memory()
+            fixed, fresh = self.fixed_for(step, state), self.fresh_reference(step, state)
+            evaluate(step_candidates(step, fixed, reference=fresh), group=step_group(step, fixed, reference=fresh))

@@ -1,4 +1,5 @@
-"""The seed's convnet as a function of a flat dict of its 17 hyperparameters, plus a few the seed lacked.
+"""The seed's convnet as a function of a flat dict of 18 hyperparameters (the 17 of its stages plus
+``optimizer``, which it varied and ignored), plus a few the seed lacked.
 
 Unlike the seed, ``pool_size`` and ``optimizer`` are honoured and every optimizer gets an explicit learning
 rate (Keras 3 defaults differ from the Keras 2 ones the seed ran on). The model takes raw 28x28 uint8 pixels:
@@ -11,9 +12,15 @@ search trained stays what it was.
 
 from __future__ import annotations
 
-from typing import Any
-
-Params = dict[str, Any]
+from mlflow_mnist.params import (
+    HyperparameterError,
+    Params,
+    as_pair,
+    check_choice,
+    check_known,
+    check_number,
+)
+from mlflow_mnist.tasks.base import check_precision
 
 ACTIVATIONS = ("softmax", "softplus", "softsign", "relu", "tanh", "sigmoid", "hard_sigmoid", "linear")
 INITIALIZERS = (
@@ -74,80 +81,30 @@ KNOWN = (*HYPERPARAMETERS, *EXTRA_NEUTRAL)
 IMAGE_SIDE = 28
 
 
-def without_neutral(params: Params) -> Params:
-    """``params`` without the extra hyperparameters that sit at their neutral values (for keys and labels)."""
-    return {k: v for k, v in params.items() if not (k in EXTRA_NEUTRAL and v == EXTRA_NEUTRAL[k])}
-
-
-class HyperparameterError(ValueError):
-    """A hyperparameter value the model cannot use; the message names key, value and the allowed values."""
-
-
-def _as_pair(key: str, value: Any) -> tuple[int, int]:
-    """(5, 5), [5, 5], 5, "(5, 5)" or "5x5" -> (5, 5)."""
-    parts = value
-    if isinstance(value, str):
-        parts = [p for p in value.replace("(", "").replace(")", "").replace("x", ",").split(",") if p.strip()]
-    elif isinstance(value, int):
-        parts = (value, value)
-    try:
-        pair = tuple(int(v) for v in parts)
-    except (TypeError, ValueError):
-        pair = ()
-    if len(pair) != 2 or min(pair) < 1:
-        raise HyperparameterError(f"{key}={value!r} must be a pair of positive integers such as (3, 3)")
-    return pair
-
-
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise HyperparameterError(f"{key}={value!r} is not one of {', '.join(allowed)}")
-    return value
-
-
-def _check_number(key: str, value: Any, kind: type, low: float, high: float | None, high_open: bool = False) -> Any:
-    try:
-        number = kind(value)
-        if kind is int and number != float(value):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise HyperparameterError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
-    too_high = high is not None and (number >= high if high_open else number > high)
-    if number < low or too_high or number != number:
-        bound = "" if high is None else (f" and below {high}" if high_open else f" and at most {high}")
-        raise HyperparameterError(f"{key}={value!r} must be at least {low}{bound}")
-    return number
-
-
 def validate_params(params: Params) -> Params:
     """Check every key and value before any training; returns a normalised copy (pairs as tuples)."""
-    unknown = sorted(set(params) - set(KNOWN))
-    if unknown:
-        raise HyperparameterError(f"unknown hyperparameter {unknown[0]!r}: known are {', '.join(KNOWN)}")
-    missing = [key for key in HYPERPARAMETERS if key not in params]
-    if missing:
-        raise HyperparameterError(f"missing hyperparameter(s) {', '.join(missing)}")
+    check_known(params, KNOWN, HYPERPARAMETERS)
     clean = {**EXTRA_NEUTRAL, **params}
-    clean["augment_shift"] = _check_number("augment_shift", clean["augment_shift"], float, 0.0, 0.5, high_open=True)
-    clean["augment_zoom"] = _check_number("augment_zoom", clean["augment_zoom"], float, 0.0, 0.5, high_open=True)
-    clean["augment_rotation"] = _check_number("augment_rotation", clean["augment_rotation"], float, 0.0, 90.0)
-    _check_choice("lr_schedule", clean["lr_schedule"], SCHEDULES)
+    clean["augment_shift"] = check_number("augment_shift", clean["augment_shift"], float, 0.0, 0.5, high_open=True)
+    clean["augment_zoom"] = check_number("augment_zoom", clean["augment_zoom"], float, 0.0, 0.5, high_open=True)
+    clean["augment_rotation"] = check_number("augment_rotation", clean["augment_rotation"], float, 0.0, 90.0)
+    check_choice("lr_schedule", clean["lr_schedule"], SCHEDULES)
     for index in (1, 2, 3):
-        clean[f"neurons_{index}"] = _check_number(f"neurons_{index}", params[f"neurons_{index}"], int, 1, None)
+        clean[f"neurons_{index}"] = check_number(f"neurons_{index}", params[f"neurons_{index}"], int, 1, None)
     for index in (1, 2):
         key = f"dropout_rate_{index}"
-        clean[key] = _check_number(key, params[key], float, 0.0, 1.0, high_open=True)
+        clean[key] = check_number(key, params[key], float, 0.0, 1.0, high_open=True)
     for index in (1, 2, 3, 4):
-        _check_choice(f"activation_{index}", params[f"activation_{index}"], ACTIVATIONS)
+        check_choice(f"activation_{index}", params[f"activation_{index}"], ACTIVATIONS)
     for index in (1, 2):
-        _check_choice(f"init_mode_{index}", params[f"init_mode_{index}"], INITIALIZERS)
-    _check_choice("optimizer", params["optimizer"], OPTIMIZERS)
-    clean["learn_rate"] = _check_number("learn_rate", params["learn_rate"], float, 1e-12, None)
-    clean["momentum"] = _check_number("momentum", params["momentum"], float, 0.0, 1.0, high_open=True)
-    clean["epochs"] = _check_number("epochs", params["epochs"], int, 1, None)
-    clean["batch_size"] = _check_number("batch_size", params["batch_size"], int, 1, None)
-    kernel = clean["kernel_size"] = _as_pair("kernel_size", params["kernel_size"])
-    pool = clean["pool_size"] = _as_pair("pool_size", params["pool_size"])
+        check_choice(f"init_mode_{index}", params[f"init_mode_{index}"], INITIALIZERS)
+    check_choice("optimizer", params["optimizer"], OPTIMIZERS)
+    clean["learn_rate"] = check_number("learn_rate", params["learn_rate"], float, 1e-12, None)
+    clean["momentum"] = check_number("momentum", params["momentum"], float, 0.0, 1.0, high_open=True)
+    clean["epochs"] = check_number("epochs", params["epochs"], int, 1, None)
+    clean["batch_size"] = check_number("batch_size", params["batch_size"], int, 1, None)
+    kernel = clean["kernel_size"] = as_pair("kernel_size", params["kernel_size"])
+    pool = clean["pool_size"] = as_pair("pool_size", params["pool_size"])
     # Two valid convolutions shrink each side by (k - 1) twice; pooling must then fit what is left.
     side = [IMAGE_SIDE - 2 * (k - 1) for k in kernel]
     if min(side) < 1:
@@ -171,17 +128,9 @@ def make_optimizer(name: str, learn_rate: float, momentum: float):
     return getattr(keras.optimizers, name)(learning_rate=learn_rate)
 
 
-PRECISIONS = ("float32", "mixed_bfloat16")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise HyperparameterError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
-    return precision
-
-
 def build_model(
     hyperparameters: Params,
+    *,
     n_classes: int = 2,
     steps_per_execution: int = 1,
     precision: str = "float32",
@@ -279,38 +228,6 @@ def build_model(
         steps_per_execution=steps_per_execution,
     )
     return model
-
-
-def make_classifier(
-    params: Params,
-    n_classes: int = 2,
-    steps_per_execution: int = 1,
-    random_state: int | None = None,
-    precision: str = "float32",
-    seed: int | None = None,
-    n_train: int | None = None,
-):
-    """The model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive.
-
-    ``seed`` seeds the model's initializers and dropout explicitly; ``n_train`` sizes a cosine schedule
-    (see :func:`build_model`)."""
-    from scikeras.wrappers import KerasClassifier
-
-    p = validate_params(params)
-    return KerasClassifier(
-        model=build_model,
-        model__hyperparameters=p,
-        model__n_classes=n_classes,
-        model__steps_per_execution=steps_per_execution,
-        model__precision=check_precision(precision),
-        model__seed=seed,
-        model__n_train=n_train,
-        loss="categorical_crossentropy",
-        epochs=p["epochs"],
-        batch_size=p["batch_size"],
-        random_state=random_state,
-        verbose=0,
-    )
 
 
 def count_training_flops(params: Params, n_classes: int = 2) -> float:

@@ -9,7 +9,6 @@ fails in one line instead of deep inside ``fit``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -17,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mlflow_mnist.tasks.base import DataError, Dataset, array_digest, select_classes, variant_name
+
 DATA_ENV_VAR = "MLFLOW_MNIST_DATA"
 SAMPLE_PATH = Path(__file__).parent / "sample" / "mnist_sample.npz"
+DIGITS = tuple(str(d) for d in range(10))
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
     "y_train": "train-labels-idx1-ubyte",
@@ -27,10 +29,6 @@ IDX_FILES = {
 }
 _IDX_MAGIC = {1: 2049, 3: 2051}  # labels, images (big-endian uint8 IDX)
 IMAGE_SHAPE = (28, 28)
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -42,43 +40,6 @@ class Mnist:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
-
-
-@dataclass(frozen=True)
-class Task:
-    """MNIST restricted to some digits, relabelled 0..k-1 in the order the digits were given."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    digits: tuple[int, ...]
-    source: str
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.digits)
-
-    @property
-    def name(self) -> str:
-        """Short task name used for experiments and registered models, e.g. ``2v7`` or ``all``."""
-        if self.digits == tuple(range(10)):
-            return "all"
-        return "v".join(str(d) for d in self.digits)
-
-    def digest(self, split: str = "train") -> str:
-        """Content digest of one split: same pixels, labels and digits give the same digest anywhere."""
-        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_test, self.y_test)
-        return array_digest(x, y, np.asarray(self.digits))
-
-
-def array_digest(*arrays: np.ndarray) -> str:
-    hasher = hashlib.sha256()
-    for array in arrays:
-        contiguous = np.ascontiguousarray(array)
-        hasher.update(str((contiguous.shape, contiguous.dtype.str)).encode())
-        hasher.update(contiguous.tobytes())
-    return hasher.hexdigest()[:16]
 
 
 def load_mnist(source: str | os.PathLike | None = None) -> Mnist:
@@ -206,23 +167,27 @@ def parse_digits(text: str) -> tuple[int, ...]:
     return digits
 
 
-def select_digits(data: Mnist, digits: tuple[int, ...]) -> Task:
-    """Keep only ``digits``, relabelled by position: for (2, 7), a 2 is class 0 and a 7 is class 1."""
-    lookup = np.full(10, -1, dtype=np.int64)
-    lookup[list(digits)] = np.arange(len(digits))
-    splits = []
-    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-        keep = lookup[y] >= 0
-        splits += [np.ascontiguousarray(x[keep]), lookup[y[keep]].astype(np.uint8)]
-    for name, labels in (("train", splits[1]), ("test", splits[3])):
-        absent = [d for i, d in enumerate(digits) if not np.any(labels == i)]
-        if absent:
-            raise DataError(f"{data.source}: the {name} split has no images of digit(s) {absent}")
-    return Task(*splits, digits=digits, source=data.source)
+def select_digits(data: Mnist, digits: tuple[int, ...]) -> Dataset:
+    """Keep only ``digits``, relabelled by position: for (2, 7), a 2 is class 0 and a 7 is class 1.
+
+    The digest of each split covers its pixels, labels and the digits chosen: the same bytes as before MNIST
+    became a task, so every fold key an older store holds is still found.
+    """
+    arrays = {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test, "y_test": data.y_test}
+    kept = select_classes(arrays, digits, source=data.source, names=DIGITS)
+    chosen = np.asarray(digits)
+    return Dataset(
+        **kept,
+        class_names=tuple(DIGITS[d] for d in digits),
+        variant=variant_name(digits, DIGITS),
+        source=data.source,
+        train_digest=array_digest(kept["x_train"], kept["y_train"], chosen),
+        test_digest=array_digest(kept["x_test"], kept["y_test"], chosen),
+    )
 
 
-def load_task(source: str | None, digits: str) -> Task:
-    """Load and select in one call: what the CLI and the benchmarks use."""
+def load_task(source: str | None, digits: str) -> Dataset:
+    """Load and select in one call."""
     return select_digits(load_mnist(source), parse_digits(digits))
 
 
@@ -239,27 +204,3 @@ def make_sample(data: Mnist, train_per_digit: int, test_per_digit: int, seed: in
         )
         out[f"x_{split}"], out[f"y_{split}"] = x[picks], y[picks]
     return out
-
-
-@dataclass(frozen=True)
-class DataRef:
-    """How a worker finds a task's pixels without anyone shipping them: a source it can load, the digits, and
-    the training split's digest to check that it loaded the same images as the driver."""
-
-    source: str  # "sample", an absolute path, or "" ($MLFLOW_MNIST_DATA, then Keras' cache)
-    digits: tuple[int, ...]
-    digest: str
-
-
-def load_ref(ref: DataRef) -> Task:
-    """Load what ``ref`` names and check its digest; a mismatch names this worker and what to fix."""
-    import socket
-
-    task = select_digits(load_mnist(ref.source), ref.digits)
-    found = task.digest()
-    if found != ref.digest:
-        raise DataError(
-            f"worker {socket.gethostname()} (pid {os.getpid()}) loaded {ref.source or 'the default MNIST'} with "
-            f"digest {found}, but the driver's data has digest {ref.digest}: give every worker the same files"
-        )
-    return task

@@ -1,0 +1,206 @@
+"""The Python API: ``tune``, ``final``, ``promote`` and ``analyze`` for notebooks and scripts; the CLI is a thin
+layer over it. Every argument is keyword-only and means what the CLI option of the same name means.
+
+    >>> import mlflow_mnist
+    >>> result = mlflow_mnist.tune(task="digits", strategy="optuna", space="small", trials=8, epochs=20)
+    >>> result.cv_results.sort_values("rank_test_score").head()   # scikit-learn's cv_results_, as a DataFrame
+    >>> result.run_id                                               # the search run in MLflow
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_mnist.tasks import DEFAULT_TASK
+
+
+@dataclass
+class TuneResult:
+    """A search's ``cv_results`` rows (one per candidate of every group, with its step and rung), its MLflow run,
+    and its best row by the tool's one ranking rule."""
+
+    cv_results: Any  # pandas.DataFrame
+    run_id: str | None
+    best: dict[str, Any] | None
+    best_params: dict[str, Any] | None
+    trained: int
+    reused: int
+    outcome: Any  # mlflow_mnist.search.SearchOutcome
+
+
+def _say(message: str, notify: Callable[[str], None] | None) -> None:
+    if message and notify is not None:
+        notify(message)
+
+
+def open_campaign(*, notify: Callable[[str], None] | None = None, **settings: Any):
+    """A campaign (task, data, settings, experiment) from the common options; says which experiment it chose."""
+    from mlflow_mnist.campaign import Campaign
+
+    campaign = Campaign.open(**settings)
+    _say(campaign.experiment.chosen_because, notify)
+    return campaign
+
+
+def tune(
+    *,
+    task: str = DEFAULT_TASK,
+    strategy: str = "staged",
+    stage: str = "",
+    space: str = "",
+    trials: int = 20,
+    halving_factor: int = 3,
+    epochs: int = 6,
+    folds: int = 3,
+    cv_repeats: int = 1,
+    classes: str = "",
+    data: str = "",
+    seed: int = 0,
+    overrides: str = "",
+    experiment: str | None = None,
+    precision: str = "float32",
+    executor: str = "joblib",
+    scheduler: str | None = None,
+    n_jobs: int = -1,
+    log_models: bool = True,
+    reuse_reference: bool = False,
+    progress: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Run a search as nested MLflow runs; returns its ``cv_results`` and run id.
+
+    ``strategy`` is a registered strategy (``mlflow_mnist.strategies.STRATEGIES``); ``stage`` names the task's
+    staged steps, ``space`` its joint-search space (default: the task's first). Everything is validated, and the
+    store and the executor reached, before any run is written.
+    """
+    import pandas as pd
+
+    from mlflow_mnist.executors import make_executor
+    from mlflow_mnist.strategies import STRATEGIES, make_strategy
+    from mlflow_mnist.tasks import get_task
+
+    chosen = get_task(task)
+    if strategy not in STRATEGIES:
+        from mlflow_mnist.params import StageError
+
+        raise StageError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    steps = tuple(chosen.steps_of(stage)) if stage else ()
+    chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
+    campaign = open_campaign(
+        notify=notify,
+        task=task,
+        data=data,
+        classes=classes,
+        folds=folds,
+        seed=seed,
+        epochs=epochs,
+        overrides=overrides,
+        experiment=experiment,
+        precision=precision,
+        cv_repeats=cv_repeats,
+    )
+    with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
+        request = campaign.request(
+            stage=stage,
+            steps=steps,
+            space=chosen_space,
+            trials=trials,
+            factor=halving_factor,
+            batch=2 * pool.n_workers,
+            reuse_reference=reuse_reference,
+        )
+        search = make_strategy(strategy, request)
+        outcome = campaign.search(search, executor=pool, with_model=log_models, progress=progress)
+    rows = [
+        {"step": g.step, "rung": g.group.rung.index if g.group.rung else None, **row}
+        for g in outcome.groups
+        for row in g.rows
+    ]
+    best = outcome.best
+    return TuneResult(
+        cv_results=pd.DataFrame(rows),
+        run_id=outcome.run_id,
+        best=best.best if best else None,
+        best_params=dict(best.winner.params) if best else None,
+        trained=outcome.trained,
+        reused=outcome.reused,
+        outcome=outcome,
+    )
+
+
+def final(
+    *,
+    task: str = DEFAULT_TASK,
+    repeats: int = 1,
+    search: str = "",
+    epochs: int = 6,
+    folds: int = 3,
+    cv_repeats: int = 1,
+    classes: str = "",
+    data: str = "",
+    seed: int = 0,
+    overrides: str = "",
+    experiment: str | None = None,
+    precision: str = "float32",
+    executor: str = "joblib",
+    scheduler: str | None = None,
+    n_jobs: int = -1,
+    progress: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
+    with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params)."""
+    from mlflow_mnist.executors import make_executor, resolve_n_jobs
+    from mlflow_mnist.final import run_final
+
+    campaign = open_campaign(
+        notify=notify,
+        task=task,
+        data=data,
+        classes=classes,
+        folds=folds,
+        seed=seed,
+        epochs=epochs,
+        overrides=overrides,
+        experiment=experiment,
+        precision=precision,
+        cv_repeats=cv_repeats,
+    )
+    workers = min(resolve_n_jobs(n_jobs), repeats)  # one seed: every core to it
+    with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
+        return run_final(campaign, repeats=repeats, executor=pool, search=search or None, progress=progress)
+
+
+def promote(
+    *,
+    experiment: str | None = None,
+    name: str = "",
+    min_accuracy: float | None = None,
+    force: bool = False,
+    run_id: str = "",
+    notify: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Register the latest (or ``run_id``'s) final model and move alias ``@champion`` to it if the gate allows;
+    ``min_accuracy`` defaults to the task's threshold. Raises ``PromotionRejected`` when the gate says no."""
+    from mlflow_mnist import tracking
+    from mlflow_mnist.registry import promote as promote_model
+
+    client = tracking.connect()
+    where = tracking.resolve_experiment(client, experiment, create=False)
+    _say(where.chosen_because, notify)
+    return promote_model(
+        client, where.experiment_id, name=name or None, min_accuracy=min_accuracy, force=force, run_id=run_id or None
+    )
+
+
+def analyze(**options: Any):
+    """The analysis report from the tracking store alone (``analysis.api.analyze``: the analysis package registers
+    it under the entry point group ``mlflow_mnist.api``, so this package never imports it)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="mlflow_mnist.api"):
+        if entry.name == "analyze":
+            return entry.load()(**options)
+    raise RuntimeError("the analysis package is not installed: pip install -e . installs it")

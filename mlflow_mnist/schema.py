@@ -1,0 +1,374 @@
+"""The run-tree schema: every tag name the tool writes, and a typed record per level with its format and parse.
+
+    search run      level "stage" (several groups) or "step" (a single-group search)
+      group run     level "step": a staged step, a rung of successive halving
+        candidate   level "candidate": a grid point, a sampled configuration, a trial at a rung
+          fold      level "fold": one split, its curves and model
+    final run       level "final", with "final_seed" children when there are several seeds
+    analysis run    level "analysis"
+
+Meaning travels as typed values: a rung is ``(index, count, budget)`` and counts when ``index == count``; a
+candidate's role is a word; numbers are numbers. Parsing accepts what older versions wrote (a rung's
+``final_rung`` "true"/"false" tag, ``@`` inside low rungs' step names, a final's task tag holding its class
+variant), so every store this tool ever made reads the same. Nothing else in the tool spells a tag name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_mnist.params import Params, from_json, json_value
+
+PREFIX = "mlflow_mnist."
+PARENT = "mlflow.parentRunId"
+RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
+
+
+def _tag(name: str) -> str:
+    return f"{PREFIX}{name}"
+
+
+# -- levels --------------------------------------------------------------------------------------------------
+LEVEL = _tag("level")
+STAGE_LEVEL, STEP_LEVEL, CANDIDATE_LEVEL, FOLD_LEVEL = "stage", "step", "candidate", "fold"
+FINAL_LEVEL, FINAL_SEED_LEVEL, ANALYSIS_LEVEL = "final", "final_seed", "analysis"
+
+# -- every run of a campaign ---------------------------------------------------------------------------------
+DIGEST = _tag("data_digest")
+SETTINGS_KEY = _tag("settings_key")  # SearchSettings.key(): which runs' step bests may carry forward
+DATA_SOURCE = _tag("data_source")
+TASK = _tag("task")  # the task's name ("mnist"); before tasks existed, a final's class variant ("2v7")
+TASK_VARIANT = _tag("task_variant")  # which classes ("2v7", "all")
+STAGE = _tag("stage")
+STEP = _tag("step")
+STATUS = _tag("status")
+BEST_CHILD = _tag("best_child_run_id")
+LOCK_TOKEN = _tag("lock_token")  # the campaign lock holder that wrote the run
+
+# -- search and group runs -----------------------------------------------------------------------------------
+STRATEGY = _tag("strategy")
+SEARCH_KEY = _tag("search_key")
+BEST_CONFIG = _tag("best_config")  # a search's best full configuration: what `final --search` trains
+VERSION_PREFIX = _tag("version.")
+PLAN_HASH = _tag("plan_hash")
+VARIED = _tag("varied")
+INCUMBENT = _tag("incumbent")  # the carried-in values of the varied parameters
+REFERENCE_RULE = _tag("reference_rule")  # how a staged step's reference was trained: FRESH or REUSED
+BEST_PARAMS, BEST_SCORE, BEST_CANDIDATE = _tag("best_params"), _tag("best_mean_accuracy"), _tag("best_candidate")
+RUNG, RUNGS, BUDGET = _tag("rung"), _tag("rungs"), _tag("budget_epochs")
+LEGACY_FINAL_RUNG = _tag("final_rung")  # "true"/"false", written before rungs carried their count
+IDLE_SHARE = _tag("idle_share")
+SPACE = _tag("space")  # a joint search's space: its name and each dimension's distribution (Optuna's JSON)
+
+# -- candidate and fold runs ---------------------------------------------------------------------------------
+CONFIG_HASH = _tag("config_hash")
+CANDIDATE = _tag("candidate")
+CANDIDATE_INDEX = _tag("candidate_index")
+ROLE = _tag("role")
+TRIAL, SAMPLED = _tag("trial"), _tag("sampled")
+COLLAPSED_FOLDS = _tag("collapsed_folds")
+REUSED = _tag("reused_fold_runs")
+FOLD_KEY = _tag("fold_key")
+FOLD, REPEAT, WORKER, ERROR = _tag("fold"), _tag("repeat"), _tag("worker"), _tag("error")
+
+# -- final runs ----------------------------------------------------------------------------------------------
+MEDIAN_RUN, MEDIAN_MODEL = _tag("median_run_id"), _tag("median_model_id")
+TEST_DIGEST, TEST_SIZE = _tag("test_digest"), _tag("test_size")  # which test set the accuracy is on
+SOURCE_RUNS = _tag("source_step_runs")
+SEED = _tag("seed")
+
+#: Candidate roles: a point of a step's grid, the step's reference (the carried-in configuration trained
+#: afresh, fixed before any score is seen), a configuration sampled from a space, an Optuna trial.
+GRID, REFERENCE, SAMPLE, TRIAL_ROLE = "grid", "reference", "sample", "trial"
+#: A staged step's reference: trained afresh in the step, or the carried-in grid point's folds reused from the
+#: step before (the only rule before references were retrained; biased, since they won that step).
+FRESH, REUSED_RULE = "fresh", "reused"
+MAX_TAG = 5000  # MLflow's tag value limit is 8,000 characters; long JSON is cut well before it
+
+
+def as_int(value: Any, default: int | None = None) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def as_float(value: Any, default: float = math.nan) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class Rung:
+    """Where a group or candidate sits in successive halving: rung ``index`` of ``count``, at ``budget`` epochs.
+    Only the last rung decides anything (a step's result, a trial's value)."""
+
+    index: int
+    count: int
+    budget: int
+
+    @property
+    def counts(self) -> bool:
+        return self.index >= self.count
+
+    def tags(self) -> dict[str, str]:
+        return {RUNG: str(self.index), RUNGS: str(self.count), BUDGET: str(self.budget)}
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str]) -> Rung | None:
+        index = as_int(tags.get(RUNG))
+        if index is None:
+            return None
+        count = as_int(tags.get(RUNGS))
+        if count is None:  # older stores: only whether it was the last
+            count = index if tags.get(LEGACY_FINAL_RUNG, "true") == "true" else index + 1
+        return cls(index, count, as_int(tags.get(BUDGET), 0) or 0)
+
+
+def counts(tags: Mapping[str, str]) -> bool:
+    """Whether a group or candidate run decides anything: it is not a low rung of successive halving."""
+    rung = Rung.parse(tags)
+    return rung is None or rung.counts
+
+
+def step_name(tags: Mapping[str, str]) -> str:
+    """The step a run belongs to; older stores put ``@rung2`` or ``@6`` after a low rung's step name."""
+    return str(tags.get(STEP, "")).split("@")[0]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """Which task and which of its class variants a run was made on."""
+
+    name: str
+    variant: str
+
+    def tags(self) -> dict[str, str]:
+        return {TASK: self.name, TASK_VARIANT: self.variant}
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str], *, legacy_task: str) -> TaskRef:
+        """Stores made before tasks existed tagged only the variant (``task=2v7``): it is ``legacy_task``'s."""
+        if TASK_VARIANT in tags:
+            return cls(str(tags.get(TASK, "")), str(tags[TASK_VARIANT]))
+        return cls(legacy_task, str(tags.get(TASK, "")))
+
+
+@dataclass(frozen=True)
+class GroupTags:
+    """What a group run (a step, a rung) says about itself when it starts."""
+
+    step: str
+    varied: tuple[str, ...]
+    incumbent: Params
+    plan_hash: str
+    rung: Rung | None = None
+    reference_rule: str = REUSED_RULE
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            STEP: self.step,
+            PLAN_HASH: self.plan_hash,
+            VARIED: json.dumps(list(self.varied)),
+            INCUMBENT: json.dumps({k: json_value(v) for k, v in self.incumbent.items()}),
+            REFERENCE_RULE: self.reference_rule,
+        }
+        return {**tags, **(self.rung.tags() if self.rung else {})}
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str]) -> GroupTags:
+        varied = tuple(json.loads(tags.get(VARIED) or "[]"))
+        incumbent = from_json(json.loads(tags.get(INCUMBENT) or "{}"))
+        rule = str(tags.get(REFERENCE_RULE, REUSED_RULE))
+        return cls(step_name(tags), varied, incumbent, str(tags.get(PLAN_HASH, "")), Rung.parse(tags), rule)
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """What a group run says when it finishes: its best candidate's varied values and mean score."""
+
+    best_params: Params
+    best_score: float
+    best_candidate: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            BEST_PARAMS: json.dumps({k: json_value(v) for k, v in self.best_params.items()}),
+            BEST_SCORE: repr(self.best_score),
+            BEST_CANDIDATE: self.best_candidate,
+        }
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str]) -> GroupResult | None:
+        if BEST_PARAMS not in tags:
+            return None
+        params = from_json(json.loads(tags[BEST_PARAMS]))
+        return cls(params, as_float(tags.get(BEST_SCORE)), str(tags.get(BEST_CANDIDATE, "")))
+
+
+@dataclass(frozen=True)
+class CandidateTags:
+    """A candidate run: its step, label, position, role, and a trial's number and sampled values."""
+
+    step: str
+    label: str
+    index: int
+    config_hash: str
+    varied: tuple[str, ...]
+    role: str = GRID
+    rung: Rung | None = None
+    trial: int | None = None
+    sampled: Params = field(default_factory=dict)
+    search_key: str = ""
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            STEP: self.step,
+            CANDIDATE: self.label,
+            CANDIDATE_INDEX: str(self.index),
+            CONFIG_HASH: self.config_hash,
+            VARIED: json.dumps(list(self.varied)),
+            ROLE: self.role,
+        }
+        if self.rung is not None:
+            tags.update(self.rung.tags())
+        if self.trial is not None:
+            tags.update({TRIAL: str(self.trial), SAMPLED: json.dumps(self.sampled)})
+        if self.search_key:
+            tags[SEARCH_KEY] = self.search_key
+        return tags
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str]) -> CandidateTags:
+        trial = as_int(tags.get(TRIAL))
+        role = tags.get(ROLE) or (TRIAL_ROLE if trial is not None else GRID)
+        return cls(
+            step=step_name(tags),
+            label=str(tags.get(CANDIDATE) or tags.get(RUN_NAME, "")),
+            index=as_int(tags.get(CANDIDATE_INDEX), 0) or 0,
+            config_hash=str(tags.get(CONFIG_HASH, "")),
+            varied=tuple(json.loads(tags.get(VARIED) or "[]")),
+            role=str(role),
+            rung=Rung.parse(tags),
+            trial=trial,
+            sampled=json.loads(tags[SAMPLED]) if trial is not None and SAMPLED in tags else {},
+            search_key=str(tags.get(SEARCH_KEY, "")),
+        )
+
+
+@dataclass(frozen=True)
+class FoldTags:
+    """A fold run: the fold key that identifies its result anywhere, its split, who trained it, its status."""
+
+    step: str
+    fold_key: str
+    label: str
+    config_hash: str
+    fold: int
+    repeat: int
+    status: str
+    worker: str = ""
+    error: str = ""
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            STEP: self.step,
+            FOLD_KEY: self.fold_key,
+            CANDIDATE: self.label,
+            CONFIG_HASH: self.config_hash,
+            FOLD: str(self.fold),
+            REPEAT: str(self.repeat),
+            STATUS: self.status,
+            WORKER: self.worker,
+        }
+        return {**tags, **({ERROR: self.error[:500]} if self.error else {})}
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str]) -> FoldTags:
+        return cls(
+            step=step_name(tags),
+            fold_key=str(tags.get(FOLD_KEY, "")),
+            label=str(tags.get(CANDIDATE, "")),
+            config_hash=str(tags.get(CONFIG_HASH, "")),
+            fold=as_int(tags.get(FOLD), 0) or 0,
+            repeat=as_int(tags.get(REPEAT), 0) or 0,
+            status=str(tags.get(STATUS, "ok")),
+            worker=str(tags.get(WORKER, "")),
+            error=str(tags.get(ERROR, "")),
+        )
+
+
+@dataclass(frozen=True)
+class FinalTags:
+    """A final run: its task and classes, the test set its accuracy is on, where its configuration came from."""
+
+    task: TaskRef
+    test_digest: str
+    test_size: int
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        return {
+            STAGE: FINAL_LEVEL,
+            **self.task.tags(),
+            TEST_DIGEST: self.test_digest,
+            TEST_SIZE: str(self.test_size),
+            SOURCE_RUNS: json.dumps(dict(self.sources))[:MAX_TAG],
+        }
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str], *, legacy_task: str) -> FinalTags:
+        try:
+            sources = json.loads(tags.get(SOURCE_RUNS) or "{}")
+        except ValueError:
+            sources = {}
+        return cls(
+            TaskRef.parse(tags, legacy_task=legacy_task),
+            str(tags.get(TEST_DIGEST, "")),
+            as_int(tags.get(TEST_SIZE), 0) or 0,
+            sources,
+        )
+
+
+def space_tag(name: str, distributions: Mapping[str, Any]) -> dict[str, str]:
+    """A search space as a tag, so the analysis reads it from the store (fANOVA needs each distribution)."""
+    from optuna.distributions import distribution_to_json
+
+    encoded = {key: distribution_to_json(value) for key, value in distributions.items()}
+    return {SPACE: json.dumps({"name": name, "distributions": encoded})}
+
+
+def parse_space(tags: Mapping[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """The space's name and distributions, or None for a search without one (or made before spaces were kept)."""
+    text = tags.get(SPACE)
+    if not text:
+        return None
+    from optuna.distributions import json_to_distribution
+
+    data = json.loads(text)
+    return data["name"], {key: json_to_distribution(value) for key, value in data["distributions"].items()}
+
+
+def tags_of_row(row: Mapping[str, Any]) -> dict[str, str]:
+    """The tags of a run given as a row of ``mlflow.search_runs``' DataFrame (columns ``tags.<name>``)."""
+    return {
+        key[5:]: value
+        for key, value in row.items()
+        if key.startswith("tags.") and value is not None and not (isinstance(value, float) and value != value)
+    }
+
+
+def best_config(tags: Mapping[str, str]) -> Params | None:
+    text = tags.get(BEST_CONFIG)
+    return from_json(json.loads(text)) if text else None
+
+
+def best_config_tag(params: Params) -> dict[str, str]:
+    return {BEST_CONFIG: json.dumps({k: json_value(v) for k, v in params.items()})[:MAX_TAG]}

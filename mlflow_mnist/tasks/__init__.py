@@ -1,0 +1,47 @@
+"""The task registry: tasks are plug-ins found by entry point (group ``mlflow_mnist.tasks``), as MLflow finds its
+tracking stores. ``mnist`` (the seed's convnet on MNIST) and ``digits`` (scikit-learn's 8x8 digits) are built in;
+a team's own package registers its task the same way, or ``--task package.module:attr`` names one directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+
+from mlflow_mnist.params import StageError
+from mlflow_mnist.tasks.base import DataError, Dataset, Task
+
+GROUP = "mlflow_mnist.tasks"
+#: The task every command uses unless told otherwise (and the one stores made before tasks existed hold).
+DEFAULT_TASK = "mnist"
+
+
+def available_tasks() -> dict[str, str]:
+    """Registered task names and their entry point values (``module:attr``)."""
+    return {entry.name: entry.value for entry in entry_points(group=GROUP)}
+
+
+@cache
+def get_task(spec: str = DEFAULT_TASK) -> Task:
+    """The task registered as ``spec``, or the object ``module:attr`` names (a Task subclass or instance)."""
+    spec = (spec or DEFAULT_TASK).strip()
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise StageError(f"--task {spec}: cannot import it ({type(error).__name__}: {error})") from None
+    else:
+        entries = {entry.name: entry for entry in entry_points(group=GROUP)}
+        if spec not in entries:
+            known = ", ".join(sorted(entries)) or "none"
+            raise StageError(f"unknown task {spec!r}: choose one of {known}, or give package.module:attr")
+        found = entries[spec].load()
+    task = found() if isinstance(found, type) else found
+    if not isinstance(task, Task):
+        raise StageError(f"--task {spec} is a {type(task).__name__}, not a mlflow_mnist.tasks.Task")
+    return task
+
+
+__all__ = ["DEFAULT_TASK", "GROUP", "DataError", "Dataset", "Task", "available_tasks", "get_task"]

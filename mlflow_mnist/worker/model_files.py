@@ -1,0 +1,43 @@
+"""A trained model as an MLflow model folder in bytes, made on the worker so the driver only uploads."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def model_requirements() -> list[str]:
+    """Pinned keras and its TensorFlow backend (mlflow's Keras default names keras alone)."""
+    from importlib.metadata import version
+
+    import keras
+    import tensorflow as tf
+
+    return [f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}", f"mlflow=={version('mlflow')}"]
+
+
+def model_files(model, x_example: np.ndarray, *, with_example: bool = True) -> dict[str, bytes]:
+    """The MLflow model folder as bytes, made on the worker so the driver only uploads.
+
+    Every model carries its signature; only models meant to be served (the final ones) carry the input and
+    serving examples too: a fold's model is evaluated, not served, and two more files are two more uploads per
+    fold for a driver logging for many workers (benchmarks/bench_driver.py).
+    """
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(x_example, model.predict(x_example, verbose=0))
+    with tempfile.TemporaryDirectory() as tmp:
+        # Pre-created folder: mlflow's Keras flavour writes the input example before making it (mlflow#16183).
+        path = Path(tmp, "model")
+        path.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(path),
+            signature=signature,
+            input_example=x_example if with_example else None,
+            pip_requirements=model_requirements(),
+        )
+        return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}

@@ -1,0 +1,94 @@
+"""How a worker process sets itself up: exit with the driver that started it, take its share of the cores,
+keep TensorFlow quiet and glibc's malloc on its fast path. Nothing here trains."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+import time
+
+_THREADS_SET = False
+_WATCHING_DRIVER = False
+
+
+def exit_with_driver(driver_pid: int | None) -> None:
+    """In a pool process the driver started itself, exit as soon as the driver is gone.
+
+    A driver killed with SIGKILL (an OOM kill, ``kill -9``) runs no cleanup: its pool processes, each holding
+    TensorFlow and a copy of the data, would live on as orphans. A daemon thread notices that the process was
+    re-parented and ends it. Processes not started by the driver (a cluster's workers) are left alone.
+    """
+    global _WATCHING_DRIVER
+    if _WATCHING_DRIVER or driver_pid is None or os.getpid() == driver_pid or os.getppid() != driver_pid:
+        return
+    _WATCHING_DRIVER = True
+
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
+# glibc's mallopt() parameters (malloc.h), the largest mmap threshold it accepts on 64-bit Linux, and a trim
+# threshold well above it, so freed activation buffers stay in the heap for the next step.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20
+TRIM_THRESHOLD = 128 << 20
+TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
+
+
+def restore_malloc_fast_path() -> bool:
+    """Undo what ``MALLOC_TRIM_THRESHOLD_`` does to a training process; True when thresholds were raised.
+
+    Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536`` (to give freed memory back to the
+    OS). Setting any malloc threshold also freezes glibc's *mmap* threshold at 128 KiB, so each batch's
+    activation and gradient tensors (200-800 KB each at batch 20 in the seed's model) become a fresh ``mmap``
+    with page faults on every step: one fold measured 1.29x slower per epoch, 1.06x once this has run (medians of 3,
+    benchmarks/profile_fold.py, "Dask worker's malloc setting"). Raising both thresholds gives back heap reuse;
+    a process without the variable keeps glibc's own adaptive defaults, which are as fast.
+    """
+    if TRIM_ENV not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        raised = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        return bool(raised)
+    except (OSError, AttributeError):
+        return False  # not glibc (macOS, musl): nothing to undo
+
+
+def configure_threads(threads: int | None) -> None:
+    """Set a worker up once: its share of the cores (TensorFlow only accepts this before its first op), quiet
+    logs (a worker process does not inherit the driver's logging settings) and malloc's fast path."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    _THREADS_SET = True
+    restore_malloc_fast_path()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    # A new model per fold is a new tf.function by design; its "retracing" warnings would flood the progress bar.
+    tf.get_logger().setLevel(logging.ERROR)
+    if not threads:  # no share given: this process's cores, split between the tasks it runs at once
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // _concurrent_tasks())
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    except RuntimeError:
+        pass  # TensorFlow already started in this process (in-process runs): keep its settings
+
+
+def _concurrent_tasks() -> int:
+    """How many tasks this process runs at once: a Dask worker's thread count, else one."""
+    try:
+        from distributed import get_worker
+
+        return max(1, get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return 1

@@ -1,0 +1,292 @@
+"""The one training routine, for folds and final models: a task's model fitted through scikeras'
+``KerasClassifier`` (what scikit-learn tools drive), seeded, guarded against divergence; records out."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlflow_mnist.params import Params
+from mlflow_mnist.planning import FoldTask, fold_indices
+from mlflow_mnist.results import FoldResult
+from mlflow_mnist.tasks.base import Dataset, Task, check_precision
+from mlflow_mnist.worker.model_files import model_files
+from mlflow_mnist.worker.process import configure_threads
+
+BLOW_UP_FACTOR = 5.0
+VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-out pass several times faster
+STEPS_PER_EXECUTION = 32  # several batches per graph call: about 2x faster at batch 20 on CPU
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def blown_up(loss: float, n_classes: int) -> bool:
+    """Diverged: a loss that is not finite, or five times worse than always guessing uniformly (ln k)."""
+    return not math.isfinite(loss) or loss > BLOW_UP_FACTOR * math.log(n_classes)
+
+
+def training_diverged(losses: list[float], n_classes: int) -> bool:
+    """The verdict on a finished fit: no epoch at all, or a last epoch loss that is NaN/inf or blown up.
+
+    The last epoch is enough: :func:`divergence_guard` stops training in the epoch where the loss broke.
+    """
+    return not losses or blown_up(losses[-1], n_classes)
+
+
+def divergence_guard(n_classes: int):
+    """A callback that stops training once the loss is NaN/inf or blown up.
+
+    NaN/inf is checked after every execution step, which is :data:`STEPS_PER_EXECUTION` batches (Keras calls
+    batch callbacks once per execution); the blow-up rule once per epoch. Keras' own TerminateOnNaN does the
+    first half but prints into the middle of the progress bar.
+    """
+    import keras
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            if blown_up(float((logs or {}).get("loss", 0.0)), n_classes):
+                self.model.stop_training = True
+
+    return DivergenceGuard()
+
+
+def build_for_scikeras(
+    hyperparameters: Params,
+    *,
+    task: Task,
+    n_classes: int,
+    steps_per_execution: int,
+    precision: str,
+    seed: int | None,
+    n_train: int | None,
+):
+    """The task's model, for scikeras: it wants a plain function and routes ``model__*`` arguments by name."""
+    return task.build_model(
+        hyperparameters,
+        n_classes=n_classes,
+        steps_per_execution=steps_per_execution,
+        precision=precision,
+        seed=seed,
+        n_train=n_train,
+    )
+
+
+def make_classifier(
+    task: Task,
+    params: Params,
+    *,
+    n_classes: int,
+    steps_per_execution: int = 1,
+    random_state: int | None = None,
+    precision: str = "float32",
+    seed: int | None = None,
+    n_train: int | None = None,
+):
+    """The task's model inside scikeras' ``KerasClassifier``: what scikit-learn tools (and the seed's way) drive.
+
+    ``seed`` seeds the model's initializers and dropout explicitly; ``n_train`` sizes learning-rate schedules."""
+    from scikeras.wrappers import KerasClassifier
+
+    clean = task.validate(params)
+    return KerasClassifier(
+        model=build_for_scikeras,
+        model__task=task,
+        model__hyperparameters=clean,
+        model__n_classes=n_classes,
+        model__steps_per_execution=steps_per_execution,
+        model__precision=check_precision(precision),
+        model__seed=seed,
+        model__n_train=n_train,
+        loss="categorical_crossentropy",
+        epochs=clean["epochs"],
+        batch_size=clean["batch_size"],
+        random_state=random_state,
+        verbose=0,
+    )
+
+
+@dataclass
+class Fit:
+    """A trained model with what its training looked like."""
+
+    model: object
+    history: dict[str, list[float]]
+    fit_seconds: float
+    started_ms: int
+    diverged: bool
+
+
+def fit(
+    task: Task,
+    params: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    seed: int,
+    precision: str = "float32",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    steps_per_execution: int = STEPS_PER_EXECUTION,
+) -> Fit:
+    """The one training routine: seeded, guarded against divergence, integer labels in, history out."""
+    import keras
+
+    onehot = np.eye(n_classes, dtype="float32")
+    started_ms, start = now_ms(), time.perf_counter()
+    keras.utils.set_random_seed(seed)
+    classifier = make_classifier(
+        task,
+        params,
+        n_classes=n_classes,
+        steps_per_execution=steps_per_execution,
+        precision=precision,
+        seed=seed,
+        n_train=len(x),
+    )
+    classifier.set_params(callbacks=[divergence_guard(n_classes)])
+    extra = {}
+    if validation is not None:
+        extra = {"validation_data": (validation[0], onehot[validation[1]]), "validation_batch_size": VALIDATION_BATCH}
+    classifier.fit(x, onehot[y], **extra)
+    history = {name: [float(v) for v in values] for name, values in classifier.history_.items()}
+    diverged = training_diverged(history.get("loss", []), n_classes)
+    return Fit(classifier.model_, history, time.perf_counter() - start, started_ms, diverged)
+
+
+def train_fold(
+    model_task: Task,
+    task: FoldTask,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    threads: int | None = 1,
+    with_model: bool = True,
+) -> FoldResult:
+    """Train and score one fold; never raises for a bad candidate (the record says what happened)."""
+    configure_threads(threads)
+    import keras
+
+    train, held_out = fold_indices(y, task.n_folds, task.split_seed, task.fold, task.repeat)
+    started_ms, start = now_ms(), time.perf_counter()
+    record = {
+        "key": task.key,
+        "step": task.step,
+        "candidate_index": task.candidate_index,
+        "fold": task.fold,
+        "chance": float(np.bincount(y[held_out]).max() / len(held_out)),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    try:
+        trained = fit(
+            model_task,
+            task.params,
+            x[train],
+            y[train],
+            n_classes=task.n_classes,
+            seed=task.seed,
+            precision=task.precision,
+            validation=(x[held_out], y[held_out]),
+        )
+    except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
+        keras.backend.clear_session()
+        return FoldResult(
+            **record,
+            accuracy=math.nan,
+            loss=math.nan,
+            fit_seconds=time.perf_counter() - start,
+            epochs_run=0,
+            status="failed",
+            error=f"{type(error).__name__}: {error}",
+            started_ms=started_ms,
+            ended_ms=now_ms(),
+        )
+    history = trained.history
+    # The last epoch's validation pass already scored the final weights on the held-out fold.
+    loss = history.get("val_loss", [math.nan])[-1]
+    accuracy = history.get("val_accuracy", [math.nan])[-1]
+    diverged = trained.diverged or not math.isfinite(loss)
+    if diverged:
+        # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
+        predictions = predict(trained.model, x[held_out])
+        accuracy = float(np.mean(predictions.argmax(axis=1) == y[held_out]))
+    files = model_files(trained.model, x[held_out][:2], with_example=False) if with_model and not diverged else None
+    keras.backend.clear_session()
+    return FoldResult(
+        **record,
+        accuracy=float(accuracy),
+        loss=float(loss),
+        fit_seconds=trained.fit_seconds,
+        epochs_run=len(history.get("loss", [])),
+        status="diverged" if diverged else "ok",
+        history=history,
+        model_files=files,
+        started_ms=trained.started_ms,
+        ended_ms=now_ms(),
+    )
+
+
+def predict(model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities; NaN (a diverged model) counts as 0 so argmax still names a class."""
+    return np.nan_to_num(model.predict(x, verbose=0, batch_size=VALIDATION_BATCH), nan=0.0)
+
+
+@dataclass
+class FinalResult:
+    seed: int
+    test_accuracy: float
+    test_loss: float
+    fit_seconds: float
+    status: str
+    errors: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    predictions: np.ndarray | None = None
+    model_files: dict[str, bytes] | None = None
+    started_ms: int | None = None
+    ended_ms: int | None = None
+
+
+def train_final(
+    task: Task,
+    params: Params,
+    data: Dataset,
+    seed: int,
+    *,
+    precision: str = "float32",
+    threads: int | None = 1,
+) -> FinalResult:
+    """Fit on the whole training set, then score the test set once (no test data during training)."""
+    configure_threads(threads)
+    import keras
+
+    trained = fit(task, params, data.x_train, data.y_train, n_classes=data.n_classes, seed=seed, precision=precision)
+    probabilities = predict(trained.model, data.x_test)
+    onehot = np.eye(data.n_classes, dtype="float32")[data.y_test]
+    loss = float(keras.losses.categorical_crossentropy(onehot, probabilities).numpy().mean())
+    predictions = probabilities.argmax(axis=1)
+    files = None if trained.diverged else model_files(trained.model, data.x_test[:2])
+    keras.backend.clear_session()
+    errors = int(np.sum(predictions != data.y_test))
+    return FinalResult(
+        seed,
+        1 - errors / len(data.y_test),
+        loss,
+        trained.fit_seconds,
+        "diverged" if trained.diverged else "ok",
+        errors,
+        trained.history,
+        predictions,
+        files,
+        started_ms=trained.started_ms,
+        ended_ms=now_ms(),
+    )
