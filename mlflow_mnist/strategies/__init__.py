@@ -9,12 +9,14 @@ from mlflow_mnist.params import StageError
 from mlflow_mnist.strategies.base import Evaluate, SearchRequest, Strategy
 from mlflow_mnist.strategies.halving import SuccessiveHalving
 from mlflow_mnist.strategies.optuna import OptunaSearch
+from mlflow_mnist.strategies.random import RandomSearch
 from mlflow_mnist.strategies.staged import StagedGrid
 
 STRATEGIES: dict[str, type[Strategy]] = {
     StagedGrid.name: StagedGrid,
     SuccessiveHalving.name: SuccessiveHalving,
     OptunaSearch.name: OptunaSearch,
+    RandomSearch.name: RandomSearch,
 }
 
 
