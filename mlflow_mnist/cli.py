@@ -80,6 +80,28 @@ def _notify(message: str) -> None:
     click.echo(message, err=True)
 
 
+class _OptionalFloat(click.ParamType):
+    """A number, or "" for the default (MLproject passes every parameter, empty ones included)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+
+
+def bool_option(name: str, default: bool, help: str):
+    """``--name`` alone means true; ``--name true|false`` takes a value, which is how MLproject passes booleans
+    (as one quoted argument, never inside a shell construct)."""
+    return click.option(
+        name, default=default, type=click.BOOL, is_flag=False, flag_value=True, show_default=True, help=help
+    )
+
+
 TASK_OPTION = click.option(
     "--task",
     default=DEFAULT_TASK,
@@ -231,13 +253,12 @@ N_JOBS_OPTION = click.option(
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
-@click.option("--log-models/--no-log-models", default=True, show_default=True, help="Log each fold's model.")
-@click.option(
-    "--reuse-reference/--fresh-reference",
-    default=False,
-    show_default=True,
-    help="Staged steps: compare with the previous step's winning folds (cheaper, biased) instead of retraining "
-    "the carried-in configuration.",
+@bool_option("--log-models", True, "Log each fold's model.")
+@bool_option(
+    "--reuse-reference",
+    False,
+    "Staged steps: compare with the previous step's winning folds (cheaper, biased) instead of retraining the "
+    "carried-in configuration as the step's reference.",
 )
 def tune(**options) -> None:
     """Run a search as nested MLflow runs: search (stage) > [step or rung] > grid point or trial > fold."""
@@ -288,9 +309,12 @@ def final(**options) -> None:
 @click.option("--experiment", default=None, help="MLflow experiment [default: the one with the latest campaign runs].")
 @click.option("--name", default="", help="Registered model name [default: the task's, e.g. mnist-2v7-convnet].")
 @click.option(
-    "--min-accuracy", default=None, type=float, help="Gate on the median test accuracy [default: the task's]."
+    "--min-accuracy",
+    default=None,
+    type=_OptionalFloat(),
+    help="Gate on the median test accuracy [default: the task's].",
 )
-@click.option("--force", default=False, type=click.BOOL, is_flag=False, flag_value=True, help="Replace a champion.")
+@bool_option("--force", False, "Replace a champion the gate would keep.")
 @click.option("--run-id", default="", help="Final run to promote [default: the latest finished one].")
 def promote(experiment, name, min_accuracy, force, run_id) -> None:
     """Register the final model and move alias @champion to it if it passes the gate."""

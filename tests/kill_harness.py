@@ -44,7 +44,7 @@ STAGE_ARGS = [
     "--experiment",
     "mnist",
 ]
-TOTAL_FOLDS = 8
+TOTAL_FOLDS = 10  # four grid points and the step's reference, two folds each
 CLEANUP_SECONDS = 30
 
 
@@ -102,7 +102,7 @@ def stage_command(n_jobs: int, executor: str = "joblib") -> list[str]:
 def _runs(store_dir: Path) -> list:
     from mlflow import MlflowClient
 
-    from mlflow_mnist import tracking
+    from mlflow_mnist import schema, tracking
 
     client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist")
@@ -115,7 +115,7 @@ def final_means(store_dir: Path) -> dict[str, float]:
 
     from mlflow_mnist import tracking
 
-    steps = [r for r in _runs(store_dir) if r.data.tags.get(tracking.LEVEL) == "step" and r.info.status == "FINISHED"]
+    steps = [r for r in _runs(store_dir) if r.data.tags.get(schema.LEVEL) == "step" and r.info.status == "FINISHED"]
     newest = max(steps, key=lambda r: r.info.end_time)
     path = MlflowClient(f"sqlite:///{store_dir}/mlflow.db").download_artifacts(newest.info.run_id, "cv_results.csv")
     return {row["candidate"]: float(row["mean_test_score"]) for row in csv.DictReader(Path(path).open())}
@@ -157,15 +157,15 @@ def kill_once(
     proc.wait()
     processes_left, seconds_to_clean = wait_for_cleanup(proc.pid)
     runs = _runs(store_dir)
-    folds = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "fold"]
+    folds = [r for r in runs if r.data.tags.get(schema.LEVEL) == "fold"]
     finished_before = sum(r.info.status == "FINISHED" for r in folds)
     running_at_kill = sum(r.info.status == "RUNNING" for r in runs)
     trained, _, _ = run_to_completion(store_dir, n_jobs, executor)
     runs = _runs(store_dir)
     finished = Counter(
-        r.data.tags[tracking.FOLD_KEY]
+        r.data.tags[schema.FOLD_KEY]
         for r in runs
-        if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"
+        if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"
     )
     means = final_means(store_dir)
     return KillOutcome(

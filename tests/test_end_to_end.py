@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, FoldWatcher
 
-from mlflow_mnist import tracking
+from mlflow_mnist import schema, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def _runs(uri, experiment="mnist"):
 def _by_level(runs):
     levels = {}
     for run in runs:
-        levels.setdefault(run.data.tags.get(tracking.LEVEL), []).append(run)
+        levels.setdefault(run.data.tags.get(schema.LEVEL), []).append(run)
     return levels
 
 
@@ -68,25 +68,27 @@ def test_mlflow_run_logs_stage_grid_points_and_folds(store, sample):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     levels = _by_level(_runs(store))
-    assert {k: len(v) for k, v in levels.items()} == {"step": 1, "candidate": 4, "fold": 8}
+    assert {k: len(v) for k, v in levels.items()} == {"step": 1, "candidate": 5, "fold": 10}
     assert all(r.info.status == "FINISHED" for rs in levels.values() for r in rs)
     stage = levels["step"][0]
     assert stage.info.run_name == "kernel_size" and stage.data.params["stage"] == "kernel_size"  # -P kept
     assert stage.data.params["pool_size"] == "(2, 2)" and "best_kernel_size" in stage.data.params
     assert 0.5 < stage.data.metrics["best_mean_accuracy"] <= 1
     candidate_ids = {r.info.run_id for r in levels["candidate"]}
-    assert {r.data.tags[tracking.PARENT] for r in levels["candidate"]} == {stage.info.run_id}
-    assert Counter(r.data.tags[tracking.PARENT] for r in levels["fold"]) == {c: 2 for c in candidate_ids}
+    assert {r.data.tags[schema.PARENT] for r in levels["candidate"]} == {stage.info.run_id}
+    assert Counter(r.data.tags[schema.PARENT] for r in levels["fold"]) == {c: 2 for c in candidate_ids}
     assert sorted(r.info.run_name for r in levels["candidate"]) == [
         "kernel_size=(1, 1)",
         "kernel_size=(3, 3)",
         "kernel_size=(5, 5)",
         "kernel_size=(7, 7)",
+        "reference",  # the carried-in configuration, trained afresh: what the analysis compares with
     ]
     client = _client(store)
     table = list(csv.DictReader(Path(client.download_artifacts(stage.info.run_id, "cv_results.csv")).open()))
-    assert len(table) == 4 and {"split0_test_score", "split1_test_score", "rank_test_score"} <= set(table[0])
-    assert sorted(int(row["rank_test_score"]) for row in table) == [1, 2, 3, 4]
+    assert len(table) == 5 and {"split0_test_score", "split1_test_score", "rank_test_score"} <= set(table[0])
+    assert sorted(int(row["rank_test_score"]) for row in table) == [1, 2, 3, 4, 5]
+    assert [row["role"] for row in table] == ["grid"] * 4 + ["reference"]
 
     fold = levels["fold"][0]
     assert fold.info.run_name in ("fold 1/2", "fold 2/2")
@@ -94,10 +96,10 @@ def test_mlflow_run_logs_stage_grid_points_and_folds(store, sample):
     history = client.get_metric_history(fold.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
     assert fold.data.metrics["heldout_accuracy"] == pytest.approx(history[0].value)
-    assert fold.inputs.dataset_inputs[0].dataset.digest == fold.data.tags[tracking.DIGEST]
+    assert fold.inputs.dataset_inputs[0].dataset.digest == fold.data.tags[schema.DIGEST]
 
     # The fold's model takes raw uint8 pixels and predicts digits.
-    from mlflow_mnist.data import select_digits
+    from mlflow_mnist.tasks.mnist.data import select_digits
 
     task = select_digits(sample, (2, 7))
     model = mlflow.pyfunc.load_model(f"runs:/{fold.info.run_id}/model")
@@ -107,26 +109,33 @@ def test_mlflow_run_logs_stage_grid_points_and_folds(store, sample):
 
 
 def test_each_stage_starts_from_the_stores_best(store):
-    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist import api
 
-    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, overrides="neurons_2=4", experiment="mnist")
-    first = campaign.tune("kernel_size", n_jobs=1, with_model=False, progress=False)[0]
+    def tune(stage: str):
+        settings = {"folds": 2, "epochs": 1, "overrides": "neurons_2=4", "experiment": "mnist", "data": "sample"}
+        result = api.tune(stage=stage, n_jobs=1, log_models=False, progress=False, **settings)
+        return result.outcome.groups[0]
+
+    first = tune("kernel_size")
+    assert first.trained == 10  # four grid points and the reference, two folds each
     best_kernel = first.best["params"]["kernel_size"]
-    second = campaign.tune("pool_size", n_jobs=1, with_model=False, progress=False)[0]
-    assert second.reused == 2 and second.trained == 6  # the previous best is pool (2, 2): not retrained
+    second = tune("pool_size")
+    # The previous best is pool (2, 2): its folds are reused; the reference (the same configuration) is trained
+    # afresh, so the comparisons are against a reference fixed before this step's scores.
+    assert second.reused == 2 and second.trained == 8
     runs = _by_level(_runs(store))
     pool_run = next(r for r in runs["step"] if r.info.run_name == "pool_size")
     assert pool_run.data.params["kernel_size"] == f"({best_kernel[0]}, {best_kernel[1]})"
     assert pool_run.data.params["neurons_2"] == "4"  # overrides win
-    reused_tag = [r for r in runs["candidate"] if tracking.REUSED in r.data.tags]
+    reused_tag = [r for r in runs["candidate"] if schema.REUSED in r.data.tags]
     assert len(reused_tag) == 1 and reused_tag[0].data.params["pool_size"] == "(2, 2)"
     # Re-running a finished stage trains nothing.
-    again = campaign.tune("pool_size", n_jobs=1, with_model=False, progress=False)[0]
-    assert again.trained == 0 and again.reused == 8
+    again = tune("pool_size")
+    assert again.trained == 0 and again.reused == 10
 
 
 def _fold_runs_finished(uri) -> int:
-    return sum(1 for r in _runs(uri) if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED")
+    return sum(1 for r in _runs(uri) if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED")
 
 
 def test_resume_after_kill_trains_only_what_is_missing(store):
@@ -138,22 +147,22 @@ def test_resume_after_kill_trains_only_what_is_missing(store):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished_before = _fold_runs_finished(store)
-    assert 3 <= finished_before < 8
+    assert 3 <= finished_before < 10
     assert any(r.info.status == "RUNNING" for r in _runs(store))
 
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"trained {8 - finished_before} folds, reused {finished_before}" in rerun.stdout
+    assert f"trained {10 - finished_before} folds, reused {finished_before}" in rerun.stdout
     runs = _runs(store)
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    finished_folds = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"]
-    keys = Counter(r.data.tags[tracking.FOLD_KEY] for r in finished_folds)
-    assert len(keys) == 8 and set(keys.values()) == {1}
+    finished_folds = [r for r in runs if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"]
+    keys = Counter(r.data.tags[schema.FOLD_KEY] for r in finished_folds)
+    assert len(keys) == 10 and set(keys.values()) == {1}
     # The finished tree is whole: every fold of the new stage run hangs under one of its grid points.
-    new_stage = next(r for r in runs if r.data.tags.get(tracking.LEVEL) == "step" and r.info.status == "FINISHED")
-    candidates = {r.info.run_id for r in runs if r.data.tags.get(tracking.PARENT) == new_stage.info.run_id}
-    assert len(candidates) == 4
-    assert all(r.data.tags[tracking.PARENT] in candidates for r in finished_folds)
+    new_stage = next(r for r in runs if r.data.tags.get(schema.LEVEL) == "step" and r.info.status == "FINISHED")
+    candidates = {r.info.run_id for r in runs if r.data.tags.get(schema.PARENT) == new_stage.info.run_id}
+    assert len(candidates) == 5
+    assert all(r.data.tags[schema.PARENT] in candidates for r in finished_folds)
 
 
 def test_mlflow3_native_run_tree_in_the_default_experiment(store, tmp_path):
@@ -196,7 +205,7 @@ def test_mlflow3_native_run_tree_in_the_default_experiment(store, tmp_path):
 
     # Every stage and grid-point run names its best child, which is one of its children.
     for parent in [stage, *candidates]:
-        children = {r.info.run_id for r in folds + candidates if r.data.tags.get(tracking.PARENT) == parent.info.run_id}
+        children = {r.info.run_id for r in folds + candidates if r.data.tags.get(schema.PARENT) == parent.info.run_id}
         assert parent.data.tags["mlflow_mnist.best_child_run_id"] in children
         assert parent.data.tags["mlflow.note.content"].startswith("Best child: [")
     best = client.get_run(stage.data.tags["mlflow_mnist.best_child_run_id"])

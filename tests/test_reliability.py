@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import FoldWatcher, cli, write_idx, write_idx_folder
 
-from mlflow_mnist import tracking
+from mlflow_mnist import schema, tracking
 
 STAGE = ["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "1", "--folds", "2"]
 
@@ -34,7 +34,7 @@ def _run_count(db: Path) -> int:
 
 @pytest.fixture(scope="module")
 def broken_data(tmp_path_factory):
-    from mlflow_mnist.data import load_mnist
+    from mlflow_mnist.tasks.mnist.data import load_mnist
 
     sample = load_mnist("sample")
     base = tmp_path_factory.mktemp("broken")
@@ -152,8 +152,8 @@ def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
     assert stderr.text().strip().splitlines()[-1].startswith("interrupted: open runs were marked KILLED")
     runs = kill_harness._runs(tmp_path)
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
-    assert {r.info.status for r in runs if r.data.tags.get(tracking.LEVEL) == "fold"} >= {"FINISHED"}
-    assert {r.info.status for r in runs if r.data.tags.get(tracking.LEVEL) in ("step", "candidate")} == {"KILLED"}
+    assert {r.info.status for r in runs if r.data.tags.get(schema.LEVEL) == "fold"} >= {"FINISHED"}
+    assert {r.info.status for r in runs if r.data.tags.get(schema.LEVEL) in ("step", "candidate")} == {"KILLED"}
 
 
 @pytest.mark.slow
@@ -251,11 +251,11 @@ def test_server_stops_mid_stage_then_resume_without_duplicates(tmp_path):
         exp = client.get_experiment_by_name("mnist")
         runs = tracking.search_all(client, [exp.experiment_id])
         finished = [
-            r.data.tags[tracking.FOLD_KEY]
+            r.data.tags[schema.FOLD_KEY]
             for r in runs
-            if r.data.tags.get(tracking.LEVEL) == "fold" and r.info.status == "FINISHED"
+            if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"
         ]
-        assert len(finished) == len(set(finished)) == 8
+        assert len(finished) == len(set(finished)) == 10
         assert not [r for r in runs if r.info.status == "RUNNING"]
         assert "reused" in rerun.stdout and "reused 0" not in rerun.stdout
     finally:
@@ -309,7 +309,7 @@ def test_basic_auth_server_and_no_secret_reaches_the_store(tmp_path):
             client = tracking.connect(server.uri)
             exp = client.get_experiment_by_name("mnist")
             runs = tracking.search_all(client, [exp.experiment_id])
-            assert len(runs) == 1 + 4 + 8
+            assert len(runs) == 1 + 5 + 10
             texts = []
             for run in runs:
                 texts += list(run.data.params) + list(run.data.params.values())
