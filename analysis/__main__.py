@@ -1,4 +1,4 @@
-"""python -m analysis --experiment mnist --out reports/"""
+"""python -m analysis --experiment NAME --out reports/"""
 
 from analysis.cli import analyze
 

@@ -99,7 +99,7 @@ class Campaign:
             cv_repeats,
         )
         client = tracking.connect()
-        where = tracking.resolve_experiment(client, experiment)  # `mlflow run`'s run is adopted
+        where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
         ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
         spec = task or DEFAULT_TASK
         return cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)

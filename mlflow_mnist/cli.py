@@ -122,15 +122,15 @@ COMMON = [
         help="Repeats of the stratified k-fold split (repeated CV: tighter verdicts; fold runs per repeat and fold).",
     ),
     click.option("--classes", default="", help="Classes to learn, e.g. 2,7 or all [default: the task's]."),
-    # MNIST's classes are digits: the seed's option name stays as an alias.
+    # The option's name before tasks existed, kept so that older commands and MLproject calls still work.
     click.option("--digits", default="", hidden=True, help="Alias of --classes."),
-    click.option("--data", default="", help="The task's data source (see `mlflow-mnist tasks`); 'sample' for MNIST's."),
+    click.option("--data", default="", help="The task's data source (see `mlflow-mnist tasks`)."),
     click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fold split."),
     click.option("--overrides", default="", help="Fixed values that win over the store, e.g. neurons_3=10,epochs=8."),
     click.option(
         "--experiment",
         default=None,
-        help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the latest campaign's, else mnist].",
+        help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the latest campaign's, else the task's name].",
     ),
     click.option(
         "--precision",
@@ -266,6 +266,8 @@ def tune(**options) -> None:
 
     result = run_tune(**_classes(options), notify=_notify)
     outcome = result.outcome
+    if not outcome.groups:
+        click.echo("nothing to evaluate: every trial asked for is already in the store (ask for more --trials)")
     for group in outcome.groups:
         if group.counts and group.group.own_run:
             best = group.best
@@ -307,7 +309,7 @@ def final(**options) -> None:
 
 @main.command()
 @click.option("--experiment", default=None, help="MLflow experiment [default: the one with the latest campaign runs].")
-@click.option("--name", default="", help="Registered model name [default: the task's, e.g. mnist-2v7-convnet].")
+@click.option("--name", default="", help="Registered model name [default: the task's, for the final's classes].")
 @click.option(
     "--min-accuracy",
     default=None,

@@ -42,8 +42,8 @@ FINAL_LEVEL, FINAL_SEED_LEVEL, ANALYSIS_LEVEL = "final", "final_seed", "analysis
 DIGEST = _tag("data_digest")
 SETTINGS_KEY = _tag("settings_key")  # SearchSettings.key(): which runs' step bests may carry forward
 DATA_SOURCE = _tag("data_source")
-TASK = _tag("task")  # the task's name ("mnist"); before tasks existed, a final's class variant ("2v7")
-TASK_VARIANT = _tag("task_variant")  # which classes ("2v7", "all")
+TASK = _tag("task")  # the task's name; before tasks existed, a final's class variant ("3v5")
+TASK_VARIANT = _tag("task_variant")  # which classes ("3v5", "all")
 STAGE = _tag("stage")
 STEP = _tag("step")
 STATUS = _tag("status")
@@ -155,7 +155,7 @@ class TaskRef:
 
     @classmethod
     def parse(cls, tags: Mapping[str, str], *, legacy_task: str) -> TaskRef:
-        """Stores made before tasks existed tagged only the variant (``task=2v7``): it is ``legacy_task``'s."""
+        """Stores made before tasks existed tagged only the variant (``task=3v5``): it is ``legacy_task``'s."""
         if TASK_VARIANT in tags:
             return cls(str(tags.get(TASK, "")), str(tags[TASK_VARIANT]))
         return cls(legacy_task, str(tags.get(TASK, "")))

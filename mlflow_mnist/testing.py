@@ -2,7 +2,7 @@
 stand-in for training, through the same Campaign, engine and run tree users run. Tests and benchmarks use it
 instead of rebuilding the wiring by hand.
 
-    campaign = open_campaign(store_uri, task="mnist", dataset=tiny_dataset(), folds=3, epochs=6)
+    campaign = open_campaign(store_uri, task="digits", dataset=tiny_dataset(), folds=3, epochs=6)
     outcome = run(campaign, strategy, worker=lambda fold: fold_result(fold, accuracy=0.9))
 """
 
@@ -23,7 +23,7 @@ from mlflow_mnist.tasks.base import Dataset, array_digest
 
 
 def tiny_dataset(
-    *, n_classes: int = 2, n_train: int = 60, n_test: int = 20, shape: tuple[int, ...] = (28, 28), seed: int = 0
+    *, n_classes: int = 2, n_train: int = 60, n_test: int = 20, shape: tuple[int, ...] = (8, 8), seed: int = 0
 ) -> Dataset:
     """Random uint8 examples with balanced labels: enough for planning, folds and the run tree, not for learning."""
     rng = np.random.default_rng(seed)

@@ -161,7 +161,6 @@ def connect(uri: str | None = None):
     return client
 
 
-DEFAULT_EXPERIMENT = "mnist"
 # MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -176,10 +175,11 @@ class Experiment:
     chosen_because: str = ""  # set when no experiment was named: the line that tells the user which one
 
 
-def resolve_experiment(client, name: str | None = None, *, create: bool = True) -> Experiment:
+def resolve_experiment(client, name: str | None = None, *, create: bool = True, default: str = "Default") -> Experiment:
     """Under `mlflow run`, the run it made and its experiment; else ``name`` or $MLFLOW_EXPERIMENT_NAME; else the
     experiment holding the latest campaign runs (so `mlflow run` into Default, then `final`, finds it); else
-    ``mnist``. Readers pass ``create=False``: a missing experiment is then an error, not a new empty one.
+    ``default`` (a campaign passes its task's name). Readers pass ``create=False``: a missing experiment is then
+    an error, not a new empty one.
     """
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
@@ -195,7 +195,7 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True) 
             name = latest.name
             because = f"experiment {name!r}: it holds the latest campaign runs (choose another with --experiment)"
         else:
-            name = DEFAULT_EXPERIMENT
+            name = default
     if not create and client.get_experiment_by_name(name) is None:
         raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
     return Experiment(experiment_id(client, name), name, None, because)

@@ -1,6 +1,6 @@
 """The task registry: tasks are plug-ins found by entry point (group ``mlflow_mnist.tasks``), as MLflow finds its
-tracking stores. ``mnist`` (the seed's convnet on MNIST) and ``digits`` (scikit-learn's 8x8 digits) are built in;
-a team's own package registers its task the same way, or ``--task package.module:attr`` names one directly.
+tracking stores. The built-in tasks register themselves in this project's pyproject.toml; a team's own package
+registers its task the same way, or ``--task package.module:attr`` names one directly.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from mlflow_mnist.params import StageError
-from mlflow_mnist.tasks.base import DataError, Dataset, Task
+from mlflow_mnist.tasks.base import DataError, Dataset, Task, array_digest
 
 GROUP = "mlflow_mnist.tasks"
-#: The task every command uses unless told otherwise (and the one stores made before tasks existed hold).
+#: The task every command uses unless told otherwise (and the one stores made before tasks existed hold):
+#: the project began as the seed notebook's search, and its commands keep working unchanged.
 DEFAULT_TASK = "mnist"
 
 
@@ -44,4 +45,4 @@ def get_task(spec: str = DEFAULT_TASK) -> Task:
     return task
 
 
-__all__ = ["DEFAULT_TASK", "GROUP", "DataError", "Dataset", "Task", "available_tasks", "get_task"]
+__all__ = ["DEFAULT_TASK", "GROUP", "DataError", "Dataset", "Task", "array_digest", "available_tasks", "get_task"]

@@ -49,7 +49,7 @@ def array_digest(*arrays: np.ndarray) -> str:
 class Dataset:
     """A task's loaded arrays: integer labels 0..k-1 naming ``class_names``, and each split's content digest.
 
-    ``variant`` says which part of the source was taken (``2v7``: two of MNIST's ten classes; ``all``); it names
+    ``variant`` says which part of the source was taken (``3v5``: classes 3 and 5 of ten; ``all``); it names
     registered models and tells finals apart. The digests are the task's to compute (they decide fold keys).
     """
 
@@ -109,7 +109,7 @@ def select_classes(
 
 
 def variant_name(chosen: tuple[int, ...], names: tuple[str, ...]) -> str:
-    """``2v7`` for a subset, ``all`` for every class."""
+    """``3v5`` for a subset, ``all`` for every class."""
     return "all" if chosen == tuple(range(len(names))) else "v".join(names[c] for c in chosen)
 
 

@@ -1,0 +1,48 @@
+"""Breast-cancer diagnosis from 30 measurements of a cell nucleus (scikit-learn's Wisconsin data, 569 cases)."""
+
+from optuna.distributions import FloatDistribution, IntDistribution
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
+
+from mlflow_mnist.spaces import Dimension, Space
+from mlflow_mnist.stages import grid_step
+from mlflow_mnist.tasks import Dataset, Task, array_digest
+
+
+class CancerTask(Task):
+    name = "cancer"
+    about = "malignant or benign, from 30 measurements of a cell nucleus (569 cases)"
+    min_accuracy = 0.95
+    model_key = "cancer-mlp-1"
+    start = {"units": 16, "dropout": 0.1, "learn_rate": 0.003, "epochs": 30, "batch_size": 32}
+    steps = (grid_step("units", (4, 16, 64)), grid_step("learn_rate", (0.001, 0.003, 0.01)))
+    stages = {"units": ("units",), "learn_rate": ("learn_rate",), "all": ("units", "learn_rate")}
+    spaces = {"small": Space("small", (
+        Dimension("units", IntDistribution(4, 128, log=True), "hidden width"),
+        Dimension("dropout", FloatDistribution(0.0, 0.5), "regularisation"),
+        Dimension("learn_rate", FloatDistribution(1e-4, 3e-2, log=True), "Adam's step"),
+    ), base=start, max_epochs=27)}
+
+    def load(self, source, *, classes=""):
+        x, y = load_breast_cancer(return_X_y=True)
+        x_tr, x_te, y_tr, y_te = train_test_split(x.astype("float32"), y.astype("uint8"), test_size=0.25,
+                                                  stratify=y, random_state=0)
+        return Dataset(x_tr, y_tr, x_te, y_te, ("malignant", "benign"), "all", "sklearn",
+                       array_digest(x_tr, y_tr), array_digest(x_te, y_te))
+
+    def build_model(self, hyperparameters, *, n_classes, seed=None, precision="float32", n_train=None,
+                    steps_per_execution=1):
+        import keras
+        from keras import layers
+
+        p = self.validate(hyperparameters)
+        model = keras.Sequential([
+            keras.Input(shape=(30,)),
+            layers.BatchNormalization(),  # raw measurements in: scaling lives in the model
+            layers.Dense(p["units"], activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)),
+            layers.Dropout(p["dropout"], seed=seed),
+            layers.Dense(n_classes, activation="softmax"),
+        ])
+        model.compile(keras.optimizers.Adam(p["learn_rate"]), "categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=steps_per_execution)
+        return model

@@ -1,0 +1,137 @@
+"""Tasks as plug-ins: the registry, the engine's ignorance of MNIST, the built-in digits task, and a third-party
+task package installed the way a team would install its own."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, cli
+
+from mlflow_mnist.params import HyperparameterError, StageError
+from mlflow_mnist.tasks import DataError, Task, available_tasks, get_task
+
+# Where MNIST may be named: its own task, the other built-in task (scikit-learn's digits), and the registry's
+# default. Everything else (engine, run tree, registry, analysis) must work for any task.
+MNIST_WORDS = re.compile(r"mnist|\b28\b|2v7|0\.9966|convnet|image_side|idx3|idx1", re.IGNORECASE)
+ALLOWED = {("mlflow_mnist/tasks/__init__.py", "mnist")}  # DEFAULT_TASK: the built-in default
+
+
+def _words(line: str) -> set[str]:
+    """The MNIST-specific words in ``line``, the tool's own name (mlflow_mnist, mlflow-mnist) aside."""
+    for name in ("mlflow_mnist", "mlflow-mnist", "MLFLOW_MNIST"):
+        line = line.replace(name, "")
+    return {match.lower() for match in MNIST_WORDS.findall(line)}
+
+
+def test_no_mnist_name_shape_or_constant_outside_the_mnist_task():
+    sources = [*ROOT.joinpath("mlflow_mnist").rglob("*.py"), *ROOT.joinpath("analysis").rglob("*.py")]
+    found = []
+    for path in sources:
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith("mlflow_mnist/tasks/mnist/") or relative == "mlflow_mnist/tasks/digits.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            words = {word for word in _words(line) if (relative, word) not in ALLOWED}
+            if words:
+                found.append(f"{relative}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_finds_what_it_looks_for():
+    assert _words("x = load_mnist()") == {"mnist"} and _words("side = 28  # MNIST") == {"28", "mnist"}
+    assert not _words("import mlflow_mnist.tasks; os.environ['MLFLOW_MNIST_DATA']; mlflow-mnist tune")
+
+
+def test_registered_tasks_and_tasks_named_by_module():
+    assert {"mnist", "digits"} <= set(available_tasks())
+    assert get_task("mnist").name == "mnist" and get_task("digits").name == "digits"
+    assert get_task("mlflow_mnist.tasks.digits:DigitsTask").name == "digits"
+    with pytest.raises(StageError, match="unknown task 'mnst': choose one of .*digits.*mnist"):
+        get_task("mnst")
+    with pytest.raises(StageError, match="cannot import it"):
+        get_task("no.such.module:Task")
+    with pytest.raises(StageError, match="not a mlflow_mnist.tasks.Task"):
+        get_task("mlflow_mnist.tasks:available_tasks")
+
+
+def test_the_digits_task_loads_offline_and_validates():
+    task = get_task("digits")
+    data = task.load("", classes="")
+    assert data.n_classes == 10 and data.x_train.shape[1:] == (8, 8) and data.x_train.dtype == np.uint8
+    assert len(data.y_train) + len(data.y_test) == 1797 and data.variant == "all"
+    assert data.digest() == task.load("sklearn").digest() and data.digest() != data.digest("test")
+    pair = task.load("", classes="3,5")
+    assert pair.variant == "3v5" and set(np.unique(pair.y_train)) == {0, 1} and pair.class_names == ("3", "5")
+    with pytest.raises(DataError, match="scikit-learn's own copy"):
+        task.load("/some/file.npz")
+    with pytest.raises(DataError, match="'11' is not a class"):
+        task.load("", classes="3,11")
+    with pytest.raises(HyperparameterError, match="activation='swish' is not one of relu, tanh, elu"):
+        task.validate({**task.start, "activation": "swish"})
+    with pytest.raises(HyperparameterError, match="unknown hyperparameter 'neurons_1'"):
+        task.validate({**task.start, "neurons_1": 4})
+    assert task.registered_model_name("3v5") == "digits-3v5-mlp"
+    assert task.steps_of("all")[0].name == "hidden_units" and task.get_space().name == "small"
+
+
+@pytest.mark.slow
+def test_the_digits_task_model_takes_raw_images():
+    task = get_task("digits")
+    data = task.load("")
+    model = task.build_model(task.start, n_classes=10, seed=1)
+    probabilities = model.predict(data.x_test[:5], verbose=0)
+    assert probabilities.shape == (5, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+EXAMPLE = ROOT / "examples" / "cancer_task"
+
+
+def test_the_example_task_is_a_task_of_about_thirty_lines():
+    source = (EXAMPLE / "cancer_task.py").read_text()
+    assert len(source.splitlines()) <= 50
+    spec = __import__("tomllib").loads((EXAMPLE / "pyproject.toml").read_text())
+    assert spec["project"]["entry-points"]["mlflow_mnist.tasks"] == {"cancer": "cancer_task:CancerTask"}
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        task = get_task("cancer_task:CancerTask")
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    assert isinstance(task, Task)
+    data = task.load("")
+    assert data.x_train.shape[1] == 30 and data.class_names == ("malignant", "benign")
+
+
+@pytest.fixture
+def installed_example():
+    """The example package pip-installed into this environment, as a team would install its own; removed after."""
+    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(EXAMPLE)], check=True, timeout=300)
+    yield "cancer"
+    subprocess.run([*pip, "uninstall", "--yes", "cancer-task"], check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_third_party_task_runs_through_mlflow_run(store, installed_example):
+    from mlflow import MlflowClient
+
+    listed = cli("tasks")
+    assert listed.returncode == 0 and "cancer (cancer_task:CancerTask)" in listed.stdout
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "cancer"]
+    for parameter in ("task=cancer", "stage=units", "folds=2", "epochs=5", "n_jobs=1", "log_models=false"):
+        command += ["-P", parameter]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("cancer")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    levels = [r.data.tags.get("mlflow_mnist.level") for r in runs]
+    assert levels.count("step") == 1 and levels.count("candidate") == 4 and levels.count("fold") == 8
+    (stage,) = [r for r in runs if r.data.tags.get("mlflow_mnist.level") == "step"]
+    assert stage.data.params["task"] == "cancer" and 0.8 < stage.data.metrics["best_mean_accuracy"] <= 1
