@@ -102,7 +102,7 @@ def stage_command(n_jobs: int, executor: str = "joblib") -> list[str]:
 def _runs(store_dir: Path) -> list:
     from mlflow import MlflowClient
 
-    from mlflow_mnist import schema, tracking
+    from mlflow_mnist import tracking
 
     client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
     experiment = client.get_experiment_by_name("mnist")
@@ -113,7 +113,7 @@ def final_means(store_dir: Path) -> dict[str, float]:
     """mean_test_score per candidate from the newest finished stage run's cv_results.csv."""
     from mlflow import MlflowClient
 
-    from mlflow_mnist import tracking
+    from mlflow_mnist import schema
 
     steps = [r for r in _runs(store_dir) if r.data.tags.get(schema.LEVEL) == "step" and r.info.status == "FINISHED"]
     newest = max(steps, key=lambda r: r.info.end_time)
@@ -140,7 +140,7 @@ def kill_once(
     executor: str = "joblib",
     target: str = "group",
 ) -> KillOutcome:
-    from mlflow_mnist import tracking
+    from mlflow_mnist import schema
 
     proc = subprocess.Popen(
         stage_command(n_jobs, executor),
