@@ -11,7 +11,7 @@ DATA    ?= $(if $(MLFLOW_MNIST_DATA),$(MLFLOW_MNIST_DATA),$(SHARED_MNIST))
 EXPERIMENT ?= mnist
 RUN_STAGES ?= kernel_size pool_size
 
-.PHONY: setup run promote champion test lint ui clean postgres cluster-demo
+.PHONY: setup run promote champion test test-fast lint ui clean postgres cluster-demo
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -54,6 +54,11 @@ postgres:
 test: setup postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# The fast lane for your own loop: everything that trains nothing (no Keras fit, no server), under 3 minutes.
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow" -q
 
 # PostgreSQL, a PostgreSQL-backed mlflow server, a Dask scheduler and two workers on this machine; one stage
 # through `mlflow run ... -P executor=dask`; then everything torn down. About 2 minutes.

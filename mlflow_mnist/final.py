@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist.executors import Executor
-from mlflow_mnist.final_tree import FinalTree
+from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY, FinalTree
 from mlflow_mnist.params import Params, StageError
 from mlflow_mnist.schema import BEST_CONFIG, DIGEST, best_config
 from mlflow_mnist.worker import FinalResult, FinalWorker
@@ -39,6 +39,25 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
         "n_repeats": len(results),
         "seeds": {str(r.seed): r.test_accuracy for r, _ in results},
     }
+
+
+def seed_ensemble(results: list[FinalResult], data) -> tuple[dict[str, bytes], float, int] | None:
+    """The seeds as one model (their averaged probabilities): its model folder, test accuracy and errors; None
+    with one seed, or when a seed has no model (diverged). Its accuracy is measured once, like each seed's."""
+    from mlflow_mnist.ensemble import average, ensemble_files
+    from mlflow_mnist.worker.model_files import model_requirements
+
+    if len(results) < 2 or any(r.model_files is None or r.probabilities is None for r in results):
+        return None
+    probabilities = average([r.probabilities for r in results])
+    errors = int(np.sum(probabilities.argmax(axis=1) != data.y_test))
+    files = ensemble_files(
+        {r.seed: r.model_files for r in results},
+        x_example=data.x_test[:2],
+        y_example=probabilities[:2],
+        requirements=model_requirements(),
+    )
+    return files, 1 - errors / len(data.y_test), errors
 
 
 def search_config(campaign, search: str) -> tuple[Params, str]:
@@ -118,5 +137,8 @@ def run_final(
                 bar.set_postfix_str(f"seed {result.seed}: test accuracy {result.test_accuracy:.4f}")
                 bar.update()
         summary = summarize(results)
-        tree.finish(summary)
+        ensemble = seed_ensemble([r for r, _ in results], campaign.data)
+        if ensemble is not None:
+            summary[ENSEMBLE_ACCURACY], summary["ensemble_test_errors"] = ensemble[1], ensemble[2]
+        tree.finish(summary, ensemble=ensemble)
     return {**summary, "run_id": parent, "params": params}

@@ -17,6 +17,7 @@ import numpy as np
 from mlflow_mnist.planning import StoreState
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
+    ENSEMBLE_MODEL,
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
     MEDIAN_MODEL,
@@ -29,6 +30,8 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.tasks.base import Dataset, Task
 from mlflow_mnist.worker import FinalResult
+
+ENSEMBLE_ACCURACY = "ensemble_test_accuracy"
 
 
 def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
@@ -155,13 +158,25 @@ class FinalTree:
         )
         self.model_ids[run_id] = model_id
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
-        numbers = {k: v for k, v in summary.items() if isinstance(v, float)}
+    def finish(
+        self, summary: Mapping[str, Any], *, ensemble: tuple[dict[str, bytes], float, int] | None = None
+    ) -> None:
+        """Close the final run: spread over seeds, the median seed, and the seeds' ensemble as a LoggedModel of
+        its own (its test accuracy a metric of that model)."""
+        numbers = {k: v for k, v in summary.items() if isinstance(v, float) and k != ENSEMBLE_ACCURACY}
         median_run = summary["median_run_id"]
         self.writer.log_metrics(self.parent, numbers)
         tags = {MEDIAN_RUN: median_run}
         if self.model_ids.get(median_run):
             tags[MEDIAN_MODEL] = self.model_ids[median_run]
+        if ensemble is not None:
+            files, accuracy, errors = ensemble
+            model_id = self.writer.log_model(
+                self.parent, files, tags={STAGE: FINAL_LEVEL}, model_type="pyfunc-seed-ensemble"
+            )
+            self.writer.log_metrics(self.parent, {ENSEMBLE_ACCURACY: accuracy}, model_id=model_id)
+            self.writer.log_metrics(self.parent, {"ensemble_test_errors": errors})
+            tags[ENSEMBLE_MODEL] = model_id
         self.writer.log_tags(self.parent, tags)
         self.writer.log_dict(self.parent, summary["seeds"], "test_accuracy_by_seed.json")
         if median_run != self.parent:

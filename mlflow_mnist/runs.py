@@ -222,6 +222,7 @@ class RunWriter:
         *,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
+        model_type: str = "keras",
     ) -> str | None:
         """Upload a model folder a worker saved as an MLflow 3 LoggedModel of ``run_id``; returns its model id.
 
@@ -239,7 +240,7 @@ class RunWriter:
             source_run_id=run_id,
             params={key: format_value(value) for key, value in (params or {}).items()},
             tags={key: str(value) for key, value in (tags or {}).items()},
-            model_type="keras",
+            model_type=model_type,
         )
         try:
             with tempfile.TemporaryDirectory() as tmp:

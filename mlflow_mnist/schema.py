@@ -78,6 +78,7 @@ FOLD, REPEAT, WORKER, ERROR = _tag("fold"), _tag("repeat"), _tag("worker"), _tag
 
 # -- final runs ----------------------------------------------------------------------------------------------
 MEDIAN_RUN, MEDIAN_MODEL = _tag("median_run_id"), _tag("median_model_id")
+ENSEMBLE_MODEL = _tag("ensemble_model_id")  # the seeds' average as one LoggedModel
 TEST_DIGEST, TEST_SIZE = _tag("test_digest"), _tag("test_size")  # which test set the accuracy is on
 SOURCE_RUNS = _tag("source_step_runs")
 SEED = _tag("seed")

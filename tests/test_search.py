@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from mlflow_mnist.params import HyperparameterError
-from mlflow_mnist.tasks import get_task
-from mlflow_mnist.tasks.mnist.model import SEED_START
 from mlflow_mnist.planning import (
     FINAL,
     FoldRecord,
@@ -21,6 +19,8 @@ from mlflow_mnist.planning import (
 )
 from mlflow_mnist.results import FoldResult, best_row, cv_results
 from mlflow_mnist.strategies.staged import plan_step
+from mlflow_mnist.tasks import get_task
+from mlflow_mnist.tasks.mnist.model import SEED_START
 from mlflow_mnist.worker import train_fold
 
 MNIST = get_task("mnist")
@@ -129,6 +129,7 @@ def test_folds_are_stratified_and_disjoint():
     assert all(np.bincount(y[h]).tolist() == [10, 20] for h in held)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -150,6 +151,7 @@ def test_a_diverging_candidate_is_recorded_not_raised(sample, extra):
     assert result.epochs_run < 3  # stopped early
 
 
+@pytest.mark.slow
 def test_a_healthy_fold_returns_curves_and_a_model(sample):
     from mlflow_mnist.tasks.mnist.data import select_digits
 

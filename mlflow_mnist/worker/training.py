@@ -251,6 +251,7 @@ class FinalResult:
     errors: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     predictions: np.ndarray | None = None
+    probabilities: np.ndarray | None = None  # on the test set: what the seeds' ensemble averages
     model_files: dict[str, bytes] | None = None
     started_ms: int | None = None
     ended_ms: int | None = None
@@ -286,6 +287,7 @@ def train_final(
         errors,
         trained.history,
         predictions,
+        probabilities.astype(np.float32),
         files,
         started_ms=trained.started_ms,
         ended_ms=now_ms(),
