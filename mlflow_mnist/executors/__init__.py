@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
-from mlflow_mnist.executors.base import Executor
+import os
+
+from mlflow_mnist.executors.base import Executor, ExecutorError, NJobsError, resolve_n_jobs, usable_cores
 from mlflow_mnist.executors.joblib import JoblibExecutor
 from mlflow_mnist.executors.serial import SerialExecutor
 
 EXECUTORS = ("joblib", "serial", "dask")
 
 
-def make_executor(name: str = "joblib", *, n_jobs: int = 0, scheduler: str | None = None) -> Executor:
-    """The executor a user named; ``joblib`` with one job runs in-process like ``serial``."""
+def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler: str | None = None) -> Executor:
+    """The executor a user named; ``joblib`` with one job runs in-process like ``serial``.
+
+    ``n_jobs`` follows joblib's convention everywhere (:func:`resolve_n_jobs`): a bad value raises
+    :class:`NJobsError` before any worker starts. On a remote Dask cluster it counts the cluster's workers, not
+    this machine's cores, so it is passed on as given.
+    """
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    workers = resolve_n_jobs(n_jobs)
     if name == "serial":
         return SerialExecutor()
     if name == "joblib":
         return JoblibExecutor(n_jobs)
-    if name == "dask":
-        from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads only when asked for
+    from mlflow_mnist.executors.dask import SCHEDULER_ENV, DaskExecutor  # dask.distributed loads when used
 
-        return DaskExecutor(scheduler, n_workers=n_jobs)
-    raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    remote = scheduler or os.environ.get(SCHEDULER_ENV)
+    return DaskExecutor(scheduler, n_workers=n_jobs if remote else workers)
 
 
-__all__ = ["EXECUTORS", "Executor", "JoblibExecutor", "SerialExecutor", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "ExecutorError",
+    "JoblibExecutor",
+    "NJobsError",
+    "SerialExecutor",
+    "make_executor",
+    "resolve_n_jobs",
+    "usable_cores",
+]

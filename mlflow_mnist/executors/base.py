@@ -1,12 +1,51 @@
-"""The executor protocol: where fold tasks run. The search never knows which one it has."""
+"""The executor protocol (where fold tasks run; the search never knows which one it has), what ``--n-jobs``
+means for every executor, and the one error an executor raises when its workers cannot go on."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ExecutorError(RuntimeError):
+    """The workers cannot go on (a pool process died, an unreachable or lost cluster); the message is one line
+    naming the cause and the fix, and finished folds are already in the store."""
+
+
+class NJobsError(ValueError):
+    """``--n-jobs`` names no usable number of workers; the message says which values do."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or ``taskset``'s share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_n_jobs(n_jobs: int | None, *, cores: int | None = None) -> int:
+    """How many workers ``n_jobs`` asks for, in joblib's convention, out of ``cores`` (default: this machine's).
+
+    ``None`` or -1: every core; -2: all but one; -k: ``cores + 1 - k``; a positive number: that many, at most
+    ``cores`` (more processes than cores only slow each other down). 0 and values below ``-cores`` name no
+    worker: :class:`NJobsError`.
+    """
+    cores = cores or usable_cores()
+    if n_jobs is None:
+        return cores
+    fix = f"use 1 to {cores}, -1 for every core" + (" or -2 for all but one" if cores > 1 else "")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+        raise NJobsError(f"--n-jobs {n_jobs!r} is not a whole number: {fix}")
+    if n_jobs > 0:
+        return min(n_jobs, cores)
+    if n_jobs == 0:
+        raise NJobsError(f"--n-jobs 0 runs no worker: {fix}")
+    workers = cores + 1 + n_jobs
+    if workers < 1:
+        raise NJobsError(f"--n-jobs {n_jobs} leaves no worker on {cores} cores (-k is every core but k-1): {fix}")
+    return workers
 
 
 class Executor(Protocol):
@@ -15,7 +54,8 @@ class Executor(Protocol):
     ``fn`` is picklable and self-contained (it loads its data by reference); an executor may run it in this
     process, in a pool of local processes or on a cluster. ``threads_per_worker`` is the TensorFlow thread
     share each worker should take (``None``: let the worker use the cores it sees). Executors are context
-    managers: leaving the block releases their workers.
+    managers: leaving the block releases their workers. A failure of the workers themselves (not of ``fn``)
+    is raised as :class:`ExecutorError`.
     """
 
     name: str

@@ -2,31 +2,67 @@
 
 from __future__ import annotations
 
-import os
+import re
+import signal
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
+
+from mlflow_mnist.executors.base import ExecutorError, resolve_n_jobs, usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
+# What usually sends each signal to a training process: the kernel's OOM killer sends SIGKILL.
+LIKELY_CAUSE = {"SIGKILL": "out of memory?", "SIGSEGV": "a crash in native code", "SIGBUS": "a crash in native code"}
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _exit_codes(error: BaseException) -> list[int]:
+    """The dead workers' exit codes, which loky writes into its message as ``{SIGKILL(-9), EXIT(1)}``."""
+    return [int(code) for code in re.findall(r"\((-?\d+)\)", str(error).split("exit codes of the workers are")[-1])]
+
+
+def _how_it_died(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
+    cause = LIKELY_CAUSE.get(name)
+    return f"killed by signal {-code}, {name}" + (f": {cause}" if cause else "")
+
+
+def pool_failure(error: BrokenProcessPool, n_workers: int) -> ExecutorError:
+    """One line for a pool that broke: which worker died how, and what to run next."""
+    codes = _exit_codes(error)
+    fewer = f"--n-jobs {n_workers - 1}" if n_workers > 2 else "--n-jobs 1"
+    if codes or "terminated" in str(error):
+        how = "; ".join(dict.fromkeys(map(_how_it_died, codes))) or "cause unknown"
+        return ExecutorError(
+            f"a worker process died ({how}): finished folds are kept; run the same command again to resume, "
+            f"with fewer workers ({fewer}) if memory is short"
+        )
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+    return ExecutorError(
+        f"the worker pool broke ({reason}): finished folds are kept; run the same command again to resume, "
+        f"or with --executor serial to see the error in this process"
+    )
 
 
 class JoblibExecutor:
-    """``n_jobs`` processes (0 or -1: one per core); n workers never oversubscribe the machine's cores.
+    """``n_jobs`` processes in joblib's convention (:func:`resolve_n_jobs`); n workers never oversubscribe the
+    machine's cores.
 
     joblib's loky backend keeps its workers alive between calls, so TensorFlow is imported and the data is
-    loaded once per worker for a whole multi-step stage, not once per step.
+    loaded once per worker for a whole multi-step stage, not once per step. A worker that dies (OOM kill,
+    segfault) breaks the pool: that is one :class:`ExecutorError`, not loky's traceback.
     """
 
     name = "joblib"
 
-    def __init__(self, n_jobs: int = 0):
-        cores = usable_cores()
-        self.n_workers = cores if n_jobs in (None, 0, -1) else max(1, min(n_jobs, cores))
-        self.threads_per_worker = max(1, cores // self.n_workers)
+    def __init__(self, n_jobs: int | None = None):
+        self.n_workers = resolve_n_jobs(n_jobs)
+        self.threads_per_worker = max(1, usable_cores() // self.n_workers)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         tasks = list(tasks)
@@ -39,7 +75,10 @@ class JoblibExecutor:
 
         # Always the same n_jobs, so loky hands back the same warm workers on every call.
         parallel = Parallel(n_jobs=self.n_workers, return_as="generator_unordered")
-        yield from parallel(delayed(fn)(task) for task in tasks)
+        try:
+            yield from parallel(delayed(fn)(task) for task in tasks)
+        except BrokenProcessPool as error:  # loky's BrokenProcessPool and TerminatedWorkerError derive from it
+            raise pool_failure(error, self.n_workers) from None
 
     def close(self) -> None:
         pass  # loky's reusable pool shuts itself down after its idle timeout
@@ -49,3 +88,6 @@ class JoblibExecutor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+__all__ = ["JoblibExecutor", "pool_failure", "usable_cores"]

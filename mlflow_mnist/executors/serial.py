@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
+
+from mlflow_mnist.executors.base import usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -15,7 +16,7 @@ class SerialExecutor:
     n_workers = 1
 
     def __init__(self, threads: int | None = None):
-        self.threads_per_worker = threads or os.cpu_count() or 1
+        self.threads_per_worker = threads or usable_cores()
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         for task in tasks:
