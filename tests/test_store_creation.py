@@ -1,0 +1,93 @@
+"""Creating a fresh SQLite store is exclusive: drivers that start together all end up writing to one store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow_mnist import tracking
+
+DRIVERS, ROUNDS = 4, 2
+
+# Each driver imports everything first, then waits at a barrier (a file per round) so that all of them find
+# the store missing and create it at the same instant; then each writes an experiment and a finished run.
+DRIVER = """
+import sys, time
+from pathlib import Path
+from mlflow_mnist import tracking
+
+folder, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+for round_ in range(rounds):
+    (folder / f"ready-{round_}-{name}").touch()
+    while not (folder / f"go-{round_}").exists():
+        time.sleep(0.001)
+    client = tracking.connect(f"sqlite:///{folder}/round-{round_}/mlflow.db")
+    experiment = client.create_experiment(f"driver-{name}")
+    run = client.create_run(experiment, run_name=f"run-{name}")
+    client.set_terminated(run.info.run_id)
+    print(round_, run.info.run_id, flush=True)
+"""
+
+
+def test_drivers_creating_one_fresh_store_at_once_lose_nothing(tmp_path):
+    for round_ in range(ROUNDS):
+        (tmp_path / f"round-{round_}").mkdir()
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(tmp_path), str(i), str(ROUNDS)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(DRIVERS)
+    ]
+    try:
+        for round_ in range(ROUNDS):
+            deadline = time.time() + 120
+            while len(list(tmp_path.glob(f"ready-{round_}-*"))) < DRIVERS:
+                if time.time() > deadline or any(d.poll() is not None for d in drivers):
+                    break  # a driver failed (or hangs): the others would wait at the barrier for ever
+                time.sleep(0.01)
+            else:
+                (tmp_path / f"go-{round_}").touch()
+                continue
+            for driver in drivers:
+                driver.kill()
+            break
+        outputs = [d.communicate(timeout=120) for d in drivers]
+    finally:
+        for driver in drivers:
+            driver.kill()
+    assert [d.returncode for d in drivers] == [0] * DRIVERS, [err[-1500:] for _, err in outputs]
+    written = {tuple(line.split()) for out, _ in outputs for line in out.splitlines()}
+    assert len(written) == DRIVERS * ROUNDS
+    for round_ in range(ROUNDS):
+        store = tmp_path / f"round-{round_}" / "mlflow.db"
+        client = tracking.connect(f"sqlite:///{store}")
+        found = set()
+        for i in range(DRIVERS):
+            experiment = client.get_experiment_by_name(f"driver-{i}")
+            assert experiment is not None, f"round {round_}: driver {i}'s experiment was lost"
+            found |= {(str(round_), run.info.run_id) for run in client.search_runs([experiment.experiment_id])}
+        assert found == {w for w in written if w[0] == str(round_)}
+        assert [p.name for p in store.parent.iterdir()] == ["mlflow.db"], "a partial store was left behind"
+
+
+def test_partial_store_of_a_killed_creator_is_removed_later(tmp_path):
+    """A creator killed mid-schema leaves its hidden partial file; the next creation on this host removes it."""
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    abandoned = tmp_path / f".mlflow.db.{host}.{dead.pid}.0a1b2c3d.partial"
+    abandoned.write_bytes(b"half a schema")
+    journal = Path(f"{abandoned}-journal")
+    journal.write_bytes(b"journal")
+    alive = tmp_path / f".mlflow.db.{host}.{os.getpid()}.0a1b2c3d.partial"  # a live creator's: left alone
+    alive.write_bytes(b"in progress")
+    tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlflow.db", alive.name])
