@@ -1,0 +1,160 @@
+"""``--n-jobs`` means the same for every executor, and a pool worker that dies is one line, not loky's traceback."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlflow_mnist.executors import (
+    ExecutorError,
+    JoblibExecutor,
+    NJobsError,
+    make_executor,
+    resolve_n_jobs,
+    usable_cores,
+)
+
+
+@pytest.mark.parametrize(
+    "n_jobs, workers",
+    [(None, 8), (-1, 8), (-2, 7), (-7, 2), (-8, 1), (1, 1), (3, 3), (8, 8), (20, 8)],
+)
+def test_n_jobs_follows_joblib(n_jobs, workers):
+    assert resolve_n_jobs(n_jobs, cores=8) == workers
+
+
+@pytest.mark.parametrize(
+    "n_jobs, message",
+    [
+        (0, "--n-jobs 0 runs no worker: use 1 to 8, -1 for every core or -2 for all but one"),
+        (-9, "--n-jobs -9 leaves no worker on 8 cores"),
+        (-100, "--n-jobs -100 leaves no worker on 8 cores"),
+        (1.5, "--n-jobs 1.5 is not a whole number"),
+        (True, "--n-jobs True is not a whole number"),
+    ],
+)
+def test_n_jobs_that_names_no_worker_is_one_line(n_jobs, message):
+    with pytest.raises(NJobsError) as raised:
+        resolve_n_jobs(n_jobs, cores=8)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
+@pytest.mark.parametrize("name", ["serial", "joblib", "dask"])
+def test_every_executor_refuses_the_same_n_jobs_before_starting_anything(name):
+    cores = usable_cores()
+    for bad in (0, -(cores + 1)):
+        with pytest.raises(NJobsError):
+            make_executor(name, n_jobs=bad)
+
+
+def test_joblib_pool_size_is_resolved_once_for_every_command():
+    cores = usable_cores()
+    assert make_executor("joblib", n_jobs=-cores).n_workers == 1
+    assert make_executor("joblib", n_jobs=cores + 3).n_workers == cores
+    assert make_executor("joblib").n_workers == JoblibExecutor(-1).n_workers == cores
+
+
+# -- a pool worker that dies -------------------------------------------------------------------------------
+# The tasks are module-level functions: loky's workers import this module by name (they get the parent's
+# sys.path). Each task announces its process id in `folder` before doing what it does.
+
+
+def _announce(folder: str) -> None:
+    Path(folder, f"{os.getpid()}.pid").touch()
+
+
+def sleep_in_worker(task: tuple[str, float]) -> int:
+    folder, seconds = task
+    _announce(folder)
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def crash_in_worker(task: tuple[str, float]) -> int:
+    folder, _ = task
+    _announce(folder)
+    ctypes.string_at(0)  # a segmentation fault, as a crash in native code would be
+    return 0
+
+
+def exit_in_worker(task: tuple[str, float]) -> int:
+    folder, _ = task
+    _announce(folder)
+    os._exit(3)
+
+
+def _kill_first_worker_that_starts(folder: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = list(folder.glob("*.pid"))
+        if pids:
+            os.kill(int(pids[0].stem), signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def _pool_processes() -> list[psutil.Process]:
+    """This test process's loky workers (its resource tracker is not one of them)."""
+    children = psutil.Process().children(recursive=True)
+    return [p for p in children if "LokyProcess" in " ".join(_cmdline(p))]
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _run_until_failure(fn, folder: Path) -> ExecutorError:
+    pool = JoblibExecutor(2)
+    if pool.n_workers < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is no pool to break")
+    with pytest.raises(ExecutorError) as raised:
+        list(pool.map_unordered(fn, [(str(folder), 60.0)] * 4))
+    return raised.value
+
+
+def test_worker_killed_mid_task_is_one_line_naming_the_signal_and_the_fix(tmp_path):
+    """SIGKILL is what the kernel's OOM killer sends: the user learns that, and to use fewer workers."""
+    killer = threading.Thread(target=_kill_first_worker_that_starts, args=(tmp_path,), daemon=True)
+    killer.start()
+    started = time.time()
+    error = _run_until_failure(sleep_in_worker, tmp_path)
+    message = str(error)
+    assert message.startswith("a worker process died (killed by signal 9, SIGKILL: out of memory?)"), message
+    assert "finished folds are kept" in message and "--n-jobs 1" in message and "\n" not in message
+    assert error.__suppress_context__ and error.__cause__ is None  # no loky traceback chained to it
+    assert time.time() - started < 50, "the failure must not wait for the other worker's 60 s task"
+    deadline = time.time() + 30
+    while _pool_processes() and time.time() < deadline:  # the surviving worker is stopped, not orphaned
+        time.sleep(0.2)
+    assert not _pool_processes()
+
+
+@pytest.mark.parametrize(
+    "fn, how",
+    [(crash_in_worker, "killed by signal 11, SIGSEGV: a crash in native code"), (exit_in_worker, "exited with code 3")],
+)
+def test_worker_that_crashes_or_exits_is_one_line(tmp_path, fn, how):
+    message = str(_run_until_failure(fn, tmp_path))
+    assert message.startswith(f"a worker process died ({how}"), message
+    assert "\n" not in message
+
+
+def test_an_error_inside_a_task_is_not_a_pool_failure(tmp_path):
+    """A task that raises keeps its own exception (the fold's error handling sees it), not an ExecutorError."""
+    with pytest.raises(ZeroDivisionError):
+        list(JoblibExecutor(2).map_unordered(divide_by_zero, [1, 2]))
+
+
+def divide_by_zero(value: int) -> float:
+    return value / 0
