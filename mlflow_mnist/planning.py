@@ -148,6 +148,13 @@ class FoldTask:
     key: str
     precision: str = "float32"
     repeat: int = 0  # which repetition of the k-fold split (``--cv-repeats``)
+    # Continued training (successive halving's rungs): the epochs a learning-rate schedule spans (0: this fold's
+    # own epochs), the fold whose saved model and optimizer this one continues from, the epochs that model had
+    # trained, and the fold whose key seeds the whole chain (its first rung).
+    horizon: int = 0
+    resume_key: str = ""
+    initial_epoch: int = 0
+    root_key: str = ""
 
     @property
     def split(self) -> int:
@@ -156,7 +163,14 @@ class FoldTask:
 
     @property
     def seed(self) -> int:
-        return int(self.key[:8], 16) % (2**31 - 1)
+        """The training seed: from the fold's key, or for a continued fold from its chain's first key (so a fold
+        continued rung by rung trains exactly as one trained straight through)."""
+        return int((self.root_key or self.key)[:8], 16) % (2**31 - 1)
+
+    @property
+    def resumable(self) -> bool:
+        """Trained with the recipe that can be stopped and continued (one seeded permutation per epoch)."""
+        return bool(self.horizon)
 
 
 @dataclass(frozen=True)
@@ -170,6 +184,12 @@ class Candidate:
     role: str = GRID
     trial: int | None = None  # an Optuna trial's number, and the values it sampled
     sampled: Params = field(default_factory=dict)
+    root_keys: tuple[str, ...] = ()  # for continued training: each split's first-rung key
+
+    def chain(self) -> tuple[tuple[str, str], ...]:
+        """(this key, its chain's first key) per split: what the candidate's next rung continues from."""
+        roots = self.root_keys or self.fold_keys
+        return tuple(zip(self.fold_keys, roots, strict=True))
 
 
 @dataclass(frozen=True)
@@ -202,12 +222,23 @@ def config_hash(params: Params, neutral: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(params, neutral).encode()).hexdigest()[:12]
 
 
-def fold_key(params: Params, fold: int, settings: SearchSettings, repeat: int = 0, replicate: str = "") -> str:
+def fold_key(
+    params: Params,
+    fold: int,
+    settings: SearchSettings,
+    repeat: int = 0,
+    replicate: str = "",
+    *,
+    horizon: int = 0,
+    resume_key: str = "",
+) -> str:
     """Identity of a fold result: same hyperparameters, split, data and training recipe give the same key anywhere.
 
     The number of repeats is not part of it: repeat 0 of a 3-repeat campaign is the single-repeat campaign's
     split, so raising ``--cv-repeats`` reuses every fold already trained. ``replicate`` names a deliberate
     retraining of the same configuration (a step's reference): another key, hence other training seeds.
+    ``horizon`` (the epochs a learning-rate schedule spans, when a rung trains fewer) and ``resume_key`` (the
+    fold, at an earlier rung, whose saved model this one continues) name a continued fold's whole history.
     """
     identity = [settings.canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
     identity += [repeat, RECIPE_VERSION]
@@ -217,6 +248,10 @@ def fold_key(params: Params, fold: int, settings: SearchSettings, repeat: int = 
         identity.append(settings.task.model_key)
     if replicate:
         identity.append(replicate)
+    if horizon:
+        identity += ["horizon", horizon]
+    if resume_key:
+        identity += ["continues", resume_key]
     text = json.dumps(identity)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -255,6 +290,11 @@ class Spec:
     trial: int | None = None
     sampled: Params = field(default_factory=dict)
     replicate: str = ""  # another training of the same configuration: its own fold keys and seeds
+    # Continued training: the epochs a schedule spans; per split, the (key, first key) of the fold continued
+    # from (a Candidate's ``chain()`` at the rung before) and the epochs that fold trained.
+    horizon: int = 0
+    resume: tuple[tuple[str, str], ...] = ()
+    resume_epochs: int = 0
 
 
 def plan_candidates(
@@ -276,13 +316,29 @@ def plan_candidates(
         varied = {key: params[key] for key in group.varied}
         label = spec.label or candidate_label(varied)
         splits = [(repeat, fold) for repeat in range(settings.cv_repeats) for fold in range(settings.n_folds)]
-        keys = tuple(fold_key(params, fold, settings, repeat, spec.replicate) for repeat, fold in splits)
+        if spec.resume and len(spec.resume) != len(splits):
+            raise ValueError(f"{label}: continues {len(spec.resume)} folds, but the campaign has {len(splits)} splits")
+        previous = spec.resume or [("", "")] * len(splits)
+        keys = tuple(
+            fold_key(params, fold, settings, repeat, spec.replicate, horizon=spec.horizon, resume_key=before[0])
+            for (repeat, fold), before in zip(splits, previous, strict=True)
+        )
+        roots = tuple(before[1] or key for before, key in zip(previous, keys, strict=True)) if spec.horizon else ()
         planned.append(
             Candidate(
-                index, label, varied, params, config_hash(params, neutral), keys, spec.role, spec.trial, spec.sampled
+                index,
+                label,
+                varied,
+                params,
+                config_hash(params, neutral),
+                keys,
+                spec.role,
+                spec.trial,
+                spec.sampled,
+                roots,
             )
         )
-        for (repeat, fold), key in zip(splits, keys, strict=True):
+        for (repeat, fold), key, before, root in zip(splits, keys, previous, roots or keys, strict=True):
             if key in done:
                 reused[key] = done[key]
                 continue
@@ -299,6 +355,10 @@ def plan_candidates(
                     key=key,
                     precision=settings.precision,
                     repeat=repeat,
+                    horizon=spec.horizon,
+                    resume_key=before[0],
+                    initial_epoch=spec.resume_epochs if before[0] else 0,
+                    root_key=root if spec.horizon else "",
                 )
             )
     plan_text = json.dumps(

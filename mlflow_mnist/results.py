@@ -36,6 +36,7 @@ class FoldResult:
     ended_ms: int | None = None
     chance: float = 0.5  # the held-out fold's majority-class rate: what guessing scores
     worker: str = ""  # host:pid of the process that trained it (a warm pool serves many folds)
+    first_epoch: int = 0  # epochs its model had trained before (a continued fold): its curves start after them
 
 
 #: A healthy-looking fold that scores within this many accuracy points of guessing has collapsed.

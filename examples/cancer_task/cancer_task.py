@@ -31,7 +31,7 @@ class CancerTask(Task):
                        array_digest(x_tr, y_tr), array_digest(x_te, y_te))
 
     def build_model(self, hyperparameters, *, n_classes, seed=None, precision="float32", n_train=None,
-                    steps_per_execution=1):
+                    steps_per_execution=1, total_epochs=None):
         import keras
         from keras import layers
 

@@ -166,9 +166,12 @@ class Task:
         precision: str = "float32",
         n_train: int | None = None,
         steps_per_execution: int = 1,
+        total_epochs: int | None = None,
     ) -> Any:
         """A compiled Keras model: raw inputs in, class probabilities out (loss on one-hot labels, metric
-        ``accuracy``), every random layer seeded from ``seed``; ``n_train`` sizes learning-rate schedules."""
+        ``accuracy``), every random layer seeded from ``seed``. ``n_train`` (examples per epoch) and
+        ``total_epochs`` (the epochs a schedule spans; default ``epochs``, more when successive halving trains a
+        trial rung by rung and continues it) size learning-rate schedules."""
         raise NotImplementedError
 
     # -- optional ---------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class DigitsTask(Task):
         precision: str = "float32",
         n_train: int | None = None,
         steps_per_execution: int = 1,
+        total_epochs: int | None = None,
     ) -> Any:
         import keras
         from keras import layers

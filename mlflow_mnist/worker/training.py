@@ -164,6 +164,103 @@ def fit(
     return Fit(classifier.model_, history, time.perf_counter() - start, started_ms, diverged)
 
 
+def reseed_random_layers(model, seed: int, epoch: int) -> None:
+    """Set every random layer's generator (dropout, augmentation) to a state of (seed, epoch).
+
+    Keras saves a model's weights and optimizer but not its layers' random-number state, so a model continued
+    from a checkpoint would draw other dropout masks than one trained straight through; setting the state at
+    every epoch makes both draw the same."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator):
+                state = value.state
+                value.state.assign(
+                    np.array([seed % 2**31, epoch + 1], dtype=keras.backend.standardize_dtype(state.dtype))
+                )
+
+
+def load_checkpoint(files: dict[str, bytes]):
+    """A model saved as an MLflow model folder (what a fold returns), compiled, with its optimizer's state."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for relative, content in files.items():
+            path = Path(tmp, relative)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        return mlflow.keras.load_model(tmp)
+
+
+def fit_resumable(
+    task: Task,
+    params: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_classes: int,
+    seed: int,
+    horizon: int,
+    precision: str = "float32",
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    checkpoint: dict[str, bytes] | None = None,
+    initial_epoch: int = 0,
+) -> Fit:
+    """Training that can stop after any epoch and go on later exactly as if it had not stopped.
+
+    The model, its optimizer and learning-rate schedule (spanning ``horizon`` epochs) come from ``checkpoint``
+    or are built afresh; each epoch draws its own seeded permutation of the examples and its own random-layer
+    state, so epochs 0..k then k..n equal epochs 0..n. Successive halving continues a promoted trial's folds
+    this way instead of retraining them.
+    """
+    import keras
+
+    onehot = np.eye(n_classes, dtype="float32")
+    started_ms, start = now_ms(), time.perf_counter()
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint)
+    else:
+        keras.utils.set_random_seed(seed)
+        model = task.build_model(
+            task.validate(params),
+            n_classes=n_classes,
+            seed=seed,
+            precision=check_precision(precision),
+            n_train=len(x),
+            steps_per_execution=STEPS_PER_EXECUTION,
+            total_epochs=horizon,
+        )
+    extra = {}
+    if validation is not None:
+        extra = {"validation_data": (validation[0], onehot[validation[1]]), "validation_batch_size": VALIDATION_BATCH}
+    history: dict[str, list[float]] = {}
+    guard = divergence_guard(n_classes)
+    for epoch in range(initial_epoch, int(params["epochs"])):
+        order = np.random.default_rng([seed, epoch]).permutation(len(x))
+        reseed_random_layers(model, seed, epoch)
+        step = model.fit(
+            x[order],
+            onehot[y[order]],
+            batch_size=int(params["batch_size"]),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[guard],
+            **extra,
+        )
+        for name, values in step.history.items():
+            history.setdefault(name, []).extend(float(v) for v in values)
+        if training_diverged(history.get("loss", []), n_classes):
+            break
+    diverged = training_diverged(history.get("loss", []), n_classes)
+    return Fit(model, history, time.perf_counter() - start, started_ms, diverged)
+
+
 def train_fold(
     model_task: Task,
     task: FoldTask,
@@ -172,8 +269,12 @@ def train_fold(
     *,
     threads: int | None = 1,
     with_model: bool = True,
+    checkpoint: dict[str, bytes] | None = None,
 ) -> FoldResult:
-    """Train and score one fold; never raises for a bad candidate (the record says what happened)."""
+    """Train and score one fold; never raises for a bad candidate (the record says what happened).
+
+    A resumable fold (successive halving's rungs) continues from ``checkpoint``, the saved model of the fold
+    its task names, when it has one; a resumable fold always returns its model, the next rung's checkpoint."""
     configure_threads(threads)
     import keras
 
@@ -188,16 +289,33 @@ def train_fold(
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     try:
-        trained = fit(
-            model_task,
-            task.params,
-            x[train],
-            y[train],
-            n_classes=task.n_classes,
-            seed=task.seed,
-            precision=task.precision,
-            validation=(x[held_out], y[held_out]),
-        )
+        if task.resumable:
+            if task.resume_key and checkpoint is None:
+                raise ValueError(f"fold {task.key} continues fold {task.resume_key}, whose model was not given")
+            trained = fit_resumable(
+                model_task,
+                task.params,
+                x[train],
+                y[train],
+                n_classes=task.n_classes,
+                seed=task.seed,
+                horizon=task.horizon,
+                precision=task.precision,
+                validation=(x[held_out], y[held_out]),
+                checkpoint=checkpoint,
+                initial_epoch=task.initial_epoch,
+            )
+        else:
+            trained = fit(
+                model_task,
+                task.params,
+                x[train],
+                y[train],
+                n_classes=task.n_classes,
+                seed=task.seed,
+                precision=task.precision,
+                validation=(x[held_out], y[held_out]),
+            )
     except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
         keras.backend.clear_session()
         return FoldResult(
@@ -220,7 +338,8 @@ def train_fold(
         # NaN outputs argmax to class 0: report what the broken model really scores, as the seed did.
         predictions = predict(trained.model, x[held_out])
         accuracy = float(np.mean(predictions.argmax(axis=1) == y[held_out]))
-    files = model_files(trained.model, x[held_out][:2], with_example=False) if with_model and not diverged else None
+    keep_model = (with_model or task.resumable) and not diverged
+    files = model_files(trained.model, x[held_out][:2], with_example=False) if keep_model else None
     keras.backend.clear_session()
     return FoldResult(
         **record,
@@ -230,6 +349,7 @@ def train_fold(
         epochs_run=len(history.get("loss", [])),
         status="diverged" if diverged else "ok",
         history=history,
+        first_epoch=task.initial_epoch if task.resumable else 0,
         model_files=files,
         started_ms=trained.started_ms,
         ended_ms=now_ms(),

@@ -44,6 +44,7 @@ class MnistTask(Task):
         precision: str = "float32",
         n_train: int | None = None,
         steps_per_execution: int = 1,
+        total_epochs: int | None = None,
     ) -> Any:
         return model.build_model(
             hyperparameters,
@@ -52,6 +53,7 @@ class MnistTask(Task):
             precision=precision,
             n_train=n_train,
             steps_per_execution=steps_per_execution,
+            total_epochs=total_epochs,
         )
 
     def registered_model_name(self, variant: str) -> str:

@@ -136,6 +136,7 @@ def build_model(
     precision: str = "float32",
     seed: int | None = None,
     n_train: int | None = None,
+    total_epochs: int | None = None,
 ):
     """The seed's convnet, compiled; ``steps_per_execution`` > 1 runs several batches per graph call.
 
@@ -219,7 +220,7 @@ def build_model(
     )
     learn_rate = p["learn_rate"]
     if p["lr_schedule"] == "cosine" and n_train:
-        steps = p["epochs"] * -(-n_train // p["batch_size"])
+        steps = (total_epochs or p["epochs"]) * -(-n_train // p["batch_size"])
         learn_rate = keras.optimizers.schedules.CosineDecay(p["learn_rate"], decay_steps=steps)
     model.compile(
         optimizer=make_optimizer(p["optimizer"], learn_rate, p["momentum"]),
