@@ -52,6 +52,9 @@ def tune(
     space: str = "",
     trials: int = 20,
     halving_factor: int = 3,
+    min_epochs: int = 0,
+    brackets: int = 1,
+    warm_start: int = 0,
     epochs: int = 6,
     folds: int = 3,
     cv_repeats: int = 1,
@@ -110,6 +113,9 @@ def tune(
             factor=halving_factor,
             batch=2 * pool.n_workers,
             reuse_reference=reuse_reference,
+            min_epochs=min_epochs,
+            brackets=brackets,
+            warm_start=warm_start,
         )
         search = make_strategy(strategy, request)
         outcome = campaign.search(search, executor=pool, with_model=log_models, progress=progress)

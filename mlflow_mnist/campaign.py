@@ -20,10 +20,11 @@ from mlflow_mnist.executors import Executor
 from mlflow_mnist.lease import CampaignLease
 from mlflow_mnist.params import HyperparameterError, Params
 from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.progress import Progress
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, SETTINGS_KEY
-from mlflow_mnist.search import Progress, SearchOutcome, run_search
+from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, SETTINGS_KEY
+from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
@@ -153,6 +154,27 @@ class Campaign:
             self.client, self.experiment_id, self.settings.data_digest, self.settings.key()
         )
 
+    def load_checkpoint(self, fold_key: str) -> dict[str, bytes] | None:
+        """The saved model of the finished fold ``fold_key`` (an earlier rung a fold continues from), as the folder
+        a worker returned; None when the store has none."""
+        import tempfile
+        from pathlib import Path
+
+        import mlflow.artifacts
+
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{FOLD_KEY}` = '{fold_key}' and attributes.status = 'FINISHED'",
+            max_results=5,
+        )
+        for run in runs:
+            for output in run.outputs.model_outputs if run.outputs else []:
+                location = self.client.get_logged_model(output.model_id).artifact_location
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
+                    return {str(f.relative_to(local)): f.read_bytes() for f in local.rglob("*") if f.is_file()}
+        return None
+
     def worker_data(self) -> DataRef | Dataset:
         """What workers load: a reference, or the arrays themselves when they came from memory (the test seam)."""
         return self.data if self.shipped else self.data_ref
@@ -196,7 +218,8 @@ class Campaign:
                 executor=executor,
                 worker=worker,
                 read_state=self.read_state,
-                listeners=[tree, Progress(progress)],
+                listeners=[tree, Progress(progress, workers=executor.n_workers)],
+                load_checkpoint=self.load_checkpoint,
             )
         outcome.run_id = tree.root
         return outcome
@@ -214,8 +237,24 @@ class Campaign:
             "overrides": self.overrides,
             "seed": self.settings.split_seed,
             "search_key": self.search_key,
+            "warm_configs": self.warm_configs,
         }
         return SearchRequest(**{**defaults, **options})
+
+    def warm_configs(self, state: StoreState) -> list[Params]:
+        """The experiment's best configurations, best first: the staged grid's carry-forward winner, then the
+        trials of earlier joint searches (their sampled values) by mean CV accuracy at their full budget."""
+        configs = [self.final_params(state)] if state.step_bests else []
+        trials = [
+            c
+            for c in state.candidates
+            if c.finished
+            and c.status == "ok"
+            and c.tags.trial is not None
+            and (c.tags.rung is None or c.tags.rung.counts)
+        ]
+        configs += [c.tags.sampled for c in sorted(trials, key=lambda c: -c.score)]
+        return configs
 
     def final_params(self, state: StoreState) -> Params:
         return resolve_fixed_params(self.task, "final", state.step_bests, self.overrides, self.settings.epochs)

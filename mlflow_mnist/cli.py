@@ -250,6 +250,27 @@ N_JOBS_OPTION = click.option(
 @click.option("--space", default="", help="Search space of a joint search [default: the task's first].")
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(1), help="Trials of a joint search.")
 @click.option("--halving-factor", default=3, show_default=True, type=click.IntRange(2), help="Rung ratio.")
+@click.option(
+    "--min-epochs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="asha: epochs at the first rung (0: the space's budget / factor^2).",
+)
+@click.option(
+    "--brackets",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="asha: first rungs to spread trials over (Hyperband's brackets; 1: every trial starts at the first).",
+)
+@click.option(
+    "--warm-start",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="asha: start from this many of the experiment's best configurations (staged winner, earlier trials).",
+)
 @common_options
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION

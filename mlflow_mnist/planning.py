@@ -155,6 +155,8 @@ class FoldTask:
     resume_key: str = ""
     initial_epoch: int = 0
     root_key: str = ""
+    # The saved model of ``resume_key``'s fold, attached by the engine on the way to a worker (planning is pure).
+    checkpoint: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
 
     @property
     def split(self) -> int:

@@ -163,6 +163,7 @@ class RunWriter:
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         history: Mapping[str, list[float]] | None = None,
+        first_step: int = 1,
         metrics: Mapping[str, float] | None = None,
         scores: Mapping[str, float] | None = None,
         model_id: str | None = None,
@@ -170,13 +171,14 @@ class RunWriter:
         """What a trained model's run records, in one request: against a tracking server each request is a
         round trip, and a driver logging for many workers is bound by them (benchmarks/bench_driver.py).
 
-        Per-epoch ``history`` curves (step = epoch), final ``metrics``, and ``scores`` linked to ``model_id``
+        Per-epoch ``history`` curves (step = epoch, from ``first_step``: a continued fold's first new epoch), final
+        ``metrics``, and ``scores`` linked to ``model_id``
         (the UI's Models column ranks by them); ``log_batch`` chunks past MLflow's per-request limits itself.
         """
         curves = [
             m
             for name, values in (history or {}).items()
-            for step, v in enumerate(values, 1)
+            for step, v in enumerate(values, first_step)
             for m in _metrics({name: v}, step)
         ]
         linked = _metrics(scores or {}, model_id=model_id, run_id=run_id)

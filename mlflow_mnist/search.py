@@ -4,13 +4,20 @@ its listeners (the MLflow run tree, the progress bar) about each one.
 This is scikit-learn's ``BaseSearchCV.fit`` shape: ``_run_search(evaluate_candidates)`` decides *what*,
 ``joblib.Parallel`` over ``_fit_and_score`` decides *where*. Here the strategy decides what
 (:mod:`mlflow_mnist.strategies`), the executor where (:mod:`mlflow_mnist.executors`), the listeners how it
-shows (:mod:`mlflow_mnist.search_tree`, :class:`Progress`). None of them knows the others' insides.
+shows (:mod:`mlflow_mnist.search_tree`, :mod:`mlflow_mnist.progress`). None of them knows the others' insides.
+
+``evaluate`` waits for its group; an asynchronous strategy (ASHA) uses the :class:`Session` behind it directly:
+``submit`` several groups, ``wait`` for whichever finishes first, and keep every worker busy meanwhile.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from mlflow_mnist.executors import Executor
@@ -60,6 +67,7 @@ class SearchOutcome:
     groups: list[GroupOutcome]
     best: GroupOutcome | None
     run_id: str | None = None  # the search run, once the run tree has made it
+    idle_share: float = float("nan")  # the workers' idle share while folds were to train (nan: none trained)
 
     @property
     def trained(self) -> int:
@@ -129,6 +137,166 @@ class Memory:
             )
 
 
+@dataclass
+class Pending:
+    """One group in the engine: its plan, its results so far, the folds still out, and, once every fold is in,
+    its outcome. ``priority``: higher goes to a free worker first (a promoted rung before a new trial)."""
+
+    plan: Plan
+    results: dict[str, FoldResult | FoldRecord]
+    tasks: dict[str, FoldTask]
+    left: set[str]
+    priority: int = 0
+    outcome: GroupOutcome | None = None
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.outcome.rows if self.outcome else []
+
+
+@dataclass
+class IdleClock:
+    """Busy fold-seconds against worker-seconds since the first fold was sent: the workers' idle share."""
+
+    workers: int
+    started: float | None = None
+    busy: float = 0.0
+
+    def begin(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def finished(self, result: FoldResult) -> None:
+        if result.started_ms is not None and result.ended_ms is not None:
+            self.busy += max(0.0, (result.ended_ms - result.started_ms) / 1000)
+
+    @property
+    def idle_share(self) -> float:
+        if self.started is None:
+            return float("nan")
+        capacity = self.workers * (time.monotonic() - self.started)
+        return max(0.0, 1 - self.busy / capacity) if capacity > 0 else float("nan")
+
+
+class Session:
+    """The engine as a strategy sees it: groups go in (:meth:`submit`), finished groups come out (:meth:`wait`),
+    and in between every worker gets the next fold of whichever group has the highest priority.
+
+    Folds that continue an earlier rung's fold get its saved model attached on their way to a worker: from the
+    folds this search trained, else from the store (``load_checkpoint``), so a rerun continues too.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: SearchSettings,
+        executor: Executor,
+        worker: Callable[[FoldTask], FoldResult],
+        memory: Memory,
+        listeners: Sequence[Listener] = (),
+        load_checkpoint: Callable[[str], Mapping[str, bytes] | None] | None = None,
+    ):
+        self.settings, self.executor, self.worker, self.memory = settings, executor, worker, memory
+        self.listeners, self.load_checkpoint = list(listeners), load_checkpoint
+        self.n_workers = max(1, executor.n_workers)
+        self.outcomes: list[GroupOutcome] = []
+        self.clock = IdleClock(self.n_workers)
+        self._queue: list[tuple[int, int, FoldTask, Pending]] = []  # (-priority, order, task, group)
+        self._order = itertools.count()
+        self._running: dict[Any, tuple[FoldTask, Pending]] = {}  # executor handle -> (task, group)
+        self._finished: deque[Pending] = deque()
+        self._checkpoints: dict[str, Mapping[str, bytes]] = {}
+
+    # -- what strategies call ---------------------------------------------------------------------------------
+    def submit(self, candidates: Sequence[Params | Spec], *, group: Group, priority: int = 0) -> Pending:
+        """Plan ``candidates`` as one group (validated before any run exists) and queue its folds."""
+        plan = plan_candidates(group, candidates, self.settings, self.memory().folds)
+        for listener in self.listeners:
+            listener.group_started(plan)
+        tasks = {task.key: task for task in plan.to_train}
+        pending = Pending(plan, dict(plan.reused), tasks, set(tasks), priority)
+        for task in tasks.values():
+            heapq.heappush(self._queue, (-priority, next(self._order), task, pending))
+        if not tasks:
+            self._complete(pending)
+        return pending
+
+    def wait(self) -> Pending | None:
+        """The next group whose folds are all in (in the order they completed); None when nothing is left."""
+        while not self._finished:
+            if not self._queue and not self._running:
+                return None
+            self._dispatch()
+            for handle in self.executor.wait_first(list(self._running)):
+                task, pending = self._running.pop(handle)
+                self._fold_done(task, pending, self.executor.result(handle))
+        return self._finished.popleft()
+
+    def evaluate(self, candidates: Sequence[Params | Spec], *, group: Group) -> list[dict[str, Any]]:
+        """Cross-validate ``candidates`` as one group and wait for it: the synchronous strategies' call."""
+        pending = self.submit(candidates, group=group)
+        while pending.outcome is None:
+            if self.wait() is None:
+                break
+        self._finished.clear()  # nobody else waits on a synchronous strategy's groups
+        return pending.rows
+
+    __call__ = evaluate  # a session is the ``evaluate`` a strategy receives
+
+    @property
+    def queued(self) -> int:
+        """Folds waiting for a worker."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def release(self, pending: Pending) -> None:
+        """Forget the saved models of ``pending``'s folds: no later rung will continue them."""
+        for candidate in pending.plan.candidates:
+            for key in candidate.fold_keys:
+                self._checkpoints.pop(key, None)
+
+    # -- inside ----------------------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self._queue and len(self._running) < self.n_workers:
+            _, _, task, pending = heapq.heappop(self._queue)
+            if task.resume_key:
+                task = replace(task, checkpoint=self._checkpoint(task.resume_key))
+            self.clock.begin()
+            self._running[self.executor.submit(self.worker, task)] = (task, pending)
+
+    def _checkpoint(self, key: str) -> Mapping[str, bytes] | None:
+        files = self._checkpoints.get(key)
+        if files is None and self.load_checkpoint is not None:
+            files = self.load_checkpoint(key)
+        return files
+
+    def _fold_done(self, task: FoldTask, pending: Pending, result: FoldResult) -> None:
+        self.clock.finished(result)
+        pending.results[result.key] = result
+        pending.left.discard(result.key)
+        if task.resumable and result.model_files:
+            self._checkpoints[result.key] = result.model_files
+        for listener in self.listeners:
+            listener.fold_finished(pending.plan, task, result)
+        if not pending.left:
+            self._complete(pending)
+
+    def _complete(self, pending: Pending) -> None:
+        plan = pending.plan
+        rows = cv_results(plan, pending.results)
+        for listener in self.listeners:
+            listener.group_finished(plan, rows)
+        best = best_row(rows)
+        winner = plan.candidates[rows.index(best)]
+        pending.outcome = GroupOutcome(plan.group, rows, best, winner, len(pending.tasks), len(plan.reused))
+        self.memory.record(plan, pending.results, pending.outcome)
+        self.outcomes.append(pending.outcome)
+        self._finished.append(pending)
+
+
 def run_search(
     strategy: Strategy,
     *,
@@ -137,83 +305,31 @@ def run_search(
     worker: Callable[[FoldTask], FoldResult],
     read_state: Callable[[], StoreState],
     listeners: Sequence[Listener] = (),
+    load_checkpoint: Callable[[str], Mapping[str, bytes] | None] | None = None,
 ) -> SearchOutcome:
     """Run ``strategy`` to the end; every fold goes through ``executor`` as ``worker(task)``.
 
-    The store is read once, when the search starts (``read_state``); each evaluate call is planned against that
+    The store is read once, when the search starts (``read_state``); each group is planned against that
     memory and what the search has computed since (so finished folds anywhere in the experiment are reused)
-    before any run of that call is created: a bad value fails early and cleanly.
+    before any run of that group is created: a bad value fails early and cleanly.
     """
-    memory = Memory(read_state)
-    outcomes: list[GroupOutcome] = []
-
-    def evaluate(candidates: Sequence[Params | Spec], *, group: Group) -> list[dict[str, Any]]:
-        plan = plan_candidates(group, candidates, settings, memory().folds)
-        for listener in listeners:
-            listener.group_started(plan)
-        results: dict[str, FoldResult | FoldRecord] = dict(plan.reused)
-        tasks = {task.key: task for task in plan.to_train}
-        for result in executor.map_unordered(worker, tasks.values()):
-            results[result.key] = result
-            for listener in listeners:
-                listener.fold_finished(plan, tasks[result.key], result)
-        rows = cv_results(plan, results)
-        for listener in listeners:
-            listener.group_finished(plan, rows)
-        best = best_row(rows)
-        winner = plan.candidates[rows.index(best)]
-        outcome = GroupOutcome(plan.group, rows, best, winner, len(tasks), len(plan.reused))
-        memory.record(plan, results, outcome)
-        outcomes.append(outcome)
-        return rows
-
+    session = Session(
+        settings=settings,
+        executor=executor,
+        worker=worker,
+        memory=Memory(read_state),
+        listeners=listeners,
+        load_checkpoint=load_checkpoint,
+    )
     try:
-        strategy.run(evaluate, memory)
+        strategy.run(session, session.memory)
     except BaseException as error:
         for listener in listeners:
             listener.search_failed(error)
         raise
-    outcome = SearchOutcome(outcomes, search_best(outcomes, carries_forward=strategy.carries_forward))
+    outcomes = session.outcomes
+    best = search_best(outcomes, carries_forward=strategy.carries_forward)
+    outcome = SearchOutcome(outcomes, best, idle_share=session.clock.idle_share)
     for listener in listeners:
         listener.search_finished(outcome)
     return outcome
-
-
-class Progress:
-    """A tqdm bar per group naming candidate, fold, status and accuracy, with tqdm's ETA."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.bar = enabled, None
-
-    def group_started(self, plan: Plan) -> None:
-        from tqdm.auto import tqdm
-
-        n_folds = len(plan.candidates[0].fold_keys) if plan.candidates else 0
-        self.bar = tqdm(
-            total=len(plan.to_train),
-            desc=plan.group.name,
-            unit="fold",
-            disable=not self.enabled or not plan.to_train,
-            dynamic_ncols=True,
-        )
-        if self.enabled:
-            self.bar.write(
-                f"{plan.group.name}: {len(plan.candidates)} candidates x {n_folds} folds, "
-                f"{len(plan.to_train)} to train, {len(plan.reused)} reused from the store"
-            )
-
-    def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
-        repeated = len(plan.candidates[task.candidate_index].fold_keys) > task.n_folds
-        where = f"{f'repeat {task.repeat + 1} ' if repeated else ''}fold {task.fold + 1}/{task.n_folds}"
-        self.bar.set_postfix_str(f"{task.label} {where}: {result.status} {result.accuracy:.4f}")
-        self.bar.update()
-
-    def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
-        self.bar.close()
-
-    def search_finished(self, outcome: SearchOutcome) -> None:
-        pass
-
-    def search_failed(self, error: BaseException) -> None:
-        if self.bar is not None:
-            self.bar.close()  # before the one-line message, so that line is the last one printed

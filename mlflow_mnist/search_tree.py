@@ -12,9 +12,11 @@ the finished tree is whole; folds that belong to a completed run elsewhere stay 
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -75,6 +77,16 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
+@dataclass
+class _GroupRuns:
+    """The runs of one group while it is open: several are open at once under an asynchronous strategy."""
+
+    run_id: str
+    candidates: dict[int, str] = field(default_factory=dict)
+    folds: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # candidate -> (fold run, accuracy)
+    logging: list[Future] = field(default_factory=list)  # its folds being logged on the pool
+
+
 class SearchTree:
     """The run-tree listener of one search; the search run is created when the first group is planned."""
 
@@ -97,16 +109,13 @@ class SearchTree:
         self.settings_params = dict(settings_params)
         self.adopt_run_id = adopt_run_id
         self.root: str | None = None
-        self.group_run: str | None = None
-        self.candidate_runs: dict[int, str] = {}
-        self.fold_runs: dict[int, list[tuple[str, float]]] = {}  # candidate index -> (fold run id, accuracy)
+        self.groups: dict[int, _GroupRuns] = {}  # id(plan) -> its runs, while the group is open
         self.logged_folds: dict[str, str] = {}  # fold key -> run id, for folds this search logged
         self.group_runs: dict[int, str] = {}  # id(group) -> its run, for the search's best child
         self.best_candidate_run: dict[int, str] = {}  # id(group) -> its best candidate's run
         # A fold's run takes about ten requests; against a remote server they wait on the network, not on us, so
         # several folds are logged at once. A group waits for its folds' logging before it closes.
         self.pool = ThreadPoolExecutor(log_threads, thread_name_prefix="log-fold") if log_threads > 1 else None
-        self.pending: list[Future] = []
         self.lock = threading.Lock()
 
     # -- the search run ------------------------------------------------------------------------------------
@@ -127,27 +136,27 @@ class SearchTree:
         if self.root is None:
             self.root = self._start_root(plan)
         group = plan.group
-        if self.single_group:
-            self.group_run = self.root
-        elif group.own_run:
-            self.group_run = self.writer.start(group.name, STEP_LEVEL, parent=self.root, tags={STAGE: self.name})
+        if self.single_group or not group.own_run:
+            group_run = self.root
         else:
-            self.group_run = self.root
-        self.group_runs[id(group)] = self.group_run
+            group_run = self.writer.start(group.name, STEP_LEVEL, parent=self.root, tags={STAGE: self.name})
+        self.group_runs[id(group)] = group_run
         if group.own_run or self.single_group:
             # The carried-in values of the varied parameters: what the step started from.
             incumbent = {k: plan.fixed[k] for k in group.varied if k in plan.fixed}
             group_tags = GroupTags(
                 group.step, group.varied, incumbent, plan.plan_hash, group.rung, group.reference_rule
             )
-            self.writer.log_tags(self.group_run, group_tags.tags())
-            self.writer.log_params(self.group_run, {k: v for k, v in plan.fixed.items() if k not in group.varied})
+            self.writer.log_tags(group_run, group_tags.tags())
+            self.writer.log_params(group_run, {k: v for k, v in plan.fixed.items() if k not in group.varied})
             if group.grid is not None:
                 grid = {key: [json_value(v) for v in values] for key, values in group.grid.items()}
-                self.writer.log_dict(self.group_run, grid, "grid.json")
-        self.candidate_runs = {c.index: self._start_candidate(c, plan) for c in plan.candidates}
+                self.writer.log_dict(group_run, grid, "grid.json")
+        runs = self.groups[id(plan)] = _GroupRuns(group_run)
+        for candidate in plan.candidates:
+            runs.candidates[candidate.index] = self._start_candidate(candidate, plan, runs)
 
-    def _start_candidate(self, candidate: Candidate, plan: Plan) -> str:
+    def _start_candidate(self, candidate: Candidate, plan: Plan, runs: _GroupRuns) -> str:
         group = plan.group
         record = CandidateTags(
             step=plan.step,
@@ -162,18 +171,18 @@ class SearchTree:
             search_key=group.search_key,
         )
         run_id = self.writer.start(
-            candidate.label, CANDIDATE_LEVEL, parent=self.group_run, tags={STAGE: self.name, **record.tags()}
+            candidate.label, CANDIDATE_LEVEL, parent=runs.run_id, tags={STAGE: self.name, **record.tags()}
         )
         self.writer.log_params(run_id, candidate.params)
-        self.fold_runs[candidate.index] = []
+        runs.folds[candidate.index] = []
         referenced = []
         for key in candidate.fold_keys:
-            record = plan.reused.get(key)
-            if record is None:
+            reused = plan.reused.get(key)
+            if reused is None:
                 continue
-            fold_run = record.run_id or self.logged_folds.get(key, "")
-            self.fold_runs[candidate.index].append((fold_run, record.accuracy))
-            if record.parent_finished:
+            fold_run = reused.run_id or self.logged_folds.get(key, "")
+            runs.folds[candidate.index].append((fold_run, reused.accuracy))
+            if reused.parent_finished:
                 referenced.append(fold_run)
             else:  # a finished fold of an interrupted attempt: it joins the new tree
                 self.writer.log_tags(fold_run, {PARENT: run_id})
@@ -182,18 +191,14 @@ class SearchTree:
         return run_id
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
+        runs = self.groups[id(plan)]
         if self.pool is None:
-            self._log_fold(task, result)
+            self._log_fold(runs, task, result)
         else:
-            self.pending.append(self.pool.submit(self._log_fold, task, result))
+            runs.logging.append(self.pool.submit(self._log_fold, runs, task, result))
 
-    def _wait_for_folds(self) -> None:
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.result()  # a failed upload fails the search, as it would have without threads
-
-    def _log_fold(self, task: FoldTask, result: FoldResult) -> None:
-        parent = self.candidate_runs[task.candidate_index]
+    def _log_fold(self, runs: _GroupRuns, task: FoldTask, result: FoldResult) -> None:
+        parent = runs.candidates[task.candidate_index]
         name = f"fold {task.fold + 1}/{task.n_folds}"
         fold_tags = FoldTags(
             step=task.step,
@@ -216,10 +221,13 @@ class SearchTree:
         model_tags = {k: v for k, v in fold_tags.tags().items() if k not in (STATUS,)}
         model_id = self.writer.log_model(run_id, result.model_files, params=task.params, tags=model_tags)
         fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
+        if task.resumable:  # where it sits in its chain: a continued fold's curves start after its first epochs
+            fold_params.update(horizon_epochs=task.horizon, continues=task.resume_key or "none")
         self.writer.log_results(
             run_id,
             params={**task.params, **fold_params, **self.settings_params},
             history=result.history,
+            first_step=result.first_epoch + 1,
             metrics={
                 "fit_seconds": result.fit_seconds,
                 "epochs_run": result.epochs_run,
@@ -231,39 +239,41 @@ class SearchTree:
         )
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
         with self.lock:
-            self.fold_runs[task.candidate_index].append((run_id, result.accuracy))
+            runs.folds[task.candidate_index].append((run_id, result.accuracy))
             self.logged_folds[task.key] = run_id
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
-        self._wait_for_folds()
+        runs = self.groups.pop(id(plan))
+        for future in runs.logging:
+            future.result()  # a failed upload fails the search, as it would have without threads
         for candidate in plan.candidates:
-            self._finish_candidate(candidate, rows[candidate.index])
+            self._finish_candidate(runs, candidate, rows[candidate.index])
         best = best_row(rows)
         winner = plan.candidates[rows.index(best)]
-        self.best_candidate_run[id(plan.group)] = self.candidate_runs[winner.index]
+        self.best_candidate_run[id(plan.group)] = runs.candidates[winner.index]
         if not (plan.group.own_run or self.single_group):
             return
         result = GroupResult(dict(winner.varied), best["mean_test_score"], best["candidate"])
-        self.writer.log_text(self.group_run, pd.DataFrame(rows).to_csv(index=False), "cv_results.csv")
-        self.writer.log_params(self.group_run, {f"best_{k}": v for k, v in winner.varied.items()})
-        self.writer.log_tags(self.group_run, result.tags())
+        self.writer.log_text(runs.run_id, pd.DataFrame(rows).to_csv(index=False), "cv_results.csv")
+        self.writer.log_params(runs.run_id, {f"best_{k}": v for k, v in winner.varied.items()})
+        self.writer.log_tags(runs.run_id, result.tags())
         self.writer.log_metrics(
-            self.group_run,
+            runs.run_id,
             {"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]},
         )
         metrics = _candidate_metrics(best)
-        self.writer.name_best_child(self.group_run, self.candidate_runs[winner.index], winner.label, metrics)
-        if self.group_run != self.root:
-            self.writer.finish(self.group_run)
+        self.writer.name_best_child(runs.run_id, runs.candidates[winner.index], winner.label, metrics)
+        if runs.run_id != self.root:
+            self.writer.finish(runs.run_id)
 
-    def _finish_candidate(self, candidate: Candidate, row: Mapping[str, Any]) -> None:
-        run_id = self.candidate_runs[candidate.index]
+    def _finish_candidate(self, runs: _GroupRuns, candidate: Candidate, row: Mapping[str, Any]) -> None:
+        run_id = runs.candidates[candidate.index]
         self.writer.log_metrics(
             run_id,
             {**_candidate_metrics(row), "rank": row["rank_test_score"], "mean_fit_seconds": row["mean_fit_time"]},
         )
         self.writer.log_tags(run_id, {STATUS: row["status"], COLLAPSED_FOLDS: row["collapsed_folds"]})
-        folds = [(i, a) for i, a in self.fold_runs.get(candidate.index, []) if a == a]  # NaN: a failed fold
+        folds = [(i, a) for i, a in runs.folds.get(candidate.index, []) if a == a]  # NaN: a failed fold
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])
             self.writer.name_best_child(run_id, fold_id, "best fold", {"best_fold_heldout_accuracy": accuracy})
@@ -289,6 +299,8 @@ class SearchTree:
                 run_id = self.best_candidate_run[id(group)]
                 self.writer.name_best_child(self.root, run_id, best.winner.label, _candidate_metrics(best.best))
             self.writer.log_tags(self.root, best_config_tag(best.winner.params))
+        if math.isfinite(outcome.idle_share):
+            self.writer.log_metrics(self.root, {"workers_idle_share": outcome.idle_share})
         self.writer.finish(self.root)
         if self.pool is not None:
             self.pool.shutdown(wait=True)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from mlflow_mnist.params import Params
 
@@ -43,11 +43,37 @@ class Space:
     def names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.dimensions)
 
+    def encode(self, config: Params) -> Params:
+        """The values of a full configuration this space could have sampled (pairs as ``"5x5"``), dimension by
+        dimension; a value outside a dimension's range is left out (the sampler draws that one)."""
+        sampled = {}
+        for dimension in self.dimensions:
+            if dimension.name not in config:
+                continue
+            value = config[dimension.name]
+            if dimension.decode is not None and isinstance(value, tuple):
+                value = "x".join(map(str, value))
+            if fits(dimension.distribution, value):
+                sampled[dimension.name] = value
+        return sampled
+
     def config(self, sampled: Params, *, epochs: int | None = None, overrides: Params | None = None) -> Params:
         """A full hyperparameter dict: base < sampled values (decoded) < overrides, at ``epochs``."""
         decoders = {d.name: d.decode for d in self.dimensions if d.decode is not None}
         decoded = {key: decoders[key](value) if key in decoders else value for key, value in sampled.items()}
         return {**self.base, **decoded, **(overrides or {}), "epochs": epochs or self.max_epochs}
+
+
+def fits(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one the distribution can sample (a choice, or a number in its range)."""
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return value in choices
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(distribution, IntDistribution) and int(value) != value:
+        return False
+    return distribution.low <= value <= distribution.high
 
 
 def decode_pair(text: Any) -> tuple[int, int]:

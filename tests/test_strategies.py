@@ -162,3 +162,70 @@ def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_pa
     assert info["best_so_far"].iloc[-1] == trials["mean"].max()
     report = build_report(client, ["mnist"], tmp_path / "out")
     assert {"anytime", "importance optuna:seed", "interaction optuna:seed"} <= set(report.figures)
+
+
+class ContinuingWorker(Worker):
+    """Like :class:`Worker`, for resumable folds: returns a stand-in model and checks that a continued fold was
+    handed the model its previous rung saved."""
+
+    def __init__(self, stop_after: int | None = None):
+        super().__init__(stop_after)
+        self.epochs = 0
+
+    def __call__(self, task):
+        if task.resume_key:
+            assert task.checkpoint["weights"] == task.resume_key.encode(), "continued without its rung's model"
+        result = super().__call__(task)
+        self.epochs += task.params["epochs"] - task.initial_epoch
+        # A stand-in MLflow model folder: the fold's key as its "weights".
+        result.model_files = {"MLmodel": b"flavors: {}\n", "weights": task.key.encode()} if task.resumable else None
+        result.first_epoch = task.initial_epoch
+        return result
+
+
+def _asha(n_trials, brackets=1):
+    from mlflow_mnist.strategies.asha import AsyncHalving
+
+    return AsyncHalving(SEED, n_trials=n_trials, factor=3, min_epochs=2, brackets=brackets, seed=0, search_key="a1")
+
+
+def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store):
+    from mlflow_mnist.strategies.asha import promotable, rung_budgets
+
+    assert rung_budgets(18, 3, 2) == [2, 6, 18] and rung_budgets(6, 3, 2) == [2, 6] and rung_budgets(6, 3, 6) == [6]
+    assert promotable(0.9, [0.9], 3) and not promotable(0.5, [0.9, 0.8, 0.5], 3) and promotable(0.9, [0.9, 0.8, 0.5], 3)
+    worker = ContinuingWorker()
+    outcome = search(store, _asha(8), worker)
+    trials = [r for r in runs(store) if r.data.tags.get(schema.TRIAL) is not None]
+    rungs_of = {}
+    for run in trials:
+        rungs_of.setdefault(run.data.tags[schema.TRIAL], []).append(int(run.data.tags[schema.RUNG]))
+    assert len(rungs_of) == 8 and any(2 in r for r in rungs_of.values())  # some trial was promoted
+    assert any(r == [1] for r in rungs_of.values())  # and some stopped at the first rung
+    # Promoted trials continued: 2 epochs per fold at rung 1, 4 more at rung 2 (6 in all), never 2 + 6.
+    promoted = sum(1 for r in rungs_of.values() if 2 in r)
+    assert worker.epochs == 3 * (2 * len(rungs_of) + 4 * promoted)
+    assert outcome.best is not None and outcome.best.counts
+    # Killed part-way and rerun: nothing is trained twice, and the rerun finds what the first had done.
+    other = store.replace("mlflow.db", "other.db")
+    first = ContinuingWorker(stop_after=14)
+    with pytest.raises(KeyboardInterrupt):
+        search(other, _asha(8), first)
+    second = ContinuingWorker()
+    search(other, _asha(8), second)
+    assert not set(first.trained) & set(second.trained)
+
+
+def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_first(store):
+    worker = ContinuingWorker()
+    strategy = _asha(6, brackets=2)
+    strategy.warm_start, strategy.starts = 1, lambda state: [{**SEED.base, "learn_rate": 0.05, "kernel_size": (7, 7)}]
+    search(store, strategy, worker)
+    first_rungs = {}
+    for run in runs(store):
+        if run.data.tags.get(schema.TRIAL) is not None:
+            trial, rung = run.data.tags[schema.TRIAL], int(run.data.tags[schema.RUNG])
+            first_rungs[trial] = min(rung, first_rungs.get(trial, rung))
+    assert set(first_rungs.values()) == {1, 2}  # bracket 0 starts at 2 epochs, bracket 1 at 6
+    assert strategy.study.trials[0].params["learn_rate"] == 0.05
+    assert strategy.study.trials[0].params["kernel_size"] == "7x7"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, TypeVar
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,7 +50,9 @@ def resolve_n_jobs(n_jobs: int | None, *, cores: int | None = None) -> int:
 
 
 class Executor(Protocol):
-    """Runs ``fn(task)`` for each task and yields the results as they finish (completion order).
+    """Runs ``fn(task)`` for each task and yields the results as they finish (completion order); or, one task at
+    a time, ``submit`` returns a handle, ``wait_first`` blocks until some handles are done and ``result`` gives a
+    done handle's result (the engine keeps every worker busy that way, across groups).
 
     ``fn`` is picklable and self-contained (it loads its data by reference); an executor may run it in this
     process, in a pool of local processes or on a cluster. ``threads_per_worker`` is the TensorFlow thread
@@ -64,8 +67,37 @@ class Executor(Protocol):
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
 
+    def submit(self, fn: Callable[[T], R], task: T) -> Any: ...
+
+    def wait_first(self, handles: list[Any]) -> list[Any]: ...
+
+    def result(self, handle: Any) -> R: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc) -> None: ...
+
+
+class FuturesMixin:
+    """``wait_first`` and ``result`` for executors whose handles are ``concurrent.futures`` futures."""
+
+    def wait_first(self, handles: list[Future]) -> list[Future]:
+        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+        return [handle for handle in handles if handle in done]  # in submission order: reproducible
+
+    def result(self, handle: Future) -> Any:
+        return handle.result()
+
+
+def done_future(fn: Callable[[T], R], task: T) -> Future:
+    """``fn(task)`` run now, as a finished future (its exception kept for ``result``)."""
+    future: Future = Future()
+    try:
+        future.set_result(fn(task))
+    except BaseException as error:  # noqa: BLE001 - handed back through result(), as a pool would
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise
+        future.set_exception(error)
+    return future

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-from mlflow_mnist.executors.base import ExecutorError, resolve_n_jobs, usable_cores
+from mlflow_mnist.executors.base import ExecutorError, FuturesMixin, done_future, resolve_n_jobs, usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
+IDLE_TIMEOUT = 300  # seconds an idle pool process stays warm, as joblib's own default
 # What usually sends each signal to a training process: the kernel's OOM killer sends SIGKILL.
 LIKELY_CAUSE = {"SIGKILL": "out of memory?", "SIGSEGV": "a crash in native code", "SIGBUS": "a crash in native code"}
 
@@ -49,7 +51,7 @@ def pool_failure(error: BrokenProcessPool, n_workers: int) -> ExecutorError:
     )
 
 
-class JoblibExecutor:
+class JoblibExecutor(FuturesMixin):
     """``n_jobs`` processes in joblib's convention (:func:`resolve_n_jobs`); n workers never oversubscribe the
     machine's cores.
 
@@ -78,6 +80,24 @@ class JoblibExecutor:
         try:
             yield from parallel(delayed(fn)(task) for task in tasks)
         except BrokenProcessPool as error:  # loky's BrokenProcessPool and TerminatedWorkerError derive from it
+            raise pool_failure(error, self.n_workers) from None
+
+    def submit(self, fn: Callable[[T], R], task: T) -> Future:
+        """One task on loky's reusable pool (the one joblib uses, so its workers stay warm); in this process when
+        there is one worker."""
+        if self.n_workers == 1:
+            return done_future(fn, task)
+        from joblib.externals.loky import get_reusable_executor
+
+        try:
+            return get_reusable_executor(max_workers=self.n_workers, timeout=IDLE_TIMEOUT).submit(fn, task)
+        except BrokenProcessPool as error:
+            raise pool_failure(error, self.n_workers) from None
+
+    def result(self, handle: Future) -> R:
+        try:
+            return handle.result()
+        except BrokenProcessPool as error:
             raise pool_failure(error, self.n_workers) from None
 
     def close(self) -> None:

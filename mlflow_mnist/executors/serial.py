@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import TypeVar
 
-from mlflow_mnist.executors.base import usable_cores
+from mlflow_mnist.executors.base import FuturesMixin, done_future, usable_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class SerialExecutor:
+class SerialExecutor(FuturesMixin):
     name = "serial"
     n_workers = 1
 
@@ -21,6 +22,9 @@ class SerialExecutor:
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         for task in tasks:
             yield fn(task)
+
+    def submit(self, fn: Callable[[T], R], task: T) -> Future:
+        return done_future(fn, task)
 
     def close(self) -> None:
         pass

@@ -6,6 +6,7 @@ The CLI's ``--strategy`` choices, ``Campaign`` and ``mlflow-mnist strategies`` r
 from __future__ import annotations
 
 from mlflow_mnist.params import StageError
+from mlflow_mnist.strategies.asha import AsyncHalving
 from mlflow_mnist.strategies.base import Evaluate, SearchRequest, Strategy
 from mlflow_mnist.strategies.halving import SuccessiveHalving
 from mlflow_mnist.strategies.optuna import OptunaSearch
@@ -17,6 +18,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     SuccessiveHalving.name: SuccessiveHalving,
     OptunaSearch.name: OptunaSearch,
     RandomSearch.name: RandomSearch,
+    AsyncHalving.name: AsyncHalving,
 }
 
 

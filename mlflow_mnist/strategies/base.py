@@ -33,7 +33,8 @@ class SearchRequest:
 
     ``steps`` are the staged steps of ``--stage`` (empty without one); ``space`` the joint-search space;
     ``batch`` how many trials may be in flight (twice the workers); ``search_key(*parts)`` names a joint search
-    so that a rerun continues it; ``reuse_reference`` keeps the old, cheaper reference rule of staged steps.
+    so that a rerun continues it; ``reuse_reference`` keeps the old, cheaper reference rule of staged steps;
+    ``warm_configs(state)`` lists the experiment's best configurations, best first, for ``warm_start``.
     """
 
     task: Task
@@ -48,6 +49,10 @@ class SearchRequest:
     seed: int = 0
     search_key: Callable[..., str] = lambda *parts: ""
     reuse_reference: bool = False
+    min_epochs: int = 0  # successive halving's first rung (0: the space's budget / factor**2)
+    brackets: int = 1  # first rungs to hedge over (Hyperband's brackets)
+    warm_start: int = 0  # how many of the experiment's best configurations start a joint search
+    warm_configs: Callable[[StoreState], list[Params]] = lambda state: []
 
     def need_steps(self, strategy: str) -> tuple[Step, ...]:
         if not self.steps:

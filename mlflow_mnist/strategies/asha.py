@@ -1,0 +1,241 @@
+"""Asynchronous successive halving (ASHA, Li et al. 2020; Ray Tune's ``AsyncHyperBandScheduler``) with TPE
+sampling: no worker waits for a cohort.
+
+A free worker takes the next fold at once. A trial trains its folds at the first rung's epochs; when its rung
+finishes it is promoted the moment it ranks in the best ``1/factor`` of what that rung has seen so far (Ray's
+rule: at or above the rung's ``1 - 1/factor`` quantile), else it stops and a new trial is asked. A promoted
+trial *continues* each fold from the model that fold saved at the rung before (weights, optimizer, schedule
+over the trial's full budget), for the extra epochs only, so the top rung costs what one uninterrupted
+training costs. Promotions go to a free worker before new trials.
+
+``brackets`` > 1 hedges the first rung (Hyperband's idea, asynchronous): trial ``n`` starts at rung
+``n mod brackets``, so some trials are judged first at 2 epochs, others at 6, others only at the full budget.
+``warm_start`` configurations (the staged grid's winner, earlier searches' best trials) are the first trials.
+
+The store is the memory: every (trial, rung) is a candidate run with the trial's sampled values, rung and
+search key. Rerun after a kill, the study is told every trial that stopped or completed, a trial cut short is
+asked again with the same values and bracket, and every fold it had finished (continued ones included, their
+keys name their whole history) is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlflow_mnist.params import Params
+from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
+from mlflow_mnist.schema import TRIAL_ROLE, Rung
+from mlflow_mnist.spaces import Space
+from mlflow_mnist.strategies.base import SearchRequest
+
+
+def rung_budgets(max_epochs: int, factor: int, min_epochs: int) -> list[int]:
+    """Epochs at each rung: ``min_epochs * factor**k`` below ``max_epochs``, then ``max_epochs`` itself."""
+    budgets, budget = [], max(1, min_epochs)
+    while budget < max_epochs:
+        budgets.append(budget)
+        budget *= factor
+    return [*budgets, max_epochs]
+
+
+def promotable(score: float, seen: Sequence[float], factor: int) -> bool:
+    """Whether ``score`` is in the best ``1/factor`` of ``seen`` (which includes it): at or above the rung's
+    ``1 - 1/factor`` quantile. The first trials to reach a rung always go on, as in Ray Tune's ASHA."""
+    return score >= float(np.quantile(np.asarray(seen, float), 1 - 1 / factor))
+
+
+@dataclass
+class _Trial:
+    trial: object  # optuna.trial.Trial
+    bracket: int
+    rung: int  # index into the budgets
+    chain: tuple = ()  # (key, first key) per split of its last finished rung
+    last: object = None  # its last finished Pending (whose saved models the next rung continues)
+
+
+class AsyncHalving:
+    name = "asha"
+    help = (
+        "asynchronous successive halving with TPE over --space: no worker waits, promoted trials continue their "
+        "models; --brackets hedges the first rung, --warm-start starts from the experiment's best"
+    )
+    single_group = False
+    carries_forward = False
+
+    def __init__(
+        self,
+        space: Space,
+        *,
+        n_trials: int,
+        factor: int = 3,
+        min_epochs: int = 0,
+        brackets: int = 1,
+        seed: int = 0,
+        overrides: Params | None = None,
+        search_key: str = "",
+        warm_start: int = 0,
+        starts: Callable[[StoreState], list[Params]] | None = None,
+    ):
+        self.space, self.n_trials, self.factor, self.seed = space, n_trials, factor, seed
+        self.overrides, self.search_key = dict(overrides or {}), search_key
+        self.budgets = rung_budgets(space.max_epochs, factor, min_epochs or max(1, space.max_epochs // factor**2))
+        self.brackets = max(1, min(brackets, len(self.budgets)))
+        self.warm_start, self.starts = warm_start, starts
+        self.search_name = f"{self.name}:{space.name}"
+        self.seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> scores seen there
+        self.study = None
+
+    @classmethod
+    def from_request(cls, request: SearchRequest) -> AsyncHalving:
+        space = request.need_space()
+        parts = (cls.name, space.name, request.factor, request.seed, request.min_epochs, request.brackets)
+        key = request.search_key(*parts)
+        return cls(
+            space,
+            n_trials=request.trials,
+            factor=request.factor,
+            min_epochs=request.min_epochs,
+            brackets=request.brackets,
+            seed=request.seed,
+            overrides=request.overrides,
+            search_key=key,
+            warm_start=request.warm_start,
+            starts=request.warm_configs,
+        )
+
+    # -- the study --------------------------------------------------------------------------------------------
+    def make_study(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, n_startup_trials=8)
+        return optuna.create_study(direction="maximize", sampler=sampler)
+
+    def past_trials(self, state: StoreState) -> list[CandidateRecord]:
+        return [
+            c
+            for c in state.candidates
+            if c.tags.search_key == self.search_key and c.tags.trial is not None and c.tags.rung is not None
+        ]
+
+    def remember(self, study, records: list[CandidateRecord]) -> tuple[int, dict[str, int]]:
+        """Tell ``study`` the store's stopped and completed trials; enqueue the ones cut short. Returns how many
+        were told, and the bracket of each enqueued trial (by its sampled values), so it starts where it did."""
+        import optuna
+
+        by_values: dict[str, list[CandidateRecord]] = {}
+        for record in records:
+            by_values.setdefault(json.dumps(record.tags.sampled, sort_keys=True), []).append(record)
+        told, brackets = 0, {}
+        for values, group in by_values.items():
+            finished = sorted((r for r in group if r.finished), key=lambda r: r.tags.rung.index)
+            bracket = min(r.tags.rung.index for r in group) - 1
+            top = max(r.tags.rung.index for r in group)
+            if not finished or finished[-1].tags.rung.index < top:
+                # Cut short, or promoted and cut short at the next rung: asked again with the same values, it
+                # finds every fold it had finished (continued ones too: their keys name their history).
+                study.enqueue_trial(group[0].tags.sampled, skip_if_exists=True)
+                brackets[values] = bracket
+                continue
+            for record in finished:
+                self.seen.setdefault((bracket, record.tags.rung.index - 1), []).append(self._score(record.score))
+            last = finished[-1]
+            complete = last.tags.rung.index == len(self.budgets)
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=last.tags.sampled,
+                    distributions=self.space.distributions,
+                    value=self._score(last.score) if complete else None,
+                    intermediate_values={r.tags.rung.budget: self._score(r.score) for r in finished},
+                    state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+                )
+            )
+            told += 1
+        return told, brackets
+
+    @staticmethod
+    def _score(value: float) -> float:
+        return value if math.isfinite(value) else 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _spec(self, state: _Trial) -> Spec:
+        budget = self.budgets[state.rung]
+        return Spec(
+            self.space.config(state.trial.params, epochs=budget, overrides=self.overrides),
+            label=f"trial {state.trial.number} ({budget} epochs)",
+            role=TRIAL_ROLE,
+            trial=state.trial.number,
+            sampled=dict(state.trial.params),
+            horizon=self.budgets[-1],
+            resume=state.chain,
+            resume_epochs=self.budgets[state.rung - 1] if state.chain else 0,
+        )
+
+    def _group(self, state: _Trial) -> Group:
+        budget, count = self.budgets[state.rung], len(self.budgets)
+        return Group(
+            name=f"trial {state.trial.number} rung {state.rung + 1}/{count}: {budget} epochs",
+            step=self.search_name,
+            varied=self.space.names,
+            own_run=False,
+            rung=Rung(state.rung + 1, count, budget),
+            search_key=self.search_key,
+        )
+
+    def run(self, session, memory: Callable[[], StoreState]) -> None:
+        import optuna
+
+        study = self.study = self.make_study()
+        done, brackets = self.remember(study, self.past_trials(memory()))
+        for config in self._warm_configs(memory(), already=done):
+            study.enqueue_trial(config, skip_if_exists=True)
+        in_flight: dict[int, _Trial] = {}
+        asked = done
+
+        def start(state: _Trial) -> None:
+            pending = session.submit([self._spec(state)], group=self._group(state), priority=state.rung)
+            in_flight[id(pending)] = state
+
+        while True:
+            while session.queued < session.n_workers and asked < self.n_trials:
+                trial = study.ask(self.space.distributions)
+                values = json.dumps(trial.params, sort_keys=True)
+                bracket = brackets.pop(values, trial.number % self.brackets)
+                start(_Trial(trial, bracket, bracket))
+                asked += 1
+            finished = session.wait()
+            if finished is None:
+                break
+            state = in_flight.pop(id(finished))
+            row = finished.rows[0]
+            score = self._score(row["mean_test_score"]) if row["status"] == "ok" else 0.0
+            seen = self.seen.setdefault((state.bracket, state.rung), [])
+            seen.append(score)
+            state.trial.report(score, self.budgets[state.rung])
+            if state.last is not None:
+                session.release(state.last)  # the rung before: continued, its models are no longer needed
+            if state.rung == len(self.budgets) - 1:
+                study.tell(state.trial, score)
+                session.release(finished)
+            elif promotable(score, seen, self.factor):
+                state.chain, state.last, state.rung = finished.plan.candidates[0].chain(), finished, state.rung + 1
+                start(state)
+            else:
+                study.tell(state.trial, state=optuna.trial.TrialState.PRUNED)
+                session.release(finished)
+
+    def _warm_configs(self, state: StoreState, *, already: int) -> list[Params]:
+        """The first trials: the experiment's best configurations, as values of this space (those that fit)."""
+        if not self.warm_start or self.starts is None or already:
+            return []
+        configs = []
+        for config in self.starts(state):
+            encoded = self.space.encode(config)
+            if encoded and encoded not in configs:
+                configs.append(encoded)
+        return configs[: self.warm_start]
