@@ -198,8 +198,8 @@ def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store
     outcome = search(store, _asha(8), worker)
     trials = [r for r in runs(store) if r.data.tags.get(schema.TRIAL) is not None]
     rungs_of = {}
-    for run in trials:
-        rungs_of.setdefault(run.data.tags[schema.TRIAL], []).append(int(run.data.tags[schema.RUNG]))
+    for trial_run in trials:
+        rungs_of.setdefault(trial_run.data.tags[schema.TRIAL], []).append(int(trial_run.data.tags[schema.RUNG]))
     assert len(rungs_of) == 8 and any(2 in r for r in rungs_of.values())  # some trial was promoted
     assert any(r == [1] for r in rungs_of.values())  # and some stopped at the first rung
     # Promoted trials continued: 2 epochs per fold at rung 1, 4 more at rung 2 (6 in all), never 2 + 6.
@@ -222,9 +222,9 @@ def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_firs
     strategy.warm_start, strategy.starts = 1, lambda state: [{**SEED.base, "learn_rate": 0.05, "kernel_size": (7, 7)}]
     search(store, strategy, worker)
     first_rungs = {}
-    for run in runs(store):
-        if run.data.tags.get(schema.TRIAL) is not None:
-            trial, rung = run.data.tags[schema.TRIAL], int(run.data.tags[schema.RUNG])
+    for trial_run in runs(store):
+        if trial_run.data.tags.get(schema.TRIAL) is not None:
+            trial, rung = trial_run.data.tags[schema.TRIAL], int(trial_run.data.tags[schema.RUNG])
             first_rungs[trial] = min(rung, first_rungs.get(trial, rung))
     assert set(first_rungs.values()) == {1, 2}  # bracket 0 starts at 2 epochs, bracket 1 at 6
     assert strategy.study.trials[0].params["learn_rate"] == 0.05
