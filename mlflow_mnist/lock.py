@@ -616,11 +616,20 @@ def holder(client, key: str, *, kind: Kind = EXPERIMENT) -> Holder | None:
     return stack[-1] if stack and not stack[-1].free else None
 
 
-def break_lock(client, key: str, *, kind: Kind = EXPERIMENT, command: str = "", settle: bool = True) -> str | None:
+def break_lock(
+    client,
+    key: str,
+    *,
+    kind: Kind = EXPERIMENT,
+    command: str = "",
+    settle: bool = True,
+    notify: Callable[[str], None] | None = None,
+) -> str | None:
     """Break the lock on ``key`` held by a process that is dead on another machine; returns whom it broke (None
     when the lock was free). A holder still running on this machine is refused: stop it instead. The break is a
     new generation marked broken, so the broken holder's next renewal sees it lost; with ``settle`` this waits
-    half the holder's TTL, by when even a holder that was in fact alive has stopped itself."""
+    half the holder's TTL and its longest request, by when even a holder that was in fact alive has stopped
+    itself and its last write has landed (``notify`` is told how long)."""
     from mlflow.exceptions import MlflowException
 
     _check_registry(client)
@@ -646,6 +655,9 @@ def break_lock(client, key: str, *, kind: Kind = EXPERIMENT, command: str = "", 
         if not newer or newer[-1].generation <= top.generation:
             raise breaker._unreadable(name, error) from None
     if settle and top.process.state() != "gone":
-        time.sleep(top.ttl / 2 + top.in_flight)
+        pause = top.ttl / 2 + top.in_flight
+        if notify is not None:
+            notify(f"broke the lock of {top.describe()}; waiting {pause:.0f} s in case it was still running")
+        time.sleep(pause)
     breaker._delete_older(top.generation + 1)
     return top.describe()

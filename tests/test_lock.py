@@ -302,10 +302,12 @@ def test_break_lock_names_whom_it_broke_and_the_broken_holder_sees_it_lost(clien
         client, key, command="mlflow-mnist tune --stage dense", ttl=1.0, process=ELSEWHERE, in_flight=0.5
     ).acquire()
     started = time.monotonic()
-    whom = break_lock(client, key, command="mlflow-mnist tune --break-lease")
+    said: list[str] = []
+    whom = break_lock(client, key, command="mlflow-mnist tune --break-lease", notify=said.append)
     # Half its TTL plus its longest request: had it been alive, it has stopped itself, and its last write landed.
     assert time.monotonic() - started >= 1.0
     assert whom.startswith("mlflow-mnist tune --stage dense (pid 4242 on far-host")
+    assert said == [f"broke the lock of {whom}; waiting 1 s in case it was still running"]
     with pytest.raises(LockLost, match=r"mlflow-mnist tune --break-lease \(pid \d+ on .*\) broke it"):
         broken.check()
     (marker,) = generations(client, broken.base)
