@@ -219,7 +219,12 @@ FAILURES = [
         [],
         "https://***@",
     ),
-    ("401 from the server", {"MLFLOW_TRACKING_URI": "http://alice:{pw}@127.0.0.1:{port}/unauthorized"}, [], "401"),
+    (
+        "401 from the server",
+        {"MLFLOW_TRACKING_URI": "http://alice:{pw}@127.0.0.1:{port}/unauthorized"},
+        [],
+        "bad credentials",
+    ),
     (
         "403 echoing the password",
         {"MLFLOW_TRACKING_URI": "http://alice:{pw}@127.0.0.1:{port}/forbidden"},
