@@ -186,9 +186,11 @@ def promote(
     min_accuracy: float | None = None,
     force: bool = False,
     run_id: str = "",
+    model: str = "median",
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Register the latest (or ``run_id``'s) final model and move alias ``@champion`` to it if the gate allows;
+    """Verify the latest (or ``run_id``'s) final's model (``model``: its median seed, or its seeds' ``ensemble``),
+    compare it with ``@champion`` on the same test set, and register and move the alias if the gate allows;
     ``min_accuracy`` defaults to the task's threshold. Raises ``PromotionRejected`` when the gate says no."""
     from mlflow_mnist import tracking
     from mlflow_mnist.registry import promote as promote_model
@@ -197,7 +199,14 @@ def promote(
     where = tracking.resolve_experiment(client, experiment, create=False)
     _say(where.chosen_because, notify)
     return promote_model(
-        client, where.experiment_id, name=name or None, min_accuracy=min_accuracy, force=force, run_id=run_id or None
+        client,
+        where.experiment_id,
+        name=name or None,
+        min_accuracy=min_accuracy,
+        force=force,
+        run_id=run_id or None,
+        model=model,
+        notify=notify,
     )
 
 

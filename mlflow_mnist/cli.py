@@ -25,11 +25,12 @@ USER_ERRORS = (DataError, HyperparameterError, StageError)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlflow_mnist.executors.dask import ExecutorError
+    from mlflow_mnist.executors import ExecutorError, NJobsError
+    from mlflow_mnist.gate import PromoteInputError
     from mlflow_mnist.lease import LeaseHeld
     from mlflow_mnist.tracking import TrackingError
 
-    return (*USER_ERRORS, TrackingError, LeaseHeld, ExecutorError)
+    return (*USER_ERRORS, TrackingError, LeaseHeld, ExecutorError, NJobsError, PromoteInputError)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -340,14 +341,27 @@ def final(**options) -> None:
 )
 @bool_option("--force", False, "Replace a champion the gate would keep.")
 @click.option("--run-id", default="", help="Final run to promote [default: the latest finished one].")
-def promote(experiment, name, min_accuracy, force, run_id) -> None:
-    """Register the final model and move alias @champion to it if it passes the gate."""
+@click.option(
+    "--model",
+    default="median",
+    show_default=True,
+    type=click.Choice(["median", "ensemble"]),
+    help="What to promote: the final's median seed, or its seeds' ensemble (average of their probabilities).",
+)
+def promote(experiment, name, min_accuracy, force, run_id, model) -> None:
+    """Verify the final's model, compare it with @champion on the same test set, and promote it if the gate allows."""
     from mlflow_mnist.api import promote as run_promote
 
     done = run_promote(
-        experiment=experiment, name=name, min_accuracy=min_accuracy, force=force, run_id=run_id, notify=_notify
+        experiment=experiment,
+        name=name,
+        min_accuracy=min_accuracy,
+        force=force,
+        run_id=run_id,
+        model=model,
+        notify=_notify,
     )
-    click.echo(f"promoted: {done['name']} version {done['version']} is @champion ({done['reason']})")
+    click.echo(f"promoted: {done['name']} version {done['version']} ({done['kind']}) is @champion ({done['reason']})")
     if done["warning"]:
         click.echo(done["warning"], err=True)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from mlflow_mnist import tracking
 from mlflow_mnist.final import MEDIAN_ACCURACY
-from mlflow_mnist.final_tree import MEDIAN_MODEL, MEDIAN_RUN, TASK, TEST_DIGEST
+from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY
 from mlflow_mnist.gate import (
     ALPHA,
     Champion,
@@ -40,28 +40,52 @@ from mlflow_mnist.gate import (
     shared_examples,
     show_accuracy,
 )
+from mlflow_mnist.schema import (
+    CHAMPION,
+    DATA_SOURCE,
+    DIGEST,
+    ENSEMBLE_KIND,
+    ENSEMBLE_MODEL,
+    FINAL_LEVEL,
+    FINAL_SEED_LEVEL,
+    LEVEL,
+    MEDIAN_KIND,
+    MEDIAN_MODEL,
+    MEDIAN_RUN,
+    PARENT,
+    TEST_DIGEST,
+    VERSION_FINAL_RUN,
+    VERSION_FORCED,
+    VERSION_MCNEMAR_CANDIDATE_ONLY,
+    VERSION_MCNEMAR_CHAMPION_ONLY,
+    VERSION_MCNEMAR_P,
+    VERSION_MODEL_KIND,
+    VERSION_PREVIOUS_CHAMPION,
+    VERSION_SOURCE_RUN,
+    VERSION_TASK,
+    VERSION_TASK_VARIANT,
+    VERSION_TEST_ACCURACY,
+    VERSION_TEST_DIGEST,
+    VERSION_TEST_ERRORS,
+    VERSION_TEST_SET_USES,
+    VERSION_TEST_SIZE,
+    TaskRef,
+)
+from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 
 __all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "promote"]
 
-# -- names this module reads and writes (the schema module will hold them) ----------------------------------------
-CHAMPION = "champion"
-DEFAULT_MIN_ACCURACY = 0.9966  # the task will give its own
-DATA_SOURCE = f"{tracking.PREFIX}data_source"  # read: where the final's data was loaded from (every run has it)
-SEED_ACCURACY = "test_accuracy"  # read: the metric each seed run logs (final_tree)
-# Model version tags. A version this module creates carries every one of VERSION_TAGS ("" where none applies).
-TEST_ACCURACY, TEST_ERRORS = "test_accuracy", "test_errors"
-VERSION_TEST_DIGEST, VERSION_TEST_SIZE, TEST_SET_USES = "test_digest", "test_size", "test_set_uses"
-VERSION_TASK, SOURCE_RUN, FINAL_RUN = "task", "source_run", "final_run"
-PREVIOUS_CHAMPION, FORCED = "previous_champion", "forced"
-MCNEMAR_CANDIDATE_ONLY, MCNEMAR_CHAMPION_ONLY = "mcnemar_candidate_only", "mcnemar_champion_only"
-MCNEMAR_P = "mcnemar_p"
+SEED_ACCURACY = "test_accuracy"  # the metric each seed run logs (final_tree)
 SPREAD = ("mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy")
+#: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
-    TEST_ACCURACY, TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK, VERSION_TEST_DIGEST,
-    VERSION_TEST_SIZE, TEST_SET_USES, SOURCE_RUN, FINAL_RUN, "params", PREVIOUS_CHAMPION, FORCED,
-    MCNEMAR_CANDIDATE_ONLY, MCNEMAR_CHAMPION_ONLY, MCNEMAR_P,
+    VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK,
+    VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
+    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, "params", VERSION_PREVIOUS_CHAMPION, VERSION_FORCED,
+    VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P,
 )  # fmt: skip
 UNCHANGED = f"@{CHAMPION} unchanged"
+MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
 
 def _tampered(what: str) -> PromotionRejected:
@@ -79,43 +103,40 @@ class GateData:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A final run's median seed, as the store recorded it while the final was open."""
+    """What a final offers for promotion (its median seed's model, or its seeds' ensemble), as the store recorded
+    it while the final was open."""
 
     final: Any  # mlflow.entities.Run
-    seed_run_id: str
+    seed_run_id: str  # the run that logged the model: the median seed's, or the final's for the ensemble
     model_id: str
     accuracy: float
-    task: str
+    task: TaskRef
     test_digest: str
+    kind: str = MEDIAN_KIND
 
     @property
     def run_id(self) -> str:
         return self.final.info.run_id
 
 
-def model_name(task_name: str) -> str:
-    return f"mnist-{task_name}-convnet"
+def final_task(final) -> TaskRef:
+    """The task and classes of a final (stores made before tasks existed: the default task's)."""
+    return TaskRef.parse(final.data.tags, legacy_task=DEFAULT_TASK)
 
 
 def load_gate_data(final) -> GateData:
-    """The final's data, loaded from where its run says and checked against its digests.
-
-    The only place promotion knows what the data is (MNIST: ``data_source`` and the digits in ``task``, e.g.
-    ``2v7``); the task plug-in's loader replaces it.
-    """
-    from mlflow_mnist.data import load_task
-
-    tags = final.data.tags
-    source, variant = tags.get(DATA_SOURCE, ""), tags.get(TASK, "")
-    digits = "all" if variant == "all" else ",".join(variant.split("v"))
-    task = load_task("" if source == "keras" else source, digits)  # "keras": the default download
-    if task.digest("train") != tags.get(tracking.DIGEST) or task.digest("test") != tags.get(TEST_DIGEST):
+    """The final's data, loaded by its task from where its run says, and checked against its digests."""
+    tags, ref = final.data.tags, final_task(final)
+    source = tags.get(DATA_SOURCE, "")
+    classes = "all" if ref.variant == "all" else ",".join(ref.variant.split("v"))
+    data = get_task(ref.name).load("" if source == "keras" else source, classes=classes)  # keras: its download
+    if data.digest("train") != tags.get(DIGEST) or data.digest("test") != tags.get(TEST_DIGEST):
         raise PromotionRejected(
             f"not promoted: the data at {source or 'the default location'} is no longer what final run "
             f"{final.info.run_id} was trained and tested on (digests differ): restore it, or promote a final "
             f"made on this data; {UNCHANGED}"
         )
-    return GateData(task.x_train, task.x_test, task.y_test)
+    return GateData(data.x_train, data.x_test, data.y_test)
 
 
 def predicted_labels(model_uri: str, examples: np.ndarray) -> np.ndarray:
@@ -160,8 +181,8 @@ def final_run(client, experiment_id: str, run_id: str | None):
             f"--run-id {run_id} is a run of experiment {theirs!r}, not of {ours!r}: pass a final run of {ours!r} "
             f"(or --experiment {theirs})"
         )
-    if final.data.tags.get(tracking.LEVEL) != "final" or final.info.status != "FINISHED":
-        level, status = final.data.tags.get(tracking.LEVEL, "untagged"), final.info.status
+    if final.data.tags.get(LEVEL) != FINAL_LEVEL or final.info.status != "FINISHED":
+        level, status = final.data.tags.get(LEVEL, "untagged"), final.info.status
         raise PromoteInputError(
             f"--run-id {run_id} is a {status} {level} run, not a FINISHED final run: pass a final run's id"
         )
@@ -220,7 +241,30 @@ def read_candidate(client, final) -> Candidate:
             f"final run {final_id} logged a median test accuracy of {median:.4%}, its median seed run {seed_id} "
             f"{accuracy:.4%}, and the lower middle of its {len(seeds)} seeds is {lower_middle:.4%}"
         )
-    return Candidate(final, seed_id, model_id, accuracy, tags.get(TASK, ""), tags.get(TEST_DIGEST, ""))
+    return Candidate(final, seed_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""))
+
+
+def read_ensemble(client, final) -> Candidate:
+    """The final's seeds as one model: the LoggedModel the final logged itself, with the accuracy it logged for
+    that model while open."""
+    from mlflow.exceptions import MlflowException
+
+    tags, final_id = final.data.tags, final.info.run_id
+    model_id = tags.get(ENSEMBLE_MODEL, "")
+    if not model_id:
+        raise PromotionRejected(
+            f"not promoted: final run {final_id} has no seed ensemble (it needs --repeats 2 or more, every seed "
+            f"with a model): promote its median seed instead; {UNCHANGED}"
+        )
+    _seed_accuracies(client, final)  # its seeds are the ones it trained, none added later
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException:
+        raise _tampered(f"model {model_id} is not in this store") from None
+    if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
+        raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
+    accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
+    return Candidate(final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND)
 
 
 def _seed_accuracies(client, final) -> dict[str, float]:
@@ -231,8 +275,8 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     if repeats == 1:
         seed_ids = [final_id]
     else:
-        children = tracking.search_all(client, [final.info.experiment_id], f"tags.`{tracking.PARENT}` = '{final_id}'")
-        seed_ids = [run.info.run_id for run in children if run.data.tags.get(tracking.LEVEL) == "final_seed"]
+        children = tracking.search_all(client, [final.info.experiment_id], f"tags.`{PARENT}` = '{final_id}'")
+        seed_ids = [run.info.run_id for run in children if run.data.tags.get(LEVEL) == FINAL_SEED_LEVEL]
     if len(seed_ids) != repeats:
         raise _tampered(f"final run {final_id} trained {repeats} seed(s) but has {len(seed_ids)} seed runs")
     return {seed: logged_while_open(client, seed, SEED_ACCURACY, end) for seed in seed_ids}
@@ -273,7 +317,7 @@ def count_test_set_uses(client, test_digest: str) -> int:
         token = page.token
         if not token:
             break
-    query = f"tags.`{tracking.LEVEL}` = 'final' and attributes.status = 'FINISHED'"
+    query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
     query += f" and tags.`{TEST_DIGEST}` = '{test_digest}'"
     found = 0
     for start in range(0, len(experiments), 100):
@@ -305,21 +349,22 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
             return None
         raise
     tags, number = version.tags, str(version.version)
-    task = tags.get(VERSION_TASK, "")
-    if task and task != candidate.task:
+    task = TaskRef.parse_version(tags, legacy_task=DEFAULT_TASK)
+    if task is not None and task != candidate.task:
+        ours, theirs = f"{candidate.task.name} {candidate.task.variant}", f"{task.name} {task.variant}"
         raise PromotionRejected(
-            f"not promoted: run {candidate.run_id} is a {candidate.task} final but {name}@{CHAMPION} is a {task} "
+            f"not promoted: run {candidate.run_id} is a {ours} final but {name}@{CHAMPION} is a {theirs} "
             f"model: promote it under its own --name; {UNCHANGED}"
         )
-    accuracy = _as_float(tags.get(TEST_ACCURACY))
+    accuracy = _as_float(tags.get(VERSION_TEST_ACCURACY))
     size = int(tags[VERSION_TEST_SIZE]) if tags.get(VERSION_TEST_SIZE, "").isdigit() else 0
     missing = [
         key
         for key, ok in (
-            (TEST_ACCURACY, 0 <= accuracy <= 1),
+            (VERSION_TEST_ACCURACY, 0 <= accuracy <= 1),
             (VERSION_TEST_DIGEST, bool(tags.get(VERSION_TEST_DIGEST))),
             (VERSION_TEST_SIZE, size > 0),
-            (VERSION_TASK, bool(task)),
+            (VERSION_TASK, task is not None),
         )
         if not ok
     ]
@@ -353,23 +398,24 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
     final, paired = candidate.final, decision.paired
     metrics, params = final.data.metrics, final.data.params
     tags = {
-        TEST_ACCURACY: repr(candidate.accuracy),
-        TEST_ERRORS: str(logged_errors(candidate.accuracy, n_test)),
+        VERSION_TEST_ACCURACY: repr(candidate.accuracy),
+        VERSION_TEST_ERRORS: str(logged_errors(candidate.accuracy, n_test)),
         **{key: repr(metrics.get(key)) for key in SPREAD},
         "repeats": params.get("repeats", "1"),
-        "data_digest": final.data.tags.get(tracking.DIGEST, ""),
-        VERSION_TASK: candidate.task,
+        "data_digest": final.data.tags.get(DIGEST, ""),
+        **candidate.task.version_tags(),
+        VERSION_MODEL_KIND: candidate.kind,
         VERSION_TEST_DIGEST: candidate.test_digest,
         VERSION_TEST_SIZE: str(n_test),
-        TEST_SET_USES: str(uses),
-        SOURCE_RUN: candidate.seed_run_id,
-        FINAL_RUN: candidate.run_id,
+        VERSION_TEST_SET_USES: str(uses),
+        VERSION_SOURCE_RUN: candidate.seed_run_id,
+        VERSION_FINAL_RUN: candidate.run_id,
         "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
-        PREVIOUS_CHAMPION: previous,
-        FORCED: str(decision.forced).lower(),
-        MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",
-        MCNEMAR_CHAMPION_ONLY: str(paired.champion_only) if paired else "",
-        MCNEMAR_P: repr(paired.p_value) if paired else "",
+        VERSION_PREVIOUS_CHAMPION: previous,
+        VERSION_FORCED: str(decision.forced).lower(),
+        VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",
+        VERSION_MCNEMAR_CHAMPION_ONLY: str(paired.champion_only) if paired else "",
+        VERSION_MCNEMAR_P: repr(paired.p_value) if paired else "",
     }
     return tags
 
@@ -403,8 +449,9 @@ def decide_and_register(
             raise
     n = len(data.y_test)
     metrics = candidate.final.data.metrics
+    what = "Median" if candidate.kind == MEDIAN_KIND else "Ensemble (average probabilities)"
     description = (
-        f"Median of {candidate.final.data.params.get('repeats', '1')} seed(s): test accuracy "
+        f"{what} of {candidate.final.data.params.get('repeats', '1')} seed(s): test accuracy "
         f"{show_accuracy(candidate.accuracy, n)}, verified by the gate (mean "
         f"{metrics.get('mean_test_accuracy', math.nan):.4%}, min {metrics.get('min_test_accuracy', math.nan):.4%}, "
         f"max {metrics.get('max_test_accuracy', math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
@@ -448,9 +495,10 @@ def promote(
     experiment_id: str,
     *,
     name: str | None = None,
-    min_accuracy: float = DEFAULT_MIN_ACCURACY,
+    min_accuracy: float | None = None,
     force: bool = False,
     run_id: str | None = None,
+    model: str = "median",
     alpha: float = ALPHA,
     predict: Predict = predicted_labels,
     notify: Callable[[str], None] | None = None,
@@ -463,12 +511,17 @@ def promote(
     :class:`PromoteInputError` for a bad threshold or run id and :class:`PromotionRejected` when the gate says no
     or another promotion holds the lock; the alias is then where it was.
     """
-    min_accuracy = check_min_accuracy(min_accuracy)
+    if model not in MODEL_KINDS:
+        raise PromoteInputError(f"--model {model!r} is not one of {', '.join(MODEL_KINDS)}")
+    if min_accuracy is not None:
+        min_accuracy = check_min_accuracy(min_accuracy)
     final = final_run(client, experiment_id, run_id)
-    candidate = read_candidate(client, final)
+    task = get_task(final_task(final).name)
+    min_accuracy = check_min_accuracy(task.min_accuracy if min_accuracy is None else min_accuracy)
+    candidate = read_ensemble(client, final) if model == "ensemble" else read_candidate(client, final)
     data = load_gate_data(final)
     predictions = verify_candidate(candidate, data, predict)
-    name = name or model_name(candidate.task)
+    name = name or task.registered_model_name(candidate.task.variant)
     uses = count_test_set_uses(client, candidate.test_digest)
     with registry_lock(client, name, notify=notify) as fenced:
         version, decision, previous = decide_and_register(
@@ -490,4 +543,5 @@ def promote(
         "paired": decision.paired,
         "test_set_uses": uses,
         "warning": warning,
+        "kind": candidate.kind,
     }

@@ -83,6 +83,19 @@ TEST_DIGEST, TEST_SIZE = _tag("test_digest"), _tag("test_size")  # which test se
 SOURCE_RUNS = _tag("source_step_runs")
 SEED = _tag("seed")
 
+# -- registered model versions (promote) -----------------------------------------------------------------------
+CHAMPION = "champion"  # the alias that names the served version
+# Every tag of a version promote creates ("" where none applies); plain names, as the registry UI shows them.
+VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS = "test_accuracy", "test_errors"
+VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES = "test_digest", "test_size", "test_set_uses"
+VERSION_TASK, VERSION_TASK_VARIANT, VERSION_MODEL_KIND = "task", "task_variant", "model_kind"
+VERSION_SOURCE_RUN, VERSION_FINAL_RUN = "source_run", "final_run"
+VERSION_PREVIOUS_CHAMPION, VERSION_FORCED = "previous_champion", "forced"
+VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY = "mcnemar_candidate_only", "mcnemar_champion_only"
+VERSION_MCNEMAR_P = "mcnemar_p"
+#: What a version serves: the final's median seed, or its seeds' ensemble.
+MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
+
 #: Candidate roles: a point of a step's grid, the step's reference (the carried-in configuration trained
 #: afresh, fixed before any score is seen), a configuration sampled from a space, an Optuna trial.
 GRID, REFERENCE, SAMPLE, TRIAL_ROLE = "grid", "reference", "sample", "trial"
@@ -160,6 +173,17 @@ class TaskRef:
         if TASK_VARIANT in tags:
             return cls(str(tags.get(TASK, "")), str(tags[TASK_VARIANT]))
         return cls(legacy_task, str(tags.get(TASK, "")))
+
+    def version_tags(self) -> dict[str, str]:
+        return {VERSION_TASK: self.name, VERSION_TASK_VARIANT: self.variant}
+
+    @classmethod
+    def parse_version(cls, tags: Mapping[str, str], *, legacy_task: str) -> TaskRef | None:
+        """A model version's task; versions registered before tasks existed carry only ``task=3v5``; None when
+        the version has no task tag at all."""
+        if VERSION_TASK_VARIANT in tags:
+            return cls(str(tags.get(VERSION_TASK, "")), str(tags[VERSION_TASK_VARIANT]))
+        return cls(legacy_task, str(tags[VERSION_TASK])) if tags.get(VERSION_TASK) else None
 
 
 @dataclass(frozen=True)

@@ -30,3 +30,9 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     assert len(seeds) == 3 and run.data.tags[schema.MEDIAN_RUN] in {r.info.run_id for r in seeds}
     model = mlflow.get_logged_model(run.data.tags[schema.ENSEMBLE_MODEL])
     assert model.source_run_id == run.info.run_id and model.model_type == "pyfunc-seed-ensemble"
+    # The gate verifies the ensemble as it verifies a seed, and the version says which one it serves.
+    done = mlflow_mnist.promote(model="ensemble", min_accuracy=0.5)
+    version = MlflowClient(store).get_model_version_by_alias(done["name"], "champion")
+    assert done["name"] == "digits-all-mlp" and version.tags["model_kind"] == "seed ensemble"
+    assert version.tags["task"] == "digits" and version.tags["task_variant"] == "all"
+    assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["ensemble_test_accuracy"])

@@ -31,7 +31,7 @@ import pytest
 from mlflow_mnist import registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final import run_final
-from mlflow_mnist.final_tree import MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 from mlflow_mnist.gate import (
     Champion,
     PromoteInputError,
@@ -551,8 +551,12 @@ def test_final_promote_load_and_serve(store):
 
     from mlflow_mnist.campaign import Campaign
 
+    from mlflow_mnist import api
+
     campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=2, overrides="", experiment="mnist")
-    best_kernel = campaign.tune("kernel_size", n_jobs=1, with_model=False, progress=False)[0].best["params"]
+    tuned = api.tune(stage="kernel_size", data="sample", folds=2, epochs=2, experiment="mnist", n_jobs=1,
+                     log_models=False, progress=False)  # fmt: skip
+    best_kernel = tuned.outcome.groups[0].best["params"]
     summary = run_final(campaign, repeats=1, executor=JoblibExecutor(1), progress=False)
     assert summary["params"]["kernel_size"] == tuple(best_kernel["kernel_size"])  # carried forward from the store
     client = MlflowClient(store)
@@ -564,8 +568,8 @@ def test_final_promote_load_and_serve(store):
     model_files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"runs:/{final.info.run_id}/model")}
     assert "model/MLmodel" in model_files
     matrix = json.loads(Path(client.download_artifacts(final.info.run_id, "confusion_matrix.json")).read_text())
-    task = campaign.task  # the sample's 2s and 7s, relabelled 0 and 1
-    assert np.sum(matrix["matrix"]) == len(task.y_test) and matrix["labels"] == [2, 7]
+    task = campaign.data  # the sample's 2s and 7s, relabelled 0 and 1
+    assert np.sum(matrix["matrix"]) == len(task.y_test) and matrix["labels"] == ["2", "7"]
     accuracy = final.data.metrics["test_accuracy"]
     assert accuracy == pytest.approx(np.trace(matrix["matrix"]) / len(task.y_test))
     contexts = {i.tags[0].value for i in final.inputs.dataset_inputs}
