@@ -31,7 +31,6 @@ import pytest
 from mlflow_mnist import registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final import run_final
-from mlflow_mnist.schema import MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 from mlflow_mnist.gate import (
     Champion,
     PromoteInputError,
@@ -43,6 +42,7 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
+from mlflow_mnist.schema import MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 
 NAME = "mnist-2v7-convnet"
 BAD_THRESHOLDS = [float("nan"), float("inf"), float("-inf"), 0, 0.0, 1.5, -0.1, "abc"]
@@ -549,9 +549,8 @@ def test_final_promote_load_and_serve(store):
     import mlflow
     from mlflow import MlflowClient
 
-    from mlflow_mnist.campaign import Campaign
-
     from mlflow_mnist import api
+    from mlflow_mnist.campaign import Campaign
 
     campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=2, overrides="", experiment="mnist")
     tuned = api.tune(stage="kernel_size", data="sample", folds=2, epochs=2, experiment="mnist", n_jobs=1,
