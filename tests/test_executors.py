@@ -5,12 +5,16 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import FoldWatcher
 
 from mlflow_mnist.executors import (
     ExecutorError,
@@ -158,3 +162,32 @@ def test_an_error_inside_a_task_is_not_a_pool_failure(tmp_path):
 
 def divide_by_zero(value: int) -> float:
     return value / 0
+
+
+@pytest.mark.slow
+def test_cli_reports_a_killed_pool_worker_in_one_line_and_keeps_finished_folds(tmp_path):
+    """As the kernel's OOM killer would: SIGKILL to a pool process while a `tune` stage trains."""
+    if usable_cores() < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is no pool to break")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_RUN_ID": ""}
+    command = [sys.executable, "-m", "mlflow_mnist", "tune", "--stage", "kernel_size", "--data", "sample"]
+    command += ["--epochs", "4", "--folds", "2", "--n-jobs", "2"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    stderr = FoldWatcher(proc.stderr)
+    try:
+        assert stderr.wait_for(1, timeout=300), stderr.text()[-1000:]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        workers = [p for p in children if "LokyProcess" in " ".join(_cmdline(p))]
+        assert workers, "no pool process to kill"
+        workers[0].send_signal(signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    stderr.join()
+    lines = [line for line in stderr.text().replace("\r", "\n").splitlines() if line.strip()]
+    assert proc.returncode == 2, stderr.text()[-2000:]
+    assert lines[-1].startswith("error: a worker process died (killed by signal 9, SIGKILL: out of memory?)")
+    assert "Traceback" not in stderr.text()
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        statuses = dict(db.execute("select status, count(*) from runs group by status").fetchall())
+    assert statuses.get("FINISHED", 0) >= 1 and "RUNNING" not in statuses  # finished folds kept, none left open
