@@ -107,18 +107,19 @@ def _race(uri, barrier, results, index, rounds, prefix):
     for round_ in range(rounds):
         barrier.wait()
         try:
-            client.create_registered_model(f"{prefix}-raw-{round_}")
+            client.create_registered_model(f"{prefix}-raw-{round_}", tags={"creator": str(index)})
             raw = "created"
         except Exception as error:  # noqa: BLE001 - the outcome is what we report
             raw = getattr(error, "error_code", type(error).__name__)
         barrier.wait()
+        creator = client.get_registered_model(f"{prefix}-raw-{round_}").tags.get("creator")
         lock = CampaignLock(client, f"{prefix}-{round_}", command=f"racer {index}", ttl=10, wait=0)
         try:
             lock.acquire()
             outcome = "won"
         except LockHeld as error:
             outcome = str(error)
-        results.put((round_, index, raw, outcome))
+        results.put((round_, index, raw, outcome, creator))
         barrier.wait()  # everyone has tried before the winner lets go
         if outcome == "won":
             lock.release()
@@ -140,13 +141,17 @@ def _race_processes(uri: str, n: int = 4, rounds: int = 3) -> list[tuple]:
 def _assert_one_winner_per_round(outcomes: list[tuple], n: int, rounds: int) -> None:
     for round_ in range(rounds):
         rows = [row for row in outcomes if row[0] == round_]
-        assert sorted(row[2] for row in rows) == ["RESOURCE_ALREADY_EXISTS"] * (n - 1) + ["created"]
-        winners = [index for _, index, _, outcome in rows if outcome == "won"]
+        # The store kept one creator, and refused everyone else; the creator itself was told "created" (or, if
+        # the client retried a request that had landed, RESOURCE_ALREADY_EXISTS about its own model).
+        (creator,) = {row[4] for row in rows}
+        assert [row[2] for row in rows if str(row[1]) != creator] == ["RESOURCE_ALREADY_EXISTS"] * (n - 1), rows
+        assert [row[2] for row in rows if str(row[1]) == creator][0] in ("created", "RESOURCE_ALREADY_EXISTS"), rows
+        winners = [index for _, index, _, outcome, _ in rows if outcome == "won"]
         assert len(winners) == 1, rows
-        for _, index, _, outcome in rows:
+        for _, index, _, outcome, _ in rows:
             if index != winners[0]:
-                assert outcome.startswith("another driver is working on this experiment: ")
-                assert f"racer {winners[0]} (pid" in outcome and "\n" not in outcome
+                assert outcome.startswith("another driver is working on this experiment: "), rows
+                assert f"racer {winners[0]} (pid" in outcome and "\n" not in outcome, rows
 
 
 def test_four_processes_taking_one_lock_at_once_exactly_one_wins_each_round(uri):
@@ -368,6 +373,18 @@ def test_a_folder_store_cannot_lock(tmp_path, monkeypatch):
         CampaignLock(folder, "1", command="mlflow-mnist tune").acquire()
 
 
+OTHER_USER = """
+import sys
+from mlflow import MlflowClient
+from mlflow_mnist.lock import CampaignLock, LockHeld
+try:
+    CampaignLock(MlflowClient(sys.argv[1]), sys.argv[2], command="mlflow-mnist tune bob", wait=0).acquire()
+    print("acquired")
+except LockHeld as error:
+    print(f"refused: {error}")
+"""
+
+
 @pytest.mark.slow
 def test_through_an_mlflow_server_on_postgresql_one_process_wins_and_another_user_is_refused(tmp_path, monkeypatch):
     """Four processes race through ``mlflow server`` (basic auth) on PostgreSQL, three rounds; a second MLflow user,
@@ -387,12 +404,17 @@ def test_through_an_mlflow_server_on_postgresql_one_process_wins_and_another_use
             monkeypatch.setenv(name, value)  # the racing processes inherit alice's credentials
         _assert_one_winner_per_round(_race_processes(server.uri, 4, 3), 4, 3)
         held = CampaignLock(MlflowClient(server.uri), "7", command="mlflow-mnist tune alice").acquire()
-        for name, value in server.client_env(bob).items():
-            monkeypatch.setenv(name, value)
-        with pytest.raises(LockHeld, match="lock mlflow-mnist-lock-experiment-7-g1 exists but this MLflow user"):
-            CampaignLock(MlflowClient(server.uri), "7", command="mlflow-mnist tune bob", wait=0).acquire()
-        for name, value in server.client_env(alice).items():
-            monkeypatch.setenv(name, value)
+        as_bob = subprocess.run(
+            [sys.executable, "-c", OTHER_USER, server.uri, "7"],
+            env={**os.environ, **server.client_env(bob)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert as_bob.stdout.startswith(
+            "refused: another driver is working on this experiment: its lock mlflow-mnist-lock-experiment-7-g1 "
+            "exists but this MLflow user may not read it"
+        ), as_bob.stdout + as_bob.stderr[-2000:]
         held.check()
         held.release()
     finally:
