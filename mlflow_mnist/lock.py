@@ -530,7 +530,7 @@ class StoreLock:
             with self._changed:
                 self._changed.wait(min(left, remaining))
 
-    def fenced(self, client):
+    def fenced(self, client) -> FencedClient:
         """``client``, with :meth:`check` before every call that may write (every method but reads)."""
         return FencedClient(client, self)
 
