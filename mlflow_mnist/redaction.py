@@ -150,13 +150,13 @@ class RedactingStream(io.TextIOBase):
                 head, _, last = ready.rpartition(" ")
                 if "://" in last:  # maybe a URL cut before its credentials: wait for the rest of it
                     ready, held = (f"{head} " if head else ""), last
-            if ready:
-                self.wrapped.write(redact(ready))
             self._pending = held
             try:
+                if ready:
+                    self.wrapped.write(redact(ready))
                 self.wrapped.flush()
             except (OSError, ValueError):
-                pass  # a closed pipe at exit: nothing left to protect
+                pass  # a closed pipe or a stream closed before exit: there is no one left to read it
 
     def close(self) -> None:
         self.flush(everything=True)
