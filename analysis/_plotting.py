@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,8 @@ COLORS = {
     "diverged": "#d73027",
     "failed": "#d73027",
     "incomplete": "#bababa",
+    "no reference": "#5e3c99",
+    "reference unhealthy": "#5e3c99",
     "point": "#9e9ac8",
     "effect": "#2166ac",
     "no practical effect": "#7f7f7f",
@@ -30,10 +33,11 @@ COLORS = {
 MARKERS = {"unstable": "v", "diverged": "x", "failed": "x", "incomplete": "s"}
 
 
-def save(fig, path: Path) -> Path:
+def save(fig, path: Path, *, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -54,3 +58,15 @@ def is_numeric(values) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def candidate_label(row: dict) -> str:
+    """A candidate's name in figures: its value, and which one is the reference (trained afresh, or reused)."""
+    if not row.get("is_reference"):
+        return str(row["value"])
+    how = "reused" if row.get("reference_state") == "reused" else "fresh" if row.get("role") == "reference" else ""
+    return f"{row['value']} (reference{', ' + how if how else ''})"

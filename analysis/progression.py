@@ -1,12 +1,16 @@
-"""The campaign's best mean CV accuracy after each step, in the seed's order, with its 95% interval."""
+"""The campaign's best mean CV accuracy after each step, in the campaign's order, with the 95% interval of that
+mean (logit scale, so it stays within [0, 1]; "n/a" where the variance is unknown), coloured by the step's
+verdict and labelled with the value chosen."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from analysis._plotting import COLORS, empty, plt, save
+from analysis.stats import MEAN_LEVEL
 
 
 def get_progression_info(summary: pd.DataFrame, verdicts: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -22,23 +26,33 @@ def get_progression_info(summary: pd.DataFrame, verdicts: pd.DataFrame | None = 
 def render_progression(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished steps to plot")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(info) + 3), 4.8))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.62 * len(info) + 3.2), 5.2))
     x = list(range(len(info)))
-    ax.fill_between(x, info["ci_low"], info["ci_high"], color=COLORS["practically equivalent"], alpha=0.25)
-    ax.plot(x, info["mean"], color="#333333", lw=1, zorder=2)
-    for i, row in info.iterrows():
-        color = COLORS.get(row["verdict"], COLORS["undecided"])
-        ax.scatter(i, row["mean"], color=color, s=40, zorder=3)
+    ax.plot(x, info["mean"], color="#999999", lw=1, zorder=1)
+    for i, row in enumerate(info.itertuples()):
+        color = COLORS.get(row.verdict, COLORS["undecided"])
+        if math.isfinite(row.ci_low) and math.isfinite(row.ci_high):
+            ax.vlines(i, row.ci_low, row.ci_high, color=color, lw=2, zorder=2)
+        else:
+            ax.annotate("n/a", (i, row.mean), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
+        ax.scatter(i, row.mean, color=color, s=36, zorder=3)
     # The chosen value goes in the tick label, under the step name: no text over the curve or the axis label.
     ax.set_xticks(x, [f"{r.step}\n{r.value}" for r in info.itertuples()], rotation=45, ha="right", fontsize=7)
+    ends = pd.concat([info["mean"], info["ci_low"], info["ci_high"]]).dropna()
+    span = float(ends.max() - ends.min()) or 0.01
+    ax.set_ylim(max(0.0, float(ends.min()) - 0.08 * span), min(1.0, float(ends.max()) + 0.08 * span))
     ax.set_ylabel("best mean CV accuracy")
-    ax.set_title("Campaign progression: each step's chosen value (95% interval shaded)", fontsize=10)
+    ax.set_title(
+        f"Campaign progression: each step's chosen value, its mean and {MEAN_LEVEL:.0%} interval\n"
+        "(corrected standard error, logit scale: stays within [0, 1]; n/a where the folds give no variance)",
+        fontsize=9,
+    )
     handles = [
-        plt.Line2D([], [], color=COLORS[v], marker="o", ls="", label=f"step verdict: {v}")
+        plt.Line2D([], [], color=COLORS[v], marker="o", ls="-", label=f"step verdict: {v}")
         for v in dict.fromkeys(info["verdict"].dropna())
     ]
     if handles:
-        ax.legend(handles=handles, fontsize=8, loc="lower right")
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)
 
 

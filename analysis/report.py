@@ -12,10 +12,35 @@ import pandas as pd
 
 from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity
 from analysis.searches import search_spaces, search_table, trial_table, trials_for_importance
-from analysis.stats import ALPHA, DEFAULT_ROPE, candidate_summary, step_verdicts
+from analysis.stats import (
+    ALPHA,
+    DEFAULT_ROPE,
+    campaign_correction,
+    campaign_sentence,
+    candidate_summary,
+    step_verdicts,
+)
 from analysis.store import epoch_table, fold_table, read_runs
+from mlflow_mnist.results import FAR_BELOW, NEAR_CHANCE
 
-VERDICT_COLUMNS = ["step", "candidate", "mean", "ci_low", "ci_high", "verdict", "p_adjusted"]
+#: verdicts.csv: one row per candidate. delta_low/delta_high: the interval its verdict read, at interval_level.
+VERDICT_COLUMNS = [
+    "step",
+    "candidate",
+    "value",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "status",
+    "verdict",
+    "p_adjusted",
+    "delta",
+    "delta_low",
+    "delta_high",
+    "interval_level",
+    "reference",
+    "reference_state",
+]
 
 
 @dataclass
@@ -23,6 +48,7 @@ class Report:
     folds: pd.DataFrame
     summary: pd.DataFrame
     verdicts: pd.DataFrame
+    campaign: pd.DataFrame = field(default_factory=pd.DataFrame)  # step decisions corrected across the steps
     figures: dict[str, Path] = field(default_factory=dict)
     html_path: Path | None = None
     csv_path: Path | None = None
@@ -47,7 +73,8 @@ def build_report(
         raise ValueError(f"no finished steps in experiment(s) {', '.join(experiments)}: run `mlflow-mnist tune` first")
     summary = candidate_summary(folds, rope=rope) if not folds.empty else pd.DataFrame()
     verdicts = step_verdicts(summary) if not folds.empty else pd.DataFrame(columns=VERDICT_STEP_COLUMNS)
-    report = Report(folds, summary, verdicts)
+    campaign = campaign_correction(verdicts) if not folds.empty else pd.DataFrame()
+    report = Report(folds, summary, verdicts, campaign)
     figures = report.figures
     if not searches.empty:
         figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")
@@ -59,12 +86,14 @@ def build_report(
         return report
     epochs = epoch_table(client, folds)
     figures["progression"] = progression.plot_progression(summary, verdicts, out / "progression.png")
-    figures["comparisons"] = comparisons.plot_comparisons(summary, out / "comparisons.png", rope=rope)
-    figures["importance"] = importance.plot_importance(summary, verdicts, folds, out / "importance.png")
+    figures["comparisons"] = comparisons.plot_comparisons(
+        summary, out / "comparisons.png", rope=rope, verdicts=verdicts
+    )
+    figures["importance"] = importance.plot_importance(summary, verdicts, out / "importance.png")
     sentence_of = verdicts.set_index("step")["sentence"]
     for step in verdicts["step"]:
         figures[f"sensitivity {step}"] = sensitivity.plot_sensitivity(
-            folds, summary, step, out / f"sensitivity_{step}.png", sentence_of[step]
+            folds, summary, step, out / f"sensitivity_{step}.png", sentence_of[step], rope=rope
         )
         figures[f"curves {step}"] = curves.plot_curves(epochs, step, out / f"curves_{step}.png")
     for step in interaction.steps_with_two_parameters(summary):
@@ -80,6 +109,10 @@ VERDICT_STEP_COLUMNS = [
     "step",
     "verdict",
     "sentence",
+    "conclusion",
+    "health",
+    "reference_value",
+    "reference_state",
     "best_value",
     "best_mean",
     "best_std",
@@ -118,13 +151,24 @@ def _repeats(value: float) -> str:
     return "" if math.isnan(value) else f"{int(value)}"
 
 
+REFERENCE_WORDS = {"fresh": "trained afresh", "reused": "folds REUSED (biased)", "none": "none"}
+
+
+def _reference(row) -> str:
+    if row.reference_state == "none":
+        return "none: not trained in this step"
+    return f"{row.reference_value} ({REFERENCE_WORDS.get(row.reference_state, row.reference_state)})"
+
+
 def render_html(report: Report, experiments: list[str], *, rope: float) -> str:
     v = report.verdicts
     table = pd.DataFrame(
         {
             "Step": v["step"],
             "Verdict": v["verdict"],
-            "Conclusion": v["sentence"],
+            "Conclusion": v["conclusion"],
+            "Health": v["health"],
+            "Reference": [_reference(row) for row in v.itertuples()],
             "Chosen value": v["best_value"],
             "Its mean accuracy (std over folds)": [
                 f"{m:.5f} ({s:.5f})" for m, s in zip(v["best_mean"], v["best_std"], strict=True)
@@ -143,14 +187,25 @@ def render_html(report: Report, experiments: list[str], *, rope: float) -> str:
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}} img{{max-width:100%}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head>
 <body><h1>Campaign report: {html.escape(", ".join(experiments))}</h1>
-<p>{len(report.folds)} fold results in {len(v)} steps. Each candidate is compared with its step's reference (the
-value carried in from earlier steps, or the best when that value was not in the grid) by the corrected repeated
+<p>{len(report.folds)} fold results in {len(v)} steps. Each candidate is compared with its step's reference, fixed
+before the step's scores: the carried-in configuration trained afresh in the step (on older stores, the carried-in
+grid point; its folds reused from the step that chose it are marked, as they bias verdicts toward "worse"; a step
+whose carried-in value was not trained has no reference and decides nothing). The test is the corrected repeated
 k-fold t-test (Nadeau &amp; Bengio; Bouckaert &amp; Frank), Holm-adjusted across the step at alpha = {ALPHA}, with a
 region of practical equivalence of &plusmn;{100 * rope:g} accuracy points: <em>better</em> or <em>worse</em> means
 shown to differ by more than that, <em>practically equivalent</em> shown to differ by less, <em>undecided</em>
-neither. A fold that scores within 5 points of guessing makes its candidate <em>unstable</em>. The same
-conclusions, one row per candidate, are in <code>verdicts.csv</code>.</p>
+neither. A fold <em>collapsed</em> when it kept at most {NEAR_CHANCE:.0%} of the way from guessing (the held-out
+fold's majority-class rate) to a perfect score while another fold of its candidate scored at least
+{FAR_BELOW:.0%} of that way higher; its candidate is <em>unstable</em>. Unstable, diverged, failed and incomplete
+candidates are not compared; collapses and divergences make a step an effect only when an exact test, in the
+step's Holm family, says they depend on the parameter; missing and failed folds never do. The same conclusions,
+one row per candidate with the interval each verdict read, are in <code>verdicts.csv</code>.</p>
 {table.to_html(index=False, escape=True)}
+<p><strong>Across the campaign.</strong> {html.escape(campaign_sentence(report.campaign, len(v)))} Holm, not
+Benjamini-Hochberg: the steps share one data set and its splits, so their p-values depend on each other in ways
+that Benjamini-Hochberg's positive-dependence condition does not certainly cover, while Holm holds under any
+dependence; and each step's verdict is acted on by itself (a false effect changes what the campaign carries
+forward), so the error to bound is any false claim, not their share.</p>
 <p>{links}</p>
 {sections}
 </body></html>

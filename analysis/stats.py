@@ -1,46 +1,58 @@
 """Verdicts from fold scores alone, with a test that knows cross-validation folds are not independent.
 
-**The test.** Within a step, each candidate is compared with the step's *reference*: the value the step started
-from (carried in from earlier steps), or, when that value is not in the grid, the step's best. The reference
-is fixed before the scores are seen, so "better" can mean something. Over the ``r x k`` splits of repeated
-k-fold cross-validation, the paired differences d are tested with the **corrected repeated k-fold t-test**
-(Nadeau & Bengio 2003; Bouckaert & Frank 2004): variance ``var(d) * (1/(r k) + n_test/n_train)``, ``r k - 1``
-degrees of freedom. The extra ``n_test/n_train`` term accounts for folds sharing most of their training data;
-without it the test finds effects that are not there (see :mod:`analysis.calibration`).
+**The reference** of a step is fixed before any of its scores is seen: the configuration the step started from
+(carried in from earlier steps), trained afresh in the step as a candidate of its own, with its own training
+seeds (fold-table column ``is_reference``). Stores made before that rule have no such candidate; there the
+carried-in grid point is the reference, and when its folds were reused from the previous step (where they won,
+so they were selected for being high) the step's verdicts say so (``reference_reused``): "worse" is then claimed
+too often (:mod:`analysis.calibration`). A step whose carried-in value is not one of its candidates has **no
+reference** and no candidate verdicts: choosing the step's best instead, after the scores, would inflate false
+"worse" claims with the number of candidates. An unhealthy reference leaves the step undecided, and says so.
+
+**The test.** Over the ``r x k`` splits of repeated k-fold cross-validation, each candidate's paired differences
+from the reference are tested with the **corrected repeated k-fold t-test** (Nadeau & Bengio 2003; Bouckaert &
+Frank 2004): variance ``var(d) * (1/(r k) + n_test/n_train)``, ``r k - 1`` degrees of freedom. The extra
+``n_test/n_train`` term accounts for folds sharing most of their training data.
 
 **The verdict** uses a region of practical equivalence (ROPE, default +/-0.1 accuracy points): a candidate is
-*better* (or *worse*) when the difference is shown to lie beyond the ROPE, *practically equivalent* when it is
-shown to lie inside it (two one-sided tests), and *undecided* otherwise. Each candidate's smallest p-value is
-Holm-adjusted across the step's comparisons at alpha = 0.05. A candidate with a fold that collapsed to chance
-is *unstable*, one whose training broke is *diverged* (or *failed*), one with missing folds *incomplete*: these
-are counted separately and never tied. A step shows an **effect** when a candidate is better, worse, unstable
-or diverged; **no practical effect** when every healthy candidate is practically equivalent to the reference;
+*better* (or *worse*) when the difference is shown to lie beyond the ROPE, *practically equivalent* when shown to
+lie inside it (two one-sided tests), *undecided* otherwise. The step's family (its candidates' comparisons, and
+the breakdown test below when two or more folds broke down) is Holm-adjusted at alpha = 0.05. Each candidate's
+interval is drawn at the level of its Holm step (:func:`holm_levels`), so it clears the ROPE exactly when its
+verdict is decided.
+
+**Health** (:func:`mlflow_mnist.results.candidate_health`, the search's rule too): *unstable* (a fold collapsed:
+near chance and far below the candidate's other folds), *diverged*, *failed*, *incomplete* (folds missing). Such
+candidates are not compared. Incomplete and failed are never an effect. Collapses and divergences are an effect
+only when an exact test says they depend on the parameter (:func:`breakdown_test`); otherwise they are the step's
+health row. A step shows an **effect** when a candidate is better or worse, or breakdowns depend on the
+parameter; **no practical effect** when every other candidate is practically equivalent to a healthy reference;
 **undecided** otherwise, with an estimate of how many repeats would decide it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
-from mlflow_mnist.results import candidate_status, collapsed
+from mlflow_mnist.results import candidate_health, rank_key
 
 ALPHA = 0.05
 DEFAULT_ROPE = 0.001  # 0.1 accuracy points: 2 of 2,060 test images, well below what a seed changes
-BETTER, WORSE, EQUIVALENT, UNDECIDED, REFERENCE = (
-    "better",
-    "worse",
-    "practically equivalent",
-    "undecided",
-    "reference",
-)
+BETTER, WORSE, EQUIVALENT, UNDECIDED, REFERENCE = "better", "worse", "practically equivalent", "undecided", "reference"
+#: Verdicts of healthy candidates that were not compared: the step has no reference, or an unhealthy one.
+NO_REFERENCE, REFERENCE_UNHEALTHY = "no reference", "reference unhealthy"
 EFFECT, NO_EFFECT, STEP_UNDECIDED = "effect", "no practical effect", "undecided"
 UNHEALTHY = ("unstable", "incomplete", "diverged", "failed")
+#: What the step's reference is: trained afresh in the step, reused from the previous step, or missing.
+FRESH, REUSED, MISSING = "fresh", "reused", "none"
 MAX_REPEATS = 50  # beyond this, an estimate of "repeats needed" is not worth giving
+MEAN_LEVEL = 0.95  # the interval of a candidate's mean accuracy: a description, no verdict is drawn from it
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,11 @@ class Comparison:
         return min(1.0, 2 * self.p_better, 2 * self.p_worse, self.p_equivalent)
 
     @property
+    def effect_p(self) -> float:
+        """The p-value of "it differs beyond the ROPE, in the direction the data show" (two-sided)."""
+        return min(1.0, 2 * self.p_better, 2 * self.p_worse)
+
+    @property
     def direction(self) -> str:
         """The region the data point to most strongly."""
         if 2 * self.p_better <= min(2 * self.p_worse, self.p_equivalent):
@@ -72,8 +89,30 @@ class Comparison:
         return self.direction if p_adjusted < alpha else UNDECIDED
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
-        half = stats.t.ppf(0.5 + level / 2, self.df) * self.se if self.df > 0 else math.inf
+        """A plain two-sided interval of the difference at ``level`` (infinite when the variance is unknown)."""
+        half = float(_t_quantile(0.5 + level / 2, self.df)) * self.se if self.df > 0 else math.inf
         return self.mean - half, self.mean + half
+
+    def decision_interval(self, alpha_level: float) -> tuple[float, float, float]:
+        """The interval a decision at ``alpha_level`` reads, as (low, high, confidence level): two-sided
+        ``1 - alpha_level`` for better/worse (it lies beyond the ROPE exactly when ``2 p < alpha_level``), and
+        ``1 - 2 alpha_level`` for equivalence (inside the ROPE exactly when the two one-sided tests pass).
+        NaN bounds when the variance is unknown (fewer than two splits); bounded to [-1, 1], where a
+        difference of two accuracies lies."""
+        equivalence = self.direction == EQUIVALENT
+        tail = alpha_level if equivalence else alpha_level / 2
+        level = 1 - 2 * tail
+        if self.df < 1 or not math.isfinite(self.se):
+            return math.nan, math.nan, level
+        half = float(_t_quantile(1 - tail, self.df)) * self.se
+        return max(-1.0, self.mean - half), min(1.0, self.mean + half), level
+
+    def threshold(self, alpha_level: float, rope: float) -> float:
+        """The absolute difference a better/worse decision at ``alpha_level`` needs: the ROPE plus the half-width
+        of the two-sided ``1 - alpha_level`` interval (infinite when the variance is unknown)."""
+        if self.df < 1 or not math.isfinite(self.se):
+            return math.inf
+        return rope + float(_t_quantile(1 - alpha_level / 2, self.df)) * self.se
 
 
 def corrected_se(differences: np.ndarray, n_folds: int) -> float:
@@ -88,7 +127,12 @@ def corrected_se(differences: np.ndarray, n_folds: int) -> float:
 def _t_cdf(value: float, df: int) -> float:
     if math.isnan(value):
         return 0.5  # 0/0: a difference exactly on the ROPE's edge with no variance decides nothing
-    return float(stats.t.cdf(value, df))
+    return float(special.stdtr(df, value)) if df > 0 else 0.5  # scipy.stats.t.cdf, without its overhead
+
+
+def _t_quantile(probability: float, df: int | np.ndarray) -> float | np.ndarray:
+    """scipy.stats.t.ppf, without its overhead (the calibration calls it a million times)."""
+    return special.stdtrit(df, probability)
 
 
 def compare(candidate: np.ndarray, reference: np.ndarray, *, n_folds: int, rope: float = DEFAULT_ROPE) -> Comparison:
@@ -103,14 +147,74 @@ def compare(candidate: np.ndarray, reference: np.ndarray, *, n_folds: int, rope:
     return Comparison(mean, se, df, p_better, p_worse, p_equivalent)
 
 
-def holm(p_values: list[float]) -> list[float]:
+def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (step-down, monotone), same order as given."""
-    order = np.argsort(p_values)
+    order = np.argsort(p_values, kind="stable")
     adjusted, running = [1.0] * len(p_values), 0.0
     for rank, index in enumerate(order):
         running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted
+
+
+def holm_levels(p_values: Sequence[float], alpha: float = ALPHA) -> list[float]:
+    """The level each hypothesis faced in Holm's step-down: ``alpha * p / q`` with ``q`` its (uncapped) adjusted
+    p-value, so ``p < level`` exactly when ``q < alpha``. It is Holm's own ``alpha / (m - rank + 1)`` when the
+    hypothesis set its adjusted value, smaller when an earlier one did (then an earlier failure blocked it).
+
+    Holm's step-down has no simultaneous intervals that track its decisions; an interval drawn at this level
+    does, hypothesis by hypothesis (the first ranked is at Bonferroni's ``alpha / m``)."""
+    order = np.argsort(p_values, kind="stable")
+    m, levels, running = len(p_values), [alpha] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        p = float(p_values[index])
+        running = max(running, (m - rank) * p)
+        levels[index] = alpha * p / running if p > 0 else alpha / (m - rank)
+    return levels
+
+
+def breakdown_test(breakdowns: Sequence[int], trials: Sequence[int]) -> float:
+    """Exact test that breakdowns (collapsed or diverged folds) do not depend on the candidate.
+
+    Given the step's total of breakdowns, every way of placing them among the candidates' trained folds is
+    equally likely under "the parameter does not matter" (a multivariate hypergeometric law). The p-value is the
+    probability of a table at least as uneven as the one seen, by Pearson's statistic ``sum(b_i^2 / n_i)``
+    (Fisher-Freeman-Halton's exact chi-square test of a 2 x m table). Folds of one split that break down
+    together make the counts more even, so sharing splits only makes the test conservative."""
+    counts = [(int(b), int(n)) for b, n in zip(breakdowns, trials, strict=True) if n > 0]
+    total = sum(b for b, _ in counts)
+    if total < 2 or len(counts) < 2:
+        return 1.0  # one breakdown (or one candidate) can be placed only one way, up to relabelling
+    observed = sum(b * b / n for b, n in counts)
+    # Distribution of (breakdowns placed so far, statistic so far), weighted by the product of binomials.
+    states: dict[tuple[int, float], float] = {(0, 0.0): 1.0}
+    for _, n in counts:
+        grown: dict[tuple[int, float], float] = {}
+        for (used, statistic), weight in states.items():
+            for b in range(min(n, total - used) + 1):
+                key = (used + b, round(statistic + b * b / n, 9))
+                grown[key] = grown.get(key, 0.0) + weight * math.comb(n, b)
+        states = grown
+    denominator = math.comb(sum(n for _, n in counts), total)
+    tail = sum(w for (used, statistic), w in states.items() if used == total and statistic >= observed - 1e-9)
+    return min(1.0, tail / denominator)
+
+
+def mean_interval(scores: np.ndarray, n_folds: int, level: float = MEAN_LEVEL) -> tuple[float, float, float]:
+    """A candidate's corrected standard error and the interval of its mean accuracy on the logit scale.
+
+    The interval is the corrected t interval on logit(mean) (delta method), mapped back: it stays in (0, 1) and
+    is asymmetric near 1, where a symmetric one would be wrong. A Wilson interval would need a binomial count,
+    but the corrected error is not binomial (it carries training noise and overlapping folds). NaN bounds ("n/a")
+    when the variance is unknown: fewer than two folds, or every fold scored the same."""
+    scores = np.asarray(scores, float)
+    mean = float(np.mean(scores))
+    se = corrected_se(scores - mean, n_folds)
+    if not math.isfinite(se) or se == 0 or not 0 < mean < 1:
+        return se, math.nan, math.nan
+    half = float(_t_quantile(0.5 + level / 2, len(scores) - 1)) * se / (mean * (1 - mean))
+    centre = float(special.logit(mean))
+    return se, float(special.expit(centre - half)), float(special.expit(centre + half))
 
 
 def repeats_to_decide(
@@ -121,256 +225,501 @@ def repeats_to_decide(
     The corrected variance has a floor (``var * n_test/n_train``) that repeats do not shrink, so some
     differences can never be decided by repeating the split: more data or more folds would be needed.
     """
-    for repeats in range(1, MAX_REPEATS + 1):
-        n = repeats * n_folds
-        se = math.sqrt((1.0 / n + 1.0 / (n_folds - 1)) * variance)
-        directional, one_sided = stats.t.ppf(1 - alpha / 2, n - 1), stats.t.ppf(1 - alpha, n - 1)
-        mean = comparison.mean
-        if verdict == BETTER and mean - rope > directional * se:
-            return repeats
-        if verdict == WORSE and mean + rope < -directional * se:
-            return repeats
-        if verdict == EQUIVALENT and abs(mean) + one_sided * se < rope:
-            return repeats
-    return None
+    repeats = np.arange(1, MAX_REPEATS + 1)
+    n = repeats * n_folds
+    se = np.sqrt((1.0 / n + 1.0 / (n_folds - 1)) * variance)
+    mean = comparison.mean
+    if verdict == EQUIVALENT:
+        decided = abs(mean) + _t_quantile(1 - alpha, n - 1) * se < rope
+    else:
+        margin = mean - rope if verdict == BETTER else -(mean + rope)
+        decided = margin > _t_quantile(1 - alpha / 2, n - 1) * se
+    return int(repeats[np.argmax(decided)]) if decided.any() else None
 
 
-def _mean_interval(scores: np.ndarray, n_folds: int, level: float = 0.95) -> tuple[float, float, float]:
-    """A candidate's corrected standard error and interval of its mean, clipped to [0, 1] where accuracy lives."""
-    mean, se = float(np.mean(scores)), corrected_se(scores - np.mean(scores), n_folds)
-    if not math.isfinite(se):
-        return se, mean, mean
-    half = stats.t.ppf(0.5 + level / 2, len(scores) - 1) * se
-    return se, max(0.0, mean - half), min(1.0, mean + half)
+# -- the fold table's reference columns -------------------------------------------------------------------------
+
+
+REFERENCE_SUFFIX = " (reference)"  # analysis.store marks the extra reference candidate's value so
+
+
+def with_reference_columns(folds: pd.DataFrame) -> pd.DataFrame:
+    """The fold table with ``is_reference``, ``reference_reused`` and ``role``, whatever store made it.
+
+    ``analysis.store`` gives ``is_reference``: the candidate the search trained as the step's reference (schema
+    role "reference", its value suffixed " (reference)"), or on stores made before fresh references (or with
+    ``--reuse-reference``) the carried-in grid point (``is_incumbent``); and ``reference_reused``: the
+    reference is such a grid point. Here a reference counts as reused only where its folds were read from an
+    earlier step (the fold's ``reused`` flag): the seed's start trained in a store's first step is fixed before
+    that step's scores too. ``role`` ("reference" for the extra candidate, else "grid") is read from the value's
+    suffix when the table lacks it, and the suffix removed (figures label the reference themselves). Tables
+    without these columns (hand-made ones) get the same meaning: a "reference" role if any, else the incumbent."""
+    folds = folds.copy()
+    values = folds["value"].astype(str)
+    marked = values.str.endswith(REFERENCE_SUFFIX)
+    if "role" not in folds:
+        folds["role"] = np.where(marked, REFERENCE, "grid")
+    folds["value"] = values.str.removesuffix(REFERENCE_SUFFIX)
+    if "is_reference" not in folds:
+        by_role = folds["role"] == REFERENCE
+        step_has_role = by_role.groupby(folds["step"]).transform("any")
+        folds["is_reference"] = np.where(step_has_role, by_role, folds["is_incumbent"].astype(bool))
+    folds["is_reference"] = folds["is_reference"].fillna(False).astype(bool)
+    reused = folds["reused"].fillna(False).astype(bool) if "reused" in folds else pd.Series(False, index=folds.index)
+    given = folds["reference_reused"].fillna(False).astype(bool) if "reference_reused" in folds else reused
+    folds["reference_reused"] = given & reused & folds["is_reference"]
+    return folds
+
+
+# -- per candidate ----------------------------------------------------------------------------------------------
 
 
 def candidate_summary(folds: pd.DataFrame, *, rope: float = DEFAULT_ROPE, alpha: float = ALPHA) -> pd.DataFrame:
-    """One row per (step, candidate): mean, interval, status, verdict against the reference, adjusted p-value."""
-    rows = []
-    for _, step_folds in folds.groupby("step", sort=False):
-        rows += _step_rows(step_folds, rope=rope, alpha=alpha)
+    """One row per (step, candidate): mean and interval, health, verdict against the step's reference, the
+    Holm-adjusted p-value and the interval at the level its verdict was decided."""
+    if folds.empty:
+        return pd.DataFrame()
+    folds = with_reference_columns(folds).sort_values(["step", "candidate_index", "candidate"], kind="stable")
+    # Plain arrays and slices: the calibration sends thousands of steps through here.
+    column = {name: folds[name].to_numpy() for name in folds.columns}
+    rows: list[dict] = []
+    step_starts = _starts(column["step"])
+    for begin, stop in zip(step_starts[:-1], step_starts[1:], strict=True):
+        rows += _step_rows(column, begin, stop, rope=rope, alpha=alpha)
     summary = pd.DataFrame(rows)
-    if summary.empty:
-        return summary
-    return summary.sort_values(["step_order", "candidate_index"], ignore_index=True)
+    return summary.sort_values(["step_order", "candidate_index"], kind="stable", ignore_index=True)
 
 
-def _step_rows(step_folds: pd.DataFrame, *, rope: float, alpha: float) -> list[dict]:
-    from mlflow_mnist.results import rank_key
+def _starts(values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values begins in a sorted array, and its end."""
+    changes = np.flatnonzero(values[1:] != values[:-1]) + 1
+    return np.concatenate([[0], changes, [len(values)]])
 
-    n_folds = int(step_folds["n_folds"].max())
-    n_expected = int(step_folds["n_splits"].max())
-    table = step_folds.pivot_table(index="split", columns="candidate", values="accuracy", aggfunc="first")
-    rows = {}
-    for candidate, group in step_folds.groupby("candidate", sort=False):
-        healthy = group[group["status"] == "ok"]
-        n_collapsed = int(sum(collapsed(a, c) for a, c in zip(healthy["accuracy"], healthy["chance"], strict=True)))
-        scores = group["accuracy"].dropna().to_numpy(float)
-        se, low, high = _mean_interval(scores, n_folds) if len(scores) else (math.nan, math.nan, math.nan)
-        first = group.iloc[0]
-        rows[candidate] = {
-            "step": first["step"],
-            "step_order": first["step_order"],
-            "candidate": candidate,
-            "candidate_index": int(first["candidate_index"]),
-            "value": first["value"],
-            "varied": first["varied"],
-            "is_incumbent": bool(first["is_incumbent"]),
-            "n_splits": len(group),
-            "mean": float(np.mean(scores)) if len(scores) else math.nan,
-            "std": float(np.std(scores)) if len(scores) else math.nan,
-            "se": se,
-            "ci_low": low,
-            "ci_high": high,
-            "status": candidate_status(list(group["status"]), n_collapsed, n_expected),
-            "collapsed_folds": n_collapsed,
-            "diverged": bool((group["status"] == "diverged").any()),
-        }
-    ordered = sorted(rows.values(), key=lambda r: r["candidate_index"])
-    ranked = sorted(
-        ordered,
+
+def _candidate_row(column: dict, begin: int, stop: int, *, n_folds: int, n_expected: int) -> dict:
+    statuses = [str(s) for s in column["status"][begin:stop]]
+    accuracies = column["accuracy"][begin:stop].astype(float)
+    health = candidate_health(statuses, accuracies, column["chance"][begin:stop].astype(float), n_expected=n_expected)
+    scores = accuracies[~np.isnan(accuracies)]
+    se, low, high = mean_interval(scores, n_folds) if len(scores) else (math.nan, math.nan, math.nan)
+    n_diverged = statuses.count("diverged")
+    return {
+        "step": column["step"][begin],
+        "step_order": column["step_order"][begin],
+        "candidate": column["candidate"][begin],
+        "candidate_index": int(column["candidate_index"][begin]),
+        "value": column["value"][begin],
+        "varied": column["varied"][begin],
+        "role": column["role"][begin],
+        "is_incumbent": bool(column["is_incumbent"][begin]),
+        "is_reference": bool(column["is_reference"][begin:stop].any()),
+        "n_splits": stop - begin,
+        "mean": float(np.mean(scores)) if len(scores) else math.nan,
+        "std": float(np.std(scores)) if len(scores) else math.nan,
+        "se": se,
+        "ci_low": low,
+        "ci_high": high,
+        "status": health.status,
+        "collapsed_folds": health.n_collapsed,
+        "diverged_folds": n_diverged,
+        "breakdowns": health.n_collapsed + n_diverged,
+        "trained_folds": n_diverged + statuses.count("ok"),
+        "diverged": n_diverged > 0,
+    }
+
+
+def _pick_best(ordered: list[dict]) -> dict:
+    """The search's choice: the best grid point by :func:`~mlflow_mnist.results.rank_key` (an extra reference
+    candidate never competes; it repeats the carried-in configuration)."""
+    eligible = [r for r in ordered if r["role"] != REFERENCE] or ordered
+    return min(
+        eligible,
         key=lambda r: rank_key(
             {"status": r["status"], "mean_test_score": r["mean"], "std_test_score": r["std"]}, r["candidate_index"]
         ),
     )
-    best = ranked[0]["candidate"]
-    healthy = [r for r in ordered if r["status"] == "ok"]
-    incumbents = [r for r in healthy if r["is_incumbent"]]
-    reference = incumbents[0]["candidate"] if incumbents else best
-    comparisons = {}
-    for row in healthy:
-        if row["candidate"] != reference:
-            both = table[[row["candidate"], reference]].dropna()
-            comparisons[row["candidate"]] = compare(
-                both.iloc[:, 0].to_numpy(), both.iloc[:, 1].to_numpy(), n_folds=n_folds, rope=rope
-            )
-    adjusted = dict(zip(comparisons, holm([c.p_value for c in comparisons.values()]), strict=True))
+
+
+def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float) -> list[dict]:
+    n_folds = int(column["n_folds"][begin:stop].max())
+    n_expected = int(column["n_splits"][begin:stop].max())
+    splits = column["split"][begin:stop].astype(int)
+    starts = _starts(column["candidate"][begin:stop]) + begin
+    slices = list(zip(starts[:-1], starts[1:], strict=True))
+    rows = [_candidate_row(column, a, b, n_folds=n_folds, n_expected=n_expected) for a, b in slices]
+    # candidates x splits, NaN where a fold is missing: comparisons pair by split.
+    matrix = np.full((len(rows), int(splits.max()) + 1), np.nan)
+    for number, (a, b) in enumerate(slices):
+        matrix[number, splits[a - begin : b - begin]] = column["accuracy"][a:b].astype(float)
+    for number, row in enumerate(rows):
+        row["_scores"] = matrix[number]
+    ordered = sorted(rows, key=lambda r: r["candidate_index"])
+    best = _pick_best(ordered)
+    references = [r for r in ordered if r["is_reference"]]
+    reference = references[-1] if references else None  # the extra reference candidate comes last
+    flagged = column["reference_reused"][begin:stop][column["is_reference"][begin:stop]]
+    reused = bool(reference is not None and flagged.any())
+    usable = reference is not None and reference["status"] == "ok"
+    state = MISSING if reference is None else (REUSED if reused else FRESH)
+
+    comparisons: dict[str, Comparison] = {}
+    if usable:
+        for row in ordered:
+            if row["status"] == "ok" and row is not reference:
+                paired = ~np.isnan(row["_scores"]) & ~np.isnan(reference["_scores"])
+                comparisons[row["candidate"]] = compare(
+                    row["_scores"][paired], reference["_scores"][paired], n_folds=n_folds, rope=rope
+                )
+    breakdown_p = breakdown_test([r["breakdowns"] for r in ordered], [r["trained_folds"] for r in ordered])
+    family: dict[str | None, float] = {name: c.p_value for name, c in comparisons.items()}
+    if sum(r["breakdowns"] for r in ordered) >= 2:
+        family[None] = breakdown_p  # the breakdown test joins the step's Holm family
+    adjusted = dict(zip(family, holm(list(family.values())), strict=True))
+    levels = dict(zip(family, holm_levels(list(family.values()), alpha), strict=True))
+
     for row in ordered:
         name = row["candidate"]
         row.update(
-            is_best=name == best,
-            is_reference=name == reference,
-            reference=reference,
-            delta=row["mean"] - rows[reference]["mean"],
+            is_best=row is best,
+            reference=reference["candidate"] if reference is not None else "",
+            reference_value=reference["value"] if reference is not None else "",
+            reference_state=state,
+            reference_reused=reused,
+            breakdown_p=breakdown_p,
+            breakdown_p_adjusted=adjusted.get(None, math.nan),
+            delta=math.nan,
             delta_low=math.nan,
             delta_high=math.nan,
+            interval_level=math.nan,
+            threshold=math.nan,
+            p_value=math.nan,
+            effect_p=math.nan,
             p_adjusted=math.nan,
+            holm_level=math.nan,
+            direction="",
             repeats_needed=math.nan,
         )
-        if row["status"] != "ok":
+        if row is reference:
+            row["verdict"] = REFERENCE if usable else row["status"]
+            row["delta"] = 0.0 if usable else math.nan
+        elif row["status"] != "ok":
             row["verdict"] = row["status"]
-        elif name == reference:
-            row["verdict"] = REFERENCE
+        elif name not in comparisons:
+            row["verdict"] = NO_REFERENCE if reference is None else REFERENCE_UNHEALTHY
         else:
-            comparison = comparisons[name]
-            row["delta_low"], row["delta_high"] = comparison.interval()
-            row["p_adjusted"] = adjusted[name]
-            row["verdict"] = comparison.verdict(adjusted[name], alpha)
+            comparison, level = comparisons[name], levels[name]
+            row["delta"] = comparison.mean
+            row["delta_low"], row["delta_high"], row["interval_level"] = comparison.decision_interval(level)
+            row.update(
+                threshold=comparison.threshold(level, rope),
+                p_value=comparison.p_value,
+                effect_p=comparison.effect_p,
+                p_adjusted=adjusted[name],
+                holm_level=level,
+                direction=comparison.direction,
+                verdict=comparison.verdict(adjusted[name], alpha),
+            )
             if row["verdict"] == UNDECIDED:
                 # The Holm level this candidate would face if it were the next to be decided.
-                level = alpha / max(1, sum(p >= adjusted[name] for p in adjusted.values()))
-                both = table[[name, reference]].dropna()
-                variance = float(np.var(both.iloc[:, 0] - both.iloc[:, 1], ddof=1)) if len(both) > 1 else math.nan
+                next_level = alpha / max(1, sum(p >= adjusted[name] for p in adjusted.values()))
+                paired = ~np.isnan(row["_scores"]) & ~np.isnan(reference["_scores"])
+                differences = row["_scores"][paired] - reference["_scores"][paired]
+                variance = float(np.var(differences, ddof=1)) if len(differences) > 1 else math.nan
                 aim = comparison.direction if abs(comparison.mean) > rope else EQUIVALENT
                 needed = repeats_to_decide(
-                    comparison, n_folds=n_folds, variance=variance, rope=rope, alpha=level, verdict=aim
+                    comparison, n_folds=n_folds, variance=variance, rope=rope, alpha=next_level, verdict=aim
                 )
-                row["repeats_needed"] = math.nan if needed is None else needed
+                row["repeats_needed"] = math.nan if needed is None else float(needed)
+    for row in ordered:
+        del row["_scores"]
     return ordered
 
 
-def step_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per step: the step's verdict, its reference and best, and how its candidates fell."""
-    rows = []
-    for step, group in summary.groupby("step", sort=False):
-        best = group[group["is_best"]].iloc[0]
-        reference = group[group["is_reference"]].iloc[0]
-        counts = group["verdict"].value_counts()
-        decisive = counts.get(BETTER, 0) + counts.get(WORSE, 0) + sum(counts.get(s, 0) for s in UNHEALTHY)
-        undecided = group[group["verdict"] == UNDECIDED]
-        if decisive:
-            verdict = EFFECT
-        elif len(undecided):
-            verdict = STEP_UNDECIDED
-        else:
-            verdict = NO_EFFECT
-        needed = undecided["repeats_needed"]
-        rows.append(
-            {
-                "step": step,
-                "step_order": best["step_order"],
-                "varied": best["varied"],
-                "verdict": verdict,
-                "best": best["candidate"],
-                "best_value": best["value"],
-                "best_mean": best["mean"],
-                "best_std": best["std"],
-                "reference": reference["candidate"],
-                "reference_is_incumbent": bool(reference["is_incumbent"]),
-                "n_candidates": len(group),
-                "n_better": int(counts.get(BETTER, 0)),
-                "n_worse": int(counts.get(WORSE, 0)),
-                "n_equivalent": int(counts.get(EQUIVALENT, 0)),
-                "n_undecided": len(undecided),
-                "n_unstable": int(counts.get("unstable", 0)),
-                "n_diverged": int(counts.get("diverged", 0) + counts.get("failed", 0)),
-                "repeats_needed": float(needed.max()) if len(needed) and needed.notna().all() else math.nan,
-                "sentence": sentence(group),
-            }
-        )
-    return pd.DataFrame(rows)
+# -- per step ---------------------------------------------------------------------------------------------------
 
 
-def _values(rows: pd.DataFrame) -> str:
-    values = list(rows["value"])
+def step_verdicts(summary: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per step: its verdict, reference and best, how its candidates fell, its health row, and the
+    p-values of its two possible claims (``p_effect``, ``p_no_effect``) for a campaign-level correction."""
+    steps: dict[str, list[dict]] = {}
+    for row in summary.to_dict("records"):
+        steps.setdefault(row["step"], []).append(row)
+    return pd.DataFrame([_step_verdict(rows, alpha) for rows in steps.values()])
+
+
+def _step_verdict(rows: list[dict], alpha: float) -> dict:
+    first = rows[0]
+    best = next(r for r in rows if r["is_best"])
+    reference = next((r for r in rows if r["is_reference"]), None)
+    usable = reference is not None and reference["status"] == "ok"
+    count = {}
+    for row in rows:
+        count[row["verdict"]] = count.get(row["verdict"], 0) + 1
+    compared = [r for r in rows if r["p_adjusted"] == r["p_adjusted"]]
+    others = [r for r in rows if not r["is_reference"]]
+    breakdown_adjusted = first["breakdown_p_adjusted"]
+    # The p-values of the step's two possible claims; 1 where the data point elsewhere, NaN where nothing was
+    # tested (no usable reference and no breakdown test), so the campaign's families are the steps that tested.
+    claims = [r["p_adjusted"] for r in compared if r["direction"] in (BETTER, WORSE)]
+    if breakdown_adjusted == breakdown_adjusted:
+        claims.append(breakdown_adjusted)
+    tested = bool(compared) or breakdown_adjusted == breakdown_adjusted
+    p_effect = min(claims, default=1.0) if tested else math.nan
+    all_equivalent = len(compared) == len(others) and all(r["direction"] == EQUIVALENT for r in compared)
+    p_no_effect = (max(r["p_adjusted"] for r in compared) if all_equivalent else 1.0) if compared else math.nan
+    breakdown_depends = breakdown_adjusted < alpha
+    undecided = [r for r in rows if r["verdict"] == UNDECIDED]
+    if count.get(BETTER, 0) + count.get(WORSE, 0) or breakdown_depends:
+        verdict = EFFECT
+    elif usable and others and all(r["verdict"] == EQUIVALENT for r in others):
+        verdict = NO_EFFECT
+    else:
+        verdict = STEP_UNDECIDED
+    needed = [r["repeats_needed"] for r in undecided]
+    conclusion, health = conclusion_sentence(rows), health_sentence(rows, alpha)
+    return {
+        "step": first["step"],
+        "step_order": first["step_order"],
+        "varied": first["varied"],
+        "verdict": verdict,
+        "best": best["candidate"],
+        "best_value": best["value"],
+        "best_mean": best["mean"],
+        "best_std": best["std"],
+        "reference": first["reference"],
+        "reference_value": first["reference_value"],
+        "reference_state": first["reference_state"],
+        "reference_status": reference["status"] if reference is not None else "",
+        "reference_reused": bool(first["reference_reused"]),
+        "reference_is_incumbent": bool(reference is not None and reference["is_incumbent"]),
+        "n_candidates": len(rows),
+        "n_better": count.get(BETTER, 0),
+        "n_worse": count.get(WORSE, 0),
+        "n_equivalent": count.get(EQUIVALENT, 0),
+        "n_undecided": len(undecided),
+        "n_unstable": count.get("unstable", 0),
+        "n_diverged": count.get("diverged", 0),
+        "n_failed": count.get("failed", 0),
+        "n_incomplete": count.get("incomplete", 0),
+        "breakdowns": sum(r["breakdowns"] for r in rows),
+        "breakdown_p": float(first["breakdown_p"]),
+        "breakdown_depends": bool(breakdown_depends),
+        "p_effect": p_effect,
+        "p_no_effect": p_no_effect,
+        "repeats_needed": max(needed) if needed and all(n == n for n in needed) else math.nan,
+        "conclusion": conclusion,
+        "health": health,
+        "sentence": conclusion + (f". Health: {health}" if health else ""),
+    }
+
+
+def _label(row: dict) -> str:
+    return f"{row['value']} (reference)" if row.get("role") == REFERENCE else str(row["value"])
+
+
+def _values(rows: list[dict]) -> str:
+    values = [_label(r) for r in rows]
     return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
 
 
-def sentence(group: pd.DataFrame) -> str:
-    """The step's conclusion in one plain sentence, e.g. "(1, 1) collapses on 2 of 3 folds; (5, 5) and (7, 7)
-    are practically equivalent to the carried-in (3, 3)"."""
-    reference = group[group["is_reference"]].iloc[0]
-    against = f"the carried-in {reference['value']}" if reference["is_incumbent"] else f"the best, {reference['value']}"
+def conclusion_sentence(rows: list[dict]) -> str:
+    """The step's accuracy conclusion in plain words (``rows``: its summary rows as records), e.g.
+    "(5, 5) (+0.42 points) is better than the reference (3, 3) (the carried-in value, trained afresh)"."""
+    first = rows[0]
+    reference = next((r for r in rows if r["is_reference"]), None)
+    if reference is None:
+        return (
+            "no reference: the carried-in value was not trained in this step, so no candidate is compared "
+            "(the step's best, chosen after its scores, would be a biased reference)"
+        )
+    if reference["status"] != "ok":
+        return (
+            f"the reference {reference['value']} is {reference['status']}, so no candidate is compared and the "
+            "step stays undecided"
+        )
+    if first["reference_state"] == REUSED:
+        against = f"the carried-in {reference['value']} (its folds reused from the step that chose it)"
+    else:
+        against = f"the reference {reference['value']} (the carried-in value, trained afresh)"
     parts = []
-    unstable = group[group["verdict"] == "unstable"]
-    for (collapsed_folds, n_splits), rows in unstable.groupby(["collapsed_folds", "n_splits"], sort=False):
-        verb = "collapses" if len(rows) == 1 else "collapse"
-        parts.append(f"{_values(rows)} {verb} to chance on {collapsed_folds} of {n_splits} folds")
-    for status, verb in (("diverged", "diverges"), ("failed", "fails"), ("incomplete", "has missing folds")):
-        rows = group[group["verdict"] == status]
-        if len(rows):
-            parts.append(f"{_values(rows)} {verb if len(rows) == 1 else verb.removesuffix('s')}")
     for verdict in (BETTER, WORSE):
-        rows = group[group["verdict"] == verdict]
-        if len(rows):
-            listed = _values(rows.assign(value=[f"{r.value} ({100 * r.delta:+.2f} points)" for r in rows.itertuples()]))
-            parts.append(f"{listed} {'is' if len(rows) == 1 else 'are'} {verdict} than {against}")
-    equivalent = group[group["verdict"] == EQUIVALENT]
-    if len(equivalent):
+        chosen = [
+            {**r, "role": "", "value": f"{_label(r)} ({100 * r['delta']:+.2f} points)"}
+            for r in rows
+            if r["verdict"] == verdict
+        ]
+        if chosen:
+            parts.append(f"{_values(chosen)} {'is' if len(chosen) == 1 else 'are'} {verdict} than {against}")
+    equivalent = [r for r in rows if r["verdict"] == EQUIVALENT]
+    if equivalent:
         verb = "is" if len(equivalent) == 1 else "are"
         parts.append(f"{_values(equivalent)} {verb} practically equivalent to {against}")
-    undecided = group[group["verdict"] == UNDECIDED]
-    if len(undecided):
-        verb = "is" if len(undecided) == 1 else "are"
-        needed = undecided["repeats_needed"]
-        if needed.notna().all():
-            hint = f"about {int(needed.max())} repeats of the split would decide it"
+    undecided = [r for r in rows if r["verdict"] == UNDECIDED]
+    if undecided:
+        needed = [r["repeats_needed"] for r in undecided]
+        if all(n == n for n in needed):
+            hint = f"about {int(max(needed))} repeats of the split would decide it"
         else:
             hint = "repeats will not decide it: the correction's floor is wider than the ROPE; more folds or data would"
+        verb = "is" if len(undecided) == 1 else "are"
         parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
     if not parts:
-        parts.append(f"only {reference['value']} is usable")
+        parts.append(f"only the reference {reference['value']} is usable")
+    text = "; ".join(parts)
+    if first["reference_reused"]:
+        text += (
+            "; the reference's folds won the previous step, so they are high by selection: 'worse' is claimed "
+            "too often (about 0.07 instead of 0.05 in simulation)"
+        )
+    return text
+
+
+def health_sentence(rows: list[dict], alpha: float = ALPHA) -> str:
+    """The step's health row: which candidates broke down, lost folds or failed, and whether the breakdowns
+    depend on the parameter (exact test, Holm-adjusted in the step's family); empty when all is well."""
+    parts = []
+    for count, verb in (("collapsed_folds", "collapse{s} to chance on"), ("diverged_folds", "diverge{s} on")):
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for row in rows:
+            if row[count]:
+                groups.setdefault((row[count], row["n_splits"]), []).append(row)
+        for (broken, n_splits), group in groups.items():
+            verb_form = verb.format(s="s" if len(group) == 1 else "")
+            parts.append(f"{_values(group)} {verb_form} {broken} of {n_splits} folds")
+    missing = (("failed", "fails", "fail"), ("incomplete", "has missing folds", "have missing folds"))
+    for status, one, several in missing:
+        group = [r for r in rows if r["status"] == status]
+        if group:
+            parts.append(f"{_values(group)} {one if len(group) == 1 else several}")
+    if not parts:
+        return ""
+    total = sum(r["breakdowns"] for r in rows)
+    adjusted = rows[0]["breakdown_p_adjusted"]
+    if total >= 2:
+        if adjusted < alpha:
+            parts.append(f"breakdowns depend on the parameter (exact test, Holm p = {adjusted:.2g})")
+        else:
+            parts.append(f"not shown to depend on the parameter (exact test, Holm p = {adjusted:.2g})")
+    elif total == 1:
+        parts.append("one breakdown cannot show a dependence on the parameter")
+    if any(r["status"] in ("failed", "incomplete") for r in rows):
+        parts.append("missing and failed folds are never an effect")
     return "; ".join(parts)
 
 
-def paired_noise_se(scores: np.ndarray, n_folds: int) -> tuple[float, int]:
-    """Standard error of one candidate's mean relative to the others, and its degrees of freedom.
-
-    ``scores`` is candidates x splits. Candidates share their splits, so the split-to-split noise they share
-    cancels; what remains is the candidate x split interaction (Tukey's repeated-measures error term), scaled
-    by the corrected repeated k-fold factor for overlapping training sets.
-    """
-    m, n = scores.shape
-    if m < 2 or n < 2:
-        return math.nan, 0
-    residual = scores - scores.mean(axis=1, keepdims=True) - scores.mean(axis=0, keepdims=True) + scores.mean()
-    df = (m - 1) * (n - 1)
-    variance = float((residual**2).sum()) / df
-    return math.sqrt(variance * (1.0 / n + 1.0 / (n_folds - 1))), df
+# -- across the campaign ----------------------------------------------------------------------------------------
 
 
-def importance(
-    summary: pd.DataFrame, verdicts: pd.DataFrame, folds: pd.DataFrame, alpha: float = ALPHA
-) -> pd.DataFrame:
-    """Per step: the spread of candidates' mean accuracy, and the spread pure noise would give that many.
+def campaign_correction(verdicts: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Which step decisions survive Holm's correction across the campaign's steps.
 
-    The noise spread is the studentized range's (1 - alpha) quantile for that many candidates times the paired,
-    corrected standard error of a mean (:func:`paired_noise_se`): a spread beyond it is more than noise. The
-    colour and label of each bar are the step's verdict, so the figure never says something the verdicts do not.
-    """
+    Two families, each at familywise ``alpha``: the steps' "effect" claims (p-value ``p_effect``: the smallest
+    Holm-adjusted p among the step's better/worse directions and breakdown test) over every step that tested
+    for one, and their "no practical effect" claims (``p_no_effect``: the largest adjusted p of the step's
+    equivalences) over every step that compared candidates. Holm, not Benjamini-Hochberg: the steps share one
+    data set and its splits, so their p-values depend on each other in ways BH's positive-dependence condition
+    does not cover for certain, while Holm holds under any dependence; and a step's verdict is acted on one at a
+    time (a false "effect" changes what the campaign carries forward), so the error to bound is any false claim,
+    not their share."""
     rows = []
-    verdict_of = verdicts.set_index("step")["verdict"]
-    for step, group in summary.groupby("step", sort=False):
-        scored = group[group["mean"].notna()]
-        if scored.empty:
-            continue
-        healthy = set(group.loc[group["status"] == "ok", "candidate"])
-        step_folds = folds[(folds["step"] == step) & folds["candidate"].isin(healthy)]
-        table = step_folds.pivot_table(index="candidate", columns="split", values="accuracy", aggfunc="first")
-        se, df = paired_noise_se(table.dropna(axis=1).to_numpy(float), int(step_folds["n_folds"].max() or 3))
-        m = len(table)
-        noise = float(stats.studentized_range.ppf(1 - alpha, m, df) * se) if df > 0 else math.nan
-        spread = float(scored["mean"].max() - scored["mean"].min())
-        rows.append(
-            {
-                "step": step,
-                "step_order": group["step_order"].iloc[0],
-                "varied": group["varied"].iloc[0],
-                "spread": spread,
-                "noise_spread": noise,
-                "ratio": spread / noise if noise > 0 else (math.inf if spread > 0 else 0.0),
-                "verdict": verdict_of[step],
-            }
-        )
-    columns = ["step", "step_order", "varied", "spread", "noise_spread", "ratio", "verdict"]
-    return pd.DataFrame(rows, columns=columns)
+    for claim, column, made in (("effect", "p_effect", EFFECT), ("no practical effect", "p_no_effect", NO_EFFECT)):
+        family = verdicts[verdicts[column].notna()]
+        corrected = holm(family[column].tolist()) if len(family) else []
+        for (_, step), p_campaign in zip(family.iterrows(), corrected, strict=True):
+            if step["verdict"] != made:
+                continue
+            rows.append(
+                {
+                    "step": step["step"],
+                    "claim": claim,
+                    "p_step": float(step[column]),
+                    "p_campaign": float(p_campaign),
+                    "family_size": len(family),
+                    "survives": p_campaign < alpha,
+                }
+            )
+    return pd.DataFrame(rows, columns=["step", "claim", "p_step", "p_campaign", "family_size", "survives"])
+
+
+def _p(value: float) -> str:
+    return "< 0.0001" if value < 1e-4 else f"{value:.2g}"
+
+
+def campaign_sentence(correction: pd.DataFrame, n_steps: int, alpha: float = ALPHA) -> str:
+    """The report's campaign-level line."""
+    if correction.empty:
+        return f"No step of the {n_steps} made a claim (effect or no practical effect), so none needs correcting."
+    parts = []
+    for claim, rows in correction.groupby("claim", sort=False):
+        size = int(rows["family_size"].iloc[0])
+        kept = rows[rows["survives"]]
+        lost = rows[~rows["survives"]]
+        text = f"{len(kept)} of {len(rows)} '{claim}' verdicts survive Holm across the {size} steps that tested it"
+        if len(kept):
+            text += ": " + ", ".join(f"{r.step} (p {_p(r.p_campaign)})" for r in kept.itertuples())
+        if len(lost):
+            text += "; not: " + ", ".join(f"{r.step} (p {_p(r.p_campaign)})" for r in lost.itertuples())
+        parts.append(text)
+    return f"Across the campaign (familywise alpha = {alpha} per kind of claim): " + ". ".join(parts) + "."
+
+
+IMPORTANCE_COLUMNS = [
+    "step",
+    "step_order",
+    "varied",
+    "verdict",
+    "candidate",
+    "value",
+    "shift",
+    "needed",
+    "ratio",
+    "beyond_noise",
+    "breakdown_effect",
+]
+
+# -- importance -------------------------------------------------------------------------------------------------
+
+
+def importance(summary: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Per step: the largest move a candidate made from the reference, against the move its test needed.
+
+    From the verdicts' own test, on the same candidates (the healthy ones compared with the reference): for each,
+    the move needed to be called better or worse at its Holm level (the ROPE plus the half-width of its decision
+    interval, :meth:`Comparison.threshold`). The step's bar is the candidate that went furthest relative to its
+    need; the bar passes its tick exactly when some candidate is better or worse, so this figure and the
+    verdicts cannot disagree. Steps without a usable reference have no bar (n/a)."""
+    if summary.empty:
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+    verdict_of = dict(zip(verdicts["step"], verdicts["verdict"], strict=True))
+    steps: dict[str, list[dict]] = {}
+    for record in summary.to_dict("records"):
+        steps.setdefault(record["step"], []).append(record)
+    rows = []
+    for step, group in steps.items():
+        first = group[0]
+        row = {
+            "step": step,
+            "step_order": first["step_order"],
+            "varied": first["varied"],
+            "verdict": verdict_of[step],
+            "candidate": "",
+            "value": "",
+            "shift": math.nan,
+            "needed": math.nan,
+            "ratio": math.nan,
+            "beyond_noise": False,
+            "breakdown_effect": bool(first["breakdown_p_adjusted"] < ALPHA),
+        }
+        compared = [r for r in group if r["threshold"] == r["threshold"]]
+        if compared:
+            top = max(compared, key=lambda r: abs(r["delta"]) / r["threshold"])
+            row.update(
+                candidate=top["candidate"],
+                value=top["value"],
+                shift=abs(float(top["delta"])),
+                needed=float(top["threshold"]),
+                ratio=abs(float(top["delta"])) / float(top["threshold"]),
+                beyond_noise=bool(abs(top["delta"]) > top["threshold"]),
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)

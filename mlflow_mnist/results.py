@@ -6,7 +6,7 @@ The ranking rule lives here alone, so the search and the analysis name the same 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,19 +39,50 @@ class FoldResult:
     first_epoch: int = 0  # epochs its model had trained before (a continued fold): its curves start after them
 
 
-#: A healthy-looking fold that scores within this many accuracy points of guessing has collapsed.
-COLLAPSE_MARGIN = 0.05
 #: Candidate statuses; every one but "ok" ranks after every "ok" candidate, in search and analysis alike.
 STATUSES = ("ok", "unstable", "incomplete", "diverged", "failed")
+#: A fold is *near chance* when it keeps at most this share of the way from guessing (the held-out fold's
+#: majority-class rate) to a perfect score: up to 0.63 on two classes (chance 0.51), 0.33 on ten (chance 0.11).
+NEAR_CHANCE = 1 / 4
+#: ... and *far below its candidate* when the candidate's best other fold is at least this share of that way
+#: higher. A candidate slow on every fold (a 1-epoch sample stage at 0.55 on two classes) is not collapsed.
+FAR_BELOW = 1 / 2
 
 
-def collapsed(accuracy: float, chance: float) -> bool:
-    """A fold whose held-out accuracy is within :data:`COLLAPSE_MARGIN` of the majority-class rate."""
-    return accuracy == accuracy and accuracy <= chance + COLLAPSE_MARGIN
+@dataclass(frozen=True)
+class Health:
+    """One candidate's status and, per fold given, whether that fold collapsed."""
+
+    status: str
+    collapsed: tuple[bool, ...]
+
+    @property
+    def n_collapsed(self) -> int:
+        return sum(self.collapsed)
 
 
-def candidate_status(fold_statuses: list[str], n_collapsed: int, n_expected: int) -> str:
-    """failed > diverged > incomplete (folds missing) > unstable (a fold collapsed to chance) > ok."""
+def skill(accuracy: float, chance: float) -> float:
+    """Share of the way from guessing (``chance``, the majority-class rate) to a perfect score: 0 at chance, 1 at
+    100%. It puts two and ten classes on one scale; the majority rate is at least 1/classes, so the number of
+    classes is not needed."""
+    if not (math.isfinite(accuracy) and math.isfinite(chance)) or chance >= 1:
+        return math.nan
+    return (accuracy - chance) / (1 - chance)
+
+
+def collapsed_folds(accuracies: Sequence[float], chances: Sequence[float]) -> tuple[bool, ...]:
+    """Which of one candidate's trained folds collapsed: near chance (:data:`NEAR_CHANCE`) *and* far below the
+    candidate's best other fold (:data:`FAR_BELOW`). Give the folds that trained (status "ok") only."""
+    skills = [skill(a, c) for a, c in zip(accuracies, chances, strict=True)]
+    flags = []
+    for index, own in enumerate(skills):
+        others = [s for i, s in enumerate(skills) if i != index and s == s]
+        flags.append(bool(others) and own == own and own <= NEAR_CHANCE and max(others) - own >= FAR_BELOW)
+    return tuple(flags)
+
+
+def candidate_status(fold_statuses: Sequence[str], n_collapsed: int, n_expected: int) -> str:
+    """failed > diverged > incomplete (folds missing) > unstable (a fold collapsed) > ok."""
     if "failed" in fold_statuses:
         return "failed"
     if "diverged" in fold_statuses:
@@ -61,6 +92,20 @@ def candidate_status(fold_statuses: list[str], n_collapsed: int, n_expected: int
     return "unstable" if n_collapsed else "ok"
 
 
+def candidate_health(
+    fold_statuses: Sequence[str], accuracies: Sequence[float], chances: Sequence[float], *, n_expected: int
+) -> Health:
+    """The one health rule of the search and the analysis: a candidate's status from its folds' statuses,
+    accuracies and chance levels (parallel sequences), ``n_expected`` folds planned. Only folds with status "ok"
+    can collapse, judged against the candidate's other "ok" folds; the others are flagged False."""
+    trained = [i for i, status in enumerate(fold_statuses) if status == "ok"]
+    flags = collapsed_folds([accuracies[i] for i in trained], [chances[i] for i in trained])
+    per_fold = [False] * len(fold_statuses)
+    for i, flag in zip(trained, flags, strict=True):
+        per_fold[i] = flag
+    return Health(candidate_status(fold_statuses, sum(flags), n_expected), tuple(per_fold))
+
+
 def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> list[dict[str, Any]]:
     """One row per candidate, scikit-learn style: params, split<k>_test_score, mean/std/min, rank, status."""
     rows = []
@@ -68,7 +113,7 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
         folds = [results[key] for key in candidate.fold_keys]
         scores = np.array([f.accuracy for f in folds], dtype=float)
         statuses = [f.status for f in folds]
-        n_collapsed = sum(f.status == "ok" and collapsed(f.accuracy, f.chance) for f in folds)
+        health = candidate_health(statuses, scores, [f.chance for f in folds], n_expected=len(candidate.fold_keys))
         row: dict[str, Any] = {
             "candidate": candidate.label,
             "params": {key: json_value(value) for key, value in candidate.varied.items()},
@@ -81,8 +126,8 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
             std_test_score=float(np.std(scores)),
             min_test_score=float(np.min(scores)),
             mean_fit_time=float(np.mean([f.fit_seconds for f in folds])),
-            status=candidate_status(statuses, n_collapsed, len(candidate.fold_keys)),
-            collapsed_folds=n_collapsed,
+            status=health.status,
+            collapsed_folds=health.n_collapsed,
             config_hash=candidate.config_hash,
         )
         rows.append(row)
