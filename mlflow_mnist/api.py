@@ -69,6 +69,7 @@ def tune(
     n_jobs: int = -1,
     log_models: bool = True,
     reuse_reference: bool = False,
+    break_lease: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
 ) -> TuneResult:
@@ -104,6 +105,8 @@ def tune(
         precision=precision,
         cv_repeats=cv_repeats,
     )
+    if break_lease:
+        campaign.break_lease(notify or print)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         request = campaign.request(
             stage=stage,
@@ -153,6 +156,7 @@ def final(
     executor: str = "joblib",
     scheduler: str | None = None,
     n_jobs: int = -1,
+    break_lease: bool = False,
     progress: bool = True,
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -174,6 +178,8 @@ def final(
         precision=precision,
         cv_repeats=cv_repeats,
     )
+    if break_lease:
+        campaign.break_lease(notify or print)
     workers = min(resolve_n_jobs(n_jobs), repeats)  # one seed: every core to it
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
         return run_final(campaign, repeats=repeats, executor=pool, search=search or None, progress=progress)
@@ -187,6 +193,7 @@ def promote(
     force: bool = False,
     run_id: str = "",
     model: str = "median",
+    break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Verify the latest (or ``run_id``'s) final's model (``model``: its median seed, or its seeds' ``ensemble``),
@@ -206,6 +213,7 @@ def promote(
         force=force,
         run_id=run_id or None,
         model=model,
+        break_lease=break_lease,
         notify=notify,
     )
 

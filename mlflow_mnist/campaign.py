@@ -10,20 +10,21 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow_mnist import tracking
 from mlflow_mnist.executors import Executor
-from mlflow_mnist.lease import CampaignLease
+from mlflow_mnist.lock import CampaignLock
 from mlflow_mnist.params import HyperparameterError, Params
 from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
 from mlflow_mnist.progress import Progress
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, SETTINGS_KEY
+from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, LOCK_TOKEN, SETTINGS_KEY
 from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
@@ -33,6 +34,25 @@ from mlflow_mnist.worker import DataRef, FoldWorker
 
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
 DATA_ENV_VAR = "MLFLOW_MNIST_DATA"  # the default data source of every task that reads files
+
+
+class NoLock:
+    """The test seam's stand-in for the campaign lock: holds nothing, fences nothing."""
+
+    token = ""
+
+    def fenced(self, client):
+        return client
+
+    def check(self) -> None:
+        pass
+
+
+Hold = CampaignLock | NoLock
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def data_source(task: Task, data: str) -> str:
@@ -132,22 +152,45 @@ class Campaign:
         name = f"{self.task.name}-{self.data.variant}-{split}"
         return mlflow.data.from_numpy(features=x, targets=y, name=name, digest=self.data.digest(split))
 
-    def writer(self) -> RunWriter:
+    def writer(self, hold: Hold) -> RunWriter:
+        """The run writer of one command, writing through the lock's fenced client: a driver that has lost its
+        lock writes nothing more; every run carries its holder's token (close_stale_runs spares them)."""
         return RunWriter(
-            self.client,
+            hold.fenced(self.client),
             self.experiment_id,
             dataset=self.dataset("train"),
             common_tags={
                 DIGEST: self.settings.data_digest,
                 SETTINGS_KEY: self.settings.key(),
                 DATA_SOURCE: self.data.source,
+                **({LOCK_TOKEN: hold.token} if hold.token else {}),
             },
             adopted_run_id=self.adopt_run_id,
         )
 
-    def lease(self) -> CampaignLease:
-        """This driver's hold on the experiment: only one driver may write it at a time."""
-        return CampaignLease(self.client, self.experiment_id, command=" ".join(["mlflow-mnist", *sys.argv[1:4]]))
+    def break_lease(self, notify: Callable[[str], None]) -> None:
+        """``--break-lease``: break the lock of a holder that is gone from another machine (one still running on
+        this machine is refused), saying whose it was."""
+        from mlflow_mnist.lock import break_lock
+
+        command = " ".join(["mlflow-mnist", *sys.argv[1:4]])
+        whom = break_lock(self.client, self.experiment_id, command=command, notify=notify)
+        notify(f"broke the lease of {whom}" if whom else "--break-lease: nobody held this experiment")
+
+    @contextmanager
+    def hold(self, *, lock: bool = True, notify: Callable[[str], None] | None = None) -> Iterator[Hold]:
+        """This driver's hold on the experiment (:class:`mlflow_mnist.lock.CampaignLock`): only one driver writes
+        it at a time. Runs that earlier holders left RUNNING are closed once it is held. ``lock=False`` (the test
+        seam) holds nothing."""
+        if not lock:
+            yield NoLock()
+            return
+        command = " ".join(["mlflow-mnist", *sys.argv[1:4]])
+        with CampaignLock(self.client, self.experiment_id, command=command, notify=notify or _stderr) as held:
+            tracking.close_stale_runs(
+                held.fenced(self.client), self.experiment_id, holder_token=held.token, keep=[self.adopt_run_id or ""]
+            )
+            yield held
 
     def read_state(self) -> StoreState:
         return tracking.read_store_state(
@@ -193,9 +236,13 @@ class Campaign:
 
         ``lock=False`` and ``worker`` (a stand-in for training) are the test seam's (:mod:`mlflow_mnist.testing`).
         """
-        from contextlib import nullcontext
+        with self.hold(lock=lock) as hold:
+            return self._search(
+                strategy, hold, executor=executor, with_model=with_model, progress=progress, worker=worker
+            )
 
-        writer = self.writer()
+    def _search(self, strategy: Strategy, hold: Hold, *, executor, with_model, progress, worker) -> SearchOutcome:
+        writer = self.writer(hold)
         tree = SearchTree(
             writer,
             name=strategy.search_name,
@@ -210,8 +257,7 @@ class Campaign:
         worker = worker or FoldWorker(
             self.task_spec, self.worker_data(), executor.threads_per_worker, with_model, driver_pid=os.getpid()
         )
-        with self.lease() if lock else nullcontext(), writer.closing_on_failure(tracking.tracking_uri()):
-            tracking.close_stale_runs(self.client, self.experiment_id, keep=[self.adopt_run_id or ""])
+        with writer.closing_on_failure(tracking.tracking_uri()):
             outcome = run_search(
                 strategy,
                 settings=self.settings,
@@ -220,6 +266,7 @@ class Campaign:
                 read_state=self.read_state,
                 listeners=[tree, Progress(progress, workers=executor.n_workers)],
                 load_checkpoint=self.load_checkpoint,
+                fence=hold.check,
             )
         outcome.run_id = tree.root
         return outcome

@@ -27,10 +27,10 @@ USER_ERRORS = (DataError, HyperparameterError, StageError)
 def _user_errors() -> tuple[type[Exception], ...]:
     from mlflow_mnist.executors import ExecutorError, NJobsError
     from mlflow_mnist.gate import PromoteInputError
-    from mlflow_mnist.lease import LeaseHeld
+    from mlflow_mnist.lock import LockError
     from mlflow_mnist.tracking import TrackingError
 
-    return (*USER_ERRORS, TrackingError, LeaseHeld, ExecutorError, NJobsError, PromoteInputError)
+    return (*USER_ERRORS, TrackingError, LockError, ExecutorError, NJobsError, PromoteInputError)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -230,6 +230,11 @@ SCHEDULER_OPTION = click.option(
     envvar="DASK_SCHEDULER_ADDRESS",
     help="Dask scheduler address for --executor dask [default: $DASK_SCHEDULER_ADDRESS, else a local cluster].",
 )
+BREAK_LEASE_OPTION = bool_option(
+    "--break-lease",
+    False,
+    "Break the lock a killed driver on another machine left (one still running on this machine is refused).",
+)
 N_JOBS_OPTION = click.option(
     "--n-jobs",
     default=-1,
@@ -276,6 +281,7 @@ N_JOBS_OPTION = click.option(
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
+@BREAK_LEASE_OPTION
 @bool_option("--log-models", True, "Log each fold's model.")
 @bool_option(
     "--reuse-reference",
@@ -318,6 +324,7 @@ def tune(**options) -> None:
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
+@BREAK_LEASE_OPTION
 def final(**options) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
     from mlflow_mnist.api import final as run_final
@@ -348,7 +355,8 @@ def final(**options) -> None:
     type=click.Choice(["median", "ensemble"]),
     help="What to promote: the final's median seed, or its seeds' ensemble (average of their probabilities).",
 )
-def promote(experiment, name, min_accuracy, force, run_id, model) -> None:
+@BREAK_LEASE_OPTION
+def promote(experiment, name, min_accuracy, force, run_id, model, break_lease) -> None:
     """Verify the final's model, compare it with @champion on the same test set, and promote it if the gate allows."""
     from mlflow_mnist.api import promote as run_promote
 
@@ -359,6 +367,7 @@ def promote(experiment, name, min_accuracy, force, run_id, model) -> None:
         force=force,
         run_id=run_id,
         model=model,
+        break_lease=break_lease,
         notify=_notify,
     )
     click.echo(f"promoted: {done['name']} version {done['version']} ({done['kind']}) is @champion ({done['reason']})")

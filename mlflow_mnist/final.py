@@ -108,7 +108,6 @@ def run_final(
         params, source = search_config(campaign, search)
     else:
         params = campaign.final_params(state)
-    writer = campaign.writer()
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
         campaign.task_spec,
@@ -118,8 +117,7 @@ def run_final(
         executor.threads_per_worker,
         driver_pid=os.getpid(),
     )
-    with campaign.lease(), writer.closing_on_failure(tracking.tracking_uri()):
-        tracking.close_stale_runs(campaign.client, campaign.experiment_id, keep=[campaign.adopt_run_id or ""])
+    with campaign.hold() as hold, campaign.writer(hold).closing_on_failure(tracking.tracking_uri()) as writer:
         # The test set's digest and profile are computed once, for the final run and every seed.
         tree = FinalTree(writer, task=campaign.task, data=campaign.data, test_dataset=campaign.dataset("test"))
         parent = tree.start(
@@ -133,6 +131,7 @@ def run_final(
         results = []
         with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
             for result in executor.map_unordered(worker, seeds):
+                hold.check()  # a driver that lost the campaign lock writes nothing more
                 results.append((result, tree.seed_finished(result)))
                 bar.set_postfix_str(f"seed {result.seed}: test accuracy {result.test_accuracy:.4f}")
                 bar.update()

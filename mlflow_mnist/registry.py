@@ -477,7 +477,7 @@ def registry_lock(client, name: str, *, notify: Callable[[str], None] | None = N
     promotion, or lost midway, refuses in one line."""
     from mlflow_mnist.lock import LockError, RegistryLock
 
-    lock = RegistryLock(client, name, command="mlflow-mnist promote", notify=notify)
+    lock = RegistryLock(client, name, command="mlflow-mnist promote", notify=notify, break_hint="promote --break-lease")
     try:
         lock.acquire()
     except LockError as error:
@@ -501,6 +501,7 @@ def promote(
     model: str = "median",
     alpha: float = ALPHA,
     predict: Predict = predicted_labels,
+    break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Verify the latest (or given) final run's median model and make it ``@champion`` if the gate allows.
@@ -523,6 +524,12 @@ def promote(
     predictions = verify_candidate(candidate, data, predict)
     name = name or task.registered_model_name(candidate.task.variant)
     uses = count_test_set_uses(client, candidate.test_digest)
+    if break_lease:  # a promotion killed on another machine left the registered model's lock behind
+        from mlflow_mnist.lock import MODEL, break_lock
+
+        whom = break_lock(client, name, kind=MODEL, command="mlflow-mnist promote --break-lease", notify=notify)
+        if notify is not None:
+            notify(f"broke the lock of {whom}" if whom else f"--break-lease: nobody held {name!r}")
     with registry_lock(client, name, notify=notify) as fenced:
         version, decision, previous = decide_and_register(
             fenced, name, candidate, data, predictions, min_accuracy=min_accuracy, force=force, alpha=alpha,

@@ -118,8 +118,12 @@ class RunWriter:
         from mlflow.exceptions import MlflowException
         from requests.exceptions import RequestException
 
+        from mlflow_mnist.lock import LockLost
+
         try:
             yield self
+        except LockLost:
+            raise  # a driver that lost its lock writes nothing more: the next holder closes these runs
         except KeyboardInterrupt:
             self.abort("KILLED")
             raise

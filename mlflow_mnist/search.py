@@ -137,6 +137,9 @@ class Memory:
             )
 
 
+FENCE_SECONDS = 1.0
+
+
 @dataclass
 class Pending:
     """One group in the engine: its plan, its results so far, the folds still out, and, once every fold is in,
@@ -195,9 +198,10 @@ class Session:
         memory: Memory,
         listeners: Sequence[Listener] = (),
         load_checkpoint: Callable[[str], Mapping[str, bytes] | None] | None = None,
+        fence: Callable[[], None] | None = None,
     ):
         self.settings, self.executor, self.worker, self.memory = settings, executor, worker, memory
-        self.listeners, self.load_checkpoint = list(listeners), load_checkpoint
+        self.listeners, self.load_checkpoint, self.fence = list(listeners), load_checkpoint, fence
         self.n_workers = max(1, executor.n_workers)
         self.outcomes: list[GroupOutcome] = []
         self.clock = IdleClock(self.n_workers)
@@ -227,9 +231,13 @@ class Session:
             if not self._queue and not self._running:
                 return None
             self._dispatch()
-            for handle in self.executor.wait_first(list(self._running)):
+            # Wake up now and then to check the campaign lock: a driver that lost it stops within about a
+            # second, even while a fold trains for minutes (that fold is trained again by the next holder).
+            for handle in self.executor.wait_first(list(self._running), timeout=FENCE_SECONDS):
                 task, pending = self._running.pop(handle)
                 self._fold_done(task, pending, self.executor.result(handle))
+            if self.fence is not None:
+                self.fence()
         return self._finished.popleft()
 
     def evaluate(self, candidates: Sequence[Params | Spec], *, group: Group) -> list[dict[str, Any]]:
@@ -306,6 +314,7 @@ def run_search(
     read_state: Callable[[], StoreState],
     listeners: Sequence[Listener] = (),
     load_checkpoint: Callable[[str], Mapping[str, bytes] | None] | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> SearchOutcome:
     """Run ``strategy`` to the end; every fold goes through ``executor`` as ``worker(task)``.
 
@@ -320,6 +329,7 @@ def run_search(
         memory=Memory(read_state),
         listeners=listeners,
         load_checkpoint=load_checkpoint,
+        fence=fence,
     )
     try:
         strategy.run(session, session.memory)

@@ -15,12 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
 from mlflow_mnist.schema import (
+    ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
     DIGEST,
     FINAL_LEVEL,
     FOLD_KEY,
     FOLD_LEVEL,
     LEVEL,
+    LOCK_TOKEN,
     PARENT,
     SETTINGS_KEY,
     STATUS,
@@ -283,11 +285,20 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
     return state
 
 
-def close_stale_runs(client, experiment: str, keep: Iterable[str] = ()) -> int:
-    """Runs left RUNNING by a killed driver become KILLED; one driver per experiment is assumed."""
+def close_stale_runs(client, experiment: str, *, holder_token: str = "", keep: Iterable[str] = ()) -> int:
+    """Runs left RUNNING by earlier drivers become KILLED. Only call it holding the experiment's lock: every
+    earlier holder has then released it, died on this machine, or lost it by its own clock before we took over,
+    so none of them is still writing. Runs of this holder (``holder_token``) and analysis runs (which hold no
+    lock) are spared."""
     keep = set(keep)
     running = search_all(client, [experiment], f"attributes.status = 'RUNNING' and tags.`{LEVEL}` != ''")
-    stale = [run for run in running if run.info.run_id not in keep]
+    stale = [
+        run
+        for run in running
+        if run.info.run_id not in keep
+        and not (holder_token and run.data.tags.get(LOCK_TOKEN) == holder_token)
+        and run.data.tags.get(LEVEL) != ANALYSIS_LEVEL
+    ]
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)

@@ -69,7 +69,7 @@ class Executor(Protocol):
 
     def submit(self, fn: Callable[[T], R], task: T) -> Any: ...
 
-    def wait_first(self, handles: list[Any]) -> list[Any]: ...
+    def wait_first(self, handles: list[Any], timeout: float | None = None) -> list[Any]: ...
 
     def result(self, handle: Any) -> R: ...
 
@@ -83,8 +83,9 @@ class Executor(Protocol):
 class FuturesMixin:
     """``wait_first`` and ``result`` for executors whose handles are ``concurrent.futures`` futures."""
 
-    def wait_first(self, handles: list[Future]) -> list[Future]:
-        done, _ = wait(handles, return_when=FIRST_COMPLETED)
+    def wait_first(self, handles: list[Future], timeout: float | None = None) -> list[Future]:
+        """The handles that are done, once one is or ``timeout`` seconds have passed (then maybe none)."""
+        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
         return [handle for handle in handles if handle in done]  # in submission order: reproducible
 
     def result(self, handle: Future) -> Any:

@@ -273,8 +273,10 @@ def train_fold(
 ) -> FoldResult:
     """Train and score one fold; never raises for a bad candidate (the record says what happened).
 
-    A resumable fold (successive halving's rungs) continues from ``checkpoint``, the saved model of the fold
-    its task names, when it has one; a resumable fold always returns its model, the next rung's checkpoint."""
+    A resumable fold (successive halving's rungs) continues from ``checkpoint`` (by default the one the engine
+    attached to the task), the saved model of the fold it names; a resumable fold always returns its model, the
+    next rung's checkpoint."""
+    checkpoint = checkpoint if checkpoint is not None else task.checkpoint
     configure_threads(threads)
     import keras
 
