@@ -3,6 +3,12 @@
 The Python API (:mod:`mlflow_mnist.api`): ``tune``, ``final``, ``promote`` and ``analyze``, keyword-only.
 """
 
-from mlflow_mnist.api import analyze, final, promote, tune
+from mlflow_mnist.redaction import quiet_tensorflow_startup
+
+# First thing in every process that imports this package (the CLI, pool and cluster workers unpickling a task,
+# the API's users): TensorFlow prints start-up lines while it loads, before it reads TF_CPP_MIN_LOG_LEVEL.
+quiet_tensorflow_startup()
+
+from mlflow_mnist.api import analyze, final, promote, tune  # noqa: E402
 
 __all__ = ["analyze", "final", "promote", "tune"]

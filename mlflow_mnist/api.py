@@ -81,10 +81,11 @@ def tune(
     """
     import pandas as pd
 
-    from mlflow_mnist.executors import make_executor
+    from mlflow_mnist.executors import make_executor, resolve_n_jobs
     from mlflow_mnist.strategies import STRATEGIES, make_strategy
     from mlflow_mnist.tasks import get_task
 
+    resolve_n_jobs(n_jobs)  # a bad --n-jobs is one line before the experiment exists
     chosen = get_task(task)
     if strategy not in STRATEGIES:
         from mlflow_mnist.params import StageError
@@ -165,6 +166,7 @@ def final(
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
     from mlflow_mnist.final import run_final
 
+    resolve_n_jobs(n_jobs)  # a bad --n-jobs is one line before the experiment exists
     campaign = open_campaign(
         notify=notify,
         task=task,

@@ -22,6 +22,7 @@ from mlflow_mnist.lock import CampaignLock
 from mlflow_mnist.params import HyperparameterError, Params
 from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
 from mlflow_mnist.progress import Progress
+from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, LOCK_TOKEN, SETTINGS_KEY
@@ -162,7 +163,7 @@ class Campaign:
             common_tags={
                 DIGEST: self.settings.data_digest,
                 SETTINGS_KEY: self.settings.key(),
-                DATA_SOURCE: self.data.source,
+                DATA_SOURCE: redact(self.data.source),  # a URL's credentials never reach the store
                 **({LOCK_TOKEN: hold.token} if hold.token else {}),
             },
             adopted_run_id=self.adopt_run_id,
@@ -173,7 +174,7 @@ class Campaign:
         this machine is refused), saying whose it was."""
         from mlflow_mnist.lock import break_lock
 
-        command = " ".join(["mlflow-mnist", *sys.argv[1:4]])
+        command = redact(" ".join(["mlflow-mnist", *sys.argv[1:4]]))
         whom = break_lock(self.client, self.experiment_id, command=command, notify=notify)
         notify(f"broke the lease of {whom}" if whom else "--break-lease: nobody held this experiment")
 
@@ -185,7 +186,7 @@ class Campaign:
         if not lock:
             yield NoLock()
             return
-        command = " ".join(["mlflow-mnist", *sys.argv[1:4]])
+        command = redact(" ".join(["mlflow-mnist", *sys.argv[1:4]]))
         with CampaignLock(self.client, self.experiment_id, command=command, notify=notify or _stderr) as held:
             tracking.close_stale_runs(
                 held.fenced(self.client), self.experiment_id, holder_token=held.token, keep=[self.adopt_run_id or ""]

@@ -11,7 +11,9 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before anything imports TensorFlow
+from mlflow_mnist import redaction  # noqa: E402
+
+redaction.install()  # before anything prints: every line this process writes goes through redaction.redact
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads would break our lines
 
 import click  # noqa: E402
@@ -56,9 +58,10 @@ class _Group(click.Group):
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
         except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
-            from mlflow_mnist.tracking import redact, tracking_uri
+            from mlflow_mnist.redaction import redact
+            from mlflow_mnist.tracking import tracking_uri
 
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            reason = redact((str(error).splitlines() or [type(error).__name__])[0])[:200]  # redact, then cut
             click.echo(
                 f"error: the tracking store at {redact(tracking_uri())} failed ({reason}): "
                 "check that it is up and rerun the same command",

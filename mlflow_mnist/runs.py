@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mlflow_mnist.params import format_value
+from mlflow_mnist.redaction import redact
 from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, LEVEL, NOTE, PARENT
-from mlflow_mnist.tracking import TrackingError, redact
+from mlflow_mnist.tracking import TrackingError
 
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
 
@@ -129,7 +130,7 @@ class RunWriter:
             raise
         except (MlflowException, RequestException, OSError) as error:
             self.abort("FAILED")
-            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            reason = redact((str(error).splitlines() or [type(error).__name__])[0])[:200]
             raise TrackingError(
                 f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "
                 f"once it is back, run the same command again to resume"
@@ -211,7 +212,7 @@ class RunWriter:
         self.client.log_figure(run_id, figure, artifact_file)
 
     def describe(self, run_id: str, markdown: str) -> None:
-        self.client.set_tag(run_id, NOTE, markdown)
+        self.client.set_tag(run_id, NOTE, redact(markdown))
 
     def run_link(self, run_id: str, text: str) -> str:
         return f"[{text}](#/experiments/{self.experiment_id}/runs/{run_id})"

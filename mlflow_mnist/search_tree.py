@@ -23,6 +23,7 @@ import pandas as pd
 
 from mlflow_mnist.params import json_value
 from mlflow_mnist.planning import Candidate, FoldTask, Plan, config_hash
+from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult, best_row
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
@@ -47,7 +48,6 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.search import SearchOutcome
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.tracking import redact
 
 LIBRARIES = ("mlflow", "keras", "tensorflow", "scikit-learn", "scikeras", "numpy", "optuna")
 

@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
+from mlflow_mnist.redaction import redact
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
@@ -39,18 +39,6 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI (without credentials) and the fix."""
-
-
-def redact(uri: str) -> str:
-    """The URI as given, with any user:password@ or query (tokens) removed, for messages."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password or parts.query):
-        return uri  # urlunsplit would turn sqlite:////abs/path into sqlite://abs/path
-    if parts.password or parts.username:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts._replace(query="")) if parts.query else urlunsplit(parts)
 
 
 def _writable(folder: Path) -> bool:
@@ -127,6 +115,47 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _reach_database(uri: str, timeout: float = 5.0) -> None:
+    """A database-backed store has its driver installed and its host and port answer within seconds, or one line
+    says which is wrong: MLflow's own engine would retry with doubling sleeps for about 100 s before it gave up."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    family = parts.scheme.split("+")[0]
+    if family not in DATABASE_PORTS:
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(uri).get_dialect().import_dbapi()
+    except ImportError as error:
+        module = getattr(error, "name", "") or "its driver"
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
+            f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
+        ) from None
+    except Exception:  # noqa: BLE001 - an unknown dialect: MLflow's own client says what is wrong below
+        pass
+    try:
+        host, port = parts.hostname, parts.port or DATABASE_PORTS[family]
+    except ValueError:
+        raise TrackingError(f"the tracking URI {redact(uri)} has no valid port: fix MLFLOW_TRACKING_URI") from None
+    if not host or host.startswith("/"):
+        return  # a local socket: nothing to probe here
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise TrackingError(
+            f"cannot reach the database of the tracking store at {redact(uri)} ({type(error).__name__}): start it "
+            f"or fix MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def connect(uri: str | None = None):
     """A client for ``uri`` that has answered one request; a clear :class:`TrackingError` otherwise."""
     import mlflow
@@ -146,13 +175,21 @@ def connect(uri: str | None = None):
             )
         if not path.exists():
             _create_sqlite_store(path)
+    _reach_database(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)
         client.search_experiments(max_results=1)
+    except ImportError as error:  # a database URI whose driver is not installed
+        module = getattr(error, "name", "") or "its driver"
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
+            f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
+        ) from None
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        if re.search(r"error code (401|403)\b", str(error)):
+        reason = redact(str(error).splitlines()[0])[:160] if str(error) else type(error).__name__
+        code = getattr(error, "error_code", "")
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", str(error)):
             raise TrackingError(
                 f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): set "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"

@@ -69,7 +69,11 @@ def configure_threads(threads: int | None) -> None:
         return
     _THREADS_SET = True
     restore_malloc_fast_path()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from mlflow_mnist import redaction
+
+    # A pool or cluster worker writes its own warnings and tracebacks straight to the terminal (or its log); its
+    # TensorFlow start-up lines are already filtered by the package's __init__ (quiet_tensorflow_startup).
+    redaction.install()
     import tensorflow as tf
 
     # A new model per fold is a new tf.function by design; its "retracing" warnings would flood the progress bar.
