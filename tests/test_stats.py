@@ -469,7 +469,6 @@ def test_a_known_effect_is_found_with_the_reported_power():
     assert result.rate >= 0.45
 
 
-@pytest.mark.slow
 def test_real_learners_through_the_step_summary():
     """The same check on real cross-validation of real learners, small: the fresh reference off the grid."""
     result = simulate_steps(Design("not in grid", source="learners"), replicates=200, seed=7)
