@@ -51,6 +51,18 @@ def _rejections() -> tuple[type[Exception], ...]:
 class _Group(click.Group):
     """Turns user errors into one line and Ctrl-C into a clean exit, for every command."""
 
+    def main(self, *args, **kwargs):
+        """click's own usage errors (an unknown option, a value of the wrong type) as one line too."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as error:
+            where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
+            click.echo(f"error: {error.format_message()}{where}", err=True)
+            sys.exit(error.exit_code)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
