@@ -131,6 +131,7 @@ class DaskExecutor:
         self.retries = retries
         self.client = None
         self.cluster = None
+        self._watch = _Watch(self)
 
     @property
     def n_workers(self) -> int:
@@ -317,23 +318,26 @@ class DaskExecutor:
         except (OSError, CancelledError, asyncio.CancelledError) as error:
             raise self._lost(error) from None
 
-    def wait_first(self, handles: list) -> list:
-        """The done ones among ``handles`` (in their order), once there is one. A scheduler gone for
-        ``LOST_AFTER`` seconds, or no worker for ``WAIT_FOR_WORKERS``, is an :class:`ExecutorError` instead:
-        tasks would wait for them forever."""
+    def wait_first(self, handles: list, timeout: float | None = None) -> list:
+        """The done ones among ``handles`` (in their order), once there is one or ``timeout`` seconds have passed
+        (then maybe none). A scheduler gone for ``LOST_AFTER`` seconds, or no worker for ``WAIT_FOR_WORKERS``,
+        is an :class:`ExecutorError` instead: tasks would wait for them forever. Those clocks run across calls."""
         from distributed import wait
 
-        watch = _Watch(self)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            tick = 2.0 if deadline is None else max(0.0, min(2.0, deadline - time.monotonic()))
             try:
-                done, _ = wait(handles, timeout=2, return_when="FIRST_COMPLETED")
+                done, _ = wait(handles, timeout=tick, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 done = set()
             except (OSError, CancelledError, asyncio.CancelledError) as error:
                 raise self._lost(error) from None
             if done:
                 return [handle for handle in handles if handle in done]
-            watch.check()
+            self._watch.check()
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
 
     def result(self, handle):
         """A done task's result; what the cluster did to it (not what the fold raised) as one line."""
