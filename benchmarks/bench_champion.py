@@ -1,10 +1,12 @@
 """`make champion`, measured: from an empty store on real 2-vs-7, the search, the 5-seed final, the promotion.
 
     python benchmarks/bench_champion.py --data ../shared/datasets/mnist [--trials 16] [--space wide]
+    python benchmarks/bench_champion.py --task digits [--trials 16]      # another task, its default space
 
 Runs the same three `mlflow run` commands as the Makefile's `champion` target into a fresh SQLite store, times
 each part, and reads back from the store the configuration found, every seed's test accuracy and errors, and
-what `promote` said. Writes benchmarks/results/champion.{json,md}.
+what `promote` said (against the task's own threshold). Writes benchmarks/results/champion.{json,md}
+(champion-<task>.* for a task other than mnist).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 
 import machine  # noqa: E402
 
+from mlflow_mnist import schema  # noqa: E402
+from mlflow_mnist.campaign import DATA_ENV_VAR, data_source  # noqa: E402
+from mlflow_mnist.tasks import DEFAULT_TASK, get_task  # noqa: E402
 
-def mlflow_run(store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+
+def mlflow_run(store: Path, *args: str, task: str = DEFAULT_TASK) -> tuple[float, subprocess.CompletedProcess]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("MLFLOW_RUN_ID", None)
+    if task != DEFAULT_TASK:
+        env.pop(DATA_ENV_VAR, None)  # MNIST's location is not another task's data (an empty --data falls back on it)
     command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "champion", *args]
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, cwd=store, capture_output=True, text=True)
@@ -40,21 +48,23 @@ def read_back(store: Path) -> dict:
     client = tracking.connect(f"sqlite:///{store}/mlflow.db")
     experiment = client.get_experiment_by_name("champion").experiment_id
     runs = tracking.search_all(client, [experiment])
-    search = next(
-        r for r in runs if r.data.tags.get(tracking.BEST_CONFIG) and r.data.tags.get(tracking.LEVEL) == "stage"
-    )
-    final = next(r for r in runs if r.data.tags.get(tracking.LEVEL) == "final")
-    seeds = sorted((r for r in runs if r.data.tags.get(tracking.LEVEL) == "final_seed"), key=lambda r: r.info.run_name)
-    best = client.get_run(search.data.tags["mlflow_mnist.best_child_run_id"])
-    folds = [r for r in runs if r.data.tags.get(tracking.LEVEL) == "fold"]
+
+    def level(run) -> str:
+        return run.data.tags.get(schema.LEVEL, "")
+
+    search = next(r for r in runs if r.data.tags.get(schema.BEST_CONFIG) and level(r) == schema.STAGE_LEVEL)
+    final = next(r for r in runs if level(r) == schema.FINAL_LEVEL)
+    seeds = sorted((r for r in runs if level(r) == schema.FINAL_SEED_LEVEL), key=lambda r: r.info.run_name)
+    best = client.get_run(search.data.tags[schema.BEST_CHILD])
+    folds = [r for r in runs if level(r) == schema.FOLD_LEVEL]
     return {
-        "config": json.loads(search.data.tags[tracking.BEST_CONFIG]),
+        "config": json.loads(search.data.tags[schema.BEST_CONFIG]),
         "best_trial": best.info.run_name,
         "best_trial_cv": best.data.metrics.get("mean_heldout_accuracy"),
-        "trials": len({r.data.tags.get(tracking.TRIAL) for r in runs if r.data.tags.get(tracking.TRIAL)}),
+        "trials": len({r.data.tags.get(schema.TRIAL) for r in runs if r.data.tags.get(schema.TRIAL)}),
         "fold_epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in folds)),
         "seeds": {
-            r.data.tags.get("mlflow_mnist.seed"): {
+            r.data.tags.get(schema.SEED): {
                 "test_accuracy": r.data.metrics["test_accuracy"],
                 "errors": int(r.data.metrics["test_errors"]),
             }
@@ -66,28 +76,37 @@ def read_back(store: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("MLFLOW_MNIST_DATA", ""))
+    parser.add_argument("--task", default=DEFAULT_TASK, help="a registered task [default: mnist]")
+    parser.add_argument("--data", default=None, help="the task's data [default: mnist: $MLFLOW_MNIST_DATA]")
     parser.add_argument("--trials", default="16")
-    parser.add_argument("--space", default="wide")
+    parser.add_argument("--space", default=None, help="the search space [default: mnist: wide, else the task's]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    data = str(Path(args.data).resolve())
+    task = get_task(args.task)
+    mnist = task.name == DEFAULT_TASK
+    data = args.data if args.data is not None else (os.environ.get(DATA_ENV_VAR, "") if mnist else "")
+    if mnist and not data:
+        sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
+    data = data_source(task, data) if data else ""  # a path made absolute; a name the task knows as it is
+    space = args.space if args.space is not None else ("wide" if mnist else "")
+    common = ["-P", f"data={data}"] + ([] if mnist else ["-P", f"task={args.task}"])
     store = Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
     parts["search"], search = mlflow_run(
-        store, "-P", "strategy=optuna", "-P", f"space={args.space}", "-P", f"trials={args.trials}", "-P", f"data={data}"
+        store, "-P", "strategy=optuna", "-P", f"space={space}", "-P", f"trials={args.trials}", *common, task=args.task
     )
     if search.returncode:
         sys.exit(f"search failed:\n{search.stderr[-3000:]}")
     parts["final"], final = mlflow_run(
-        store, "-e", "final", "-P", "search=latest", "-P", "repeats=5", "-P", f"data={data}"
+        store, "-e", "final", "-P", "search=latest", "-P", "repeats=5", *common, task=args.task
     )
     if final.returncode:
         sys.exit(f"final failed:\n{final.stderr[-3000:]}")
-    parts["promote"], promote = mlflow_run(store, "-e", "promote")
+    parts["promote"], promote = mlflow_run(store, "-e", "promote", task=args.task)
     said = [line for line in (promote.stdout + promote.stderr).splitlines() if "promoted" in line]
     report = {
         "machine": machine.describe(),
+        "task": task.name,
         "store": str(store),
         "minutes": {k: v / 60 for k, v in parts.items()},
         "promote_exit": promote.returncode,
@@ -95,10 +114,12 @@ def main() -> None:
         **read_back(store),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "champion.json").write_text(json.dumps(report, indent=2))
+    stem = "champion" if mnist else f"champion-{task.name}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     seeds = ", ".join(f"{s['test_accuracy']:.4%} ({s['errors']} errors)" for s in report["seeds"].values())
     text = (
-        f"`make champion` from an empty store on {machine.line(report['machine'])}: search "
+        f"`make champion`{'' if mnist else f' for task {task.name}'} from an empty store on "
+        f"{machine.line(report['machine'])}: search "
         f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs), "
         f"5-seed final {report['minutes']['final']:.1f} min, promote {report['minutes']['promote']:.1f} min; "
         f"{sum(report['minutes'].values()):.1f} min in all.\n\n"
@@ -107,7 +128,7 @@ def main() -> None:
         f"- test accuracy per seed: {seeds}; median **{report['median_test_accuracy']:.4%}**\n"
         f"- promote (exit {report['promote_exit']}): {report['promote_said']}\n"
     )
-    (args.out / "champion.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 

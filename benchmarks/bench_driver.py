@@ -5,7 +5,9 @@ embedded SQLite store, for comparison): is the driver the bottleneck of a big cl
 
 Synthetic fold results go through the real run tree (runs/search_tree.py): a run per fold with its params,
 6 epochs of curves, the dataset input, a real saved model folder uploaded as a LoggedModel with its metric,
-true start and end times. PostgreSQL and the server are started here from the OS binaries (tools/services.py).
+true start and end times. PostgreSQL and the server are started here from the OS binaries (tools/services.py),
+secured as README "Running on a cluster" says: the server runs MLflow's basic-auth app and the driver logs as an
+ordinary user (``--no-auth``: the plain server, as results before the server was secured were measured).
 Writes benchmarks/results/bench_driver.{json,md}.
 """
 
@@ -31,17 +33,19 @@ def synthetic_results(n_folds: int):
     """A plan of n_folds / 3 candidates x 3 folds, and a worker-like result for each fold (with a real model)."""
     import numpy as np
 
-    from mlflow_mnist.data import load_task
-    from mlflow_mnist.model import SEED_START, build_model
     from mlflow_mnist.planning import Group, SearchSettings, plan_candidates
     from mlflow_mnist.results import FoldResult
-    from mlflow_mnist.worker import model_files, now_ms
+    from mlflow_mnist.tasks import get_task
+    from mlflow_mnist.worker.model_files import model_files
+    from mlflow_mnist.worker.training import now_ms
 
-    task = load_task("sample", "2,7")
-    settings = SearchSettings(3, 0, 6, task.digest(), 2)
-    candidates = [{**SEED_START, "neurons_3": 5 + i} for i in range(max(1, n_folds // 3))]
-    plan = plan_candidates(Group("neurons_3", "neurons_3", ("neurons_3",), dict(SEED_START)), candidates, settings, {})
-    files = model_files(build_model(SEED_START, seed=0), task.x_test[:2], with_example=False)  # as a fold's
+    task = get_task("mnist")
+    data = task.load("sample", classes="2,7")
+    settings = SearchSettings(task, 3, 0, 6, data.digest(), data.n_classes)
+    candidates = [{**task.start, "neurons_3": 5 + i} for i in range(max(1, n_folds // 3))]
+    plan = plan_candidates(Group("neurons_3", "neurons_3", ("neurons_3",), dict(task.start)), candidates, settings, {})
+    model = task.build_model(task.start, n_classes=data.n_classes, seed=0)
+    files = model_files(model, data.x_test[:2], with_example=False)  # as a fold's
     history = {name: list(np.linspace(0.9, 0.99, 6)) for name in ("loss", "accuracy", "val_loss", "val_accuracy")}
     start = now_ms()
     results = [
@@ -50,20 +54,19 @@ def synthetic_results(n_folds: int):
             t.step,
             t.candidate_index,
             t.fold,
-            0.99,
-            0.03,
-            20.0,
-            6,
-            "ok",
-            history,
-            "",
-            files,
-            start,
-            start + 20_000,
+            accuracy=0.99,
+            loss=0.03,
+            fit_seconds=20.0,
+            epochs_run=6,
+            status="ok",
+            history=history,
+            model_files=files,
+            started_ms=start,
+            ended_ms=start + 20_000,
         )
         for t in plan.to_train
     ]
-    return task, plan, results, sum(len(v) for v in files.values())
+    return data, plan, results, sum(len(v) for v in files.values())
 
 
 class RequestCounter:
@@ -88,19 +91,21 @@ class RequestCounter:
 REQUESTS = RequestCounter()
 
 
-def log_all(uri: str, task, plan, results, threads: int) -> tuple[float, int]:
+def log_all(uri: str, data, plan, results, threads: int) -> tuple[float, int]:
     """Seconds for the driver to log every fold of ``plan`` (and close the tree) into ``uri``, and the HTTP
     requests it took (0 for SQLite)."""
     import mlflow.data
 
     from mlflow_mnist import tracking
     from mlflow_mnist.runs import RunWriter
+    from mlflow_mnist.schema import DIGEST
+    from mlflow_mnist.search import SearchOutcome
     from mlflow_mnist.search_tree import SearchTree
 
     client = tracking.connect(uri)
     experiment = tracking.experiment_id(client, f"driver-{time.time_ns()}")
-    dataset = mlflow.data.from_numpy(features=task.x_train, targets=task.y_train, name="train", digest=task.digest())
-    writer = RunWriter(client, experiment, dataset=dataset, common_tags={tracking.DIGEST: task.digest()})
+    dataset = mlflow.data.from_numpy(features=data.x_train, targets=data.y_train, name="train", digest=data.digest())
+    writer = RunWriter(client, experiment, dataset=dataset, common_tags={DIGEST: data.digest()})
     tree = SearchTree(
         writer, name="bench", strategy="staged", single_group=True, settings_params={}, log_threads=threads
     )
@@ -111,7 +116,7 @@ def log_all(uri: str, task, plan, results, threads: int) -> tuple[float, int]:
     for result in results:
         tree.fold_finished(plan, tasks[result.key], result)
     tree.group_finished(plan, [_row(plan, c.index) for c in plan.candidates])
-    tree.search_finished([])
+    tree.search_finished(SearchOutcome([], None))  # closes the search run; no best to name
     return time.perf_counter() - start, REQUESTS.count - requests_before
 
 
@@ -131,21 +136,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-auth", action="store_true", help="a server without basic-auth")
     args = parser.parse_args()
-    task, plan, results, model_bytes = synthetic_results(args.folds)
+    data, plan, results, model_bytes = synthetic_results(args.folds)
     base = Path(tempfile.mkdtemp(prefix="bench-driver-"))
-    database = Postgres(base / "pg").start()
-    server = MlflowServer(database.uri, base / "server").start()
-    stores = {"postgresql server": server.uri, "sqlite": f"sqlite:///{base}/mlflow.db"}
+    database = Postgres(base / "pg")
+    server = MlflowServer(
+        database.uri, base / "server", auth=not args.no_auth, auth_database=database.auth_uri, env=database.env()
+    )
+    server_name = "postgresql server" + ("" if args.no_auth else ", basic-auth")
+    stores = {server_name: server.uri, "sqlite": f"sqlite:///{base}/mlflow.db"}
     measured: dict[str, dict[int, list[float]]] = {name: {t: [] for t in args.threads} for name in stores}
     requests_sent: list[int] = []
     try:
+        database.start()
+        server.start()
+        if not args.no_auth:  # the driver logs as a user the admin made, credentials in its environment only
+            os.environ.update(server.client_env(server.add_user("driver")))
         for _ in range(args.repeats):  # interleaved, so a slow minute does not land on one variant
             for name, uri in stores.items():
                 for threads in args.threads:
                     if name == "sqlite" and threads > 1:
                         continue  # SQLite writes one at a time: the run tree logs serially there
-                    seconds, requests = log_all(uri, task, plan, results, threads)
+                    seconds, requests = log_all(uri, data, plan, results, threads)
                     measured[name][threads].append(len(results) / seconds)
                     if requests:
                         requests_sent.append(requests)
@@ -157,6 +170,7 @@ def main() -> None:
         "machine": machine.describe(),
         "folds": len(results),
         "model_bytes": model_bytes,
+        "server_auth": not args.no_auth,
         "folds_per_second": rates,
         "all": measured,
         # The whole tree (stage, candidates, closing) over the folds: what one more fold costs is close to it.

@@ -4,7 +4,9 @@
 
 Each run is a fresh `mlflow-mnist tune` process into a fresh SQLite store (start-up, TensorFlow imports in the
 workers and store creation included), runs interleaved (joblib, dask, joblib, ...) so a slow minute of the
-machine does not land on one variant; medians and ranges. Writes benchmarks/results/bench_executors.{json,md}.
+machine does not land on one variant; medians and ranges. The stage trains each step's grid and its reference
+(the carried-in configuration, retrained as one more candidate) on both executors alike.
+Writes benchmarks/results/bench_executors.{json,md}.
 """
 
 from __future__ import annotations

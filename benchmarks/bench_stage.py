@@ -9,9 +9,12 @@ Peers, each a fresh process (TensorFlow's thread settings cannot leak between th
   b   our stage, full tracking (fold runs, curves, models) into a new SQLite store created inside the timer
   c   our executor alone, tracking off
   d   b with --precision mixed_bfloat16
-Work is credited as done: every variant trains the same images; ours also scores the held-out fold after every
-epoch (its curves), GridSearchCV scores it once. Medians and min-max over ``--repeats``; the CPU and its flags
-are in the report. Writes benchmarks/results/bench_stage[-quick].{json,md}.
+Every variant trains the same grid: ours runs the step with ``reuse_reference=True`` (the CLI's
+``--reuse-reference true``), since a staged step otherwise also retrains its reference (the carried-in
+configuration) as one more candidate, which GridSearchCV over the same grid does not do. Work is credited as
+done: every variant trains the same images; ours also scores the held-out fold after every epoch (its curves),
+GridSearchCV scores it once. Medians and min-max over ``--repeats``; the CPU and its flags are in the report.
+Writes benchmarks/results/bench_stage[-quick].{json,md}.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import machine  # noqa: E402
 
+TASK, CLASSES = "mnist", "2,7"  # the seed's task: its convnet on real 2-vs-7
 # The seed's values when it ran its pool_size step (stages.md, rows 1-16): kernel (5, 5), neurons 5/25/5, ...
 SEED_CONTEXT = (
     "momentum=0.4,learn_rate=0.1,init_mode_1=glorot_uniform,init_mode_2=he_normal,activation_1=softsign,"
@@ -51,64 +55,78 @@ NAMES = {
 
 
 def _plan(data: str, step: str, epochs: int, folds: int):
-    from mlflow_mnist.data import load_task
+    """The task, its 2-vs-7 arrays, the settings and the step's plan: the grid alone, as GridSearchCV sees it
+    (no reference candidate: ours runs with ``reuse_reference=True``)."""
     from mlflow_mnist.planning import SearchSettings, resolve_fixed_params
-    from mlflow_mnist.stages import get_step, parse_overrides
     from mlflow_mnist.strategies.staged import plan_step
+    from mlflow_mnist.tasks import get_task
 
-    task = load_task(data, "2,7")
-    settings = SearchSettings(folds, 0, epochs, task.digest(), task.n_classes)
-    fixed = resolve_fixed_params(step, {}, parse_overrides(SEED_CONTEXT), epochs)
-    return task, settings, plan_step(get_step(step), fixed, settings, {})
+    task = get_task(TASK)
+    dataset = task.load(data, classes=CLASSES)
+    settings = SearchSettings(task, folds, 0, epochs, dataset.digest(), dataset.n_classes)
+    fixed = resolve_fixed_params(task, step, {}, task.parse_overrides(SEED_CONTEXT), epochs)
+    return task, dataset, settings, plan_step(task.get_step(step), fixed, settings, {}, reference=False)
 
 
 def grid_search(data: str, step: str, epochs: int, folds: int, n_jobs: int) -> dict:
     """The seed's way: one GridSearchCV over the wrapper; the grid is the candidates' hyperparameter dicts."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from mlflow_mnist.model import make_classifier
+    from mlflow_mnist.worker.training import make_classifier
 
     start = time.perf_counter()
-    task, settings, plan = _plan(data, step, epochs, folds)
-    onehot = np.eye(task.n_classes, dtype="float32")[task.y_train]  # the seed fed one-hot labels
+    task, dataset, settings, plan = _plan(data, step, epochs, folds)
+    onehot = np.eye(dataset.n_classes, dtype="float32")[dataset.y_train]  # the seed fed one-hot labels
     search = GridSearchCV(
-        make_classifier(plan.fixed, task.n_classes, steps_per_execution=1),
+        make_classifier(task, plan.fixed, n_classes=dataset.n_classes, steps_per_execution=1),
         {"model__hyperparameters": [c.params for c in plan.candidates]},
         # a list, not split()'s generator: GridSearchCV(n_jobs>1) pickles its own parameters into each task
-        cv=list(StratifiedKFold(folds, shuffle=True, random_state=0).split(task.x_train, task.y_train)),
+        cv=list(StratifiedKFold(folds, shuffle=True, random_state=0).split(dataset.x_train, dataset.y_train)),
         n_jobs=n_jobs,
         refit=False,
         scoring="accuracy",
     )
-    search.fit(task.x_train, onehot)
+    search.fit(dataset.x_train, onehot)
     return {"seconds": time.perf_counter() - start, "mean_accuracy": search.cv_results_["mean_test_score"].tolist()}
 
 
 def ours_tracked(data: str, step: str, epochs: int, folds: int, precision: str = "float32") -> dict:
-    from mlflow_mnist.campaign import Campaign
+    """The step through the Python API (what ``mlflow-mnist tune --stage STEP`` runs) into a new SQLite store."""
+    from mlflow_mnist.api import tune
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()  # store creation, data loading and validation are ours to pay for
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ.pop("MLFLOW_RUN_ID", None)
-        campaign = Campaign.open(
-            data, "2,7", folds=folds, epochs=epochs, overrides=SEED_CONTEXT, experiment="benchmark", precision=precision
+        result = tune(
+            task=TASK,
+            stage=step,
+            data=data,
+            classes=CLASSES,
+            folds=folds,
+            epochs=epochs,
+            overrides=SEED_CONTEXT,
+            experiment="benchmark",
+            precision=precision,
+            reuse_reference=True,  # the grid alone, as GridSearchCV trains it
+            progress=False,
         )
-        outcome = campaign.tune(step, progress=False)[0]
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "mean_accuracy": [row["mean_test_score"] for row in outcome.rows]}
+    return {"seconds": seconds, "mean_accuracy": result.cv_results["mean_test_score"].tolist()}
 
 
 def ours_untracked(data: str, step: str, epochs: int, folds: int) -> dict:
-    from mlflow_mnist.data import DataRef
+    """Our executor and worker on the same plan, nothing logged: tracking's cost is b minus this."""
+    from mlflow_mnist.campaign import data_source
     from mlflow_mnist.executors import JoblibExecutor
     from mlflow_mnist.results import cv_results
-    from mlflow_mnist.worker import FoldWorker
+    from mlflow_mnist.worker import DataRef, FoldWorker
 
     start = time.perf_counter()
-    task, settings, plan = _plan(data, step, epochs, folds)
+    task, dataset, settings, plan = _plan(data, step, epochs, folds)
     executor = JoblibExecutor()
-    worker = FoldWorker(DataRef(data, task.digits, task.digest()), executor.threads_per_worker, with_model=False)
+    ref = DataRef(TASK, data_source(task, data), CLASSES, dataset.digest())
+    worker = FoldWorker(TASK, ref, executor.threads_per_worker, with_model=False)
     results = {r.key: r for r in executor.map_unordered(worker, plan.to_train)}
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "mean_accuracy": [row["mean_test_score"] for row in cv_results(plan, results)]}
@@ -141,15 +159,14 @@ def _timed(function) -> float:
 def work_done(data: str, step: str, epochs: int, folds: int) -> dict:
     """FLOPs each kind of variant really does: training passes, plus held-out scoring after every epoch (ours)
     or once at the end (GridSearchCV)."""
-    from mlflow_mnist.model import count_training_flops
     from mlflow_mnist.planning import fold_indices
 
-    task, settings, plan = _plan(data, step, epochs, folds)
+    task, dataset, settings, plan = _plan(data, step, epochs, folds)
     train_flops = score_per_epoch = images = 0.0
     for candidate in plan.candidates:
-        per_image = count_training_flops(candidate.params, task.n_classes)  # forward + backward
+        per_image = task.flops(candidate.params, dataset.n_classes)  # forward + backward
         for fold in range(folds):
-            train, held_out = fold_indices(task.y_train, folds, 0, fold)
+            train, held_out = fold_indices(dataset.y_train, folds, 0, fold)
             images += len(train) * epochs
             train_flops += per_image * len(train) * epochs
             score_per_epoch += per_image / 3 * len(held_out)  # a forward pass is a third of a training step
@@ -157,7 +174,7 @@ def work_done(data: str, step: str, epochs: int, folds: int) -> dict:
         "images": images,
         "flops": {"grid_search": train_flops + score_per_epoch, "ours": train_flops + score_per_epoch * epochs},
         "n_candidates": len(plan.candidates),
-        "train_images": len(task.y_train),
+        "train_images": len(dataset.y_train),
     }
 
 

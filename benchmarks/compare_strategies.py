@@ -2,13 +2,13 @@
 
     python benchmarks/compare_strategies.py staged halving optuna champion
 
-For each campaign in benchmarks/results/campaign-<name>.json or <name>.json (its store is named there; the
-champion's search is one): the best mean CV
-accuracy it reached, the fold-epochs and wall time it spent in all, and the fold-epochs and minutes it needed to
-first reach the first campaign's best (within the ROPE: a practically equivalent accuracy counts as reached).
-Each campaign's best configuration is compared with the first's on the same splits (all campaigns split with
-seed 0) by the corrected repeated k-fold t-test of analysis/stats.py. Draws the anytime figure of all of them
-(analysis/anytime.py) and writes benchmarks/results/strategies.{md,json,png}.
+For each campaign in benchmarks/results/campaign-<name>.json or <name>.json (``--results``: another folder; its
+store is named there; the champion's search is one): the best mean CV accuracy it reached, the fold-epochs and
+wall time it spent in all, and the fold-epochs and minutes it needed to first reach the first campaign's best
+(within the ROPE: a practically equivalent accuracy counts as reached). Each campaign's best configuration is
+compared with the first's on the same splits (all campaigns split with seed 0) by the corrected repeated k-fold
+t-test of analysis/stats.py. Draws the anytime figure of all of them (analysis/anytime.py) and writes
+benchmarks/results/strategies.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -27,20 +27,31 @@ from analysis import stats  # noqa: E402
 from analysis.anytime import get_anytime_info, render_anytime  # noqa: E402
 from analysis.searches import search_table  # noqa: E402
 from analysis.store import read_runs  # noqa: E402
-from mlflow_mnist import tracking  # noqa: E402
+from mlflow_mnist import schema, tracking  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _tag(name: str) -> str:
+    return f"tags.{name}"
+
+
 def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd.Series]:
-    """The held-out accuracy per (repeat, fold) of the best full-budget candidate a campaign found."""
+    """The held-out accuracy per (repeat, fold) of the best full-budget candidate a campaign found.
+
+    Its folds are the fold runs under its candidate run and those the candidate reused (tag
+    ``reused_fold_runs``), not every fold of its configuration: a staged step retrains the configuration it
+    carried in as its reference, under other fold keys."""
     best = anytime.loc[anytime["mean"].idxmax()]
-    level = runs[f"tags.{tracking.LEVEL}"]
-    candidates = runs[(level == "candidate") & (runs[f"tags.{tracking.CANDIDATE}"] == best["candidate"])]
+    level = runs[_tag(schema.LEVEL)]
+    candidates = runs[(level == schema.CANDIDATE_LEVEL) & (runs[_tag(schema.CANDIDATE)] == best["candidate"])]
     candidates = candidates[(candidates["metrics.mean_heldout_accuracy"] - best["mean"]).abs() < 1e-12]
-    config = candidates[f"tags.{tracking.CONFIG_HASH}"].iloc[0]
-    folds = runs[(level == "fold") & (runs[f"tags.{tracking.CONFIG_HASH}"] == config) & (runs["status"] == "FINISHED")]
-    folds = folds.drop_duplicates(f"tags.{tracking.FOLD_KEY}")
+    candidate = candidates.iloc[0]
+    reused = candidate.get(_tag(schema.REUSED))
+    reused = [run_id for run_id in reused.split(",") if run_id] if isinstance(reused, str) else []
+    own = (runs[_tag(schema.PARENT)] == candidate["run_id"]) | runs["run_id"].isin(reused)
+    folds = runs[(level == schema.FOLD_LEVEL) & own & (runs["status"] == "FINISHED")]
+    folds = folds.drop_duplicates(_tag(schema.FOLD_KEY))
     index = folds["params.repeat"].astype(int) * 100 + folds["params.fold"].astype(int)
     return best["candidate"], pd.Series(folds["metrics.heldout_accuracy"].to_numpy(), index=index).sort_index()
 
@@ -48,12 +59,13 @@ def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("campaigns", nargs="+", help="names of benchmarks/results/campaign-<name>.json")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the campaigns' reports are")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     infos, rows, scores = [], [], {}
     for name in args.campaigns:
-        path = RESULTS / f"campaign-{name}.json"
-        report = json.loads((path if path.exists() else RESULTS / f"{name}.json").read_text())
+        path = args.results / f"campaign-{name}.json"
+        report = json.loads((path if path.exists() else args.results / f"{name}.json").read_text())
         runs = read_runs(tracking.connect(f"sqlite:///{report['store']}/mlflow.db"), None)
         info = get_anytime_info(search_table(runs)).assign(search=name)
         infos.append(info)

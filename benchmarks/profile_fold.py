@@ -10,7 +10,7 @@ fresh process per setting, settings interleaved, median of ``--repeats``:
   onednn        TF_ENABLE_ONEDNN_OPTS=0 vs 1
   allocator     glibc malloc vs jemalloc vs tcmalloc (LD_PRELOAD; skipped when the library is not installed)
   dask malloc   MALLOC_TRIM_THRESHOLD_=65536 as Dask's nanny sets it, as it is and with the thresholds raised
-                again (worker.restore_malloc_fast_path, which every worker runs)
+                again (worker.process.restore_malloc_fast_path, which every worker runs)
   input         numpy arrays vs a tf.data pipeline
   pinning       two workers at once, each pinned to its own core (taskset) vs free
 and per layer: the forward + backward time of each layer on a batch, against its share of the FLOPs.
@@ -35,7 +35,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import machine  # noqa: E402
 
-from mlflow_mnist import worker  # noqa: E402
+from mlflow_mnist.tasks import get_task  # noqa: E402
+from mlflow_mnist.worker import process  # noqa: E402
+
+TASK = get_task("mnist")
 
 SEED_POOL = {
     "momentum": 0.4,
@@ -65,22 +68,20 @@ def one_fold(
     """Seconds per epoch (epochs after the first, which pays for tracing) of one fold."""
     import numpy as np
 
-    from mlflow_mnist.data import load_task
-    from mlflow_mnist.model import SEED_START, build_model
     from mlflow_mnist.planning import fold_indices
 
-    if not restore_malloc:  # measure what restore_malloc_fast_path undoes
-        worker.restore_malloc_fast_path = lambda: False
-    worker.configure_threads(threads)
+    if not restore_malloc:  # measure what restore_malloc_fast_path undoes (configure_threads calls it)
+        process.restore_malloc_fast_path = lambda: False
+    process.configure_threads(threads)
     import keras
     import tensorflow as tf
 
-    task = load_task(data, "2,7")
-    train, _ = fold_indices(task.y_train, 3, 0, 0)
-    x, y = task.x_train[train], np.eye(2, dtype="float32")[task.y_train[train]]
-    params = {**SEED_START, **SEED_POOL, "batch_size": batch, "epochs": epochs}
+    dataset = TASK.load(data, classes="2,7")
+    train, _ = fold_indices(dataset.y_train, 3, 0, 0)
+    x, y = dataset.x_train[train], np.eye(2, dtype="float32")[dataset.y_train[train]]
+    params = {**TASK.start, **SEED_POOL, "batch_size": batch, "epochs": epochs}
     keras.utils.set_random_seed(0)
-    model = build_model(params, 2, steps_per_execution=steps, seed=0)
+    model = TASK.build_model(params, n_classes=2, steps_per_execution=steps, seed=0)
     times = []
 
     class Clock(keras.callbacks.Callback):
@@ -102,13 +103,10 @@ def per_layer(batch: int = 200, repeats: int = 20) -> list[dict]:
     """Forward + backward seconds of each layer on one batch, one thread, next to its share of the FLOPs."""
     import numpy as np
 
-    from mlflow_mnist.model import SEED_START, build_model
-    from mlflow_mnist.worker import configure_threads
-
-    configure_threads(1)
+    process.configure_threads(1)
     import tensorflow as tf
 
-    model = build_model({**SEED_START, **SEED_POOL}, 2, seed=0)
+    model = TASK.build_model({**TASK.start, **SEED_POOL}, n_classes=2, seed=0)
     activations = tf.constant(np.random.default_rng(0).integers(0, 255, (batch, 28, 28)).astype("uint8"))
     rows = []
     for layer in model.layers:
@@ -183,7 +181,7 @@ def main() -> None:
         "oneDNN off": (base, {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),
         "tf.data input": ({**base, "pipeline": "tf.data"}, {}, None),
     }
-    dask_malloc = {worker.TRIM_ENV: "65536"}
+    dask_malloc = {process.TRIM_ENV: "65536"}
     settings["Dask worker's malloc setting, as the nanny leaves it"] = (
         {**base, "restore_malloc": False},
         dask_malloc,
