@@ -99,7 +99,7 @@ def _panel(ax, part: pd.DataFrame, *, rope: float) -> None:
     for y, row in enumerate(rows):
         color = COLORS.get(row.verdict, COLORS["undecided"])
         if row.verdict == REFERENCE:
-            ax.scatter(0, y, marker="D", color=color, s=28, zorder=3)
+            ax.scatter(0, y, marker="D", color=color, s=30, zorder=3)
             continue
         if not math.isfinite(row.delta):
             ax.text(low + 0.02 * (high - low), y, _note(row), va="center", fontsize=7, color=color)

@@ -15,8 +15,11 @@ def steps_with_two_parameters(summary: pd.DataFrame) -> list[str]:
 
 
 def get_interaction_info(summary: pd.DataFrame, step: str) -> pd.DataFrame:
-    """Mean accuracy pivoted: rows = first varied parameter, columns = second."""
+    """Mean accuracy pivoted: rows = first varied parameter, columns = second (grid points only: the step's
+    retrained reference repeats one of them)."""
     part = summary[summary["step"] == step]
+    if "role" in part:
+        part = part[part["role"] != "reference"]
     first, second = part["varied"].iloc[0].split(",")
     values = part["value"].str.split(VALUE_SEPARATOR, regex=False, expand=True)
     tidy = pd.DataFrame({first: values[0], second: values[1], "mean": part["mean"].to_numpy()})

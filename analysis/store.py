@@ -27,6 +27,7 @@ FOLD_COLUMNS = [
     "varied",
     "value",
     "is_incumbent",
+    "role",
     "is_reference",
     "reference_reused",
     "fold",
@@ -154,8 +155,6 @@ def fold_table(
             folds = [(r, False) for _, r in own.iterrows()]
             folds += [(by_id.loc[i], True) for i in reused_ids if i in by_id.index]
             value = VALUE_SEPARATOR.join(str(_get(candidate, f"params.{k}", "?")) for k in varied)
-            if record.role == schema.REFERENCE:
-                value = f"{value} (reference)"
             is_incumbent = record.role != schema.REFERENCE and value == incumbent
             is_reference = record.role == schema.REFERENCE if fresh else is_incumbent
             for fold_run, reused in folds:
@@ -175,6 +174,7 @@ def fold_table(
                         "candidate_index": record.index,
                         "varied": ",".join(varied),
                         "value": value,
+                        "role": record.role,
                         "is_incumbent": is_incumbent,
                         "is_reference": is_reference,
                         "reference_reused": is_reference and not fresh,
@@ -184,7 +184,8 @@ def fold_table(
                         "n_folds": n_folds,
                         "n_splits": n_folds * int(_get(fold_run, "params.cv_repeats", 1)),
                         "accuracy": float(_get(fold_run, "metrics.heldout_accuracy", float("nan"))),
-                        "chance": float(_get(fold_run, "metrics.chance_accuracy", 0.5)),
+                        # What guessing scores; unknown (NaN) for folds logged without it, never assumed 0.5.
+                        "chance": float(_get(fold_run, "metrics.chance_accuracy", float("nan"))),
                         "n_classes": int(n_classes) if n_classes is not None else None,
                         "status": status,
                         "diverged": status == "diverged",

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import machine  # noqa: E402
 
 from mlflow_mnist import schema  # noqa: E402
-from mlflow_mnist.campaign import DATA_ENV_VAR, data_source  # noqa: E402
+from mlflow_mnist.campaign import data_source  # noqa: E402
 from mlflow_mnist.tasks import DEFAULT_TASK, Task, get_task  # noqa: E402
+from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR  # noqa: E402
 
 
 def run_campaign(

@@ -55,7 +55,7 @@ def tune(
     min_epochs: int = 0,
     brackets: int = 1,
     warm_start: int = 0,
-    epochs: int = 6,
+    epochs: int | None = None,
     folds: int = 3,
     cv_repeats: int = 1,
     classes: str = "",
@@ -93,22 +93,23 @@ def tune(
         raise StageError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
-    campaign = open_campaign(
-        notify=notify,
-        task=task,
-        data=data,
-        classes=classes,
-        folds=folds,
-        seed=seed,
-        epochs=epochs,
-        overrides=overrides,
-        experiment=experiment,
-        precision=precision,
-        cv_repeats=cv_repeats,
-    )
-    if break_lease:
-        campaign.break_lease(notify or print)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
+        campaign = open_campaign(
+            notify=notify,
+            task=task,
+            data=data,
+            classes=classes,
+            folds=folds,
+            seed=seed,
+            epochs=epochs,
+            overrides=overrides,
+            experiment=experiment,
+            precision=precision,
+            cv_repeats=cv_repeats,
+            executor=pool,
+        )
+        if break_lease:
+            campaign.break_lease(notify or print)
         request = campaign.request(
             stage=stage,
             steps=steps,
@@ -145,7 +146,7 @@ def final(
     task: str = DEFAULT_TASK,
     repeats: int = 1,
     search: str = "",
-    epochs: int = 6,
+    epochs: int | None = None,
     folds: int = 3,
     cv_repeats: int = 1,
     classes: str = "",
@@ -163,27 +164,28 @@ def final(
 ) -> dict[str, Any]:
     """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
     with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params)."""
-    from mlflow_mnist.executors import make_executor, resolve_n_jobs
+    from mlflow_mnist.executors import make_executor, remote_scheduler, resolve_n_jobs
     from mlflow_mnist.final import run_final
 
-    resolve_n_jobs(n_jobs)  # a bad --n-jobs is one line before the experiment exists
-    campaign = open_campaign(
-        notify=notify,
-        task=task,
-        data=data,
-        classes=classes,
-        folds=folds,
-        seed=seed,
-        epochs=epochs,
-        overrides=overrides,
-        experiment=experiment,
-        precision=precision,
-        cv_repeats=cv_repeats,
-    )
-    if break_lease:
-        campaign.break_lease(notify or print)
-    workers = min(resolve_n_jobs(n_jobs), repeats)  # one seed: every core to it
+    # One seed gets every core; more share them. A remote cluster counts its own workers.
+    workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
+        campaign = open_campaign(
+            notify=notify,
+            task=task,
+            data=data,
+            classes=classes,
+            folds=folds,
+            seed=seed,
+            epochs=epochs,
+            overrides=overrides,
+            experiment=experiment,
+            precision=precision,
+            cv_repeats=cv_repeats,
+            executor=pool,
+        )
+        if break_lease:
+            campaign.break_lease(notify or print)
         return run_final(campaign, repeats=repeats, executor=pool, search=search or None, progress=progress)
 
 

@@ -34,7 +34,6 @@ from mlflow_mnist.tasks.base import Dataset, Task, check_precision
 from mlflow_mnist.worker import DataRef, FoldWorker
 
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
-DATA_ENV_VAR = "MLFLOW_MNIST_DATA"  # the default data source of every task that reads files
 
 
 class NoLock:
@@ -58,8 +57,9 @@ def _stderr(line: str) -> None:
 
 def data_source(task: Task, data: str) -> str:
     """Where workers load the data from: a path made absolute (workers may start elsewhere), a name the task
-    knows (``sample``) as it is, or "" for the task's default."""
-    chosen = data or os.environ.get(DATA_ENV_VAR, "")
+    knows (``sample``) as it is, or "" for the task's default. Without ``--data``, the task's own environment
+    variable (``Task.data_env``) may name it."""
+    chosen = data or (os.environ.get(task.data_env, "") if task.data_env else "")
     if not chosen or chosen in task.named_sources:
         return chosen
     path = Path(chosen).expanduser()
@@ -87,12 +87,13 @@ class Campaign:
         task: str = DEFAULT_TASK,
         folds: int = 3,
         seed: int = 0,
-        epochs: int = 6,
+        epochs: int | None = None,
         overrides: str = "",
         experiment: str | None = None,
         precision: str = "float32",
         cv_repeats: int = 1,
         dataset: Dataset | None = None,
+        executor: Executor | None = None,
     ) -> Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
         the store; nothing is written yet."""
@@ -101,6 +102,7 @@ class Campaign:
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = chosen_task.parse_overrides(overrides)
+        epochs = int(chosen_task.start.get("epochs", 1)) if epochs is None else epochs
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
         if folds < 2:
@@ -120,6 +122,8 @@ class Campaign:
             precision,
             cv_repeats,
         )
+        if executor is not None:
+            executor.start()  # the cluster reached, with a worker that imports the project, before any write
         client = tracking.connect()
         where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
         ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)

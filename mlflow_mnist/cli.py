@@ -111,6 +111,20 @@ class _OptionalFloat(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
 
 
+class _OptionalInt(click.ParamType):
+    """A whole number, or "" for the default (MLproject passes every parameter, empty ones included)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "":
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+
+
 def bool_option(name: str, default: bool, help: str):
     """``--name`` alone means true; ``--name true|false`` takes a value, which is how MLproject passes booleans
     (as one quoted argument, never inside a shell construct)."""
@@ -129,7 +143,12 @@ TASK_OPTION = click.option(
 
 COMMON = [
     TASK_OPTION,
-    click.option("--epochs", default=6, show_default=True, type=int, help="Epochs per fit unless a step varies it."),
+    click.option(
+        "--epochs",
+        default=None,
+        type=_OptionalInt(),
+        help="Epochs per fit unless a step varies it [default: the task's starting configuration's].",
+    ),
     click.option("--folds", default=3, show_default=True, type=int, help="Cross-validation folds."),
     click.option(
         "--cv-repeats",

@@ -48,7 +48,7 @@ def check_min_accuracy(value: float) -> float:
         number = math.nan
     if not math.isfinite(number) or not 0 < number <= 1:
         raise PromoteInputError(
-            f"--min-accuracy {value} is not a share of test examples: give a number above 0 and at most 1, e.g. 0.9966"
+            f"--min-accuracy {value} is not a share of test examples: give a number above 0 and at most 1, e.g. 0.995"
         )
     return number
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from mlflow_mnist.params import format_value, json_value
 from mlflow_mnist.planning import FoldRecord, Plan
+from mlflow_mnist.schema import REFERENCE
 
 
 @dataclass
@@ -144,5 +145,9 @@ def rank_key(row: Mapping[str, Any], index: int) -> tuple:
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The best of ``rows`` by :func:`rank_key`, earlier rows first on exact ties: rows of one group (ranked in
-    grid order) or the best rows of several groups in the order they were evaluated."""
-    return min(enumerate(rows), key=lambda pair: rank_key(pair[1], pair[0]))[1]
+    grid order) or the best rows of several groups in the order they were evaluated.
+
+    A step's reference (its carried-in configuration, retrained) is never chosen: it is what the grid is
+    compared with, and its value is a grid point's anyway. The analysis applies the same rule."""
+    eligible = [(i, row) for i, row in enumerate(rows) if row.get("role") != REFERENCE] or list(enumerate(rows))
+    return min(eligible, key=lambda pair: rank_key(pair[1], pair[0]))[1]

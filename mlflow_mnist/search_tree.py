@@ -116,6 +116,9 @@ class SearchTree:
         # A fold's run takes about ten requests; against a remote server they wait on the network, not on us, so
         # several folds are logged at once. A group waits for its folds' logging before it closes.
         self.pool = ThreadPoolExecutor(log_threads, thread_name_prefix="log-fold") if log_threads > 1 else None
+        # Folds queued for or being logged, each holding its model's bytes: at most two per logging thread. When
+        # they are taken the driver blocks, dispatches no new fold, and the workers wait (back-pressure).
+        self.slots = threading.BoundedSemaphore(2 * log_threads)
         self.lock = threading.Lock()
 
     # -- the search run ------------------------------------------------------------------------------------
@@ -194,8 +197,19 @@ class SearchTree:
         runs = self.groups[id(plan)]
         if self.pool is None:
             self._log_fold(runs, task, result)
-        else:
-            runs.logging.append(self.pool.submit(self._log_fold, runs, task, result))
+            return
+        for open_runs in self.groups.values():  # a failed upload stops the search at the next fold
+            for future in open_runs.logging:
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    future.result()
+        self.slots.acquire()  # a full queue blocks the driver here
+        try:
+            future = self.pool.submit(self._log_fold, runs, task, result)
+        except BaseException:
+            self.slots.release()
+            raise
+        future.add_done_callback(lambda _: self.slots.release())  # also when cancelled by shutdown
+        runs.logging.append(future)
 
     def _log_fold(self, runs: _GroupRuns, task: FoldTask, result: FoldResult) -> None:
         parent = runs.candidates[task.candidate_index]

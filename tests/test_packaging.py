@@ -31,7 +31,7 @@ def test_mlproject_entry_point_parameters():
         for parameter in entry["parameters"]:
             assert "--" + parameter.replace("_", "-") + " {" + parameter + "}" in entry["command"].replace("\n", " ")
     main = spec["entry_points"]["main"]["parameters"]
-    assert main["epochs"]["default"] == "6" and main["folds"]["default"] == "3" and main["task"]["default"] == "mnist"
+    assert main["epochs"]["default"] == "" and main["folds"]["default"] == "3" and main["task"]["default"] == "mnist"
 
 
 PAYLOADS = [

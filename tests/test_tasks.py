@@ -135,3 +135,32 @@ def test_a_third_party_task_runs_through_mlflow_run(store, installed_example):
     assert levels.count("step") == 1 and levels.count("candidate") == 4 and levels.count("fold") == 8
     (stage,) = [r for r in runs if r.data.tags.get("mlflow_mnist.level") == "step"]
     assert stage.data.params["task"] == "cancer" and 0.8 < stage.data.metrics["best_mean_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(store, tmp_path):
+    """A task that is not MNIST through the whole tool: every registered strategy, a 5-seed final, the gate and
+    the report, all on the same experiment."""
+    import mlflow_mnist
+    from mlflow_mnist.strategies import STRATEGIES
+
+    common = {"task": "digits", "folds": 2, "epochs": 3, "progress": False, "experiment": "digits", "log_models": False}
+    runs = {
+        "staged": mlflow_mnist.tune(strategy="staged", stage="width", **common),
+        "halving": mlflow_mnist.tune(strategy="halving", stage="learn_rate", **common),
+    }
+    for strategy in ("optuna", "random", "asha"):
+        runs[strategy] = mlflow_mnist.tune(strategy=strategy, trials=3, min_epochs=3, **common)
+    assert set(runs) == set(STRATEGIES)
+    for strategy, result in runs.items():
+        table = result.cv_results
+        assert result.run_id and result.trained > 0 and len(table) >= 3, strategy
+        assert (table["status"] == "ok").all() and result.best["mean_test_score"] > 0.5, strategy
+    again = mlflow_mnist.tune(strategy="asha", trials=3, min_epochs=3, **common)
+    assert again.trained == 0  # the store is the memory: a rerun trains nothing
+    summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=5, progress=False, experiment="digits")
+    assert summary["n_repeats"] == 5 and 0.5 < summary["median_test_accuracy"] <= 1
+    done = mlflow_mnist.promote(experiment="digits", min_accuracy=0.5)
+    assert done["name"] == "digits-all-mlp" and done["version"] == "1"
+    report = mlflow_mnist.analyze(experiments=["digits"], out=tmp_path / "report", log=False)
+    assert set(report.verdicts["step"]) == {"hidden_units", "learn_rate"} and report.html_path.exists()

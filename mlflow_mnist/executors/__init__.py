@@ -20,15 +20,23 @@ def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler:
     """
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    if name == "dask" and remote_scheduler(scheduler):
+        from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads when used
+
+        return DaskExecutor(scheduler, n_workers=n_jobs)  # counted against the cluster's threads once reached
     workers = resolve_n_jobs(n_jobs)
     if name == "serial":
         return SerialExecutor()
     if name == "joblib":
         return JoblibExecutor(n_jobs)
-    from mlflow_mnist.executors.dask import SCHEDULER_ENV, DaskExecutor  # dask.distributed loads when used
+    from mlflow_mnist.executors.dask import DaskExecutor
 
-    remote = scheduler or os.environ.get(SCHEDULER_ENV)
-    return DaskExecutor(scheduler, n_workers=n_jobs if remote else workers)
+    return DaskExecutor(scheduler, n_workers=workers)
+
+
+def remote_scheduler(scheduler: str | None) -> str:
+    """The Dask scheduler address a user gave (``--scheduler`` or ``$DASK_SCHEDULER_ADDRESS``), or ""."""
+    return scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS", "")
 
 
 __all__ = [

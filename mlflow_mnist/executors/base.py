@@ -73,6 +73,8 @@ class Executor(Protocol):
 
     def result(self, handle: Any) -> R: ...
 
+    def start(self) -> Executor: ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Executor: ...
@@ -82,6 +84,10 @@ class Executor(Protocol):
 
 class FuturesMixin:
     """``wait_first`` and ``result`` for executors whose handles are ``concurrent.futures`` futures."""
+
+    def start(self):
+        """Nothing to reach: local pools start with their first task."""
+        return self
 
     def wait_first(self, handles: list[Future], timeout: float | None = None) -> list[Future]:
         """The handles that are done, once one is or ``timeout`` seconds have passed (then maybe none)."""

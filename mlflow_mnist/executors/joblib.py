@@ -67,31 +67,36 @@ class JoblibExecutor(FuturesMixin):
         self.threads_per_worker = max(1, usable_cores() // self.n_workers)
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        """Every task on the pool at once, results as they finish (the same pool :meth:`submit` uses)."""
         tasks = list(tasks)
         if not tasks:
             return
         if self.n_workers == 1:
             yield from map(fn, tasks)  # a pool of one would only add start-up time
             return
-        from joblib import Parallel, delayed
-
-        # Always the same n_jobs, so loky hands back the same warm workers on every call.
-        parallel = Parallel(n_jobs=self.n_workers, return_as="generator_unordered")
+        handles = [self.submit(fn, task) for task in tasks]
         try:
-            yield from parallel(delayed(fn)(task) for task in tasks)
-        except BrokenProcessPool as error:  # loky's BrokenProcessPool and TerminatedWorkerError derive from it
-            raise pool_failure(error, self.n_workers) from None
+            while handles:
+                for handle in self.wait_first(handles):
+                    handles.remove(handle)
+                    yield self.result(handle)
+        finally:
+            for handle in handles:
+                handle.cancel()
 
     def submit(self, fn: Callable[[T], R], task: T) -> Future:
         """One task on loky's reusable pool (the one joblib uses, so its workers stay warm); in this process when
         there is one worker."""
         if self.n_workers == 1:
             return done_future(fn, task)
-        from joblib.externals.loky import get_reusable_executor
+        from joblib.executor import get_memmapping_executor
 
         try:
-            return get_reusable_executor(max_workers=self.n_workers, timeout=IDLE_TIMEOUT).submit(fn, task)
-        except BrokenProcessPool as error:
+            # joblib's own reusable pool, as Parallel(n_jobs) would get it: always the same size, so its warm
+            # workers (TensorFlow imported, data loaded) serve a whole search, and joblib code in this process
+            # (a scikit-learn peer in a benchmark) shares it instead of breaking it.
+            return get_memmapping_executor(self.n_workers, timeout=IDLE_TIMEOUT).submit(fn, task)
+        except BrokenProcessPool as error:  # loky's BrokenProcessPool and TerminatedWorkerError derive from it
             raise pool_failure(error, self.n_workers) from None
 
     def result(self, handle: Future) -> R:

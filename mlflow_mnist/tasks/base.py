@@ -131,6 +131,7 @@ class Task:
         spaces, default_space: named search spaces of joint searches, and the one used when none is named.
         data_help: what ``--data`` accepts, for the CLI's help.
         named_sources: ``--data`` values that are names, not paths (``sample``): never made absolute.
+        data_env: an environment variable that names the data source when ``--data`` is not given.
     """
 
     name: ClassVar[str] = ""
@@ -146,6 +147,7 @@ class Task:
     default_space: ClassVar[str] = ""  # the space joint searches use when none is named ("": the first)
     data_help: ClassVar[str] = "a data source the task understands"
     named_sources: ClassVar[tuple[str, ...]] = ()  # sources that are names, not paths (e.g. "sample")
+    data_env: ClassVar[str] = ""  # an environment variable naming the data source when --data is not given
 
     # -- what a task writes ------------------------------------------------------------------------------------
     def load(self, source: str, *, classes: str = "") -> Dataset:
@@ -177,6 +179,10 @@ class Task:
     # -- optional ---------------------------------------------------------------------------------------------
     def registered_model_name(self, variant: str) -> str:
         return f"{self.name}-{variant}"
+
+    def flops(self, params: Params, n_classes: int) -> float | None:
+        """Training FLOPs per example, when the task can count them (benchmarks credit work with it)."""
+        return None
 
     def as_image(self, example: np.ndarray) -> np.ndarray | None:
         """An example as a 2-D image for figures of misclassified examples, or None when it is not one."""

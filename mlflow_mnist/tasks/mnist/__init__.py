@@ -10,7 +10,7 @@ import numpy as np
 from mlflow_mnist.params import Params
 from mlflow_mnist.tasks.base import Dataset, Task
 from mlflow_mnist.tasks.mnist import model
-from mlflow_mnist.tasks.mnist.data import load_task
+from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR, load_task
 from mlflow_mnist.tasks.mnist.steps import SPACES, STAGES, STEPS
 
 
@@ -28,6 +28,7 @@ class MnistTask(Task):
     default_space = "wide"
     data_help = "IDX folder, .npz, 'sample', or empty for $MLFLOW_MNIST_DATA / Keras' download"
     named_sources = ("sample",)
+    data_env = DATA_ENV_VAR
 
     def load(self, source: str, *, classes: str = "") -> Dataset:
         return load_task(source, classes or self.default_classes)
