@@ -70,3 +70,41 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
     if log:
         click.echo(f"report logged to run {report.logged_run_id} under analysis/")
     click.echo(f"report: {report.html_path}" + (f"; verdicts: {report.csv_path}" if report.csv_path else ""))
+
+
+@click.command("export-study")
+@click.option("--search", "search", default="latest", show_default=True, help="A joint search's run id, or 'latest'.")
+@click.option(
+    "--storage",
+    required=True,
+    help="Optuna storage to write, e.g. sqlite:///study.db (then: optuna-dashboard sqlite:///study.db).",
+)
+@click.option("--experiment", default=None, help="Experiment [default: the one with the latest campaign runs].")
+@click.option("--name", default="", help="Study name [default: the search run's name].")
+def export_study(search, storage, experiment, name) -> None:
+    """Write a joint search (Optuna, ASHA, halving or random) from the tracking store into an Optuna storage, so
+    optuna-dashboard, optuna.load_study and optuna.visualization open it."""
+    from analysis.searches import search_roots, trial_table
+    from analysis.store import read_runs
+    from analysis.studies import export_study as export
+    from mlflow_mnist import tracking
+
+    client = tracking.connect()
+    where = tracking.resolve_experiment(client, experiment, create=False)
+    runs = read_runs(client, [where.name])
+    if search == "latest":
+        trials = trial_table(runs)
+        roots = search_roots(runs)
+        roots = roots[roots["run_id"].isin(set(trials["search_run_id"]))]
+        if roots.empty:
+            raise click.ClickException(f"experiment {where.name!r} has no joint search with trials: run one first")
+        search = roots.sort_values("end_time")["run_id"].iloc[-1]
+    try:
+        study = export(runs, search, storage, name=name or None)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    click.echo(
+        f"study {study.study_name!r}: {len(study.trials)} trials ({complete} complete) in {storage}; "
+        f"open it with optuna-dashboard {storage}"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity
+from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity, studies
 from analysis.searches import search_spaces, search_table, trial_table, trials_for_importance
 from analysis.stats import (
     ALPHA,
@@ -140,6 +140,11 @@ def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, spaces: dict[
             out / f"interaction_{slug}.png",
             f"{search}: the two most important parameters ({which})",
         )
+        study = studies.build_study(part, distributions, name=str(search))
+        for kind in studies.PLOTS:
+            figures[f"optuna {kind} {search}"] = studies.render_optuna_figure(
+                study, kind, out / f"optuna_{kind.replace(' ', '_')}_{slug}.png", f"{search}: Optuna's {kind}"
+            )
 
 
 def _image(path: Path) -> str:

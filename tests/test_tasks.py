@@ -164,3 +164,13 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
     assert done["name"] == "digits-all-mlp" and done["version"] == "1"
     report = mlflow_mnist.analyze(experiments=["digits"], out=tmp_path / "report", log=False)
     assert set(report.verdicts["step"]) == {"hidden_units", "learn_rate"} and report.html_path.exists()
+    assert {f"optuna history {name}" for name in ("asha:small", "optuna:small")} <= set(report.figures)
+    # Optuna's own tools open our studies: exported from the store, loaded by optuna.load_study.
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/study.db"
+    exported = cli("export-study", "--experiment", "digits", "--search", runs["asha"].run_id, "--storage", storage)
+    assert exported.returncode == 0, exported.stderr
+    study = optuna.load_study(study_name="asha:small", storage=storage)
+    stopped = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(stopped) == 3 and study.best_value == max(t.value for t in study.trials if t.value is not None)

@@ -1,0 +1,98 @@
+"""Joint searches as Optuna studies, rebuilt from the tracking store alone, so Optuna's own tools open them.
+
+A search's trials (every rung each trial reached, with its sampled values: :func:`analysis.searches.trial_table`)
+become one study: a trial that reached the full budget is COMPLETE with its mean CV accuracy there, one that
+stopped lower is PRUNED; either way its rungs are its intermediate values (step = epochs). Exported to an Optuna
+storage (``mlflow-mnist export-study``), optuna-dashboard and ``optuna.load_study`` open it; in the report,
+``optuna.visualization.matplotlib`` draws its history, parallel coordinates and slices.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis._plotting import empty, save
+
+
+def add_trials(study, trials: pd.DataFrame, distributions: dict) -> int:
+    """Tell ``study`` every trial of one search in ``trials``; returns how many."""
+    import optuna
+
+    names = [name for name in distributions if name in trials]
+    told = 0
+    for _, rows in trials.sort_values(["trial", "budget"]).groupby("trial", sort=True):
+        values = {int(r.budget): float(r.mean) for r in rows.itertuples() if math.isfinite(r.mean)}
+        if not values:
+            continue
+        first = rows.iloc[0]
+        params = {name: first[name] for name in names if not _missing(first[name])}
+        complete = bool(rows["complete"].any())
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={name: distributions[name] for name in params},
+                value=values[max(values)] if complete else None,
+                intermediate_values=values,
+                state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+            )
+        )
+        told += 1
+    return told
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def build_study(trials: pd.DataFrame, distributions: dict, *, name: str = "search", storage: str | None = None):
+    """One search's trials as an Optuna study (in memory, or in ``storage``, e.g. ``sqlite:///study.db``)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=False)
+    add_trials(study, trials, distributions)
+    return study
+
+
+def export_study(runs: pd.DataFrame, search_run_id: str, storage: str, *, name: str | None = None):
+    """Write the search ``search_run_id`` of ``runs`` (``analysis.store.read_runs``) into an Optuna storage."""
+    from analysis.searches import search_spaces, trial_table
+
+    trials = trial_table(runs)
+    trials = trials[trials["search_run_id"] == search_run_id]
+    if trials.empty:
+        raise ValueError(f"run {search_run_id} is not a joint search with trials: pass a search run's id or 'latest'")
+    distributions = search_spaces(runs, trials)[search_run_id]
+    return build_study(trials, distributions, name=name or str(trials["search"].iloc[0]), storage=storage)
+
+
+PLOTS = {
+    "history": "plot_optimization_history",
+    "parallel coordinates": "plot_parallel_coordinate",
+    "slices": "plot_slice",
+}
+
+
+def render_optuna_figure(study, kind: str, path: Path, title: str) -> Path:
+    """One of Optuna's own figures (its matplotlib back end) of ``study``, saved as a PNG."""
+    import warnings
+
+    from optuna.visualization import matplotlib as optuna_plots
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return empty(path, f"{title}: fewer than two complete trials")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib back end experimental
+        drawn = getattr(optuna_plots, PLOTS[kind])(study)
+    axes = drawn if hasattr(drawn, "figure") else drawn.flat[0]
+    figure = axes.figure
+    figure.suptitle(title, fontsize=10)
+    if kind == "slices":
+        figure.set_size_inches(max(8.0, 2.6 * len(study.best_trial.params)), 3.4)
+    else:
+        figure.set_size_inches(9, 4.6)
+    return save(figure, path)
