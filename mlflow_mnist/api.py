@@ -41,6 +41,8 @@ def open_campaign(*, notify: Callable[[str], None] | None = None, **settings: An
 
     campaign = Campaign.open(**settings)
     _say(campaign.experiment.chosen_because, notify)
+    if settings.get("precision") == "auto":
+        _say(f"precision {campaign.settings.precision}: {campaign.precision_because}", notify)
     return campaign
 
 

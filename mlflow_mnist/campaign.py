@@ -21,6 +21,7 @@ from mlflow_mnist.executors import Executor
 from mlflow_mnist.lock import CampaignLock
 from mlflow_mnist.params import HyperparameterError, Params
 from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.precision import choose_precision
 from mlflow_mnist.progress import Progress
 from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult
@@ -77,6 +78,7 @@ class Campaign:
     experiment: tracking.Experiment
     data_ref: DataRef
     shipped: bool = False  # the arrays came from memory (the test seam): workers get them, not a reference
+    precision_because: str = ""  # why this precision (``--precision auto``'s measurement)
 
     @classmethod
     def open(
@@ -98,7 +100,8 @@ class Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
         the store; nothing is written yet."""
         chosen_task = get_task(task)
-        check_precision(precision)
+        if precision != "auto":
+            check_precision(precision)
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = chosen_task.parse_overrides(overrides)
@@ -112,6 +115,7 @@ class Campaign:
         source = data_source(chosen_task, data)
         loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
         check_folds(loaded.y_train, folds, loaded.class_names)
+        precision, precision_because = choose_precision(chosen_task, loaded, precision)
         settings = SearchSettings(
             chosen_task,
             folds,
@@ -128,7 +132,9 @@ class Campaign:
         where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
         ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
         spec = task or DEFAULT_TASK
-        return cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
+        campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
+        campaign.precision_because = precision_because
+        return campaign
 
     @property
     def experiment_id(self) -> str:

@@ -172,7 +172,8 @@ COMMON = [
         "--precision",
         default="float32",
         show_default=True,
-        help="float32, or mixed_bfloat16 (faster on CPUs with AMX / AVX512-BF16; part of the fold key).",
+        help="float32, mixed_bfloat16 (faster on CPUs with AMX), or auto: bfloat16 where a short probe measures "
+        "it faster on this CPU (part of the fold key).",
     ),
 ]
 
