@@ -225,8 +225,8 @@ def promote(
 
 
 def analyze(**options: Any):
-    """The analysis report from the tracking store alone (``analysis.api.analyze``: the analysis package registers
-    it under the entry point group ``mlflow_mnist.api``, so this package never imports it)."""
+    """The analysis report from the tracking store alone (``analysis.cli.analyze_api``: the analysis package
+    registers it under the entry point group ``mlflow_mnist.api``, so this package never imports it)."""
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="mlflow_mnist.api"):

@@ -288,7 +288,7 @@ N_JOBS_OPTION = click.option(
     type=click.Choice(list(STRATEGIES)),
     help="; ".join(f"{name}: {strategy.help}" for name, strategy in STRATEGIES.items()),
 )
-@click.option("--space", default="", help="Search space of a joint search [default: the task's first].")
+@click.option("--space", default="", help="Search space of a joint search [default: the task's default space].")
 @click.option("--trials", default=20, show_default=True, type=click.IntRange(1), help="Trials of a joint search.")
 @click.option("--halving-factor", default=3, show_default=True, type=click.IntRange(2), help="Rung ratio.")
 @click.option(

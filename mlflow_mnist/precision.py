@@ -4,8 +4,8 @@ bfloat16 pays on CPUs with native bfloat16 matrix units (Intel's AMX; AVX512-BF1
 elsewhere, so the choice is measured, not assumed: on a CPU that reports native bfloat16, a short probe trains
 the task's starting model a few epochs' worth of batches in each precision (interleaved, twice, medians) and
 picks ``mixed_bfloat16`` when it is at least :data:`MIN_SPEEDUP` faster. The verdict is kept per CPU model and
-task in ``~/.cache/mlflow-mnist/precision.json`` so later commands do not probe again. Whether bfloat16 is as
-accurate is a property of the task and was measured once (README, Performance); the probe times speed only.
+task in ``~/.cache/mlflow-mnist/precision.json`` so later commands do not probe again. The probe times speed
+only: whether bfloat16 is as accurate is the task's question, answered by comparing finals (README, Performance).
 """
 
 from __future__ import annotations

@@ -62,7 +62,6 @@ REFERENCE_RULE = _tag("reference_rule")  # how a staged step's reference was tra
 BEST_PARAMS, BEST_SCORE, BEST_CANDIDATE = _tag("best_params"), _tag("best_mean_accuracy"), _tag("best_candidate")
 RUNG, RUNGS, BUDGET = _tag("rung"), _tag("rungs"), _tag("budget_epochs")
 LEGACY_FINAL_RUNG = _tag("final_rung")  # "true"/"false", written before rungs carried their count
-IDLE_SHARE = _tag("idle_share")
 SPACE = _tag("space")  # a joint search's space: its name and each dimension's distribution (Optuna's JSON)
 
 # -- candidate and fold runs ---------------------------------------------------------------------------------
