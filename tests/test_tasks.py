@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, cli
 
 from mlflow_mnist.params import HyperparameterError, StageError
+from mlflow_mnist.schema import TaskRef
 from mlflow_mnist.tasks import DataError, Task, available_tasks, get_task
 
 # Where MNIST may be named: its own task, the other built-in task (scikit-learn's digits), and the registry's
@@ -174,3 +175,41 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
     study = optuna.load_study(study_name="asha:small", storage=storage)
     stopped = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(stopped) == 3 and study.best_value == max(t.value for t in study.trials if t.value is not None)
+
+
+def test_a_store_made_before_tasks_resumes_with_nothing_retrained(tmp_path, monkeypatch):
+    """tests/data/legacy_store.db.gz was made by the code before tasks, the schema module and retrained references
+    (commit b4bdd44, tests/data/legacy_store.sh: two stages, an Optuna search, a halving step and a final on the
+    sample). Rerun the same commands now: every fold is found, none is trained."""
+    import gzip
+    import shutil
+    import sqlite3
+
+    import mlflow_mnist
+    from mlflow_mnist import registry, tracking
+
+    db = tmp_path / "mlflow.db"
+    with gzip.open(ROOT / "tests" / "data" / "legacy_store.db.gz") as packed, db.open("wb") as out:
+        shutil.copyfileobj(packed, out)
+    with sqlite3.connect(db) as connection:  # the store moved: its new runs' artifacts go beside it
+        for (experiment_id,) in connection.execute("select experiment_id from experiments").fetchall():
+            location = str(tmp_path / "mlruns" / str(experiment_id))
+            connection.execute(
+                "update experiments set artifact_location = ? where experiment_id = ?", (location, experiment_id)
+            )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.chdir(tmp_path)
+    common = {"data": "sample", "folds": 2, "n_jobs": 1, "progress": False, "log_models": False}
+    for stage in ("kernel_size", "pool_size"):
+        again = mlflow_mnist.tune(stage=stage, epochs=1, experiment="legacy", **common)
+        assert again.trained == 0 and again.reused == 8, stage
+    halving = mlflow_mnist.tune(
+        strategy="halving", stage="dropout_rate_1", epochs=3, experiment="legacy-halving", **common
+    )
+    assert halving.trained == 0 and halving.reused == 28
+    optuna = mlflow_mnist.tune(strategy="optuna", space="seed", trials=3, experiment="legacy-optuna", **common)
+    assert optuna.trained == 0
+    # The old final's task tag ("2v7") reads as the mnist task with classes 2 and 7.
+    client = tracking.connect()
+    final = tracking.latest_final_run(client, client.get_experiment_by_name("legacy").experiment_id)
+    assert registry.final_task(final) == TaskRef("mnist", "2v7")
