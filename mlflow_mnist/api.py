@@ -167,7 +167,7 @@ def final(
     """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
     with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params)."""
     from mlflow_mnist.executors import make_executor, remote_scheduler, resolve_n_jobs
-    from mlflow_mnist.final import run_final
+    from mlflow_mnist.final_run import run_final
 
     # One seed gets every core; more share them. A remote cluster counts its own workers.
     workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist import tracking
-from mlflow_mnist.final import MEDIAN_ACCURACY
+from mlflow_mnist.final_run import MEDIAN_ACCURACY
 from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY
 from mlflow_mnist.gate import (
     ALPHA,

@@ -66,3 +66,17 @@ def test_no_parameter_value_reaches_a_shell(tmp_path, payload):
             received = (tmp_path / "args").read_text().split("\0")
             assert value in received, (name, parameter, received)
             assert not marker.exists(), (name, parameter)
+
+
+def test_the_python_api_is_what_the_package_names_after_every_module_is_imported():
+    """A submodule named like an API function would replace it on the package once imported (``final`` did)."""
+    import importlib
+    import pkgutil
+
+    import mlflow_mnist
+
+    skip = {"mlflow_mnist.__main__", "mlflow_mnist.ensemble_model"}  # the CLI's entry; model code run at load
+    for module in pkgutil.walk_packages(mlflow_mnist.__path__, "mlflow_mnist."):
+        if module.name not in skip:
+            importlib.import_module(module.name)
+    assert all(callable(getattr(mlflow_mnist, name)) for name in mlflow_mnist.__all__)

@@ -8,6 +8,10 @@ from mlflow_mnist.spaces import Dimension, Space
 from mlflow_mnist.stages import grid_step
 from mlflow_mnist.tasks import Dataset, Task, array_digest
 
+X, Y = load_breast_cancer(return_X_y=True)
+SPLIT = train_test_split(X.astype("float32"), Y.astype("uint8"), test_size=0.25, stratify=Y, random_state=0)
+MEAN, VARIANCE = SPLIT[0].mean(axis=0), SPLIT[0].var(axis=0)  # of the training split: scaling inside the model
+
 
 class CancerTask(Task):
     name = "cancer"
@@ -24,9 +28,7 @@ class CancerTask(Task):
     ), base=start, max_epochs=27)}
 
     def load(self, source, *, classes=""):
-        x, y = load_breast_cancer(return_X_y=True)
-        x_tr, x_te, y_tr, y_te = train_test_split(x.astype("float32"), y.astype("uint8"), test_size=0.25,
-                                                  stratify=y, random_state=0)
+        x_tr, x_te, y_tr, y_te = SPLIT
         return Dataset(x_tr, y_tr, x_te, y_te, ("malignant", "benign"), "all", "sklearn",
                        array_digest(x_tr, y_tr), array_digest(x_te, y_te))
 
@@ -38,7 +40,7 @@ class CancerTask(Task):
         p = self.validate(hyperparameters)
         model = keras.Sequential([
             keras.Input(shape=(30,)),
-            layers.BatchNormalization(),  # raw measurements in: scaling lives in the model
+            layers.Normalization(mean=MEAN, variance=VARIANCE),  # raw measurements in
             layers.Dense(p["units"], activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)),
             layers.Dropout(p["dropout"], seed=seed),
             layers.Dense(n_classes, activation="softmax"),
