@@ -86,9 +86,7 @@ def test_extra_hyperparameters_are_off_by_default_and_change_no_key():
     assert [type(layer).__name__ for layer in plain.layers][:2] == ["Rescaling", "Reshape"]
     neutral = {**SEED_START, "augment_shift": 0.0, "augment_rotation": 0, "lr_schedule": "constant"}
     assert fold_key(neutral, 0, settings) == fold_key(dict(SEED_START), 0, settings)
-    assert fold_key({**SEED_START, "augment_shift": 0.1}, 0, settings) != fold_key(
-        SEED_START, 0, settings
-    )
+    assert fold_key({**SEED_START, "augment_shift": 0.1}, 0, settings) != fold_key(SEED_START, 0, settings)
 
 
 def test_augmentation_trains_only_and_cosine_decays_to_zero(sample):
