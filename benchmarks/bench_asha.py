@@ -28,10 +28,10 @@ batched pruner ~18 fold-epochs (measured: 12 trials, 232), ASHA ~25 (its first t
 Hyperband ~45 (a third of its trials start at the full budget).
 Low rungs never count: a trial enters the curve when it finishes the full budget.
 
-Writes benchmarks/results/asha.{json,md} and asha.png (best CV so far against fold-epochs and against minutes,
-one line per variant) and names the CPU. ``--quick`` runs the shipped sample over the small ``seed`` space (2 folds,
-2 trials each, ASHA's first rung at 2 epochs) into a temporary folder unless ``--out`` is given: it checks the
-wiring, it measures nothing.
+Writes benchmarks/results/asha.{json,md} and asha.png (asha-<space>.* for a space other than wide: best CV so
+far against fold-epochs and against minutes, one line per variant) and names the CPU. ``--quick`` runs the shipped
+sample over the small ``seed`` space (2 folds, 2 trials each, ASHA's first rung at 2 epochs) into a temporary folder
+unless ``--out`` is given: it checks the wiring, it measures nothing.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ def markdown(report: dict) -> str:
         + (" (the staged grid's best)" if report["target"] == DEFAULT_TARGET else "")
         + (f"; the staged grid spent {grid:.0f} fold-epochs in all" if grid else "")
         + f". At equal fold-epochs: each curve read at {report['common_fold_epochs']:.0f}, the smallest total. "
-        "Figure: asha.png.",
+        f"Figure: {report['stem']}.png.",
         "",
         "| variant | tune arguments | trials | fold-epochs in all | minutes in all | best mean CV | "
         f"best at {report['common_fold_epochs']:.0f} fold-epochs | fold-epochs to target | minutes to target | "
@@ -395,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     common = summarize(variants, target=run["target"])
+    stem = "asha" if run["space"] == "wide" else f"asha-{run['space']}"  # one space's report never hides another's
     report = {
         "machine": machine.describe(),
+        "stem": stem,
         **run,
         # The goal is a share of the grid's fold-epochs: it applies to the real data at the grid's 3 folds.
         "grid_fold_epochs": grid_fold_epochs(out) if not run["quick"] and run["folds"] == 3 else None,
@@ -404,18 +406,18 @@ def main(argv: list[str] | None = None) -> None:
         "variants": variants,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "asha.json").write_text(json.dumps(report, indent=2))
-    (out / "asha.md").write_text(markdown(report))
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(markdown(report))
     plot_curves(
         {name: v["curve"] for name, v in variants.items()},
-        out / "asha.png",
+        out / f"{stem}.png",
         target=run["target"],
         common=common,
         axes=("fold_epochs", "minutes"),
         title=f"Best mean CV so far, --space {run['space']}, {run['folds']} folds ({machine.describe()['cpu']})",
     )
     print(markdown(report))
-    print(f"written: {out / 'asha.json'}, {out / 'asha.md'}, {out / 'asha.png'}")
+    print(f"written: {out / stem}.json, .md, .png")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,10 @@ tested once per seed: the N-seed test median (lower middle for an even N) and ea
 
 The peers' curves come from the searches themselves: Optuna's objective stamps every finished full-budget trial;
 scikit-learn's scorer appends every scored fold (time, epochs trained, score) to a file. Ours is read back from its
-store (``analysis.searches.search_table``). Writes benchmarks/results/peers.{json,md} and peers.png (best CV so far
-against minutes and against fold-epochs) and names the CPU; ``--quick`` (the shipped sample, 2 folds, 2 trials,
-the small ``seed`` space) writes to a temporary folder unless ``--out`` is given.
+store (``analysis.searches.search_table``). Writes benchmarks/results/peers.{json,md} and peers.png
+(peers-<space>.* for a space other than wide: best CV so far against minutes and against fold-epochs) and names
+the CPU; ``--quick`` (the shipped sample, 2 folds, 2 trials, the small ``seed`` space) writes to a temporary folder
+unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -485,7 +486,8 @@ def markdown(report: dict) -> str:
         f"The peers a user would pick instead, one run each, one after another ({', '.join(report['peers'])}), "
         f"`--space {report['space']}`, {report['trials']} trials, {report['folds']} folds, data {report['data']}, on "
         f"{machine.line(report['machine'])}. Target: a mean CV of {report['target']:.5f} by a configuration trained "
-        "the full budget. Minutes from each search's start. Figure: peers.png.",
+        "the full budget. Minutes from each search's start. "
+        f"Figure: {report['stem']}.png.",
         "",
         "| peer | trials (full budget) | fold-epochs in all | minutes in all (process) | best mean CV | "
         "fold-epochs to target | minutes to target | test median of the pick (errors per seed) |",
@@ -609,13 +611,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     picks = {name: p["best_config"] for name, p in results.items() if p["best_config"]}
     finals = final_seeds(picks, run, run["final_seeds"]) if run["final_seeds"] and picks else {}
-    report = {"machine": machine.describe(), **run, "results": results, "finals": finals}
+    stem = "peers" if run["space"] == "wide" else f"peers-{run['space']}"  # one space's report never hides another's
+    report = {"machine": machine.describe(), "stem": stem, **run, "results": results, "finals": finals}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(json.dumps(report, indent=2))
-    (out / "peers.md").write_text(markdown(report))
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(markdown(report))
     plot_curves(
         {name: p["curve"] for name, p in results.items()},
-        out / "peers.png",
+        out / f"{stem}.png",
         target=run["target"],
         common=None,
         axes=("minutes", "fold_epochs"),
@@ -623,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
         f"({machine.describe()['cpu']})",
     )
     print(markdown(report))
-    print(f"written: {out / 'peers.json'}, {out / 'peers.md'}, {out / 'peers.png'}")
+    print(f"written: {out / stem}.json, .md, .png")
 
 
 if __name__ == "__main__":

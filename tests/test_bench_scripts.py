@@ -74,7 +74,7 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
     out = tmp_path / "out"
     proc = _bench("bench_asha.py", "--quick", "--target", "0.5", "--out", str(out), "--stores", str(stores))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "asha.json").read_text())
+    report = json.loads((out / "asha-seed.json").read_text())
     variants = report["variants"]
     assert list(variants) == ["optuna", "asha", "hyperband"]
     assert report["common_fold_epochs"] == min(v["fold_epochs"] for v in variants.values())
@@ -97,9 +97,9 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
     # ASHA continues every promoted fold for the 4 extra epochs; with brackets, the second trial starts at 6. (Folds
     # that diverged or failed are left out: a fold that diverged at 2 epochs has no model to continue.)
     assert top == {"optuna": [6], "asha": [4], "hyperband": [4, 6]}
-    text = (out / "asha.md").read_text()
+    text = (out / "asha-seed.md").read_text()
     assert machine.line(report["machine"]) in text and "| hyperband |" in text
-    assert (out / "asha.png").read_bytes().startswith(PNG)
+    assert (out / "asha-seed.png").read_bytes().startswith(PNG)
 
 
 def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
@@ -110,7 +110,7 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     args = ("--quick", "--final-seeds", "1", "--target", "0.5", "--out", str(out), "--stores", str(stores))
     proc = _bench("bench_peers.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "peers.json").read_text())
+    report = json.loads((out / "peers-seed.json").read_text())
     results = report["results"]
     assert list(results) == ["optuna", "halving", "ours"]
     task = get_task("mnist")
@@ -136,8 +136,8 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
         (seed,) = final["seeds"]
         assert seed["seed"] == 0 and final["median_test_accuracy"] == seed["test_accuracy"]
         assert seed["errors"] == round((1 - seed["test_accuracy"]) * test_size)
-    assert (out / "peers.png").read_bytes().startswith(PNG)
-    assert "| halving |" in (out / "peers.md").read_text()
+    assert (out / "peers-seed.png").read_bytes().startswith(PNG)
+    assert "| halving |" in (out / "peers-seed.md").read_text()
 
 
 @pytest.mark.parametrize(
