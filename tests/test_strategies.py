@@ -166,15 +166,18 @@ def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_pa
 
 class ContinuingWorker(Worker):
     """Like :class:`Worker`, for resumable folds: returns a stand-in model and checks that a continued fold was
-    handed the model its previous rung saved."""
+    handed the model its previous rung saved. Folds of ``diverging`` (a run label) diverge, leaving no model."""
 
-    def __init__(self, stop_after: int | None = None):
+    def __init__(self, stop_after: int | None = None, diverging: str = ""):
         super().__init__(stop_after)
-        self.epochs = 0
+        self.epochs, self.diverging = 0, diverging
 
     def __call__(self, task):
         if task.resume_key:
             assert task.checkpoint["weights"] == task.resume_key.encode(), "continued without its rung's model"
+        if task.label == self.diverging:
+            self.trained[task.key] += 1
+            return fold_result(task, 0.5, status="diverged")
         result = super().__call__(task)
         self.epochs += task.params["epochs"] - task.initial_epoch
         # A stand-in MLflow model folder: the fold's key as its "weights".
@@ -229,3 +232,14 @@ def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_firs
     assert set(first_rungs.values()) == {1, 2}  # bracket 0 starts at 2 epochs, bracket 1 at 6
     assert strategy.study.trials[0].params["learn_rate"] == 0.05
     assert strategy.study.trials[0].params["kernel_size"] == "7x7"
+
+
+def test_asha_never_promotes_a_trial_whose_rung_diverged(store):
+    """The first trial to reach a rung would go on; a diverged one has no model to continue from."""
+    worker = ContinuingWorker(diverging="trial 0 (2 epochs)")
+    search(store, _asha(4), worker)
+    rungs = {}
+    for trial_run in runs(store):
+        if trial_run.data.tags.get(schema.TRIAL) is not None:
+            rungs.setdefault(trial_run.data.tags[schema.TRIAL], set()).add(int(trial_run.data.tags[schema.RUNG]))
+    assert rungs["0"] == {1} and any(2 in r for r in rungs.values())
