@@ -95,8 +95,9 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
         top[name] = sorted({int(r.data.metrics["epochs_run"]) for r in trained})
     # What tells the variants apart (rungs at 2 and 6 epochs): the batched pruner retrains its top rung from scratch;
     # ASHA continues every promoted fold for the 4 extra epochs; with brackets, the second trial starts at 6. (Folds
-    # that diverged or failed are left out: a fold that diverged at 2 epochs has no model to continue.)
-    assert top == {"optuna": [6], "asha": [4], "hyperband": [4, 6]}
+    # that diverged or failed are left out, and a trial whose rung diverged is never promoted: no model to continue.)
+    # Whether hyperband's first trial also reaches the top depends on its 2-epoch rung (one that diverged stops).
+    assert top["optuna"] == [6] and top["asha"] == [4] and 6 in top["hyperband"] and set(top["hyperband"]) <= {4, 6}
     text = (out / "asha-seed.md").read_text()
     assert machine.line(report["machine"]) in text and "| hyperband |" in text
     assert (out / "asha-seed.png").read_bytes().startswith(PNG)
