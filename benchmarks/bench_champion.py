@@ -1,9 +1,10 @@
-"""`make champion`, measured: from an empty store on real 2-vs-7, the search, the 5-seed final, the promotion.
+"""`make champion`, measured: from an empty store on real 2-vs-7, the search, the final's seeds, the promotion.
 
-    python benchmarks/bench_champion.py --data ../shared/datasets/mnist [--trials 16] [--space wide]
+    python benchmarks/bench_champion.py --data ../shared/datasets/mnist [--strategy asha] [--trials 8]
     python benchmarks/bench_champion.py --task digits [--trials 16]      # another task, its default space
 
-Runs the same three `mlflow run` commands as the Makefile's `champion` target into a fresh SQLite store, times
+The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted).
+Runs the same three `mlflow run` commands as that target into a fresh SQLite store, times
 each part, and reads back from the store the configuration found, every seed's test accuracy and errors, and
 what `promote` said (against the task's own threshold). Writes benchmarks/results/champion.{json,md}
 (champion-<task>.* for a task other than mnist).
@@ -72,6 +73,8 @@ def read_back(store: Path) -> dict:
             for r in seeds
         },
         "median_test_accuracy": final.data.metrics.get("median_test_accuracy"),
+        "ensemble_test_accuracy": final.data.metrics.get("ensemble_test_accuracy"),
+        "ensemble_errors": final.data.metrics.get("ensemble_test_errors"),
     }
 
 
@@ -79,7 +82,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=DEFAULT_TASK, help="a registered task [default: mnist]")
     parser.add_argument("--data", default=None, help="the task's data [default: mnist: $MLFLOW_MNIST_DATA]")
-    parser.add_argument("--trials", default="16")
+    parser.add_argument("--strategy", default="asha", help="the joint search [default: asha, as make champion]")
+    parser.add_argument("--trials", default="8")
+    parser.add_argument("--min-epochs", default="2", help="the first rung's epochs [default: 2]")
+    parser.add_argument("--repeats", default="4", help="seeds of the final [default: 4]")
+    parser.add_argument(
+        "--model",
+        default="ensemble",
+        choices=("median", "ensemble"),
+        help="what promote gates and registers, fixed before the test set is seen [default: ensemble]",
+    )
     parser.add_argument("--space", default=None, help="the search space [default: mnist: wide, else the task's]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -94,21 +106,32 @@ def main() -> None:
     store = Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
     parts["search"], search = mlflow_run(
-        store, "-P", "strategy=optuna", "-P", f"space={space}", "-P", f"trials={args.trials}", *common, task=args.task
+        store,
+        "-P",
+        f"strategy={args.strategy}",
+        "-P",
+        f"space={space}",
+        "-P",
+        f"trials={args.trials}",
+        "-P",
+        f"min_epochs={args.min_epochs}",
+        *common,
+        task=args.task,
     )
     if search.returncode:
         sys.exit(f"search failed:\n{search.stderr[-3000:]}")
     parts["final"], final = mlflow_run(
-        store, "-e", "final", "-P", "search=latest", "-P", "repeats=5", *common, task=args.task
+        store, "-e", "final", "-P", "search=latest", "-P", f"repeats={args.repeats}", *common, task=args.task
     )
     if final.returncode:
         sys.exit(f"final failed:\n{final.stderr[-3000:]}")
-    parts["promote"], promote = mlflow_run(store, "-e", "promote", task=args.task)
+    parts["promote"], promote = mlflow_run(store, "-e", "promote", "-P", f"model={args.model}", task=args.task)
     said = [line for line in (promote.stdout + promote.stderr).splitlines() if "promoted" in line]
     report = {
         "machine": machine.describe(),
         "task": task.name,
         "store": str(store),
+        "settings": {k: getattr(args, k) for k in ("strategy", "trials", "min_epochs", "repeats", "model")},
         "minutes": {k: v / 60 for k, v in parts.items()},
         "promote_exit": promote.returncode,
         "promote_said": said[-1] if said else promote.stderr.strip().splitlines()[-1:],
@@ -117,16 +140,24 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "champion" if mnist else f"champion-{task.name}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    ensemble = (
+        f"**{report['ensemble_test_accuracy']:.4%}** ({report['ensemble_errors']:.0f} errors)"
+        if report["ensemble_test_accuracy"] is not None
+        else "not logged"
+    )
     seeds = ", ".join(f"{s['test_accuracy']:.4%} ({s['errors']} errors)" for s in report["seeds"].values())
     text = (
         f"`make champion`{'' if mnist else f' for task {task.name}'} from an empty store on "
         f"{machine.line(report['machine'])}: search "
         f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs), "
-        f"5-seed final {report['minutes']['final']:.1f} min, promote {report['minutes']['promote']:.1f} min; "
+        f"{args.repeats}-seed final {report['minutes']['final']:.1f} min, "
+        f"promote {report['minutes']['promote']:.1f} min; "
         f"{sum(report['minutes'].values()):.1f} min in all.\n\n"
         f"- best trial {report['best_trial']}: mean CV accuracy {report['best_trial_cv']:.5f}\n"
         f"- configuration: `{json.dumps(report['config'])}`\n"
+        f"- settings: {json.dumps(report['settings'])}\n"
         f"- test accuracy per seed: {seeds}; median **{report['median_test_accuracy']:.4%}**\n"
+        f"- the seeds' ensemble: {ensemble}\n"
         f"- promote (exit {report['promote_exit']}): {report['promote_said']}\n"
     )
     (args.out / f"{stem}.md").write_text(text)

@@ -3,7 +3,7 @@ each runs every variant or peer in its own process, and what it reports is check
 (the stores' fold runs, the traced folds, the peers' MLflow runs). No timing asserts.
 
 The target is lowered to 0.5 (a model guessing one class of the balanced sample scores exactly that), so the
-"reached" path is taken: it must then be the curve's first point."""
+"reached" path is taken: it must then be the first point of the curve at or above it."""
 
 from __future__ import annotations
 
@@ -60,9 +60,11 @@ def _check_curve(entry: dict) -> None:
     assert curve[-1]["fold_epochs"] == entry["fold_epochs"]
     assert entry["best_mean_cv"] == max(p["mean"] for p in curve if p["mean"] is not None)
     assert 0.5 <= entry["best_mean_cv"] <= 1
-    # Every mean is at least 0.5 - so the lowered target is reached by the first full-budget trial, and only then.
-    assert entry["fold_epochs_to_target"] == curve[0]["fold_epochs"]
-    assert entry["minutes_to_target"] == curve[0]["minutes"] <= entry["minutes"]
+    # The best is at least 0.5, so the lowered target is reached, at the first point whose best so far is (a model
+    # worse than guessing one class, seen once from a 2-epoch Keras fit, scores a little under 0.5).
+    reached = next(p for p in curve if p["best_so_far"] >= 0.5)
+    assert entry["fold_epochs_to_target"] == reached["fold_epochs"]
+    assert entry["minutes_to_target"] == reached["minutes"] <= entry["minutes"]
 
 
 def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
