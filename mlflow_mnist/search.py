@@ -225,12 +225,16 @@ class Session:
             self._complete(pending)
         return pending
 
-    def wait(self) -> Pending | None:
-        """The next group whose folds are all in (in the order they completed); None when nothing is left."""
+    def wait(self, *, until_free: bool = False) -> Pending | None:
+        """The next group whose folds are all in (in the order they completed); None when nothing is left, or,
+        with ``until_free``, as soon as a worker has nothing to do: an asynchronous strategy then gives it work
+        at once instead of letting it idle until a whole group is in."""
         while not self._finished:
             if not self._queue and not self._running:
                 return None
             self._dispatch()
+            if until_free and self.free_workers > 0:
+                return None
             # Wake up now and then to check the campaign lock: a driver that lost it stops within about a
             # second, even while a fold trains for minutes (that fold is trained again by the next holder).
             for handle in self.executor.wait_first(list(self._running), timeout=FENCE_SECONDS):
@@ -252,13 +256,9 @@ class Session:
     __call__ = evaluate  # a session is the ``evaluate`` a strategy receives
 
     @property
-    def queued(self) -> int:
-        """Folds waiting for a worker."""
-        return len(self._queue)
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
+    def free_workers(self) -> int:
+        """Workers that would have nothing to do once the queued folds are out (negative: folds still wait)."""
+        return self.n_workers - len(self._running) - len(self._queue)
 
     def release(self, pending: Pending) -> None:
         """Forget the saved models of ``pending``'s folds: no later rung will continue them."""

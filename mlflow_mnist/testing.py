@@ -16,6 +16,7 @@ import numpy as np
 
 from mlflow_mnist.campaign import Campaign
 from mlflow_mnist.executors import SerialExecutor
+from mlflow_mnist.executors.base import Executor
 from mlflow_mnist.planning import FoldTask
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.search import SearchOutcome
@@ -58,9 +59,11 @@ def run(
     *,
     worker: Callable[[FoldTask], FoldResult] | None = None,
     with_model: bool = True,
+    executor: Executor | None = None,
 ) -> SearchOutcome:
-    """``strategy`` on this process (serial), no lock, no progress bar; ``worker`` replaces training."""
-    with SerialExecutor() as executor:
+    """``strategy`` on ``executor`` (default: this process, serial), no lock, no progress bar; ``worker``
+    replaces training."""
+    with executor or SerialExecutor() as executor:
         return campaign.search(
             strategy, executor=executor, with_model=with_model, progress=False, lock=False, worker=worker
         )

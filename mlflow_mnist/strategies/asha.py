@@ -202,14 +202,19 @@ class AsyncHalving:
             in_flight[id(pending)] = state
 
         while True:
-            while session.queued < session.n_workers and asked < self.n_trials:
+            # A new trial only for a worker that would otherwise idle: queued promotions come first (priority).
+            while session.free_workers > 0 and asked < self.n_trials:
                 trial = study.ask(self.space.distributions)
                 values = json.dumps(trial.params, sort_keys=True)
                 bracket = brackets.pop(values, trial.number % self.brackets)
                 start(_Trial(trial, bracket, bracket))
                 asked += 1
-            finished = session.wait()
+            # While trials are left, come back as soon as a worker is free (the last fold of a rung must not
+            # train alone beside an idle worker); after that, only for finished rungs.
+            finished = session.wait(until_free=asked < self.n_trials)
             if finished is None:
+                if asked < self.n_trials:
+                    continue
                 break
             state = in_flight.pop(id(finished))
             row = finished.rows[0]
