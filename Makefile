@@ -57,7 +57,7 @@ postgres:
 	@./tools/ensure_postgres.sh
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
-# servers, subprocesses and sleeps, so three keep two cores ~86% busy (2-core AMD EPYC: 28.5 min serial, 18.9 at -n 3).
+# servers, subprocesses and sleeps, so three keep two cores ~86% busy (2-core AMD EPYC: 28.5 min serial, 17.6 at -n 3).
 test: setup postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -n 3 --dist loadfile
