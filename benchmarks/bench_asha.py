@@ -85,6 +85,37 @@ def scratch(prefix: str, *, quick: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=shm if quick and shm.is_dir() else None))
 
 
+def prepare(args: argparse.Namespace, settings, *, prefix: str) -> tuple[dict, Path, Path]:
+    """A benchmark's run settings (``settings(args)``; bad input is one line, exit 2, nothing written), the folder
+    its report goes to (``--out``; a temporary one for ``--quick``, else benchmarks/results) and its stores'."""
+    try:
+        run = settings(args)
+    except (BenchError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    out = args.out or (Path(tempfile.mkdtemp(prefix=f"{prefix}quick-")) if args.quick else RESULTS)
+    stores = args.stores or scratch(prefix, quick=args.quick)
+    print(f"stores in {stores}", flush=True)
+    return run, out, stores
+
+
+def run_each(names, one) -> dict:
+    """``one(name)`` for every name, in order; a search that failed ends the benchmark with its log's tail in one
+    line, exit 1, no traceback of ours."""
+    try:
+        return {name: one(name) for name in names}
+    except (BenchError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+def write_report(out: Path, stem: str, report: dict, text: str) -> None:
+    """``<stem>.json`` and ``<stem>.md`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(text)
+
+
 def check_stores(stores: Path | None, names: list[str]) -> None:
     """Every run starts from an empty folder: a ``--stores`` that already holds one of them is refused."""
     for name in names if stores is not None else []:
@@ -381,19 +412,8 @@ def run_variant(name: str, run: dict, stores: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    try:
-        run = settings(args)
-    except (BenchError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-asha-quick-")) if args.quick else RESULTS)
-    stores = args.stores or scratch("bench-asha-", quick=args.quick)
-    print(f"stores in {stores}", flush=True)
-    try:
-        variants = {name: run_variant(name, run, stores) for name in run["trials"]}
-    except (BenchError, RuntimeError) as error:  # a search that failed: its log's tail, no traceback of ours
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run, out, stores = prepare(args, settings, prefix="bench-asha-")
+    variants = run_each(run["trials"], lambda name: run_variant(name, run, stores))
     common = summarize(variants, target=run["target"])
     stem = "asha" if run["space"] == "wide" else f"asha-{run['space']}"  # one space's report never hides another's
     report = {
@@ -405,9 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         "common_fold_epochs": common,
         "variants": variants,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
+    write_report(out, stem, report, markdown(report))
     plot_curves(
         {name: v["curve"] for name, v in variants.items()},
         out / f"{stem}.png",

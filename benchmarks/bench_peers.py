@@ -46,7 +46,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -60,13 +59,14 @@ from bench_asha import (  # noqa: E402
     BenchError,
     check_stores,
     plot_curves,
+    prepare,
     reach,
     read_search,
+    run_each,
     run_tune,
-    scratch,
+    write_report,
 )
 
-RESULTS = ROOT / "benchmarks" / "results"
 PEERS = ("optuna", "halving", "ours")
 FACTOR = 3
 WORKERS = 2  # the benchmark's machine has 2 cores: every peer gets two workers
@@ -596,26 +596,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.peer:
         run_peer(args.peer, json.loads(args.peer_settings), args.peer_out)
         return
-    try:
-        run = settings(args)
-    except (BenchError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-peers-quick-")) if args.quick else RESULTS)
-    stores = args.stores or scratch("bench-peers-", quick=args.quick)
-    print(f"runs in {stores}", flush=True)
-    try:
-        results = {name: run_one(name, run, stores) for name in run["peers"]}
-    except (BenchError, RuntimeError) as error:  # a peer that failed: its log's tail, no traceback of ours
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run, out, stores = prepare(args, settings, prefix="bench-peers-")
+    results = run_each(run["peers"], lambda name: run_one(name, run, stores))
     picks = {name: p["best_config"] for name, p in results.items() if p["best_config"]}
     finals = final_seeds(picks, run, run["final_seeds"]) if run["final_seeds"] and picks else {}
     stem = "peers" if run["space"] == "wide" else f"peers-{run['space']}"  # one space's report never hides another's
     report = {"machine": machine.describe(), "stem": stem, **run, "results": results, "finals": finals}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
+    write_report(out, stem, report, markdown(report))
     plot_curves(
         {name: p["curve"] for name, p in results.items()},
         out / f"{stem}.png",
