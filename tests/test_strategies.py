@@ -231,8 +231,7 @@ class TwoWorkers(SerialExecutor):
         self.study_of, self.waits = study_of, []
 
     def wait_first(self, handles, timeout=None):
-        study = self.study_of()
-        self.waits.append((len(handles), len(study.trials) if study is not None else 0))
+        self.waits.append((len(handles), len(self.study_of().trials)))
         return handles[:1]
 
 

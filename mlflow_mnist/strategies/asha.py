@@ -227,10 +227,8 @@ class AsyncHalving:
             if state.rung == len(self.budgets) - 1:
                 study.tell(state.trial, score)
                 session.release(finished)
-            elif row["status"] != "ok":  # a diverged or failed fold left no model to continue from
-                study.tell(state.trial, state=optuna.trial.TrialState.PRUNED)
-                session.release(finished)
-            elif promotable(score, seen, self.factor):
+            # A diverged or failed fold left no model to continue from: such a trial stops wherever it ranks.
+            elif row["status"] == "ok" and promotable(score, seen, self.factor):
                 state.chain, state.last, state.rung = finished.plan.candidates[0].chain(), finished, state.rung + 1
                 start(state)
             else:
