@@ -26,6 +26,13 @@ from machine import describe, line  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def timed(call, **options):
+    """``call(**options)``'s wall minutes and its result."""
+    started = time.perf_counter()
+    result = call(**options)
+    return (time.perf_counter() - started) / 60, result
+
+
 def run(task: str, trials: int, folds: int, out: Path) -> dict:
     import mlflow_mnist
     from mlflow_mnist.strategies import STRATEGIES
@@ -36,14 +43,14 @@ def run(task: str, trials: int, folds: int, out: Path) -> dict:
     common = {"task": task, "folds": folds, "progress": False, "experiment": task, "log_models": False}
     rows = []
     for strategy in STRATEGIES:
-        options = {"stage": stage} if strategy in ("staged", "halving") else {"trials": trials}
-        started = time.perf_counter()
-        result = mlflow_mnist.tune(strategy=strategy, **options, **common)
+        joint = strategy not in ("staged", "halving")  # halving runs the same stage; the others search the space
+        options = {"trials": trials} if joint else {"stage": stage}
+        minutes, result = timed(mlflow_mnist.tune, strategy=strategy, **options, **common)
         rows.append(
             {
-                "step": f"tune --strategy {strategy}"
-                + (f" --stage {stage}" if "stage" in options else f" --trials {trials}"),
-                "minutes": (time.perf_counter() - started) / 60,
+                "step": f"tune --strategy {strategy}" + (f" --trials {trials}" if joint else f" --stage {stage}"),
+                "joint": joint,
+                "minutes": minutes,
                 "folds_trained": result.trained,
                 "best_mean_cv": result.best["mean_test_score"] if result.best else float("nan"),
                 "best": result.best["candidate"] if result.best else "",
@@ -51,30 +58,33 @@ def run(task: str, trials: int, folds: int, out: Path) -> dict:
             }
         )
         print(rows[-1], flush=True)
-    started = time.perf_counter()
-    best_joint = max((r for r in rows if "--trials" in r["step"]), key=lambda r: r["best_mean_cv"])
-    summary = mlflow_mnist.final(
-        task=task, folds=folds, repeats=5, search=best_joint["run_id"], progress=False, experiment=task
+    best_joint = max((r for r in rows if r["joint"]), key=lambda r: r["best_mean_cv"])
+    minutes, summary = timed(
+        mlflow_mnist.final,
+        task=task,
+        folds=folds,
+        repeats=5,
+        search=best_joint["run_id"],
+        progress=False,
+        experiment=task,
     )
     final = {
         "step": f"final --repeats 5 --search <{best_joint['step']}>",
-        "minutes": (time.perf_counter() - started) / 60,
+        "minutes": minutes,
         "seeds": summary["seeds"],
         "median_test_accuracy": summary["median_test_accuracy"],
         "ensemble_test_accuracy": summary.get("ensemble_test_accuracy"),
     }
     print(final, flush=True)
-    started = time.perf_counter()
-    done = mlflow_mnist.promote(experiment=task)
+    minutes, done = timed(mlflow_mnist.promote, experiment=task)
     promoted = {
         "step": "promote",
-        "minutes": (time.perf_counter() - started) / 60,
+        "minutes": minutes,
         "version": done["name"] + " v" + done["version"],
         "reason": done["reason"],
     }
-    started = time.perf_counter()
-    report = mlflow_mnist.analyze(experiments=[task], out=out / "report", log=False)
-    analyzed = {"step": "analyze", "minutes": (time.perf_counter() - started) / 60, "figures": len(report.figures)}
+    minutes, report = timed(mlflow_mnist.analyze, experiments=[task], out=out / "report", log=False)
+    analyzed = {"step": "analyze", "minutes": minutes, "figures": len(report.figures)}
     return {
         "task": task,
         "machine": describe(),
