@@ -14,7 +14,7 @@ def get_anytime_info(searches: pd.DataFrame) -> pd.DataFrame:
     """Per search, the running best mean CV accuracy after each full-budget candidate it finished, to its end."""
     if searches.empty:
         return searches.assign(best_so_far=pd.Series(dtype=float))
-    ordered = searches.sort_values(["search_run_id", "finished"])
+    ordered = searches.sort_values(["search_run_id", "finished"], kind="stable")  # a tie keeps the table's order
     # cummax skips a NaN score (a failed candidate, the search's closing row) but leaves it NaN: carry the best on
     best = ordered.groupby("search_run_id")["mean"].cummax().groupby(ordered["search_run_id"]).ffill()
     return ordered.assign(best_so_far=best).dropna(subset=["best_so_far"]).reset_index(drop=True)

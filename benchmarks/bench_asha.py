@@ -155,7 +155,6 @@ def _number(value) -> float | None:
 def read_search(store: Path) -> dict:
     """The one search in ``store``, from the store alone: its anytime curve (one point per full-budget trial as it
     finished, then where it stopped), what it spent, its best candidate and configuration, its idle share."""
-    from analysis.anytime import get_anytime_info
     from analysis.searches import search_roots, search_table
     from analysis.store import read_runs
     from mlflow_mnist import schema, tracking
@@ -167,17 +166,7 @@ def read_search(store: Path) -> dict:
     root = roots.iloc[0]
     table = search_table(runs)
     closing = table[table["candidate"] == ""].iloc[-1]
-    info = get_anytime_info(table)
-    curve = [
-        {
-            "fold_epochs": float(row["fold_epochs"]),
-            "minutes": float(row["minutes"]),
-            "best_so_far": float(row["best_so_far"]),
-            "candidate": row["candidate"],
-            "mean": _number(row["mean"]),
-        }
-        for _, row in info.iterrows()
-    ]
+    curve = anytime_curve(table)
     scored = [p for p in curve if p["mean"] is not None]
     best = max(scored, key=lambda p: p["mean"]) if scored else None
     trials = runs.get(f"tags.{schema.TRIAL}")
@@ -192,6 +181,23 @@ def read_search(store: Path) -> dict:
         "trials": int(trials.dropna().nunique()) if trials is not None else 0,
         "workers_idle_share": _number(root.get("metrics.workers_idle_share")),
     }
+
+
+def anytime_curve(search) -> list[dict]:
+    """One search's rows (``analysis.searches.search_table``'s columns: its full-budget candidates as they finished,
+    then a closing row with no score) -> its best-so-far curve as plain points, by the analysis report's rule."""
+    from analysis.anytime import get_anytime_info
+
+    return [
+        {
+            "fold_epochs": float(row["fold_epochs"]),
+            "minutes": float(row["minutes"]),
+            "best_so_far": float(row["best_so_far"]),
+            "candidate": row["candidate"],
+            "mean": _number(row["mean"]),
+        }
+        for _, row in get_anytime_info(search).iterrows()
+    ]
 
 
 def best_at(curve: list[dict], fold_epochs: float) -> float | None:

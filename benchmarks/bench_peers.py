@@ -57,6 +57,7 @@ import machine  # noqa: E402
 from bench_asha import (  # noqa: E402
     DEFAULT_TARGET,
     BenchError,
+    anytime_curve,
     check_stores,
     plot_curves,
     prepare,
@@ -107,27 +108,31 @@ class Spend:
         return (time.perf_counter() - self.start) / 60
 
 
-def anytime_curve(finished: list[tuple[float, float, str, float]], *, fold_epochs: float, minutes: float) -> list:
-    """``(seconds, fold-epochs, candidate, mean)`` of full-budget candidates -> the best-so-far curve, closed where
-    the search stopped (the shape ``bench_asha.read_search`` gives ours)."""
-    curve, best = [], -math.inf
-    for seconds, spent, name, mean in sorted(finished):
-        best = max(best, mean if math.isfinite(mean) else -math.inf)
-        if math.isfinite(best):
-            curve.append(
-                {
-                    "fold_epochs": float(spent),
-                    "minutes": seconds / 60,
-                    "best_so_far": best,
-                    "candidate": name,
-                    "mean": mean if math.isfinite(mean) else None,
-                }
-            )
-    if curve:
-        curve.append(
-            {"fold_epochs": float(fold_epochs), "minutes": minutes, "best_so_far": best, "candidate": "", "mean": None}
-        )
-    return curve
+def peer_curve(finished: list[tuple[float, float, str, float]], *, fold_epochs: float, minutes: float) -> list:
+    """``(seconds, fold-epochs, candidate, mean)`` of a peer's full-budget candidates -> its best-so-far curve,
+    closed where the search stopped: the rows ``bench_asha.read_search`` reads from our store, the same rule."""
+    import pandas as pd
+
+    rows = [
+        {
+            "search_run_id": "",
+            "finished": seconds,
+            "candidate": name,
+            "mean": mean,
+            "fold_epochs": float(spent),
+            "minutes": seconds / 60,
+        }
+        for seconds, spent, name, mean in finished
+    ]
+    closing = {
+        "search_run_id": "",
+        "finished": minutes * 60,
+        "candidate": "",
+        "mean": math.nan,
+        "fold_epochs": float(fold_epochs),
+        "minutes": minutes,
+    }
+    return anytime_curve(pd.DataFrame([*rows, closing]))
 
 
 def to_json(params: dict) -> dict:
@@ -265,7 +270,7 @@ def run_optuna(task, data, space, *, trials: int, folds: int, seed: int, trackin
         "epochs_per_trial": {str(t.number): len(t.intermediate_values) for t in study.trials},
         "fold_epochs": float(spend.fold_epochs),
         "minutes": minutes,
-        "curve": anytime_curve(spend.finished, fold_epochs=spend.fold_epochs, minutes=minutes),
+        "curve": peer_curve(spend.finished, fold_epochs=spend.fold_epochs, minutes=minutes),
         "best_mean_cv": best.value if best else None,
         "best_candidate": f"trial {best.number}" if best else None,
         "best_config": to_json(space.config(best.params)) if best else None,
@@ -377,7 +382,7 @@ def run_halving(task, data, space, *, trials: int, folds: int, seed: int, trace:
         "full_budget_trials": int(np.sum(last & (np.asarray(search.cv_results_["n_resources"]) == space.max_epochs))),
         "fold_epochs": fold_epochs,
         "minutes": minutes,
-        "curve": anytime_curve(finished, fold_epochs=fold_epochs, minutes=minutes),
+        "curve": peer_curve(finished, fold_epochs=fold_epochs, minutes=minutes),
         "best_mean_cv": float(search.best_score_) if picked else None,
         "best_candidate": f"candidate {int(search.best_index_)}" if picked else None,
         "best_config": to_json(picked) if picked else None,
