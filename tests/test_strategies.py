@@ -126,6 +126,7 @@ def test_a_killed_optuna_search_resumes_from_the_store_and_trains_nothing_twice(
     second = Worker()
     search(store, _optuna(store, 8), second)
     assert not set(first.trained) & set(second.trained)  # no fold trained twice
+    assert_each_configuration_is_one_trial(store, 8)
     state = tracking.read_store_state(tracking.connect(store), campaign(store).experiment_id, DATA.digest())
     told = _optuna(store, 8).past_trials(state)
     assert len({str(sorted(r.tags.sampled.items())) for r in told if r.tags.rung.budget == 6}) >= 1
@@ -134,6 +135,7 @@ def test_a_killed_optuna_search_resumes_from_the_store_and_trains_nothing_twice(
     search(store, _optuna(store, 10), third)
     assert not set(third.trained) & (set(first.trained) | set(second.trained))
     assert len(set(third.trained)) <= 2 * 3 * 2  # at most two new trials, three folds, two rungs
+    assert_each_configuration_is_one_trial(store, 10)  # two new ones, not the first session's first two again
 
 
 def test_joint_search_analysis_finds_what_the_objective_depends_on(store, tmp_path):
@@ -218,6 +220,19 @@ def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store
     second = ContinuingWorker()
     search(other, _asha(8), second)
     assert not set(first.trained) & set(second.trained)
+    assert_each_configuration_is_one_trial(other, 8)
+
+
+def assert_each_configuration_is_one_trial(store: str, n_trials: int) -> None:
+    """Across a kill and a rerun: ``n_trials`` distinct configurations (the rerun's sampler asked none of the first
+    session's again), each keeping one trial number in every run of it."""
+    numbers: dict[str, set[str]] = {}
+    for r in runs(store):
+        if r.data.tags.get(schema.TRIAL) is not None:
+            numbers.setdefault(r.data.tags[schema.SAMPLED], set()).add(r.data.tags[schema.TRIAL])
+    assert len(numbers) == n_trials
+    assert all(len(found) == 1 for found in numbers.values()), numbers
+    assert len({n for found in numbers.values() for n in found}) == n_trials
 
 
 class TwoWorkers(SerialExecutor):

@@ -12,10 +12,12 @@ training costs. Promotions go to a free worker before new trials.
 ``n mod brackets``, so some trials are judged first at 2 epochs, others at 6, others only at the full budget.
 ``warm_start`` configurations (the staged grid's winner, earlier searches' best trials) are the first trials.
 
-The store is the memory: every (trial, rung) is a candidate run with the trial's sampled values, rung and
-search key. Rerun after a kill, the study is told every trial that stopped or completed, a trial cut short is
-asked again with the same values and bracket, and every fold it had finished (continued ones included, their
-keys name their whole history) is reused.
+The store is the memory: every (trial, rung) is a candidate run with the trial's number, sampled values, rung
+and search key. Rerun after a kill, the study is told every trial that stopped or completed, a trial cut short is
+asked again with the same values, number and bracket, and every fold it had finished (continued ones included,
+their keys name their whole history) is reused. New trials are numbered after the store's and drawn from a
+sampler seeded by ``(seed, trials already asked)``: with the first session's seed, a restarted random stream
+would draw the configurations it drew before again.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.strategies.base import SearchRequest
+from mlflow_mnist.strategies.sampling import resumed_seed
 
 
 def rung_budgets(max_epochs: int, factor: int, min_epochs: int) -> list[int]:
@@ -52,6 +55,7 @@ def promotable(score: float, seen: Sequence[float], factor: int) -> bool:
 @dataclass
 class _Trial:
     trial: object  # optuna.trial.Trial
+    number: int  # the trial's number in the store (Optuna's own restarts with every study)
     bracket: int
     rung: int  # index into the budgets
     chain: tuple = ()  # (key, first key) per split of its last finished rung
@@ -109,11 +113,13 @@ class AsyncHalving:
         )
 
     # -- the study --------------------------------------------------------------------------------------------
-    def make_study(self):
+    def make_study(self, asked_before: int = 0):
+        """A fresh study; ``asked_before`` trials already in the store give its sampler a seed of its own."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, n_startup_trials=8)
+        seed = resumed_seed(self.seed, asked_before)
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
         return optuna.create_study(direction="maximize", sampler=sampler)
 
     def past_trials(self, state: StoreState) -> list[CandidateRecord]:
@@ -123,15 +129,16 @@ class AsyncHalving:
             if c.tags.search_key == self.search_key and c.tags.trial is not None and c.tags.rung is not None
         ]
 
-    def remember(self, study, records: list[CandidateRecord]) -> tuple[int, dict[str, int]]:
+    def remember(self, study, records: list[CandidateRecord]) -> tuple[int, dict[str, tuple[int, int]]]:
         """Tell ``study`` the store's stopped and completed trials; enqueue the ones cut short. Returns how many
-        were told, and the bracket of each enqueued trial (by its sampled values), so it starts where it did."""
+        were told, and the number and bracket of each enqueued trial (by its sampled values), so it goes on as the
+        same trial where it was."""
         import optuna
 
         by_values: dict[str, list[CandidateRecord]] = {}
-        for record in records:
+        for record in sorted(records, key=lambda r: r.tags.trial):
             by_values.setdefault(json.dumps(record.tags.sampled, sort_keys=True), []).append(record)
-        told, brackets = 0, {}
+        told, resumed = 0, {}
         for values, group in by_values.items():
             finished = sorted((r for r in group if r.finished), key=lambda r: r.tags.rung.index)
             bracket = min(r.tags.rung.index for r in group) - 1
@@ -140,7 +147,7 @@ class AsyncHalving:
                 # Cut short, or promoted and cut short at the next rung: asked again with the same values, it
                 # finds every fold it had finished (continued ones too: their keys name their history).
                 study.enqueue_trial(group[0].tags.sampled, skip_if_exists=True)
-                brackets[values] = bracket
+                resumed[values] = (group[0].tags.trial, bracket)
                 continue
             for record in finished:
                 self.seen.setdefault((bracket, record.tags.rung.index - 1), []).append(self._score(record.score))
@@ -156,7 +163,7 @@ class AsyncHalving:
                 )
             )
             told += 1
-        return told, brackets
+        return told, resumed
 
     @staticmethod
     def _score(value: float) -> float:
@@ -167,9 +174,9 @@ class AsyncHalving:
         budget = self.budgets[state.rung]
         return Spec(
             self.space.config(state.trial.params, epochs=budget, overrides=self.overrides),
-            label=f"trial {state.trial.number} ({budget} epochs)",
+            label=f"trial {state.number} ({budget} epochs)",
             role=TRIAL_ROLE,
-            trial=state.trial.number,
+            trial=state.number,
             sampled=dict(state.trial.params),
             horizon=self.budgets[-1],
             resume=state.chain,
@@ -179,7 +186,7 @@ class AsyncHalving:
     def _group(self, state: _Trial) -> Group:
         budget, count = self.budgets[state.rung], len(self.budgets)
         return Group(
-            name=f"trial {state.trial.number} rung {state.rung + 1}/{count}: {budget} epochs",
+            name=f"trial {state.number} rung {state.rung + 1}/{count}: {budget} epochs",
             step=self.search_name,
             varied=self.space.names,
             own_run=False,
@@ -190,12 +197,14 @@ class AsyncHalving:
     def run(self, session, memory: Callable[[], StoreState]) -> None:
         import optuna
 
-        study = self.study = self.make_study()
-        done, brackets = self.remember(study, self.past_trials(memory()))
+        past = self.past_trials(memory())
+        numbers = {record.tags.trial for record in past}
+        study = self.study = self.make_study(asked_before=len(numbers))
+        done, resumed = self.remember(study, past)
         for config in self._warm_configs(memory(), already=done):
             study.enqueue_trial(config, skip_if_exists=True)
         in_flight: dict[int, _Trial] = {}
-        asked = done
+        asked, next_number = done, max(numbers, default=-1) + 1
 
         def start(state: _Trial) -> None:
             pending = session.submit([self._spec(state)], group=self._group(state), priority=state.rung)
@@ -206,8 +215,11 @@ class AsyncHalving:
             while session.free_workers > 0 and asked < self.n_trials:
                 trial = study.ask(self.space.distributions)
                 values = json.dumps(trial.params, sort_keys=True)
-                bracket = brackets.pop(values, trial.number % self.brackets)
-                start(_Trial(trial, bracket, bracket))
+                if values in resumed:
+                    number, bracket = resumed.pop(values)
+                else:
+                    number, bracket, next_number = next_number, next_number % self.brackets, next_number + 1
+                start(_Trial(trial, number, bracket, bracket))
                 asked += 1
             # While trials are left, come back as soon as a worker is free (the last fold of a rung must not
             # train alone beside an idle worker); after that, only for finished rungs.

@@ -15,8 +15,9 @@ sampled values and the search's key. On restart a fresh study is told, from the 
 the full budget (complete) and every trial that stopped below it with no run at a higher rung (pruned: a
 promoted trial's next-rung runs are created before anything trains there). A trial cut short by the kill is
 asked again with the same values (``enqueue_trial``): the folds it had finished are reused, nothing trains
-twice. No second database: Optuna's own storage would be a second source of truth that a killed driver can
-leave behind the store.
+twice. New trials come from a sampler seeded by ``(seed, trials already asked)``: with the first session's
+seed, a restarted random stream would draw its configurations again. No second database: Optuna's own storage
+would be a second source of truth that a killed driver can leave behind the store.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.strategies.base import Evaluate, SearchRequest
+from mlflow_mnist.strategies.sampling import resumed_seed
 
 
 def rungs(max_epochs: int, factor: int, count: int = 3) -> list[int]:
@@ -76,11 +78,13 @@ class OptunaSearch:
             search_key=request.search_key(cls.name, space.name, request.factor, request.seed, ""),
         )
 
-    def make_study(self):
+    def make_study(self, asked_before: int = 0):
+        """A fresh study; ``asked_before`` trials already in the store give its sampler a seed of its own."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(seed=self.seed, constant_liar=True, n_startup_trials=self.batch * 2)
+        seed = resumed_seed(self.seed, asked_before)
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=self.batch * 2)
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=self.budgets[0], reduction_factor=self.factor, min_early_stopping_rate=0
         )
@@ -149,8 +153,9 @@ class OptunaSearch:
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
         import optuna
 
-        study = self.study = self.make_study()
-        done = self.remember(study, self.past_trials(memory()))
+        past = self.past_trials(memory())
+        study = self.study = self.make_study(asked_before=len({record.tags.trial for record in past}))
+        done = self.remember(study, past)
         while done < self.n_trials:
             trials = [study.ask(self.space.distributions) for _ in range(min(self.batch, self.n_trials - done))]
             first = trials[0].number

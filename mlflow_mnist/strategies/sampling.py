@@ -1,5 +1,6 @@
 """Configurations drawn at random from a search space (Optuna's RandomSampler, seeded): what successive
-halving over a space and random search evaluate. Shared helper, not a strategy."""
+halving over a space and random search evaluate; the seed of a resumed study's sampler. Shared helpers, not a
+strategy."""
 
 from __future__ import annotations
 
@@ -28,3 +29,17 @@ def sample_configs(
         )
         for t in trials
     ]
+
+
+def resumed_seed(seed: int, asked_before: int) -> int:
+    """The sampler seed of a study that resumes a search with ``asked_before`` trials already in the store.
+
+    A fresh search (``asked_before`` 0) keeps ``seed``, so its draws never change. A resumed study is told the
+    store's trials but its sampler starts its random stream again: with the same seed its first draws would be
+    the configurations the first session drew, asked a second time. A seed of its own, the same for the same
+    point of resumption, draws new ones."""
+    if not asked_before:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, asked_before]).generate_state(1)[0])
