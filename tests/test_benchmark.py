@@ -1,4 +1,4 @@
-"""The benchmark's --quick mode as a smoke test: it runs all five variants and writes its report. No timing asserts.
+"""The benchmark's --quick mode as a smoke test: it runs all six variants and writes its report. No timing asserts.
 
 Every variant trains the same grid: ours runs the step with ``reuse_reference=True``, as GridSearchCV does not
 retrain the step's reference; the four candidates of the pool_size grid are all there is, in every variant."""
@@ -23,10 +23,13 @@ def test_quick_benchmark_runs_every_variant_and_writes_its_report(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "bench_stage-quick.json").read_text())
-    assert set(report["seconds"]) == {"a", "a2", "b", "c", "d"}
+    assert set(report["seconds"]) == {"a", "a2", "b", "c", "d", "e"}
     assert all(len(v) == 1 and v[0] > 0 for v in report["seconds"].values())
     assert report["setup"]["n_candidates"] == 4
-    assert all(len(report["mean_accuracy"][k]) == 4 for k in ("a", "a2", "b", "c", "d"))
+    assert all(len(report["mean_accuracy"][k]) == 4 for k in ("a", "a2", "b", "c", "d", "e"))
+    # The ceiling trains the very models ours trains (same folds, seeds, batches): the same held-out scores.
+    assert report["mean_accuracy"]["e"] == pytest.approx(report["mean_accuracy"]["c"], abs=1e-6)
     assert all(0.5 < accuracy <= 1 for accuracy in report["mean_accuracy"]["b"])
     assert report["machine"]["matmul_peak_gflops"] > 0 and report["setup"]["flops"]["ours"] > 0
-    assert "vs GridSearchCV(n_jobs=cores)" in (tmp_path / "bench_stage-quick.md").read_text()
+    table = (tmp_path / "bench_stage-quick.md").read_text()
+    assert "vs GridSearchCV(n_jobs=cores)" in table and "over the ceiling (b/e - 1)" in table
