@@ -193,6 +193,20 @@ def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path, exec
         assert outcome.processes_left == 0
 
 
+@pytest.mark.slow
+def test_asha_killed_while_a_promoted_trial_continues_trains_nothing_twice(tmp_path):
+    """SIGKILL the whole session the moment a promoted trial's continued folds are training, rerun: the folds
+    finished before are reused (continued ones included), the cut-short rung is trained once, and the search ends
+    whole. tests/kill_harness.py --strategy asha kills at random moments too."""
+    outcome = kill_harness.kill_once(
+        tmp_path, 600, {}, n_jobs=2, target="group", strategy="asha", when=kill_harness.continuing
+    )
+    assert outcome.in_flight == "rung 2 (continuing)" and outcome.finished_before > 0
+    assert outcome.duplicates == 0 and outcome.left_running == 0 and outcome.results_equal
+    assert outcome.trained_after == outcome.total_folds - outcome.finished_before
+    assert outcome.processes_left == 0
+
+
 class Server:
     """A real `mlflow server` on a free loopback port, SQLite backend, local artifacts."""
 
