@@ -466,18 +466,26 @@ def final_one(task_name: str, source: str, config: dict, seed: int) -> dict:
 
 
 def final_seeds(picks: dict[str, dict], run: dict, seeds: int) -> dict[str, dict]:
-    """Every pick with seeds 0..seeds-1, two trainings at a time: each seed's test accuracy and errors, the median."""
+    """Every pick with seeds 0..seeds-1, two trainings at a time: each seed's test accuracy and errors, the median.
+
+    Peers that picked the same configuration share its trainings (seeded, a second one would give the same
+    models): plain Optuna and ours both start from Optuna's seeded random draws, and may pick the same trial."""
     from joblib import Parallel, delayed
 
-    jobs = [(name, seed) for name in picks for seed in range(seeds)]
+    keys = {name: json.dumps(config, sort_keys=True) for name, config in picks.items()}
+    jobs = [(key, seed) for key in dict.fromkeys(keys.values()) for seed in range(seeds)]
     results = Parallel(n_jobs=WORKERS)(
-        delayed(final_one)(run["task"], run["data"], picks[name], seed) for name, seed in jobs
+        delayed(final_one)(run["task"], run["data"], json.loads(key), seed) for key, seed in jobs
     )
     finals = {}
-    for name in picks:
-        mine = [r for (peer, _), r in zip(jobs, results, strict=True) if peer == name]
+    for name, key in keys.items():
+        mine = [r for (trained, _), r in zip(jobs, results, strict=True) if trained == key]
         ordered = sorted(mine, key=lambda r: r["test_accuracy"])
-        finals[name] = {"seeds": mine, "median_test_accuracy": ordered[(len(ordered) - 1) // 2]["test_accuracy"]}
+        finals[name] = {
+            "seeds": mine,
+            "median_test_accuracy": ordered[(len(ordered) - 1) // 2]["test_accuracy"],
+            "shared_with": [other for other, k in keys.items() if other != name and k == key],
+        }
     return finals
 
 
@@ -505,7 +513,8 @@ def markdown(report: dict) -> str:
             errors = ", ".join(
                 f"{s['errors']}" + ("" if s["status"] == "ok" else f" {s['status']}") for s in final["seeds"]
             )
-            tested = f"{final['median_test_accuracy']:.4%} ({errors})"
+            shared = f"; same pick as {', '.join(final['shared_with'])}" if final.get("shared_with") else ""
+            tested = f"{final['median_test_accuracy']:.4%} ({errors}{shared})"
         lines.append(
             f"| {name} | {p['trials']} ({p['full_budget_trials']}) | {p['fold_epochs']:.0f} | {p['minutes']:.1f} "
             f"({p['wall_seconds'] / 60:.1f}) | "
