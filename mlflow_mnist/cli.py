@@ -339,7 +339,10 @@ def tune(**options) -> None:
                 f"{group.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
                 f"(std {best['std_test_score']:.5f}); trained {group.trained} folds, reused {group.reused}"
             )
-    if outcome.best is not None and len([g for g in outcome.groups if g.counts]) > 1:
+    counted = [g for g in outcome.groups if g.counts]
+    # The whole search's line when several groups counted, or when none had a line of its own (a joint search's
+    # trials hang under the search run): a rerun that finished one cut-short rung still says what it trained.
+    if outcome.best is not None and (len(counted) > 1 or not any(g.group.own_run for g in counted)):
         best = outcome.best.best
         click.echo(
             f"{outcome.best.step if outcome.best.group.own_run else 'search'}: best {best['candidate']} mean "

@@ -183,8 +183,9 @@ def run_to_completion(
     proc = subprocess.run(command, capture_output=True, text=True, env=_env(store_dir), timeout=900)
     if proc.returncode:
         raise RuntimeError(f"search failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    found = re.search(r"trained (\d+) folds, reused (\d+)", proc.stdout)
-    trained, reused = map(int, found.groups()) if found else (0, 0)  # nothing left to train prints no counts
+    if proc.stdout.startswith("nothing to evaluate"):
+        return 0, 0, time.perf_counter() - start
+    trained, reused = map(int, re.search(r"trained (\d+) folds, reused (\d+)", proc.stdout).groups())
     return trained, reused, time.perf_counter() - start
 
 
