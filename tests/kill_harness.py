@@ -40,13 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+TOTAL_FOLDS = 10  # the staged scenario: four grid points and the step's reference, two folds each
+ASHA_TRIALS = 4
 COMMON_ARGS = ["--data", "sample", "--folds", "2", "--experiment", "mnist"]
 SCENARIOS = {
     "staged": ["tune", "--stage", "kernel_size", "--epochs", "2", *COMMON_ARGS],
-    "asha": ["tune", "--strategy", "asha", "--space", "seed", "--trials", "4", "--min-epochs", "2", *COMMON_ARGS],
+    "asha": ["tune", "--strategy", "asha", "--space", "seed", "--trials", str(ASHA_TRIALS), "--min-epochs", "2"]
+    + COMMON_ARGS,
 }
-TOTAL_FOLDS = 10  # the staged scenario: four grid points and the step's reference, two folds each
-ASHA_TRIALS = 4
 CLEANUP_SECONDS = 30
 
 
