@@ -32,7 +32,7 @@ from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 from mlflow_mnist.tasks.base import Dataset, Task, check_precision
-from mlflow_mnist.worker import DataRef, FoldWorker
+from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
 
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
 
@@ -126,11 +126,14 @@ class Campaign:
             precision,
             cv_repeats,
         )
+        ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
         if executor is not None:
-            executor.start()  # the cluster reached, with a worker that imports the project, before any write
+            # The cluster reached, with a worker that imports the project, before any write; a local pool's
+            # processes ready themselves meanwhile (TensorFlow, the data) while this one reaches the store.
+            warm_up = WarmUp(None if dataset is not None else ref, executor.threads_per_worker, os.getpid())
+            executor.start(warm_up=warm_up)
         client = tracking.connect()
         where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
-        ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
         spec = task or DEFAULT_TASK
         campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
         campaign.precision_because = precision_because

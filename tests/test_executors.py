@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sqlite3
@@ -162,6 +163,73 @@ def test_an_error_inside_a_task_is_not_a_pool_failure(tmp_path):
 
 def divide_by_zero(value: int) -> float:
     return value / 0
+
+
+# -- warming the pool while the driver sets up ----------------------------------------------------------------
+_WARMED: list[int] = []
+
+
+def mark_warm(seconds: float) -> int:
+    time.sleep(seconds)  # long enough that no process takes both warm-ups while the other starts
+    _WARMED.append(os.getpid())
+    return os.getpid()
+
+
+def warmed_here(_: object) -> bool:
+    return os.getpid() in _WARMED
+
+
+def fail_to_warm() -> None:
+    raise OSError("the data is not here")
+
+
+def test_joblib_start_warms_each_pool_process_once_ahead_of_its_first_task_without_waiting():
+    pool = JoblibExecutor(2)
+    if pool.n_workers < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is nothing to warm")
+    started = time.perf_counter()
+    pool.start(warm_up=functools.partial(mark_warm, 1.5))
+    assert time.perf_counter() - started < 1.0, "start() must not wait for the warm-ups"
+    tasks = [pool.submit(warmed_here, index) for index in range(4)]
+    assert len({pool.result(handle) for handle in pool.warm_ups}) == 2, "one warm-up per process"
+    assert [pool.result(handle) for handle in tasks] == [True] * 4
+
+
+def test_a_warm_up_that_fails_leaves_the_pool_to_its_tasks():
+    pool = JoblibExecutor(2).start(warm_up=fail_to_warm)
+    assert list(pool.map_unordered(abs, [-1, -2])) in ([1, 2], [2, 1])
+    assert all(isinstance(handle.exception(), OSError) for handle in pool.warm_ups)
+
+
+def test_a_command_that_fails_before_training_stops_the_warming_processes_instead_of_waiting_for_them():
+    """A campaign refused after start() (its lock taken, the store unreachable) must not hold the user's
+    prompt while pool processes finish importing TensorFlow: measured 18.7 s against 9.4 s for a refused `tune`."""
+    pool = JoblibExecutor(2)
+    if pool.n_workers < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is nothing to warm")
+    with pytest.raises(RuntimeError), pool:
+        pool.start(warm_up=functools.partial(mark_warm, 60.0))
+        raise RuntimeError("another driver is working on this experiment")
+    deadline = time.time() + 20
+    while _pool_processes() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _pool_processes()
+    assert list(JoblibExecutor(2).map_unordered(abs, [-3])) == [3], "the next command gets a fresh pool"
+
+
+def test_the_warm_up_loads_and_checks_the_data_a_fold_then_finds_loaded():
+    from mlflow_mnist.tasks import get_task
+    from mlflow_mnist.tasks.base import DataError
+    from mlflow_mnist.worker import DataRef, WarmUp, _data, _loaded
+
+    digest = get_task("mnist").load("sample", classes="2,7").digest()
+    ref = DataRef("mnist", "sample", "2,7", digest)
+    _loaded.cache_clear()
+    WarmUp(ref, threads=None)()
+    _data(ref)  # what a fold does first
+    assert (_loaded.cache_info().misses, _loaded.cache_info().hits) == (1, 1)
+    with pytest.raises(DataError, match="digest"):
+        WarmUp(DataRef("mnist", "sample", "2,7", "not-" + digest), threads=None)()
 
 
 @pytest.mark.slow

@@ -56,7 +56,9 @@ class Executor(Protocol):
 
     ``fn`` is picklable and self-contained (it loads its data by reference); an executor may run it in this
     process, in a pool of local processes or on a cluster. ``threads_per_worker`` is the TensorFlow thread
-    share each worker should take (``None``: let the worker use the cores it sees). Executors are context
+    share each worker should take (``None``: let the worker use the cores it sees). ``start`` reaches the workers
+    before anything is written; its ``warm_up``, where the executor starts its own worker processes, readies each
+    of them (TensorFlow imported, data loaded) while the driver goes on setting up. Executors are context
     managers: leaving the block releases their workers. A failure of the workers themselves (not of ``fn``)
     is raised as :class:`ExecutorError`.
     """
@@ -73,7 +75,7 @@ class Executor(Protocol):
 
     def result(self, handle: Any) -> R: ...
 
-    def start(self) -> Executor: ...
+    def start(self, warm_up: Callable[[], Any] | None = None) -> Executor: ...
 
     def close(self) -> None: ...
 
@@ -85,8 +87,8 @@ class Executor(Protocol):
 class FuturesMixin:
     """``wait_first`` and ``result`` for executors whose handles are ``concurrent.futures`` futures."""
 
-    def start(self):
-        """Nothing to reach: local pools start with their first task."""
+    def start(self, warm_up: Callable[[], Any] | None = None):
+        """Nothing to reach: local pools start with their first task (or their warm-up)."""
         return self
 
     def wait_first(self, handles: list[Future], timeout: float | None = None) -> list[Future]:

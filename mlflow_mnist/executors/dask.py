@@ -147,11 +147,13 @@ class DaskExecutor:
     def address(self) -> str:
         return self.scheduler or "a local cluster"
 
-    def start(self) -> DaskExecutor:
+    def start(self, warm_up: Callable[[], object] | None = None) -> DaskExecutor:
         """Reach the cluster and wait for a worker that can import this project; :class:`ExecutorError` if not.
 
         Call it before writing anything: every failure of the cluster's set-up surfaces here, as one line.
         Starting twice is harmless; :meth:`submit` and :attr:`n_workers` start a cluster nobody started.
+        ``warm_up`` is not run: a cluster's workers outlive the search and keep TensorFlow and the data between
+        searches, and which workers will join is not known here.
         """
         if self.client is not None:
             return self

@@ -22,7 +22,7 @@ from mlflow_mnist.planning import FoldTask
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.tasks import get_task
 from mlflow_mnist.tasks.base import DataError, Dataset, Task
-from mlflow_mnist.worker.process import exit_with_driver
+from mlflow_mnist.worker.process import configure_threads, exit_with_driver
 from mlflow_mnist.worker.training import FinalResult, train_final, train_fold
 
 
@@ -82,6 +82,26 @@ class FoldWorker:
 
 
 @dataclass(frozen=True)
+class WarmUp:
+    """What an executor runs once in each new pool process before its first task: the same set-up a first fold
+    does (its share of the cores, TensorFlow imported, the data loaded and checked), done while the driver is
+    still creating its runs. ``data=None`` (arrays shipped with each task) warms TensorFlow alone."""
+
+    data: DataRef | None
+    threads: int | None = 1
+    driver_pid: int | None = None
+
+    def __call__(self) -> int:
+        exit_with_driver(self.driver_pid)
+        configure_threads(self.threads)
+        import keras  # noqa: F401 - the import is the warm-up
+
+        if self.data is not None:
+            _loaded(self.data)
+        return os.getpid()
+
+
+@dataclass(frozen=True)
 class FinalWorker:
     """The picklable per-seed function of ``final``: the same data loading, the whole training set, one test."""
 
@@ -99,4 +119,13 @@ class FinalWorker:
         )
 
 
-__all__ = ["DataRef", "FinalResult", "FinalWorker", "FoldWorker", "load_ref", "train_final", "train_fold"]
+__all__ = [
+    "DataRef",
+    "FinalResult",
+    "FinalWorker",
+    "FoldWorker",
+    "WarmUp",
+    "load_ref",
+    "train_final",
+    "train_fold",
+]
