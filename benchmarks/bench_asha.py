@@ -337,7 +337,7 @@ def parse_variants(text: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="MNIST (IDX folder or .npz) [default: $MLFLOW_MNIST_DATA]")
-    parser.add_argument("--space", default="wide", help="the search space: wide or seed [default: wide]")
+    parser.add_argument("--space", default="wide", help="the search space: wide, seed or seed20 [default: wide]")
     parser.add_argument(
         "--trials", default=DEFAULT_TRIALS, help="trials per variant: 12 (each), or [default] %(default)s"
     )

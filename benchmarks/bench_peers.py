@@ -530,7 +530,7 @@ def markdown(report: dict) -> str:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="MNIST (IDX folder or .npz) [default: $MLFLOW_MNIST_DATA]")
-    parser.add_argument("--space", default="wide", help="the search space: wide or seed [default: wide]")
+    parser.add_argument("--space", default="wide", help="the search space: wide, seed or seed20 [default: wide]")
     parser.add_argument("--trials", type=int, default=12, help="trials (candidates) per peer [default: 12]")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--brackets", type=int, default=1, help="ours: --brackets [default: 1]")

@@ -195,6 +195,18 @@ def _asha(n_trials, brackets=1):
     return AsyncHalving(SEED, n_trials=n_trials, factor=3, min_epochs=2, brackets=brackets, seed=0, search_key="a1")
 
 
+def test_the_seed20_space_is_the_seed_space_climbing_to_its_final_20_epochs():
+    from mlflow_mnist.strategies.asha import rung_budgets
+    from mlflow_mnist.tasks import get_task
+
+    task = get_task("mnist")
+    seed, seed20 = task.get_space("seed"), task.get_space("seed20")
+    assert seed20.distributions == seed.distributions and seed20.base == seed.base
+    assert (seed.max_epochs, seed20.max_epochs) == (6, task.steps_of("epochs")[0].grid["epochs"][0]) == (6, 20)
+    assert rung_budgets(seed20.max_epochs, 3, 2) == [2, 6, 18, 20]
+    assert seed20.config(seed20.encode(task.start))["epochs"] == 20
+
+
 def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store):
     from mlflow_mnist.strategies.asha import promotable, rung_budgets
 
