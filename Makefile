@@ -58,9 +58,10 @@ postgres:
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
 # servers, subprocesses and sleeps, so three keep two cores ~86% busy (2-core AMD EPYC: 28.5 min serial, 17.6 at -n 3).
+# The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n 3 --dist loadfile
+	$(VENV)/bin/pytest -n 3 --dist loadfile --durations=20
 
 # The fast lane for your own loop: everything that trains nothing (no Keras fit, no server): 2.8 min on 2 cores.
 test-fast: setup
