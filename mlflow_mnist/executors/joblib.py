@@ -129,13 +129,7 @@ class JoblibExecutor(FuturesMixin):
     def __enter__(self) -> JoblibExecutor:
         return self
 
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None and not all(handle.done() for handle in self.warm_ups):
-            # Failed before training (the store unreachable, the campaign taken): the user waits for nothing;
-            # processes still importing TensorFlow would hold the exit until they finish.
-            from joblib.executor import get_memmapping_executor
-
-            get_memmapping_executor(self.n_workers, timeout=IDLE_TIMEOUT).shutdown(wait=False, kill_workers=True)
+    def __exit__(self, *exc) -> None:
         self.close()
 
 
