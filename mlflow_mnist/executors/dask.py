@@ -152,8 +152,8 @@ class DaskExecutor:
 
         Call it before writing anything: every failure of the cluster's set-up surfaces here, as one line.
         Starting twice is harmless; :meth:`submit` and :attr:`n_workers` start a cluster nobody started.
-        ``warm_up`` is not run: a cluster's workers outlive the search and keep TensorFlow and the data between
-        searches, and which workers will join is not known here.
+        ``warm_up`` is not run: which workers will join is not known here, and each loads TensorFlow and the data
+        with its first fold (a remote cluster's workers keep them between searches).
         """
         if self.client is not None:
             return self

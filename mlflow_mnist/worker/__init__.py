@@ -85,7 +85,7 @@ class FoldWorker:
 class WarmUp:
     """What an executor runs once in each new pool process before its first task: the same set-up a first fold
     does (its share of the cores, TensorFlow imported, the data loaded and checked), done while the driver is
-    still creating its runs. ``data=None`` (arrays shipped with each task) warms TensorFlow alone."""
+    still reaching its tracking store. ``data=None`` (arrays shipped with each task) warms TensorFlow alone."""
 
     data: DataRef | None
     threads: int | None = 1
