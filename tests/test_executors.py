@@ -216,6 +216,48 @@ def test_the_warm_up_loads_and_checks_the_data_a_fold_then_finds_loaded():
         WarmUp(DataRef("mnist", "sample", "2,7", "not-" + digest), threads=None)()
 
 
+ORPHAN_PROBE = """
+import os, sys, time
+from mlflow_mnist.worker.process import exit_with_driver
+
+def first_task_after_the_driver_died(args):
+    driver_pid, folder = args
+    with open(os.path.join(folder, "worker.pid"), "w") as out:
+        out.write(str(os.getpid()))
+    while os.getppid() == driver_pid:  # the driver is killed while this pool process is still starting
+        time.sleep(0.05)
+    exit_with_driver(driver_pid)
+    open(os.path.join(folder, "survived"), "w").close()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    sys.path.insert(0, sys.argv[1])
+    from mlflow_mnist.executors import JoblibExecutor
+    from orphan_probe import first_task_after_the_driver_died
+
+    JoblibExecutor(2).submit(first_task_after_the_driver_died, (os.getpid(), sys.argv[1]))
+    while not os.path.exists(os.path.join(sys.argv[1], "worker.pid")):
+        time.sleep(0.05)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_pool_process_whose_driver_died_before_its_first_task_exits_too(tmp_path):
+    """A driver killed while its pool was still starting: the re-parented process exits once it runs anything."""
+    if usable_cores() < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is no pool to orphan")
+    (tmp_path / "orphan_probe.py").write_text(ORPHAN_PROBE)
+    driver = subprocess.run([sys.executable, str(tmp_path / "orphan_probe.py"), str(tmp_path)], timeout=120)
+    assert driver.returncode == -signal.SIGKILL
+    worker_pid = int((tmp_path / "worker.pid").read_text())
+    deadline = time.monotonic() + 20
+    while psutil.pid_exists(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if psutil.pid_exists(worker_pid):
+        os.kill(worker_pid, signal.SIGKILL)
+    assert not (tmp_path / "survived").exists(), "the orphaned pool process went on after its driver died"
+
+
 @pytest.mark.slow
 def test_cli_reports_a_killed_pool_worker_in_one_line_and_keeps_finished_folds(tmp_path):
     """As the kernel's OOM killer would: SIGKILL to a pool process while a `tune` stage trains."""

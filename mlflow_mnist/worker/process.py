@@ -18,10 +18,16 @@ def exit_with_driver(driver_pid: int | None) -> None:
 
     A driver killed with SIGKILL (an OOM kill, ``kill -9``) runs no cleanup: its pool processes, each holding
     TensorFlow and a copy of the data, would live on as orphans. A daemon thread notices that the process was
-    re-parented and ends it. Processes not started by the driver (a cluster's workers) are left alone.
+    re-parented and ends it. A process whose driver died before its first task (killed while the pool was still
+    starting) exits at once: multiprocessing remembers which process started it even after the re-parenting.
+    Processes not started by the driver (a cluster's workers) are left alone.
     """
     global _WATCHING_DRIVER
-    if _WATCHING_DRIVER or driver_pid is None or os.getpid() == driver_pid or os.getppid() != driver_pid:
+    if _WATCHING_DRIVER or driver_pid is None or os.getpid() == driver_pid:
+        return
+    if os.getppid() != driver_pid:
+        if _started_by(driver_pid):
+            os._exit(70)
         return
     _WATCHING_DRIVER = True
 
@@ -31,6 +37,15 @@ def exit_with_driver(driver_pid: int | None) -> None:
         os._exit(70)
 
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
+def _started_by(pid: int) -> bool:
+    """Whether ``pid`` started this process through multiprocessing (loky's pool processes included), whether
+    or not it is still alive."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent is not None and parent.pid == pid
 
 
 # glibc's mallopt() parameters (malloc.h), the largest mmap threshold it accepts on 64-bit Linux, and a trim
