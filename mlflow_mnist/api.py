@@ -85,6 +85,7 @@ def tune(
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
     from mlflow_mnist.strategies import STRATEGIES, make_strategy
+    from mlflow_mnist.strategies.base import SearchRequest
     from mlflow_mnist.tasks import get_task
 
     resolve_n_jobs(n_jobs)  # a bad --n-jobs is one line before the experiment exists
@@ -95,6 +96,11 @@ def tune(
         raise StageError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
+    # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one
+    # line before any worker process starts or the store is reached.
+    dry = dict(stage=stage, steps=steps, space=chosen_space, trials=trials, factor=halving_factor)
+    dry_epochs = max(1, int(chosen.start.get("epochs", 1)) if epochs is None else epochs)
+    make_strategy(strategy, SearchRequest(chosen, dry_epochs, min_epochs=min_epochs, brackets=brackets, **dry))
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign = open_campaign(
             notify=notify,

@@ -6,6 +6,7 @@ costs one line and leaves the store untouched. It then wires a search: strategy,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -127,12 +128,14 @@ class Campaign:
             cv_repeats,
         )
         ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
+        start_workers = None
         if executor is not None:
-            # The cluster reached, with a worker that imports the project, before any write; a local pool's
-            # processes ready themselves meanwhile (TensorFlow, the data) while this one reaches the store.
+            # Once the store has answered (a refused command starts no process), the cluster is reached, with a
+            # worker that imports the project, before any write; a local pool's processes ready themselves
+            # (TensorFlow, the data) while this one builds a new store and sets up.
             warm_up = WarmUp(None if dataset is not None else ref, executor.threads_per_worker, os.getpid())
-            executor.start(warm_up=warm_up)
-        client = tracking.connect()
+            start_workers = functools.partial(executor.start, warm_up=warm_up)
+        client = tracking.connect(on_reached=start_workers)
         where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
         spec = task or DEFAULT_TASK
         campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,8 +156,13 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def connect(uri: str | None = None):
-    """A client for ``uri`` that has answered one request; a clear :class:`TrackingError` otherwise."""
+def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None = None):
+    """A client for ``uri`` that has answered one request; a clear :class:`TrackingError` otherwise.
+
+    ``on_reached`` runs once the store can no longer refuse the command: after its first answer, or, for a new
+    SQLite store, once its folder is known writable and before the seconds MLflow takes to build its schema (so
+    work started there, a pool warming up, overlaps them). A command refused here has started nothing.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -174,6 +179,9 @@ def connect(uri: str | None = None):
                 f"cannot write the SQLite store in {path.parent}: make it writable or set MLFLOW_TRACKING_URI"
             )
         if not path.exists():
+            if on_reached is not None:
+                on_reached()
+                on_reached = None
             _create_sqlite_store(path)
     _reach_database(uri)
     mlflow.set_tracking_uri(uri)
@@ -197,6 +205,8 @@ def connect(uri: str | None = None):
         raise TrackingError(
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
+    if on_reached is not None:
+        on_reached()
     return client
 
 
