@@ -21,6 +21,7 @@ from mlflow_mnist.executors import (
     ExecutorError,
     JoblibExecutor,
     NJobsError,
+    SerialExecutor,
     make_executor,
     resolve_n_jobs,
     usable_cores,
@@ -214,6 +215,42 @@ def test_the_warm_up_loads_and_checks_the_data_a_fold_then_finds_loaded():
     assert (_loaded.cache_info().misses, _loaded.cache_info().hits) == (1, 1)
     with pytest.raises(DataError, match="digest"):
         WarmUp(DataRef("mnist", "sample", "2,7", "not-" + digest), threads=None)()
+
+
+class StartSpy(SerialExecutor):
+    """An executor that notes when its workers would start, and whether the SQLite store existed then."""
+
+    def __init__(self, store: Path):
+        super().__init__()
+        self.store, self.started = store, []
+
+    def start(self, warm_up=None) -> StartSpy:
+        self.started.append(self.store.exists())
+        return self
+
+
+def test_workers_start_only_once_the_store_cannot_refuse_and_before_a_new_store_is_built(tmp_path, monkeypatch):
+    """A refused command starts no worker process; a new SQLite store's schema build overlaps their start."""
+    import socket
+
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.tracking import TrackingError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    store = tmp_path / "mlflow.db"
+    spy = StartSpy(store)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed}")
+    with pytest.raises(TrackingError, match="cannot reach"):
+        Campaign.open(data="sample", folds=2, executor=spy)
+    assert spy.started == []
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    Campaign.open(data="sample", folds=2, executor=spy)
+    assert spy.started == [False] and store.exists()
+    Campaign.open(data="sample", folds=2, executor=spy)  # an existing store: once it answered
+    assert spy.started == [False, True]
 
 
 ORPHAN_PROBE = """
