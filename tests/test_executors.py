@@ -217,6 +217,36 @@ def test_the_warm_up_loads_and_checks_the_data_a_fold_then_finds_loaded():
         WarmUp(DataRef("mnist", "sample", "2,7", "not-" + digest), threads=None)()
 
 
+_HELD: list[bytearray] = []
+
+
+def grow(megabytes: int) -> int:
+    """A fold's working set, as loky sees it: memory the process holds after the task."""
+    _HELD.append(bytearray(megabytes << 20))  # zero-filled: every page touched, so resident
+    time.sleep(1.5)  # loky checks a process's size at most once a second; and both processes take one
+    return os.getpid()
+
+
+def let_go(_: object) -> int:
+    _HELD.clear()
+    return os.getpid()
+
+
+def test_a_warmed_pool_process_is_not_restarted_when_its_first_fold_grows_it():
+    """loky measures a process after its first call (the warm-up, which trains nothing) and restarts it once it
+    has grown 300 MB past that; a fold grows it more than that, so the warm-up raises the allowance."""
+    from mlflow_mnist.worker import WarmUp
+
+    pool = JoblibExecutor(2)
+    if pool.n_workers < 2:
+        pytest.skip("one usable core: JoblibExecutor runs in-process, there is nothing to restart")
+    pool.start(warm_up=WarmUp(None, threads=1, driver_pid=os.getpid()))
+    warmed = {pool.result(handle) for handle in pool.warm_ups}
+    grown = {pool.result(handle) for handle in [pool.submit(grow, 450) for _ in range(2)]}
+    after = {pool.result(handle) for handle in [pool.submit(let_go, index) for index in range(4)]}
+    assert grown <= warmed and after <= warmed, "a warmed process was replaced after it grew"
+
+
 class StartSpy(SerialExecutor):
     """An executor that notes when its workers would start, and whether the SQLite store existed then."""
 

@@ -22,7 +22,7 @@ from mlflow_mnist.planning import FoldTask
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.tasks import get_task
 from mlflow_mnist.tasks.base import DataError, Dataset, Task
-from mlflow_mnist.worker.process import configure_threads, exit_with_driver
+from mlflow_mnist.worker.process import allow_a_folds_working_set, configure_threads, exit_with_driver
 from mlflow_mnist.worker.training import FinalResult, train_final, train_fold
 
 
@@ -93,6 +93,7 @@ class WarmUp:
 
     def __call__(self) -> int:
         exit_with_driver(self.driver_pid)
+        allow_a_folds_working_set()  # loky measures this process's size after this call: before any fold
         configure_threads(self.threads)
         import keras  # noqa: F401 - the import is the warm-up
 
