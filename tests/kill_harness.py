@@ -269,14 +269,12 @@ def campaign(
     executor: str = "joblib",
     *,
     strategy: str = "staged",
+    reference: tuple[float, dict[str, float]] | None = None,
 ) -> list[KillOutcome]:
-    """A reference run, then ``points`` kill-and-resume rounds at delays spread over the reference duration,
-    killing the driver alone and the whole session in turn."""
+    """A reference run (or ``reference``, one :func:`reference_run` made before), then ``points`` kill-and-resume
+    rounds at delays spread over the reference duration, killing the driver alone and the whole session in turn."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="kill-"))
-    reference_dir = workdir / "reference"
-    reference_dir.mkdir(parents=True)
-    _, _, duration = run_to_completion(reference_dir, n_jobs, executor, strategy)
-    reference = final_means(reference_dir) if strategy == "staged" else {}
+    duration, means = reference or reference_run(workdir / "reference", n_jobs, executor, strategy)
     rng = random.Random(seed)
     # Evenly spread strata with random jitter: early (start-up, first fold), middle, and late (last logging).
     delays = sorted(duration * (i + rng.random()) / points for i in range(points))
@@ -285,8 +283,17 @@ def campaign(
         store_dir = workdir / f"kill-{index}"
         store_dir.mkdir()
         target = "driver" if index % 2 == 0 else "group"
-        outcomes.append(kill_once(store_dir, delay, reference, n_jobs, executor, target, strategy))
+        outcomes.append(kill_once(store_dir, delay, means, n_jobs, executor, target, strategy))
     return outcomes
+
+
+def reference_run(
+    folder: Path, n_jobs: int, executor: str = "joblib", strategy: str = "staged"
+) -> tuple[float, dict[str, float]]:
+    """The search run to completion, uninterrupted: (its seconds, each candidate's mean score; {} for ASHA)."""
+    folder.mkdir(parents=True)
+    _, _, duration = run_to_completion(folder, n_jobs, executor, strategy)
+    return duration, final_means(folder) if strategy == "staged" else {}
 
 
 def main() -> None:

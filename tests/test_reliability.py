@@ -179,14 +179,23 @@ def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
     assert {r.info.status for r in runs if r.data.tags.get(schema.LEVEL) in ("step", "candidate")} == {"KILLED"}
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[float, dict[str, float]]:
+    """The kill scenario run to completion once (joblib, 2 workers): its time and scores, which every executor
+    gives alike (test_cluster compares them)."""
+    return kill_harness.reference_run(tmp_path_factory.mktemp("kill") / "reference", n_jobs=2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["joblib", "dask"])
-def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path, executor):
+def test_kill_nine_at_random_moments_loses_and_duplicates_nothing(tmp_path, executor, uninterrupted):
     """The driver alone, at a moment early in the search (seed 1: 13% of an uninterrupted run, while the pool
     starts or trains its first folds): joblib's workers must exit by themselves; Dask's mechanism handles it (a
     killed session takes its cluster with it). Killing the whole session is the ASHA test below; the 12- and
     10-point runs of benchmarks/results/kill_harness-*.md cover more moments; here the suite's time is shared."""
-    outcomes = kill_harness.campaign(points=1, seed=1, n_jobs=2, workdir=tmp_path, executor=executor)
+    outcomes = kill_harness.campaign(
+        points=1, seed=1, n_jobs=2, workdir=tmp_path, executor=executor, reference=uninterrupted
+    )
     assert [o.target for o in outcomes] == ["driver"]
     for outcome in outcomes:
         assert outcome.duplicates == 0 and outcome.left_running == 0 and outcome.results_equal
