@@ -57,7 +57,7 @@ postgres:
 	@./tools/ensure_postgres.sh
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
-# servers, subprocesses and sleeps, so three keep two cores ~86% busy (2-core AMD EPYC: 28.5 min serial, 17.6 at -n 3).
+# servers, subprocesses and sleeps, so three keep two cores ~88% busy (2-core AMD EPYC: 28.0 min at -n 3, 49 min of CPU).
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres
 	$(VENV)/bin/ruff check .
