@@ -261,14 +261,12 @@ class StartSpy(SerialExecutor):
 
 def test_workers_start_only_once_the_store_cannot_refuse_and_before_a_new_store_is_built(tmp_path, monkeypatch):
     """A refused command starts no worker process; a new SQLite store's schema build overlaps their start."""
-    import socket
+    from services import free_port
 
     from mlflow_mnist.campaign import Campaign
     from mlflow_mnist.tracking import TrackingError
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = free_port()  # nobody listens there
     store = tmp_path / "mlflow.db"
     spy = StartSpy(store)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

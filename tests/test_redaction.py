@@ -8,13 +8,13 @@ import http.server
 import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
 
 import pytest
 from conftest import cli
+from services import free_port
 
 from mlflow_mnist import redaction
 from mlflow_mnist.redaction import MASK, RedactingStream, redact
@@ -205,12 +205,6 @@ def hostile_server():
     server.shutdown()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # (name, environment, extra CLI arguments, what the output must show: the path was taken, the secret masked in
 # place); {port}: the hostile server, {closed}: a port nobody listens on, {tmp}: the test's folder.
 FAILURES = [
@@ -272,7 +266,7 @@ FAILURES = [
 
 @pytest.mark.parametrize("name, env, args, shown", FAILURES, ids=[case[0] for case in FAILURES])
 def test_no_secret_in_any_output_of_a_failing_command(tmp_path, hostile_server, name, env, args, shown):
-    fill = {"pw": PW, "port": hostile_server, "closed": _closed_port(), "tmp": tmp_path}
+    fill = {"pw": PW, "port": hostile_server, "closed": free_port(), "tmp": tmp_path}
     env = {key: value.format(**fill) for key, value in env.items()}
     args = [value.format(**fill) for value in args]
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID"):

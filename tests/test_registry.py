@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from services import free_port
 
 from mlflow_mnist import registry
 from mlflow_mnist.executors import JoblibExecutor
@@ -545,12 +545,6 @@ def test_sigkill_during_promote_leaves_the_alias_on_a_complete_version(fresh):
 
 
 # -- the whole path: final -> promote -> load by alias -> serve ----------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_final_promote_load_and_serve(store):
     import mlflow
@@ -608,7 +602,7 @@ def test_final_promote_load_and_serve(store):
     assert np.mean(predicted == task.y_test) == pytest.approx(accuracy)
 
     # ... and answers HTTP on loopback.
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
         [

@@ -16,6 +16,7 @@ import kill_harness
 import numpy as np
 import pytest
 from conftest import FoldWatcher, cli, write_idx, write_idx_folder
+from services import free_port
 
 from mlflow_mnist import schema, tracking
 
@@ -56,12 +57,6 @@ def broken_data(tmp_path_factory):
         y_test=sample.y_test,
     )
     return {"corrupt": corrupt, "truncated": truncated, "magic": magic, "shape": shape, "labels": labels}
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 BAD_INPUTS = [
@@ -222,7 +217,7 @@ class Server:
 
     def __init__(self, folder: Path, extra: tuple[str, ...] = (), env: dict | None = None):
         self.folder, self.extra, self.env = folder, extra, env or {}
-        self.port = _closed_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
