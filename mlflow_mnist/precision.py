@@ -42,6 +42,7 @@ def seconds_per_epoch(task: Task, data: Dataset, precision: str, *, seed: int = 
     """Wall time of one epoch over the probe's examples, after a first epoch that traces the graph."""
     import keras
 
+    from mlflow_mnist.worker.process import forget_models
     from mlflow_mnist.worker.training import STEPS_PER_EXECUTION
 
     x, y = data.x_train[:PROBE_EXAMPLES], data.y_train[:PROBE_EXAMPLES]
@@ -60,7 +61,7 @@ def seconds_per_epoch(task: Task, data: Dataset, precision: str, *, seed: int = 
     start = time.perf_counter()
     model.fit(x, onehot, batch_size=int(params["batch_size"]), epochs=1, verbose=0)
     elapsed = time.perf_counter() - start
-    keras.backend.clear_session()
+    forget_models()
     return elapsed
 
 

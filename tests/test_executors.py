@@ -281,6 +281,38 @@ def test_workers_start_only_once_the_store_cannot_refuse_and_before_a_new_store_
     assert spy.started == [False, True]
 
 
+FORGET_PROBE = """
+import gc, weakref
+import keras
+from mlflow_mnist.worker.process import forget_models
+
+def a_fold_model_freed_only_by_the_collector():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    cycle = {"model": model}
+    cycle["itself"] = cycle  # reachable from a reference cycle: reference counting alone never frees it
+    return weakref.ref(model)
+
+first = a_fold_model_freed_only_by_the_collector()
+forget_models()
+frozen = gc.get_freeze_count()
+second = a_fold_model_freed_only_by_the_collector()
+forget_models()
+print(first() is None, second() is None, frozen, gc.get_freeze_count())
+"""
+
+
+def test_forgetting_a_folds_models_frees_them_and_keeps_later_collections_off_the_imports():
+    """Every fold's model is freed at once, the first and every later one, while what the process imported is
+    moved out of the collector's way once (the full collection clear_session runs would walk it every fold)."""
+    proc = subprocess.run([sys.executable, "-c", FORGET_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first_freed, second_freed, frozen, frozen_later = proc.stdout.split()
+    assert first_freed == second_freed == "True"
+    # TensorFlow's and Keras' objects frozen once; a frozen object freed by its reference count leaves the count.
+    assert int(frozen) > 100_000 and int(frozen_later) <= int(frozen)
+
+
 ORPHAN_PROBE = """
 import os, sys, time
 from mlflow_mnist.worker.process import exit_with_driver

@@ -4,6 +4,7 @@ keep TensorFlow quiet and glibc's malloc on its fast path. Nothing here trains."
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import threading
@@ -11,6 +12,7 @@ import time
 
 _THREADS_SET = False
 _WATCHING_DRIVER = False
+_IMPORTS_FROZEN = False
 
 
 def exit_with_driver(driver_pid: int | None) -> None:
@@ -37,6 +39,25 @@ def exit_with_driver(driver_pid: int | None) -> None:
         os._exit(70)
 
     threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
+def forget_models() -> None:
+    """Drop the models Keras keeps (``keras.backend.clear_session()``, which also runs a full garbage
+    collection to free them at once), and keep later collections off what this process imported.
+
+    A full collection walks every object the process tracks: about 480,000 once TensorFlow, Keras and MLflow are
+    imported, 0.25 s in a pool process and 0.5 s in a driver that trains in-process, paid after every fold (22% of
+    a 1-epoch fold's CPU on the shipped sample, measured on the 2-core AMD EPYC). What survives the first
+    collection (modules, TensorFlow's registries, the loaded data) lives as long as the process, so it moves to
+    the collector's permanent generation (``gc.freeze``) and later collections walk only what came after.
+    """
+    global _IMPORTS_FROZEN
+    import keras
+
+    keras.backend.clear_session()
+    if not _IMPORTS_FROZEN:
+        gc.freeze()
+        _IMPORTS_FROZEN = True
 
 
 def _started_by(pid: int) -> bool:

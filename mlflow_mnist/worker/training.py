@@ -16,7 +16,7 @@ from mlflow_mnist.planning import FoldTask, fold_indices
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.tasks.base import Dataset, Task, check_precision
 from mlflow_mnist.worker.model_files import model_files
-from mlflow_mnist.worker.process import configure_threads
+from mlflow_mnist.worker.process import configure_threads, forget_models
 
 BLOW_UP_FACTOR = 5.0
 VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-out pass several times faster
@@ -278,7 +278,6 @@ def train_fold(
     next rung's checkpoint."""
     checkpoint = checkpoint if checkpoint is not None else task.checkpoint
     configure_threads(threads)
-    import keras
 
     train, held_out = fold_indices(y, task.n_folds, task.split_seed, task.fold, task.repeat)
     started_ms, start = now_ms(), time.perf_counter()
@@ -319,7 +318,7 @@ def train_fold(
                 validation=(x[held_out], y[held_out]),
             )
     except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
-        keras.backend.clear_session()
+        forget_models()
         return FoldResult(
             **record,
             accuracy=math.nan,
@@ -342,7 +341,7 @@ def train_fold(
         accuracy = float(np.mean(predictions.argmax(axis=1) == y[held_out]))
     keep_model = (with_model or task.resumable) and not diverged
     files = model_files(trained.model, x[held_out][:2], with_example=False) if keep_model else None
-    keras.backend.clear_session()
+    forget_models()
     return FoldResult(
         **record,
         accuracy=float(accuracy),
@@ -398,7 +397,7 @@ def train_final(
     loss = float(keras.losses.categorical_crossentropy(onehot, probabilities).numpy().mean())
     predictions = probabilities.argmax(axis=1)
     files = None if trained.diverged else model_files(trained.model, data.x_test[:2])
-    keras.backend.clear_session()
+    forget_models()
     errors = int(np.sum(predictions != data.y_test))
     return FinalResult(
         seed,
