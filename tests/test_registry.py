@@ -499,7 +499,7 @@ def test_a_promote_process_refuses_in_one_line_while_another_holds_the_lock(fres
 
 @pytest.mark.slow
 def test_sigkill_during_promote_leaves_the_alias_on_a_complete_version(fresh):
-    """Kill promote at random moments, and right after its version appears: the alias stays on the previous
+    """Kill promote at a random moment, and right after its version appears: the alias stays on the previous
     champion or moves to a version with every tag and its description; no version is ever incomplete."""
     client = fresh.client
     before = str(fresh.promote(fresh.finals.poor, min_accuracy=0.3)["version"])
@@ -525,7 +525,7 @@ def test_sigkill_during_promote_leaves_the_alias_on_a_complete_version(fresh):
     assert check_and_reset() == "moved"
     outcomes = []
     rng = random.Random(18)
-    for delay in [rng.uniform(0.4, 1.0) * whole for _ in range(3)]:
+    for delay in [rng.uniform(0.4, 1.0) * whole]:  # one: the aimed kills below are the ones that can find a gap
         child = subprocess.Popen(promote_command(fresh), env=child_env(fresh), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)  # fmt: skip
         time.sleep(delay)

@@ -242,7 +242,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, **self.env},
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},  # no GenAI job runners
             cwd=self.folder,
         )
         deadline = time.time() + 90
@@ -261,51 +261,6 @@ class Server:
             self.proc.wait()
 
 
-@pytest.mark.slow
-def test_server_stops_mid_stage_then_resume_without_duplicates(tmp_path):
-    server = Server(tmp_path).start()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": server.uri,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    }
-    args = [sys.executable, "-m", "mlflow_mnist", *STAGE, "--epochs", "2", "--n-jobs", "1", "--experiment", "mnist"]
-    try:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        client = tracking.connect(server.uri)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            exp = client.get_experiment_by_name("mnist")
-            folds = client.search_runs([exp.experiment_id], "tags.`mlflow_mnist.level` = 'fold'") if exp else []
-            if any(r.info.status == "FINISHED" for r in folds):
-                break
-            time.sleep(0.5)
-        server.stop()
-        _, err = proc.communicate(timeout=180)
-        lines = [line for line in err.splitlines() if line.strip() and "absl" not in line]
-        assert proc.returncode == 2
-        assert lines[-1].startswith(f"error: lost the tracking store at {server.uri}"), err[-2000:]
-        assert "Traceback" not in err
-        server.start()
-        rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
-        client = tracking.connect(server.uri)
-        exp = client.get_experiment_by_name("mnist")
-        runs = tracking.search_all(client, [exp.experiment_id])
-        finished = [
-            r.data.tags[schema.FOLD_KEY]
-            for r in runs
-            if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"
-        ]
-        assert len(finished) == len(set(finished)) == 10
-        assert not [r for r in runs if r.info.status == "RUNNING"]
-        assert "reused" in rerun.stdout and "reused 0" not in rerun.stdout
-    finally:
-        server.stop()
-
-
 SECRETS = {
     "MLFLOW_TRACKING_PASSWORD": "pw-Zq81-never-log",
     "AWS_SECRET_ACCESS_KEY": "aws-Kx92-never-log",
@@ -313,69 +268,97 @@ SECRETS = {
 }
 
 
-@pytest.mark.slow
-def test_basic_auth_server_and_no_secret_reaches_the_store(tmp_path):
-    admin_password = SECRETS["MLFLOW_TRACKING_PASSWORD"]
-    (tmp_path / "auth.ini").write_text(
+def _basic_auth_server(folder: Path) -> Server:
+    """A basic-auth `mlflow server` whose admin password is one of :data:`SECRETS`."""
+    (folder / "auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///basic_auth.db\n"
-        f"admin_username = admin\nadmin_password = {admin_password}\nauthorization_function = "
-        "mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"admin_username = admin\nadmin_password = {SECRETS['MLFLOW_TRACKING_PASSWORD']}\nauthorization_function = "
+        "mlflow.server.auth:authenticate_request_basic_auth\nauth_cache_ttl_seconds = 60\n"  # else scrypt per request
     )
-    server = Server(
-        tmp_path,
-        ("--app-name", "basic-auth"),
-        env={
-            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key",
-        },
-    ).start()
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key"}
+    return Server(folder, ("--app-name", "basic-auth"), env=env)
+
+
+def _fold_runs(client, experiment_name: str) -> list:
+    experiment = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([experiment.experiment_id], "tags.`mlflow_mnist.level` = 'fold'") if experiment else []
+
+
+def _texts_of(runs: list, artifacts: Path) -> str:
+    """Every param, tag and metric name and value of ``runs``, and every artifact file's bytes (inside .keras too)."""
+    texts = []
+    for run in runs:
+        texts += list(run.data.params) + list(run.data.params.values())
+        texts += list(run.data.tags) + list(run.data.tags.values()) + list(run.data.metrics)
+    for path in artifacts.rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+            if path.suffix == ".keras":
+                with zipfile.ZipFile(path) as archive:
+                    texts += [archive.read(n).decode("latin-1") for n in archive.namelist()]
+    return "\n".join(texts)
+
+
+@pytest.mark.slow
+def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_once_and_no_secret(tmp_path, monkeypatch):
+    """One stage against a basic-auth server with three secrets in the environment: wrong credentials are one
+    line; the server stops mid-stage (one line, exit 2), comes back, and the rerun trains only what was missing;
+    no secret is in any param, tag, metric or artifact (models included), and no model is a pickle."""
+    server = _basic_auth_server(tmp_path).start()
+    base = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    stage = [sys.executable, "-m", "mlflow_mnist", *STAGE]
     try:
-        base = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "TF_CPP_MIN_LOG_LEVEL": "3"}
         denied = subprocess.run(
-            [sys.executable, "-m", "mlflow_mnist", *STAGE],
+            stage,
             capture_output=True,
             text=True,
             env={**base, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
         )
         assert denied.returncode == 2 and "refused our credentials" in denied.stderr
         assert "wrong" not in denied.stderr
-        env = {**base, **SECRETS, "MLFLOW_TRACKING_USERNAME": "admin"}
-        proc = subprocess.run(
-            [sys.executable, "-m", "mlflow_mnist", *STAGE, "--n-jobs", "1"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        os.environ.update({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin_password})
-        try:
-            client = tracking.connect(server.uri)
-            exp = client.get_experiment_by_name("mnist")
-            runs = tracking.search_all(client, [exp.experiment_id])
-            assert len(runs) == 1 + 5 + 10
-            texts = []
-            for run in runs:
-                texts += list(run.data.params) + list(run.data.params.values())
-                texts += list(run.data.tags) + list(run.data.tags.values()) + list(run.data.metrics)
-        finally:
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                os.environ.pop(key, None)
-        for path in (tmp_path / "artifacts").rglob("*"):
-            if path.is_file():
-                texts.append(path.read_bytes().decode("latin-1"))
-                if path.suffix == ".keras":
-                    with zipfile.ZipFile(path) as archive:
-                        texts += [archive.read(n).decode("latin-1") for n in archive.namelist()]
-        blob = "\n".join(texts)
-        for secret in SECRETS.values():
-            assert secret not in blob
-        # MLflow 3 LoggedModels live under <experiment>/models/<model id>/artifacts/.
-        models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/models/" in p.as_posix()]
-        assert any(p.name == "model.keras" for p in models)
-        assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
+        env = {
+            **base,
+            **SECRETS,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        }
+        args = [*stage, "--epochs", "2", "--n-jobs", "1", "--experiment", "mnist"]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # this test's own client reads the server too
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+        client = tracking.connect(server.uri)
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(r.info.status == "FINISHED" for r in _fold_runs(client, "mnist")):
+            time.sleep(0.5)
+        server.stop()
+        _, err = proc.communicate(timeout=180)
+        lines = [line for line in err.splitlines() if line.strip() and "absl" not in line]
+        assert proc.returncode == 2
+        assert lines[-1].startswith(f"error: lost the tracking store at {server.uri}"), err[-2000:]
+        assert "Traceback" not in err and not [secret for secret in SECRETS.values() if secret in err]
+        server.start()
+        rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        assert "reused" in rerun.stdout and "reused 0" not in rerun.stdout
+        client = tracking.connect(server.uri)
+        runs = tracking.search_all(client, [client.get_experiment_by_name("mnist").experiment_id])
     finally:
         server.stop()
+    finished = [
+        r.data.tags[schema.FOLD_KEY]
+        for r in runs
+        if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"
+    ]
+    assert len(finished) == len(set(finished)) == 10
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    blob = _texts_of(runs, tmp_path / "artifacts")
+    for secret in SECRETS.values():
+        assert secret not in blob
+    # MLflow 3 LoggedModels live under <experiment>/models/<model id>/artifacts/.
+    models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/models/" in p.as_posix()]
+    assert any(p.name == "model.keras" for p in models)
+    assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
 
 
 @pytest.mark.parametrize("after", [0.0, 0.1, 0.2, 0.3, 0.45, 0.6])

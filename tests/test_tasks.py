@@ -140,7 +140,7 @@ def test_a_third_party_task_runs_through_mlflow_run(store, installed_example):
 
 @pytest.mark.slow
 def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(store, tmp_path):
-    """A task that is not MNIST through the whole tool: every registered strategy, a 5-seed final, the gate and
+    """A task that is not MNIST through the whole tool: every registered strategy, a 3-seed final, the gate and
     the report, all on the same experiment."""
     import mlflow_mnist
     from mlflow_mnist.strategies import STRATEGIES
@@ -159,8 +159,8 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
         assert (table["status"] == "ok").all() and result.best["mean_test_score"] > 0.5, strategy
     again = mlflow_mnist.tune(strategy="asha", trials=3, min_epochs=3, **common)
     assert again.trained == 0  # the store is the memory: a rerun trains nothing
-    summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=5, progress=False, experiment="digits")
-    assert summary["n_repeats"] == 5 and 0.5 < summary["median_test_accuracy"] <= 1
+    summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=3, progress=False, experiment="digits")
+    assert summary["n_repeats"] == 3 and 0.5 < summary["median_test_accuracy"] <= 1
     done = mlflow_mnist.promote(experiment="digits", min_accuracy=0.5)
     assert done["name"] == "digits-all-mlp" and done["version"] == "1"
     report = mlflow_mnist.analyze(experiments=["digits"], out=tmp_path / "report", log=False)
