@@ -39,75 +39,6 @@ def _by_level(runs):
     return levels
 
 
-def test_mlflow_run_logs_stage_grid_points_and_folds(store, sample):
-    import mlflow
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [
-            "mlflow",
-            "run",
-            str(ROOT),
-            "-P",
-            "stage=kernel_size",
-            "-P",
-            "data=sample",
-            "-P",
-            "epochs=1",
-            "-P",
-            "folds=2",
-            "--env-manager",
-            "local",
-            "--experiment-name",
-            "mnist",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    levels = _by_level(_runs(store))
-    assert {k: len(v) for k, v in levels.items()} == {"step": 1, "candidate": 5, "fold": 10}
-    assert all(r.info.status == "FINISHED" for rs in levels.values() for r in rs)
-    stage = levels["step"][0]
-    assert stage.info.run_name == "kernel_size" and stage.data.params["stage"] == "kernel_size"  # -P kept
-    assert stage.data.params["pool_size"] == "(2, 2)" and "best_kernel_size" in stage.data.params
-    assert 0.5 < stage.data.metrics["best_mean_accuracy"] <= 1
-    candidate_ids = {r.info.run_id for r in levels["candidate"]}
-    assert {r.data.tags[schema.PARENT] for r in levels["candidate"]} == {stage.info.run_id}
-    assert Counter(r.data.tags[schema.PARENT] for r in levels["fold"]) == {c: 2 for c in candidate_ids}
-    assert sorted(r.info.run_name for r in levels["candidate"]) == [
-        "kernel_size=(1, 1)",
-        "kernel_size=(3, 3)",
-        "kernel_size=(5, 5)",
-        "kernel_size=(7, 7)",
-        "reference",  # the carried-in configuration, trained afresh: what the analysis compares with
-    ]
-    client = _client(store)
-    table = list(csv.DictReader(Path(client.download_artifacts(stage.info.run_id, "cv_results.csv")).open()))
-    assert len(table) == 5 and {"split0_test_score", "split1_test_score", "rank_test_score"} <= set(table[0])
-    assert sorted(int(row["rank_test_score"]) for row in table) == [1, 2, 3, 4, 5]
-    assert [row["role"] for row in table] == ["grid"] * 4 + ["reference"]
-
-    fold = levels["fold"][0]
-    assert fold.info.run_name in ("fold 1/2", "fold 2/2")
-    assert {"neurons_1", "kernel_size", "pool_size", "fold", "split_seed"} <= set(fold.data.params)
-    history = client.get_metric_history(fold.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1]
-    assert fold.data.metrics["heldout_accuracy"] == pytest.approx(history[0].value)
-    assert fold.inputs.dataset_inputs[0].dataset.digest == fold.data.tags[schema.DIGEST]
-
-    # The fold's model takes raw uint8 pixels and predicts digits.
-    from mlflow_mnist.tasks.mnist.data import select_digits
-
-    task = select_digits(sample, (2, 7))
-    model = mlflow.pyfunc.load_model(f"runs:/{fold.info.run_id}/model")
-    probabilities = np.asarray(model.predict(task.x_test[:100]))
-    assert probabilities.shape == (100, 2)
-    assert (probabilities.argmax(axis=1) == task.y_test[:100]).mean() > 0.8
-
-
 def test_each_stage_starts_from_the_stores_best(store):
     from mlflow_mnist import api
 
@@ -165,8 +96,10 @@ def test_resume_after_kill_trains_only_what_is_missing(store):
     assert all(r.data.tags[schema.PARENT] in candidates for r in finished_folds)
 
 
-def test_mlflow3_native_run_tree_in_the_default_experiment(store, tmp_path):
-    """`mlflow run` with no experiment name, then `analyze` with none: LoggedModels, true times, best children."""
+def test_mlflow_run_logs_the_run_tree_mlflow3_natively_in_the_default_experiment(store, sample, tmp_path):
+    """`mlflow run` with no experiment name: the stage > grid point > fold tree in Default, with its params,
+    cv_results, curves and dataset inputs; LoggedModels, true times, best children; fold models that predict from
+    raw pixels; then `analyze` with no experiment finds it."""
     import mlflow
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -175,11 +108,49 @@ def test_mlflow3_native_run_tree_in_the_default_experiment(store, tmp_path):
         command += ["-P", param]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    client = _client(store)
-    experiment = client.get_experiment("0")
-    assert experiment.tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
     levels = _by_level(_runs(store, "Default"))
-    folds, candidates, (stage,) = levels["fold"], levels["candidate"], levels["step"]
+    assert {k: len(v) for k, v in levels.items()} == {"step": 1, "candidate": 5, "fold": 10}
+    assert all(r.info.status == "FINISHED" for rs in levels.values() for r in rs)
+    stage = levels["step"][0]
+    assert stage.info.run_name == "kernel_size" and stage.data.params["stage"] == "kernel_size"  # -P kept
+    assert stage.data.params["pool_size"] == "(2, 2)" and "best_kernel_size" in stage.data.params
+    assert 0.5 < stage.data.metrics["best_mean_accuracy"] <= 1
+    candidate_ids = {r.info.run_id for r in levels["candidate"]}
+    assert {r.data.tags[schema.PARENT] for r in levels["candidate"]} == {stage.info.run_id}
+    assert Counter(r.data.tags[schema.PARENT] for r in levels["fold"]) == {c: 2 for c in candidate_ids}
+    assert sorted(r.info.run_name for r in levels["candidate"]) == [
+        "kernel_size=(1, 1)",
+        "kernel_size=(3, 3)",
+        "kernel_size=(5, 5)",
+        "kernel_size=(7, 7)",
+        "reference",  # the carried-in configuration, trained afresh: what the analysis compares with
+    ]
+    client = _client(store)
+    table = list(csv.DictReader(Path(client.download_artifacts(stage.info.run_id, "cv_results.csv")).open()))
+    assert len(table) == 5 and {"split0_test_score", "split1_test_score", "rank_test_score"} <= set(table[0])
+    assert sorted(int(row["rank_test_score"]) for row in table) == [1, 2, 3, 4, 5]
+    assert [row["role"] for row in table] == ["grid"] * 4 + ["reference"]
+
+    fold = levels["fold"][0]
+    assert fold.info.run_name in ("fold 1/2", "fold 2/2")
+    assert {"neurons_1", "kernel_size", "pool_size", "fold", "split_seed"} <= set(fold.data.params)
+    history = client.get_metric_history(fold.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    assert fold.data.metrics["heldout_accuracy"] == pytest.approx(history[0].value)
+    assert fold.inputs.dataset_inputs[0].dataset.digest == fold.data.tags[schema.DIGEST]
+
+    # The fold's model takes raw uint8 pixels and predicts digits.
+    from mlflow_mnist.tasks.mnist.data import select_digits
+
+    task = select_digits(sample, (2, 7))
+    model = mlflow.pyfunc.load_model(f"runs:/{fold.info.run_id}/model")
+    probabilities = np.asarray(model.predict(task.x_test[:100]))
+    assert probabilities.shape == (100, 2)
+    assert (probabilities.argmax(axis=1) == task.y_test[:100]).mean() > 0.8
+
+    # MLflow 3 natively: the Default experiment marked for model training, LoggedModels, true run times.
+    assert client.get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    folds, candidates = levels["fold"], levels["candidate"]
 
     # One LoggedModel per fold run, its held-out accuracy on the model, rankable by it.
     models = mlflow.search_logged_models(
