@@ -56,10 +56,10 @@ def _runs(uri: str, experiment: str = "cluster"):
     return tracking.search_all(client, [found.experiment_id]) if found else []
 
 
-def _finished_fold_keys(uri: str) -> Counter:
+def _finished_fold_keys(uri: str, experiment: str = "cluster") -> Counter:
     return Counter(
         r.data.tags[schema.FOLD_KEY]
-        for r in _runs(uri)
+        for r in _runs(uri, experiment)
         if r.data.tags.get(schema.LEVEL) == "fold" and r.info.status == "FINISHED"
     )
 
@@ -262,14 +262,16 @@ def test_a_cluster_that_cannot_import_the_project_is_refused_before_writing(tmp_
         cluster.stop()
 
 
-@pytest.fixture
-def shared_server(tmp_path):
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
     """PostgreSQL from the OS binaries (password in a passfile), `mlflow server` on it with basic-auth and
-    proxied artifacts, and a user `driver` created through the auth API (its name and password)."""
+    proxied artifacts, and a user `driver` created through the auth API (its name and password). Started once
+    for this module (half a minute of a 2-core machine's CPU); each test works in an experiment of its own."""
     if postgres_bindir() is None:
         pytest.skip("PostgreSQL server binaries missing: `make test` installs them (apt-get install -y postgresql)")
-    database = Postgres(tmp_path / "pg").start()
-    server = MlflowServer(database.uri, tmp_path / "server", auth_database=database.auth_uri, env=database.env())
+    folder = tmp_path_factory.mktemp("shared-server")
+    database = Postgres(folder / "pg").start()
+    server = MlflowServer(database.uri, folder / "server", auth_database=database.auth_uri, env=database.env())
     server.start()
     yield SimpleNamespace(server=server, database=database, driver=server.add_user("driver"))
     server.stop()
@@ -331,14 +333,24 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
     shared_server, tmp_path, monkeypatch
 ):
     server, driver = shared_server.server, shared_server.driver
-    uri = server.uri
+    uri, experiment = server.uri, ["--experiment", "survival"]  # the module's server: an experiment of its own
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", driver[0])  # this process reads the store as the driver
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", driver[1])
     cluster = DaskCluster(tmp_path / "dask").start(n_workers=2)
     try:
         # A worker killed mid-stage: its fold is trained again elsewhere; nothing twice, nothing lost.
         stage = subprocess.Popen(
-            _command("--stage", "kernel_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address),
+            _command(
+                "--stage",
+                "kernel_size",
+                "--epochs",
+                "2",
+                "--executor",
+                "dask",
+                "--scheduler",
+                cluster.address,
+                *experiment,
+            ),
             stdout=open(tmp_path / "kernel_size.out", "w"),  # noqa: SIM115 - the child writes it
             stderr=subprocess.PIPE,
             env=_env(uri, **server.client_env(driver), **cluster.client_env()),
@@ -349,15 +361,15 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         stage.wait(timeout=600)
         progress.join()
         assert stage.returncode == 0, progress.text()[-3000:]
-        keys = _finished_fold_keys(uri)
+        keys = _finished_fold_keys(uri, "survival")
         first, _ = _summary((tmp_path / "kernel_size.out").read_text())
         assert len(keys) == first >= 8 and set(keys.values()) == {1}
-        assert not [r for r in _runs(uri) if r.info.status == "RUNNING"]
+        assert not [r for r in _runs(uri, "survival") if r.info.status == "RUNNING"]
 
         # The scheduler gone mid-stage: one line, exit 2, finished folds kept; a rerun resumes.
         cluster.add_worker()
         command = _command(
-            "--stage", "pool_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address
+            "--stage", "pool_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address, *experiment
         )
         env = _env(uri, **server.client_env(driver), **cluster.client_env())
         stage = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -371,18 +383,18 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         assert stage.returncode == 2, err[-3000:]
         assert lines[-1].startswith(f"error: lost the Dask scheduler at {cluster.address}"), err[-2000:]
         assert "Traceback" not in err
-        finished = sum(_finished_fold_keys(uri).values())
+        finished = sum(_finished_fold_keys(uri, "survival").values())
         cluster = DaskCluster(tmp_path / "dask2", port=cluster.port).start(n_workers=2)  # a new CA, too
         env = _env(uri, **server.client_env(driver), **cluster.client_env())
         rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        keys = _finished_fold_keys(uri)
+        keys = _finished_fold_keys(uri, "survival")
         trained, reused = _summary(rerun.stdout)
         # Nothing trained twice (one FINISHED run per fold key), and every fold the interrupted attempt finished
         # was reused by the rerun, beside any of kernel_size's.
         assert set(keys.values()) == {1} and len(keys) > finished
         assert reused >= finished - first and trained + reused >= len(keys) - first
-        assert not [r for r in _runs(uri) if r.info.status == "RUNNING"]
+        assert not [r for r in _runs(uri, "survival") if r.info.status == "RUNNING"]
     finally:
         cluster.stop()
 
