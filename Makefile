@@ -61,7 +61,7 @@ postgres:
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n 3 --dist loadfile --durations=20
+	$(VENV)/bin/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=20
 
 # The fast lane for your own loop: everything that trains nothing (no Keras fit, no server): 2.8 min on 2 cores.
 test-fast: setup

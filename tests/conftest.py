@@ -109,3 +109,28 @@ class FoldWatcher:
 
     def text(self) -> str:
         return self._buffer.decode(errors="replace")
+
+
+# `make test` hands whole files to its workers in collection order (--dist loadfile --no-loadscope-reorder). The
+# files that take longest go first, so that none of them starts last and runs alone while the other workers are
+# done (seconds per file in the suite of 2026-12-03, 3 workers on a 2-core AMD EPYC: 639, 430, 373, 316, 308,
+# 301, 206, 152, 119, 117, 103, 89). Files not named follow in their usual order; a file's tests keep theirs.
+LONGEST_FIRST = (
+    "test_reliability.py",
+    "test_cluster.py",
+    "test_bench_scripts.py",
+    "test_tasks.py",
+    "test_end_to_end.py",
+    "test_registry.py",
+    "test_redaction.py",
+    "test_benchmark.py",
+    "test_lock.py",
+    "test_analysis.py",
+    "test_strategies.py",
+    "test_executors.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort

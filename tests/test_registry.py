@@ -553,8 +553,8 @@ def test_final_promote_load_and_serve(store):
     from mlflow_mnist import api
     from mlflow_mnist.campaign import Campaign
 
-    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=2, overrides="", experiment="mnist")
-    tuned = api.tune(stage="kernel_size", data="sample", folds=2, epochs=2, experiment="mnist", n_jobs=1,
+    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, overrides="", experiment="mnist")
+    tuned = api.tune(stage="kernel_size", data="sample", folds=2, epochs=1, experiment="mnist", n_jobs=1,
                      log_models=False, progress=False)  # fmt: skip
     best_kernel = tuned.outcome.groups[0].best["params"]
     summary = run_final(campaign, repeats=1, executor=JoblibExecutor(1), progress=False)
