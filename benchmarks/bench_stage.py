@@ -1,7 +1,7 @@
 """One stage, five ways, on the same machine, data, folds, grid, epochs and batch size, interleaved and repeated.
 
     python benchmarks/bench_stage.py --repeats 3   # real 2-vs-7 from $MLFLOW_MNIST_DATA: the seed's pool_size step
-    python benchmarks/bench_stage.py --quick       # the shipped sample, 1 epoch, 1 repeat: a smoke test, no targets
+    python benchmarks/bench_stage.py --quick       # the sample, 1 epoch, 2 folds, 1 repeat: a smoke test, no targets
 
 Peers, each a fresh process (TensorFlow's thread settings cannot leak between them), none refitting:
   a   the seed's way: scikit-learn GridSearchCV over scikeras' KerasClassifier, default compile, n_jobs=1
@@ -269,7 +269,7 @@ def work_done(data: str, step: str, epochs: int, folds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shipped sample, 1 epoch, 1 repeat; smoke test only")
+    parser.add_argument("--quick", action="store_true", help="the sample, 1 epoch, 2 folds, 1 repeat: a smoke test")
     parser.add_argument("--step", default="pool_size", choices=["pool_size", "kernel_size"])
     parser.add_argument("--data", default=None, help="MNIST location [default: $MLFLOW_MNIST_DATA]")
     parser.add_argument("--repeats", type=int, default=3)
@@ -281,7 +281,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    epochs, folds = (1, 3) if args.quick else (6, 3)
+    epochs, folds = (1, 2) if args.quick else (6, 3)
     repeats = 1 if args.quick else args.repeats
     data = "sample" if args.quick else (args.data or os.environ.get("MLFLOW_MNIST_DATA", ""))
     if not data:
