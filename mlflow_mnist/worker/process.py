@@ -50,6 +50,8 @@ def forget_models() -> None:
     a 1-epoch fold's CPU on the shipped sample, measured on the 2-core AMD EPYC). What survives the first
     collection (modules, TensorFlow's registries, the loaded data) lives as long as the process, so it moves to
     the collector's permanent generation (``gc.freeze``) and later collections walk only what came after.
+    Where folds train in the caller's own interpreter (``n_jobs=1``, the Python API), what it held then is frozen
+    too: reference cycles among those objects are no longer collected (``gc.unfreeze()`` undoes the freeze).
     """
     global _IMPORTS_FROZEN
     import keras
