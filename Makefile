@@ -57,13 +57,14 @@ postgres:
 	@./tools/ensure_postgres.sh
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
-# servers, subprocesses and sleeps, so three keep two cores ~88% busy (2-core AMD EPYC: 28.0 min at -n 3, 49 min of CPU).
+# servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC: 16.3 min at -n 3, 30 min of
+# CPU). Files go to the workers longest first (tests/conftest.py), not in xdist's order (by test count).
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=20
 
-# The fast lane for your own loop: everything that trains nothing (no Keras fit, no server): 2.8 min on 2 cores.
+# The fast lane for your own loop: everything that trains nothing (no Keras fit, no server): 3 min on 2 cores.
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -m "not slow" -q -n 2
