@@ -333,24 +333,18 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
     shared_server, tmp_path, monkeypatch
 ):
     server, driver = shared_server.server, shared_server.driver
-    uri, experiment = server.uri, ["--experiment", "survival"]  # the module's server: an experiment of its own
+    uri, name = server.uri, "survival"  # the module's server: an experiment of its own
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", driver[0])  # this process reads the store as the driver
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", driver[1])
     cluster = DaskCluster(tmp_path / "dask").start(n_workers=2)
+
+    def on_dask(cluster: DaskCluster) -> tuple[str, ...]:
+        return ("--executor", "dask", "--scheduler", cluster.address, "--experiment", name)
+
     try:
         # A worker killed mid-stage: its fold is trained again elsewhere; nothing twice, nothing lost.
         stage = subprocess.Popen(
-            _command(
-                "--stage",
-                "kernel_size",
-                "--epochs",
-                "2",
-                "--executor",
-                "dask",
-                "--scheduler",
-                cluster.address,
-                *experiment,
-            ),
+            _command("--stage", "kernel_size", "--epochs", "2", *on_dask(cluster)),
             stdout=open(tmp_path / "kernel_size.out", "w"),  # noqa: SIM115 - the child writes it
             stderr=subprocess.PIPE,
             env=_env(uri, **server.client_env(driver), **cluster.client_env()),
@@ -361,16 +355,14 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         stage.wait(timeout=600)
         progress.join()
         assert stage.returncode == 0, progress.text()[-3000:]
-        keys = _finished_fold_keys(uri, "survival")
+        keys = _finished_fold_keys(uri, name)
         first, _ = _summary((tmp_path / "kernel_size.out").read_text())
         assert len(keys) == first >= 8 and set(keys.values()) == {1}
-        assert not [r for r in _runs(uri, "survival") if r.info.status == "RUNNING"]
+        assert not [r for r in _runs(uri, name) if r.info.status == "RUNNING"]
 
         # The scheduler gone mid-stage: one line, exit 2, finished folds kept; a rerun resumes.
         cluster.add_worker()
-        command = _command(
-            "--stage", "pool_size", "--epochs", "2", "--executor", "dask", "--scheduler", cluster.address, *experiment
-        )
+        command = _command("--stage", "pool_size", "--epochs", "2", *on_dask(cluster))
         env = _env(uri, **server.client_env(driver), **cluster.client_env())
         stage = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         progress = FoldWatcher(stage.stderr)
@@ -383,18 +375,18 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
         assert stage.returncode == 2, err[-3000:]
         assert lines[-1].startswith(f"error: lost the Dask scheduler at {cluster.address}"), err[-2000:]
         assert "Traceback" not in err
-        finished = sum(_finished_fold_keys(uri, "survival").values())
+        finished = sum(_finished_fold_keys(uri, name).values())
         cluster = DaskCluster(tmp_path / "dask2", port=cluster.port).start(n_workers=2)  # a new CA, too
         env = _env(uri, **server.client_env(driver), **cluster.client_env())
         rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        keys = _finished_fold_keys(uri, "survival")
+        keys = _finished_fold_keys(uri, name)
         trained, reused = _summary(rerun.stdout)
         # Nothing trained twice (one FINISHED run per fold key), and every fold the interrupted attempt finished
         # was reused by the rerun, beside any of kernel_size's.
         assert set(keys.values()) == {1} and len(keys) > finished
         assert reused >= finished - first and trained + reused >= len(keys) - first
-        assert not [r for r in _runs(uri, "survival") if r.info.status == "RUNNING"]
+        assert not [r for r in _runs(uri, name) if r.info.status == "RUNNING"]
     finally:
         cluster.stop()
 
