@@ -143,7 +143,7 @@ def _ceiling_process(data: str, step: str, epochs: int, folds: int, todo, ready,
     then folds from the shared queue until its stop mark."""
     from mlflow_mnist.planning import fold_indices
     from mlflow_mnist.worker.process import configure_threads
-    from mlflow_mnist.worker.training import STEPS_PER_EXECUTION, VALIDATION_BATCH
+    from mlflow_mnist.worker.training import VALIDATION_BATCH, execution_steps
 
     configure_threads(1)
     import keras
@@ -161,7 +161,7 @@ def _ceiling_process(data: str, step: str, epochs: int, folds: int, todo, ready,
         model = task.build_model(
             fold.params,
             n_classes=dataset.n_classes,
-            steps_per_execution=STEPS_PER_EXECUTION,
+            steps_per_execution=execution_steps(len(train), fold.params),  # as ours: the same graph calls
             precision="float32",
             seed=fold.seed,
             n_train=len(train),

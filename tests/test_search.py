@@ -202,3 +202,24 @@ def test_a_step_retrains_its_reference_with_keys_of_its_own():
     assert not set(reference.fold_keys) & set(twin.fold_keys)
     assert not set(reference.fold_keys) & set(kernel.candidates[-1].fold_keys)
     assert len(pool.to_train) == 15 and pool.group.reference_rule == "fresh"
+
+
+@pytest.mark.slow
+def test_a_short_fit_runs_one_batch_per_graph_call_and_trains_the_same_model(sample):
+    """Few batches in all: one per graph call (tracing Keras' several-batch loop would cost more than it saves);
+    a long fit keeps several. Either way the same batches meet the same weights: the same model comes out."""
+    from mlflow_mnist.tasks.mnist.data import select_digits
+    from mlflow_mnist.worker.training import STEPS_PER_EXECUTION, execution_steps, fit
+
+    data = select_digits(sample, (2, 7))
+    params = MNIST.validate({**SEED_START, "epochs": 2, "batch_size": 20})
+    x, y = data.x_train[:400], data.y_train[:400]
+    assert execution_steps(len(x), params) == 1  # 2 epochs of 20 batches
+    assert execution_steps(8000, params) == STEPS_PER_EXECUTION
+    fits = [fit(MNIST, params, x, y, n_classes=2, seed=3, steps_per_execution=n) for n in (None, STEPS_PER_EXECUTION)]
+    assert [f.model.steps_per_execution for f in fits] == [1, STEPS_PER_EXECUTION]
+    assert fits[0].history.keys() == fits[1].history.keys() == {"loss", "accuracy"}
+    for name, values in fits[1].history.items():
+        assert fits[0].history[name] == pytest.approx(values, rel=1e-5)
+    for short, long in zip(fits[0].model.get_weights(), fits[1].model.get_weights(), strict=True):
+        np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-6)
