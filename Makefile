@@ -64,7 +64,7 @@ test: setup postgres
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=20
 
-# The fast lane for your own loop: everything that trains nothing (no Keras fit, no server): 3 min on 2 cores.
+# The fast lane for your own loop: what starts no TensorFlow, no server and no racing processes (none trains).
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -m "not slow" -q -n 2

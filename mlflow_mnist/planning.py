@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,12 +92,14 @@ class FoldRecord:
 @dataclass(frozen=True)
 class CandidateRecord:
     """A candidate run found in the store (Optuna rebuilds its study from these); ``finished`` False when cut
-    short. ``score`` is its mean held-out accuracy when healthy, 0 otherwise."""
+    short. ``score`` is its mean held-out accuracy when healthy, 0 otherwise; ``chance`` what guessing scored on
+    its folds (NaN in stores made before it was logged)."""
 
     tags: CandidateTags
     score: float
     status: str
     finished: bool
+    chance: float = math.nan
 
 
 @dataclass

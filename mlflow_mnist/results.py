@@ -71,6 +71,13 @@ def skill(accuracy: float, chance: float) -> float:
     return (accuracy - chance) / (1 - chance)
 
 
+def near_chance(accuracy: float, chance: float) -> bool:
+    """Whether ``accuracy`` keeps at most :data:`NEAR_CHANCE` of the way from guessing (``chance``) to perfect: a
+    model that learned (next to) nothing. Unknown (NaN) is not near chance."""
+    kept = skill(accuracy, chance)
+    return kept == kept and kept <= NEAR_CHANCE
+
+
 def collapsed_folds(accuracies: Sequence[float], chances: Sequence[float]) -> tuple[bool, ...]:
     """Which of one candidate's trained folds collapsed: near chance (:data:`NEAR_CHANCE`) *and* far below the
     candidate's best other fold (:data:`FAR_BELOW`). Give the folds that trained (status "ok") only."""
@@ -126,6 +133,7 @@ def cv_results(plan: Plan, results: Mapping[str, FoldResult | FoldRecord]) -> li
             mean_test_score=float(np.mean(scores)),
             std_test_score=float(np.std(scores)),
             min_test_score=float(np.min(scores)),
+            chance_score=float(np.mean([f.chance for f in folds])),  # what guessing the majority class scores
             mean_fit_time=float(np.mean([f.fit_seconds for f in folds])),
             status=health.status,
             collapsed_folds=health.n_collapsed,

@@ -284,7 +284,12 @@ class SearchTree:
         run_id = runs.candidates[candidate.index]
         self.writer.log_metrics(
             run_id,
-            {**_candidate_metrics(row), "rank": row["rank_test_score"], "mean_fit_seconds": row["mean_fit_time"]},
+            {
+                **_candidate_metrics(row),
+                "chance_accuracy": row["chance_score"],  # its folds' mean, as each fold logs its own
+                "rank": row["rank_test_score"],
+                "mean_fit_seconds": row["mean_fit_time"],
+            },
         )
         self.writer.log_tags(run_id, {STATUS: row["status"], COLLAPSED_FOLDS: row["collapsed_folds"]})
         folds = [(i, a) for i, a in runs.folds.get(candidate.index, []) if a == a]  # NaN: a failed fold

@@ -304,7 +304,9 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
             ok = tags.get(STATUS, "ok") == "ok"
             score = run.data.metrics.get("mean_heldout_accuracy", math.nan) if ok else 0.0
             record = CandidateTags.parse(tags)
-            state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), info.status == "FINISHED"))
+            finished = info.status == "FINISHED"
+            chance = run.data.metrics.get("chance_accuracy", math.nan)
+            state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance))
             continue
         if info.status != "FINISHED":
             continue

@@ -202,6 +202,7 @@ def test_a_warm_up_that_fails_leaves_the_pool_to_its_tasks():
     assert all(isinstance(handle.exception(), OSError) for handle in pool.warm_ups)
 
 
+@pytest.mark.slow
 def test_the_warm_up_loads_and_checks_the_data_a_fold_then_finds_loaded():
     from mlflow_mnist.tasks import get_task
     from mlflow_mnist.tasks.base import DataError
@@ -232,6 +233,7 @@ def let_go(_: object) -> int:
     return os.getpid()
 
 
+@pytest.mark.slow
 def test_a_warmed_pool_process_is_not_restarted_when_its_first_fold_grows_it():
     """loky measures a process after its first call (the warm-up, which trains nothing) and restarts it once it
     has grown 300 MB past that; a fold grows it more than that, so the warm-up raises the allowance."""
@@ -302,6 +304,7 @@ print(first() is None, second() is None, frozen, gc.get_freeze_count())
 """
 
 
+@pytest.mark.slow
 def test_forgetting_a_folds_models_frees_them_and_keeps_later_collections_off_the_imports():
     """Every fold's model is freed at once, the first and every later one, while what the process imported is
     moved out of the collector's way once (the full collection clear_session runs would walk it every fold)."""

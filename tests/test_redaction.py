@@ -289,6 +289,7 @@ def test_no_secret_in_any_output_of_a_failing_command(tmp_path, hostile_server, 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "Could not find cuda drivers", "I0000")
 
 
+@pytest.mark.slow
 def test_tensorflow_import_prints_nothing_but_real_errors_survive(tmp_path):
     """Without TF_CPP_MIN_LOG_LEVEL, as a user's shell has it: importing keras says nothing; a line the import
     writes that is not Abseil's start-up chatter still reaches stderr."""
@@ -308,6 +309,7 @@ def test_tensorflow_import_prints_nothing_but_real_errors_survive(tmp_path):
     assert proc.stderr == "after import\na real problem stays\n", proc.stderr
 
 
+@pytest.mark.slow
 def test_tensorflow_noise_is_kept_when_the_user_asks_for_it(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}
     code = "from mlflow_mnist import redaction\nredaction.quiet_tensorflow_startup()\nimport tensorflow\n"
@@ -334,6 +336,7 @@ def test_no_startup_noise_from_a_dask_cluster(tmp_path):
     assert "hidden_units: best" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_fresh_worker_process_is_quiet_from_its_first_import(tmp_path):
     """A loky or Dask worker starts by unpickling a task, which imports mlflow_mnist.worker: the package's
     ``__init__`` must have installed the filter before that import can reach TensorFlow."""

@@ -16,7 +16,7 @@ import kill_harness
 import numpy as np
 import pytest
 from conftest import FoldWatcher, cli, write_idx, write_idx_folder
-from services import free_port
+from services import MlflowServer
 
 from mlflow_mnist import schema, tracking
 
@@ -212,71 +212,9 @@ def test_asha_killed_while_a_promoted_trial_continues_trains_nothing_twice(tmp_p
     assert outcome.processes_left == 0
 
 
-class Server:
-    """A real `mlflow server` on a free loopback port, SQLite backend, local artifacts."""
-
-    def __init__(self, folder: Path, extra: tuple[str, ...] = (), env: dict | None = None):
-        self.folder, self.extra, self.env = folder, extra, env or {}
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-
-    def start(self) -> Server:
-        exe = Path(sys.executable).parent / "mlflow"
-        self.proc = subprocess.Popen(
-            [
-                str(exe),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{self.folder}/server.db",
-                "--artifacts-destination",
-                str(self.folder / "artifacts"),
-                *self.extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env},  # no GenAI job runners
-            cwd=self.folder,
-        )
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    time.sleep(1)
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-SECRETS = {
-    "MLFLOW_TRACKING_PASSWORD": "pw-Zq81-never-log",
-    "AWS_SECRET_ACCESS_KEY": "aws-Kx92-never-log",
-    "MLFLOW_TRACKING_TOKEN": "tok-Pm37-never-log",
-}
-
-
-def _basic_auth_server(folder: Path) -> Server:
-    """A basic-auth `mlflow server` whose admin password is one of :data:`SECRETS`."""
-    (folder / "auth.ini").write_text(
-        "[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///basic_auth.db\n"
-        f"admin_username = admin\nadmin_password = {SECRETS['MLFLOW_TRACKING_PASSWORD']}\nauthorization_function = "
-        "mlflow.server.auth:authenticate_request_basic_auth\nauth_cache_ttl_seconds = 60\n"  # else scrypt per request
-    )
-    env = {"MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-csrf-key"}
-    return Server(folder, ("--app-name", "basic-auth"), env=env)
+#: Secrets in the driver's environment that must reach no param, tag, metric, artifact or message; the tracking
+#: password is the basic-auth server's own admin password (random), added where the server is made.
+OTHER_SECRETS = {"AWS_SECRET_ACCESS_KEY": "aws-Kx92-never-log", "MLFLOW_TRACKING_TOKEN": "tok-Pm37-never-log"}
 
 
 def _fold_runs(client, experiment_name: str) -> list:
@@ -303,8 +241,10 @@ def _texts_of(runs: list, artifacts: Path) -> str:
 def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_once_and_no_secret(tmp_path, monkeypatch):
     """One stage against a basic-auth server with three secrets in the environment: wrong credentials are one
     line; the server stops mid-stage (one line, exit 2), comes back, and the rerun trains only what was missing;
-    no secret is in any param, tag, metric or artifact (models included), and no model is a pickle."""
-    server = _basic_auth_server(tmp_path).start()
+    no secret is in any param, tag, metric or artifact (models included), and no model is a pickle. The server is
+    the one `make cluster-demo` documents (tools/services.py), on SQLite, stopped and started on the same port."""
+    server = MlflowServer(f"sqlite:///{tmp_path}/server.db", tmp_path / "server", workers=1).start()
+    secrets = {**OTHER_SECRETS, "MLFLOW_TRACKING_PASSWORD": server.admin[1]}
     base = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, "TF_CPP_MIN_LOG_LEVEL": "3"}
     stage = [sys.executable, "-m", "mlflow_mnist", *STAGE]
     try:
@@ -318,7 +258,7 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
         assert "wrong" not in denied.stderr
         env = {
             **base,
-            **SECRETS,
+            **secrets,
             "MLFLOW_TRACKING_USERNAME": "admin",
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -326,7 +266,7 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
         args = [*stage, "--epochs", "2", "--n-jobs", "1", "--experiment", "mnist"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # this test's own client reads the server too
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SECRETS["MLFLOW_TRACKING_PASSWORD"])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin[1])
         client = tracking.connect(server.uri)
         deadline = time.time() + 120
         while time.time() < deadline and not any(r.info.status == "FINISHED" for r in _fold_runs(client, "mnist")):
@@ -336,7 +276,7 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
         lines = [line for line in err.splitlines() if line.strip() and "absl" not in line]
         assert proc.returncode == 2
         assert lines[-1].startswith(f"error: lost the tracking store at {server.uri}"), err[-2000:]
-        assert "Traceback" not in err and not [secret for secret in SECRETS.values() if secret in err]
+        assert "Traceback" not in err and not [secret for secret in secrets.values() if secret in err]
         server.start()
         rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -352,15 +292,17 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
     ]
     assert len(finished) == len(set(finished)) == 10
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    blob = _texts_of(runs, tmp_path / "artifacts")
-    for secret in SECRETS.values():
+    artifacts = server.folder / "artifacts"
+    blob = _texts_of(runs, artifacts)
+    for secret in secrets.values():
         assert secret not in blob
     # MLflow 3 LoggedModels live under <experiment>/models/<model id>/artifacts/.
-    models = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and "/models/" in p.as_posix()]
+    models = [p for p in artifacts.rglob("*") if p.is_file() and "/models/" in p.as_posix()]
     assert any(p.name == "model.keras" for p in models)
     assert not [p for p in models if p.suffix in (".pkl", ".pickle", ".joblib")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after", [0.0, 0.1, 0.2, 0.3, 0.45, 0.6])
 def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, after):
     """MLflow creates a SQLite store in many migration steps; a kill among them must not break later starts.

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from mlflow_mnist import tracking
 
 DRIVERS, ROUNDS = 4, 2
@@ -17,6 +19,8 @@ DRIVERS, ROUNDS = 4, 2
 DRIVER = """
 import sys, time
 from pathlib import Path
+
+import pytest
 from mlflow_mnist import tracking
 
 folder, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -32,6 +36,7 @@ for round_ in range(rounds):
 """
 
 
+@pytest.mark.slow
 def test_drivers_creating_one_fresh_store_at_once_lose_nothing(tmp_path):
     for round_ in range(ROUNDS):
         (tmp_path / f"round-{round_}").mkdir()

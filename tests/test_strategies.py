@@ -171,9 +171,9 @@ class ContinuingWorker(Worker):
     """Like :class:`Worker`, for resumable folds: returns a stand-in model and checks that a continued fold was
     handed the model its previous rung saved. Folds of ``diverging`` (a run label) diverge, leaving no model."""
 
-    def __init__(self, stop_after: int | None = None, diverging: str = ""):
+    def __init__(self, stop_after: int | None = None, diverging: str = "", guessing=lambda task: False):
         super().__init__(stop_after)
-        self.epochs, self.diverging = 0, diverging
+        self.epochs, self.diverging, self.guessing = 0, diverging, guessing
 
     def __call__(self, task):
         if task.resume_key:
@@ -182,6 +182,8 @@ class ContinuingWorker(Worker):
             self.trained[task.key] += 1
             return fold_result(task, 0.5, status="diverged")
         result = super().__call__(task)
+        if self.guessing(task):  # trains "fine" but learns nothing: the majority class's rate, 0.5 here
+            result.accuracy = result.chance
         self.epochs += task.params["epochs"] - task.initial_epoch
         # A stand-in MLflow model folder: the fold's key as its "weights".
         result.model_files = {"MLmodel": b"flavors: {}\n", "weights": task.key.encode()} if task.resumable else None
@@ -286,6 +288,50 @@ def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_firs
     assert set(first_rungs.values()) == {1, 2}  # bracket 0 starts at 2 epochs, bracket 1 at 6
     assert strategy.study.trials[0].params["learn_rate"] == 0.05
     assert strategy.study.trials[0].params["kernel_size"] == "7x7"
+
+
+def test_a_trial_that_learned_nothing_goes_on_only_once_its_rung_saw_factor_such_and_no_other():
+    from mlflow_mnist.results import near_chance
+    from mlflow_mnist.strategies.asha import worth_promoting
+
+    assert near_chance(0.5, 0.5) and near_chance(0.6, 0.51) and not near_chance(0.7, 0.51)  # 2 classes
+    assert near_chance(0.3, 0.11) and not near_chance(0.4, 0.11) and not near_chance(float("nan"), 0.5)
+    # The first trial at a rung always goes on, unless it learned nothing.
+    assert worth_promoting(0.97, False, [0.97], [False], 3) and not worth_promoting(0.5, True, [0.5], [True], 3)
+    # Three trials in, none learned: the budget may be too short, the best of them goes on.
+    assert not worth_promoting(0.52, True, [0.5, 0.52], [True, True], 3)
+    assert worth_promoting(0.52, True, [0.5, 0.51, 0.52], [True, True, True], 3)
+    # One did learn: a guessing trial never goes on, even in the top third of what was seen.
+    assert not worth_promoting(0.6, True, [0.5, 0.55, 0.97, 0.6], [True, True, False, True], 3)
+
+
+def _rungs_of_trials(store) -> dict[str, set[int]]:
+    rungs = {}
+    for trial_run in runs(store):
+        if trial_run.data.tags.get(schema.TRIAL) is not None:
+            rungs.setdefault(trial_run.data.tags[schema.TRIAL], set()).add(int(trial_run.data.tags[schema.RUNG]))
+    return rungs
+
+
+def test_asha_does_not_carry_a_first_trial_that_learned_nothing_to_the_full_budget(store):
+    """Trial 0 guesses at 2 epochs: with Ray's rule alone it would go on (the first at its rung), here it stops;
+    later trials that learned are promoted as before."""
+    search(store, _asha(4), ContinuingWorker(guessing=lambda task: task.label == "trial 0 (2 epochs)"))
+    rungs = _rungs_of_trials(store)
+    assert rungs["0"] == {1} and any(2 in r for r in rungs.values())
+
+
+def test_asha_promotes_guessing_trials_once_factor_of_them_show_the_budget_is_too_short(store):
+    """Every trial guesses at 2 epochs: the first two stop, the third (three seen, none learned) goes on and
+    learns at 6. The session is stopped after the first two: what they scored, and against what chance, is read
+    back from the store by the rerun that decides on the third."""
+    at_two_epochs = lambda task: task.params["epochs"] == 2  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        search(store, _asha(4), ContinuingWorker(stop_after=6, guessing=at_two_epochs))  # two trials' 3 folds
+    assert set(map(frozenset, _rungs_of_trials(store).values())) == {frozenset({1})}  # trial 2 cut short
+    search(store, _asha(4), ContinuingWorker(guessing=at_two_epochs))
+    rungs = _rungs_of_trials(store)
+    assert rungs["0"] == rungs["1"] == {1} and rungs["2"] == {1, 2}
 
 
 def test_asha_never_promotes_a_trial_whose_rung_diverged(store):

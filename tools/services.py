@@ -180,6 +180,7 @@ class MlflowServer:
     With ``auth`` (the default) it runs MLflow's basic-auth app: the admin's random password is written to the
     auth config file (0600), where MLflow reads it when it creates the admin on first start; :meth:`add_user`
     creates users through the auth API. ``env`` carries what the server needs to reach its store (PGPASSFILE).
+    :meth:`start` after :meth:`stop` starts it again on the same port, store and users (a server that went away).
     """
 
     def __init__(
@@ -196,6 +197,7 @@ class MlflowServer:
         self.auth, self.auth_database, self.extra_env, self.workers = auth, auth_database, env or {}, workers
         self.admin = ("admin", new_secret())
         self.process = None
+        self.auth_config: Path | None = None  # written at the first start; a restart (same port) reads it again
 
     @property
     def uri(self) -> str:
@@ -225,7 +227,8 @@ class MlflowServer:
         env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.extra_env)
         if self.auth:
             command += ["--app-name", "basic-auth"]
-            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self._auth_config())
+            self.auth_config = self.auth_config or self._auth_config()
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(self.auth_config)
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = new_secret()  # signs the UI's CSRF tokens
         log = open(self.folder / "mlflow-server.log", "ab")  # noqa: SIM115 - the server outlives this call
         self.process = subprocess.Popen(

@@ -3,7 +3,9 @@ sampling: no worker waits for a cohort.
 
 A free worker takes the next fold at once. A trial trains its folds at the first rung's epochs; when its rung
 finishes it is promoted the moment it ranks in the best ``1/factor`` of what that rung has seen so far (Ray's
-rule: at or above the rung's ``1 - 1/factor`` quantile), else it stops and a new trial is asked. A promoted
+rule: at or above the rung's ``1 - 1/factor`` quantile), else it stops and a new trial is asked. One exception:
+a trial near chance (it learned nothing) goes on only once its rung has seen ``factor`` trials and none learned,
+although the first trials to reach a rung otherwise always go on. A promoted
 trial *continues* each fold from the model that fold saved at the rung before (weights, optimizer, schedule
 over the trial's full budget), for the extra epochs only, so the top rung costs what one uninterrupted
 training costs. Promotions go to a free worker before new trials.
@@ -31,6 +33,7 @@ import numpy as np
 
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
+from mlflow_mnist.results import near_chance
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.strategies.base import SearchRequest
@@ -50,6 +53,19 @@ def promotable(score: float, seen: Sequence[float], factor: int) -> bool:
     """Whether ``score`` is in the best ``1/factor`` of ``seen`` (which includes it): at or above the rung's
     ``1 - 1/factor`` quantile. The first trials to reach a rung always go on, as in Ray Tune's ASHA."""
     return score >= float(np.quantile(np.asarray(seen, float), 1 - 1 / factor))
+
+
+def worth_promoting(
+    score: float, guessing: bool, seen: Sequence[float], seen_guessing: Sequence[bool], factor: int
+) -> bool:
+    """:func:`promotable`, except for a trial that learned (next to) nothing (``guessing``: near chance,
+    :func:`~mlflow_mnist.results.near_chance`): it goes on only once its rung has seen ``factor`` trials and none
+    of them learned (``seen_guessing``, which includes it): then this budget may be too short for any, and more
+    epochs may tell. Without this the first trials to reach a rung, which always rank at its top, carry a trial
+    that learned nothing to the full budget (a bad learning rate drawn first costs a whole trial's epochs)."""
+    if guessing and not (len(seen_guessing) >= factor and all(seen_guessing)):
+        return False
+    return promotable(score, seen, factor)
 
 
 @dataclass
@@ -92,6 +108,7 @@ class AsyncHalving:
         self.warm_start, self.starts = warm_start, starts
         self.search_name = f"{self.name}:{space.name}"
         self.seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> scores seen there
+        self.guessing: dict[tuple[int, int], list[bool]] = {}  # ... and whether each learned nothing
         self.study = None
 
     @classmethod
@@ -150,7 +167,7 @@ class AsyncHalving:
                 resumed[values] = (group[0].tags.trial, bracket)
                 continue
             for record in finished:
-                self.seen.setdefault((bracket, record.tags.rung.index - 1), []).append(self._score(record.score))
+                self._see((bracket, record.tags.rung.index - 1), record.score, record.status, record.chance)
             last = finished[-1]
             complete = last.tags.rung.index == len(self.budgets)
             study.add_trial(
@@ -168,6 +185,14 @@ class AsyncHalving:
     @staticmethod
     def _score(value: float) -> float:
         return value if math.isfinite(value) else 0.0
+
+    def _see(self, rung: tuple[int, int], score: float, status: str, chance: float) -> bool:
+        """Remember a trial's result at ``rung`` (bracket, rung index); returns whether it learned nothing: near
+        chance, or no healthy model at all."""
+        guessing = status != "ok" or near_chance(score, chance)
+        self.seen.setdefault(rung, []).append(self._score(score) if status == "ok" else 0.0)
+        self.guessing.setdefault(rung, []).append(guessing)
+        return guessing
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _spec(self, state: _Trial) -> Spec:
@@ -229,10 +254,9 @@ class AsyncHalving:
                     continue
                 break
             state = in_flight.pop(id(finished))
-            row = finished.rows[0]
-            score = self._score(row["mean_test_score"]) if row["status"] == "ok" else 0.0
-            seen = self.seen.setdefault((state.bracket, state.rung), [])
-            seen.append(score)
+            row, rung = finished.rows[0], (state.bracket, state.rung)
+            guessing = self._see(rung, row["mean_test_score"], row["status"], row["chance_score"])
+            score = self.seen[rung][-1]
             state.trial.report(score, self.budgets[state.rung])
             if state.last is not None:
                 session.release(state.last)  # the rung before: continued, its models are no longer needed
@@ -240,7 +264,9 @@ class AsyncHalving:
                 study.tell(state.trial, score)
                 session.release(finished)
             # A diverged or failed fold left no model to continue from: such a trial stops wherever it ranks.
-            elif row["status"] == "ok" and promotable(score, seen, self.factor):
+            elif row["status"] == "ok" and worth_promoting(
+                score, guessing, self.seen[rung], self.guessing[rung], self.factor
+            ):
                 state.chain, state.last, state.rung = finished.plan.candidates[0].chain(), finished, state.rung + 1
                 start(state)
             else:
