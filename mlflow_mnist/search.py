@@ -225,6 +225,11 @@ class Session:
             self._complete(pending)
         return pending
 
+    def plan(self, candidate: Spec, *, group: Group) -> Plan:
+        """What :meth:`submit` would plan for ``candidate``, queuing nothing (pure): the fold keys a trial paused
+        in an earlier session continues from."""
+        return plan_candidates(group, [candidate], self.settings, self.memory().folds)
+
     def wait(self, *, until_free: bool = False) -> Pending | None:
         """The next group whose folds are all in (in the order they completed); None when nothing is left, or,
         with ``until_free``, as soon as a worker has nothing to do: an asynchronous strategy then gives it work

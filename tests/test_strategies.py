@@ -173,17 +173,18 @@ class ContinuingWorker(Worker):
 
     def __init__(self, stop_after: int | None = None, diverging: str = "", guessing=lambda task: False):
         super().__init__(stop_after)
-        self.epochs, self.diverging, self.guessing = 0, diverging, guessing
+        self.epochs, self.diverging, self.guessing, self.order = 0, diverging, guessing, []
 
     def __call__(self, task):
+        self.order.append(task.label)
         if task.resume_key:
             assert task.checkpoint["weights"] == task.resume_key.encode(), "continued without its rung's model"
         if task.label == self.diverging:
             self.trained[task.key] += 1
             return fold_result(task, 0.5, status="diverged")
         result = super().__call__(task)
-        if self.guessing(task):  # trains "fine" but learns nothing: the majority class's rate, 0.5 here
-            result.accuracy = result.chance
+        if self.guessing(task):  # trains "fine" but learns nothing: the majority class's rate (0.5 here), plus
+            result.accuracy = result.chance + 0.001 * int(task.label.split()[1])  # a trial's number in thousandths
         self.epochs += task.params["epochs"] - task.initial_epoch
         # A stand-in MLflow model folder: the fold's key as its "weights".
         result.model_files = {"MLmodel": b"flavors: {}\n", "weights": task.key.encode()} if task.resumable else None
@@ -209,19 +210,47 @@ def test_the_seed20_space_is_the_seed_space_climbing_to_its_final_20_epochs():
     assert seed20.config(seed20.encode(task.start))["epochs"] == 20
 
 
-def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store):
-    from mlflow_mnist.strategies.asha import promotable, rung_budgets
+def test_a_rung_promotes_the_best_third_of_what_it_has_seen_and_at_least_one_once_closed():
+    """Li et al.'s rule: nothing goes on before a rung has seen ``factor`` trials; then those among its best
+    ``n // factor`` not promoted yet (a trial passed over may go on later); a closed rung promotes its best."""
+    from mlflow_mnist.strategies.asha import promotions, rung_budgets
 
     assert rung_budgets(18, 3, 2) == [2, 6, 18] and rung_budgets(6, 3, 2) == [2, 6] and rung_budgets(6, 3, 6) == [6]
-    assert promotable(0.9, [0.9], 3) and not promotable(0.5, [0.9, 0.8, 0.5], 3) and promotable(0.9, [0.9, 0.8, 0.5], 3)
+
+    def promote(scores, promoted=None, *, closed=False, allowed=None):
+        n = len(scores)
+        return promotions(
+            scores, allowed=allowed or [True] * n, promoted=promoted or [False] * n, factor=3, closed=closed
+        )
+
+    assert promote([0.99]) == [] and promote([0.99, 0.9]) == []  # the first to arrive wait
+    assert promote([0.9, 0.8, 0.95]) == [2]
+    # Trial 0, passed over while trial 2 went on, goes on once three more rank below it (the best 2 of 6).
+    assert promote([0.9, 0.8, 0.95, 0.5, 0.6, 0.7], [False, False, True, False, False, False]) == [0]
+    assert promote([0.9, 0.8, 0.95, 0.5, 0.6, 0.99], [False, False, True, False, False, False]) == [5]
+    assert promote([0.9, 0.9, 0.8]) == [0]  # ties: the earlier first
+    assert promote([0.8, 0.9], closed=True) == [1] and promote([0.8, 0.9], [False, True], closed=True) == []
+    assert promote([0.9, 0.8, 0.95], allowed=[True, True, False]) == [0]  # ranked among those allowed to go on
+    assert promote([0.9], allowed=[False], closed=True) == []
+
+
+def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store):
     worker = ContinuingWorker()
     outcome = search(store, _asha(8), worker)
     trials = [r for r in runs(store) if r.data.tags.get(schema.TRIAL) is not None]
-    rungs_of = {}
+    rungs_of, score_at_first_rung = {}, {}
     for trial_run in trials:
-        rungs_of.setdefault(trial_run.data.tags[schema.TRIAL], []).append(int(trial_run.data.tags[schema.RUNG]))
-    assert len(rungs_of) == 8 and any(2 in r for r in rungs_of.values())  # some trial was promoted
-    assert any(r == [1] for r in rungs_of.values())  # and some stopped at the first rung
+        trial, rung = trial_run.data.tags[schema.TRIAL], int(trial_run.data.tags[schema.RUNG])
+        rungs_of.setdefault(trial, []).append(rung)
+        if rung == 1:
+            score_at_first_rung[trial] = trial_run.data.metrics["mean_heldout_accuracy"]
+    assert len(rungs_of) == 8 and any(r == [1] for r in rungs_of.values())  # some stopped at the first rung
+    # Every trial among the best 8 // 3 of the first rung went on (some others may have, before they were passed).
+    best_two = sorted(score_at_first_rung, key=score_at_first_rung.get)[-2:]
+    assert all(2 in rungs_of[trial] for trial in best_two)
+    # Nothing went on before the first rung had seen 3 trials: no 6-epoch fold before trial 2's 2-epoch folds.
+    first_continued = next(i for i, label in enumerate(worker.order) if label.endswith("(6 epochs)"))
+    assert first_continued > max(i for i, label in enumerate(worker.order) if label == "trial 2 (2 epochs)")
     # Promoted trials continued: 2 epochs per fold at rung 1, 4 more at rung 2 (6 in all), never 2 + 6.
     promoted = sum(1 for r in rungs_of.values() if 2 in r)
     assert worker.epochs == 3 * (2 * len(rungs_of) + 4 * promoted)
@@ -235,6 +264,31 @@ def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store
     search(other, _asha(8), second)
     assert not set(first.trained) & set(second.trained)
     assert_each_configuration_is_one_trial(other, 8)
+
+
+class EarlierIsBetter(ContinuingWorker):
+    """Each trial scores a little worse than the one before it, at every rung."""
+
+    def __call__(self, task):
+        result = super().__call__(task)
+        result.accuracy = 0.95 - 0.01 * int(task.label.split()[1])
+        return result
+
+
+def test_a_trial_waiting_in_the_store_is_promoted_by_the_rerun_from_its_saved_models(store):
+    """Trials 0 and 1 finish their first rung and wait (two seen: nothing goes on), then the session dies. The
+    rerun's third trial makes three: trial 0, the best, goes on, continuing the models its folds saved in the
+    store (the worker checks each continued fold got its own), and Optuna is told it completed."""
+    with pytest.raises(KeyboardInterrupt):
+        search(store, _asha(4), EarlierIsBetter(stop_after=6))
+    assert _rungs_of_trials(store) == {"0": {1}, "1": {1}, "2": {1}}  # trial 2 cut short
+    strategy, worker = _asha(4), EarlierIsBetter()
+    search(store, strategy, worker)
+    assert _rungs_of_trials(store) == {"0": {1, 2}, "1": {1}, "2": {1}, "3": {1}}
+    continued = [label for label in worker.order if label == "trial 0 (6 epochs)"]
+    assert len(continued) == 3 and worker.epochs == 3 * (2 + 2 + 4)  # trials 2 and 3 at 2 epochs, trial 0 + 4
+    complete = [t for t in strategy.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 1 and complete[0].value == pytest.approx(0.95)
 
 
 def assert_each_configuration_is_one_trial(store: str, n_trials: int) -> None:
@@ -251,16 +305,16 @@ def assert_each_configuration_is_one_trial(store: str, n_trials: int) -> None:
 
 class TwoWorkers(SerialExecutor):
     """Two workers whose folds finish one at a time, oldest first; counts the busy ones each time the engine
-    waits, and how many trials the study had asked by then."""
+    waits, and how many trials the strategy had asked by then."""
 
     n_workers = 2
 
-    def __init__(self, study_of):
+    def __init__(self, asked):
         super().__init__()
-        self.study_of, self.waits = study_of, []
+        self.asked, self.waits = asked, []
 
     def wait_first(self, handles, timeout=None):
-        self.waits.append((len(handles), len(self.study_of().trials)))
+        self.waits.append((len(handles), self.asked()))
         return handles[:1]
 
 
@@ -268,9 +322,9 @@ def test_asha_gives_a_free_worker_a_new_trial_at_once(store):
     """No barrier: the last fold of a rung never trains beside an idle worker while trials are left to ask
     (seen on 2 cores before: one trial at a time, a worker idle 22% of the search)."""
     strategy = _asha(8)
-    executor = TwoWorkers(lambda: strategy.study)
+    executor = TwoWorkers(lambda: strategy.asked)
     run(campaign(store), strategy, worker=ContinuingWorker(), with_model=False, executor=executor)
-    assert len(strategy.study.trials) == 8
+    assert strategy.asked == 8
     while_asking = [busy for busy, asked in executor.waits if asked < 8]
     assert while_asking and set(while_asking) == {2}
 
@@ -292,17 +346,17 @@ def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_firs
 
 def test_a_trial_that_learned_nothing_goes_on_only_once_its_rung_saw_factor_such_and_no_other():
     from mlflow_mnist.results import near_chance
-    from mlflow_mnist.strategies.asha import worth_promoting
+    from mlflow_mnist.strategies.asha import eligible
 
     assert near_chance(0.5, 0.5) and near_chance(0.6, 0.51) and not near_chance(0.7, 0.51)  # 2 classes
     assert near_chance(0.3, 0.11) and not near_chance(0.4, 0.11) and not near_chance(float("nan"), 0.5)
-    # The first trial at a rung always goes on, unless it learned nothing.
-    assert worth_promoting(0.97, False, [0.97], [False], 3) and not worth_promoting(0.5, True, [0.5], [True], 3)
-    # Three trials in, none learned: the budget may be too short, the best of them goes on.
-    assert not worth_promoting(0.52, True, [0.5, 0.52], [True, True], 3)
-    assert worth_promoting(0.52, True, [0.5, 0.51, 0.52], [True, True, True], 3)
-    # One did learn: a guessing trial never goes on, even in the top third of what was seen.
-    assert not worth_promoting(0.6, True, [0.5, 0.55, 0.97, 0.6], [True, True, False, True], 3)
+    assert eligible([False], [True], 3) == [True] and eligible([True], [True], 3) == [False]
+    # Three trials in, none learned: the budget may be too short, any of them may go on.
+    assert eligible([True, True], [True, True], 3) == [False, False]
+    assert eligible([True, True, True], [True, True, True], 3) == [True, True, True]
+    # One did learn: a guessing trial never goes on; one without a model (diverged, failed) never does.
+    assert eligible([True, True, False, True], [True] * 4, 3) == [False, False, True, False]
+    assert eligible([True, True, True], [True, False, True], 3) == [True, False, True]
 
 
 def _rungs_of_trials(store) -> dict[str, set[int]]:
@@ -314,28 +368,30 @@ def _rungs_of_trials(store) -> dict[str, set[int]]:
 
 
 def test_asha_does_not_carry_a_first_trial_that_learned_nothing_to_the_full_budget(store):
-    """Trial 0 guesses at 2 epochs: with Ray's rule alone it would go on (the first at its rung), here it stops;
-    later trials that learned are promoted as before."""
+    """Trial 0 guesses at 2 epochs: it stops there, even when its rung closes; trials that learned go on."""
     search(store, _asha(4), ContinuingWorker(guessing=lambda task: task.label == "trial 0 (2 epochs)"))
     rungs = _rungs_of_trials(store)
     assert rungs["0"] == {1} and any(2 in r for r in rungs.values())
 
 
 def test_asha_promotes_guessing_trials_once_factor_of_them_show_the_budget_is_too_short(store):
-    """Every trial guesses at 2 epochs: the first two stop, the third (three seen, none learned) goes on and
-    learns at 6. The session is stopped after the first two: what they scored, and against what chance, is read
-    back from the store by the rerun that decides on the third."""
+    """Every trial guesses at 2 epochs, each a little better than the one before: the first two wait, the third
+    (three seen, none learned, the best of them) goes on and learns at 6, and so does the fourth. The session is
+    stopped after the first two: what they scored, and against what chance, is read back from the store by the
+    rerun that decides on the third (read without their chance, they would count as learners and trial 1 would go
+    on instead)."""
     at_two_epochs = lambda task: task.params["epochs"] == 2  # noqa: E731
     with pytest.raises(KeyboardInterrupt):
         search(store, _asha(4), ContinuingWorker(stop_after=6, guessing=at_two_epochs))  # two trials' 3 folds
     assert set(map(frozenset, _rungs_of_trials(store).values())) == {frozenset({1})}  # trial 2 cut short
     search(store, _asha(4), ContinuingWorker(guessing=at_two_epochs))
     rungs = _rungs_of_trials(store)
-    assert rungs["0"] == rungs["1"] == {1} and rungs["2"] == {1, 2}
+    # Trial 3, the best of four, ranks first at its rung when it arrives: it goes on too.
+    assert rungs["0"] == rungs["1"] == {1} and rungs["2"] == rungs["3"] == {1, 2}, rungs
 
 
 def test_asha_never_promotes_a_trial_whose_rung_diverged(store):
-    """The first trial to reach a rung would go on; a diverged one has no model to continue from."""
+    """A diverged trial has no model to continue from: it stops, even when its rung closes."""
     worker = ContinuingWorker(diverging="trial 0 (2 epochs)")
     search(store, _asha(4), worker)
     rungs = {}

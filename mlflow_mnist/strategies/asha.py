@@ -1,13 +1,19 @@
-"""Asynchronous successive halving (ASHA, Li et al. 2020; Ray Tune's ``AsyncHyperBandScheduler``) with TPE
-sampling: no worker waits for a cohort.
+"""Asynchronous successive halving (ASHA, Li et al. 2020, Algorithm 2) with TPE sampling: no worker waits for a
+cohort.
 
-A free worker takes the next fold at once. A trial trains its folds at the first rung's epochs; when its rung
-finishes it is promoted the moment it ranks in the best ``1/factor`` of what that rung has seen so far (Ray's
-rule: at or above the rung's ``1 - 1/factor`` quantile), else it stops and a new trial is asked. One exception:
-a trial near chance (it learned nothing) goes on only once its rung has seen ``factor`` trials and none learned,
-although the first trials to reach a rung otherwise always go on. A promoted
-trial *continues* each fold from the model that fold saved at the rung before (weights, optimizer, schedule
-over the trial's full budget), for the extra epochs only, so the top rung costs what one uninterrupted
+A free worker takes the next fold at once. A trial trains its folds at the first rung's epochs and then waits at
+that rung. Whenever a worker is free, the highest rung with a trial to promote gives one: a rung that has seen
+``n`` trials promotes those among its best ``n // factor`` that have not gone on yet (so nothing goes on before
+the rung has seen ``factor`` trials, and a trial passed over may still go on once more trials rank below it);
+with nothing to promote a new trial is asked. Once every trial is asked and no trial can still reach a rung, the
+rung is *closed* and promotes at least its best one, so a fixed number of trials still ends with one at the full
+budget. (Ray Tune's ``AsyncHyperBandScheduler`` decides once, when a trial arrives, and promotes the first
+trials to reach a rung whatever they scored: on 2 cores the champion's search carried its first, mediocre
+trial through 18 epochs, a sixth of its fold-epochs.) A trial near chance (it learned nothing) goes on only once
+its rung has seen ``factor`` trials and none learned.
+
+A promoted trial *continues* each fold from the model that fold saved at the rung before (weights, optimizer,
+schedule over the trial's full budget), for the extra epochs only, so the top rung costs what one uninterrupted
 training costs. Promotions go to a free worker before new trials.
 
 ``brackets`` > 1 hedges the first rung (Hyperband's idea, asynchronous): trial ``n`` starts at rung
@@ -15,11 +21,13 @@ training costs. Promotions go to a free worker before new trials.
 ``warm_start`` configurations (the staged grid's winner, earlier searches' best trials) are the first trials.
 
 The store is the memory: every (trial, rung) is a candidate run with the trial's number, sampled values, rung
-and search key. Rerun after a kill, the study is told every trial that stopped or completed, a trial cut short is
-asked again with the same values, number and bracket, and every fold it had finished (continued ones included,
-their keys name their whole history) is reused. New trials are numbered after the store's and drawn from a
-sampler seeded by ``(seed, trials already asked)``: with the first session's seed, a restarted random stream
-would draw the configurations it drew before again.
+and search key. Rerun after a kill, the rungs are rebuilt from the store (a waiting trial may still be promoted:
+it continues from the models its folds saved there), a trial cut short is asked again with the same values,
+number and bracket and goes on at the rung it was cut short at, and every fold it had finished (continued ones
+included, their keys name their whole history) is reused. Optuna is told a trial the moment it waits (pruned:
+it may never go on) or completes; one promoted later is told again, complete, when it reaches the full budget.
+New trials are numbered after the store's and drawn from a sampler seeded by ``(seed, trials already asked)``:
+with the first session's seed, a restarted random stream would draw the configurations it drew before again.
 """
 
 from __future__ import annotations
@@ -27,9 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-
-import numpy as np
+from dataclasses import dataclass, field, replace
 
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
@@ -49,33 +55,47 @@ def rung_budgets(max_epochs: int, factor: int, min_epochs: int) -> list[int]:
     return [*budgets, max_epochs]
 
 
-def promotable(score: float, seen: Sequence[float], factor: int) -> bool:
-    """Whether ``score`` is in the best ``1/factor`` of ``seen`` (which includes it): at or above the rung's
-    ``1 - 1/factor`` quantile. The first trials to reach a rung always go on, as in Ray Tune's ASHA."""
-    return score >= float(np.quantile(np.asarray(seen, float), 1 - 1 / factor))
+def eligible(guessing: Sequence[bool], usable: Sequence[bool], factor: int) -> list[bool]:
+    """Which of a rung's trials may go on at all: those with models to continue (``usable``) that learned
+    something, or, once the rung has seen ``factor`` trials and none learned (``guessing``: near chance, see
+    :func:`~mlflow_mnist.results.near_chance`), any with a model: then this budget may be too short for any, and
+    more epochs may tell."""
+    all_guessing = len(guessing) >= factor and all(guessing)
+    return [ok and (all_guessing or not guess) for guess, ok in zip(guessing, usable, strict=True)]
 
 
-def worth_promoting(
-    score: float, guessing: bool, seen: Sequence[float], seen_guessing: Sequence[bool], factor: int
-) -> bool:
-    """:func:`promotable`, except for a trial that learned (next to) nothing (``guessing``: near chance,
-    :func:`~mlflow_mnist.results.near_chance`): it goes on only once its rung has seen ``factor`` trials and none
-    of them learned (``seen_guessing``, which includes it): then this budget may be too short for any, and more
-    epochs may tell. Without this the first trials to reach a rung, which always rank at its top, carry a trial
-    that learned nothing to the full budget (a bad learning rate drawn first costs a whole trial's epochs)."""
-    if guessing and not (len(seen_guessing) >= factor and all(seen_guessing)):
-        return False
-    return promotable(score, seen, factor)
+def promotions(
+    scores: Sequence[float], *, allowed: Sequence[bool], promoted: Sequence[bool], factor: int, closed: bool
+) -> list[int]:
+    """The trials a rung promotes now, best first, as indices into what it has seen (``scores``, in arrival
+    order): those among its best ``n // factor`` of the ``n`` seen (ranked among the ``allowed``, earlier first on
+    ties) that have not gone on yet; a ``closed`` rung (no trial can reach it any more) promotes at least one."""
+    quota = max(len(scores) // factor, 1 if closed else 0)
+    ranked = sorted((i for i, ok in enumerate(allowed) if ok), key=lambda i: -scores[i])
+    return [i for i in ranked[:quota] if not promoted[i]]
 
 
 @dataclass
 class _Trial:
-    trial: object  # optuna.trial.Trial
     number: int  # the trial's number in the store (Optuna's own restarts with every study)
     bracket: int
-    rung: int  # index into the budgets
+    params: Params  # the values sampled, in the space's encoding
+    trial: object = None  # the live optuna.trial.Trial, until Optuna is told its end
+    rung: int = 0  # index into the budgets
     chain: tuple = ()  # (key, first key) per split of its last finished rung
-    last: object = None  # its last finished Pending (whose saved models the next rung continues)
+    last: object = None  # its last finished Pending, while the session holds its models
+    scores: dict[int, float] = field(default_factory=dict)  # epochs -> mean CV, Optuna's intermediate values
+
+
+@dataclass
+class _Result:
+    """A trial waiting at a rung it finished."""
+
+    state: _Trial
+    score: float
+    guessing: bool
+    usable: bool  # healthy: every fold left a model to continue from
+    promoted: bool = False
 
 
 class AsyncHalving:
@@ -107,8 +127,8 @@ class AsyncHalving:
         self.brackets = max(1, min(brackets, len(self.budgets)))
         self.warm_start, self.starts = warm_start, starts
         self.search_name = f"{self.name}:{space.name}"
-        self.seen: dict[tuple[int, int], list[float]] = {}  # (bracket, rung) -> scores seen there
-        self.guessing: dict[tuple[int, int], list[bool]] = {}  # ... and whether each learned nothing
+        self.rungs: dict[tuple[int, int], list[_Result]] = {}  # (bracket, rung) -> the trials it has seen
+        self.asked = 0  # trials asked so far, the store's included
         self.study = None
 
     @classmethod
@@ -146,63 +166,94 @@ class AsyncHalving:
             if c.tags.search_key == self.search_key and c.tags.trial is not None and c.tags.rung is not None
         ]
 
-    def remember(self, study, records: list[CandidateRecord]) -> tuple[int, dict[str, tuple[int, int]]]:
-        """Tell ``study`` the store's stopped and completed trials; enqueue the ones cut short. Returns how many
-        were told, and the number and bracket of each enqueued trial (by its sampled values), so it goes on as the
-        same trial where it was."""
-        import optuna
-
+    def remember(self, study, records: list[CandidateRecord]) -> tuple[int, dict[str, _Trial]]:
+        """Rebuild the rungs from the store's trials and tell ``study`` each that waits or completed; enqueue the
+        ones cut short. Returns how many were told, and each enqueued trial (by its sampled values) with the rung
+        it goes on at, so it goes on as the same trial where it was."""
         by_values: dict[str, list[CandidateRecord]] = {}
         for record in sorted(records, key=lambda r: r.tags.trial):
             by_values.setdefault(json.dumps(record.tags.sampled, sort_keys=True), []).append(record)
         told, resumed = 0, {}
         for values, group in by_values.items():
-            finished = sorted((r for r in group if r.finished), key=lambda r: r.tags.rung.index)
-            bracket = min(r.tags.rung.index for r in group) - 1
-            top = max(r.tags.rung.index for r in group)
-            if not finished or finished[-1].tags.rung.index < top:
-                # Cut short, or promoted and cut short at the next rung: asked again with the same values, it
-                # finds every fold it had finished (continued ones too: their keys name their history).
-                study.enqueue_trial(group[0].tags.sampled, skip_if_exists=True)
-                resumed[values] = (group[0].tags.trial, bracket)
-                continue
-            for record in finished:
-                self._see((bracket, record.tags.rung.index - 1), record.score, record.status, record.chance)
-            last = finished[-1]
-            complete = last.tags.rung.index == len(self.budgets)
-            study.add_trial(
-                optuna.trial.create_trial(
-                    params=last.tags.sampled,
-                    distributions=self.space.distributions,
-                    value=self._score(last.score) if complete else None,
-                    intermediate_values={r.tags.rung.budget: self._score(r.score) for r in finished},
-                    state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
-                )
+            # One finished run per rung (a rung cut short and rerun leaves two runs, one finished).
+            finished = sorted(
+                {r.tags.rung.index: r for r in group if r.finished}.values(), key=lambda r: r.tags.rung.index
             )
+            bracket = min(r.tags.rung.index for r in group) - 1
+            top = max(r.tags.rung.index for r in group) - 1
+            state = _Trial(group[0].tags.trial, bracket, dict(group[0].tags.sampled), rung=bracket)
+            for record in finished:
+                rung = record.tags.rung.index - 1
+                state.scores[record.tags.rung.budget] = self._score(record.score)
+                if rung < len(self.budgets) - 1:
+                    result = self._see(state, rung, record.score, record.status, record.chance)
+                    result.promoted = rung < top
+            state.rung = top
+            if not finished or finished[-1].tags.rung.index - 1 < top:
+                # Cut short at its first rung, or promoted and cut short at the next: asked again with the same
+                # values, it goes on at that rung and finds every fold it had finished there.
+                study.enqueue_trial(state.params, skip_if_exists=True)
+                resumed[values] = state
+                continue
+            complete = top == len(self.budgets) - 1
+            study.add_trial(self._frozen(state, complete))
             told += 1
         return told, resumed
+
+    def _frozen(self, state: _Trial, complete: bool):
+        """``state`` as a finished Optuna trial: complete at the full budget, else pruned where it waits."""
+        import optuna
+
+        return optuna.trial.create_trial(
+            params=state.params,
+            distributions=self.space.distributions,
+            value=state.scores[self.budgets[-1]] if complete else None,
+            intermediate_values=dict(state.scores),
+            state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+        )
 
     @staticmethod
     def _score(value: float) -> float:
         return value if math.isfinite(value) else 0.0
 
-    def _see(self, rung: tuple[int, int], score: float, status: str, chance: float) -> bool:
-        """Remember a trial's result at ``rung`` (bracket, rung index); returns whether it learned nothing: near
-        chance, or no healthy model at all."""
-        guessing = status != "ok" or near_chance(score, chance)
-        self.seen.setdefault(rung, []).append(self._score(score) if status == "ok" else 0.0)
-        self.guessing.setdefault(rung, []).append(guessing)
-        return guessing
+    def _see(self, state: _Trial, rung: int, score: float, status: str, chance: float) -> _Result:
+        """``state`` waits at ``rung`` (an index) with what it scored there: near chance, or with no healthy
+        model at all, it learned nothing."""
+        usable = status == "ok"
+        result = _Result(state, self._score(score) if usable else 0.0, not usable or near_chance(score, chance), usable)
+        self.rungs.setdefault((state.bracket, rung), []).append(result)
+        return result
 
-    # -- the loop ---------------------------------------------------------------------------------------------
+    def next_promotion(self, busy: Sequence[_Trial]) -> _Result | None:
+        """The waiting trial to promote now, from the highest rung that has one (Li et al.'s order); None when no
+        rung has one. ``busy``: the trials training now (they may still reach a rung, which keeps it open)."""
+        chosen: tuple[int, _Result] | None = None
+        for bracket in range(self.brackets):
+            closed = self.asked >= self.n_trials  # no new trial will come ...
+            for rung in range(bracket, len(self.budgets) - 1):
+                # ... nor any trial from below: none trains there, none waits to be promoted from there.
+                closed = closed and not any(s.bracket == bracket and s.rung <= rung for s in busy)
+                seen = self.rungs.get((bracket, rung), [])
+                picks = promotions(
+                    [r.score for r in seen],
+                    allowed=eligible([r.guessing for r in seen], [r.usable for r in seen], self.factor),
+                    promoted=[r.promoted for r in seen],
+                    factor=self.factor,
+                    closed=closed,
+                )
+                if picks and (chosen is None or rung > chosen[0]):
+                    chosen = (rung, seen[picks[0]])
+                closed = closed and not picks
+        return chosen[1] if chosen else None
+
     def _spec(self, state: _Trial) -> Spec:
         budget = self.budgets[state.rung]
         return Spec(
-            self.space.config(state.trial.params, epochs=budget, overrides=self.overrides),
+            self.space.config(state.params, epochs=budget, overrides=self.overrides),
             label=f"trial {state.number} ({budget} epochs)",
             role=TRIAL_ROLE,
             trial=state.number,
-            sampled=dict(state.trial.params),
+            sampled=dict(state.params),
             horizon=self.budgets[-1],
             resume=state.chain,
             resume_epochs=self.budgets[state.rung - 1] if state.chain else 0,
@@ -219,59 +270,94 @@ class AsyncHalving:
             search_key=self.search_key,
         )
 
+    def _chain_from_store(self, session, state: _Trial) -> tuple:
+        """The fold keys a trial of an earlier session continues from at ``state.rung``: planned rung by rung
+        from its first (pure; the folds are the store's)."""
+        chain: tuple = ()
+        for rung in range(state.bracket, state.rung):
+            step = replace(state, rung=rung, chain=chain)
+            chain = session.plan(self._spec(step), group=self._group(step)).candidates[0].chain()
+        return chain
+
     def run(self, session, memory: Callable[[], StoreState]) -> None:
         import optuna
 
         past = self.past_trials(memory())
         numbers = {record.tags.trial for record in past}
         study = self.study = self.make_study(asked_before=len(numbers))
-        done, resumed = self.remember(study, past)
-        for config in self._warm_configs(memory(), already=done):
+        self.rungs = {}
+        self.asked, resumed = self.remember(study, past)
+        for config in self._warm_configs(memory(), already=self.asked):
             study.enqueue_trial(config, skip_if_exists=True)
         in_flight: dict[int, _Trial] = {}
-        asked, next_number = done, max(numbers, default=-1) + 1
+        next_number = max(numbers, default=-1) + 1
+        waiting: list[_Result] = []  # arrived since Optuna was last told
 
         def start(state: _Trial) -> None:
+            if state.rung > state.bracket and not state.chain:
+                state.chain = self._chain_from_store(session, state)  # its models are in the store
             pending = session.submit([self._spec(state)], group=self._group(state), priority=state.rung)
             in_flight[id(pending)] = state
 
+        def ask() -> _Trial:
+            nonlocal next_number
+            trial = study.ask(self.space.distributions)
+            state = resumed.pop(json.dumps(trial.params, sort_keys=True), None)
+            if state is None:
+                bracket = next_number % self.brackets
+                state, next_number = _Trial(next_number, bracket, dict(trial.params), rung=bracket), next_number + 1
+            state.trial = trial
+            self.asked += 1
+            return state
+
         while True:
-            # A new trial only for a worker that would otherwise idle: queued promotions come first (priority).
-            while session.free_workers > 0 and asked < self.n_trials:
-                trial = study.ask(self.space.distributions)
-                values = json.dumps(trial.params, sort_keys=True)
-                if values in resumed:
-                    number, bracket = resumed.pop(values)
+            # Free workers: promotions first (highest rung first), then new trials.
+            while session.free_workers > 0:
+                promotion = self.next_promotion(list(in_flight.values()))
+                if promotion is not None:
+                    promotion.promoted = True
+                    promotion.state.rung += 1
+                    start(promotion.state)
+                elif self.asked < self.n_trials:
+                    start(ask())
                 else:
-                    number, bracket, next_number = next_number, next_number % self.brackets, next_number + 1
-                start(_Trial(trial, number, bracket, bracket))
-                asked += 1
+                    break
+            for result in waiting:  # passed over for now: Optuna sees it pruned (it may still go on)
+                if not result.promoted:
+                    self._release(session, result.state)
+                    if result.state.trial is not None:
+                        study.tell(result.state.trial, state=optuna.trial.TrialState.PRUNED)
+                        result.state.trial = None
+            waiting.clear()
             # While trials are left, come back as soon as a worker is free (the last fold of a rung must not
             # train alone beside an idle worker); after that, only for finished rungs.
-            finished = session.wait(until_free=asked < self.n_trials)
+            finished = session.wait(until_free=self.asked < self.n_trials)
             if finished is None:
-                if asked < self.n_trials:
+                if self.asked < self.n_trials or self.next_promotion(list(in_flight.values())) is not None:
                     continue
                 break
             state = in_flight.pop(id(finished))
-            row, rung = finished.rows[0], (state.bracket, state.rung)
-            guessing = self._see(rung, row["mean_test_score"], row["status"], row["chance_score"])
-            score = self.seen[rung][-1]
-            state.trial.report(score, self.budgets[state.rung])
-            if state.last is not None:
-                session.release(state.last)  # the rung before: continued, its models are no longer needed
+            self._release(session, state)  # the rung before: continued, its models are no longer needed
+            row, budget = finished.rows[0], self.budgets[state.rung]
+            state.scores[budget] = self._score(row["mean_test_score"]) if row["status"] == "ok" else 0.0
+            if state.trial is not None:
+                state.trial.report(state.scores[budget], budget)
             if state.rung == len(self.budgets) - 1:
-                study.tell(state.trial, score)
+                if state.trial is not None:
+                    study.tell(state.trial, state.scores[budget])
+                else:  # told pruned while it waited at a rung below
+                    study.add_trial(self._frozen(state, complete=True))
                 session.release(finished)
-            # A diverged or failed fold left no model to continue from: such a trial stops wherever it ranks.
-            elif row["status"] == "ok" and worth_promoting(
-                score, guessing, self.seen[rung], self.guessing[rung], self.factor
-            ):
-                state.chain, state.last, state.rung = finished.plan.candidates[0].chain(), finished, state.rung + 1
-                start(state)
-            else:
-                study.tell(state.trial, state=optuna.trial.TrialState.PRUNED)
-                session.release(finished)
+                continue
+            state.chain, state.last = finished.plan.candidates[0].chain(), finished
+            waiting.append(self._see(state, state.rung, row["mean_test_score"], row["status"], row["chance_score"]))
+
+    @staticmethod
+    def _release(session, state: _Trial) -> None:
+        """Let the session forget ``state``'s saved models (a later promotion loads them from the store)."""
+        if state.last is not None:
+            session.release(state.last)
+            state.last = None
 
     def _warm_configs(self, state: StoreState, *, already: int) -> list[Params]:
         """The first trials: the experiment's best configurations, as values of this space (those that fit)."""
