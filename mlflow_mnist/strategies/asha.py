@@ -329,11 +329,13 @@ class AsyncHalving:
                         study.tell(result.state.trial, state=optuna.trial.TrialState.PRUNED)
                         result.state.trial = None
             waiting.clear()
-            # While trials are left, come back as soon as a worker is free (the last fold of a rung must not
-            # train alone beside an idle worker); after that, only for finished rungs.
-            finished = session.wait(until_free=self.asked < self.n_trials)
+            # While there is work to give (a trial to ask, one waiting to be promoted behind the folds queued
+            # before it), come back as soon as a worker is free: the last fold of a rung must not train alone
+            # beside an idle worker. After that, only for finished rungs.
+            more = self.asked < self.n_trials or self.next_promotion(list(in_flight.values())) is not None
+            finished = session.wait(until_free=more)
             if finished is None:
-                if self.asked < self.n_trials or self.next_promotion(list(in_flight.values())) is not None:
+                if more:
                     continue
                 break
             state = in_flight.pop(id(finished))
