@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,13 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     errors = int(np.sum(probabilities.argmax(axis=1) != data.y_test))
     assert errors == run.data.metrics["ensemble_test_errors"] == summary["ensemble_test_errors"]
     assert run.data.metrics["ensemble_test_accuracy"] == pytest.approx(1 - errors / len(data.y_test))
+    # It pins the keras and TensorFlow it was made with (read from the installed distributions, not imported).
+    import keras
+    import tensorflow as tf
+
+    uri = f"models:/{run.data.tags[schema.ENSEMBLE_MODEL]}"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    assert {f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"} <= set(requirements)
     # Each seed is a model of its own, and the median seed is the final's best child.
     seeds = [r for r in MlflowClient(store).search_runs([run.info.experiment_id]) if r.data.tags.get(schema.SEED)]
     assert len(seeds) == 3 and run.data.tags[schema.MEDIAN_RUN] in {r.info.run_id for r in seeds}
