@@ -22,10 +22,11 @@ reached ``--target`` (default 0.99656, the staged grid's best; a mean rounding t
 fold-epochs and minutes spent in all; the workers' idle share (the search run's metric ``workers_idle_share``).
 The script cannot make fold-epochs equal (a search stops after ``--trials`` trials, whatever they cost), so it
 also reads each curve at the smallest total any variant spent: the best mean CV so far at equal fold-epochs. The
-default trials per variant (optuna 12, asha 9, hyperband 5) are what spends about 230 fold-epochs each on the wide
-space (rungs 2, 6, 18 epochs, 3 folds) in a simulation of the three rules with random scores: a trial costs the
-batched pruner ~18 fold-epochs (measured: 12 trials, 232), ASHA ~25 (its first trials at a rung go on, unless they
-learned nothing), Hyperband ~45 (a third of its trials start at the full budget).
+default trials per variant (optuna 12, asha 17, hyperband 6) are what spends about 230 fold-epochs each on the wide
+space (rungs 2, 6, 18 epochs, 3 folds): the batched pruner ~18 fold-epochs a trial (measured: 12 trials, 232); ASHA
+~13 (Li et al.'s rule; the strategy itself run on two simulated workers with random scores, 3 seeds each: 17 trials
+198-234 fold-epochs; measured in make champion: 8 trials, 132); Hyperband ~40 (a third of its trials start at the
+full budget; 6 trials 240 in the same simulation).
 Low rungs never count: a trial enters the curve when it finishes the full budget.
 
 Writes benchmarks/results/asha.{json,md} and asha.png (asha-<space>.* for a space other than wide: best CV so
@@ -62,7 +63,7 @@ VARIANTS: dict[str, list[str]] = {
     "hyperband": ["--strategy", "asha", "--brackets", "3"],
 }
 ASHA_VARIANTS = ("asha", "hyperband")  # the ones that read --min-epochs
-DEFAULT_TRIALS = "optuna=12,asha=9,hyperband=5"  # about 230 fold-epochs each on the wide space (see above)
+DEFAULT_TRIALS = "optuna=12,asha=17,hyperband=6"  # about 230 fold-epochs each on the wide space (see above)
 
 
 class BenchError(ValueError):
@@ -306,7 +307,7 @@ def plot_curves(
 
 # -- the command -------------------------------------------------------------------------------------------------
 def parse_trials(text: str, names: list[str]) -> dict[str, int]:
-    """``12`` (every variant) or ``optuna=12,asha=9,hyperband=5`` (each named one; the rest take the plain number
+    """``12`` (every variant) or ``optuna=12,asha=17,hyperband=6`` (each named one; the rest take the plain number
     given, else 12)."""
     plain, named = None, {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
