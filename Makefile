@@ -57,7 +57,7 @@ postgres:
 	@./tools/ensure_postgres.sh
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
-# servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC: 16.3 to 18.9 min at -n 3,
+# servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC: 16.3 to 19.3 min at -n 3,
 # 30 to 35 min of CPU, as the machine's day goes). Files go to the workers longest first (tests/conftest.py), not in
 # xdist's order (by test count).
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
