@@ -181,14 +181,13 @@ class AsyncHalving:
             )
             bracket = min(r.tags.rung.index for r in group) - 1
             top = max(r.tags.rung.index for r in group) - 1
-            state = _Trial(group[0].tags.trial, bracket, dict(group[0].tags.sampled), rung=bracket)
+            state = _Trial(group[0].tags.trial, bracket, dict(group[0].tags.sampled), rung=top)
             for record in finished:
                 rung = record.tags.rung.index - 1
                 state.scores[record.tags.rung.budget] = self._score(record.score)
                 if rung < len(self.budgets) - 1:
                     result = self._see(state, rung, record.score, record.status, record.chance)
                     result.promoted = rung < top
-            state.rung = top
             if not finished or finished[-1].tags.rung.index - 1 < top:
                 # Cut short at its first rung, or promoted and cut short at the next: asked again with the same
                 # values, it goes on at that rung and finds every fold it had finished there.
@@ -216,11 +215,16 @@ class AsyncHalving:
     def _score(value: float) -> float:
         return value if math.isfinite(value) else 0.0
 
+    @classmethod
+    def _rung_score(cls, score: float, status: str) -> float:
+        """What a rung ranks a trial by: its mean CV when healthy, 0 otherwise."""
+        return cls._score(score) if status == "ok" else 0.0
+
     def _see(self, state: _Trial, rung: int, score: float, status: str, chance: float) -> _Result:
         """``state`` waits at ``rung`` (an index) with what it scored there: near chance, or with no healthy
         model at all, it learned nothing."""
         usable = status == "ok"
-        result = _Result(state, self._score(score) if usable else 0.0, not usable or near_chance(score, chance), usable)
+        result = _Result(state, self._rung_score(score, status), not usable or near_chance(score, chance), usable)
         self.rungs.setdefault((state.bracket, rung), []).append(result)
         return result
 
@@ -341,7 +345,7 @@ class AsyncHalving:
             state = in_flight.pop(id(finished))
             self._release(session, state)  # the rung before: continued, its models are no longer needed
             row, budget = finished.rows[0], self.budgets[state.rung]
-            state.scores[budget] = self._score(row["mean_test_score"]) if row["status"] == "ok" else 0.0
+            state.scores[budget] = self._rung_score(row["mean_test_score"], row["status"])
             if state.trial is not None:
                 state.trial.report(state.scores[budget], budget)
             if state.rung == len(self.budgets) - 1:
