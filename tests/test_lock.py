@@ -214,7 +214,7 @@ def test_a_holder_that_cannot_renew_stops_itself_before_anyone_takes_over(client
         client,
         key,
         command="newcomer",
-        ttl=ttl,
+        ttl=3 * ttl,  # the wait is the stale holder's TTL; the newcomer's own only paces its heartbeat
         notify=lambda line: line.startswith("took over") and took_over.append(time.monotonic()),
     )
     returned: list[float] = []
@@ -284,7 +284,9 @@ def test_a_holder_whose_clock_is_a_day_ahead_does_not_block_for_a_day(uri, clien
     since = holder(client, key).since
     assert since[:10] == time.strftime("%Y-%m-%d", time.localtime(time.time() + 86400))  # the clock was ahead
     started = time.monotonic()
-    lock = CampaignLock(client, key, command="newcomer", ttl=1.0).acquire()
+    # How long the newcomer watches is the holder's TTL (1 s); its own TTL of 6 s only gives its heartbeat 3 s to
+    # land, where 0.5 s once did not on a suite-loaded two-core machine and it rightly gave the lock up.
+    lock = CampaignLock(client, key, command="newcomer", ttl=6.0).acquire()
     assert time.monotonic() - started < 5  # its TTL watched on our clock, then half a TTL: about 1.5 s
     assert holder(client, key).token == lock.token
     lock.release()
