@@ -230,7 +230,7 @@ class Campaign:
         for run in runs:
             for output in run.outputs.model_outputs if run.outputs else []:
                 location = self.client.get_logged_model(output.model_id).artifact_location
-                with tempfile.TemporaryDirectory() as tmp:
+                with tempfile.TemporaryDirectory() as tmp, tracking.quiet_downloads():
                     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
                     return {str(f.relative_to(local)): f.read_bytes() for f in local.rglob("*") if f.is_file()}
         return None

@@ -143,7 +143,8 @@ def predicted_labels(model_uri: str, examples: np.ndarray) -> np.ndarray:
     """The labels a logged model predicts for ``examples`` (any pyfunc flavour: probabilities or labels)."""
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    with tracking.quiet_downloads():
+        model = mlflow.pyfunc.load_model(model_uri)
     # Keras draws a progress bar on stdout and TensorFlow warns of retracing for a second model: not for users.
     tensorflow_log = logging.getLogger("tensorflow")
     level = tensorflow_log.level

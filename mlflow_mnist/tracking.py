@@ -8,7 +8,8 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,23 @@ def _create_sqlite_store(path: Path) -> None:
     finally:
         migrations.setLevel(level)
         partial.unlink(missing_ok=True)
+
+
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow download bars while inside: they would cut our progress lines. The CLI turns them off for its
+    whole process; this covers API callers, and keeps a value the caller set themselves."""
+    if PROGRESS_BAR_ENV in os.environ:
+        yield
+        return
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(PROGRESS_BAR_ENV, None)
 
 
 def tracking_uri() -> str:

@@ -275,10 +275,11 @@ class EarlierIsBetter(ContinuingWorker):
         return result
 
 
-def test_a_trial_waiting_in_the_store_is_promoted_by_the_rerun_from_its_saved_models(store):
+def test_a_trial_waiting_in_the_store_is_promoted_by_the_rerun_from_its_saved_models(store, capfd):
     """Trials 0 and 1 finish their first rung and wait (two seen: nothing goes on), then the session dies. The
     rerun's third trial makes three: trial 0, the best, goes on, continuing the models its folds saved in the
-    store (the worker checks each continued fold got its own), and Optuna is told it completed."""
+    store (the worker checks each continued fold got its own), and Optuna is told it completed. Loading them draws
+    no download bars through the progress lines, for API callers too (the CLI silences them for its process)."""
     with pytest.raises(KeyboardInterrupt):
         search(store, _asha(4), EarlierIsBetter(stop_after=6))
     assert _rungs_of_trials(store) == {"0": {1}, "1": {1}, "2": {1}}  # trial 2 cut short
@@ -289,6 +290,7 @@ def test_a_trial_waiting_in_the_store_is_promoted_by_the_rerun_from_its_saved_mo
     assert len(continued) == 3 and worker.epochs == 3 * (2 + 2 + 4)  # trials 2 and 3 at 2 epochs, trial 0 + 4
     complete = [t for t in strategy.study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 1 and complete[0].value == pytest.approx(0.95)
+    assert "Downloading artifacts" not in capfd.readouterr().err
 
 
 def assert_each_configuration_is_one_trial(store: str, n_trials: int) -> None:
