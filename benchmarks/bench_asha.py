@@ -25,8 +25,9 @@ also reads each curve at the smallest total any variant spent: the best mean CV 
 default trials per variant (optuna 12, asha 17, hyperband 6) are what spends about 230 fold-epochs each on the wide
 space (rungs 2, 6, 18 epochs, 3 folds): the batched pruner ~18 fold-epochs a trial (measured: 12 trials, 232); ASHA
 ~13 (Li et al.'s rule; the strategy itself run on two simulated workers with random scores, 3 seeds each: 17 trials
-198-234 fold-epochs; measured in make champion: 8 trials, 132); Hyperband ~40 (a third of its trials start at the
-full budget; 6 trials 240 in the same simulation).
+198-234 fold-epochs; measured in make champion: 8 trials, 132; measured here on wide: 17 trials, 318, because TPE's
+later trials kept entering each rung's top third, see docs/performance.md); Hyperband ~40 (a third of its trials
+start at the full budget; 6 trials 240 in the same simulation; measured here: 240).
 Low rungs never count: a trial enters the curve when it finishes the full budget.
 
 Writes benchmarks/results/asha.{json,md} and asha.png (asha-<space>.* for a space other than wide: best CV so
