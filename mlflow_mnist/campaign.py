@@ -116,7 +116,13 @@ class Campaign:
         source = data_source(chosen_task, data)
         loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
         check_folds(loaded.y_train, folds, loaded.class_names)
-        precision, precision_because = choose_precision(chosen_task, loaded, precision)
+        precision, precision_because = choose_precision(
+            chosen_task,
+            loaded,
+            precision,
+            task_spec=task or DEFAULT_TASK,
+            threads=executor.threads_per_worker if executor is not None else None,
+        )
         settings = SearchSettings(
             chosen_task,
             folds,

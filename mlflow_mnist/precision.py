@@ -2,9 +2,10 @@
 
 bfloat16 pays on CPUs with native bfloat16 matrix units (Intel's AMX; AVX512-BF16 helps less) and costs
 elsewhere, so the choice is measured, not assumed: on a CPU that reports native bfloat16, a short probe trains
-the task's starting model a few epochs' worth of batches in each precision (interleaved, twice, medians) and
-picks ``mixed_bfloat16`` when it is at least :data:`MIN_SPEEDUP` faster. The verdict is kept per CPU model and
-task in ``~/.cache/mlflow-mnist/precision.json`` so later commands do not probe again. The probe times speed
+a model typical of the task (``Task.probe_params`` over its start) an epoch of :data:`PROBE_EXAMPLES` images in
+each precision (interleaved, three times, medians) and picks ``mixed_bfloat16`` when it is at least
+:data:`MIN_SPEEDUP` faster. The verdict is kept per CPU model, task and probe in
+``~/.cache/mlflow-mnist/precision.json`` so later commands do not probe again. The probe times speed
 only: whether bfloat16 is as accurate is the task's question, answered by comparing finals (README, Performance).
 """
 
@@ -14,15 +15,21 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from mlflow_mnist.executors.base import usable_cores
 from mlflow_mnist.tasks.base import Dataset, Task
 
 MIN_SPEEDUP = 1.1
-PROBE_EXAMPLES = 2048
+PROBE_EXAMPLES = 4096  # 2,048 measured per-step overhead more than arithmetic on the seed's best model
+PROBE_ROUNDS = 3  # with two, one slow moment of a core flipped a verdict (0.93x among 1.17-1.23x, AMX Xeon)
+PROBE_TIMEOUT = 600  # seconds: a probe that hangs gives float32, it does not hold the command up
 CACHE = Path(os.environ.get("MLFLOW_MNIST_CACHE", Path.home() / ".cache" / "mlflow-mnist")) / "precision.json"
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
 
@@ -38,25 +45,26 @@ def cpu_identity() -> tuple[str, set[str]]:
     return model or "unknown", set(flags)
 
 
-def seconds_per_epoch(task: Task, data: Dataset, precision: str, *, seed: int = 0) -> float:
-    """Wall time of one epoch over the probe's examples, after a first epoch that traces the graph."""
+def seconds_per_epoch(
+    task: Task, x: np.ndarray, y: np.ndarray, n_classes: int, precision: str, *, seed: int = 0
+) -> float:
+    """Wall time of one epoch over ``x``, after a first epoch that traces the graph."""
     import keras
 
     from mlflow_mnist.worker.process import forget_models
     from mlflow_mnist.worker.training import STEPS_PER_EXECUTION
 
-    x, y = data.x_train[:PROBE_EXAMPLES], data.y_train[:PROBE_EXAMPLES]
-    params = task.validate(dict(task.start, epochs=2))
+    params = task.validate({**task.start, **task.probe_params, "epochs": 2})
     keras.utils.set_random_seed(seed)
     model = task.build_model(
         params,
-        n_classes=data.n_classes,
+        n_classes=n_classes,
         seed=seed,
         precision=precision,
         n_train=len(x),
         steps_per_execution=STEPS_PER_EXECUTION,
     )
-    onehot = np.eye(data.n_classes, dtype="float32")[y]
+    onehot = np.eye(n_classes, dtype="float32")[y]
     model.fit(x, onehot, batch_size=int(params["batch_size"]), epochs=1, verbose=0)
     start = time.perf_counter()
     model.fit(x, onehot, batch_size=int(params["batch_size"]), epochs=1, verbose=0)
@@ -65,27 +73,60 @@ def seconds_per_epoch(task: Task, data: Dataset, precision: str, *, seed: int = 
     return elapsed
 
 
-def choose_precision(task: Task, data: Dataset, requested: str) -> tuple[str, str]:
-    """The precision to train in, and why: ``requested`` unless it is ``auto``."""
+def measure(task_spec: str, data: Dataset, *, threads: int) -> dict[str, list[float]]:
+    """Seconds per probe epoch in each precision, interleaved, :data:`PROBE_ROUNDS` times (medians are taken).
+
+    Timed in a fresh process set up as a worker, with ``threads`` TensorFlow threads: bfloat16's gain depends on
+    them (on a 2-core AMX Xeon, 2.77x on one thread and 2.27x on two for the same model), TensorFlow takes a
+    thread count only before its first operation, and this process may have run one already.
+    """
+    with tempfile.TemporaryDirectory(prefix="precision-probe-") as folder:
+        examples = Path(folder) / "examples.npz"
+        n = PROBE_EXAMPLES
+        np.savez(examples, x=data.x_train[:n], y=data.y_train[:n], n_classes=data.n_classes)
+        # A constant program; the task, the file and the count travel as arguments (no shell sees them).
+        program = "import sys; from mlflow_mnist.precision import probe_process; probe_process(*sys.argv[1:])"
+        command = [sys.executable, "-c", program, task_spec, str(examples), str(threads)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the probe process exited with {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def choose_precision(
+    task: Task, data: Dataset, requested: str, *, task_spec: str = "", threads: int | None = None
+) -> tuple[str, str]:
+    """The precision to train in, and why: ``requested`` unless it is ``auto``.
+
+    ``task_spec`` names the task for the probe's process (default: its name); ``threads`` is each worker's
+    TensorFlow thread count (default: every usable core, one worker).
+    """
     if requested != "auto":
         return requested, "as asked"
     model, flags = cpu_identity()
     native = sorted(flags & set(NATIVE_BF16))
     if not native:
         return "float32", f"auto: {model} has no native bfloat16 ({', '.join(NATIVE_BF16)} absent)"
-    key = hashlib.sha256(json.dumps([model, sorted(flags), task.name]).encode()).hexdigest()[:16]
+    threads = threads or usable_cores()
+    # The probe's model, size and threads are in the key: a verdict measured otherwise is not this probe's.
+    probe = [sorted(task.probe_params.items()), PROBE_EXAMPLES, PROBE_ROUNDS, threads]
+    key = hashlib.sha256(json.dumps([model, sorted(flags), task.name, probe], default=str).encode()).hexdigest()[:16]
     cache = _read_cache()
     if key not in cache:
-        times = {"float32": [], "mixed_bfloat16": []}
-        for _ in range(2):  # interleaved: one core can slow down for minutes
-            for precision in times:
-                times[precision].append(seconds_per_epoch(task, data, precision))
+        try:
+            times = measure(task_spec or task.name, data, threads=threads)
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
+            return "float32", f"auto: float32, the bfloat16 probe failed on {model} ({type(error).__name__})"
         speedup = statistics.median(times["float32"]) / statistics.median(times["mixed_bfloat16"])
         cache[key] = {"model": model, "task": task.name, "native": native, "speedup": round(speedup, 3)}
+        cache[key]["threads"] = threads
         _write_cache(cache)
     speedup = cache[key]["speedup"]
     chosen = "mixed_bfloat16" if speedup >= MIN_SPEEDUP else "float32"
-    return chosen, f"auto: bfloat16 measured {speedup:.2f}x float32's speed on {model} ({', '.join(native)})"
+    return chosen, (
+        f"auto: bfloat16 measured {speedup:.2f}x float32's speed on {model} ({', '.join(native)}), "
+        f"{threads} thread(s) per worker"
+    )
 
 
 def _read_cache() -> dict:
@@ -101,3 +142,19 @@ def _write_cache(cache: dict) -> None:
         CACHE.write_text(json.dumps(cache, indent=1))
     except OSError:
         pass  # a read-only home: the next command probes again
+
+
+def probe_process(task_spec: str, examples: str, threads: str) -> None:
+    """The probe's own process: set up as a worker, time both precisions, print their seconds as JSON."""
+    from mlflow_mnist.tasks import get_task
+    from mlflow_mnist.worker.process import configure_threads
+
+    configure_threads(int(threads))
+    task = get_task(task_spec)
+    with np.load(examples) as arrays:
+        x, y, n_classes = arrays["x"], arrays["y"], int(arrays["n_classes"])
+    times: dict[str, list[float]] = {"float32": [], "mixed_bfloat16": []}
+    for _ in range(PROBE_ROUNDS):
+        for precision in times:
+            times[precision].append(seconds_per_epoch(task, x, y, n_classes, precision))
+    print(json.dumps(times))

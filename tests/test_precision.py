@@ -18,11 +18,11 @@ def probe(monkeypatch, tmp_path):
     def install(flags: set[str], seconds: dict[str, float]):
         monkeypatch.setattr(precision, "cpu_identity", lambda: ("Test CPU", flags))
 
-        def timed(task, data, chosen, *, seed=0):
-            calls.append(chosen)
-            return seconds[chosen]
+        def timed(task_spec, data, *, threads):
+            calls.extend(["float32", "mixed_bfloat16"] * precision.PROBE_ROUNDS)  # what the probe's process times
+            return {chosen: [seconds[chosen]] * precision.PROBE_ROUNDS for chosen in seconds}
 
-        monkeypatch.setattr(precision, "seconds_per_epoch", timed)
+        monkeypatch.setattr(precision, "measure", timed)
         return calls
 
     return install
@@ -40,11 +40,74 @@ def test_with_native_bfloat16_auto_follows_the_measurement(probe, bf16_seconds, 
     task, data = get_task("digits"), tiny_dataset()
     chosen, why = precision.choose_precision(task, data, "auto")
     assert chosen == expected and f"{1 / bf16_seconds:.2f}x" in why
-    assert sorted(calls) == ["float32", "float32", "mixed_bfloat16", "mixed_bfloat16"]  # interleaved, twice
-    assert precision.choose_precision(task, data, "auto")[0] == expected and len(calls) == 4  # kept, not re-probed
+    assert sorted(calls) == ["float32"] * 3 + ["mixed_bfloat16"] * 3  # interleaved, three rounds
+    assert precision.choose_precision(task, data, "auto")[0] == expected and len(calls) == 6  # kept, not re-probed
 
 
 def test_an_explicit_precision_is_kept(probe):
     calls = probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
     assert precision.choose_precision(get_task("digits"), tiny_dataset(), "float32") == ("float32", "as asked")
     assert not calls
+
+
+def test_a_verdict_is_kept_per_probe_model(probe, monkeypatch):
+    """A verdict measured on another probe model (an older release's, another task setting) is measured again."""
+    calls = probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
+    task, data = get_task("digits"), tiny_dataset()
+    precision.choose_precision(task, data, "auto")
+    monkeypatch.setattr(type(task), "probe_params", {"batch_size": 64})
+    precision.choose_precision(task, data, "auto")
+    assert len(calls) == 12
+
+
+@pytest.mark.slow  # imports TensorFlow
+def test_the_probe_times_the_tasks_typical_model(monkeypatch):
+    """The probe builds ``start`` with the task's ``probe_params`` over it, for two epochs of the examples given."""
+    task, data = get_task("mnist"), tiny_dataset()
+    built, fitted = [], []
+
+    class Model:
+        def fit(self, x, y, *, batch_size, epochs, verbose):
+            fitted.append((len(x), batch_size, epochs))
+
+    def build_model(params, **options):
+        built.append((params, options["precision"]))
+        return Model()
+
+    monkeypatch.setattr(task, "build_model", build_model)
+    precision.seconds_per_epoch(task, data.x_train, data.y_train, data.n_classes, "mixed_bfloat16")
+    ((params, chosen),) = built
+    assert chosen == "mixed_bfloat16" and params["epochs"] == 2
+    assert all(params[k] == v for k, v in task.probe_params.items()) and task.probe_params
+    assert params["neurons_2"] == 25 and params["kernel_size"] == (5, 5)  # the seed's best, not its 4/8/16 start
+    assert fitted == [(len(data.x_train), 20, 1)] * 2
+
+
+@pytest.mark.slow  # trains the digits model a few batches in a new process
+def test_the_probe_runs_in_its_own_process_with_the_workers_threads(monkeypatch):
+    """A real probe process on the digits task: both precisions timed each round, with the thread count asked for."""
+    monkeypatch.setattr(precision, "PROBE_EXAMPLES", 64)
+    seen = []
+    real_run = precision.subprocess.run
+
+    def run(command, **options):
+        seen.append(command)
+        return real_run(command, **options)
+
+    monkeypatch.setattr(precision.subprocess, "run", run)
+    times = precision.measure("digits", get_task("digits").load(""), threads=1)
+    assert sorted(times) == ["float32", "mixed_bfloat16"]
+    assert all(len(v) == precision.PROBE_ROUNDS and min(v) > 0 for v in times.values())
+    ((executable, flag, _program, task_spec, examples, threads),) = seen
+    assert (flag, task_spec, threads) == ("-c", "digits", "1") and examples.endswith(".npz")
+
+
+def test_a_failed_probe_gives_float32_and_says_so(probe, monkeypatch):
+    probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
+
+    def broken(task_spec, data, *, threads):
+        raise RuntimeError("the probe process exited with 1")
+
+    monkeypatch.setattr(precision, "measure", broken)
+    chosen, why = precision.choose_precision(get_task("digits"), tiny_dataset(), "auto")
+    assert chosen == "float32" and "probe failed" in why and not precision.CACHE.exists()

@@ -125,6 +125,9 @@ class Task:
         default_classes: the ``--classes`` used when none is given.
         start: a full configuration: every hyperparameter the model reads, including ``epochs`` and
             ``batch_size``; staged steps start from it.
+        probe_params: hyperparameters over ``start`` that make a model typical of what this task trains, for
+            ``--precision auto``'s speed probe ({}: ``start`` itself); a start far smaller than the models
+            searches train times per-step overhead, not arithmetic.
         neutral: optional hyperparameters at values that leave the model unchanged; left out of fold keys, so
             adding one changes no key.
         steps, stages: the staged grid, in order, and stage names users type (each a tuple of step names).
@@ -140,6 +143,7 @@ class Task:
     model_key: ClassVar[str] = ""
     default_classes: ClassVar[str] = "all"
     start: ClassVar[Params] = {}
+    probe_params: ClassVar[Params] = {}
     neutral: ClassVar[Params] = {}
     steps: ClassVar[tuple[Step, ...]] = ()
     stages: ClassVar[Mapping[str, tuple[str, ...]]] = {}
