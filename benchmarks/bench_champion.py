@@ -7,7 +7,7 @@ The defaults are the Makefile's `champion` settings (strategy, trials, minimum e
 Runs the same three `mlflow run` commands as that target into a fresh SQLite store, times
 each part, and reads back from the store the configuration found, every seed's test accuracy and errors, and
 what `promote` said (against the task's own threshold). Writes benchmarks/results/champion.{json,md}
-(champion-<task>.* for a task other than mnist).
+(champion-<task>.* for a task other than mnist; --stem names another, e.g. for a second CPU kind).
 """
 
 from __future__ import annotations
@@ -92,8 +92,18 @@ def main() -> None:
         choices=("median", "ensemble"),
         help="what promote gates and registers, fixed before the test set is seen [default: ensemble]",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="float32, mixed_bfloat16 or auto, for search and final [default: auto, as make champion]",
+    )
     parser.add_argument("--space", default=None, help="the search space [default: mnist: wide, else the task's]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--stem",
+        default="",
+        help="the result files' name, e.g. champion-xeon for a second CPU kind [default: champion, champion-TASK]",
+    )
     args = parser.parse_args()
     task = get_task(args.task)
     mnist = task.name == DEFAULT_TASK
@@ -102,7 +112,8 @@ def main() -> None:
         sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
     data = data_source(task, data) if data else ""  # a path made absolute; a name the task knows as it is
     space = args.space if args.space is not None else ("wide" if mnist else "")
-    common = ["-P", f"data={data}"] + ([] if mnist else ["-P", f"task={args.task}"])
+    common = ["-P", f"data={data}", "-P", f"precision={args.precision}"]
+    common += [] if mnist else ["-P", f"task={args.task}"]
     store = Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
     parts["search"], search = mlflow_run(
@@ -131,14 +142,16 @@ def main() -> None:
         "machine": machine.describe(),
         "task": task.name,
         "store": str(store),
-        "settings": {k: getattr(args, k) for k in ("strategy", "trials", "min_epochs", "repeats", "model")},
+        "settings": {
+            k: getattr(args, k) for k in ("strategy", "trials", "min_epochs", "repeats", "model", "precision")
+        },
         "minutes": {k: v / 60 for k, v in parts.items()},
         "promote_exit": promote.returncode,
         "promote_said": said[-1] if said else promote.stderr.strip().splitlines()[-1:],
         **read_back(store),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "champion" if mnist else f"champion-{task.name}"
+    stem = args.stem or ("champion" if mnist else f"champion-{task.name}")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     ensemble = (
         f"**{report['ensemble_test_accuracy']:.4%}** ({report['ensemble_errors']:.0f} errors)"
