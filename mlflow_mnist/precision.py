@@ -28,7 +28,7 @@ from mlflow_mnist.tasks.base import Dataset, Task
 
 MIN_SPEEDUP = 1.1
 PROBE_EXAMPLES = 4096  # 2,048 measured per-step overhead more than arithmetic on the seed's best model
-PROBE_ROUNDS = 3  # with two, one slow moment of a core flipped a verdict (0.93x among 1.17-1.23x, AMX Xeon)
+PROBE_ROUNDS = 3  # with two, one slow moment of a core flipped a verdict (0.93x among 1.17-1.24x, AMX Xeon)
 PROBE_TIMEOUT = 600  # seconds: a probe that hangs gives float32, it does not hold the command up
 CACHE = Path(os.environ.get("MLFLOW_MNIST_CACHE", Path.home() / ".cache" / "mlflow-mnist")) / "precision.json"
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
