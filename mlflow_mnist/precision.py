@@ -88,9 +88,10 @@ def measure(task_spec: str, data: Dataset, *, threads: int) -> dict[str, list[fl
         program = "import sys; from mlflow_mnist.precision import probe_process; probe_process(*sys.argv[1:])"
         command = [sys.executable, "-c", program, task_spec, str(examples), str(threads)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
-    if done.returncode:
-        raise RuntimeError(f"the probe process exited with {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        raise RuntimeError(f"the probe process exited with {done.returncode} and {len(lines)} lines of output")
+    return json.loads(lines[-1])
 
 
 def choose_precision(

@@ -102,6 +102,15 @@ def test_the_probe_runs_in_its_own_process_with_the_workers_threads(monkeypatch)
     assert (flag, task_spec, threads) == ("-c", "digits", "1") and examples.endswith(".npz")
 
 
+def test_a_probe_process_that_prints_nothing_is_a_failure(monkeypatch):
+    class Silent:
+        returncode, stdout = 0, ""
+
+    monkeypatch.setattr(precision.subprocess, "run", lambda command, **options: Silent())
+    with pytest.raises(RuntimeError, match="0 lines of output"):
+        precision.measure("digits", tiny_dataset(), threads=1)
+
+
 def test_a_failed_probe_gives_float32_and_says_so(probe, monkeypatch):
     probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
 
