@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mlflow_mnist import precision
@@ -42,6 +44,8 @@ def test_with_native_bfloat16_auto_follows_the_measurement(probe, bf16_seconds, 
     assert chosen == expected and f"{1 / bf16_seconds:.2f}x" in why
     assert sorted(calls) == ["float32"] * 3 + ["mixed_bfloat16"] * 3  # interleaved, three rounds
     assert precision.choose_precision(task, data, "auto")[0] == expected and len(calls) == 6  # kept, not re-probed
+    kept = next(iter(json.loads(precision.CACHE.read_text()).values()))
+    assert kept["seconds"]["mixed_bfloat16"] == [bf16_seconds] * precision.PROBE_ROUNDS  # what it measured, kept
 
 
 def test_an_explicit_precision_is_kept(probe):
