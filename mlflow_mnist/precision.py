@@ -119,10 +119,15 @@ def choose_precision(
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
             return "float32", f"auto: float32, the bfloat16 probe failed on {model} ({type(error).__name__})"
         speedup = statistics.median(times["float32"]) / statistics.median(times["mixed_bfloat16"])
-        cache[key] = {"model": model, "task": task.name, "native": native, "speedup": round(speedup, 3)}
-        cache[key]["threads"] = threads
-        # Kept to read a surprising verdict by: 2 of 11 probes on an AMX Xeon read 0.80x and 0.93x, cause not found.
-        cache[key]["seconds"] = {name: [round(t, 3) for t in runs] for name, runs in times.items()}
+        cache[key] = {
+            "model": model,
+            "task": task.name,
+            "native": native,
+            "threads": threads,
+            "speedup": round(speedup, 3),
+            # Kept to read a surprising verdict by: 2 of 11 probes on an AMX Xeon read 0.80x and 0.93x, cause unknown.
+            "seconds": {name: [round(t, 3) for t in runs] for name, runs in times.items()},
+        }
         _write_cache(cache)
     speedup = cache[key]["speedup"]
     chosen = "mixed_bfloat16" if speedup >= MIN_SPEEDUP else "float32"
