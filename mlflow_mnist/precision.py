@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlflow_mnist.empty_store import cache_folder
 from mlflow_mnist.executors.base import usable_cores
 from mlflow_mnist.tasks.base import Dataset, Task
 
@@ -33,7 +33,7 @@ PROBE_ROUNDS = 3
 # the others read 1.15-1.28x. A stall only adds time, so the fastest round is the one that measures the arithmetic.
 PROBE_ESTIMATE = "fastest"
 PROBE_TIMEOUT = 600  # seconds: a probe that hangs gives float32, it does not hold the command up
-CACHE = Path(os.environ.get("MLFLOW_MNIST_CACHE", Path.home() / ".cache" / "mlflow-mnist")) / "precision.json"
+CACHE = cache_folder() / "precision.json"
 NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
 
 

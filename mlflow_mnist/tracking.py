@@ -70,7 +70,8 @@ def _abandoned_partials(path: Path) -> list[Path]:
 
 
 def _create_sqlite_store(path: Path) -> None:
-    """Build the schema in a private temporary file, then link it into place unless a store is already there.
+    """Build the schema in a private temporary file (a copy of :func:`~mlflow_mnist.empty_store.empty_store`
+    where it can be kept), then link it into place unless a store is already there.
 
     MLflow builds a new SQLite store in dozens of migration steps; a process killed among them left a database
     no later start could open ("index ... already exists"), so the schema is built aside and appears whole.
@@ -79,11 +80,14 @@ def _create_sqlite_store(path: Path) -> None:
     the runs the first had already written would be lost). Filesystems without hard links decide under a lock.
     """
     import logging
+    import shutil
     import socket
     import uuid
 
     from mlflow import MlflowClient
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from mlflow_mnist.empty_store import empty_store
 
     for abandoned in _abandoned_partials(path):
         abandoned.unlink(missing_ok=True)
@@ -92,6 +96,9 @@ def _create_sqlite_store(path: Path) -> None:
     level = migrations.level
     migrations.setLevel(logging.WARNING)
     try:
+        template = empty_store()
+        if template is not None:
+            shutil.copyfile(template, partial)  # MLflow opens it as built and adds its Default experiment
         MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
         engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(f"sqlite:///{partial}", None)
         if engine is not None:

@@ -96,3 +96,62 @@ def test_partial_store_of_a_killed_creator_is_removed_later(tmp_path):
     alive.write_bytes(b"in progress")
     tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mlflow.db", alive.name])
+
+
+def _contents(path: Path) -> dict:
+    """A store's schema and rows, creation times left out (each store is made at its own moment)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as database:
+        statements = database.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL")
+        # Lines sorted within each statement: MLflow's migrations write a table's constraints in an order that
+        # differs between two builds in place (hash order), which is the same schema.
+        schema = sorted(sorted(sql.splitlines()) for (sql,) in statements)
+        experiments = database.execute(
+            "SELECT experiment_id, name, artifact_location, lifecycle_stage FROM experiments"
+        )
+        rows = {
+            "experiments": experiments.fetchall(),
+            "workspaces": database.execute("SELECT * FROM workspaces").fetchall(),
+            "alembic_version": database.execute("SELECT * FROM alembic_version").fetchall(),
+        }
+    database.close()
+    return {"schema": schema, **rows}
+
+
+def test_a_store_copied_from_the_empty_store_is_the_store_mlflow_builds(tmp_path, monkeypatch):
+    """New stores are copies of one empty store built once per MLflow version: the same schema and rows as a
+    store MLflow builds in place (its Default experiment made for the copy, where the copy lives)."""
+    from mlflow_mnist import empty_store
+
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # MLflow's Default experiment's artifact location follows the working folder
+    for folder in ("first", "copied", "built"):
+        (tmp_path / folder).mkdir()
+    tracking._create_sqlite_store(tmp_path / "first" / "mlflow.db")  # builds the empty store on the way
+    [template] = (tmp_path / "cache").glob("empty-store-mlflow-*.db")
+    assert _contents(template)["experiments"] == []  # the Default experiment is each copy's own
+    given = []
+    build = empty_store.empty_store
+    monkeypatch.setattr(empty_store, "empty_store", lambda: given.append(build()) or given[-1])
+    tracking._create_sqlite_store(tmp_path / "copied" / "mlflow.db")
+    assert given == [template]  # the new store was copied from it
+    monkeypatch.setattr(empty_store, "empty_store", lambda: None)  # as where no cache can be kept
+    tracking._create_sqlite_store(tmp_path / "built" / "mlflow.db")
+    copied, built = _contents(tmp_path / "copied" / "mlflow.db"), _contents(tmp_path / "built" / "mlflow.db")
+    assert copied == built and len(copied["experiments"]) == 1
+    client = tracking.connect(f"sqlite:///{tmp_path / 'copied' / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("works"))
+    client.set_terminated(run.info.run_id)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_without_a_cache_to_keep_it_a_store_is_built_in_place(tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(tmp_path / "not-a-folder"))
+    from mlflow_mnist import empty_store
+
+    assert empty_store.empty_store() is None
+    (tmp_path / "store").mkdir()
+    client = tracking.connect(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]

@@ -1,0 +1,58 @@
+"""New SQLite stores copied from an empty one built once per MLflow version.
+
+MLflow builds a new SQLite store by running its ~100 schema migrations, 1.5-1.6 s of CPU against 0.55 s to open
+a built one (2-core AMX Xeon, three runs each), and a new store is made while the workers import TensorFlow on
+the same cores. The empty store is built by MLflow itself, kept in this project's cache folder under MLflow's
+version, and holds no experiment: MLflow adds its ``Default`` experiment, with an artifact location of its own
+choosing, when the copy is first opened, exactly as it does for a store it built there.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+
+def cache_folder() -> Path:
+    """This project's cache: ``$MLFLOW_MNIST_CACHE``, else ``~/.cache/mlflow-mnist``."""
+    return Path(os.environ.get("MLFLOW_MNIST_CACHE") or Path.home() / ".cache" / "mlflow-mnist")
+
+
+def empty_store() -> Path | None:
+    """The empty store of the installed MLflow, built on first use; ``None`` where it cannot be kept (then the
+    caller lets MLflow build the store in place, as without it)."""
+    import mlflow
+
+    template = cache_folder() / f"empty-store-mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=template.parent, prefix=".empty-store-", suffix=".db")
+        os.close(handle)
+        os.unlink(name)  # MLflow must find no file there, or it takes it for an existing store
+        try:
+            _build(Path(name))
+            os.replace(name, template)  # two builders at once: either complete copy is the template
+        finally:
+            Path(name).unlink(missing_ok=True)
+    except (OSError, sqlite3.Error):
+        return None
+    return template
+
+
+def _build(path: Path) -> None:
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = f"sqlite:///{path}"
+    MlflowClient(uri).search_experiments(max_results=1)
+    engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+    if engine is not None:
+        engine.dispose()
+    with sqlite3.connect(path) as database:  # the Default experiment is the copy's to make, where it lives
+        database.execute("DELETE FROM experiment_tags")
+        database.execute("DELETE FROM experiments")
+    database.close()
