@@ -24,6 +24,8 @@ def empty_store() -> Path | None:
     """The empty store of the installed MLflow, built on first use; ``None`` where it cannot be kept (then the
     caller lets MLflow build the store in place, as without it)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     template = cache_folder() / f"empty-store-mlflow-{mlflow.__version__}.db"
     if template.exists():
@@ -38,12 +40,14 @@ def empty_store() -> Path | None:
             os.replace(name, template)  # two builders at once: either complete copy is the template
         finally:
             Path(name).unlink(missing_ok=True)
-    except (OSError, sqlite3.Error):
-        return None
+    except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException):
+        return None  # an optimisation only: MLflow builds the store in place instead
     return template
 
 
-def _build(path: Path) -> None:
+def open_and_release(path: Path) -> None:
+    """Let MLflow open the SQLite store at ``path`` (building its schema if the file is new, adding its
+    ``Default`` experiment if it has none), then close every connection MLflow keeps to it."""
     from mlflow import MlflowClient
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -52,6 +56,10 @@ def _build(path: Path) -> None:
     engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
     if engine is not None:
         engine.dispose()
+
+
+def _build(path: Path) -> None:
+    open_and_release(path)
     with sqlite3.connect(path) as database:  # the Default experiment is the copy's to make, where it lives
         database.execute("DELETE FROM experiment_tags")
         database.execute("DELETE FROM experiments")

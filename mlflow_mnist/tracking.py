@@ -84,10 +84,7 @@ def _create_sqlite_store(path: Path) -> None:
     import socket
     import uuid
 
-    from mlflow import MlflowClient
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    from mlflow_mnist.empty_store import empty_store
+    from mlflow_mnist.empty_store import empty_store, open_and_release
 
     for abandoned in _abandoned_partials(path):
         abandoned.unlink(missing_ok=True)
@@ -99,10 +96,7 @@ def _create_sqlite_store(path: Path) -> None:
         template = empty_store()
         if template is not None:
             shutil.copyfile(template, partial)  # MLflow opens it as built and adds its Default experiment
-        MlflowClient(f"sqlite:///{partial}").search_experiments(max_results=1)
-        engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(f"sqlite:///{partial}", None)
-        if engine is not None:
-            engine.dispose()  # no connection of ours stays on the file under its temporary name
+        open_and_release(partial)  # no connection of ours stays on the file under its temporary name
         try:
             os.link(partial, path)
         except FileExistsError:
