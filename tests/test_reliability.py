@@ -303,12 +303,21 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("source", ["migrations", "empty store"])
 @pytest.mark.parametrize("after", [0.0, 0.1, 0.2, 0.3, 0.45, 0.6])
-def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, after):
+def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, monkeypatch, after, source):
     """MLflow creates a SQLite store in many migration steps; a kill among them must not break later starts.
 
-    The process is killed ``after`` seconds once a database file appears, i.e. while the schema is written.
+    The process is killed ``after`` seconds once a database file appears, i.e. while the schema is written
+    (``migrations``: no cache folder, MLflow builds it in place) or the empty store's copy is opened.
     """
+    from mlflow_mnist import empty_store
+
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"
+    if source == "migrations":
+        cache.write_text("")  # not a folder: no empty store can be kept
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(cache))
+    assert (empty_store.empty_store() is None) == (source == "migrations")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     code = f"from mlflow_mnist import tracking; tracking.connect({uri!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
