@@ -7,10 +7,10 @@
 What is compared, one run each, one after another, each in its own fresh process, on the same 2 cores: three
 searches over the same space (``--space``, default ``wide``), the same number of trials (``--trials``), the same
 Keras model (the task's ``build_model``), the same data and the same ``--folds`` splits
-(``mlflow_mnist.planning.fold_indices``, split seed 0), with epochs as the resource (rungs at the space's budget /
-9, / 3 and the full budget, as ours):
+(``mlflow_mnist.planning.fold_indices``, split seed ``--seed``, default 0), with epochs as the resource (rungs at
+the space's budget / 9, / 3 and the full budget, as ours):
 
-- ``optuna``: plain Optuna as its documentation shows it: ``TPESampler(seed=0)`` with its defaults,
+- ``optuna``: plain Optuna as its documentation shows it: ``TPESampler(seed=--seed)`` with its defaults,
   ``HyperbandPruner(min_resource=first rung, max_resource=budget, reduction_factor=3)``,
   ``study.optimize(objective, n_trials, n_jobs=2)`` (two threads of one process) and MLflow's callback
   (``optuna_integration.MLflowCallback``; when optuna-integration is not installed, the same run per trial, logged by
@@ -22,7 +22,11 @@ Keras model (the task's ``build_model``), the same data and the same ``--folds``
   configurations are drawn at random from the space first (Optuna's ``RandomSampler``, seeded, as our ``random``
   strategy draws them) and handed over as a list that it takes whole; each halving iteration retrains from scratch,
   as it always does. ``min_resources`` is set so that the last iteration trains the full budget.
-- ``ours``: ``python -m mlflow_mnist tune --strategy asha`` into an empty SQLite store, every fold tracked.
+- ``ours``: ``python -m mlflow_mnist tune --strategy asha --seed`` into an empty SQLite store, every fold tracked.
+
+``--seed`` seeds every peer's draws and the split alike; one run per seed cannot rank the peers (plain Optuna's
+two threads interleave its draws, a lucky early trial decides its reach), so run a few seeds, e.g. with
+``--peers optuna,ours --seed 1`` and ``--seed 2``, and read them side by side (``peers_seeds.py``).
 
 Per peer: the best mean CV reached by a configuration trained the full budget, the minutes (since the search
 started) and fold-epochs at which the best so far first reached ``--target`` (default 0.99656, the staged grid's
@@ -32,10 +36,10 @@ tested once per seed: the N-seed test median (lower middle for an even N) and ea
 
 The peers' curves come from the searches themselves: Optuna's objective stamps every finished full-budget trial;
 scikit-learn's scorer appends every scored fold (time, epochs trained, score) to a file. Ours is read back from its
-store (``analysis.searches.search_table``). Writes benchmarks/results/peers.{json,md} and peers.png
-(peers-<space>.* for a space other than wide: best CV so far against minutes and against fold-epochs) and names
-the CPU; ``--quick`` (the shipped sample, 2 folds, 2 trials, the small ``seed`` space) writes to a temporary folder
-unless ``--out`` is given.
+store (``analysis.searches.search_table``). Writes benchmarks/results/peers.{json,md} and peers.png (best CV so
+far against minutes and against fold-epochs; peers-<space>.* for a space other than wide, -seed<N> added for a seed
+other than 0) and names the CPU; ``--quick`` (the shipped sample, 2 folds, 2 trials, the small ``seed`` space)
+writes to a temporary folder unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -394,6 +398,7 @@ def run_halving(task, data, space, *, trials: int, folds: int, seed: int, trace:
 def run_ours(store: Path, run: dict) -> dict:
     arguments = ["--strategy", "asha", "--space", run["space"], "--trials", str(run["trials"])]
     arguments += ["--data", run["data"], "--folds", str(run["folds"]), "--brackets", str(run["brackets"])]
+    arguments += ["--seed", str(run["seed"])]
     wall = run_tune(store, arguments)
     found = read_search(store)
     return {
@@ -534,6 +539,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=12, help="trials (candidates) per peer [default: 12]")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--brackets", type=int, default=1, help="ours: --brackets [default: 1]")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every peer's draws and the split [default: 0]")
     parser.add_argument("--peers", default=",".join(PEERS), help="which to run, in order [default: all]")
     parser.add_argument("--final-seeds", type=int, default=0, help="test each pick with this many seeds (0: none)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
@@ -571,8 +577,8 @@ def settings(args: argparse.Namespace) -> dict:
     if folds < 2:
         raise BenchError(f"--folds {folds}: cross-validation needs at least 2")
     check_stores(args.stores, peers)
-    if trials < 1 or args.brackets < 1 or args.final_seeds < 0:
-        raise BenchError("--trials and --brackets need at least 1, --final-seeds at least 0")
+    if trials < 1 or args.brackets < 1 or args.final_seeds < 0 or args.seed < 0:
+        raise BenchError("--trials and --brackets need at least 1, --final-seeds and --seed at least 0")
     if not 0 < args.target <= 1:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
     return {
@@ -581,7 +587,7 @@ def settings(args: argparse.Namespace) -> dict:
         "space": space,
         "trials": trials,
         "folds": folds,
-        "seed": 0,
+        "seed": args.seed,
         "brackets": args.brackets,
         "peers": peers,
         "final_seeds": args.final_seeds,
@@ -614,7 +620,12 @@ def main(argv: list[str] | None = None) -> None:
     results = run_each(run["peers"], lambda name: run_one(name, run, stores))
     picks = {name: p["best_config"] for name, p in results.items() if p["best_config"]}
     finals = final_seeds(picks, run, run["final_seeds"]) if run["final_seeds"] and picks else {}
-    stem = "peers" if run["space"] == "wide" else f"peers-{run['space']}"  # one space's report never hides another's
+    # one space's or seed's report never hides another's
+    stem = (
+        "peers"
+        + ("" if run["space"] == "wide" else f"-{run['space']}")
+        + (f"-seed{run['seed']}" if run["seed"] else "")
+    )
     report = {"machine": machine.describe(), "stem": stem, **run, "results": results, "finals": finals}
     write_report(out, stem, report, markdown(report))
     plot_curves(
@@ -623,8 +634,8 @@ def main(argv: list[str] | None = None) -> None:
         target=run["target"],
         common=None,
         axes=("minutes", "fold_epochs"),
-        title=f"Best mean CV so far, --space {run['space']}, {run['trials']} trials, {WORKERS} workers each "
-        f"({machine.describe()['cpu']})",
+        title=f"Best mean CV so far, --space {run['space']}, {run['trials']} trials, seed {run['seed']}, "
+        f"{WORKERS} workers each ({machine.describe()['cpu']})",
     )
     print(markdown(report))
     print(f"written: {out / stem}.json, .md, .png")
