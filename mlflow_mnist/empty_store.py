@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
+
+#: A builder's private file older than this was left by a killed build (a build takes ~2 s): removed.
+STALE_BUILD_SECONDS = 600
 
 
 def cache_folder() -> Path:
@@ -32,6 +36,7 @@ def empty_store() -> Path | None:
         return template
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_builds(template.parent)
         handle, name = tempfile.mkstemp(dir=template.parent, prefix=".empty-store-", suffix=".db")
         os.close(handle)
         os.unlink(name)  # MLflow must find no file there, or it takes it for an existing store
@@ -56,6 +61,16 @@ def open_and_release(path: Path) -> None:
     engine = getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
     if engine is not None:
         engine.dispose()
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Remove what killed builds left (their private files and SQLite journals); a live builder's are young."""
+    for leftover in folder.glob(".empty-store-*"):
+        try:
+            if time.time() - leftover.stat().st_mtime > STALE_BUILD_SECONDS:
+                leftover.unlink()
+        except OSError:
+            pass  # another builder removed it first, or it cannot be removed: it only takes room
 
 
 def _build(path: Path) -> None:

@@ -155,3 +155,24 @@ def test_without_a_cache_to_keep_it_a_store_is_built_in_place(tmp_path, monkeypa
     (tmp_path / "store").mkdir()
     client = tracking.connect(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
+def test_what_a_killed_build_of_the_empty_store_left_is_removed_by_the_next_build(tmp_path, monkeypatch):
+    """A build killed between its private file and the rename leaves that file; the next build removes it once it
+    is older than any live build could be, and leaves a live builder's (young) file alone."""
+    from mlflow_mnist import empty_store
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(cache))
+    stale, journal, live = (
+        cache / name for name in (".empty-store-a.db", ".empty-store-a.db-journal", ".empty-store-b.db")
+    )
+    for leftover in (stale, journal, live):
+        leftover.write_bytes(b"half a build")
+    old = time.time() - empty_store.STALE_BUILD_SECONDS - 60
+    for leftover in (stale, journal):
+        os.utime(leftover, (old, old))
+    template = empty_store.empty_store()
+    assert template is not None and template.exists()
+    assert sorted(p.name for p in cache.iterdir()) == [live.name, template.name]
