@@ -116,6 +116,10 @@ class Campaign:
         source = data_source(chosen_task, data)
         loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
         check_folds(loaded.y_train, folds, loaded.class_names)
+        if precision == "auto":
+            # The probe may train for ~20 s: a store that refuses the command says so first. The pool starts only
+            # after it, so that no TensorFlow import shares the cores with the timed epochs.
+            tracking.reach()
         precision, precision_because = choose_precision(
             chosen_task,
             loaded,

@@ -183,27 +183,61 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
     work started there, a pool warming up, overlaps them). A command refused here has started nothing.
     """
     import mlflow
-    from mlflow import MlflowClient
 
+    uri = _prepared(uri)
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        if on_reached is not None:
+            on_reached()
+            on_reached = None
+        _create_sqlite_store(path)
+    _reach_database(uri)
+    mlflow.set_tracking_uri(uri)
+    client = _first_answer(uri)
+    if on_reached is not None:
+        on_reached()
+    return client
+
+
+def reach(uri: str | None = None) -> None:
+    """What :func:`connect` checks, writing nothing: the store answers one request, or a new SQLite store's folder
+    is writable; a clear :class:`TrackingError` otherwise. For work that must not start before the store is known
+    to take the command, yet must not share the cores with a pool warming up (``--precision auto``'s probe)."""
+    uri = _prepared(uri)
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        return
+    _reach_database(uri)
+    _first_answer(uri)
+
+
+def _prepared(uri: str | None) -> str:
+    """The URI to use, with MLflow's client set to fail fast and print nothing per run."""
     uri = uri or tracking_uri()
     # A shared server that is down should fail in seconds, not after MLflow's default minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     # MLflow prints a URL for every run it closes on a server: hundreds of lines through our progress bar.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
-        if not _writable(path.parent):
-            raise TrackingError(
-                f"cannot write the SQLite store in {path.parent}: make it writable or set MLFLOW_TRACKING_URI"
-            )
-        if not path.exists():
-            if on_reached is not None:
-                on_reached()
-                on_reached = None
-            _create_sqlite_store(path)
-    _reach_database(uri)
-    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """A SQLite store's file (its folder known writable), ``None`` for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
+    if not _writable(path.parent):
+        raise TrackingError(
+            f"cannot write the SQLite store in {path.parent}: make it writable or set MLFLOW_TRACKING_URI"
+        )
+    return path
+
+
+def _first_answer(uri: str):
+    """A client for ``uri`` that has answered one request, or one line saying what is wrong and what to do."""
+    from mlflow import MlflowClient
+
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
@@ -224,8 +258,6 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
         raise TrackingError(
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
-    if on_reached is not None:
-        on_reached()
     return client
 
 

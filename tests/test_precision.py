@@ -131,3 +131,44 @@ def test_a_failed_probe_gives_float32_and_says_so(probe, monkeypatch):
     monkeypatch.setattr(precision, "measure", broken)
     chosen, why = precision.choose_precision(get_task("digits"), tiny_dataset(), "auto")
     assert chosen == "float32" and "probe failed" in why and not precision.CACHE.exists()
+
+
+class _Pool:
+    """An executor stand-in that records when it is started."""
+
+    threads_per_worker = 1
+
+    def __init__(self, events: list[str]):
+        self.events = events
+
+    def start(self, *, warm_up) -> None:
+        self.events.append("pool")
+
+
+def test_a_store_that_refuses_the_command_is_named_before_the_probe_trains(probe, monkeypatch, tmp_path):
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.tracking import TrackingError
+
+    calls = probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}")
+    with pytest.raises(TrackingError, match="cannot write the SQLite store"):
+        Campaign.open(task="digits", precision="auto", dataset=tiny_dataset())
+    assert not calls  # no probe trained for a command the store refuses
+
+
+def test_the_probe_runs_before_the_pool_starts_and_the_store_is_made(probe, monkeypatch, tmp_path):
+    """The pool's TensorFlow imports would share the cores with the timed epochs; a new store is made after."""
+    from mlflow_mnist.campaign import Campaign
+
+    events: list[str] = []
+    calls = probe({"amx_bf16"}, {"float32": 1.0, "mixed_bfloat16": 0.5})
+    store = tmp_path / "mlflow.db"
+    timed = precision.measure
+    monkeypatch.setattr(
+        precision, "measure", lambda *a, **k: events.append(f"probe, store {store.exists()}") or timed(*a, **k)
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    campaign = Campaign.open(task="digits", precision="auto", dataset=tiny_dataset(), executor=_Pool(events))
+    assert events == ["probe, store False", "pool"] and calls
+    assert campaign.settings.precision == "mixed_bfloat16" and store.exists()
