@@ -1,0 +1,181 @@
+"""The peers over several seeds: one ``bench_peers.py`` report per seed, read side by side.
+
+    python benchmarks/peers_seeds.py benchmarks/results/peers-xeon.json benchmarks/results/peers-xeon-seed*.json \
+        --out benchmarks/results/peers-seeds-xeon
+
+One run per peer cannot rank them: a lucky early trial decides when a search first reaches the target. This reads
+reports of ``bench_peers.py --seed N`` (the same space, trials, folds and target; refused otherwise) and gives,
+per peer and seed, the fold-epochs and minutes at which its best mean CV first reached the target (``-`` and what it
+spent in all where it did not), and per peer the median over seeds (a seed that did not reach it counts
+as never) and how many seeds it was first on.
+A peer that did not reach the target counts as having spent everything it spent and more (ranked after any peer
+that reached it). Writes ``<out>.md`` and ``<out>.png`` (fold-epochs and minutes to the target, one dot per seed,
+a bar at the median; a triangle on the "not reached" line where it did not reach it) and names the CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+SAME = ("space", "trials", "folds", "target", "task")  # what must match for seeds to be read side by side
+MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
+
+
+class ReportError(ValueError):
+    """Reports that cannot be read side by side; the message names the file and the fix."""
+
+
+def load(paths: list[Path]) -> list[dict]:
+    """The reports, one per seed, checked to be comparable."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path}: not a bench_peers.py report ({type(error).__name__})") from None
+    first = reports[0]
+    for path, report in zip(paths, reports, strict=True):
+        if "results" not in report:
+            raise ReportError(f"{path}: not a bench_peers.py report (no results)")
+        differ = [key for key in SAME if report.get(key) != first.get(key)]
+        if differ:
+            raise ReportError(f"{path}: {', '.join(differ)} differ from {paths[0]}'s: run every seed alike")
+    seeds = [report.get("seed", 0) for report in reports]
+    if len(set(seeds)) != len(seeds):
+        raise ReportError(f"seeds {seeds}: give each seed's report once")
+    return sorted(reports, key=lambda report: report.get("seed", 0))
+
+
+def reach_info(reports: list[dict]) -> dict:
+    """Per peer: per seed, where it reached the target (or what it spent), and the medians; per seed, who led."""
+    peers = list(dict.fromkeys(name for report in reports for name in report["results"]))
+    table: dict[str, dict] = {name: {"seeds": {}} for name in peers}
+    for report in reports:
+        seed = report.get("seed", 0)
+        for name, result in report["results"].items():
+            table[name]["seeds"][seed] = {
+                "reached": result["fold_epochs_to_target"] is not None,
+                "fold_epochs": result["fold_epochs_to_target"] or result["fold_epochs"],
+                "minutes": result["minutes_to_target"] or result["minutes"],
+                "spent_fold_epochs": result["fold_epochs"],
+                "spent_minutes": result["minutes"],
+                "best_mean_cv": result["best_mean_cv"],
+            }
+    for row in table.values():
+        runs = list(row["seeds"].values())
+        row["reached"] = sum(run["reached"] for run in runs)
+        for measure, _ in MEASURES:
+            # A seed that never reached it counts as never (infinite): a median of the lucky seeds alone would
+            # flatter a peer that often misses; where the median is never, there is none.
+            median = statistics.median(run[measure] if run["reached"] else math.inf for run in runs)
+            row[f"median_{measure}"] = median if math.isfinite(median) else None
+            row[f"first_{measure}"] = 0
+    for report in reports:
+        seed = report.get("seed", 0)
+        here = {name: table[name]["seeds"][seed] for name in report["results"]}
+        for measure, _ in MEASURES:
+            # Not reaching it ranks after reaching it, whatever it spent.
+            lead = min(here, key=lambda name: (not here[name]["reached"], here[name][measure]))
+            table[lead][f"first_{measure}"] += 1
+    return {"peers": table, "seeds": [report.get("seed", 0) for report in reports]}
+
+
+def markdown(info: dict, reports: list[dict]) -> str:
+    first = reports[0]
+    cpus = sorted({report["machine"]["cpu"] for report in reports})
+    lines = [
+        f"# The peers over {len(reports)} seeds: reach of a mean CV of {first['target']}",
+        "",
+        f"`bench_peers.py --space {first['space']} --trials {first['trials']} --folds {first['folds']}`, seeds "
+        f"{', '.join(map(str, info['seeds']))}; CPU: {', '.join(cpus)}. Per seed: fold-epochs / minutes at which the "
+        "best mean CV so far first reached the target (`-` and what it spent in all where it did not).",
+        "",
+        "| peer | " + " | ".join(f"seed {seed}" for seed in info["seeds"]) + " | reached | median fold-epochs "
+        "| median minutes | first on fold-epochs | first on minutes |",
+        "| --- | " + " | ".join("---:" for _ in info["seeds"]) + " | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in info["peers"].items():
+        cells = []
+        for seed in info["seeds"]:
+            run = row["seeds"].get(seed)
+            if run is None:
+                cells.append("not run")
+            elif run["reached"]:
+                cells.append(f"{run['fold_epochs']:.0f} / {run['minutes']:.1f}")
+            else:
+                cells.append(f"- ({run['spent_fold_epochs']:.0f} / {run['spent_minutes']:.1f})")
+        medians = [row[f"median_{m}"] for m, _ in MEASURES]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {row['reached']} of {len(row['seeds'])} | "
+            + " | ".join("-" if v is None else f"{v:.{0 if i == 0 else 1}f}" for i, v in enumerate(medians))
+            + f" | {row['first_fold_epochs']} | {row['first_minutes']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(info: dict, path: Path, *, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(info["peers"])
+    figure, axes = plt.subplots(1, len(MEASURES), figsize=(5.5 * len(MEASURES), 4.2))
+    for axis, (measure, label) in zip(axes, MEASURES, strict=True):
+        # A seed that never reached the target is drawn above every reach, not at what it spent (which may be
+        # less than another's reach and would read as a win).
+        runs = [run for name in names for run in info["peers"][name]["seeds"].values()]
+        never = 1.12 * max(max(run[measure], run[f"spent_{measure}"]) for run in runs)
+        axis.axhline(never, color="grey", linestyle=":", linewidth=1)
+        axis.annotate("not reached", (-0.55, never), xytext=(0, 3), textcoords="offset points", fontsize=7)
+        for x, name in enumerate(names):
+            row = info["peers"][name]
+            for offset, (seed, run) in enumerate(sorted(row["seeds"].items())):
+                dx = (offset - (len(row["seeds"]) - 1) / 2) * 0.08
+                value = run[measure] if run["reached"] else never
+                axis.scatter(x + dx, value, s=40, color=f"C{x}", marker="o" if run["reached"] else "^", zorder=3)
+                axis.annotate(str(seed), (x + dx, value), xytext=(4, 0), textcoords="offset points", fontsize=7)
+            median = row[f"median_{measure}"]
+            if median is not None:
+                axis.hlines(median, x - 0.25, x + 0.25, color=f"C{x}", linewidth=2)
+        axis.set_xticks(range(len(names)), names)
+        axis.set_xlim(-0.6, len(names) - 0.4)
+        axis.set_ylim(0, never * 1.08)
+        axis.set_ylabel(label)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(title + "\none dot per seed (label: seed); triangle: not reached; bar: median", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", type=Path, help="bench_peers.py reports (.json), one per seed")
+    parser.add_argument("--out", type=Path, required=True, help="the stem of the .md and .png to write")
+    args = parser.parse_args(argv)
+    try:
+        reports = load(args.reports)
+    except ReportError as error:
+        sys.exit(f"error: {error}")
+    info = reach_info(reports)
+    text = markdown(info, reports)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    first = reports[0]
+    cpus = ", ".join(sorted({report["machine"]["cpu"] for report in reports}))
+    title = f"Reach of {first['target']}, --space {first['space']}, {first['trials']} trials, {cpus}"
+    plot(info, args.out.with_suffix(".png"), title=title)
+    print(text)
+    print(f"written: {args.out.with_suffix('.md')}, .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""benchmarks/peers_seeds.py: the peers' reach read over several seeds (no training; reports made here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _report(seed: int, results: dict[str, tuple], **settings) -> dict:
+    """A bench_peers.py report: per peer (fold-epochs to the target or None, minutes to it, spent fold-epochs,
+    spent minutes)."""
+    run = {"space": "wide", "trials": 8, "folds": 3, "target": 0.99656, "task": "mnist", **settings}
+    return {
+        "machine": {"cpu": "Test CPU"},
+        "seed": seed,
+        **run,
+        "results": {
+            name: {
+                "fold_epochs_to_target": to_fe,
+                "minutes_to_target": to_min,
+                "fold_epochs": spent_fe,
+                "minutes": spent_min,
+                "best_mean_cv": 0.997 if to_fe is not None else 0.995,
+            }
+            for name, (to_fe, to_min, spent_fe, spent_min) in results.items()
+        },
+    }
+
+
+def _run(tmp_path, reports: list[dict]):
+    paths = []
+    for i, report in enumerate(reports):
+        paths.append(tmp_path / f"peers-{i}.json")
+        paths[-1].write_text(json.dumps(report))
+    command = [sys.executable, str(ROOT / "benchmarks" / "peers_seeds.py"), *map(str, paths)]
+    return subprocess.run([*command, "--out", str(tmp_path / "seeds")], capture_output=True, text=True, timeout=120)
+
+
+def test_each_seed_is_read_and_who_led_is_counted(tmp_path):
+    """Seed 0: optuna first on both; seed 1: ours first on both; seed 2: optuna reaches nothing, so ours leads
+    although optuna spent fewer fold-epochs in all, and optuna's median counts that seed as never (170, not the
+    126 of the two seeds that reached it)."""
+    reports = [
+        _report(0, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}),
+        _report(1, {"optuna": (170, 8.0, 216, 10.0), "ours": (120, 7.5, 132, 9.0)}),
+        _report(2, {"optuna": (None, None, 100, 5.0), "ours": (132, 9.0, 132, 9.0)}),
+    ]
+    proc = _run(tmp_path, reports)
+    assert proc.returncode == 0, proc.stderr
+    table = (tmp_path / "seeds.md").read_text()
+    assert (tmp_path / "seeds.png").read_bytes().startswith(PNG)
+    lines = [line.split("|") for line in table.splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    assert rows["optuna"] == ["82 / 4.6", "170 / 8.0", "- (100 / 5.0)", "2 of 3", "170", "8.0", "1", "1"]
+    assert rows["ours"] == ["132 / 9.1", "120 / 7.5", "132 / 9.0", "3 of 3", "132", "9.0", "2", "2"]
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [({"trials": 12}, "trials differ"), ({"seed": 0}, "give each seed's report once")],
+)
+def test_reports_not_run_alike_are_refused(tmp_path, second, message):
+    first = _report(0, {"ours": (132, 9.1, 132, 9.1)})
+    other = _report(second.pop("seed", 1), {"ours": (132, 9.1, 132, 9.1)}, **second)
+    proc = _run(tmp_path, [first, other])
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "seeds.md").exists()
