@@ -6,7 +6,8 @@
     python benchmarks/bench_asha.py --quick                                                  # a smoke run, ~2 min
 
 What is compared: three searches over the same space (``--space``, default ``wide``) on the same data (real
-2-vs-7), the same folds (``--folds``, split seed 0) and the same 2 workers, each from an empty SQLite store in its
+2-vs-7), the same folds (``--folds``, split seed ``--seed``, default 0, which also seeds every variant's draws)
+and the same 2 workers, each from an empty SQLite store in its
 own fresh process (``python -m mlflow_mnist tune``, an argument list, never a shell string), one after another:
 
 - ``optuna``: ``--strategy optuna``, today's batched search: TPE asks 2x-workers trials at a time, Optuna's
@@ -30,10 +31,11 @@ later trials kept entering each rung's top third, see docs/performance.md); Hype
 start at the full budget; 6 trials 240 in the same simulation; measured here: 240).
 Low rungs never count: a trial enters the curve when it finishes the full budget.
 
-Writes benchmarks/results/asha.{json,md} and asha.png (asha-<space>.* for a space other than wide: best CV so
-far against fold-epochs and against minutes, one line per variant) and names the CPU. ``--quick`` runs the shipped
-sample over the small ``seed`` space (2 folds, 3 trials each, ASHA's first rung at 2 epochs) into a temporary folder
-unless ``--out`` is given: it checks the wiring, it measures nothing.
+Writes benchmarks/results/asha.{json,md} and asha.png (best CV so far against fold-epochs and against minutes,
+one line per variant; asha-<space>.* for a space other than wide, -seed<N> added for a seed other than 0) and
+names the CPU. ``--quick`` runs the shipped sample over the small ``seed`` space (2 folds, 3 trials each, ASHA's
+first rung at 2 epochs) into a temporary folder unless ``--out`` is given: it checks the wiring, it measures
+nothing.
 """
 
 from __future__ import annotations
@@ -346,6 +348,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which to run, in order [default: all]")
     parser.add_argument("--min-epochs", type=int, default=0, help="ASHA's first rung (0: the space's budget / 9)")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split and every variant's draws [default: 0]")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
     parser.add_argument(
         "--stores",
@@ -382,6 +385,8 @@ def settings(args: argparse.Namespace) -> dict:
     space = task.get_space(space_name)  # an unknown space: one line naming the known ones
     if folds < 2:
         raise BenchError(f"--folds {folds}: cross-validation needs at least 2")
+    if args.seed < 0:
+        raise BenchError(f"--seed {args.seed}: give 0 or more")
     check_stores(args.stores, names)
     if not 0 < args.target <= 1:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
@@ -391,6 +396,7 @@ def settings(args: argparse.Namespace) -> dict:
         "data": data_source(task, data),
         "space": space.name,
         "folds": folds,
+        "seed": args.seed,
         "trials": trials,
         "min_epochs": min_epochs,
         "target": args.target,
@@ -400,7 +406,7 @@ def settings(args: argparse.Namespace) -> dict:
 
 def variant_arguments(name: str, run: dict) -> list[str]:
     arguments = [*VARIANTS[name], "--space", run["space"], "--trials", str(run["trials"][name])]
-    arguments += ["--data", run["data"], "--folds", str(run["folds"])]
+    arguments += ["--data", run["data"], "--folds", str(run["folds"]), "--seed", str(run["seed"])]
     if name in ASHA_VARIANTS and run["min_epochs"]:
         arguments += ["--min-epochs", str(run["min_epochs"])]
     return arguments
@@ -425,7 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     run, out, stores = prepare(args, settings, prefix="bench-asha-")
     variants = run_each(run["trials"], lambda name: run_variant(name, run, stores))
     common = summarize(variants, target=run["target"])
-    stem = "asha" if run["space"] == "wide" else f"asha-{run['space']}"  # one space's report never hides another's
+    # one space's or seed's report never hides another's
+    stem = (
+        "asha" + ("" if run["space"] == "wide" else f"-{run['space']}") + (f"-seed{run['seed']}" if run["seed"] else "")
+    )
     report = {
         "machine": machine.describe(),
         "stem": stem,
@@ -442,7 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         target=run["target"],
         common=common,
         axes=("fold_epochs", "minutes"),
-        title=f"Best mean CV so far, --space {run['space']}, {run['folds']} folds ({machine.describe()['cpu']})",
+        title=f"Best mean CV so far, --space {run['space']}, {run['folds']} folds, seed {run['seed']} "
+        f"({machine.describe()['cpu']})",
     )
     print(markdown(report))
     print(f"written: {out / stem}.json, .md, .png")
