@@ -4,7 +4,8 @@
         --out benchmarks/results/peers-seeds-xeon
 
 One run per peer cannot rank them: a lucky early trial decides when a search first reaches the target. This reads
-reports of ``bench_peers.py --seed N`` (the same space, trials, folds and target; refused otherwise) and gives,
+reports of ``bench_peers.py --seed N`` (the same space, folds and target; refused otherwise; where their trials
+differ, e.g. ours given as many trials as spend the fold-epochs the others spend, each row names its trials) and gives,
 per peer and seed, the fold-epochs and minutes at which its best mean CV first reached the target (``-`` and what it
 spent in all where it did not), and per peer the median over seeds (a seed that did not reach it counts
 as never) and how many seeds it was first on.
@@ -22,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-SAME = ("space", "trials", "folds", "target", "task")  # what must match for seeds to be read side by side
+SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
 MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
 
 
@@ -31,7 +32,7 @@ class ReportError(ValueError):
 
 
 def load(paths: list[Path]) -> list[dict]:
-    """The reports, one per seed, checked to be comparable."""
+    """The reports, checked to be comparable; each peer's run of each seed given once."""
     reports = []
     for path in paths:
         try:
@@ -45,20 +46,28 @@ def load(paths: list[Path]) -> list[dict]:
         differ = [key for key in SAME if report.get(key) != first.get(key)]
         if differ:
             raise ReportError(f"{path}: {', '.join(differ)} differ from {paths[0]}'s: run every seed alike")
-    seeds = [report.get("seed", 0) for report in reports]
-    if len(set(seeds)) != len(seeds):
-        raise ReportError(f"seeds {seeds}: give each seed's report once")
+    runs = [(label, seed) for report in reports for label, seed in _rows(report, reports)]
+    if len(set(runs)) != len(runs):
+        raise ReportError(f"{sorted(runs)}: give each peer's run of each seed once")
     return sorted(reports, key=lambda report: report.get("seed", 0))
+
+
+def _label(name: str, report: dict, reports: list[dict]) -> str:
+    """A peer's row: its name, with its trials where the reports ran different numbers (ours given more)."""
+    return name if len({r["trials"] for r in reports}) == 1 else f"{name}, {report['trials']} trials"
+
+
+def _rows(report: dict, reports: list[dict]) -> list[tuple[str, int]]:
+    return [(_label(name, report, reports), report.get("seed", 0)) for name in report["results"]]
 
 
 def reach_info(reports: list[dict]) -> dict:
     """Per peer: per seed, where it reached the target (or what it spent), and the medians; per seed, who led."""
-    peers = list(dict.fromkeys(name for report in reports for name in report["results"]))
-    table: dict[str, dict] = {name: {"seeds": {}} for name in peers}
+    table: dict[str, dict] = {}
     for report in reports:
         seed = report.get("seed", 0)
         for name, result in report["results"].items():
-            table[name]["seeds"][seed] = {
+            table.setdefault(_label(name, report, reports), {"seeds": {}})["seeds"][seed] = {
                 "reached": result["fold_epochs_to_target"] is not None,
                 "fold_epochs": result["fold_epochs_to_target"] or result["fold_epochs"],
                 "minutes": result["minutes_to_target"] or result["minutes"],
@@ -75,23 +84,28 @@ def reach_info(reports: list[dict]) -> dict:
             median = statistics.median(run[measure] if run["reached"] else math.inf for run in runs)
             row[f"median_{measure}"] = median if math.isfinite(median) else None
             row[f"first_{measure}"] = 0
-    for report in reports:
-        seed = report.get("seed", 0)
-        here = {name: table[name]["seeds"][seed] for name in report["results"]}
+    seeds = sorted({report.get("seed", 0) for report in reports})
+    for seed in seeds:
+        here = {label: row["seeds"][seed] for label, row in table.items() if seed in row["seeds"]}
         for measure, _ in MEASURES:
             # Not reaching it ranks after reaching it, whatever it spent.
-            lead = min(here, key=lambda name: (not here[name]["reached"], here[name][measure]))
+            lead = min(here, key=lambda label: (not here[label]["reached"], here[label][measure]))
             table[lead][f"first_{measure}"] += 1
-    return {"peers": table, "seeds": [report.get("seed", 0) for report in reports]}
+    return {"peers": table, "seeds": seeds}
+
+
+def _trials(reports: list[dict]) -> str:
+    counts = sorted({report["trials"] for report in reports})
+    return str(counts[0]) if len(counts) == 1 else " or ".join(map(str, counts)) + " (as each row says)"
 
 
 def markdown(info: dict, reports: list[dict]) -> str:
     first = reports[0]
     cpus = sorted({report["machine"]["cpu"] for report in reports})
     lines = [
-        f"# The peers over {len(reports)} seeds: reach of a mean CV of {first['target']}",
+        f"# The peers over {len(info['seeds'])} seeds: reach of a mean CV of {first['target']}",
         "",
-        f"`bench_peers.py --space {first['space']} --trials {first['trials']} --folds {first['folds']}`, seeds "
+        f"`bench_peers.py --space {first['space']} --trials {_trials(reports)} --folds {first['folds']}`, seeds "
         f"{', '.join(map(str, info['seeds']))}; CPU: {', '.join(cpus)}. Per seed: fold-epochs / minutes at which the "
         "best mean CV so far first reached the target (`-` and what it spent in all where it did not).",
         "",
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.with_suffix(".md").write_text(text)
     first = reports[0]
     cpus = ", ".join(sorted({report["machine"]["cpu"] for report in reports}))
-    title = f"Reach of {first['target']}, --space {first['space']}, {first['trials']} trials, {cpus}"
+    title = f"Reach of {first['target']}, --space {first['space']}, {_trials(reports)} trials, {cpus}"
     plot(info, args.out.with_suffix(".png"), title=title)
     print(text)
     print(f"written: {args.out.with_suffix('.md')}, .png")

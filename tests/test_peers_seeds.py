@@ -63,7 +63,7 @@ def test_each_seed_is_read_and_who_led_is_counted(tmp_path):
 
 @pytest.mark.parametrize(
     "second, message",
-    [({"trials": 12}, "trials differ"), ({"seed": 0}, "give each seed's report once")],
+    [({"folds": 2}, "folds differ"), ({"seed": 0}, "give each peer's run of each seed once")],
 )
 def test_reports_not_run_alike_are_refused(tmp_path, second, message):
     first = _report(0, {"ours": (132, 9.1, 132, 9.1)})
@@ -71,3 +71,20 @@ def test_reports_not_run_alike_are_refused(tmp_path, second, message):
     proc = _run(tmp_path, [first, other])
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "seeds.md").exists()
+
+
+def test_a_peer_given_more_trials_is_its_own_row_and_competes_per_seed(tmp_path):
+    """Ours at 16 trials (about the fold-epochs the others spend at 8) beside the 8-trial reports: a row of its
+    own, led per seed against every row that ran that seed."""
+    reports = [
+        _report(0, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}),
+        _report(1, {"optuna": (None, None, 288, 13.2), "ours": (102, 5.7, 102, 5.7)}),
+        _report(0, {"ours": (70, 4.0, 230, 12.0)}, trials=16),
+        _report(1, {"ours": (None, None, 240, 12.5)}, trials=16),
+    ]
+    proc = _run(tmp_path, reports)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    assert rows["ours, 16 trials"] == ["70 / 4.0", "- (240 / 12.5)", "1 of 2", "-", "-", "1", "1"]
+    assert rows["ours, 8 trials"][-2:] == ["1", "1"] and rows["optuna, 8 trials"][-2:] == ["0", "0"]
