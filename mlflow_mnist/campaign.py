@@ -116,28 +116,23 @@ class Campaign:
         source = data_source(chosen_task, data)
         loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
         check_folds(loaded.y_train, folds, loaded.class_names)
-        if precision == "auto":
-            # The probe may train for ~20 s: a store that refuses the command says so first. The pool starts only
-            # after it, so that no TensorFlow import shares the cores with the timed epochs.
-            tracking.reach()
-        precision, precision_because = choose_precision(
+        spec = task or DEFAULT_TASK
+        ref = DataRef(spec, source, classes, loaded.digest())
+        probe = functools.partial(
+            choose_precision,
             chosen_task,
             loaded,
             precision,
-            task_spec=task or DEFAULT_TASK,
+            task_spec=spec,
             threads=executor.threads_per_worker if executor is not None else None,
         )
-        settings = SearchSettings(
-            chosen_task,
-            folds,
-            seed,
-            epochs,
-            loaded.digest(),
-            loaded.n_classes,
-            precision,
-            cv_repeats,
-        )
-        ref = DataRef(task or DEFAULT_TASK, source, classes, settings.data_digest)
+        # A remote cluster's workers are probed, once it is reached; else this machine, before the pool starts,
+        # so that no TensorFlow import shares the cores with the timed epochs.
+        probe_there = precision == "auto" and executor is not None and executor.remote
+        if not probe_there:
+            if precision == "auto":
+                tracking.reach()  # the probe may train for ~20 s: a store that refuses the command says so first
+            precision, precision_because = probe()
         start_workers = None
         if executor is not None:
             # Once the store has answered (a refused command starts no process), the cluster is reached, with a
@@ -146,8 +141,19 @@ class Campaign:
             warm_up = WarmUp(None if dataset is not None else ref, executor.threads_per_worker, os.getpid())
             start_workers = functools.partial(executor.start, warm_up=warm_up)
         client = tracking.connect(on_reached=start_workers)
+        if probe_there:
+            precision, precision_because = probe(run_there=executor.run_one)
+        settings = SearchSettings(
+            chosen_task,
+            folds,
+            seed,
+            epochs,
+            ref.digest,
+            loaded.n_classes,
+            precision,
+            cv_repeats,
+        )
         where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
-        spec = task or DEFAULT_TASK
         campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
         campaign.precision_because = precision_because
         return campaign

@@ -7,6 +7,10 @@ each precision (interleaved, three times, each precision's fastest epoch) and pi
 at least :data:`MIN_SPEEDUP` faster. The verdict is kept per CPU model, task and probe in
 ``~/.cache/mlflow-mnist/precision.json`` so later commands do not probe again. The probe times speed
 only: whether bfloat16 is as accurate is the task's question, answered by comparing finals (README, Performance).
+
+Where the folds train decides which CPU is probed: this machine for the joblib, serial and local Dask executors;
+for a Dask cluster reached at a scheduler address, one of its workers (its CPU, its cores, its Python), through
+the executor like a fold (:func:`worker_cpu`, :func:`probe_task`), the verdict kept here under that worker's CPU.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mlflow_mnist.empty_store import cache_folder
-from mlflow_mnist.executors.base import usable_cores
+from mlflow_mnist.executors.base import ExecutorError, usable_cores
 from mlflow_mnist.tasks.base import Dataset, Task
 
 MIN_SPEEDUP = 1.1
@@ -76,6 +83,23 @@ def seconds_per_epoch(
     return elapsed
 
 
+@dataclass(frozen=True)
+class ProbeRequest:
+    """What the probe needs wherever it runs: the task's name, its examples, the TensorFlow threads."""
+
+    task_spec: str
+    x: np.ndarray
+    y: np.ndarray
+    n_classes: int
+    threads: int
+
+    @classmethod
+    def of(cls, task_spec: str, data: Dataset, threads: int) -> ProbeRequest:
+        """The probe's share of ``data``: its first :data:`PROBE_EXAMPLES` training examples."""
+        n = PROBE_EXAMPLES
+        return cls(task_spec, data.x_train[:n], data.y_train[:n], data.n_classes, threads)
+
+
 def measure(task_spec: str, data: Dataset, *, threads: int) -> dict[str, list[float]]:
     """Seconds per probe epoch in each precision, interleaved, :data:`PROBE_ROUNDS` times (the fastest counts).
 
@@ -83,13 +107,17 @@ def measure(task_spec: str, data: Dataset, *, threads: int) -> dict[str, list[fl
     them (on a 2-core AMX Xeon, 2.77x on one thread and 2.27x on two for the same model), TensorFlow takes a
     thread count only before its first operation, and this process may have run one already.
     """
+    return probe_task(ProbeRequest.of(task_spec, data, threads))
+
+
+def probe_task(request: ProbeRequest) -> dict[str, list[float]]:
+    """:func:`measure` on the machine that runs it (a Dask worker's task): the probe's fresh process there."""
     with tempfile.TemporaryDirectory(prefix="precision-probe-") as folder:
         examples = Path(folder) / "examples.npz"
-        n = PROBE_EXAMPLES
-        np.savez(examples, x=data.x_train[:n], y=data.y_train[:n], n_classes=data.n_classes)
+        np.savez(examples, x=request.x, y=request.y, n_classes=request.n_classes)
         # A constant program; the task, the file and the count travel as arguments (no shell sees them).
         program = "import sys; from mlflow_mnist.precision import probe_process; probe_process(*sys.argv[1:])"
-        command = [sys.executable, "-c", program, task_spec, str(examples), str(threads)]
+        command = [sys.executable, "-c", program, request.task_spec, str(examples), str(request.threads)]
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
@@ -97,30 +125,61 @@ def measure(task_spec: str, data: Dataset, *, threads: int) -> dict[str, list[fl
     return json.loads(lines[-1])
 
 
+def worker_cpu(_: object = None) -> tuple[str, list[str], int]:
+    """The CPU model and flags of the machine that runs it (a Dask worker's task), and the TensorFlow threads a
+    fold takes there (its cores split between the worker's threads)."""
+    from mlflow_mnist.worker.process import fold_threads
+
+    model, flags = cpu_identity()
+    return model, sorted(flags), fold_threads()
+
+
+#: Runs one function on one task where the folds train, and returns its result (a remote cluster's worker).
+RunThere = Callable[[Callable[[Any], Any], Any], Any]
+
+
 def choose_precision(
-    task: Task, data: Dataset, requested: str, *, task_spec: str = "", threads: int | None = None
+    task: Task,
+    data: Dataset,
+    requested: str,
+    *,
+    task_spec: str = "",
+    threads: int | None = None,
+    run_there: RunThere | None = None,
 ) -> tuple[str, str]:
     """The precision to train in, and why: ``requested`` unless it is ``auto``.
 
     ``task_spec`` names the task for the probe's process (default: its name); ``threads`` is each worker's
-    TensorFlow thread count (default: every usable core, one worker).
+    TensorFlow thread count (default: every usable core, one worker; on a remote worker, the share a fold takes
+    there); ``run_there`` probes where the folds train instead of here (a remote Dask cluster's worker; a lost
+    cluster raises).
     """
     if requested != "auto":
         return requested, "as asked"
-    model, flags = cpu_identity()
+    if run_there is None:
+        model, flags, cores, where = *cpu_identity(), usable_cores(), ""
+    else:
+        model, flag_list, cores = run_there(worker_cpu, None)
+        flags, where = set(flag_list), " (a Dask worker's)"
     native = sorted(flags & set(NATIVE_BF16))
     if not native:
-        return "float32", f"auto: {model} has no native bfloat16 ({', '.join(NATIVE_BF16)} absent)"
-    threads = threads or usable_cores()
+        return "float32", f"auto: {model}{where} has no native bfloat16 ({', '.join(NATIVE_BF16)} absent)"
+    threads = threads or cores
     # The probe's model, size and threads are in the key: a verdict measured otherwise is not this probe's.
     probe = [sorted(task.probe_params.items()), PROBE_EXAMPLES, PROBE_ROUNDS, PROBE_ESTIMATE, threads]
     key = hashlib.sha256(json.dumps([model, sorted(flags), task.name, probe], default=str).encode()).hexdigest()[:16]
     cache = _read_cache()
     if key not in cache:
+        spec = task_spec or task.name
         try:
-            times = measure(task_spec or task.name, data, threads=threads)
+            if run_there is None:
+                times = measure(spec, data, threads=threads)
+            else:
+                times = run_there(probe_task, ProbeRequest.of(spec, data, threads))
+        except ExecutorError:
+            raise  # the cluster is lost: its one line, not a quiet float32
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
-            return "float32", f"auto: float32, the bfloat16 probe failed on {model} ({type(error).__name__})"
+            return "float32", f"auto: float32, the bfloat16 probe failed on {model}{where} ({type(error).__name__})"
         speedup = min(times["float32"]) / min(times["mixed_bfloat16"])
         cache[key] = {
             "model": model,
@@ -135,7 +194,7 @@ def choose_precision(
     speedup = cache[key]["speedup"]
     chosen = "mixed_bfloat16" if speedup >= MIN_SPEEDUP else "float32"
     return chosen, (
-        f"auto: bfloat16 measured {speedup:.2f}x float32's speed on {model} ({', '.join(native)}), "
+        f"auto: bfloat16 measured {speedup:.2f}x float32's speed on {model}{where} ({', '.join(native)}), "
         f"{threads} thread(s) per worker"
     )
 

@@ -446,3 +446,41 @@ def test_what_workers_receive_holds_no_store_address_or_credentials(monkeypatch)
     payload = pickle.dumps((worker, list(plan.to_train)))
     assert len(plan.to_train) == 4
     assert secret.encode() not in payload and b"mlflow.example" not in payload
+
+
+def test_precision_auto_probes_a_remote_clusters_worker_not_the_driver(tmp_path, monkeypatch):
+    """With a scheduler address, the workers' CPU decides: the probe runs as a task on a worker (this machine's
+    own CPU reading and probe are made to fail here, so only the worker's can give the verdict)."""
+    from distributed import LocalCluster
+
+    from mlflow_mnist import precision
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.executors.dask import DaskExecutor
+    from mlflow_mnist.testing import tiny_dataset
+    from mlflow_mnist.worker import process
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("probed the driver")
+
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "precision.json")
+    monkeypatch.setattr(precision, "PROBE_EXAMPLES", 256)  # the driver slices the examples it ships: a short probe
+    monkeypatch.setattr(precision, "cpu_identity", refuse)
+    monkeypatch.setattr(precision, "measure", refuse)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        DaskExecutor(scheduler=cluster.scheduler_address) as executor,
+    ):
+        campaign = Campaign.open(task="digits", precision="auto", dataset=tiny_dataset(), executor=executor)
+        [worker_flags] = executor.client.run(lambda: Path("/proc/cpuinfo").read_text().split()).values()
+        [fold_threads] = executor.client.run(process.fold_threads).values()
+    why = campaign.precision_because
+    assert "(a Dask worker's)" in why, why
+    cache = json.loads(precision.CACHE.read_text()) if precision.CACHE.exists() else {}
+    if set(precision.NATIVE_BF16) & set(worker_flags):  # measured there, kept here under the worker's CPU
+        [entry] = cache.values()
+        assert "measured" in why and entry["threads"] == fold_threads, why  # a fold's thread share there
+        faster = entry["speedup"] >= precision.MIN_SPEEDUP
+        assert campaign.settings.precision == ("mixed_bfloat16" if faster else "float32")
+    else:
+        assert "no native bfloat16" in why and cache == {} and campaign.settings.precision == "float32"

@@ -137,6 +137,7 @@ class _Pool:
     """An executor stand-in that records when it is started."""
 
     threads_per_worker = 1
+    remote = False
 
     def __init__(self, events: list[str]):
         self.events = events
@@ -172,3 +173,52 @@ def test_the_probe_runs_before_the_pool_starts_and_the_store_is_made(probe, monk
     campaign = Campaign.open(task="digits", precision="auto", dataset=tiny_dataset(), executor=_Pool(events))
     assert events == ["probe, store False", "pool"] and calls
     assert campaign.settings.precision == "mixed_bfloat16" and store.exists()
+
+
+def _no_local_probe(monkeypatch):
+    """This machine's CPU and probe must not be consulted: a remote cluster's worker is."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("probed this machine, not the worker")
+
+    monkeypatch.setattr(precision, "cpu_identity", refuse)
+    monkeypatch.setattr(precision, "measure", refuse)
+
+
+def test_a_remote_clusters_worker_is_probed_and_its_cpu_names_the_verdict(monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "precision.json")
+    _no_local_probe(monkeypatch)
+    asked = []
+
+    def run_there(fn, task):  # a worker with AMX and 8 cores, where bfloat16 measures 1.5x
+        asked.append(fn.__name__)
+        if fn is precision.worker_cpu:
+            return "Worker CPU", ["amx_bf16", "avx512f"], 8
+        assert fn is precision.probe_task and task.threads == 8 and len(task.x) <= precision.PROBE_EXAMPLES
+        return {"float32": [1.5] * 3, "mixed_bfloat16": [1.0] * 3}
+
+    task, data = get_task("digits"), tiny_dataset()
+    chosen, why = precision.choose_precision(task, data, "auto", run_there=run_there)
+    assert chosen == "mixed_bfloat16" and "Worker CPU (a Dask worker's)" in why and "8 thread(s)" in why
+    assert asked == ["worker_cpu", "probe_task"]
+    assert precision.choose_precision(task, data, "auto", run_there=run_there)[0] == "mixed_bfloat16"
+    assert asked == ["worker_cpu", "probe_task", "worker_cpu"]  # kept under the worker's CPU: not probed again
+    assert next(iter(json.loads(precision.CACHE.read_text()).values()))["model"] == "Worker CPU"
+
+
+def test_a_remote_worker_without_native_bfloat16_is_float32_and_a_lost_cluster_is_its_own_error(monkeypatch):
+    from mlflow_mnist.executors.base import ExecutorError
+
+    _no_local_probe(monkeypatch)
+    plain = precision.choose_precision(
+        get_task("digits"), tiny_dataset(), "auto", run_there=lambda fn, task: ("Old CPU", ["avx2"], 4)
+    )
+    assert plain[0] == "float32" and "Old CPU (a Dask worker's) has no native bfloat16" in plain[1]
+
+    def lost(fn, task):
+        if fn is precision.worker_cpu:
+            return "Worker CPU", ["amx_bf16"], 2
+        raise ExecutorError("lost the Dask scheduler")
+
+    with pytest.raises(ExecutorError, match="lost the Dask scheduler"):
+        precision.choose_precision(get_task("digits"), tiny_dataset(), "auto", run_there=lost)

@@ -60,12 +60,14 @@ class Executor(Protocol):
     before anything is written; its ``warm_up``, where the executor starts its own worker processes, readies each
     of them (TensorFlow imported, data loaded) while the driver goes on setting up. Executors are context
     managers: leaving the block releases their workers. A failure of the workers themselves (not of ``fn``)
-    is raised as :class:`ExecutorError`.
+    is raised as :class:`ExecutorError`. ``remote``: the workers run on other machines (a cluster reached at an
+    address), whose CPU ``--precision auto`` probes through the executor's ``run_one(fn, task)``.
     """
 
     name: str
     n_workers: int
     threads_per_worker: int | None
+    remote: bool
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
 

@@ -147,6 +147,15 @@ class DaskExecutor:
     def address(self) -> str:
         return self.scheduler or "a local cluster"
 
+    @property
+    def remote(self) -> bool:
+        """A cluster reached at a scheduler address: its workers' CPUs are not this machine's."""
+        return self.scheduler is not None
+
+    def run_one(self, fn: Callable[[T], R], task: T) -> R:
+        """``fn(task)`` on one worker, waited for (``--precision auto`` probes a remote cluster's CPU so)."""
+        return self.result(self.wait_first([self.submit(fn, task)])[0])
+
     def start(self, warm_up: Callable[[], object] | None = None) -> DaskExecutor:
         """Reach the cluster and wait for a worker that can import this project; :class:`ExecutorError` if not.
 

@@ -65,6 +65,7 @@ class JoblibExecutor(FuturesMixin):
     """
 
     name = "joblib"
+    remote = False  # its workers share this machine
 
     def __init__(self, n_jobs: int | None = None):
         self.n_workers = resolve_n_jobs(n_jobs)

@@ -14,6 +14,7 @@ R = TypeVar("R")
 
 class SerialExecutor(FuturesMixin):
     name = "serial"
+    remote = False  # its workers share this machine
     n_workers = 1
 
     def __init__(self, threads: int | None = None):

@@ -139,13 +139,19 @@ def configure_threads(threads: int | None) -> None:
     # A new model per fold is a new tf.function by design; its "retracing" warnings would flood the progress bar.
     tf.get_logger().setLevel(logging.ERROR)
     if not threads:  # no share given: this process's cores, split between the tasks it runs at once
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // _concurrent_tasks())
+        threads = fold_threads()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except RuntimeError:
         pass  # TensorFlow already started in this process (in-process runs): keep its settings
+
+
+def fold_threads() -> int:
+    """The TensorFlow threads a fold takes in this process when no share is given: its cores, split between the
+    tasks it runs at once (a Dask worker's threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // _concurrent_tasks())
 
 
 def _concurrent_tasks() -> int:
