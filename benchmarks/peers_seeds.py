@@ -159,7 +159,7 @@ def plot(info: dict, path: Path, *, title: str) -> None:
             median = row[f"median_{measure}"]
             if median is not None:
                 axis.hlines(median, x - 0.25, x + 0.25, color=f"C{x}", linewidth=2)
-        axis.set_xticks(range(len(names)), names)
+        axis.set_xticks(range(len(names)), [name.replace(", ", "\n") for name in names])  # trials below
         axis.set_xlim(-0.6, len(names) - 0.4)
         axis.set_ylim(0, never * 1.08)
         axis.set_ylabel(label)
