@@ -113,6 +113,12 @@ def run_each(names, one) -> dict:
         sys.exit(1)
 
 
+def report_stem(prefix: str, run: dict) -> str:
+    """A report's file stem: one space's or seed's report never hides another's (wide and seed 0 unnamed)."""
+    space = "" if run["space"] == "wide" else f"-{run['space']}"
+    return f"{prefix}{space}" + (f"-seed{run['seed']}" if run["seed"] else "")
+
+
 def write_report(out: Path, stem: str, report: dict, text: str) -> None:
     """``<stem>.json`` and ``<stem>.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -431,10 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     run, out, stores = prepare(args, settings, prefix="bench-asha-")
     variants = run_each(run["trials"], lambda name: run_variant(name, run, stores))
     common = summarize(variants, target=run["target"])
-    # one space's or seed's report never hides another's
-    stem = (
-        "asha" + ("" if run["space"] == "wide" else f"-{run['space']}") + (f"-seed{run['seed']}" if run["seed"] else "")
-    )
+    stem = report_stem("asha", run)
     report = {
         "machine": machine.describe(),
         "stem": stem,

@@ -67,6 +67,7 @@ from bench_asha import (  # noqa: E402
     prepare,
     reach,
     read_search,
+    report_stem,
     run_each,
     run_tune,
     write_report,
@@ -620,12 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_each(run["peers"], lambda name: run_one(name, run, stores))
     picks = {name: p["best_config"] for name, p in results.items() if p["best_config"]}
     finals = final_seeds(picks, run, run["final_seeds"]) if run["final_seeds"] and picks else {}
-    # one space's or seed's report never hides another's
-    stem = (
-        "peers"
-        + ("" if run["space"] == "wide" else f"-{run['space']}")
-        + (f"-seed{run['seed']}" if run["seed"] else "")
-    )
+    stem = report_stem("peers", run)
     report = {"machine": machine.describe(), "stem": stem, **run, "results": results, "finals": finals}
     write_report(out, stem, report, markdown(report))
     plot_curves(

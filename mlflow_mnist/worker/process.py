@@ -150,8 +150,9 @@ def configure_threads(threads: int | None) -> None:
 def fold_threads() -> int:
     """The TensorFlow threads a fold takes in this process when no share is given: its cores, split between the
     tasks it runs at once (a Dask worker's threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // _concurrent_tasks())
+    from mlflow_mnist.executors.base import usable_cores
+
+    return max(1, usable_cores() // _concurrent_tasks())
 
 
 def _concurrent_tasks() -> int:
