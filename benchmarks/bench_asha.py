@@ -114,9 +114,15 @@ def run_each(names, one) -> dict:
 
 
 def report_stem(prefix: str, run: dict) -> str:
-    """A report's file stem: one space's or seed's report never hides another's (wide and seed 0 unnamed)."""
+    """A report's file stem: one space's, promotion rule's or seed's report never hides another's (wide, quota and
+    seed 0 unnamed)."""
     space = "" if run["space"] == "wide" else f"-{run['space']}"
-    return f"{prefix}{space}" + (f"-seed{run['seed']}" if run["seed"] else "")
+    promotion = run.get("promotion", "quota")
+    return (
+        f"{prefix}{space}"
+        + (f"-{promotion}" if promotion != "quota" else "")
+        + (f"-seed{run['seed']}" if run["seed"] else "")
+    )
 
 
 def write_report(out: Path, stem: str, report: dict, text: str) -> None:

@@ -73,6 +73,8 @@ from bench_asha import (  # noqa: E402
     write_report,
 )
 
+from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
+
 PEERS = ("optuna", "halving", "ours")
 FACTOR = 3
 WORKERS = 2  # the benchmark's machine has 2 cores: every peer gets two workers
@@ -399,7 +401,7 @@ def run_halving(task, data, space, *, trials: int, folds: int, seed: int, trace:
 def run_ours(store: Path, run: dict) -> dict:
     arguments = ["--strategy", "asha", "--space", run["space"], "--trials", str(run["trials"])]
     arguments += ["--data", run["data"], "--folds", str(run["folds"]), "--brackets", str(run["brackets"])]
-    arguments += ["--seed", str(run["seed"])]
+    arguments += ["--seed", str(run["seed"]), "--promotion", run["promotion"]]
     wall = run_tune(store, arguments)
     found = read_search(store)
     return {
@@ -540,6 +542,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", type=int, default=12, help="trials (candidates) per peer [default: 12]")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--brackets", type=int, default=1, help="ours: --brackets [default: 1]")
+    parser.add_argument(
+        "--promotion", choices=list(PROMOTION_RULES), default="quota", help="ours: --promotion [default: quota]"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds every peer's draws and the split [default: 0]")
     parser.add_argument("--peers", default=",".join(PEERS), help="which to run, in order [default: all]")
     parser.add_argument("--final-seeds", type=int, default=0, help="test each pick with this many seeds (0: none)")
@@ -590,6 +595,7 @@ def settings(args: argparse.Namespace) -> dict:
         "folds": folds,
         "seed": args.seed,
         "brackets": args.brackets,
+        "promotion": args.promotion,
         "peers": peers,
         "final_seeds": args.final_seeds,
         "target": args.target,

@@ -53,8 +53,14 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def _label(name: str, report: dict, reports: list[dict]) -> str:
-    """A peer's row: its name, with its trials where the reports ran different numbers (ours given more)."""
-    return name if len({r["trials"] for r in reports}) == 1 else f"{name}, {report['trials']} trials"
+    """A peer's row: its name, with its trials where the reports ran different numbers (ours given more), and
+    ours' promotion rule where it is not the default (reports from before the option ran the default)."""
+    parts = [name]
+    if name == "ours" and report.get("promotion", "quota") != "quota":
+        parts.append(f"{report['promotion']} promotion")
+    if len({r["trials"] for r in reports}) > 1:
+        parts.append(f"{report['trials']} trials")
+    return ", ".join(parts)
 
 
 def _rows(report: dict, reports: list[dict]) -> list[tuple[str, int]]:

@@ -56,6 +56,7 @@ def tune(
     halving_factor: int = 3,
     min_epochs: int = 0,
     brackets: int = 1,
+    promotion: str = "quota",
     warm_start: int = 0,
     epochs: int | None = None,
     folds: int = 3,
@@ -100,7 +101,8 @@ def tune(
     # line before any worker process starts or the store is reached.
     dry = dict(stage=stage, steps=steps, space=chosen_space, trials=trials, factor=halving_factor)
     dry_epochs = max(1, int(chosen.start.get("epochs", 1)) if epochs is None else epochs)
-    make_strategy(strategy, SearchRequest(chosen, dry_epochs, min_epochs=min_epochs, brackets=brackets, **dry))
+    options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion)
+    make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign = open_campaign(
             notify=notify,
@@ -128,6 +130,7 @@ def tune(
             reuse_reference=reuse_reference,
             min_epochs=min_epochs,
             brackets=brackets,
+            promotion=promotion,
             warm_start=warm_start,
         )
         search = make_strategy(strategy, request)

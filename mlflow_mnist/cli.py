@@ -21,6 +21,7 @@ import click  # noqa: E402
 from mlflow_mnist.executors import EXECUTORS  # noqa: E402
 from mlflow_mnist.params import HyperparameterError, StageError  # noqa: E402
 from mlflow_mnist.strategies import STRATEGIES  # noqa: E402
+from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
 from mlflow_mnist.tasks import DEFAULT_TASK, DataError  # noqa: E402
 
 USER_ERRORS = (DataError, HyperparameterError, StageError)
@@ -304,6 +305,13 @@ N_JOBS_OPTION = click.option(
     show_default=True,
     type=click.IntRange(1),
     help="asha: first rungs to spread trials over (Hyperband's brackets; 1: every trial starts at the first).",
+)
+@click.option(
+    "--promotion",
+    default="quota",
+    show_default=True,
+    type=click.Choice(list(PROMOTION_RULES)),
+    help="asha: " + "; ".join(f"{name}: {rule}" for name, rule in PROMOTION_RULES.items()) + ".",
 )
 @click.option(
     "--warm-start",

@@ -88,3 +88,18 @@ def test_a_peer_given_more_trials_is_its_own_row_and_competes_per_seed(tmp_path)
     rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
     assert rows["ours, 16 trials"] == ["70 / 4.0", "- (240 / 12.5)", "1 of 2", "-", "-", "1", "1"]
     assert rows["ours, 8 trials"][-2:] == ["1", "1"] and rows["optuna, 8 trials"][-2:] == ["0", "0"]
+
+
+def test_ours_under_another_promotion_rule_is_its_own_row(tmp_path):
+    """bench_peers.py --promotion eager beside reports from before the option (which ran the default rule): ours
+    eager is a row of its own, the older reports' ours the plain row."""
+    reports = [
+        _report(0, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}),
+        _report(0, {"ours": (60, 3.0, 150, 9.0)}, promotion="eager"),
+    ]
+    proc = _run(tmp_path, reports)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    assert rows["ours, eager promotion"][:2] == ["60 / 3.0", "1 of 1"] and rows["ours"][:2] == ["132 / 9.1", "1 of 1"]
+    assert rows["ours, eager promotion"][-2:] == ["1", "1"] and rows["optuna"][-2:] == ["0", "0"]

@@ -3,6 +3,7 @@ function of the hyperparameters instead of training (so the strategies' decision
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
@@ -10,6 +11,7 @@ import pytest
 
 from mlflow_mnist import schema, tracking
 from mlflow_mnist.executors import SerialExecutor
+from mlflow_mnist.params import StageError
 from mlflow_mnist.strategies import SuccessiveHalving
 from mlflow_mnist.strategies.halving import rung_budgets
 from mlflow_mnist.strategies.optuna import OptunaSearch, rungs
@@ -192,10 +194,12 @@ class ContinuingWorker(Worker):
         return result
 
 
-def _asha(n_trials, brackets=1):
+def _asha(n_trials, brackets=1, promotion="quota"):
     from mlflow_mnist.strategies.asha import AsyncHalving
 
-    return AsyncHalving(SEED, n_trials=n_trials, factor=3, min_epochs=2, brackets=brackets, seed=0, search_key="a1")
+    return AsyncHalving(
+        SEED, n_trials=n_trials, factor=3, min_epochs=2, brackets=brackets, promotion=promotion, seed=0, search_key="a1"
+    )
 
 
 def test_the_seed20_space_is_the_seed_space_climbing_to_its_final_20_epochs():
@@ -232,6 +236,52 @@ def test_a_rung_promotes_the_best_third_of_what_it_has_seen_and_at_least_one_onc
     assert promote([0.8, 0.9], closed=True) == [1] and promote([0.8, 0.9], [False, True], closed=True) == []
     assert promote([0.9, 0.8, 0.95], allowed=[True, True, False]) == [0]  # ranked among those allowed to go on
     assert promote([0.9], allowed=[False], closed=True) == []
+
+
+def test_an_eager_rung_also_promotes_its_best_while_it_has_seen_fewer_than_factor_trials():
+    """Optuna's pruner's rule: the first trial to arrive goes on at once; a later one goes on if it beats every
+    trial seen so far; from ``factor`` trials on, the quota rule alone (the best ``n // factor``)."""
+    from mlflow_mnist.strategies.asha import promotions
+
+    def promote(scores, promoted=None, *, allowed=None):
+        n = len(scores)
+        return promotions(
+            scores, allowed=allowed or [True] * n, promoted=promoted or [False] * n, factor=3, closed=False, eager=True
+        )
+
+    assert promote([0.9]) == [0]
+    assert promote([0.9, 0.8], [True, False]) == [] and promote([0.9, 0.95], [True, False]) == [1]
+    assert promote([0.9, 0.95, 0.99], [True, True, False]) == [2]
+    assert promote([0.9, 0.95, 0.8, 0.85, 0.7, 0.6], [True, True, False, False, False, False]) == []
+    assert promote([0.9], allowed=[False]) == []  # a trial that may not go on (guessing, no model) still waits
+
+
+def test_asha_with_eager_promotion_carries_its_first_trial_to_the_full_budget_at_once(store):
+    """Each trial scores worse than the one before: under eager promotion trial 0 continues to 6 epochs as soon as
+    its first rung ends (before trial 2 has trained anything), and no later trial goes on (none beats it, and
+    four seen give a quota of one); under the quota rule (the test above) nothing goes on before three are seen."""
+    worker = EarlierIsBetter()
+    search(store, _asha(4, promotion="eager"), worker)
+    assert _rungs_of_trials(store) == {"0": {1, 2}, "1": {1}, "2": {1}, "3": {1}}
+    first_continued = worker.order.index("trial 0 (6 epochs)")
+    assert first_continued < worker.order.index("trial 2 (2 epochs)")
+    assert worker.epochs == 3 * (4 * 2 + 4)
+
+
+def test_the_promotion_rule_names_its_search_and_the_default_keeps_the_keys_stored_before_it():
+    """A rerun under another rule does not continue a search made under this one; the default rule's key is the
+    key from before the option (an old store resumes as it was)."""
+    from mlflow_mnist.strategies.asha import AsyncHalving
+    from mlflow_mnist.strategies.base import SearchRequest
+
+    def key(**options):
+        request = SearchRequest(MNIST, 6, space=SEED, search_key=lambda *parts: json.dumps(parts), **options)
+        return AsyncHalving.from_request(request).search_key
+
+    assert key() == key(promotion="quota") == json.dumps(["asha", SEED.name, 3, 0, 0, 1])
+    assert key(promotion="eager") != key()
+    with pytest.raises(StageError, match="promotion rule 'sometimes'"):
+        key(promotion="sometimes")
 
 
 def test_asha_continues_promoted_trials_and_resumes_without_training_twice(store):

@@ -51,6 +51,7 @@ class SearchRequest:
     reuse_reference: bool = False
     min_epochs: int = 0  # successive halving's first rung (0: the space's budget / factor**2)
     brackets: int = 1  # first rungs to hedge over (Hyperband's brackets)
+    promotion: str = "quota"  # ASHA's promotion rule (mlflow_mnist.strategies.asha.PROMOTION_RULES)
     warm_start: int = 0  # how many of the experiment's best configurations start a joint search
     warm_configs: Callable[[StoreState], list[Params]] = lambda state: []
 
