@@ -286,6 +286,7 @@ class Campaign:
             log_threads=LOG_THREADS if tracking.tracking_uri().startswith(("http://", "https://")) else 1,
             neutral=self.task.neutral,
             space=strategy.space,
+            search_options=strategy.search_options,
         )
         worker = worker or FoldWorker(
             self.task_spec, self.worker_data(), executor.threads_per_worker, with_model, driver_pid=os.getpid()

@@ -361,6 +361,15 @@ class FinalTags:
         )
 
 
+SEARCH_OPTION_PREFIX = "search."  # a strategy's options, as params of its search run (search.trials, ...)
+
+
+def search_option_params(options: Mapping[str, Any]) -> dict[str, str]:
+    """A strategy's options as its search run's params, named apart from the campaign's settings and from the
+    entry point's own parameters (``mlflow run`` logs those as typed, e.g. ``trials`` as "08")."""
+    return {f"{SEARCH_OPTION_PREFIX}{name}": str(value) for name, value in options.items()}
+
+
 def space_tag(name: str, distributions: Mapping[str, Any]) -> dict[str, str]:
     """A search space as a tag, so the analysis reads it from the store (fANOVA needs each distribution)."""
     from optuna.distributions import distribution_to_json

@@ -44,6 +44,7 @@ from mlflow_mnist.schema import (
     GroupResult,
     GroupTags,
     best_config_tag,
+    search_option_params,
     space_tag,
 )
 from mlflow_mnist.search import SearchOutcome
@@ -102,11 +103,13 @@ class SearchTree:
         log_threads: int = 1,
         neutral: Mapping[str, Any] | None = None,
         space: Space | None = None,
+        search_options: Mapping[str, Any] | None = None,
     ):
         self.writer, self.name, self.strategy, self.single_group = writer, name, strategy, single_group
         self.neutral = dict(neutral or {})  # the task's optional hyperparameters at values left out of hashes
         self.space = space
         self.settings_params = dict(settings_params)
+        self.search_options = dict(search_options or {})
         self.adopt_run_id = adopt_run_id
         self.root: str | None = None
         self.groups: dict[int, _GroupRuns] = {}  # id(plan) -> its runs, while the group is open
@@ -131,7 +134,7 @@ class SearchTree:
         if self.space is not None:
             tags.update(space_tag(self.space.name, self.space.distributions))
         run_id = self.writer.start(self.name, level, tags=tags, adopt=self.adopt_run_id)
-        self.writer.log_params(run_id, self.settings_params)
+        self.writer.log_params(run_id, {**self.settings_params, **search_option_params(self.search_options)})
         return run_id
 
     # -- listener ------------------------------------------------------------------------------------------

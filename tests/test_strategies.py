@@ -266,6 +266,17 @@ def test_asha_with_eager_promotion_carries_its_first_trial_to_the_full_budget_at
     first_continued = worker.order.index("trial 0 (6 epochs)")
     assert first_continued < worker.order.index("trial 2 (2 epochs)")
     assert worker.epochs == 3 * (4 * 2 + 4)
+    # The search run says how it searched (the UI shows the rule beside the campaign's settings).
+    (search_run,) = [r for r in runs(store) if r.data.tags.get(schema.STRATEGY) == "asha"]
+    options = {k: v for k, v in search_run.data.params.items() if k.startswith(schema.SEARCH_OPTION_PREFIX)}
+    assert options == {
+        "search.trials": "4",
+        "search.halving_factor": "3",
+        "search.rung_epochs": "2,6",
+        "search.brackets": "1",
+        "search.promotion": "eager",
+        "search.warm_start": "0",
+    }
 
 
 def test_the_promotion_rule_names_its_search_and_the_default_keeps_the_keys_stored_before_it():

@@ -174,6 +174,17 @@ class AsyncHalving:
             starts=request.warm_configs,
         )
 
+    @property
+    def search_options(self) -> dict[str, object]:
+        return {
+            "trials": self.n_trials,
+            "halving_factor": self.factor,
+            "rung_epochs": ",".join(map(str, self.budgets)),
+            "brackets": self.brackets,
+            "promotion": "eager" if self.eager else "quota",
+            "warm_start": self.warm_start,
+        }
+
     # -- the study --------------------------------------------------------------------------------------------
     def make_study(self, asked_before: int = 0):
         """A fresh study; ``asked_before`` trials already in the store give its sampler a seed of its own."""

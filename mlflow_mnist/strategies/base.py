@@ -69,7 +69,8 @@ class SearchRequest:
 class Strategy(Protocol):
     """``name`` tags the search run; ``help`` is the CLI's line; ``single_group`` says the search is one group
     (its run is the search run); ``carries_forward`` says the search's result is its last group's best (each
-    group builds on the one before) rather than the best of all its groups."""
+    group builds on the one before) rather than the best of all its groups; ``search_options`` (trials, rung
+    ratio, ...) are logged on the search run, so the UI says how it searched."""
 
     name: ClassVar[str]
     help: ClassVar[str]
@@ -77,6 +78,7 @@ class Strategy(Protocol):
     carries_forward: bool
     search_name: str
     space: Space | None  # the joint-search space, kept on the search run; None for staged steps
+    search_options: dict[str, Any]  # what shaped the search beyond the campaign: params of its search run
 
     @classmethod
     def from_request(cls, request: SearchRequest) -> Strategy: ...

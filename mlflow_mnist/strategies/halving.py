@@ -87,12 +87,18 @@ class SuccessiveHalving:
         factor: int = 3,
         search_name: str = "halving",
         space: Space | None = None,
+        trials: int | None = None,
     ):
         self.staged, self.sample, self.sample_group, self.factor = staged, sample, sample_group, factor
         self.carries_forward = staged is not None
         self.single_group = False
         self.search_name = search_name
         self.space = space
+        self.trials = trials  # configurations sampled from ``space``; None for the task's steps
+
+    @property
+    def search_options(self) -> dict[str, object]:
+        return {"halving_factor": self.factor, **({"trials": self.trials} if self.trials is not None else {})}
 
     @classmethod
     def from_request(cls, request: SearchRequest) -> SuccessiveHalving:
@@ -106,8 +112,8 @@ class SuccessiveHalving:
         def sample() -> list[Spec]:
             return sample_configs(space, request.trials, seed=request.seed, overrides=request.overrides)
 
-        name = f"halving:{space.name}"
-        return cls(sample=sample, sample_group=group, factor=request.factor, search_name=name, space=space)
+        name, factor, trials = f"halving:{space.name}", request.factor, request.trials
+        return cls(sample=sample, sample_group=group, factor=factor, search_name=name, space=space, trials=trials)
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
         if self.staged is not None:

@@ -78,6 +78,11 @@ class OptunaSearch:
             search_key=request.search_key(cls.name, space.name, request.factor, request.seed, ""),
         )
 
+    @property
+    def search_options(self) -> dict[str, object]:
+        rung_epochs = ",".join(map(str, self.budgets))
+        return {"trials": self.n_trials, "halving_factor": self.factor, "rung_epochs": rung_epochs, "batch": self.batch}
+
     def make_study(self, asked_before: int = 0):
         """A fresh study; ``asked_before`` trials already in the store give its sampler a seed of its own."""
         import optuna

@@ -27,6 +27,10 @@ class RandomSearch:
         self.overrides, self.search_key = dict(overrides), search_key
         self.search_name = f"{self.name}:{space.name}"
 
+    @property
+    def search_options(self) -> dict[str, object]:
+        return {"trials": self.n_trials, "batch": self.batch}
+
     @classmethod
     def from_request(cls, request: SearchRequest) -> RandomSearch:
         space = request.need_space()

@@ -67,6 +67,10 @@ class StagedGrid:
         self.reference = reference
         self.search_name = steps[0].name if len(steps) == 1 else ""
 
+    @property
+    def search_options(self) -> dict[str, object]:
+        return {}  # a step's grid and its reference rule are on its own run (params, tags)
+
     @classmethod
     def from_request(cls, request: SearchRequest) -> StagedGrid:
         strategy = cls(
