@@ -22,7 +22,9 @@ the space's budget / 9, / 3 and the full budget, as ours):
   configurations are drawn at random from the space first (Optuna's ``RandomSampler``, seeded, as our ``random``
   strategy draws them) and handed over as a list that it takes whole; each halving iteration retrains from scratch,
   as it always does. ``min_resources`` is set so that the last iteration trains the full budget.
-- ``ours``: ``python -m mlflow_mnist tune --strategy asha --seed`` into an empty SQLite store, every fold tracked.
+- ``ours``: ``python -m mlflow_mnist tune --strategy asha --seed --promotion`` into an empty SQLite store, every
+  fold tracked (``--promotion eager`` lets each rung's best go on before the rung has seen 3 trials, as
+  Optuna's pruner does).
 
 ``--seed`` seeds every peer's draws and the split alike; one run per seed cannot rank the peers (plain Optuna's
 two threads interleave its draws, a lucky early trial decides its reach), so run a few seeds, e.g. with
@@ -37,9 +39,9 @@ tested once per seed: the N-seed test median (lower middle for an even N) and ea
 The peers' curves come from the searches themselves: Optuna's objective stamps every finished full-budget trial;
 scikit-learn's scorer appends every scored fold (time, epochs trained, score) to a file. Ours is read back from its
 store (``analysis.searches.search_table``). Writes benchmarks/results/peers.{json,md} and peers.png (best CV so
-far against minutes and against fold-epochs; peers-<space>.* for a space other than wide, -seed<N> added for a seed
-other than 0) and names the CPU; ``--quick`` (the shipped sample, 2 folds, 2 trials, the small ``seed`` space)
-writes to a temporary folder unless ``--out`` is given.
+far against minutes and against fold-epochs; peers-<space>.* for a space other than wide, -eager added for ours'
+eager promotion, -seed<N> for a seed other than 0) and names the CPU; ``--quick`` (the shipped sample, 2 folds,
+2 trials, the small ``seed`` space) writes to a temporary folder unless ``--out`` is given.
 """
 
 from __future__ import annotations
