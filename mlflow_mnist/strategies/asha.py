@@ -147,7 +147,7 @@ class AsyncHalving:
         self.brackets = max(1, min(brackets, len(self.budgets)))
         if promotion not in PROMOTION_RULES:
             raise StageError(f"unknown promotion rule {promotion!r}: choose one of {', '.join(PROMOTION_RULES)}")
-        self.eager = promotion == "eager"
+        self.promotion = promotion
         self.warm_start, self.starts = warm_start, starts
         self.search_name = f"{self.name}:{space.name}"
         self.rungs: dict[tuple[int, int], list[_Result]] = {}  # (bracket, rung) -> the trials it has seen
@@ -181,7 +181,7 @@ class AsyncHalving:
             "halving_factor": self.factor,
             "rung_epochs": ",".join(map(str, self.budgets)),
             "brackets": self.brackets,
-            "promotion": "eager" if self.eager else "quota",
+            "promotion": self.promotion,
             "warm_start": self.warm_start,
         }
 
@@ -280,7 +280,7 @@ class AsyncHalving:
                     promoted=[r.promoted for r in seen],
                     factor=self.factor,
                     closed=closed,
-                    eager=self.eager,
+                    eager=self.promotion == "eager",
                 )
                 if picks and (chosen is None or rung > chosen[0]):
                     chosen = (rung, seen[picks[0]])
