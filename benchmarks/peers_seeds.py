@@ -21,6 +21,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
@@ -147,7 +148,8 @@ def plot(info: dict, path: Path, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(info["peers"])
-    figure, axes = plt.subplots(1, len(MEASURES), figsize=(5.5 * len(MEASURES), 4.2))
+    width = max(5.5, 1.2 * len(names))  # each row's seeds side by side, their labels apart
+    figure, axes = plt.subplots(1, len(MEASURES), figsize=(width * len(MEASURES), 4.6))
     for axis, (measure, label) in zip(axes, MEASURES, strict=True):
         # A seed that never reached the target is drawn above every reach, not at what it spent (which may be
         # less than another's reach and would read as a win).
@@ -158,14 +160,16 @@ def plot(info: dict, path: Path, *, title: str) -> None:
         for x, name in enumerate(names):
             row = info["peers"][name]
             for offset, (seed, run) in enumerate(sorted(row["seeds"].items())):
-                dx = (offset - (len(row["seeds"]) - 1) / 2) * 0.08
+                dx = (offset - (len(row["seeds"]) - 1) / 2) * 0.11
                 value = run[measure] if run["reached"] else never
                 axis.scatter(x + dx, value, s=40, color=f"C{x}", marker="o" if run["reached"] else "^", zorder=3)
                 axis.annotate(str(seed), (x + dx, value), xytext=(4, 0), textcoords="offset points", fontsize=7)
             median = row[f"median_{measure}"]
             if median is not None:
                 axis.hlines(median, x - 0.25, x + 0.25, color=f"C{x}", linewidth=2)
-        axis.set_xticks(range(len(names)), [name.replace(", ", "\n") for name in names])  # trials below
+        # One line per part of a row's name (its rule, its trials), long parts wrapped.
+        ticks = ["\n".join(textwrap.fill(part, 10) for part in name.split(", ")) for name in names]
+        axis.set_xticks(range(len(names)), ticks)
         axis.set_xlim(-0.6, len(names) - 0.4)
         axis.set_ylim(0, never * 1.08)
         axis.set_ylabel(label)
