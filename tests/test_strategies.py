@@ -279,6 +279,22 @@ def test_asha_with_eager_promotion_carries_its_first_trial_to_the_full_budget_at
     }
 
 
+@pytest.mark.parametrize("stop_after", [4, 9, 14])
+def test_an_eager_search_killed_and_rerun_trains_nothing_twice(store, stop_after):
+    """Killed while its first trial continues to 6 epochs (4: eager sends it on before any other trial trains),
+    among the next trials (9) or later (14), then rerun: no fold is trained twice, no configuration is asked
+    twice, and the first trial, promoted before the kill, still reaches the full budget."""
+    first = ContinuingWorker(stop_after=stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        search(store, _asha(6, promotion="eager"), first)
+    assert first.order[3] == "trial 0 (6 epochs)"
+    second = ContinuingWorker()
+    search(store, _asha(6, promotion="eager"), second)
+    assert second.trained and not set(first.trained) & set(second.trained)
+    assert_each_configuration_is_one_trial(store, 6)
+    assert _rungs_of_trials(store)["0"] == {1, 2}
+
+
 def test_the_promotion_rule_names_its_search_and_the_default_keeps_the_keys_stored_before_it():
     """A rerun under another rule does not continue a search made under this one; the default rule's key is the
     key from before the option (an old store resumes as it was)."""
