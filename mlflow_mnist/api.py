@@ -101,7 +101,7 @@ def tune(
     # line before any worker process starts or the store is reached.
     dry = dict(stage=stage, steps=steps, space=chosen_space, trials=trials, factor=halving_factor)
     dry_epochs = max(1, int(chosen.start.get("epochs", 1)) if epochs is None else epochs)
-    options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion)
+    options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion)  # the dry and the real request's
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign = open_campaign(
@@ -128,10 +128,8 @@ def tune(
             factor=halving_factor,
             batch=2 * pool.n_workers,
             reuse_reference=reuse_reference,
-            min_epochs=min_epochs,
-            brackets=brackets,
-            promotion=promotion,
             warm_start=warm_start,
+            **options,
         )
         search = make_strategy(strategy, request)
         outcome = campaign.search(search, executor=pool, with_model=log_models, progress=progress)
