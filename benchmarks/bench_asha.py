@@ -114,13 +114,14 @@ def run_each(names, one) -> dict:
 
 
 def report_stem(prefix: str, run: dict) -> str:
-    """A report's file stem: one space's, promotion rule's or seed's report never hides another's (wide, quota and
-    seed 0 unnamed)."""
+    """A report's file stem: one space's, promotion rule's, pairing's or seed's report never hides another's (wide,
+    quota, draws of each peer's own and seed 0 unnamed)."""
     space = "" if run["space"] == "wide" else f"-{run['space']}"
     promotion = run.get("promotion", "quota")
     return (
         f"{prefix}{space}"
         + (f"-{promotion}" if promotion != "quota" else "")
+        + ("-samedraws" if run.get("same_draws") else "")
         + (f"-seed{run['seed']}" if run["seed"] else "")
     )
 

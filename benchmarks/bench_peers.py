@@ -30,6 +30,12 @@ the space's budget / 9, / 3 and the full budget, as ours):
 two threads interleave its draws, a lucky early trial decides its reach), so run a few seeds, e.g. with
 ``--peers optuna,ours --seed 1`` and ``--seed 2``, and read them side by side (``peers_seeds.py``).
 
+``--same-draws`` pairs them: ours and ``halving`` evaluate the same seeded random draws first (ours' TPE starts after
+``STARTUP_TRIALS``; halving takes that many or fewer), and plain Optuna, whose threads would draw others, is handed
+those configurations as its first trials (``study.enqueue_trial``; after them its sampler goes on alone). What the
+peers then differ in is how they spend epochs on the same configurations, not which configurations chance gave
+each: the comparison the search rules need, where ``--seed`` alone compares the tools as users run them.
+
 Per peer: the best mean CV reached by a configuration trained the full budget, the minutes (since the search
 started) and fold-epochs at which the best so far first reached ``--target`` (default 0.99656, the staged grid's
 best; within 5e-6), what it spent in all, the configuration it picks. With ``--final-seeds N`` each pick is
@@ -75,7 +81,7 @@ from bench_asha import (  # noqa: E402
     write_report,
 )
 
-from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
+from mlflow_mnist.strategies.asha import PROMOTION_RULES, STARTUP_TRIALS  # noqa: E402
 
 PEERS = ("optuna", "halving", "ours")
 FACTOR = 3
@@ -207,7 +213,16 @@ def mlflow_callback(tracking_uri: str, experiment: str, metric_name: str):
     return callback, "optuna_integration.MLflowCallback"
 
 
-def run_optuna(task, data, space, *, trials: int, folds: int, seed: int, tracking_uri: str) -> dict:
+def shared_draws(space, trials: int, seed: int) -> list[dict]:
+    """The configurations ours and halving draw first for ``seed`` (sampled values), as many as are random in ours."""
+    from mlflow_mnist.strategies.sampling import sample_configs
+
+    return [spec.sampled for spec in sample_configs(space, min(trials, STARTUP_TRIALS), seed=seed)]
+
+
+def run_optuna(
+    task, data, space, *, trials: int, folds: int, seed: int, tracking_uri: str, same_draws: bool = False
+) -> dict:
     import numpy as np
     import optuna
 
@@ -267,14 +282,19 @@ def run_optuna(task, data, space, *, trials: int, folds: int, seed: int, trackin
             min_resource=first_rung(space), max_resource=space.max_epochs, reduction_factor=FACTOR
         ),
     )
+    enqueued = shared_draws(space, trials, seed) if same_draws else []
+    for sampled in enqueued:
+        study.enqueue_trial(sampled)
     spend.start = time.perf_counter()
     study.optimize(objective, n_trials=trials, n_jobs=WORKERS, callbacks=[callback])
     minutes = spend.minutes()
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
     return {
-        "how": f"TPESampler(seed={seed}) + HyperbandPruner, study.optimize(n_jobs={WORKERS}), MLflow {logged}",
+        "how": f"TPESampler(seed={seed}) + HyperbandPruner, study.optimize(n_jobs={WORKERS}), MLflow {logged}"
+        + (f"; first {len(enqueued)} trials enqueued: ours' draws" if enqueued else ""),
         "trials": len(study.trials),
+        "sampled": {str(t.number): t.params for t in study.trials},
         "full_budget_trials": len(complete),
         "epochs_per_trial": {str(t.number): len(t.intermediate_values) for t in study.trials},
         "fold_epochs": float(spend.fold_epochs),
@@ -428,7 +448,8 @@ def run_peer(name: str, run: dict, out: Path) -> None:
     space = task.get_space(run["space"])
     common = {"trials": run["trials"], "folds": run["folds"], "seed": run["seed"]}
     if name == "optuna":
-        result = run_optuna(task, data, space, **common, tracking_uri=f"sqlite:///{out.parent}/mlflow.db")
+        tracking_uri = f"sqlite:///{out.parent}/mlflow.db"
+        result = run_optuna(task, data, space, **common, tracking_uri=tracking_uri, same_draws=run["same_draws"])
     else:
         result = run_halving(task, data, space, **common, trace=out.parent / "scored_folds.jsonl")
     out.write_text(json.dumps(result, indent=2))
@@ -510,7 +531,8 @@ def markdown(report: dict) -> str:
         f"`--space {report['space']}`, {report['trials']} trials, {report['folds']} folds, data {report['data']}, on "
         f"{machine.line(report['machine'])}. Target: a mean CV of {report['target']:.5f} by a configuration trained "
         "the full budget. Minutes from each search's start. "
-        f"Figure: {report['stem']}.png.",
+        + ("Same draws: plain Optuna's first trials are ours' configurations. " if report.get("same_draws") else "")
+        + f"Figure: {report['stem']}.png.",
         "",
         "| peer | trials (full budget) | fold-epochs in all | minutes in all (process) | best mean CV | "
         "fold-epochs to target | minutes to target | test median of the pick (errors per seed) |",
@@ -548,6 +570,9 @@ def parser() -> argparse.ArgumentParser:
         "--promotion", choices=list(PROMOTION_RULES), default="quota", help="ours: --promotion [default: quota]"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds every peer's draws and the split [default: 0]")
+    parser.add_argument(
+        "--same-draws", action="store_true", help="plain Optuna's first trials are ours' draws (a paired comparison)"
+    )
     parser.add_argument("--peers", default=",".join(PEERS), help="which to run, in order [default: all]")
     parser.add_argument("--final-seeds", type=int, default=0, help="test each pick with this many seeds (0: none)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
@@ -596,6 +621,7 @@ def settings(args: argparse.Namespace) -> dict:
         "trials": trials,
         "folds": folds,
         "seed": args.seed,
+        "same_draws": args.same_draws,
         "brackets": args.brackets,
         "promotion": args.promotion,
         "peers": peers,

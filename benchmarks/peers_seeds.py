@@ -54,11 +54,14 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def _label(name: str, report: dict, reports: list[dict]) -> str:
-    """A peer's row: its name, with its trials where the reports ran different numbers (ours given more), and
-    ours' promotion rule where it is not the default (reports from before the option ran the default)."""
+    """A peer's row: its name, with its trials where the reports ran different numbers (ours given more), ours'
+    promotion rule where it is not the default (reports from before the option ran the default), and plain Optuna's
+    draws where they were ours' (``--same-draws``)."""
     parts = [name]
     if name == "ours" and report.get("promotion", "quota") != "quota":
         parts.append(f"{report['promotion']} promotion")
+    if name == "optuna" and report.get("same_draws"):
+        parts.append("ours' draws")
     if len({r["trials"] for r in reports}) > 1:
         parts.append(f"{report['trials']} trials")
     return ", ".join(parts)

@@ -69,6 +69,10 @@ def eligible(guessing: Sequence[bool], usable: Sequence[bool], factor: int) -> l
     return [ok and (all_guessing or not guess) for guess, ok in zip(guessing, usable, strict=True)]
 
 
+# Trials drawn at random before TPE models the scores: the seeded start every search over a space shares (its
+# draws equal ``sample_configs``'s for the same seed), so rules can be compared on the same configurations.
+STARTUP_TRIALS = 8
+
 PROMOTION_RULES = {
     "quota": "a rung promotes its best 1/factor of what it has seen, nothing before it has seen factor trials",
     "eager": "as quota, and a rung's best while it has seen fewer than factor trials (Optuna's pruner's rule)",
@@ -192,7 +196,7 @@ class AsyncHalving:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         seed = resumed_seed(self.seed, asked_before)
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=8)
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=STARTUP_TRIALS)
         return optuna.create_study(direction="maximize", sampler=sampler)
 
     def past_trials(self, state: StoreState) -> list[CandidateRecord]:
