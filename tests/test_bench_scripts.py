@@ -106,16 +106,18 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
 
 
 def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
-    """The two peers, each in its own process, and the finals of their picks. ``ours`` is left out here: it is the
-    `tune --strategy asha` run and store reading that the bench_asha test above checks (the same functions)."""
+    """The two peers, each in its own process, on the same draws, and the finals of their picks. ``ours`` is left
+    out here: it is the `tune --strategy asha` run and store reading that the bench_asha test above checks (the same
+    functions), and its first draws are ``sample_configs``'s (``test_asha_first_draws_are_the_seeded_sample``)."""
     from mlflow_mnist.params import from_json
+    from mlflow_mnist.strategies.sampling import sample_configs
     from mlflow_mnist.tasks import get_task
 
     out = tmp_path / "out"
     args = ("--quick", "--peers", "optuna,halving", "--final-seeds", "1", "--target", "0.5", "--out", str(out))
-    proc = _bench("bench_peers.py", *args, "--stores", str(stores))
+    proc = _bench("bench_peers.py", *args, "--same-draws", "--stores", str(stores))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "peers-seed.json").read_text())
+    report = json.loads((out / "peers-seed-samedraws.json").read_text())
     results = report["results"]
     assert list(results) == ["optuna", "halving"]
     task = get_task("mnist")
@@ -126,6 +128,9 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     # Plain Optuna: every reported epoch trained each of the 2 folds; MLflow holds one run per trial.
     optuna = results["optuna"]
     assert optuna["fold_epochs"] == 2 * sum(optuna["epochs_per_trial"].values()) > 0
+    # --same-draws: plain Optuna's trials are the seeded draws halving took (its own threads would draw others).
+    drawn = [spec.sampled for spec in sample_configs(task.get_space("seed"), 2, seed=0)]
+    assert [optuna["sampled"][str(n)] for n in range(2)] == drawn
     _, runs = _fold_runs(stores / "optuna")
     assert sorted(r.info.run_name for r in runs) == sorted(optuna["epochs_per_trial"])
     # scikit-learn: 2 candidates x 2 folds, all in one iteration at the full 6 epochs, every fold traced.
@@ -139,8 +144,9 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
         (seed,) = final["seeds"]
         assert seed["seed"] == 0 and final["median_test_accuracy"] == seed["test_accuracy"]
         assert seed["errors"] == round((1 - seed["test_accuracy"]) * test_size)
-    assert (out / "peers-seed.png").read_bytes().startswith(PNG)
-    assert "| halving |" in (out / "peers-seed.md").read_text()
+    assert (out / "peers-seed-samedraws.png").read_bytes().startswith(PNG)
+    text = (out / "peers-seed-samedraws.md").read_text()
+    assert "| halving |" in text and "Same draws" in text
 
 
 @pytest.mark.parametrize(

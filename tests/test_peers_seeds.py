@@ -103,3 +103,17 @@ def test_ours_under_another_promotion_rule_is_its_own_row(tmp_path):
     rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
     assert rows["ours, eager promotion"][:2] == ["60 / 3.0", "1 of 1"] and rows["ours"][:2] == ["132 / 9.1", "1 of 1"]
     assert rows["ours, eager promotion"][-2:] == ["1", "1"] and rows["optuna"][-2:] == ["0", "0"]
+
+
+def test_plain_optuna_on_ours_draws_is_its_own_row(tmp_path):
+    """bench_peers.py --same-draws beside a report where plain Optuna drew its own: two rows, each counted."""
+    reports = [
+        _report(0, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}),
+        _report(0, {"optuna": (140, 7.0, 230, 11.0)}, same_draws=True),
+    ]
+    proc = _run(tmp_path, reports)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
+    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    assert rows["optuna, ours' draws"][:2] == ["140 / 7.0", "1 of 1"] and rows["optuna"][:2] == ["82 / 4.6", "1 of 1"]
+    assert rows["optuna"][-2:] == ["1", "1"] and rows["ours"][-2:] == ["0", "0"]

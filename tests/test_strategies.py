@@ -214,6 +214,27 @@ def test_the_seed20_space_is_the_seed_space_climbing_to_its_final_20_epochs():
     assert seed20.config(seed20.encode(task.start))["epochs"] == 20
 
 
+def test_asha_first_draws_are_the_seeded_sample():
+    """ASHA's TPE draws its first ``STARTUP_TRIALS`` at random, whatever the trials score, and they are the
+    configurations ``sample_configs`` gives halving and random search for the same seed: the peers benchmark's
+    ``--same-draws`` hands them to plain Optuna on that ground. Once TPE models the scores, its draws are its own."""
+    from mlflow_mnist.strategies.asha import STARTUP_TRIALS, AsyncHalving
+    from mlflow_mnist.strategies.sampling import sample_configs
+
+    space = get_task("mnist").get_space("wide")
+    n = STARTUP_TRIALS + 2
+    for seed in (0, 3):
+        study = AsyncHalving(space, n_trials=n, seed=seed).make_study()
+        asked = []
+        for number in range(n):
+            trial = study.ask(space.distributions)
+            asked.append(trial.params)
+            study.tell(trial, 0.9 + 0.001 * (number % 3))
+        drawn = [spec.sampled for spec in sample_configs(space, n, seed=seed)]
+        assert asked[:STARTUP_TRIALS] == drawn[:STARTUP_TRIALS]
+        assert asked[STARTUP_TRIALS:] != drawn[STARTUP_TRIALS:]
+
+
 def test_a_rung_promotes_the_best_third_of_what_it_has_seen_and_at_least_one_once_closed():
     """Li et al.'s rule: nothing goes on before a rung has seen ``factor`` trials; then those among its best
     ``n // factor`` not promoted yet (a trial passed over may go on later); a closed rung promotes its best."""
