@@ -12,6 +12,12 @@ as never) and how many seeds it was first on.
 A peer that did not reach the target counts as having spent everything it spent and more (ranked after any peer
 that reached it). Writes ``<out>.md`` and ``<out>.png`` (fold-epochs and minutes to the target, one dot per seed,
 a bar at the median; a triangle on the "not reached" line where it did not reach it) and names the CPUs.
+
+Reports of ``bench_peers.py --same-draws`` (plain Optuna given ours' draws) are also read pairwise: a configuration
+both trained the full budget is the same draw under the same trial number in each, so per seed it gives the
+fold-epochs at which each had finished it and what each scored; ``<out>-paired.png`` plots one against the other.
+Where the target lies within training noise of a configuration's score, one peer may reach it with a configuration
+the other finished first and scored just under it; the pairs show which peer's rule finishes the same work sooner.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import textwrap
@@ -26,6 +33,8 @@ from pathlib import Path
 
 SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
 MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
+PAIRED = ("optuna", "ours")  # the peers whose trial numbers name the same draws under --same-draws
+TRIAL = re.compile(r"trial (\d+)\b")
 
 
 class ReportError(ValueError):
@@ -102,6 +111,95 @@ def reach_info(reports: list[dict]) -> dict:
             lead = min(here, key=lambda label: (not here[label]["reached"], here[label][measure]))
             table[lead][f"first_{measure}"] += 1
     return {"peers": table, "seeds": seeds}
+
+
+def _finishes(result: dict) -> dict[int, dict]:
+    """A peer's configurations trained the full budget, by trial number: fold-epochs spent when it finished, score."""
+    finished = {}
+    for point in result.get("curve", []):
+        match = TRIAL.match(point.get("candidate") or "")
+        if match and point.get("mean") is not None:
+            finished.setdefault(int(match.group(1)), {"fold_epochs": point["fold_epochs"], "mean": point["mean"]})
+    return finished
+
+
+def paired_info(reports: list[dict]) -> list[dict]:
+    """Per seed run with ``--same-draws``: each configuration plain Optuna and ours both trained the full budget, with
+    the fold-epochs at which each had finished it and each one's mean CV (the same draw, trained by each)."""
+    pairs = []
+    for report in reports:
+        results = report["results"]
+        if not report.get("same_draws") or not all(name in results for name in PAIRED):
+            continue
+        optuna, ours = (_finishes(results[name]) for name in PAIRED)
+        for trial in sorted(set(optuna) & set(ours)):
+            pairs.append({"seed": report.get("seed", 0), "trial": trial, "optuna": optuna[trial], "ours": ours[trial]})
+    return pairs
+
+
+def paired_markdown(pairs: list[dict], target: float) -> str:
+    if not pairs:
+        return ""
+    sooner = sum(pair["ours"]["fold_epochs"] < pair["optuna"]["fold_epochs"] for pair in pairs)
+    lines = [
+        "",
+        "## Same draws: the configurations both trained the full budget",
+        "",
+        "Plain Optuna given ours' draws (`--same-draws`): the same configuration under the same trial number. Per "
+        f"pair, the fold-epochs each had spent when it finished that configuration, and its mean CV (target {target}). "
+        f"Ours finished {sooner} of {len(pairs)} sooner.",
+        "",
+        "| seed | trial | optuna: fold-epochs | optuna: mean CV | ours: fold-epochs | ours: mean CV |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for pair in pairs:
+        o, u = pair["optuna"], pair["ours"]
+        lines.append(
+            f"| {pair['seed']} | {pair['trial']} | {o['fold_epochs']:.0f} | {o['mean']:.5f} | {u['fold_epochs']:.0f} "
+            f"| {u['mean']:.5f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_pairs(pairs: list[dict], path: Path, *, title: str, target: float) -> None:
+    """Ours' fold-epochs at each shared configuration's finish against plain Optuna's; filled where it reached the
+    target in that peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.6, 5.2))
+    top = 1.08 * max(max(pair["optuna"]["fold_epochs"], pair["ours"]["fold_epochs"]) for pair in pairs)
+    axis.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+    axis.annotate("finished at the same point", (0.55 * top, 0.55 * top), rotation=45, fontsize=7, color="grey")
+    for pair in pairs:
+        x, y = pair["optuna"]["fold_epochs"], pair["ours"]["fold_epochs"]
+        color = f"C{pair['seed']}"
+        # Optuna a large square, ours a dot on it with a dark rim (seen on a filled square); filled: reached.
+        for value, marker, size, edge in (
+            (pair["optuna"]["mean"], "s", 110, color),
+            (pair["ours"]["mean"], "o", 34, "k"),
+        ):
+            reached = value >= target - 5e-6
+            axis.scatter(x, y, s=size, marker=marker, color=color if reached else "white", edgecolors=edge, zorder=3)
+        axis.annotate(f"trial {pair['trial']}", (x, y), xytext=(7, -3), textcoords="offset points", fontsize=7)
+    for seed in sorted({pair["seed"] for pair in pairs}):
+        axis.scatter([], [], s=60, marker="s", color=f"C{seed}", label=f"seed {seed}")
+    axis.legend(fontsize=7, loc="upper left")
+    axis.set_xlim(0, top)
+    axis.set_ylim(0, top)
+    axis.set_xlabel("plain Optuna: fold-epochs spent when it finished the configuration", fontsize=8)
+    axis.set_ylabel("ours: fold-epochs spent when it finished it", fontsize=8)
+    axis.grid(alpha=0.3)
+    note = (
+        "below the diagonal: ours finished it sooner; square (Optuna) and dot (ours) filled where that peer's "
+        f"mean CV reached {target}"
+    )
+    axis.set_title(title + "\n" + textwrap.fill(note, 80), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _trials(reports: list[dict]) -> str:
@@ -192,16 +290,21 @@ def main(argv: list[str] | None = None) -> None:
         reports = load(args.reports)
     except ReportError as error:
         sys.exit(f"error: {error}")
-    info = reach_info(reports)
-    text = markdown(info, reports)
+    info, pairs = reach_info(reports), paired_info(reports)
+    first = reports[0]
+    text = markdown(info, reports) + paired_markdown(pairs, first["target"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    first = reports[0]
     cpus = ", ".join(sorted({report["machine"]["cpu"] for report in reports}))
     title = f"Reach of {first['target']}, --space {first['space']}, {_trials(reports)} trials, {cpus}"
     plot(info, args.out.with_suffix(".png"), title=title)
+    written = [".png"]
+    if pairs:
+        paired = args.out.with_name(args.out.name + "-paired.png")
+        plot_pairs(pairs, paired, title=f"Same draws, --space {first['space']}, {cpus}", target=first["target"])
+        written.append(paired.name)
     print(text)
-    print(f"written: {args.out.with_suffix('.md')}, .png")
+    print(f"written: {args.out.with_suffix('.md')}, {', '.join(written)}")
 
 
 if __name__ == "__main__":

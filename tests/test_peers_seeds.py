@@ -117,3 +117,37 @@ def test_plain_optuna_on_ours_draws_is_its_own_row(tmp_path):
     rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
     assert rows["optuna, ours' draws"][:2] == ["140 / 7.0", "1 of 1"] and rows["optuna"][:2] == ["82 / 4.6", "1 of 1"]
     assert rows["optuna"][-2:] == ["1", "1"] and rows["ours"][-2:] == ["0", "0"]
+
+
+def _curve(*finished: tuple[str, float, float]) -> list[dict]:
+    """A peer's curve: (candidate, fold-epochs spent when it finished, its mean CV), then the closing point."""
+    points = [{"candidate": name, "fold_epochs": spent, "mean": mean} for name, spent, mean in finished]
+    return [*points, {"candidate": "", "fold_epochs": 300.0, "mean": None}]
+
+
+def test_same_draws_pair_the_configurations_both_finished(tmp_path):
+    """With --same-draws a trial number is one configuration in both peers: the pairs are the trials both trained
+    the full budget (ours' curve names its rung), with each one's spend and score; a report whose Optuna drew its
+    own draws gives no pairs, and its figure is drawn."""
+    paired = _report(0, {"optuna": (150, 8.0, 240, 12.0), "ours": (110, 8.3, 216, 12.6)}, same_draws=True)
+    paired["results"]["optuna"]["curve"] = _curve(("trial 0", 84, 0.9836), ("trial 1", 150, 0.9967))
+    paired["results"]["ours"]["curve"] = _curve(
+        ("trial 0 (18 epochs)", 90, 0.9838), ("trial 1 (18 epochs)", 110, 0.9967), ("trial 7 (18 epochs)", 200, 0.997)
+    )
+    unpaired = _report(1, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}, same_draws=True)
+    unpaired["results"]["optuna"]["curve"] = _curve(("trial 3", 82, 0.9971))
+    unpaired["results"]["ours"]["curve"] = _curve(("trial 2 (18 epochs)", 132, 0.9968))
+    proc = _run(tmp_path, [paired, unpaired])
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "seeds.md").read_text()
+    assert "Ours finished 1 of 2 sooner." in text
+    rows = [line for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
+    assert rows == ["| 0 | 0 | 84 | 0.98360 | 90 | 0.98380 |", "| 0 | 1 | 150 | 0.99670 | 110 | 0.99670 |"]
+    assert (tmp_path / "seeds-paired.png").read_bytes().startswith(PNG)
+    # Without --same-draws the trial numbers name different configurations: no pairs, no paired figure.
+    for report in (paired, unpaired):
+        report["same_draws"] = False
+    (tmp_path / "seeds-paired.png").unlink()
+    proc = _run(tmp_path, [paired, unpaired])
+    assert proc.returncode == 0, proc.stderr
+    assert "Same draws" not in (tmp_path / "seeds.md").read_text() and not (tmp_path / "seeds-paired.png").exists()
