@@ -121,7 +121,9 @@ def test_plain_optuna_on_ours_draws_is_its_own_row(tmp_path):
 
 def _curve(*finished: tuple[str, float, float]) -> list[dict]:
     """A peer's curve: (candidate, fold-epochs spent when it finished, its mean CV), then the closing point."""
-    points = [{"candidate": name, "fold_epochs": spent, "mean": mean} for name, spent, mean in finished]
+    points = [
+        {"candidate": name, "fold_epochs": spent, "minutes": spent / 20, "mean": mean} for name, spent, mean in finished
+    ]
     return [*points, {"candidate": "", "fold_epochs": 300.0, "mean": None}]
 
 
@@ -140,9 +142,15 @@ def test_same_draws_pair_the_configurations_both_finished(tmp_path):
     proc = _run(tmp_path, [paired, unpaired])
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "seeds.md").read_text()
-    assert "Ours finished 1 of 2 sooner." in text
+    assert (
+        "Ours finished 1 of 2 sooner in fold-epochs; ours' fold-epochs over Optuna's, median of the pairs: 0.90."
+        in text
+    )
     rows = [line for line in text.splitlines() if line.startswith("| 0 |") or line.startswith("| 1 |")]
-    assert rows == ["| 0 | 0 | 84 | 0.98360 | 90 | 0.98380 |", "| 0 | 1 | 150 | 0.99670 | 110 | 0.99670 |"]
+    assert rows == [
+        "| 0 | 0 | 84 / 4.2 | 0.98360 | 90 / 4.5 | 0.98380 |",
+        "| 0 | 1 | 150 / 7.5 | 0.99670 | 110 / 5.5 | 0.99670 |",
+    ]
     assert (tmp_path / "seeds-paired.png").read_bytes().startswith(PNG)
     # Without --same-draws the trial numbers name different configurations: no pairs, no paired figure.
     for report in (paired, unpaired):
