@@ -31,6 +31,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from bench_asha import ROUNDING  # the rule by which bench_peers.py's reports say "reached"
+
 SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
 MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
 PAIRED = ("optuna", "ours")  # the peers whose trial numbers name the same draws under --same-draws
@@ -190,7 +192,7 @@ def plot_pairs(pairs: list[dict], path: Path, *, title: str, target: float) -> N
             (pair["optuna"]["mean"], "s", 110, color),
             (pair["ours"]["mean"], "o", 34, "k"),
         ):
-            reached = value >= target - 5e-6
+            reached = value >= target - ROUNDING
             axis.scatter(x, y, s=size, marker=marker, color=color if reached else "white", edgecolors=edge, zorder=3)
         # Labels alternate below and above their point: nearby pairs' labels stay apart.
         below = (7, -9) if index % 2 else (7, 3)

@@ -42,6 +42,12 @@ def _run(tmp_path, reports: list[dict]):
     return subprocess.run([*command, "--out", str(tmp_path / "seeds")], capture_output=True, text=True, timeout=120)
 
 
+def _rows(table: str) -> dict[str, list[str]]:
+    """The markdown table's rows by their first cell: the other cells, stripped."""
+    lines = [line.split("|") for line in table.splitlines() if line.startswith("|")]
+    return {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+
+
 def test_each_seed_is_read_and_who_led_is_counted(tmp_path):
     """Seed 0: optuna first on both; seed 1: ours first on both; seed 2: optuna reaches nothing, so ours leads
     although optuna spent fewer fold-epochs in all, and optuna's median counts that seed as never (170, not the
@@ -55,8 +61,7 @@ def test_each_seed_is_read_and_who_led_is_counted(tmp_path):
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "seeds.md").read_text()
     assert (tmp_path / "seeds.png").read_bytes().startswith(PNG)
-    lines = [line.split("|") for line in table.splitlines() if line.startswith("|")]
-    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    rows = _rows(table)
     assert rows["optuna"] == ["82 / 4.6", "170 / 8.0", "- (100 / 5.0)", "2 of 3", "170", "8.0", "1", "1"]
     assert rows["ours"] == ["132 / 9.1", "120 / 7.5", "132 / 9.0", "3 of 3", "132", "9.0", "2", "2"]
 
@@ -84,8 +89,7 @@ def test_a_peer_given_more_trials_is_its_own_row_and_competes_per_seed(tmp_path)
     ]
     proc = _run(tmp_path, reports)
     assert proc.returncode == 0, proc.stderr
-    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
-    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    rows = _rows((tmp_path / "seeds.md").read_text())
     assert rows["ours, 16 trials"] == ["70 / 4.0", "- (240 / 12.5)", "1 of 2", "-", "-", "1", "1"]
     assert rows["ours, 8 trials"][-2:] == ["1", "1"] and rows["optuna, 8 trials"][-2:] == ["0", "0"]
 
@@ -99,8 +103,7 @@ def test_ours_under_another_promotion_rule_is_its_own_row(tmp_path):
     ]
     proc = _run(tmp_path, reports)
     assert proc.returncode == 0, proc.stderr
-    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
-    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    rows = _rows((tmp_path / "seeds.md").read_text())
     assert rows["ours, eager promotion"][:2] == ["60 / 3.0", "1 of 1"] and rows["ours"][:2] == ["132 / 9.1", "1 of 1"]
     assert rows["ours, eager promotion"][-2:] == ["1", "1"] and rows["optuna"][-2:] == ["0", "0"]
 
@@ -113,8 +116,7 @@ def test_plain_optuna_on_ours_draws_is_its_own_row(tmp_path):
     ]
     proc = _run(tmp_path, reports)
     assert proc.returncode == 0, proc.stderr
-    lines = [line.split("|") for line in (tmp_path / "seeds.md").read_text().splitlines() if line.startswith("|")]
-    rows = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in lines}
+    rows = _rows((tmp_path / "seeds.md").read_text())
     assert rows["optuna, ours' draws"][:2] == ["140 / 7.0", "1 of 1"] and rows["optuna"][:2] == ["82 / 4.6", "1 of 1"]
     assert rows["optuna"][-2:] == ["1", "1"] and rows["ours"][-2:] == ["0", "0"]
 
