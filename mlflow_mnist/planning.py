@@ -25,6 +25,9 @@ FINAL = "final"  # pseudo-step after every real step: what ``final`` carries for
 #: Version of the training recipe (worker.py: divergence rules, validation, scaling, what a fold returns).
 #: Part of every fold key: bump it whenever training semantics change, so stale folds are never reused.
 RECIPE_VERSION = 1
+#: Version of the continued-training recipe (``fit_resumable``), part of a continued fold's key only: 2 gives each
+#: random layer its own stream per epoch, where 1 replayed the last epoch's dropout masks one batch later.
+CONTINUED_RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,8 @@ def fold_key(
     split, so raising ``--cv-repeats`` reuses every fold already trained. ``replicate`` names a deliberate
     retraining of the same configuration (a step's reference): another key, hence other training seeds.
     ``horizon`` (the epochs a learning-rate schedule spans, when a rung trains fewer) and ``resume_key`` (the
-    fold, at an earlier rung, whose saved model this one continues) name a continued fold's whole history.
+    fold, at an earlier rung, whose saved model this one continues) name a continued fold's whole history, with
+    :data:`CONTINUED_RECIPE_VERSION`.
     """
     identity = [settings.canonical(params), fold, settings.n_folds, settings.split_seed, settings.data_digest]
     identity += [repeat, RECIPE_VERSION]
@@ -254,7 +258,7 @@ def fold_key(
     if replicate:
         identity.append(replicate)
     if horizon:
-        identity += ["horizon", horizon]
+        identity += ["horizon", horizon, "continued recipe", CONTINUED_RECIPE_VERSION]
     if resume_key:
         identity += ["continues", resume_key]
     text = json.dumps(identity)

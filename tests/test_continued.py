@@ -68,3 +68,27 @@ def test_continuing_a_fold_equals_training_it_straight_through(sample):
     assert continued.history["loss"] == pytest.approx(whole.history["loss"][1:], rel=1e-4)
     assert continued.accuracy == pytest.approx(whole.accuracy, abs=1e-9)
     assert np.isclose(continued.loss, whole.loss, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_every_random_layer_draws_a_fresh_stream_each_epoch():
+    """Reseeding makes an epoch's draws depend on (seed, epoch, layer) only, and on nothing drawn before: no
+    epoch replays another's dropout masks (Keras counts a generator's draws, so a state of (seed, epoch) made
+    epoch 1 draw epoch 0's masks one batch later), no two layers draw alike, and the same epoch draws the same."""
+    from mlflow_mnist.worker.training import reseed_random_layers
+
+    model = MNIST.build_model(
+        {**MNIST.start, "dropout_rate_1": 0.5, "dropout_rate_2": 0.5}, n_classes=2, seed=3, n_train=100
+    )
+    dropouts = [layer for layer in model.layers if type(layer).__name__ == "Dropout"]
+    assert len(dropouts) == 2
+    ones = np.ones((4, 64), dtype="float32")
+
+    def masks(epoch: int) -> list[list[bytes]]:
+        reseed_random_layers(model, seed=11, epoch=epoch)
+        return [[(np.asarray(layer(ones, training=True)) > 0).tobytes() for _ in range(3)] for layer in dropouts]
+
+    epoch_0, epoch_1, epoch_0_again = masks(0), masks(1), masks(0)
+    assert epoch_0 == epoch_0_again  # what lets a continued fold equal one trained straight through
+    drawn = [mask for epoch in (epoch_0, epoch_1) for layer in epoch for mask in layer]
+    assert len(set(drawn)) == len(drawn)  # 12 draws, none repeated across epochs or layers

@@ -178,20 +178,25 @@ def fit(
 
 
 def reseed_random_layers(model, seed: int, epoch: int) -> None:
-    """Set every random layer's generator (dropout, augmentation) to a state of (seed, epoch).
+    """Give every random layer (dropout, augmentation) a generator state of its own for (seed, epoch, layer).
 
     Keras saves a model's weights and optimizer but not its layers' random-number state, so a model continued
     from a checkpoint would draw other dropout masks than one trained straight through; setting the state at
-    every epoch makes both draw the same."""
+    every epoch makes both draw the same. Each state is a fresh stream, not a counter: Keras advances a
+    generator's counter by one per draw, so a counter set to the epoch would replay the last epoch's draws one
+    batch later, and generators set alike would draw alike."""
     import keras
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for value in vars(layer).values():
-            if isinstance(value, keras.random.SeedGenerator):
-                state = value.state
-                value.state.assign(
-                    np.array([seed % 2**31, epoch + 1], dtype=keras.backend.standardize_dtype(state.dtype))
-                )
+    generators = [
+        value
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for value in vars(layer).values()
+        if isinstance(value, keras.random.SeedGenerator)
+    ]
+    for index, generator in enumerate(generators):
+        stream = np.random.default_rng([seed, epoch, index]).integers(2**31)
+        dtype = keras.backend.standardize_dtype(generator.state.dtype)
+        generator.state.assign(np.array([stream, 0], dtype=dtype))
 
 
 def load_checkpoint(files: dict[str, bytes]):
