@@ -36,6 +36,11 @@ those configurations as its first trials (``study.enqueue_trial``; after them it
 peers then differ in is how they spend epochs on the same configurations, not which configurations chance gave
 each: the comparison the search rules need, where ``--seed`` alone compares the tools as users run them.
 
+``--others-from REPORT`` reruns only ``--peers`` and takes every other peer's result from an earlier report of the
+same settings (seed, space, trials, folds, data, pairing, target; ours' options too where ours is taken): after a
+change to ours alone, plain Optuna's ten minutes per seed need not be spent again. The report names where each
+taken result came from.
+
 Per peer: the best mean CV reached by a configuration trained the full budget, the minutes (since the search
 started) and fold-epochs at which the best so far first reached ``--target`` (default 0.99656, the staged grid's
 best; within 5e-6), what it spent in all, the configuration it picks. With ``--final-seeds N`` each pick is
@@ -532,6 +537,11 @@ def markdown(report: dict) -> str:
         f"{machine.line(report['machine'])}. Target: a mean CV of {report['target']:.5f} by a configuration trained "
         "the full budget. Minutes from each search's start. "
         + ("Same draws: plain Optuna's first trials are ours' configurations. " if report.get("same_draws") else "")
+        + "".join(
+            f"{name}: taken from {p['taken_from']}, an earlier run of the same settings. "
+            for name, p in report["results"].items()
+            if p.get("taken_from")
+        )
         + f"Figure: {report['stem']}.png.",
         "",
         "| peer | trials (full budget) | fold-epochs in all | minutes in all (process) | best mean CV | "
@@ -574,6 +584,12 @@ def parser() -> argparse.ArgumentParser:
         "--same-draws", action="store_true", help="plain Optuna's first trials are ours' draws (a paired comparison)"
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="which to run, in order [default: all]")
+    parser.add_argument(
+        "--others-from",
+        type=Path,
+        default=None,
+        help="take the peers not in --peers from this earlier report of the same settings",
+    )
     parser.add_argument("--final-seeds", type=int, default=0, help="test each pick with this many seeds (0: none)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
     parser.add_argument(
@@ -614,7 +630,7 @@ def settings(args: argparse.Namespace) -> dict:
         raise BenchError("--trials and --brackets need at least 1, --final-seeds and --seed at least 0")
     if not 0 < args.target <= 1:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
-    return {
+    run = {
         "task": task.name,
         "data": data_source(task, data),
         "space": space,
@@ -629,6 +645,34 @@ def settings(args: argparse.Namespace) -> dict:
         "target": args.target,
         "quick": args.quick,
     }
+    if args.others_from is not None:
+        run["others_from"] = str(args.others_from)
+        taken_results(run)  # an unreadable or unlike report: one line now, before anything runs
+    return run
+
+
+#: What a taken result must share with this run; ours' own options too where ours is taken.
+SAME_SETTINGS = ("task", "data", "space", "trials", "folds", "seed", "same_draws", "target")
+OURS_SETTINGS = ("brackets", "promotion")
+
+
+def taken_results(run: dict) -> dict[str, dict]:
+    """The results of the peers this run does not run, from the report ``run["others_from"]`` of the same
+    settings, each marked with the report it came from; raises :class:`BenchError` for one that cannot be used."""
+    path = Path(run["others_from"])
+    try:
+        report = json.loads(path.read_text())
+        results = report["results"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BenchError(f"--others-from {path}: not a bench_peers.py report ({type(error).__name__})") from None
+    taken = {name: result for name, result in results.items() if name in PEERS and name not in run["peers"]}
+    if not taken:
+        raise BenchError(f"--others-from {path}: it holds no peer besides --peers {','.join(run['peers'])}")
+    keys = SAME_SETTINGS + (OURS_SETTINGS if "ours" in taken else ())
+    differ = [key for key in keys if report.get(key) != run[key]]
+    if differ:
+        raise BenchError(f"--others-from {path}: its {', '.join(differ)} differ from this run's; give the same")
+    return {name: {**result, "taken_from": report.get("stem", path.stem)} for name, result in taken.items()}
 
 
 def run_one(name: str, run: dict, stores: Path) -> dict:
@@ -653,6 +697,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     run, out, stores = prepare(args, settings, prefix="bench-peers-")
     results = run_each(run["peers"], lambda name: run_one(name, run, stores))
+    if run.get("others_from"):
+        results.update(taken_results(run))
+        results = {name: results[name] for name in PEERS if name in results}
     picks = {name: p["best_config"] for name, p in results.items() if p["best_config"]}
     finals = final_seeds(picks, run, run["final_seeds"]) if run["final_seeds"] and picks else {}
     stem = report_stem("peers", run)

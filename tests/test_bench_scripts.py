@@ -148,6 +148,19 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     text = (out / "peers-seed-samedraws.md").read_text()
     assert "| halving |" in text and "Same draws" in text
 
+    # Halving rerun alone, plain Optuna taken from the report above: its result as it was, and the report says so.
+    again = tmp_path / "again"
+    args = ("--quick", "--peers", "halving", "--target", "0.5", "--out", str(again), "--same-draws")
+    proc = _bench("bench_peers.py", *args, "--others-from", str(out / "peers-seed-samedraws.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rerun = json.loads((again / "peers-seed-samedraws.json").read_text())
+    assert list(rerun["results"]) == ["optuna", "halving"] and rerun["peers"] == ["halving"]
+    assert rerun["results"]["optuna"] == {**optuna, "taken_from": "peers-seed-samedraws"}
+    assert rerun["results"]["halving"]["folder"] != results["halving"]["folder"]  # trained again, elsewhere
+    assert "taken_from" not in rerun["results"]["halving"]
+    text = (again / "peers-seed-samedraws.md").read_text()
+    assert "optuna: taken from peers-seed-samedraws, an earlier run of the same settings." in text
+
 
 @pytest.mark.parametrize(
     ("script", "args", "message"),
@@ -166,6 +179,38 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, script, args, messag
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists() and not (tmp_path / "stores").exists()
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        ({"seed": 1}, "its seed differ from this run's; give the same"),
+        ({"peers": ["ours"]}, "it holds no peer besides --peers ours"),
+        (None, "not a bench_peers.py report (JSONDecodeError)"),
+    ],
+)
+def test_a_report_to_take_peers_from_must_have_the_same_settings(tmp_path, report, message):
+    """``--others-from``: a report of another seed, one without other peers, or no report at all is one line,
+    before anything runs."""
+    earlier = {
+        **{"task": "mnist", "data": "sample", "space": "seed", "trials": 2, "folds": 2, "seed": 0},
+        **{"same_draws": False, "target": 0.99656, "stem": "peers-seed", "results": {"optuna": {}}},
+    }
+    path = tmp_path / "earlier.json"
+    if report is None:
+        path.write_text("{")
+    else:
+        earlier.update(report)
+        if report.get("peers"):
+            earlier["results"] = {"ours": {}}
+        path.write_text(json.dumps(earlier))
+    out, stores = tmp_path / "out", tmp_path / "stores"
+    args = ("--quick", "--peers", "ours", "--others-from", str(path), "--out", str(out), "--stores", str(stores))
+    proc = _bench("bench_peers.py", *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: --others-from {path}: {message}"]
+    assert not out.exists() and not stores.exists()
 
 
 def test_a_stores_folder_that_holds_a_run_is_refused(tmp_path):
