@@ -1,6 +1,7 @@
 """`make champion`, measured: from an empty store on real 2-vs-7, the search, the final's seeds, the promotion.
 
     python benchmarks/bench_champion.py --data ../shared/datasets/mnist [--strategy asha] [--trials 8]
+    python benchmarks/bench_champion.py --data ../shared/datasets/mnist --seed 1 --stem champion-seed1  # another draw
     python benchmarks/bench_champion.py --task digits [--trials 16]      # another task, its default space
 
 The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted).
@@ -98,6 +99,14 @@ def main() -> None:
         help="float32, mixed_bfloat16 or auto, for search and final [default: auto, as make champion]",
     )
     parser.add_argument("--space", default=None, help="the search space [default: mnist: wide, else the task's]")
+    parser.add_argument(
+        "--promotion", default="quota", help="ASHA's promotion rule, quota or eager [default: quota, as make champion]"
+    )
+    parser.add_argument(
+        "--seed",
+        default="0",
+        help="the campaign's seed: the split, the search's draws, the final's seeds from it [default: 0]",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--stem",
@@ -112,7 +121,7 @@ def main() -> None:
         sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
     data = data_source(task, data) if data else ""  # a path made absolute; a name the task knows as it is
     space = args.space if args.space is not None else ("wide" if mnist else "")
-    common = ["-P", f"data={data}", "-P", f"precision={args.precision}"]
+    common = ["-P", f"data={data}", "-P", f"precision={args.precision}", "-P", f"seed={args.seed}"]
     common += [] if mnist else ["-P", f"task={args.task}"]
     store = Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
@@ -126,6 +135,8 @@ def main() -> None:
         f"trials={args.trials}",
         "-P",
         f"min_epochs={args.min_epochs}",
+        "-P",
+        f"promotion={args.promotion}",
         *common,
         task=args.task,
     )
@@ -143,7 +154,8 @@ def main() -> None:
         "task": task.name,
         "store": str(store),
         "settings": {
-            k: getattr(args, k) for k in ("strategy", "trials", "min_epochs", "repeats", "model", "precision")
+            k: getattr(args, k)
+            for k in ("strategy", "trials", "min_epochs", "promotion", "repeats", "model", "precision", "seed")
         },
         "minutes": {k: v / 60 for k, v in parts.items()},
         "promote_exit": promote.returncode,
