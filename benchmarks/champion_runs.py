@@ -1,0 +1,178 @@
+"""Several ``make champion`` runs side by side, against the issue's goal: one ``bench_champion.py`` report each.
+
+    python benchmarks/champion_runs.py benchmarks/results/champion-xeon-auto-recipe2.json \
+        benchmarks/results/champion-xeon-auto-seed1.json benchmarks/results/champion-xeon-auto-seed2.json \
+        benchmarks/results/champion-xeon-auto-eager.json --out benchmarks/results/champion-runs-xeon
+
+One champion run is one draw of its campaign seed (the split, the search's draws, the final's seeds). Per run:
+minutes (search, final, promote), the pick's mean CV, each final seed's test accuracy, the promoted model's
+(the seeds' ensemble or the median seed, as the run's ``--model`` fixed beforehand) and whether the default gate
+promoted it; and whether the goal was met: at most :data:`GOAL_MINUTES` in all and the promoted model at
+:data:`GOAL_ACCURACY` or better (6 errors of 2,060 test images, 99.709%, counts as 99.71%: the goal is read at
+two decimals of a percent, as the issue writes it). Writes ``<out>.md`` and ``<out>.png`` (minutes per run,
+stacked; test accuracy per seed and of the promoted model, with the goal and the gate's threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+GOAL_MINUTES = 20.0
+GOAL_ACCURACY = 0.9971
+PARTS = ("search", "final", "promote")
+
+
+class ReportError(ValueError):
+    """A file that is not a bench_champion.py report; the message names it."""
+
+
+def load(paths: list[Path]) -> list[dict]:
+    reports = []
+    for path in paths:
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{path}: not a bench_champion.py report ({type(error).__name__})") from None
+        if not isinstance(report, dict) or not all(key in report for key in ("minutes", "seeds", "settings")):
+            raise ReportError(f"{path}: not a bench_champion.py report (no minutes, seeds or settings)")
+        reports.append({**report, "path": str(path)})
+    return reports
+
+
+def label(report: dict) -> str:
+    """A run's name: its campaign seed, and its settings where they are not make champion's."""
+    settings = report["settings"]
+    parts = [f"seed {settings.get('seed', '0')}"]
+    if settings.get("promotion", "quota") != "quota":
+        parts.append(f"{settings['promotion']} promotion")
+    if settings.get("precision", "auto") != "auto":
+        parts.append(settings["precision"])
+    return ", ".join(parts)
+
+
+def run_info(report: dict) -> dict:
+    """What one run spent and scored, and whether it met the goal."""
+    promoted_model = report["settings"].get("model", "ensemble")
+    seeds = [report["seeds"][seed] for seed in sorted(report["seeds"], key=int)]
+    accuracy = report["ensemble_test_accuracy" if promoted_model == "ensemble" else "median_test_accuracy"]
+    minutes = {part: report["minutes"].get(part, 0.0) for part in PARTS}
+    total = sum(minutes.values())
+    promoted = report.get("promote_exit") == 0
+    fast = total <= GOAL_MINUTES
+    accurate = accuracy is not None and round(accuracy * 100, 2) >= round(GOAL_ACCURACY * 100, 2)
+    return {
+        "label": label(report),
+        "minutes": minutes,
+        "total_minutes": total,
+        "fold_epochs": report.get("fold_epochs"),
+        "pick_cv": report.get("best_trial_cv"),
+        "seed_accuracies": [seed["test_accuracy"] for seed in seeds],
+        "seed_errors": [seed["errors"] for seed in seeds],
+        "model": promoted_model,
+        "accuracy": accuracy,
+        "promoted": promoted,
+        "goal_met": fast and accurate and promoted,
+    }
+
+
+def markdown(runs: list[dict], cpus: str) -> str:
+    met = sum(run["goal_met"] for run in runs)
+    lines = [
+        f"`make champion`, {len(runs)} runs on {cpus}: the goal (at most {GOAL_MINUTES:.0f} min in all, the promoted "
+        f"model at {GOAL_ACCURACY:.2%} or better, promoted by the default gate) met by {met} of {len(runs)}.",
+        "",
+        "| run | search / final / promote (min) | in all | fold-epochs | pick's mean CV | seeds' test errors "
+        "| promoted model: test accuracy | gate | goal |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
+    ]
+    for run in runs:
+        parts = " / ".join(f"{run['minutes'][part]:.1f}" for part in PARTS)
+        accuracy = "-" if run["accuracy"] is None else f"{run['accuracy']:.3%} ({run['model']})"
+        cv = "-" if run["pick_cv"] is None else f"{run['pick_cv']:.5f}"
+        lines.append(
+            f"| {run['label']} | {parts} | {run['total_minutes']:.1f} | {run['fold_epochs']} | {cv} | "
+            f"{', '.join(map(str, run['seed_errors']))} | {accuracy} | "
+            f"{'promoted' if run['promoted'] else 'refused'} | {'met' if run['goal_met'] else 'not met'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(runs) + 2.4))
+    rows = list(range(len(runs)))[::-1]  # the first run on top
+    start = [0.0] * len(runs)
+    for index, part in enumerate(PARTS):
+        widths = [run["minutes"][part] for run in runs]
+        left.barh(rows, widths, left=start, color=f"C{index}", label=part, height=0.6)
+        start = [a + b for a, b in zip(start, widths, strict=True)]
+    left.axvline(GOAL_MINUTES, color="black", linestyle="--", linewidth=1, label=f"goal: {GOAL_MINUTES:.0f} min")
+    left.set_yticks(rows, [run["label"] for run in runs])
+    left.set_xlabel("minutes")
+    left.legend(fontsize=7, loc="lower right")
+    for row, run in zip(rows, runs, strict=True):
+        seeds = [100 * accuracy for accuracy in run["seed_accuracies"]]
+        spread = [row + 0.1 * (i - (len(seeds) - 1) / 2) for i in range(len(seeds))]  # equal scores stay apart
+        first = row == rows[0]
+        right.scatter(seeds, spread, color="grey", s=25, zorder=3, label="a final seed" if first else None)
+        if run["accuracy"] is not None:
+            right.scatter(
+                100 * run["accuracy"],
+                row,
+                marker="D",
+                s=60,
+                zorder=4,
+                color="C2" if run["promoted"] else "C3",
+            )
+    right.scatter([], [], marker="D", color="C2", label="promoted model, promoted")
+    right.scatter([], [], marker="D", color="C3", label="promoted model, refused")
+    right.axvline(100 * GOAL_ACCURACY - 0.005, color="black", linestyle="--", linewidth=1, label="goal: 99.71%")
+    right.axvline(100 * threshold, color="C3", linestyle=":", linewidth=1, label=f"gate: {threshold:.2%}")
+    right.set_yticks(rows, [run["label"] for run in runs])
+    right.set_xlabel("test accuracy (%)")
+    right.legend(fontsize=7, loc="lower left")
+    for axis in (left, right):
+        axis.grid(axis="x", alpha=0.3)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", type=Path, help="bench_champion.py reports (.json)")
+    parser.add_argument("--out", type=Path, required=True, help="the stem of the .md and .png to write")
+    args = parser.parse_args(argv)
+    try:
+        reports = load(args.reports)
+    except ReportError as error:
+        sys.exit(f"error: {error}")
+    tasks = {report.get("task", "mnist") for report in reports}
+    if len(tasks) > 1:
+        sys.exit(f"error: the reports are of several tasks ({', '.join(sorted(tasks))}): give one task's runs")
+    from mlflow_mnist.tasks import get_task
+
+    threshold = get_task(tasks.pop()).min_accuracy
+    runs = [run_info(report) for report in reports]
+    cpus = ", ".join(sorted({report["machine"]["cpu"] for report in reports}))
+    text = markdown(runs, cpus)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text + f"\nFigure: {args.out.name}.png.\n")
+    plot(runs, args.out.with_suffix(".png"), title=f"make champion, {len(runs)} runs, {cpus}", threshold=threshold)
+    print(text)
+    print(f"written: {args.out.with_suffix('.md')}, .png")
+
+
+if __name__ == "__main__":
+    main()
