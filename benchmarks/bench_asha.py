@@ -73,6 +73,32 @@ class BenchError(ValueError):
     """Bad input to a benchmark: one line, exit 2, nothing written."""
 
 
+# -- scripts that read several reports together ------------------------------------------------------------------
+class ReportError(ValueError):
+    """Reports that cannot be read together; the message names the file and the fix."""
+
+
+def read_report(path: Path, kind: str) -> dict:
+    """One JSON report of the script ``kind``; a file that is not JSON raises :class:`ReportError`."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path}: not a {kind} report ({type(error).__name__})") from None
+
+
+def reports_command(argv: list[str] | None, *, doc: str, reports_help: str, load) -> tuple[argparse.Namespace, list]:
+    """The command line of a script that reads several reports (.json) into one ``--out`` stem: its arguments and
+    what ``load`` made of the reports; a :class:`ReportError` is one line, exit 1, nothing written."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", type=Path, help=reports_help)
+    parser.add_argument("--out", type=Path, required=True, help="the stem of the .md and .png to write")
+    args = parser.parse_args(argv)
+    try:
+        return args, load(args.reports)
+    except ReportError as error:
+        sys.exit(f"error: {error}")
+
+
 # -- running one search ------------------------------------------------------------------------------------------
 def tune_env(store: Path) -> dict[str, str]:
     """The environment of a fresh `tune` process: its own SQLite store, quiet TensorFlow, no inherited run."""

@@ -15,33 +15,27 @@ stacked; test accuracy per seed and of the promoted model, with the goal and the
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
+
+from bench_asha import ReportError, read_report, reports_command  # noqa: E402
 
 GOAL_MINUTES = 20.0
 GOAL_ACCURACY = 0.9971
 PARTS = ("search", "final", "promote")
 
 
-class ReportError(ValueError):
-    """A file that is not a bench_champion.py report; the message names it."""
-
-
 def load(paths: list[Path]) -> list[dict]:
+    """The reports, each checked to be a bench_champion.py report."""
     reports = []
     for path in paths:
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ReportError(f"{path}: not a bench_champion.py report ({type(error).__name__})") from None
+        report = read_report(path, "bench_champion.py")
         if not isinstance(report, dict) or not all(key in report for key in ("minutes", "seeds", "settings")):
             raise ReportError(f"{path}: not a bench_champion.py report (no minutes, seeds or settings)")
-        reports.append({**report, "path": str(path)})
+        reports.append(report)
     return reports
 
 
@@ -150,14 +144,7 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", type=Path, help="bench_champion.py reports (.json)")
-    parser.add_argument("--out", type=Path, required=True, help="the stem of the .md and .png to write")
-    args = parser.parse_args(argv)
-    try:
-        reports = load(args.reports)
-    except ReportError as error:
-        sys.exit(f"error: {error}")
+    args, reports = reports_command(argv, doc=__doc__, reports_help="bench_champion.py reports (.json)", load=load)
     tasks = {report.get("task", "mnist") for report in reports}
     if len(tasks) > 1:
         sys.exit(f"error: the reports are of several tasks ({', '.join(sorted(tasks))}): give one task's runs")

@@ -22,16 +22,18 @@ the other finished first and scored just under it; the pairs show which peer's r
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 import statistics
-import sys
 import textwrap
 from pathlib import Path
 
-from bench_asha import ROUNDING  # the rule by which bench_peers.py's reports say "reached"
+from bench_asha import (
+    ROUNDING,  # the rule by which bench_peers.py's reports say "reached"
+    ReportError,
+    read_report,
+    reports_command,
+)
 
 SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
 MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
@@ -39,18 +41,9 @@ PAIRED = ("optuna", "ours")  # the peers whose trial numbers name the same draws
 TRIAL = re.compile(r"trial (\d+)\b")
 
 
-class ReportError(ValueError):
-    """Reports that cannot be read side by side; the message names the file and the fix."""
-
-
 def load(paths: list[Path]) -> list[dict]:
     """The reports, checked to be comparable; each peer's run of each seed given once."""
-    reports = []
-    for path in paths:
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as error:
-            raise ReportError(f"{path}: not a bench_peers.py report ({type(error).__name__})") from None
+    reports = [read_report(path, "bench_peers.py") for path in paths]
     first = reports[0]
     for path, report in zip(paths, reports, strict=True):
         if "results" not in report:
@@ -295,14 +288,9 @@ def plot(info: dict, path: Path, *, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("reports", nargs="+", type=Path, help="bench_peers.py reports (.json), one per seed")
-    parser.add_argument("--out", type=Path, required=True, help="the stem of the .md and .png to write")
-    args = parser.parse_args(argv)
-    try:
-        reports = load(args.reports)
-    except ReportError as error:
-        sys.exit(f"error: {error}")
+    args, reports = reports_command(
+        argv, doc=__doc__, reports_help="bench_peers.py reports (.json), one per seed", load=load
+    )
     info, pairs = reach_info(reports), paired_info(reports)
     first = reports[0]
     text = markdown(info, reports) + paired_markdown(pairs, first["target"])
