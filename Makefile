@@ -50,13 +50,14 @@ TRIALS ?= 8
 MIN_EPOCHS ?= 2
 PROMOTION ?= quota
 REPEATS ?= 4
+CONFIGS ?= 1
 CHAMPION_MODEL ?= ensemble
 champion: setup
 	mlflow run . --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P strategy=asha -P space=wide \
 	  -P trials=$(TRIALS) -P min_epochs=$(MIN_EPOCHS) -P promotion=$(PROMOTION) -P data=$(DATA) \
 	  -P precision=$(PRECISION)
 	mlflow run . -e final --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P search=latest \
-	  -P repeats=$(REPEATS) -P data=$(DATA) -P precision=$(PRECISION)
+	  -P repeats=$(REPEATS) -P configs=$(CONFIGS) -P data=$(DATA) -P precision=$(PRECISION)
 	mlflow run . -e promote --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P model=$(CHAMPION_MODEL)
 
 # The cluster tests start PostgreSQL from the OS binaries; install them where they are missing.

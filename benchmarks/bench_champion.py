@@ -70,8 +70,15 @@ def read_back(store: Path) -> dict:
             r.data.tags.get(schema.SEED): {
                 "test_accuracy": r.data.metrics["test_accuracy"],
                 "errors": int(r.data.metrics["test_errors"]),
+                "config_rank": int(r.data.tags.get(schema.CONFIG_RANK, "1")),
             }
             for r in seeds
+        },
+        # with --configs > 1: the other configurations the final's seeds trained, by rank (each seed run logs its own)
+        "other_configs": {
+            r.data.tags[schema.CONFIG_RANK]: r.data.params
+            for r in seeds
+            if int(r.data.tags.get(schema.CONFIG_RANK, "1")) > 1
         },
         "median_test_accuracy": final.data.metrics.get("median_test_accuracy"),
         "ensemble_test_accuracy": final.data.metrics.get("ensemble_test_accuracy"),
@@ -87,6 +94,9 @@ def main() -> None:
     parser.add_argument("--trials", default="8")
     parser.add_argument("--min-epochs", default="2", help="the first rung's epochs [default: 2]")
     parser.add_argument("--repeats", default="4", help="seeds of the final [default: 4]")
+    parser.add_argument(
+        "--configs", default="1", help="the search's best configurations the final's seeds are spread over [default: 1]"
+    )
     parser.add_argument(
         "--model",
         default="ensemble",
@@ -143,7 +153,17 @@ def main() -> None:
     if search.returncode:
         sys.exit(f"search failed:\n{search.stderr[-3000:]}")
     parts["final"], final = mlflow_run(
-        store, "-e", "final", "-P", "search=latest", "-P", f"repeats={args.repeats}", *common, task=args.task
+        store,
+        "-e",
+        "final",
+        "-P",
+        "search=latest",
+        "-P",
+        f"repeats={args.repeats}",
+        "-P",
+        f"configs={args.configs}",
+        *common,
+        task=args.task,
     )
     if final.returncode:
         sys.exit(f"final failed:\n{final.stderr[-3000:]}")
@@ -155,7 +175,17 @@ def main() -> None:
         "store": str(store),
         "settings": {
             k: getattr(args, k)
-            for k in ("strategy", "trials", "min_epochs", "promotion", "repeats", "model", "precision", "seed")
+            for k in (
+                "strategy",
+                "trials",
+                "min_epochs",
+                "promotion",
+                "repeats",
+                "configs",
+                "model",
+                "precision",
+                "seed",
+            )
         },
         "minutes": {k: v / 60 for k, v in parts.items()},
         "promote_exit": promote.returncode,
@@ -170,7 +200,11 @@ def main() -> None:
         if report["ensemble_test_accuracy"] is not None
         else "not logged"
     )
-    seeds = ", ".join(f"{s['test_accuracy']:.4%} ({s['errors']} errors)" for s in report["seeds"].values())
+    seeds = ", ".join(
+        f"{s['test_accuracy']:.4%} ({s['errors']} errors"
+        + (f", configuration {s['config_rank']})" if int(args.configs) > 1 else ")")
+        for s in report["seeds"].values()
+    )
     text = (
         f"`make champion`{'' if mnist else f' for task {task.name}'} from an empty store on "
         f"{machine.line(report['machine'])}: search "
@@ -180,7 +214,8 @@ def main() -> None:
         f"{sum(report['minutes'].values()):.1f} min in all.\n\n"
         f"- best trial {report['best_trial']}: mean CV accuracy {report['best_trial_cv']:.5f}\n"
         f"- configuration: `{json.dumps(report['config'])}`\n"
-        f"- settings: {json.dumps(report['settings'])}\n"
+        + "".join(f"- configuration {rank}: `{json.dumps(c)}`\n" for rank, c in sorted(report["other_configs"].items()))
+        + f"- settings: {json.dumps(report['settings'])}\n"
         f"- test accuracy per seed: {seeds}; median **{report['median_test_accuracy']:.4%}**\n"
         f"- the seeds' ensemble: {ensemble}\n"
         f"- promote (exit {report['promote_exit']}): {report['promote_said']}\n"

@@ -155,6 +155,7 @@ def final(
     task: str = DEFAULT_TASK,
     repeats: int = 1,
     search: str = "",
+    configs: int = 1,
     epochs: int | None = None,
     folds: int = 3,
     cv_repeats: int = 1,
@@ -172,10 +173,12 @@ def final(
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
-    with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params)."""
+    with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params).
+    ``configs`` > 1 spreads the seeds over ``search``'s best few configurations (their ensemble hedges one)."""
     from mlflow_mnist.executors import make_executor, remote_scheduler, resolve_n_jobs
-    from mlflow_mnist.final_run import run_final
+    from mlflow_mnist.final_run import check_final_options, run_final
 
+    check_final_options(repeats=repeats, search=search or None, configs=configs)
     # One seed gets every core; more share them. A remote cluster counts its own workers.
     workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
@@ -195,7 +198,9 @@ def final(
         )
         if break_lease:
             campaign.break_lease(notify or print)
-        return run_final(campaign, repeats=repeats, executor=pool, search=search or None, progress=progress)
+        return run_final(
+            campaign, repeats=repeats, executor=pool, search=search or None, progress=progress, configs=configs
+        )
 
 
 def promote(

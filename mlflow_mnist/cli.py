@@ -367,6 +367,14 @@ def tune(**options) -> None:
     default="",
     help="Train a joint search's best configuration (its run id, or 'latest') instead of the staged carry-forward.",
 )
+@click.option(
+    "--configs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="With --search: spread the seeds over the search's best this many configurations (by CV, best first; "
+    "seed k trains the (k mod configs)-th), so the seeds' ensemble does not rest on one pick.",
+)
 @EXECUTOR_OPTION
 @SCHEDULER_OPTION
 @N_JOBS_OPTION
@@ -379,7 +387,10 @@ def final(**options) -> None:
     click.echo(
         f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {summary['n_repeats']} seed(s) "
         f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "
-        f"max {summary['max_test_accuracy']:.4%}); run {summary['run_id']}"
+        f"max {summary['max_test_accuracy']:.4%})"
+        + (f", {len(summary['configs'])} configurations" if len(summary["configs"]) > 1 else "")
+        + (f"; seeds' ensemble {summary['ensemble_test_accuracy']:.4%}" if "ensemble_test_accuracy" in summary else "")
+        + f"; run {summary['run_id']}"
     )
 
 

@@ -8,6 +8,7 @@ the same executors as the search, so users see how much of a test accuracy is lu
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from typing import Any
@@ -16,8 +17,18 @@ import numpy as np
 
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY, FinalTree
-from mlflow_mnist.params import Params, StageError
-from mlflow_mnist.schema import BEST_CONFIG, DIGEST, best_config
+from mlflow_mnist.params import Params, StageError, parse_value
+from mlflow_mnist.results import rank_key
+from mlflow_mnist.schema import (
+    BEST_CONFIG,
+    CANDIDATE_LEVEL,
+    DIGEST,
+    LEVEL,
+    STATUS,
+    STEP_LEVEL,
+    CandidateTags,
+    best_config,
+)
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
 MEDIAN_ACCURACY = "median_test_accuracy"
@@ -38,6 +49,8 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
         "mean_fit_seconds": statistics.fmean(r.fit_seconds for r, _ in results),
         "n_repeats": len(results),
         "seeds": {str(r.seed): r.test_accuracy for r, _ in results},
+        # which configuration (1 = the best) each seed trained, when a final spreads its seeds over several
+        "config_ranks": {str(r.seed): r.config_index + 1 for r, _ in results},
     }
 
 
@@ -60,8 +73,8 @@ def seed_ensemble(results: list[FinalResult], data) -> tuple[dict[str, bytes], f
     return files, 1 - errors / len(data.y_test), errors
 
 
-def search_config(campaign, search: str) -> tuple[Params, str]:
-    """The best configuration a joint search left on its run (``latest``: the newest such search on this data)."""
+def _search_run(campaign, search: str):
+    """The search run ``search`` names (its id, or ``latest``: the newest finished search on this data)."""
     if search == "latest":
         runs = campaign.client.search_runs(
             [campaign.experiment_id],
@@ -72,47 +85,121 @@ def search_config(campaign, search: str) -> tuple[Params, str]:
         )
         if not runs:
             raise StageError("no finished search on this data left a best configuration: run a search first")
-        run = runs[0]
-    else:
-        from mlflow.exceptions import MlflowException
+        return runs[0]
+    from mlflow.exceptions import MlflowException
 
-        try:
-            run = campaign.client.get_run(search)
-        except MlflowException:
-            raise StageError(f"--search {search}: no such run; pass a search run's id or 'latest'") from None
-        if BEST_CONFIG not in run.data.tags or run.info.experiment_id != campaign.experiment_id:
-            raise StageError(
-                f"--search {search} is not a finished search run of this experiment with a best configuration"
-            )
+    try:
+        run = campaign.client.get_run(search)
+    except MlflowException:
+        raise StageError(f"--search {search}: no such run; pass a search run's id or 'latest'") from None
+    if BEST_CONFIG not in run.data.tags or run.info.experiment_id != campaign.experiment_id:
+        raise StageError(f"--search {search} is not a finished search run of this experiment with a best configuration")
+    return run
+
+
+def search_config(campaign, search: str) -> tuple[Params, str]:
+    """The best configuration a joint search left on its run (``latest``: the newest such search on this data)."""
+    run = _search_run(campaign, search)
     config = best_config(run.data.tags)
     return campaign.task.validate({**config, **campaign.overrides}), run.info.run_id
 
 
+def search_configs(campaign, search: str, count: int) -> tuple[list[Params], str]:
+    """The ``count`` best configurations of a joint search, best first, and the search's run id.
+
+    The first is the search's own best. The others are its other trials, each as far as it went: further rungs
+    (more epochs) first, then by the one ranking rule at that rung; a trial that failed where it went furthest
+    is left out. Each is trained at the best's epochs, the full budget (a trial's learning-rate schedule already
+    spans it, so a trial stopped at a lower rung trains on as its promotion would have). Decided on CV alone,
+    before any test score is seen."""
+    from mlflow_mnist import tracking
+
+    best, search_id = search_config(campaign, search)
+    if count == 1:
+        return [best], search_id
+    client, experiment = campaign.client, [campaign.experiment_id]
+    groups = tracking.search_all(client, experiment, _children(search_id, STEP_LEVEL))  # halving's rungs
+    below = [search_id] + [run.info.run_id for run in groups]
+    trials: dict[int, tuple[tuple, Params | None]] = {}  # trial -> (its furthest run's order, params)
+    for parent in below:
+        for run in tracking.search_all(client, experiment, _children(parent, CANDIDATE_LEVEL)):
+            tags = CandidateTags.parse(run.data.tags)
+            if tags.trial is None:
+                continue
+            metrics = run.data.metrics
+            row = {
+                "status": run.data.tags.get(STATUS, "ok"),
+                "mean_test_score": metrics.get("mean_heldout_accuracy", math.nan),
+                "std_test_score": metrics.get("std_heldout_accuracy", 0.0),
+            }
+            budget = tags.rung.budget if tags.rung is not None else 0
+            order = (-budget, *rank_key(row, tags.trial))
+            if tags.trial not in trials or order < trials[tags.trial][0]:
+                params = {key: parse_value(value) for key, value in run.data.params.items()}
+                trials[tags.trial] = (order, params if row["status"] == "ok" else None)
+    configs = [best]
+    # A trial that failed (or diverged) where it went furthest is left out, whatever it scored before.
+    for _, params in sorted((entry for entry in trials.values() if entry[1] is not None), key=lambda e: e[0]):
+        config = campaign.task.validate({**params, **campaign.overrides, "epochs": best["epochs"]})
+        if config not in configs:
+            configs.append(config)
+        if len(configs) == count:
+            return configs, search_id
+    raise StageError(
+        f"--configs {count}: the search {search_id} has {len(configs)} configuration(s) that trained without "
+        f"failing; pass --configs {len(configs)} or fewer"
+    )
+
+
+def _children(parent: str, level: str | None = None) -> str:
+    where = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'"
+    return where + (f" and tags.`{LEVEL}` = '{level}'" if level else "")
+
+
+def check_final_options(*, repeats: int, search: str | None, configs: int) -> None:
+    """Refuse options that cannot go together, before anything starts."""
+    if repeats < 1:
+        raise StageError(f"--repeats {repeats}: train at least one seed")
+    if configs < 1:
+        raise StageError(f"--configs {configs}: train at least one configuration")
+    if configs > 1 and not search:
+        raise StageError(f"--configs {configs} takes a joint search's best configurations: pass --search latest")
+    if configs > repeats:
+        raise StageError(f"--configs {configs} needs at least as many seeds: pass --repeats {configs} or more")
+
+
 def run_final(
-    campaign, *, repeats: int = 1, executor: Executor, progress: bool = True, search: str | None = None
+    campaign,
+    *,
+    repeats: int = 1,
+    executor: Executor,
+    progress: bool = True,
+    search: str | None = None,
+    configs: int = 1,
 ) -> dict[str, Any]:
     """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary.
 
     The configuration is the staged campaign's (every step's best, carried forward), or with ``search`` the best
-    configuration of a joint search (its run id, or ``latest``).
+    configuration of a joint search (its run id, or ``latest``). ``configs`` > 1 spreads the seeds over the
+    search's best ``configs`` configurations (seed k trains the (k mod configs)-th), so the seeds' ensemble hedges
+    one configuration whose cross-validation promised more than it holds.
     """
     from tqdm.auto import tqdm
 
     from mlflow_mnist import tracking
 
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats} must be at least 1")
+    check_final_options(repeats=repeats, search=search, configs=configs)
     state = campaign.read_state()
     source = None
     if search:
-        params, source = search_config(campaign, search)
+        chosen, source = search_configs(campaign, search, configs)
     else:
-        params = campaign.final_params(state)
+        chosen = [campaign.final_params(state)]
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
         campaign.task_spec,
         campaign.worker_data(),
-        params,
+        tuple(chosen),
         campaign.settings.precision,
         executor.threads_per_worker,
         driver_pid=os.getpid(),
@@ -121,7 +208,7 @@ def run_final(
         # The test set's digest and profile are computed once, for the final run and every seed.
         tree = FinalTree(writer, task=campaign.task, data=campaign.data, test_dataset=campaign.dataset("test"))
         parent = tree.start(
-            params,
+            chosen,
             state,
             repeats=repeats,
             settings_params=campaign.stage_params,
@@ -129,8 +216,9 @@ def run_final(
             source_search=source,
         )
         results = []
+        assignments = [(seed, k % len(chosen)) for k, seed in enumerate(seeds)]
         with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
-            for result in executor.map_unordered(worker, seeds):
+            for result in executor.map_unordered(worker, assignments):
                 hold.check()  # a driver that lost the campaign lock writes nothing more
                 results.append((result, tree.seed_finished(result)))
                 bar.set_postfix_str(f"seed {result.seed}: test accuracy {result.test_accuracy:.4f}")
@@ -140,4 +228,4 @@ def run_final(
         if ensemble is not None:
             summary[ENSEMBLE_ACCURACY], summary["ensemble_test_errors"] = ensemble[1], ensemble[2]
         tree.finish(summary, ensemble=ensemble)
-    return {**summary, "run_id": parent, "params": params}
+    return {**summary, "run_id": parent, "params": chosen[0], "configs": chosen}

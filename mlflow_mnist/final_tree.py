@@ -9,7 +9,7 @@ registers) and carries the spread over seeds.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from mlflow_mnist.planning import StoreState
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
+    CONFIG_RANK,
     ENSEMBLE_MODEL,
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
@@ -91,7 +92,7 @@ class FinalTree:
 
     def start(
         self,
-        params: Mapping[str, Any],
+        configs: Sequence[Mapping[str, Any]],
         state: StoreState,
         *,
         repeats: int,
@@ -106,9 +107,11 @@ class FinalTree:
             TaskRef(self.task.name, self.data.variant), self.data.digest("test"), len(self.data.y_test), sources
         )
         self.parent = self.writer.start(FINAL_LEVEL, FINAL_LEVEL, tags=final_tags.tags(), adopt=adopt_run_id)
-        self.writer.log_params(self.parent, {**params, **settings_params, "repeats": repeats})
+        # The final's params are its best configuration's; with several, each seed run logs its own.
+        several = {"configs": len(configs)} if len(configs) > 1 else {}
+        self.writer.log_params(self.parent, {**configs[0], **settings_params, "repeats": repeats, **several})
         self.writer.log_dataset(self.parent, self.test_dataset, context="test")
-        self.repeats = repeats
+        self.repeats, self.configs = repeats, list(configs)
         return self.parent
 
     def seed_finished(self, result: FinalResult) -> str:
@@ -116,13 +119,15 @@ class FinalTree:
         if self.repeats == 1:
             run_id = self.parent
         else:
+            tags, name = {STAGE: FINAL_LEVEL, SEED: result.seed}, f"seed {result.seed}"
+            if len(self.configs) > 1:
+                rank = result.config_index + 1
+                tags[CONFIG_RANK], name = rank, f"seed {result.seed} (configuration {rank})"
             run_id = self.writer.start(
-                f"seed {result.seed}",
-                FINAL_SEED_LEVEL,
-                parent=self.parent,
-                tags={STAGE: FINAL_LEVEL, SEED: result.seed},
-                start_ms=result.started_ms,
+                name, FINAL_SEED_LEVEL, parent=self.parent, tags=tags, start_ms=result.started_ms
             )
+            if len(self.configs) > 1:
+                self.writer.log_params(run_id, self.configs[result.config_index])
             self.writer.log_dataset(run_id, self.test_dataset, context="test")
         self._log_result(run_id, result)
         if run_id != self.parent:

@@ -81,6 +81,7 @@ ENSEMBLE_MODEL = _tag("ensemble_model_id")  # the seeds' average as one LoggedMo
 TEST_DIGEST, TEST_SIZE = _tag("test_digest"), _tag("test_size")  # which test set the accuracy is on
 SOURCE_RUNS = _tag("source_step_runs")
 SEED = _tag("seed")
+CONFIG_RANK = _tag("config_rank")  # a seed run of a final over several configurations: 1 = the search's best
 
 # -- registered model versions (promote) -----------------------------------------------------------------------
 CHAMPION = "champion"  # the alias that names the served version

@@ -45,3 +45,58 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     assert done["name"] == "digits-all-mlp" and version.tags["model_kind"] == "seed ensemble"
     assert version.tags["task"] == "digits" and version.tags["task_variant"] == "all"
     assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["ensemble_test_accuracy"])
+
+
+def test_a_final_over_a_searchs_best_configurations_spreads_its_seeds_and_ensembles_them(store):
+    """``--configs 2``: seeds alternate between the search's best configuration and its runner-up (the trial that
+    went furthest, then scored best, among the others); each seed run says which it trained; the ensemble averages
+    all of them and is what the gate promotes."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import mlflow_mnist
+    from mlflow_mnist import schema
+    from mlflow_mnist.params import parse_value
+    from mlflow_mnist.tasks import get_task
+
+    common = {"task": "digits", "folds": 2, "epochs": 3, "progress": False, "log_models": False}
+    search = mlflow_mnist.tune(strategy="asha", trials=4, min_epochs=1, **common)
+    client = MlflowClient(store)
+    search_run = client.get_run(search.run_id)
+    trials = [
+        r
+        for r in client.search_runs([search_run.info.experiment_id], max_results=500)
+        if r.data.tags.get(schema.LEVEL) == schema.CANDIDATE_LEVEL
+    ]
+    best_trial = client.get_run(search_run.data.tags[schema.BEST_CHILD]).data.tags[schema.TRIAL]
+    # The runner-up by hand: the other trials' furthest runs, most epochs first, then the higher mean CV.
+    furthest = {}
+    for run in trials:
+        trial, epochs = run.data.tags[schema.TRIAL], int(run.data.params["epochs"])
+        if trial != best_trial and epochs >= furthest.get(trial, (0,))[0]:
+            furthest[trial] = (epochs, run.data.metrics["mean_heldout_accuracy"], run)
+    runner_up = max(furthest.values(), key=lambda entry: entry[:2])[2]
+
+    summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=3, search="latest", configs=2, n_jobs=2)
+    final = client.get_run(summary["run_id"])
+    seeds = {
+        r.data.tags[schema.SEED]: r
+        for r in client.search_runs([final.info.experiment_id], f"tags.`mlflow.parentRunId` = '{final.info.run_id}'")
+    }
+    assert {seed: run.data.tags[schema.CONFIG_RANK] for seed, run in seeds.items()} == {"0": "1", "1": "2", "2": "1"}
+    assert final.data.params["configs"] == "2" and summary["config_ranks"] == {"0": 1, "1": 2, "2": 1}
+    best = schema.best_config(search_run.data.tags)
+    full_budget = best["epochs"]
+    for seed, expected in (("0", best), ("1", {**runner_up.data.params, "epochs": full_budget})):
+        logged = {key: parse_value(value) for key, value in seeds[seed].data.params.items()}
+        task = get_task("digits")
+        assert logged == task.validate({key: parse_value(str(v)) for key, v in expected.items()})
+    assert seeds["1"].data.params != seeds["0"].data.params
+    # The ensemble holds the three seeds and predicts what final measured for it.
+    data = get_task("digits").load("")
+    ensemble = mlflow.pyfunc.load_model(f"models:/{final.data.tags[schema.ENSEMBLE_MODEL]}")
+    errors = int(np.sum(np.asarray(ensemble.predict(data.x_test)).argmax(axis=1) != data.y_test))
+    assert errors == final.data.metrics["ensemble_test_errors"]
+    done = mlflow_mnist.promote(model="ensemble", min_accuracy=0.5)
+    version = client.get_model_version_by_alias(done["name"], "champion")
+    assert version.tags["model_kind"] == "seed ensemble" and version.tags["final_run"] == final.info.run_id

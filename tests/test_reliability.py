@@ -107,6 +107,8 @@ BAD_INPUTS = [
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
     ("no such final run", ["promote", "--run-id", "0123456789abcdef"], {}, "is not a run in this tracking store"),
     ("promote a missing experiment", ["promote", "--experiment", "nowhere"], {}, "experiment 'nowhere' does not exist"),
+    ("configs without a search", ["final", "--configs", "2", "--repeats", "4"], {}, "pass --search latest"),
+    ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
 
 
@@ -123,8 +125,8 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     args = [a.format(**fill) for a in args]
     env = {k: v.format(**fill) for k, v in env.items()}
     command = list(STAGE)
-    if args and args[0] == "promote":  # promote's own options, on an empty store
-        command, args = ["promote"], args[1:]
+    if args and args[0] in ("promote", "final"):  # their own options, on an empty store
+        command, args = [args[0]] + (["--data", "sample"] if args[0] == "final" else []), args[1:]
     for flag, value in zip(args[::2], args[1::2], strict=True):
         if flag in command:
             command[command.index(flag) + 1] = value

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from mlflow_mnist.params import Params
@@ -104,20 +104,30 @@ class WarmUp:
 
 @dataclass(frozen=True)
 class FinalWorker:
-    """The picklable per-seed function of ``final``: the same data loading, the whole training set, one test."""
+    """The picklable per-seed function of ``final``: the same data loading, the whole training set, one test.
+
+    ``configs`` holds the configurations a final trains, best first (one, or a search's best few); each task is
+    a (seed, index into ``configs``) pair, and the result says which configuration it trained."""
 
     task: str | Task
     data: DataRef | Dataset
-    params: Params
+    configs: tuple[Params, ...]
     precision: str = "float32"
     threads: int | None = 1
     driver_pid: int | None = None
 
-    def __call__(self, seed: int) -> FinalResult:
+    def __call__(self, assignment: tuple[int, int]) -> FinalResult:
+        seed, index = assignment
         exit_with_driver(self.driver_pid)
-        return train_final(
-            _task(self.task), self.params, _data(self.data), seed, precision=self.precision, threads=self.threads
+        result = train_final(
+            _task(self.task),
+            self.configs[index],
+            _data(self.data),
+            seed,
+            precision=self.precision,
+            threads=self.threads,
         )
+        return replace(result, config_index=index)
 
 
 __all__ = [

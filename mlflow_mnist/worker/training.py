@@ -394,6 +394,7 @@ class FinalResult:
     model_files: dict[str, bytes] | None = None
     started_ms: int | None = None
     ended_ms: int | None = None
+    config_index: int = 0  # which of the final's configurations (best first) this seed trained
 
 
 def train_final(
