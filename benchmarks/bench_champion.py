@@ -56,8 +56,12 @@ def read_back(store: Path) -> dict:
         return run.data.tags.get(schema.LEVEL, "")
 
     search = next(r for r in runs if r.data.tags.get(schema.BEST_CONFIG) and level(r) == schema.STAGE_LEVEL)
-    final = next(r for r in runs if level(r) == schema.FINAL_LEVEL)
-    seeds = sorted((r for r in runs if level(r) == schema.FINAL_SEED_LEVEL), key=lambda r: r.info.run_name)
+    # The newest final: a store given a second final (--final-from) keeps its first one too.
+    final = max((r for r in runs if level(r) == schema.FINAL_LEVEL), key=lambda r: r.info.start_time)
+    seeds = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == final.info.run_id),
+        key=lambda r: int(r.data.tags[schema.SEED]),
+    )
     best = client.get_run(search.data.tags[schema.BEST_CHILD])
     folds = [r for r in runs if level(r) == schema.FOLD_LEVEL]
     return {
@@ -84,6 +88,42 @@ def read_back(store: Path) -> dict:
         "ensemble_test_accuracy": final.data.metrics.get("ensemble_test_accuracy"),
         "ensemble_errors": final.data.metrics.get("ensemble_test_errors"),
     }
+
+
+def search_in(store: Path, args: argparse.Namespace, space: str, common: list[str]) -> float:
+    """Run make champion's search into ``store``; its minutes (a failed search ends the script)."""
+    options = {"strategy": args.strategy, "space": space, "trials": args.trials, "min_epochs": args.min_epochs}
+    options["promotion"] = args.promotion
+    seconds, search = mlflow_run(
+        store, *[part for key, value in options.items() for part in ("-P", f"{key}={value}")], *common, task=args.task
+    )
+    if search.returncode:
+        sys.exit(f"search failed:\n{search.stderr[-3000:]}")
+    return seconds
+
+
+def earlier_search(path: Path) -> dict:
+    """An earlier report whose store still holds its search; one line and exit otherwise."""
+    try:
+        report = json.loads(path.read_text())
+        store, searched = Path(report["store"]), float(report["minutes"]["search"])
+        settings = dict(report["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        sys.exit(f"error: --final-from {path}: not a bench_champion.py report")
+    if searched <= 0 or not settings:
+        sys.exit(f"error: --final-from {path}: not a bench_champion.py report")
+    if not (store / "mlflow.db").is_file():
+        sys.exit(f"error: --final-from {path}: its store {store} is gone; run bench_champion.py without it")
+    return report
+
+
+def empty_registry(store: Path) -> None:
+    """Delete the store's registered models, so promote meets no champion, as from an empty store."""
+    from mlflow_mnist import tracking
+
+    client = tracking.connect(f"sqlite:///{store}/mlflow.db")
+    for model in client.search_registered_models():
+        client.delete_registered_model(model.name)
 
 
 def main() -> None:
@@ -117,6 +157,14 @@ def main() -> None:
         default="0",
         help="the campaign's seed: the split, the search's draws, the final's seeds from it [default: 0]",
     )
+    parser.add_argument(
+        "--final-from",
+        type=Path,
+        default=None,
+        help="an earlier report whose store was kept: reuse its search (its seed, precision, minutes and fold-epochs) "
+        "and run only the final and promote in that store, its registry emptied first, so finals differing only "
+        "in --configs, --repeats or --model are paired on one search",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--stem",
@@ -131,27 +179,19 @@ def main() -> None:
         sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
     data = data_source(task, data) if data else ""  # a path made absolute; a name the task knows as it is
     space = args.space if args.space is not None else ("wide" if mnist else "")
+    earlier = earlier_search(args.final_from) if args.final_from else None
+    if earlier is not None:
+        for key in ("strategy", "trials", "min_epochs", "promotion", "precision", "seed"):
+            setattr(args, key, earlier["settings"].get(key, getattr(args, key)))
     common = ["-P", f"data={data}", "-P", f"precision={args.precision}", "-P", f"seed={args.seed}"]
     common += [] if mnist else ["-P", f"task={args.task}"]
-    store = Path(tempfile.mkdtemp(prefix="champion-"))
+    store = Path(earlier["store"]) if earlier else Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
-    parts["search"], search = mlflow_run(
-        store,
-        "-P",
-        f"strategy={args.strategy}",
-        "-P",
-        f"space={space}",
-        "-P",
-        f"trials={args.trials}",
-        "-P",
-        f"min_epochs={args.min_epochs}",
-        "-P",
-        f"promotion={args.promotion}",
-        *common,
-        task=args.task,
-    )
-    if search.returncode:
-        sys.exit(f"search failed:\n{search.stderr[-3000:]}")
+    if earlier is not None:
+        parts["search"] = 60 * earlier["minutes"]["search"]
+        empty_registry(store)
+    else:
+        parts["search"] = search_in(store, args, space, common)
     parts["final"], final = mlflow_run(
         store,
         "-e",
@@ -188,6 +228,8 @@ def main() -> None:
             )
         },
         "minutes": {k: v / 60 for k, v in parts.items()},
+        # --final-from: the search (and its minutes) is that report's; only final and promote ran here
+        "search_from": str(args.final_from) if earlier else None,
         "promote_exit": promote.returncode,
         "promote_said": said[-1] if said else promote.stderr.strip().splitlines()[-1:],
         **read_back(store),
@@ -211,7 +253,9 @@ def main() -> None:
         f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs), "
         f"{args.repeats}-seed final {report['minutes']['final']:.1f} min, "
         f"promote {report['minutes']['promote']:.1f} min; "
-        f"{sum(report['minutes'].values()):.1f} min in all.\n\n"
+        f"{sum(report['minutes'].values()):.1f} min in all"
+        + (f" (the search and its minutes are {args.final_from.name}'s, in its store)" if earlier else "")
+        + ".\n\n"
         f"- best trial {report['best_trial']}: mean CV accuracy {report['best_trial_cv']:.5f}\n"
         f"- configuration: `{json.dumps(report['config'])}`\n"
         + "".join(f"- configuration {rank}: `{json.dumps(c)}`\n" for rank, c in sorted(report["other_configs"].items()))

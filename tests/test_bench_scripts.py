@@ -223,3 +223,24 @@ def test_a_stores_folder_that_holds_a_run_is_refused(tmp_path):
         f"error: --stores {tmp_path / 'stores'}: ours/ there already holds a run; give a new or empty folder"
     ]
     assert not (tmp_path / "out").exists() and [p.name for p in (tmp_path / "stores").iterdir()] == ["ours"]
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        (None, "not a bench_champion.py report"),
+        ({"minutes": {"search": 3.0}, "settings": {"seed": "1"}}, "not a bench_champion.py report"),
+        ({"store": "/no/such/store", "minutes": {"search": 3.0}, "settings": {"seed": "1"}}, "is gone"),
+    ],
+)
+def test_a_final_from_an_earlier_search_needs_its_report_and_store(tmp_path, report, message):
+    """``bench_champion.py --final-from``: a file that is not a report, or one whose store is gone, is one line
+    before anything runs."""
+    path = tmp_path / "earlier.json"
+    path.write_text("{" if report is None else json.dumps(report))
+    out = tmp_path / "out"
+    proc = _bench("bench_champion.py", "--data", "sample", "--final-from", str(path), "--out", str(out))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --final-from {path}: ") and message in lines[0]
+    assert not out.exists()
