@@ -74,6 +74,7 @@ def run_info(report: dict) -> dict:
         "accuracy": accuracy,
         "promoted": promoted,
         "goal_met": fast and accurate and promoted,
+        "search_from": Path(report["search_from"]).stem if report.get("search_from") else None,
     }
 
 
@@ -96,6 +97,14 @@ def markdown(runs: list[dict], cpus: str) -> str:
             f"{', '.join(map(str, run['seed_errors']))} | {accuracy} | "
             f"{'promoted' if run['promoted'] else 'refused'} | {'met' if run['goal_met'] else 'not met'} |"
         )
+    paired = [run for run in runs if run.get("search_from")]
+    if paired:
+        lines += [
+            "",
+            "Paired runs: "
+            + "; ".join(f"{run['label']} reused the search (and its minutes) of {run['search_from']}" for run in paired)
+            + " (`bench_champion.py --final-from`: only the final and promote ran again, in that run's store).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +114,7 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(runs) + 2.4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(runs) + 3.0))
     rows = list(range(len(runs)))[::-1]  # the first run on top
     start = [0.0] * len(runs)
     for index, part in enumerate(PARTS):
@@ -115,7 +124,8 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     left.axvline(GOAL_MINUTES, color="black", linestyle="--", linewidth=1, label=f"goal: {GOAL_MINUTES:.0f} min")
     left.set_yticks(rows, [run["label"] for run in runs])
     left.set_xlabel("minutes")
-    left.legend(fontsize=7, loc="lower right")
+    # Legends below the axes: inside, they hid the points of the last rows.
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     for row, run in zip(rows, runs, strict=True):
         seeds = [100 * accuracy for accuracy in run["seed_accuracies"]]
         spread = [row + 0.1 * (i - (len(seeds) - 1) / 2) for i in range(len(seeds))]  # equal scores stay apart
@@ -136,7 +146,7 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     right.axvline(100 * threshold, color="C3", linestyle=":", linewidth=1, label=f"gate: {threshold:.2%}")
     right.set_yticks(rows, [run["label"] for run in runs])
     right.set_xlabel("test accuracy (%)")
-    right.legend(fontsize=7, loc="lower left")
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     for axis in (left, right):
         axis.grid(axis="x", alpha=0.3)
     figure.suptitle(title, fontsize=9)
