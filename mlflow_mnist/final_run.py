@@ -3,7 +3,8 @@
 ``final`` gathers the best value of every completed step (the search's carry-forward rule), trains on the whole
 training set and evaluates once on the test set. With ``repeats`` > 1 it trains one model per seed, through
 the same executors as the search, so users see how much of a test accuracy is luck; ``promote`` gates on the
-*median* seed, not the luckiest.
+*median* seed, not the luckiest, or on the seeds' ensemble. ``configs`` > 1 spreads the seeds over a joint
+search's best few configurations.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
         "mean_fit_seconds": statistics.fmean(r.fit_seconds for r, _ in results),
         "n_repeats": len(results),
         "seeds": {str(r.seed): r.test_accuracy for r, _ in results},
-        # which configuration (1 = the best) each seed trained, when a final spreads its seeds over several
+        # which configuration (1 = the best; all 1 unless the seeds were spread over several) each seed trained
         "config_ranks": {str(r.seed): r.config_index + 1 for r, _ in results},
     }
 
