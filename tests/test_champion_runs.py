@@ -79,13 +79,13 @@ def test_a_final_run_again_on_an_earlier_search_is_named_and_paired_with_it(tmp_
     search and minutes it reused."""
     first = _report(3, minutes=(3.1, 1.6, 0.2), errors=[8, 11, 13, 8], ensemble=9, exit_code=1)
     again = _report(3, minutes=(3.1, 3.1, 0.2), errors=[8, 5, 13, 9], ensemble=8, exit_code=1)
-    again["settings"]["configs"] = "2"
+    again["settings"].update(configs="2", trials="12")
     again["search_from"] = "/results/champion-seed3.json"
     proc = _run(tmp_path, [first, again])
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path)
-    assert set(rows) == {"seed 3", "seed 3, 2 configurations"}
-    assert rows["seed 3, 2 configurations"][5] == "8, 5, 13, 9"
+    assert set(rows) == {"seed 3", "seed 3, 12 trials, 2 configurations"}
+    assert rows["seed 3, 12 trials, 2 configurations"][5] == "8, 5, 13, 9"
     text = (tmp_path / "out" / "runs.md").read_text()
-    assert "seed 3, 2 configurations reused the search (and its minutes) of champion-seed3" in text
+    assert "seed 3, 12 trials, 2 configurations reused the search (and its minutes) of champion-seed3" in text
     assert "seed 3 reused" not in text
