@@ -50,6 +50,8 @@ TRIALS ?= 8
 MIN_EPOCHS ?= 2
 PROMOTION ?= quota
 REPEATS ?= 4
+# CONFIGS=2 spreads the final's seeds over the search's best two configurations; on five campaign seeds it met the
+# goal once against three times for one (2-core AMX Xeon, docs/performance.md), so one it is.
 CONFIGS ?= 1
 CHAMPION_MODEL ?= ensemble
 champion: setup
