@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 
 import machine  # noqa: E402
+from bench_asha import ReportError, read_report  # noqa: E402
 
 from mlflow_mnist import schema  # noqa: E402
 from mlflow_mnist.campaign import data_source  # noqa: E402
@@ -59,7 +60,7 @@ def read_back(store: Path) -> dict:
     # The newest final: a store given a second final (--final-from) keeps its first one too.
     final = max((r for r in runs if level(r) == schema.FINAL_LEVEL), key=lambda r: r.info.start_time)
     seeds = sorted(
-        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == final.info.run_id),
+        (r for r in runs if r.data.tags.get(schema.PARENT) == final.info.run_id),
         key=lambda r: int(r.data.tags[schema.SEED]),
     )
     best = client.get_run(search.data.tags[schema.BEST_CHILD])
@@ -105,12 +106,13 @@ def search_in(store: Path, args: argparse.Namespace, space: str, common: list[st
 def earlier_search(path: Path) -> dict:
     """An earlier report whose store still holds its search; one line and exit otherwise."""
     try:
-        report = json.loads(path.read_text())
+        report = read_report(path, "bench_champion.py")
         store, searched = Path(report["store"]), float(report["minutes"]["search"])
-        settings = dict(report["settings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        sys.exit(f"error: --final-from {path}: not a bench_champion.py report")
-    if searched <= 0 or not settings:
+        if searched <= 0 or not dict(report["settings"]):
+            raise ValueError("no search minutes or settings")
+    except ReportError as error:
+        sys.exit(f"error: --final-from {error}")
+    except (KeyError, TypeError, ValueError):
         sys.exit(f"error: --final-from {path}: not a bench_champion.py report")
     if not (store / "mlflow.db").is_file():
         sys.exit(f"error: --final-from {path}: its store {store} is gone; run bench_champion.py without it")

@@ -25,6 +25,7 @@ from mlflow_mnist.schema import (
     CANDIDATE_LEVEL,
     DIGEST,
     LEVEL,
+    PARENT,
     STATUS,
     STEP_LEVEL,
     CandidateTags,
@@ -153,7 +154,7 @@ def search_configs(campaign, search: str, count: int) -> tuple[list[Params], str
 
 
 def _children(parent: str, level: str | None = None) -> str:
-    where = f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'FINISHED'"
+    where = f"tags.`{PARENT}` = '{parent}' and attributes.status = 'FINISHED'"
     return where + (f" and tags.`{LEVEL}` = '{level}'" if level else "")
 
 
