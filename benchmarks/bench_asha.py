@@ -140,14 +140,15 @@ def run_each(names, one) -> dict:
 
 
 def report_stem(prefix: str, run: dict) -> str:
-    """A report's file stem: one space's, promotion rule's, pairing's or seed's report never hides another's (wide,
-    quota, draws of each peer's own and seed 0 unnamed)."""
+    """A report's file stem: one space's, promotion rule's, pairing's, precision's or seed's report never hides
+    another's (wide, quota, draws of each peer's own, float32 and seed 0 unnamed)."""
     space = "" if run["space"] == "wide" else f"-{run['space']}"
     promotion = run.get("promotion", "quota")
     return (
         f"{prefix}{space}"
         + (f"-{promotion}" if promotion != "quota" else "")
         + ("-samedraws" if run.get("same_draws") else "")
+        + (f"-{run['precision']}" if run.get("precision", "float32") != "float32" else "")
         + (f"-seed{run['seed']}" if run["seed"] else "")
     )
 
@@ -223,6 +224,12 @@ def read_search(store: Path) -> dict:
         "full_budget_trials": len(scored),
         "trials": int(trials.dropna().nunique()) if trials is not None else 0,
         "workers_idle_share": _number(root.get("metrics.workers_idle_share")),
+        # What the search trained in, `auto` resolved by its probe: the param `precision`, or `effective_precision`
+        # where `mlflow run` had logged the -P value under that name first.
+        "precision": next(
+            (v for v in (root.get("params.effective_precision"), root.get("params.precision")) if isinstance(v, str)),
+            None,
+        ),
     }
 
 
@@ -306,9 +313,10 @@ def markdown(report: dict) -> str:
             f"{_cell(to_target, '.0f', 'not reached')}{share} | {_cell(v['minutes_to_target'], '.1f', '-')} | "
             f"{_cell(v['workers_idle_share'], '.1%')} |"
         )
-    lines += ["", "Best configuration per variant:", ""]
+    lines += ["", "Best configuration per variant (trained in):", ""]
     for name, v in report["variants"].items():
-        lines.append(f"- {name} ({v['best_candidate']}): `{json.dumps(v['best_config'])}`")
+        trained_in = f", {v['precision']}" if v.get("precision") else ""
+        lines.append(f"- {name} ({v['best_candidate']}{trained_in}): `{json.dumps(v['best_config'])}`")
     return "\n".join(lines) + "\n"
 
 
@@ -390,6 +398,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and every variant's draws [default: 0]")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
     parser.add_argument(
+        "--precision",
+        default="float32",
+        help="every variant's: float32, mixed_bfloat16 or auto [default: float32, as the earlier reports]",
+    )
+    parser.add_argument(
         "--stores",
         type=Path,
         default=None,
@@ -404,6 +417,7 @@ def settings(args: argparse.Namespace) -> dict:
     """The validated run settings; a bad value raises :class:`BenchError` before anything runs."""
     from mlflow_mnist.campaign import data_source
     from mlflow_mnist.tasks import get_task
+    from mlflow_mnist.tasks.base import check_precision
     from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR
 
     task = get_task("mnist")
@@ -429,6 +443,7 @@ def settings(args: argparse.Namespace) -> dict:
     check_stores(args.stores, names)
     if not 0 < args.target <= 1:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
+    check_precision(args.precision)  # one line naming the choices
     if min_epochs < 0 or min_epochs >= space.max_epochs:
         raise BenchError(f"--min-epochs {min_epochs}: give 0 (automatic) or fewer than the space's {space.max_epochs}")
     return {
@@ -438,6 +453,7 @@ def settings(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "trials": trials,
         "min_epochs": min_epochs,
+        "precision": args.precision,
         "target": args.target,
         "quick": args.quick,
     }
@@ -446,6 +462,7 @@ def settings(args: argparse.Namespace) -> dict:
 def variant_arguments(name: str, run: dict) -> list[str]:
     arguments = [*VARIANTS[name], "--space", run["space"], "--trials", str(run["trials"][name])]
     arguments += ["--data", run["data"], "--folds", str(run["folds"]), "--seed", str(run["seed"])]
+    arguments += ["--precision", run.get("precision", "float32")]
     if name in ASHA_VARIANTS and run["min_epochs"]:
         arguments += ["--min-epochs", str(run["min_epochs"])]
     return arguments

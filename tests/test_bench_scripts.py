@@ -89,6 +89,8 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
         assert entry["workers_idle_share"] == pytest.approx(search.data.metrics["workers_idle_share"])
         assert 0 <= entry["workers_idle_share"] < 1
         assert entry["trials"] == 3
+        # --precision is passed on, and what the search trained in is read back from its run.
+        assert "--precision" in entry["arguments"] and entry["precision"] == report["precision"] == "float32"
         _check_curve(entry)
         assert entry["best_at_common_fold_epochs"] is None or (
             entry["best_at_common_fold_epochs"] <= entry["best_mean_cv"]
@@ -168,6 +170,7 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
         ("bench_asha.py", ["--trials", "asha=0", "--data", "sample"], "at least 1 trial"),
         ("bench_asha.py", ["--trials", "bohb=3", "--data", "sample"], "unknown variant 'bohb'"),
         ("bench_asha.py", ["--data", "sample", "--space", "huge"], "unknown search space 'huge'"),
+        ("bench_asha.py", ["--data", "sample", "--precision", "half"], "precision='half' is not one of"),
         ("bench_peers.py", ["--peers", "ray", "--data", "sample"], "--peers 'ray'"),
         ("bench_peers.py", ["--data", "/no/such/mnist"], "no such file or folder"),
     ],
