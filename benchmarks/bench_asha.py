@@ -417,7 +417,7 @@ def settings(args: argparse.Namespace) -> dict:
     """The validated run settings; a bad value raises :class:`BenchError` before anything runs."""
     from mlflow_mnist.campaign import data_source
     from mlflow_mnist.tasks import get_task
-    from mlflow_mnist.tasks.base import check_precision
+    from mlflow_mnist.tasks.base import PRECISIONS
     from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR
 
     task = get_task("mnist")
@@ -443,7 +443,8 @@ def settings(args: argparse.Namespace) -> dict:
     check_stores(args.stores, names)
     if not 0 < args.target <= 1:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
-    check_precision(args.precision)  # one line naming the choices
+    if args.precision not in (*PRECISIONS, "auto"):
+        raise BenchError(f"--precision {args.precision}: give {', '.join(PRECISIONS)} or auto")
     if min_epochs < 0 or min_epochs >= space.max_epochs:
         raise BenchError(f"--min-epochs {min_epochs}: give 0 (automatic) or fewer than the space's {space.max_epochs}")
     return {
