@@ -44,16 +44,23 @@ TRIAL = re.compile(r"trial (\d+)\b")
 def load(paths: list[Path]) -> list[dict]:
     """The reports, checked to be comparable; each peer's run of each seed given once."""
     reports = [read_report(path, "bench_peers.py") for path in paths]
-    first = reports[0]
     for path, report in zip(paths, reports, strict=True):
         if "results" not in report:
             raise ReportError(f"{path}: not a bench_peers.py report (no results)")
-        differ = [key for key in SAME if report.get(key) != first.get(key)]
+    return check_alike(paths, reports, same=SAME, row="peer")
+
+
+def check_alike(paths: list[Path], reports: list[dict], *, same: tuple[str, ...], row: str) -> list[dict]:
+    """``reports`` (each with its ``results`` per row name) sorted by seed, once every setting in ``same`` is
+    equal in all and each row's run of each seed is given once; else :class:`ReportError` naming the file."""
+    first = reports[0]
+    for path, report in zip(paths, reports, strict=True):
+        differ = [key for key in same if report.get(key) != first.get(key)]
         if differ:
             raise ReportError(f"{path}: {', '.join(differ)} differ from {paths[0]}'s: run every seed alike")
     runs = [(label, seed) for report in reports for label, seed in _rows(report, reports)]
     if len(set(runs)) != len(runs):
-        raise ReportError(f"{sorted(runs)}: give each peer's run of each seed once")
+        raise ReportError(f"{sorted(runs)}: give each {row}'s run of each seed once")
     return sorted(reports, key=lambda report: report.get("seed", 0))
 
 
@@ -66,9 +73,20 @@ def _label(name: str, report: dict, reports: list[dict]) -> str:
         parts.append(f"{report['promotion']} promotion")
     if name == "optuna" and report.get("same_draws"):
         parts.append("ours' draws")
-    if len({r["trials"] for r in reports}) > 1:
-        parts.append(f"{report['trials']} trials")
+    if len({_trial_counts(r) for r in reports}) > 1:
+        parts.append(f"{_trial_count(report, name)} trials")
     return ", ".join(parts)
+
+
+def _trial_count(report: dict, name: str) -> int:
+    """A row's trials: one number for every peer (bench_peers.py), or one per variant (bench_asha.py)."""
+    trials = report["trials"]
+    return trials[name] if isinstance(trials, dict) else trials
+
+
+def _trial_counts(report: dict) -> str:
+    trials = report["trials"]
+    return ",".join(f"{k}={v}" for k, v in trials.items()) if isinstance(trials, dict) else str(trials)
 
 
 def _rows(report: dict, reports: list[dict]) -> list[tuple[str, int]]:
@@ -209,21 +227,24 @@ def plot_pairs(pairs: list[dict], path: Path, *, title: str, target: float) -> N
 
 
 def _trials(reports: list[dict]) -> str:
-    counts = sorted({report["trials"] for report in reports})
-    return str(counts[0]) if len(counts) == 1 else " or ".join(map(str, counts)) + " (as each row says)"
+    counts = sorted({_trial_counts(report) for report in reports})
+    return counts[0] if len(counts) == 1 else " or ".join(counts) + " (as each row says)"
 
 
-def markdown(info: dict, reports: list[dict]) -> str:
+def markdown(
+    info: dict, reports: list[dict], *, heading: str = "The peers", script: str = "bench_peers.py", row: str = "peer"
+) -> str:
+    """The reach table: ``heading`` names what is compared, ``script`` what made the reports, ``row`` a row."""
     first = reports[0]
     cpus = sorted({report["machine"]["cpu"] for report in reports})
     lines = [
-        f"# The peers over {len(info['seeds'])} seeds: reach of a mean CV of {first['target']}",
+        f"# {heading} over {len(info['seeds'])} seeds: reach of a mean CV of {first['target']}",
         "",
-        f"`bench_peers.py --space {first['space']} --trials {_trials(reports)} --folds {first['folds']}`, seeds "
+        f"`{script} --space {first['space']} --trials {_trials(reports)} --folds {first['folds']}`, seeds "
         f"{', '.join(map(str, info['seeds']))}; CPU: {', '.join(cpus)}. Per seed: fold-epochs / minutes at which the "
         "best mean CV so far first reached the target (`-` and what it spent in all where it did not).",
         "",
-        "| peer | " + " | ".join(f"seed {seed}" for seed in info["seeds"]) + " | reached | median fold-epochs "
+        f"| {row} | " + " | ".join(f"seed {seed}" for seed in info["seeds"]) + " | reached | median fold-epochs "
         "| median minutes | first on fold-epochs | first on minutes |",
         "| --- | " + " | ".join("---:" for _ in info["seeds"]) + " | ---: | ---: | ---: | ---: | ---: |",
     ]
