@@ -13,7 +13,17 @@ import pandas as pd
 
 from mlflow_mnist import schema
 
-SEARCH_COLUMNS = ["search_run_id", "search", "strategy", "candidate", "finished", "mean", "fold_epochs", "minutes"]
+SEARCH_COLUMNS = [
+    "search_run_id",
+    "search",
+    "strategy",
+    "candidate",
+    "trial",
+    "finished",
+    "mean",
+    "fold_epochs",
+    "minutes",
+]
 TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete"]
 
 
@@ -67,6 +77,8 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
                 {
                     **search,
                     "candidate": candidate.get(_tag(schema.CANDIDATE), ""),
+                    # A joint search's trial number (None for a grid point): what names one draw across searches.
+                    "trial": schema.CandidateTags.parse(schema.tags_of_row(candidate)).trial,
                     "finished": candidate["end_time"],
                     "mean": candidate.get("metrics.mean_heldout_accuracy") if status == "ok" else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
@@ -78,6 +90,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
                 {
                     **search,
                     "candidate": "",
+                    "trial": None,
                     "finished": root["end_time"],
                     "mean": float("nan"),
                     "fold_epochs": float(spent["fold_epochs"].iloc[-1]),

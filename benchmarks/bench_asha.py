@@ -244,10 +244,17 @@ def anytime_curve(search) -> list[dict]:
             "minutes": float(row["minutes"]),
             "best_so_far": float(row["best_so_far"]),
             "candidate": row["candidate"],
+            "trial": _trial(row.get("trial")),
             "mean": _number(row["mean"]),
         }
         for _, row in get_anytime_info(search).iterrows()
     ]
+
+
+def _trial(value) -> int | None:
+    """A trial number as the table holds it (an int, or a float beside missing ones; None or NaN: no trial)."""
+    number = _number(value)
+    return None if number is None else int(number)
 
 
 def best_at(curve: list[dict], fold_epochs: float) -> float | None:

@@ -120,17 +120,18 @@ class Spend:
         with self.lock:
             self.fold_epochs += epochs
 
-    def candidate(self, name: str, mean: float) -> None:
+    def candidate(self, name: str, mean: float, *, trial: int | None = None) -> None:
         with self.lock:
-            self.finished.append((time.perf_counter() - self.start, self.fold_epochs, name, mean))
+            self.finished.append((time.perf_counter() - self.start, self.fold_epochs, name, mean, trial))
 
     def minutes(self) -> float:
         return (time.perf_counter() - self.start) / 60
 
 
-def peer_curve(finished: list[tuple[float, float, str, float]], *, fold_epochs: float, minutes: float) -> list:
-    """``(seconds, fold-epochs, candidate, mean)`` of a peer's full-budget candidates -> its best-so-far curve,
-    closed where the search stopped: the rows ``bench_asha.read_search`` reads from our store, the same rule."""
+def peer_curve(finished: list[tuple], *, fold_epochs: float, minutes: float) -> list:
+    """``(seconds, fold-epochs, candidate, mean, trial number or None)`` of a peer's full-budget candidates -> its
+    best-so-far curve, closed where the search stopped: the rows ``bench_asha.read_search`` reads from our store,
+    the same rule."""
     import pandas as pd
 
     rows = [
@@ -138,16 +139,18 @@ def peer_curve(finished: list[tuple[float, float, str, float]], *, fold_epochs: 
             "search_run_id": "",
             "finished": seconds,
             "candidate": name,
+            "trial": trial,
             "mean": mean,
             "fold_epochs": float(spent),
             "minutes": seconds / 60,
         }
-        for seconds, spent, name, mean in finished
+        for seconds, spent, name, mean, trial in finished
     ]
     closing = {
         "search_run_id": "",
         "finished": minutes * 60,
         "candidate": "",
+        "trial": None,
         "mean": math.nan,
         "fold_epochs": float(fold_epochs),
         "minutes": minutes,
@@ -276,7 +279,7 @@ def run_optuna(
             trial.report(mean, epoch + 1)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        spend.candidate(f"trial {trial.number}", mean)
+        spend.candidate(f"trial {trial.number}", mean, trial=trial.number)
         return mean
 
     study = optuna.create_study(
@@ -357,7 +360,7 @@ def halving_curve(lines: list[dict], *, start: float, folds: int, budget: int) -
         scores.setdefault(line["config"], []).append(line["score"])
         if len(scores[line["config"]]) == folds:
             mean = sum(scores[line["config"]]) / folds
-            finished.append((line["time"] - start, spent, f"candidate {len(finished)}", mean))
+            finished.append((line["time"] - start, spent, f"candidate {len(finished)}", mean, None))
     return finished, float(spent)
 
 

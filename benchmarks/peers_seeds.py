@@ -38,7 +38,7 @@ from bench_asha import (
 SAME = ("space", "folds", "target", "task")  # what must match for reports to be read side by side
 MEASURES = (("fold_epochs", "fold-epochs to the target"), ("minutes", "minutes to the target"))
 PAIRED = ("optuna", "ours")  # the peers whose trial numbers name the same draws under --same-draws
-TRIAL = re.compile(r"trial (\d+)\b")
+LEGACY_TRIAL = re.compile(r"trial (\d+)\b")  # reports from before curve points carried their trial number
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -126,15 +126,24 @@ def reach_info(reports: list[dict]) -> dict:
     return {"peers": table, "seeds": seeds}
 
 
+def _trial_of(point: dict) -> int | None:
+    """A curve point's trial number: the ``trial`` its report recorded; a report written before points carried it
+    has only the candidate's label ("trial N"), read here for those alone."""
+    if "trial" in point:
+        return point["trial"]
+    match = LEGACY_TRIAL.match(point.get("candidate") or "")
+    return int(match.group(1)) if match else None
+
+
 def _finishes(result: dict) -> dict[int, dict]:
     """A peer's configurations trained the full budget, by trial number: fold-epochs and minutes spent when it
     finished, its score."""
     finished = {}
     for point in result.get("curve", []):
-        match = TRIAL.match(point.get("candidate") or "")
-        if match and point.get("mean") is not None:
+        trial = _trial_of(point)
+        if trial is not None and point.get("mean") is not None:
             spent = {"fold_epochs": point["fold_epochs"], "minutes": point.get("minutes"), "mean": point["mean"]}
-            finished.setdefault(int(match.group(1)), spent)
+            finished.setdefault(trial, spent)
     return finished
 
 

@@ -52,9 +52,18 @@ def _fold_runs(store):
     return [r for r in runs if r.data.tags.get(schema.LEVEL) == schema.FOLD_LEVEL], runs
 
 
-def _check_curve(entry: dict) -> None:
+def _check_curve(entry: dict, *, numbered: bool = True) -> None:
+    """A curve's points in order, closed by what was spent; ``numbered``: each finished point records its trial's
+    number (the one its label shows), else none (scikit-learn's candidates are no trials)."""
     curve = entry["curve"]
     assert curve, "a quick search finishes at least one trial at the full budget (ASHA: one of its three trials)"
+    *finished, closing = curve
+    assert closing["trial"] is None
+    for point in finished:
+        if numbered:
+            assert isinstance(point["trial"], int) and point["candidate"].startswith(f"trial {point['trial']}")
+        else:
+            assert point["trial"] is None
     assert [p["fold_epochs"] for p in curve] == sorted(p["fold_epochs"] for p in curve)
     assert [p["best_so_far"] for p in curve] == sorted(p["best_so_far"] for p in curve)
     assert curve[-1]["fold_epochs"] == entry["fold_epochs"]
@@ -123,8 +132,8 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     results = report["results"]
     assert list(results) == ["optuna", "halving"]
     task = get_task("mnist")
-    for entry in results.values():
-        _check_curve(entry)
+    for name, entry in results.items():
+        _check_curve(entry, numbered=name == "optuna")
         picked = task.validate(from_json(entry["best_config"]))
         assert picked["epochs"] == task.get_space("seed").max_epochs
     # Plain Optuna: every reported epoch trained each of the 2 folds; MLflow holds one run per trial.

@@ -121,26 +121,32 @@ def test_plain_optuna_on_ours_draws_is_its_own_row(tmp_path):
     assert rows["optuna"][-2:] == ["1", "1"] and rows["ours"][-2:] == ["0", "0"]
 
 
-def _curve(*finished: tuple[str, float, float]) -> list[dict]:
-    """A peer's curve: (candidate, fold-epochs spent when it finished, its mean CV), then the closing point."""
+def _curve(*finished: tuple[int, float, float], legacy: bool, rung: str = "") -> list[dict]:
+    """A peer's curve: (trial, fold-epochs spent when it finished, its mean CV), then the closing point. Points
+    carry their trial number, under labels that name none; ``legacy``: as reports wrote them before, the number
+    only in the label ("trial N", ours' with its ``rung``)."""
     points = [
-        {"candidate": name, "fold_epochs": spent, "minutes": spent / 20, "mean": mean} for name, spent, mean in finished
+        {"fold_epochs": spent, "minutes": spent / 20, "mean": mean}
+        | ({"candidate": f"trial {trial}{rung}"} if legacy else {"candidate": f"candidate {i}", "trial": trial})
+        for i, (trial, spent, mean) in enumerate(finished)
     ]
-    return [*points, {"candidate": "", "fold_epochs": 300.0, "mean": None}]
+    return [*points, {"candidate": "", "fold_epochs": 300.0, "mean": None} | ({} if legacy else {"trial": None})]
 
 
-def test_same_draws_pair_the_configurations_both_finished(tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["trial numbers", "labels of older reports"])
+def test_same_draws_pair_the_configurations_both_finished(tmp_path, legacy):
     """With --same-draws a trial number is one configuration in both peers: the pairs are the trials both trained
-    the full budget (ours' curve names its rung), with each one's spend and score; a report whose Optuna drew its
-    own draws gives no pairs, and its figure is drawn."""
+    the full budget, with each one's spend and score; a report whose Optuna drew its own draws gives no pairs, and
+    its figure is drawn. The number is the one each point records; reports from before points recorded it are
+    paired by their labels."""
     paired = _report(0, {"optuna": (150, 8.0, 240, 12.0), "ours": (110, 8.3, 216, 12.6)}, same_draws=True)
-    paired["results"]["optuna"]["curve"] = _curve(("trial 0", 84, 0.9836), ("trial 1", 150, 0.9967))
+    paired["results"]["optuna"]["curve"] = _curve((0, 84, 0.9836), (1, 150, 0.9967), legacy=legacy)
     paired["results"]["ours"]["curve"] = _curve(
-        ("trial 0 (18 epochs)", 90, 0.9838), ("trial 1 (18 epochs)", 110, 0.9967), ("trial 7 (18 epochs)", 200, 0.997)
+        (0, 90, 0.9838), (1, 110, 0.9967), (7, 200, 0.997), legacy=legacy, rung=" (18 epochs)"
     )
     unpaired = _report(1, {"optuna": (82, 4.6, 216, 10.2), "ours": (132, 9.1, 132, 9.1)}, same_draws=True)
-    unpaired["results"]["optuna"]["curve"] = _curve(("trial 3", 82, 0.9971))
-    unpaired["results"]["ours"]["curve"] = _curve(("trial 2 (18 epochs)", 132, 0.9968))
+    unpaired["results"]["optuna"]["curve"] = _curve((3, 82, 0.9971), legacy=legacy)
+    unpaired["results"]["ours"]["curve"] = _curve((2, 132, 0.9968), legacy=legacy, rung=" (18 epochs)")
     proc = _run(tmp_path, [paired, unpaired])
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "seeds.md").read_text()
