@@ -142,7 +142,7 @@ class Campaign:
             start_workers = functools.partial(executor.start, warm_up=warm_up)
         client = tracking.connect(on_reached=start_workers)
         if probe_there:
-            precision, precision_because = probe(run_there=executor.run_one)
+            precision, precision_because = probe(workers=executor)
         settings = SearchSettings(
             chosen_task,
             folds,

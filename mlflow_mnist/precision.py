@@ -9,8 +9,10 @@ at least :data:`MIN_SPEEDUP` faster. The verdict is kept per CPU model, task and
 only: whether bfloat16 is as accurate is the task's question, answered by comparing finals (README, Performance).
 
 Where the folds train decides which CPU is probed: this machine for the joblib, serial and local Dask executors;
-for a Dask cluster reached at a scheduler address, one of its workers (its CPU, its cores, its Python), through
-the executor like a fold (:func:`worker_cpu`, :func:`probe_task`), the verdict kept here under that worker's CPU.
+for a Dask cluster reached at a scheduler address, its workers (their CPUs, cores, Python), through the executor
+like folds: every worker says what it is (:func:`worker_cpu`), one worker of each kind runs the probe
+(:func:`probe_task`), each verdict is kept here under that kind's CPU, and bfloat16 is chosen only where every
+kind measured it faster.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -134,8 +136,21 @@ def worker_cpu(_: object = None) -> tuple[str, list[str], int]:
     return model, sorted(flags), fold_threads()
 
 
-#: Runs one function on one task where the folds train, and returns its result (a remote cluster's worker).
-RunThere = Callable[[Callable[[Any], Any], Any], Any]
+class ClusterWorkers(Protocol):
+    """A remote cluster's workers as ``--precision auto`` reaches them (the Dask executor); a lost cluster raises
+    :class:`ExecutorError`."""
+
+    def run_on_each_worker(self, fn: Callable[[Any], Any], task: Any) -> dict[str, Any]:
+        """``fn(task)`` on every worker, by the address of the worker that ran it."""
+        ...
+
+    def run_on(self, workers: Sequence[str], fn: Callable[[Any], Any], task: Any) -> tuple[str, Any]:
+        """``fn(task)`` on one of ``workers`` (another if they all left): the address that ran it, its result."""
+        ...
+
+
+class _KindLeft(Exception):
+    """Every worker of one CPU kind left the cluster before its probe ran (another kind's worker ran it)."""
 
 
 def choose_precision(
@@ -145,39 +160,70 @@ def choose_precision(
     *,
     task_spec: str = "",
     threads: int | None = None,
-    run_there: RunThere | None = None,
+    workers: ClusterWorkers | None = None,
 ) -> tuple[str, str]:
     """The precision to train in, and why: ``requested`` unless it is ``auto``.
 
     ``task_spec`` names the task for the probe's process (default: its name); ``threads`` is each worker's
     TensorFlow thread count (default: every usable core, one worker; on a remote worker, the share a fold takes
-    there); ``run_there`` probes where the folds train instead of here (a remote Dask cluster's worker; a lost
-    cluster raises).
+    there); ``workers``: probe where the folds train instead of here, a remote Dask cluster's workers. Their CPUs
+    may differ: each kind of CPU among them (model, flags, a fold's threads) is judged on one of its workers, and
+    bfloat16 is chosen only where every kind measures it faster (the precision is one for all folds: it is in the
+    fold key), so no worker trains slower for it. Workers that join later are not asked.
     """
     if requested != "auto":
         return requested, "as asked"
-    if run_there is None:
-        model, flags, cores, where = *cpu_identity(), usable_cores(), ""
-    else:
-        model, flag_list, cores = run_there(worker_cpu, None)
-        flags, where = set(flag_list), " (a Dask worker's)"
+    spec = task_spec or task.name
+    if workers is None:
+        model, flags = cpu_identity()
+        return _verdict(task, model, flags, threads or usable_cores(), "", lambda n: measure(spec, data, threads=n))
+    kinds: dict[tuple, list[str]] = {}
+    for address, (model, flags, cores) in workers.run_on_each_worker(worker_cpu, None).items():
+        kinds.setdefault((model, tuple(sorted(flags)), cores), []).append(address)
+    total = sum(map(len, kinds.values()))
+    verdicts = []
+    for (model, flags, cores), addresses in kinds.items():
+
+        def probe(n: int, addresses: list[str] = addresses) -> dict[str, list[float]]:
+            ran_on, times = workers.run_on(addresses, probe_task, ProbeRequest.of(spec, data, n))
+            if ran_on not in addresses:
+                raise _KindLeft
+            return times
+
+        where = " (a Dask worker's)" if len(kinds) == 1 else f" ({len(addresses)} of the cluster's {total} workers)"
+        try:
+            verdicts.append(_verdict(task, model, set(flags), threads or cores, where, probe))
+        except _KindLeft:
+            continue  # that kind trains nothing now: the others decide
+    if len(verdicts) == 1:
+        return verdicts[0]
+    if not verdicts:
+        return "float32", "auto: float32, every worker left the cluster before the bfloat16 probe ran"
+    chosen = "mixed_bfloat16" if all(choice == "mixed_bfloat16" for choice, _ in verdicts) else "float32"
+    return chosen, (
+        f"auto: {chosen} on a cluster of {len(verdicts)} kinds of CPU (bfloat16 only where every kind measures it "
+        "faster): " + "; ".join(because.removeprefix("auto: ") for _, because in verdicts)
+    )
+
+
+def _verdict(
+    task: Task, model: str, flags: set[str], threads: int, where: str, probe: Callable[[int], dict[str, list[float]]]
+) -> tuple[str, str]:
+    """One CPU kind's precision and why: float32 without native bfloat16; else the kept verdict for this CPU, task
+    and probe, or ``probe(threads)``'s seconds per epoch in each precision, kept."""
     native = sorted(flags & set(NATIVE_BF16))
     if not native:
         return "float32", f"auto: {model}{where} has no native bfloat16 ({', '.join(NATIVE_BF16)} absent)"
-    threads = threads or cores
     # The probe's model, size and threads are in the key: a verdict measured otherwise is not this probe's.
-    probe = [sorted(task.probe_params.items()), PROBE_EXAMPLES, PROBE_ROUNDS, PROBE_ESTIMATE, threads]
-    key = hashlib.sha256(json.dumps([model, sorted(flags), task.name, probe], default=str).encode()).hexdigest()[:16]
+    probe_key = [sorted(task.probe_params.items()), PROBE_EXAMPLES, PROBE_ROUNDS, PROBE_ESTIMATE, threads]
+    key = hashlib.sha256(json.dumps([model, sorted(flags), task.name, probe_key], default=str).encode())
+    key = key.hexdigest()[:16]
     cache = _read_cache()
     if key not in cache:
-        spec = task_spec or task.name
         try:
-            if run_there is None:
-                times = measure(spec, data, threads=threads)
-            else:
-                times = run_there(probe_task, ProbeRequest.of(spec, data, threads))
-        except ExecutorError:
-            raise  # the cluster is lost: its one line, not a quiet float32
+            times = probe(threads)
+        except (ExecutorError, _KindLeft):
+            raise  # the cluster is lost: its one line, not a quiet float32; a kind gone: the caller's to judge
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
             return "float32", f"auto: float32, the bfloat16 probe failed on {model}{where} ({type(error).__name__})"
         speedup = min(times["float32"]) / min(times["mixed_bfloat16"])

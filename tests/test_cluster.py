@@ -449,8 +449,9 @@ def test_what_workers_receive_holds_no_store_address_or_credentials(monkeypatch)
 
 
 def test_precision_auto_probes_a_remote_clusters_worker_not_the_driver(tmp_path, monkeypatch):
-    """With a scheduler address, the workers' CPU decides: the probe runs as a task on a worker (this machine's
-    own CPU reading and probe are made to fail here, so only the worker's can give the verdict)."""
+    """With a scheduler address, the workers' CPUs decide: every worker says what it is and the probe runs as a
+    task on one of them (this machine's own CPU reading and probe are made to fail here, so only a worker's can
+    give the verdict). Both workers run on this machine, so they are one kind: one probe."""
     from distributed import LocalCluster
 
     from mlflow_mnist import precision
@@ -468,12 +469,18 @@ def test_precision_auto_probes_a_remote_clusters_worker_not_the_driver(tmp_path,
     monkeypatch.setattr(precision, "measure", refuse)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         DaskExecutor(scheduler=cluster.scheduler_address) as executor,
     ):
         campaign = Campaign.open(task="digits", precision="auto", dataset=tiny_dataset(), executor=executor)
-        [worker_flags] = executor.client.run(lambda: Path("/proc/cpuinfo").read_text().split()).values()
-        [fold_threads] = executor.client.run(process.fold_threads).values()
+        worker_flags = next(iter(executor.client.run(lambda: Path("/proc/cpuinfo").read_text().split()).values()))
+        fold_threads = next(iter(executor.client.run(process.fold_threads).values()))
+        # Each worker answers for itself, under its own address; a call asked of one worker runs there.
+        addresses = sorted(executor.client.nthreads())
+        answers = executor.run_on_each_worker(precision.worker_cpu, None)
+        assert sorted(answers) == addresses and answers[addresses[0]] == answers[addresses[1]]
+        for address in addresses:
+            assert executor.run_on([address], precision.worker_cpu, None)[0] == address
     why = campaign.precision_because
     assert "(a Dask worker's)" in why, why
     cache = json.loads(precision.CACHE.read_text()) if precision.CACHE.exists() else {}

@@ -185,25 +185,82 @@ def _no_local_probe(monkeypatch):
     monkeypatch.setattr(precision, "measure", refuse)
 
 
+class _Cluster:
+    """A remote cluster's workers (``precision.ClusterWorkers``): per address its CPU (model, flags, a fold's
+    threads) and, per CPU model, the seconds its probe measures. Records what it was asked; ``leave``: addresses
+    whose workers are gone by the time their kind's probe runs (another worker runs it)."""
+
+    def __init__(self, cpus: dict[str, tuple], seconds: dict[str, dict], *, leave: tuple[str, ...] = ()):
+        self.cpus, self.seconds, self.leave, self.asked = cpus, seconds, leave, []
+
+    def run_on_each_worker(self, fn, task):
+        assert fn is precision.worker_cpu
+        self.asked.append("cpus")
+        return dict(self.cpus)
+
+    def run_on(self, workers, fn, task):
+        assert fn is precision.probe_task and len(task.x) <= precision.PROBE_EXAMPLES
+        ran_on = next((w for w in workers if w not in self.leave), None)
+        ran_on = ran_on or next(w for w in self.cpus if w not in self.leave)
+        model, _, threads = self.cpus[ran_on]
+        assert task.threads == threads  # the probe takes a fold's thread share on that worker
+        self.asked.append(f"probe on {ran_on}")
+        return ran_on, self.seconds[model]
+
+
+AMX = ("amx_bf16", "avx512f")
+FASTER = {"float32": [1.5] * 3, "mixed_bfloat16": [1.0] * 3}  # bfloat16 1.5x
+SLOWER = {"float32": [1.0] * 3, "mixed_bfloat16": [1.2] * 3}
+
+
 def test_a_remote_clusters_worker_is_probed_and_its_cpu_names_the_verdict(monkeypatch, tmp_path):
     monkeypatch.setattr(precision, "CACHE", tmp_path / "precision.json")
     _no_local_probe(monkeypatch)
-    asked = []
-
-    def run_there(fn, task):  # a worker with AMX and 8 cores, where bfloat16 measures 1.5x
-        asked.append(fn.__name__)
-        if fn is precision.worker_cpu:
-            return "Worker CPU", ["amx_bf16", "avx512f"], 8
-        assert fn is precision.probe_task and task.threads == 8 and len(task.x) <= precision.PROBE_EXAMPLES
-        return {"float32": [1.5] * 3, "mixed_bfloat16": [1.0] * 3}
-
+    # Two workers of one kind: one probe, on the first.
+    cluster = _Cluster({"w1": ("Worker CPU", AMX, 8), "w2": ("Worker CPU", AMX, 8)}, {"Worker CPU": FASTER})
     task, data = get_task("digits"), tiny_dataset()
-    chosen, why = precision.choose_precision(task, data, "auto", run_there=run_there)
+    chosen, why = precision.choose_precision(task, data, "auto", workers=cluster)
     assert chosen == "mixed_bfloat16" and "Worker CPU (a Dask worker's)" in why and "8 thread(s)" in why
-    assert asked == ["worker_cpu", "probe_task"]
-    assert precision.choose_precision(task, data, "auto", run_there=run_there)[0] == "mixed_bfloat16"
-    assert asked == ["worker_cpu", "probe_task", "worker_cpu"]  # kept under the worker's CPU: not probed again
+    assert cluster.asked == ["cpus", "probe on w1"]
+    assert precision.choose_precision(task, data, "auto", workers=cluster)[0] == "mixed_bfloat16"
+    assert cluster.asked == ["cpus", "probe on w1", "cpus"]  # kept under the worker's CPU: not probed again
     assert next(iter(json.loads(precision.CACHE.read_text()).values()))["model"] == "Worker CPU"
+
+
+def test_a_cluster_of_mixed_cpus_is_bfloat16_only_where_every_kind_measures_it_faster(monkeypatch, tmp_path):
+    """Each kind of CPU is probed once, on one of its workers; one kind that would train slower (no native
+    bfloat16, or measured slower) keeps the whole cluster in float32, and the reason names every kind."""
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "precision.json")
+    _no_local_probe(monkeypatch)
+    task, data = get_task("digits"), tiny_dataset()
+    cpus = {"x1": ("Xeon AMX", AMX, 2), "e1": ("EPYC", ("avx512f", "avx2"), 2), "x2": ("Xeon AMX", AMX, 2)}
+    cluster = _Cluster(cpus, {"Xeon AMX": FASTER})
+    chosen, why = precision.choose_precision(task, data, "auto", workers=cluster)
+    assert chosen == "float32" and cluster.asked == ["cpus", "probe on x1"]  # nothing to measure on the EPYC
+    assert "2 kinds of CPU" in why and "1.50x float32's speed on Xeon AMX (2 of the cluster's 3 workers)" in why
+    assert "EPYC (1 of the cluster's 3 workers) has no native bfloat16" in why
+
+    # Both kinds native: bfloat16 only if both measure it faster. A kind measured slower keeps float32.
+    cpus = {"x1": ("Xeon AMX", AMX, 2), "s1": ("Sapphire", AMX, 4)}
+    slower = _Cluster(cpus, {"Xeon AMX": FASTER, "Sapphire": SLOWER})
+    assert precision.choose_precision(task, data, "auto", workers=slower)[0] == "float32"
+    assert slower.asked == ["cpus", "probe on s1"]  # the Xeon's verdict was kept from the first cluster
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "another.json")
+    faster = _Cluster(cpus, {"Xeon AMX": FASTER, "Sapphire": FASTER})
+    assert precision.choose_precision(task, data, "auto", workers=faster)[0] == "mixed_bfloat16"
+    assert sorted(faster.asked) == ["cpus", "probe on s1", "probe on x1"]
+
+
+def test_a_kind_whose_workers_left_before_its_probe_does_not_decide(monkeypatch, tmp_path):
+    """The EPYC's only worker leaves after saying what it is: its probe would run on a Xeon and be read as the
+    EPYC's, so that kind is left out (it trains nothing now) and the Xeons decide."""
+    monkeypatch.setattr(precision, "CACHE", tmp_path / "precision.json")
+    _no_local_probe(monkeypatch)
+    cpus = {"e1": ("EPYC", AMX, 2), "x1": ("Xeon AMX", AMX, 2)}
+    cluster = _Cluster(cpus, {"Xeon AMX": FASTER, "EPYC": SLOWER}, leave=("e1",))
+    chosen, why = precision.choose_precision(get_task("digits"), tiny_dataset(), "auto", workers=cluster)
+    assert chosen == "mixed_bfloat16" and "EPYC" not in why and "Xeon AMX" in why
+    assert [entry["model"] for entry in json.loads(precision.CACHE.read_text()).values()] == ["Xeon AMX"]
 
 
 def test_a_remote_worker_without_native_bfloat16_is_float32_and_a_lost_cluster_is_its_own_error(monkeypatch):
@@ -211,14 +268,14 @@ def test_a_remote_worker_without_native_bfloat16_is_float32_and_a_lost_cluster_i
 
     _no_local_probe(monkeypatch)
     plain = precision.choose_precision(
-        get_task("digits"), tiny_dataset(), "auto", run_there=lambda fn, task: ("Old CPU", ["avx2"], 4)
+        get_task("digits"), tiny_dataset(), "auto", workers=_Cluster({"w": ("Old CPU", ["avx2"], 4)}, {})
     )
     assert plain[0] == "float32" and "Old CPU (a Dask worker's) has no native bfloat16" in plain[1]
 
-    def lost(fn, task):
-        if fn is precision.worker_cpu:
-            return "Worker CPU", ["amx_bf16"], 2
-        raise ExecutorError("lost the Dask scheduler")
+    class Lost(_Cluster):
+        def run_on(self, workers, fn, task):
+            raise ExecutorError("lost the Dask scheduler")
 
     with pytest.raises(ExecutorError, match="lost the Dask scheduler"):
-        precision.choose_precision(get_task("digits"), tiny_dataset(), "auto", run_there=lost)
+        lost = Lost({"w": ("Worker CPU", ["amx_bf16"], 2)}, {})
+        precision.choose_precision(get_task("digits"), tiny_dataset(), "auto", workers=lost)

@@ -61,7 +61,8 @@ class Executor(Protocol):
     of them (TensorFlow imported, data loaded) while the driver goes on setting up. Executors are context
     managers: leaving the block releases their workers. A failure of the workers themselves (not of ``fn``)
     is raised as :class:`ExecutorError`. ``remote``: the workers run on other machines (a cluster reached at an
-    address), whose CPU ``--precision auto`` probes through the executor's ``run_one(fn, task)``.
+    address), whose CPUs ``--precision auto`` probes through the executor's ``run_on_each_worker(fn, task)`` and
+    ``run_on(workers, fn, task)`` (:class:`mlflow_mnist.precision.ClusterWorkers`).
     """
 
     name: str

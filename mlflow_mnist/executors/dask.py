@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import TypeVar
 
@@ -152,9 +152,39 @@ class DaskExecutor:
         """A cluster reached at a scheduler address: its workers' CPUs are not this machine's."""
         return self.scheduler is not None
 
-    def run_one(self, fn: Callable[[T], R], task: T) -> R:
-        """``fn(task)`` on one worker, waited for (``--precision auto`` probes a remote cluster's CPU so)."""
-        return self.result(self.wait_first([self.submit(fn, task)])[0])
+    def run_on_each_worker(self, fn: Callable[[T], R], task: T) -> dict[str, R]:
+        """``fn(task)`` once for every worker the scheduler has now, each asked of that worker (one that left
+        meanwhile: another runs its call), by the address of the worker that ran it: ``--precision auto`` asks
+        every worker of a remote cluster what CPU it has so."""
+        client = self.start().client
+        try:
+            addresses = list(client.nthreads())
+        except (OSError, CancelledError, asyncio.CancelledError) as error:
+            raise self._lost(error) from None
+        handles = [self._submit_to([address], fn, task) for address in addresses]
+        return dict(self._ran_where(handle) for handle in handles)
+
+    def run_on(self, workers: Sequence[str], fn: Callable[[T], R], task: T) -> tuple[str, R]:
+        """``fn(task)`` on one of ``workers`` (another if they all left meanwhile), waited for: the address of the
+        worker that ran it and its result (``--precision auto`` probes one worker of each kind of CPU so)."""
+        return self._ran_where(self._submit_to(list(workers), fn, task))
+
+    def _submit_to(self, workers: list[str], fn: Callable[[T], R], task: T):
+        client = self.start().client
+        try:
+            # No key: each call is its own task (two kinds' probes of the same request are two measurements).
+            return client.submit(fn, task, workers=workers, allow_other_workers=True, pure=False)
+        except (OSError, CancelledError, asyncio.CancelledError) as error:
+            raise self._lost(error) from None
+
+    def _ran_where(self, handle) -> tuple[str, R]:
+        """A task's result, waited for, with the worker that holds it: the one that ran it (it has no inputs)."""
+        result = self.result(self.wait_first([handle])[0])
+        try:
+            holders = self.client.who_has([handle])[handle.key]
+        except (OSError, CancelledError, asyncio.CancelledError) as error:
+            raise self._lost(error) from None
+        return (holders[0] if holders else ""), result
 
     def start(self, warm_up: Callable[[], object] | None = None) -> DaskExecutor:
         """Reach the cluster and wait for a worker that can import this project; :class:`ExecutorError` if not.
