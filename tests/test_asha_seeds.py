@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
 from test_peers_seeds import PNG, _rows
+from test_peers_seeds import _run as run_seeds
 
 VARIANTS = ("optuna", "asha", "hyperband")
 
@@ -39,12 +35,7 @@ def _report(seed: int, common: float, variants: dict[str, tuple], **settings) ->
 
 
 def _run(tmp_path, reports: list[dict]):
-    paths = []
-    for i, report in enumerate(reports):
-        paths.append(tmp_path / f"asha-{i}.json")
-        paths[-1].write_text(json.dumps(report))
-    command = [sys.executable, str(ROOT / "benchmarks" / "asha_seeds.py"), *map(str, paths)]
-    return subprocess.run([*command, "--out", str(tmp_path / "seeds")], capture_output=True, text=True, timeout=120)
+    return run_seeds(tmp_path, reports, "asha_seeds.py")
 
 
 def test_each_seed_is_read_at_equal_fold_epochs_and_for_reach(tmp_path):

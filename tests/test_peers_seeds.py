@@ -33,12 +33,13 @@ def _report(seed: int, results: dict[str, tuple], **settings) -> dict:
     }
 
 
-def _run(tmp_path, reports: list[dict]):
+def _run(tmp_path, reports: list[dict], script: str = "peers_seeds.py"):
+    """``script`` over ``reports`` (written here as JSON files), its --out stem ``tmp_path/seeds``."""
     paths = []
     for i, report in enumerate(reports):
-        paths.append(tmp_path / f"peers-{i}.json")
+        paths.append(tmp_path / f"report-{i}.json")
         paths[-1].write_text(json.dumps(report))
-    command = [sys.executable, str(ROOT / "benchmarks" / "peers_seeds.py"), *map(str, paths)]
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *map(str, paths)]
     return subprocess.run([*command, "--out", str(tmp_path / "seeds")], capture_output=True, text=True, timeout=120)
 
 
