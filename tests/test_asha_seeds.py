@@ -6,8 +6,6 @@ import pytest
 from test_peers_seeds import PNG, _rows
 from test_peers_seeds import _run as run_seeds
 
-VARIANTS = ("optuna", "asha", "hyperband")
-
 
 def _report(seed: int, common: float, variants: dict[str, tuple], **settings) -> dict:
     """A bench_asha.py report: per variant (fold-epochs to the target or None, minutes to it, spent fold-epochs,
