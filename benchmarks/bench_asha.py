@@ -490,6 +490,16 @@ def run_variant(name: str, run: dict, stores: Path) -> dict:
     return v
 
 
+def curves_title(run: dict, cpu: str) -> str:
+    """The figure's title: what was searched, how, and on what (a precision other than float32 named)."""
+    precision = run.get("precision", "float32")
+    return (
+        f"Best mean CV so far, --space {run['space']}, {run['folds']} folds, seed {run['seed']}"
+        + (f", --precision {precision}" if precision != "float32" else "")
+        + f" ({cpu})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     run, out, stores = prepare(args, settings, prefix="bench-asha-")
@@ -512,8 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         target=run["target"],
         common=common,
         axes=("fold_epochs", "minutes"),
-        title=f"Best mean CV so far, --space {run['space']}, {run['folds']} folds, seed {run['seed']} "
-        f"({machine.describe()['cpu']})",
+        title=curves_title(run, machine.describe()["cpu"]),
     )
     print(markdown(report))
     print(f"written: {out / stem}.json, .md, .png")
