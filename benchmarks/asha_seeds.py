@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
     cpus = ", ".join(sorted({report["machine"]["cpu"] for report in reports}))
-    where = f"--space {first['space']}, {first['precision']}, {cpus}"
+    where = f"--space {first['space']}, --precision {first['precision']}, {cpus}"
     peers_seeds.plot(reach, args.out.with_suffix(".png"), title=f"Reach of {first['target']}, {where}")
     equal_path = args.out.with_name(args.out.name + "-equal.png")
     plot_equal(equal, equal_path, title=f"At equal fold-epochs, {where}", target=first["target"])
