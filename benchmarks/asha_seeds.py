@@ -66,9 +66,9 @@ def equal_info(reports: list[dict]) -> dict:
         seed = report.get("seed", 0)
         scored = {name: row["seeds"][seed]["best_at_common"] for name, row in table.items() if seed in row["seeds"]}
         scored = {name: value for name, value in scored.items() if value is not None}
+        top = max(scored.values(), default=None)
         for name, value in scored.items():
-            row = table[name]
-            row["highest"] += value == max(scored.values())
+            table[name]["highest"] += value == top
     common = {report.get("seed", 0): report["common_fold_epochs"] for report in reports}
     return {"variants": table, "seeds": sorted(common), "common": common}
 

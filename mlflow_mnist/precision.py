@@ -216,14 +216,14 @@ def _verdict(
         return "float32", f"auto: {model}{where} has no native bfloat16 ({', '.join(NATIVE_BF16)} absent)"
     # The probe's model, size and threads are in the key: a verdict measured otherwise is not this probe's.
     probe_key = [sorted(task.probe_params.items()), PROBE_EXAMPLES, PROBE_ROUNDS, PROBE_ESTIMATE, threads]
-    key = hashlib.sha256(json.dumps([model, sorted(flags), task.name, probe_key], default=str).encode())
-    key = key.hexdigest()[:16]
+    identity = json.dumps([model, sorted(flags), task.name, probe_key], default=str)
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     cache = _read_cache()
     if key not in cache:
         try:
             times = probe(threads)
-        except (ExecutorError, _KindLeft):
-            raise  # the cluster is lost: its one line, not a quiet float32; a kind gone: the caller's to judge
+        except ExecutorError:
+            raise  # the cluster is lost: its one line, not a quiet float32 (a kind gone passes through to the caller)
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as error:
             return "float32", f"auto: float32, the bfloat16 probe failed on {model}{where} ({type(error).__name__})"
         speedup = min(times["float32"]) / min(times["mixed_bfloat16"])
