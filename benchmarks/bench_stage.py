@@ -13,6 +13,10 @@ Peers, each a fresh process (TensorFlow's thread settings cannot leak between th
       epoch), nothing saved or logged, in two warm single-thread processes that pull folds from one queue; timed
       from the moment both have TensorFlow and the data loaded to the last fold's end (what no tool can beat
       on this machine without doing less work)
+  e2  e with two TensorFlow threads in each process (the cores oversubscribed twice): does a fold's idle moment
+      (Python between graph calls, the held-out scoring) leave a core a second process could use?
+  t   the same plain fits as e, in one process with TensorFlow's default thread pools (all cores) and two Python
+      threads pulling folds: plain Optuna's ``study.optimize(n_jobs=2)``
 Every variant trains the same grid: ours runs the step with ``reuse_reference=True`` (the CLI's
 ``--reuse-reference true``), since a staged step otherwise also retrains its reference (the carried-in
 configuration) as one more candidate, which GridSearchCV over the same grid does not do. Work is credited as
@@ -57,6 +61,8 @@ NAMES = {
     "c": "c) ours, tracking off",
     "d": "d) ours, full tracking, bfloat16",
     "e": "e) ceiling: plain Keras fits, 2 warm single-thread processes, untracked",
+    "e2": "e2) e with 2 TensorFlow threads per process",
+    "t": "t) e's fits in one process, 2 Python threads (Optuna's n_jobs=2)",
 }
 
 
@@ -138,48 +144,98 @@ def ours_untracked(data: str, step: str, epochs: int, folds: int) -> dict:
     return {"seconds": seconds, "mean_accuracy": [row["mean_test_score"] for row in cv_results(plan, results)]}
 
 
-def _ceiling_process(data: str, step: str, epochs: int, folds: int, todo, ready, go, done) -> None:
-    """One warm process of the ceiling: TensorFlow on one thread and the data loaded before the clock starts;
-    then folds from the shared queue until its stop mark."""
-    from mlflow_mnist.planning import fold_indices
-    from mlflow_mnist.worker.process import configure_threads
-    from mlflow_mnist.worker.training import VALIDATION_BATCH, execution_steps
-
-    configure_threads(1)
+def _plain_fit(task, dataset, fold) -> float:
+    """One fold as plain Keras trains it (the ceiling's unit of work): the task's model, our batch and steps per
+    graph call, held-out scoring after every epoch, nothing saved; its last held-out accuracy."""
     import keras
 
-    task, dataset, settings, plan = _plan(data, step, epochs, folds)
+    from mlflow_mnist.planning import fold_indices
+    from mlflow_mnist.worker.training import VALIDATION_BATCH, execution_steps
+
     x, y, onehot = dataset.x_train, dataset.y_train, np.eye(dataset.n_classes, dtype="float32")
+    train, held_out = fold_indices(y, fold.n_folds, fold.split_seed, fold.fold, fold.repeat)
+    keras.utils.set_random_seed(fold.seed)
+    model = task.build_model(
+        fold.params,
+        n_classes=dataset.n_classes,
+        steps_per_execution=execution_steps(len(train), fold.params),  # as ours: the same graph calls
+        precision="float32",
+        seed=fold.seed,
+        n_train=len(train),
+    )
+    history = model.fit(
+        x[train],
+        onehot[y[train]],
+        batch_size=fold.params["batch_size"],
+        epochs=fold.params["epochs"],
+        validation_data=(x[held_out], onehot[y[held_out]]),
+        validation_batch_size=VALIDATION_BATCH,
+        verbose=0,
+    )
+    return float(history.history["val_accuracy"][-1])
+
+
+def _ceiling_process(data: str, step: str, epochs: int, folds: int, threads: int, todo, ready, go, done) -> None:
+    """One warm process of the ceiling: TensorFlow on ``threads`` threads and the data loaded before the clock
+    starts; then folds from the shared queue until its stop mark."""
+    from mlflow_mnist.worker.process import configure_threads
+
+    configure_threads(threads)
+    task, dataset, settings, plan = _plan(data, step, epochs, folds)
     ready.put(os.getpid())
     go.wait()
     # Blocking gets until a stop mark: get_nowait() raises Empty whenever the other process holds the queue's
     # read lock, which ended one process early and left the other to train alone (measured: 1.8x slower).
     for index in iter(todo.get, None):
-        fold = plan.to_train[index]
-        train, held_out = fold_indices(y, fold.n_folds, fold.split_seed, fold.fold, fold.repeat)
-        keras.utils.set_random_seed(fold.seed)
-        model = task.build_model(
-            fold.params,
-            n_classes=dataset.n_classes,
-            steps_per_execution=execution_steps(len(train), fold.params),  # as ours: the same graph calls
-            precision="float32",
-            seed=fold.seed,
-            n_train=len(train),
-        )
-        history = model.fit(
-            x[train],
-            onehot[y[train]],
-            batch_size=fold.params["batch_size"],
-            epochs=fold.params["epochs"],
-            validation_data=(x[held_out], onehot[y[held_out]]),
-            validation_batch_size=VALIDATION_BATCH,
-            verbose=0,
-        )
-        done.put((index, float(history.history["val_accuracy"][-1])))
+        done.put((index, _plain_fit(task, dataset, plan.to_train[index])))
 
 
-def ceiling(data: str, step: str, epochs: int, folds: int, processes: int = 2) -> dict:
-    """The same folds as b and c at the machine's limit: see variant e in the module's docstring."""
+def _by_candidate(plan, scores: dict[int, float]) -> list[float]:
+    by_candidate: dict[int, list[float]] = {}
+    for index, score in scores.items():
+        by_candidate.setdefault(plan.to_train[index].candidate_index, []).append(score)
+    return [float(np.mean(v)) for _, v in sorted(by_candidate.items())]
+
+
+def threaded(data: str, step: str, epochs: int, folds: int, threads: int = 2) -> dict:
+    """The same plain fits as e in this one fresh process, ``threads`` Python threads pulling folds while
+    TensorFlow keeps its default pools: see variant t in the module's docstring. Timed, as e, from the moment
+    TensorFlow and the data are loaded."""
+    import queue
+    import threading
+
+    import tensorflow as tf
+
+    launched = time.perf_counter()
+    tf.constant(0.0)  # TensorFlow's runtime up before the clock, as in e's warm processes
+    task, dataset, settings, plan = _plan(data, step, epochs, folds)
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(plan.to_train)):
+        todo.put(index)
+    scores: dict[int, float] = {}
+
+    def pull() -> None:
+        while True:
+            try:
+                index = todo.get_nowait()  # a SimpleQueue between threads has no read lock to lose a race on
+            except queue.Empty:
+                return
+            scores[index] = _plain_fit(task, dataset, plan.to_train[index])
+
+    start = time.perf_counter()
+    pullers = [threading.Thread(target=pull) for _ in range(threads)]
+    for puller in pullers:
+        puller.start()
+    for puller in pullers:
+        puller.join()
+    seconds = time.perf_counter() - start
+    if len(scores) != len(plan.to_train):
+        raise RuntimeError(f"threaded: {len(scores)} of {len(plan.to_train)} folds trained")
+    return {"seconds": seconds, "warm_up_seconds": start - launched, "mean_accuracy": _by_candidate(plan, scores)}
+
+
+def ceiling(data: str, step: str, epochs: int, folds: int, processes: int = 2, threads: int = 1) -> dict:
+    """The same folds as b and c at the machine's limit: see variant e (and e2) in the module's docstring."""
     import multiprocessing
 
     launched = time.perf_counter()
@@ -189,7 +245,7 @@ def ceiling(data: str, step: str, epochs: int, folds: int, processes: int = 2) -
     for index in [*range(len(plan.to_train)), *[None] * processes]:  # the folds, then a stop mark for each
         todo.put(index)
     workers = [
-        context.Process(target=_ceiling_process, args=(data, step, epochs, folds, todo, ready, go, done))
+        context.Process(target=_ceiling_process, args=(data, step, epochs, folds, threads, todo, ready, go, done))
         for _ in range(processes)
     ]
     for worker in workers:
@@ -202,13 +258,10 @@ def ceiling(data: str, step: str, epochs: int, folds: int, processes: int = 2) -
     seconds = time.perf_counter() - start
     for worker in workers:
         worker.join()
-    by_candidate: dict[int, list[float]] = {}
-    for index, score in scores.items():
-        by_candidate.setdefault(plan.to_train[index].candidate_index, []).append(score)
     return {
         "seconds": seconds,
         "warm_up_seconds": start - launched,  # what the ceiling leaves out: processes, TensorFlow, the data
-        "mean_accuracy": [float(np.mean(v)) for _, v in sorted(by_candidate.items())],
+        "mean_accuracy": _by_candidate(plan, scores),
     }
 
 
@@ -219,6 +272,8 @@ RATIOS = {
     "speedup_bf16_over_a2": ("a2", "d", 0),
     "tracking_overhead": ("b", "c", 1),
     "over_ceiling": ("b", "e", 1),
+    "oversubscribed_over_ceiling": ("e2", "e", 1),
+    "threads_over_ceiling": ("t", "e", 1),
 }
 VARIANTS = {
     "a": lambda d, s, e, f: grid_search(d, s, e, f, n_jobs=1),
@@ -227,6 +282,8 @@ VARIANTS = {
     "c": ours_untracked,
     "d": lambda d, s, e, f: ours_tracked(d, s, e, f, precision="mixed_bfloat16"),
     "e": ceiling,
+    "e2": lambda d, s, e, f: ceiling(d, s, e, f, threads=2),
+    "t": threaded,
 }
 
 
@@ -298,7 +355,7 @@ def main() -> None:
     work = work_done(data, args.step, epochs, folds)
     seconds: dict[str, list[float]] = {k: [] for k in chosen}
     accuracy: dict[str, list[float]] = {}
-    warm_up: list[float] = []  # the ceiling's start-up, outside its clock
+    warm_up: dict[str, list[float]] = {}  # the start-up the ceilings (e, e2, t) leave outside their clocks
     for repeat in range(repeats):  # interleaved: a slow minute of the machine lands on every variant alike
         for name in chosen:
             print(f"repeat {repeat + 1}/{repeats}: variant {name} ...", file=sys.stderr, flush=True)
@@ -310,7 +367,7 @@ def main() -> None:
             seconds[name].append(measured["seconds"])
             accuracy[name] = measured["mean_accuracy"]
             if "warm_up_seconds" in measured:
-                warm_up.append(measured["warm_up_seconds"])
+                warm_up.setdefault(name, []).append(measured["warm_up_seconds"])
     median = {k: statistics.median(v) for k, v in seconds.items()}
     flops = {k: work["flops"]["grid_search" if k.startswith("a") else "ours"] for k in chosen}
     report = {
@@ -322,7 +379,8 @@ def main() -> None:
         **{name: median[a] / median[b] - shift for name, (a, b, shift) in RATIOS.items() if {a, b} <= set(median)},
         "gflops_per_second": {k: flops[k] / median[k] / 1e9 for k in chosen},
         "mean_accuracy": accuracy,
-        "ceiling_warm_up_seconds": warm_up,
+        "ceiling_warm_up_seconds": warm_up.get("e", []),
+        "warm_up_seconds": warm_up,
         "targets": TARGETS,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -376,6 +434,12 @@ def markdown(r: dict) -> str:
             f"{100 * t['over_ceiling']:.0f}%); the ceiling's start-up, outside its clock (two processes: Python, "
             f"TensorFlow, the data): median {statistics.median(warm_up):.1f} s"
         )
+    for key, how in (
+        ("oversubscribed", "two TensorFlow threads per process (e2/e - 1)"),
+        ("threads", "one process, two Python threads (t/e - 1)"),
+    ):
+        if f"{key}_over_ceiling" in r:
+            lines.append(f"- the same fits with {how}: **{100 * r[f'{key}_over_ceiling']:+.1f}%** against e")
     lines += [
         "- mean CV accuracy per candidate: "
         + "; ".join(f"{k}: " + ", ".join(f"{x:.4f}" for x in v) for k, v in r["mean_accuracy"].items()),
