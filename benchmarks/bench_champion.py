@@ -3,6 +3,8 @@
     python benchmarks/bench_champion.py --data ../shared/datasets/mnist [--strategy asha] [--trials 8]
     python benchmarks/bench_champion.py --data ../shared/datasets/mnist --seed 1 --stem champion-seed1  # another draw
     python benchmarks/bench_champion.py --task digits [--trials 16]      # another task, its default space
+    python benchmarks/bench_champion.py --final-from benchmarks/results/champion.json --final-precision float32 \
+        --stem champion-final-float32   # the same search's final in another precision: same seeds, paired
 
 The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted).
 Runs the same three `mlflow run` commands as that target into a fresh SQLite store, times
@@ -167,6 +169,13 @@ def main() -> None:
         "and run only the final and promote in that store, its registry emptied first, so finals differing only "
         "in --configs, --repeats or --model are paired on one search",
     )
+    parser.add_argument(
+        "--final-precision",
+        default=None,
+        choices=("float32", "mixed_bfloat16", "auto"),
+        help="the final's precision where it differs from the search's, e.g. with --final-from to pair one "
+        "search's finals in float32 and bfloat16 [default: --precision]",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--stem",
@@ -185,15 +194,15 @@ def main() -> None:
     if earlier is not None:
         for key in ("strategy", "trials", "min_epochs", "promotion", "precision", "seed"):
             setattr(args, key, earlier["settings"].get(key, getattr(args, key)))
-    common = ["-P", f"data={data}", "-P", f"precision={args.precision}", "-P", f"seed={args.seed}"]
-    common += [] if mnist else ["-P", f"task={args.task}"]
+    args.final_precision = args.final_precision or args.precision
+    common = ["-P", f"data={data}", "-P", f"seed={args.seed}"] + ([] if mnist else ["-P", f"task={args.task}"])
     store = Path(earlier["store"]) if earlier else Path(tempfile.mkdtemp(prefix="champion-"))
     parts = {}
     if earlier is not None:
         parts["search"] = 60 * earlier["minutes"]["search"]
         empty_registry(store)
     else:
-        parts["search"] = search_in(store, args, space, common)
+        parts["search"] = search_in(store, args, space, [*common, "-P", f"precision={args.precision}"])
     parts["final"], final = mlflow_run(
         store,
         "-e",
@@ -204,6 +213,8 @@ def main() -> None:
         f"repeats={args.repeats}",
         "-P",
         f"configs={args.configs}",
+        "-P",
+        f"precision={args.final_precision}",
         *common,
         task=args.task,
     )
@@ -226,6 +237,7 @@ def main() -> None:
                 "configs",
                 "model",
                 "precision",
+                "final_precision",
                 "seed",
             )
         },

@@ -47,6 +47,8 @@ def label(report: dict) -> str:
         parts.append(f"{settings['promotion']} promotion")
     if settings.get("precision", "auto") != "auto":
         parts.append(settings["precision"])
+    if settings.get("final_precision", settings.get("precision")) != settings.get("precision"):
+        parts.append(f"final in {settings['final_precision']}")
     if str(settings.get("trials", "8")) != "8":
         parts.append(f"{settings['trials']} trials")
     if settings.get("configs", "1") != "1":

@@ -75,16 +75,19 @@ def test_a_file_that_is_not_a_champion_report_is_one_line(tmp_path):
 
 
 def test_a_final_run_again_on_an_earlier_search_is_named_and_paired_with_it(tmp_path):
-    """A ``--final-from`` report: its label says how its settings differ (2 configurations), and the text says whose
-    search and minutes it reused."""
+    """A ``--final-from`` report: its label says how its settings differ (2 configurations; a final in another
+    precision than its search), and the text says whose search and minutes it reused."""
     first = _report(3, minutes=(3.1, 1.6, 0.2), errors=[8, 11, 13, 8], ensemble=9, exit_code=1)
     again = _report(3, minutes=(3.1, 3.1, 0.2), errors=[8, 5, 13, 9], ensemble=8, exit_code=1)
     again["settings"].update(configs="2", trials="12")
     again["search_from"] = "/results/champion-seed3.json"
-    proc = _run(tmp_path, [first, again])
+    float32 = _report(3, minutes=(3.1, 4.9, 0.2), errors=[8, 10, 12, 8], ensemble=9, exit_code=1)
+    float32["settings"].update(final_precision="float32")
+    float32["search_from"] = "/results/champion-seed3.json"
+    proc = _run(tmp_path, [first, again, float32])
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path)
-    assert set(rows) == {"seed 3", "seed 3, 12 trials, 2 configurations"}
+    assert set(rows) == {"seed 3", "seed 3, 12 trials, 2 configurations", "seed 3, final in float32"}
     assert rows["seed 3, 12 trials, 2 configurations"][5] == "8, 5, 13, 9"
     text = (tmp_path / "out" / "runs.md").read_text()
     assert "seed 3, 12 trials, 2 configurations reused the search (and its minutes) of champion-seed3" in text
