@@ -41,7 +41,8 @@ promote: setup
 # here, before any test score is seen; decisions on CV only. Four seeds take the same time as three on 2 workers.
 # Rerunning resumes: the store is the campaign's memory. PRECISION=auto trains in bfloat16 where a probe measures
 # it at least 1.1x faster, float32 elsewhere (2-core AMX Xeon: 8.6 min in all instead of 19.7 in float32, the same
-# winner, the ensemble 6 errors in both; README's Performance). PRECISION=float32 gives the float32 champion.
+# winner, the ensemble 6 errors in both; 2-core AMD EPYC with AVX512-BF16: the probe 1.20x, 14.9 min, the ensemble
+# 4 errors; README's Performance). PRECISION=float32 gives the float32 champion.
 # PROMOTION=eager lets each rung's first best go on (Optuna's rule): on this search's seed it trained 216
 # fold-epochs instead of 132 (2-core AMX Xeon, float32, benchmarks/results/peers-xeon-eager.md).
 CHAMPION_EXPERIMENT ?= champion

@@ -161,8 +161,8 @@ def build_model(
     learning-rate schedule.
 
     ``precision="mixed_bfloat16"`` computes in bfloat16 with float32 weights (fast on CPUs with AMX or
-    AVX512-BF16, slow elsewhere); the output layer stays float32. (The argument is not called ``params``:
-    scikeras injects its own dict under that name.)
+    AVX512-BF16, slow elsewhere; ``--precision auto`` measures which); the output layer stays float32. (The
+    argument is not called ``params``: scikeras injects its own dict under that name.)
     """
     import keras
     from keras import layers
