@@ -117,6 +117,7 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import offset_copy
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(runs) + 3.0))
     rows = list(range(len(runs)))[::-1]  # the first run on top
@@ -128,8 +129,14 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     left.axvline(GOAL_MINUTES, color="black", linestyle="--", linewidth=1, label=f"goal: {GOAL_MINUTES:.0f} min")
     left.set_yticks(rows, [run["label"] for run in runs])
     left.set_xlabel("minutes")
-    # Legends below the axes: inside, they hid the points of the last rows.
-    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    below_label = {  # legends below the axes (inside, they hid the last rows' points), a fixed height under the
+        # axis label: an offset in axes fractions met the label on figures of a few runs
+        "loc": "upper center",
+        "bbox_to_anchor": (0.5, 0.0),
+        "ncol": 2,
+        "fontsize": 7,
+    }
+    left.legend(bbox_transform=offset_copy(left.transAxes, fig=figure, y=-32, units="points"), **below_label)
     for row, run in zip(rows, runs, strict=True):
         seeds = [100 * accuracy for accuracy in run["seed_accuracies"]]
         spread = [row + 0.1 * (i - (len(seeds) - 1) / 2) for i in range(len(seeds))]  # equal scores stay apart
@@ -150,7 +157,7 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     right.axvline(100 * threshold, color="C3", linestyle=":", linewidth=1, label=f"gate: {threshold:.2%}")
     right.set_yticks(rows, [run["label"] for run in runs])
     right.set_xlabel("test accuracy (%)")
-    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    right.legend(bbox_transform=offset_copy(right.transAxes, fig=figure, y=-32, units="points"), **below_label)
     for axis in (left, right):
         axis.grid(axis="x", alpha=0.3)
     figure.suptitle(title, fontsize=9)
