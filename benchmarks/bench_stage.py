@@ -200,7 +200,8 @@ def _by_candidate(plan, scores: dict[int, float]) -> list[float]:
 def threaded(data: str, step: str, epochs: int, folds: int, threads: int = 2) -> dict:
     """The same plain fits as e in this one fresh process, ``threads`` Python threads pulling folds while
     TensorFlow keeps its default pools: see variant t in the module's docstring. Timed, as e, from the moment
-    TensorFlow and the data are loaded."""
+    TensorFlow and the data are loaded. Keras' seeding is process-wide and the threads seed at once, so a fold's
+    random layers may draw another stream than in e: its scores are near e's, not equal (the work is the same)."""
     import queue
     import threading
 
