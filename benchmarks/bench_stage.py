@@ -435,12 +435,12 @@ def markdown(r: dict) -> str:
             f"{100 * t['over_ceiling']:.0f}%); the ceiling's start-up, outside its clock (two processes: Python, "
             f"TensorFlow, the data): median {statistics.median(warm_up):.1f} s"
         )
-    for key, how in (
-        ("oversubscribed", "two TensorFlow threads per process (e2/e - 1)"),
-        ("threads", "one process, two Python threads (t/e - 1)"),
+    for ratio, how in (
+        ("oversubscribed_over_ceiling", "two TensorFlow threads per process (e2/e - 1)"),
+        ("threads_over_ceiling", "one process, two Python threads (t/e - 1)"),
     ):
-        if f"{key}_over_ceiling" in r:
-            lines.append(f"- the same fits with {how}: **{100 * r[f'{key}_over_ceiling']:+.1f}%** against e")
+        if ratio in r:
+            lines.append(f"- the same fits with {how}: **{100 * r[ratio]:+.1f}%** against e")
     lines += [
         "- mean CV accuracy per candidate: "
         + "; ".join(f"{k}: " + ", ".join(f"{x:.4f}" for x in v) for k, v in r["mean_accuracy"].items()),

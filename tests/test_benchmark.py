@@ -25,7 +25,7 @@ def test_quick_benchmark_runs_each_kind_of_variant_and_writes_its_report(tmp_pat
         [sys.executable, script, "--quick", "--variants", "a2,b,e,t", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=1800,  # a hang guard only: three fresh TensorFlow processes take minutes on a shared 2-core machine
+        timeout=1800,  # a hang guard only: four fresh TensorFlow processes take minutes on a shared 2-core machine
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "bench_stage-quick-a2bet.json").read_text())
