@@ -73,6 +73,8 @@ def read_back(store: Path) -> dict:
         "best_trial_cv": best.data.metrics.get("mean_heldout_accuracy"),
         "trials": len({r.data.tags.get(schema.TRIAL) for r in runs if r.data.tags.get(schema.TRIAL)}),
         "fold_epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in folds)),
+        # the search's own measure of its workers' idle share (a fraction; None where the search logged none)
+        "workers_idle_share": search.data.metrics.get("workers_idle_share"),
         "seeds": {
             r.data.tags.get(schema.SEED): {
                 "test_accuracy": r.data.metrics["test_accuracy"],
@@ -264,7 +266,9 @@ def main() -> None:
     text = (
         f"`make champion`{'' if mnist else f' for task {task.name}'} from an empty store on "
         f"{machine.line(report['machine'])}: search "
-        f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs), "
+        f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs"
+        + (f", workers idle {idle:.1%}" if (idle := report["workers_idle_share"]) is not None else "")
+        + "), "
         f"{args.repeats}-seed final {report['minutes']['final']:.1f} min, "
         f"promote {report['minutes']['promote']:.1f} min; "
         f"{sum(report['minutes'].values()):.1f} min in all"

@@ -5,7 +5,8 @@
         benchmarks/results/champion-xeon-auto-eager.json --out benchmarks/results/champion-runs-xeon
 
 One champion run is one draw of its campaign seed (the split, the search's draws, the final's seeds). Per run:
-minutes (search, final, promote), the pick's mean CV, each final seed's test accuracy, the promoted model's
+minutes (search, final, promote), the search's workers' idle share (where the report has it: reports of
+bench_champion.py before 2026-12-06 do not), the pick's mean CV, each final seed's test accuracy, the promoted model's
 (the seeds' ensemble or the median seed, as the run's ``--model`` fixed beforehand) and whether the default gate
 promoted it; and whether the goal was met: at most :data:`GOAL_MINUTES` in all and the promoted model at
 :data:`GOAL_ACCURACY` or better (6 errors of 2,060 test images, 99.709%, counts as 99.71%: the goal is read at
@@ -71,6 +72,7 @@ def run_info(report: dict) -> dict:
         "minutes": minutes,
         "total_minutes": total,
         "fold_epochs": report.get("fold_epochs"),
+        "idle_share": report.get("workers_idle_share"),  # absent from reports written before it was recorded
         "pick_cv": report.get("best_trial_cv"),
         "seed_accuracies": [seed["test_accuracy"] for seed in seeds],
         "seed_errors": [seed["errors"] for seed in seeds],
@@ -88,16 +90,17 @@ def markdown(runs: list[dict], cpus: str) -> str:
         f"`make champion`, {len(runs)} runs on {cpus}: the goal (at most {GOAL_MINUTES:.0f} min in all, the promoted "
         f"model at {GOAL_ACCURACY:.2%} or better, promoted by the default gate) met by {met} of {len(runs)}.",
         "",
-        "| run | search / final / promote (min) | in all | fold-epochs | pick's mean CV | seeds' test errors "
-        "| promoted model: test accuracy | gate | goal |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
+        "| run | search / final / promote (min) | in all | fold-epochs | search's workers idle | pick's mean CV "
+        "| seeds' test errors | promoted model: test accuracy | gate | goal |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- |",
     ]
     for run in runs:
         parts = " / ".join(f"{run['minutes'][part]:.1f}" for part in PARTS)
         accuracy = "-" if run["accuracy"] is None else f"{run['accuracy']:.3%} ({run['model']})"
         cv = "-" if run["pick_cv"] is None else f"{run['pick_cv']:.5f}"
+        idle = "-" if run["idle_share"] is None else f"{run['idle_share']:.1%}"
         lines.append(
-            f"| {run['label']} | {parts} | {run['total_minutes']:.1f} | {run['fold_epochs']} | {cv} | "
+            f"| {run['label']} | {parts} | {run['total_minutes']:.1f} | {run['fold_epochs']} | {idle} | {cv} | "
             f"{', '.join(map(str, run['seed_errors']))} | {accuracy} | "
             f"{'promoted' if run['promoted'] else 'refused'} | {'met' if run['goal_met'] else 'not met'} |"
         )

@@ -52,14 +52,16 @@ def test_each_run_is_read_against_the_goal(tmp_path):
         _report(2, minutes=(15.0, 5.5, 0.2), errors=[3, 3, 4, 5], ensemble=3, exit_code=0),
         _report(3, minutes=(6.2, 6.2, 0.2), errors=[11, 15, 11, 11], ensemble=11, exit_code=1),
     ]
+    reports[0]["workers_idle_share"] = 0.10647  # reports written before it was recorded have none
     proc = _run(tmp_path, reports)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "out" / "runs.md").read_text()
     assert "met by 1 of 4" in text
     rows = _rows(tmp_path)
     assert [rows[f"seed {n}"][-1] for n in range(4)] == ["met", "not met", "not met", "not met"]
-    assert rows["seed 0"][6] == "99.709% (ensemble)" and rows["seed 3"][7] == "refused"
-    assert rows["seed 2"][2] == "20.7" and rows["seed 0"][5] == "4, 4, 6, 7"
+    assert rows["seed 0"][7] == "99.709% (ensemble)" and rows["seed 3"][8] == "refused"
+    assert rows["seed 2"][2] == "20.7" and rows["seed 0"][6] == "4, 4, 6, 7"
+    assert rows["seed 0"][4] == "10.6%" and rows["seed 1"][4] == "-"
     assert (tmp_path / "out" / "runs.png").read_bytes().startswith(PNG)
 
 
@@ -88,7 +90,7 @@ def test_a_final_run_again_on_an_earlier_search_is_named_and_paired_with_it(tmp_
     assert proc.returncode == 0, proc.stderr
     rows = _rows(tmp_path)
     assert set(rows) == {"seed 3", "seed 3, 12 trials, 2 configurations", "seed 3, final in float32"}
-    assert rows["seed 3, 12 trials, 2 configurations"][5] == "8, 5, 13, 9"
+    assert rows["seed 3, 12 trials, 2 configurations"][6] == "8, 5, 13, 9"
     text = (tmp_path / "out" / "runs.md").read_text()
     assert "seed 3, 12 trials, 2 configurations reused the search (and its minutes) of champion-seed3" in text
     assert "seed 3 reused" not in text
