@@ -111,6 +111,7 @@ def measure(stores: dict[str, str], dataset, *, min_epochs: int) -> dict:
     import mlflow
 
     from mlflow_mnist.planning import fold_indices
+    from mlflow_mnist.redaction import redact
 
     x_train, y_train, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
     test_distance = nearest_distances(x_test, x_train)
@@ -149,7 +150,8 @@ def measure(stores: dict[str, str], dataset, *, min_epochs: int) -> dict:
                     }
                 )
             held = [float(np.median(d)) for d in distances.values()]
-            report["stores"][label] = {"store": store, "heldout_distance_median": held, "folds": rows}
+            # a tracking URI may carry a password (http://user:pw@host): the report keeps it masked
+            report["stores"][label] = {"store": redact(store), "heldout_distance_median": held, "folds": rows}
     finally:
         mlflow.set_tracking_uri(previous)
     report["test_size"] = int(len(y_test))
@@ -257,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-epochs", type=int, default=6, help="fold models of this many epochs or more")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fold-models-on-test")
     args = parser.parse_args(argv)
+    from mlflow_mnist import redaction
+
+    redaction.install()  # whatever a store's client prints (its URI in an error) goes out masked
     try:
         stores = parse_stores(args.stores)
         dataset = load_data(args.task, args.data, args.classes)
