@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 
+from bench_asha import store_uri  # noqa: E402
 from machine import describe, line  # noqa: E402
 
 FAR_QUANTILE = 0.75  # held-out images at or past this quantile of nearest-training distance are "far"
@@ -50,8 +51,8 @@ def nearest_distances(queries: np.ndarray, pool: np.ndarray, *, block: int = 102
 
 
 def tracking_uri(store: str) -> str:
-    """A bench_champion store folder as a SQLite URI; anything with a scheme as it is."""
-    return store if "://" in store else f"sqlite:///{Path(store).resolve() / 'mlflow.db'}"
+    """A bench_champion store folder as the SQLite URI the benchmarks give it; anything with a scheme as it is."""
+    return store if "://" in store else store_uri(Path(store).resolve())
 
 
 def fold_models(uri: str, min_epochs: int) -> list[dict]:
