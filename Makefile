@@ -50,6 +50,9 @@ PRECISION ?= auto
 TRIALS ?= 8
 MIN_EPOCHS ?= 2
 PROMOTION ?= quota
+# TOP_RUNG_PARTS=2 trains each fold of the last rung in two parts (6 + 6 epochs, checkpointed between): its three
+# folds then fill both workers to the end instead of the third training alone beside an idle one.
+TOP_RUNG_PARTS ?= 2
 REPEATS ?= 4
 # CONFIGS=2 spreads the final's seeds over the search's best two configurations; on five campaign seeds it met the
 # goal once against three times for one (2-core AMX Xeon, docs/performance.md), so one it is.
@@ -57,8 +60,8 @@ CONFIGS ?= 1
 CHAMPION_MODEL ?= ensemble
 champion: setup
 	mlflow run . --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P strategy=asha -P space=wide \
-	  -P trials=$(TRIALS) -P min_epochs=$(MIN_EPOCHS) -P promotion=$(PROMOTION) -P data=$(DATA) \
-	  -P precision=$(PRECISION)
+	  -P trials=$(TRIALS) -P min_epochs=$(MIN_EPOCHS) -P promotion=$(PROMOTION) -P top_rung_parts=$(TOP_RUNG_PARTS) \
+	  -P data=$(DATA) -P precision=$(PRECISION)
 	mlflow run . -e final --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P search=latest \
 	  -P repeats=$(REPEATS) -P configs=$(CONFIGS) -P data=$(DATA) -P precision=$(PRECISION)
 	mlflow run . -e promote --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P model=$(CHAMPION_MODEL)

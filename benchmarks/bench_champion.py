@@ -99,6 +99,7 @@ def search_in(store: Path, args: argparse.Namespace, space: str, common: list[st
     """Run make champion's search into ``store``; its minutes (a failed search ends the script)."""
     options = {"strategy": args.strategy, "space": space, "trials": args.trials, "min_epochs": args.min_epochs}
     options["promotion"] = args.promotion
+    options["top_rung_parts"] = args.top_rung_parts
     seconds, search = mlflow_run(
         store, *[part for key, value in options.items() for part in ("-P", f"{key}={value}")], *common, task=args.task
     )
@@ -159,6 +160,11 @@ def main() -> None:
         "--promotion", default="quota", help="ASHA's promotion rule, quota or eager [default: quota, as make champion]"
     )
     parser.add_argument(
+        "--top-rung-parts",
+        default="2",
+        help="ASHA: each top-rung fold trained in this many parts, checkpointed between [default: 2, as make champion]",
+    )
+    parser.add_argument(
         "--seed",
         default="0",
         help="the campaign's seed: the split, the search's draws, the final's seeds from it [default: 0]",
@@ -196,6 +202,7 @@ def main() -> None:
     if earlier is not None:
         for key in ("strategy", "trials", "min_epochs", "promotion", "precision", "seed"):
             setattr(args, key, earlier["settings"].get(key, getattr(args, key)))
+        args.top_rung_parts = earlier["settings"].get("top_rung_parts", "1")  # reports before the option: one part
     args.final_precision = args.final_precision or args.precision
     common = ["-P", f"data={data}", "-P", f"seed={args.seed}"] + ([] if mnist else ["-P", f"task={args.task}"])
     store = Path(earlier["store"]) if earlier else Path(tempfile.mkdtemp(prefix="champion-"))
@@ -235,6 +242,7 @@ def main() -> None:
                 "trials",
                 "min_epochs",
                 "promotion",
+                "top_rung_parts",
                 "repeats",
                 "configs",
                 "model",

@@ -46,6 +46,8 @@ def label(report: dict) -> str:
     parts = [f"seed {settings.get('seed', '0')}"]
     if settings.get("promotion", "quota") != "quota":
         parts.append(f"{settings['promotion']} promotion")
+    if str(settings.get("top_rung_parts", "1")) != "1":  # make champion's 2 since 2026-12-06; one part before
+        parts.append(f"top rung in {settings['top_rung_parts']} parts")
     if settings.get("precision", "auto") != "auto":
         parts.append(settings["precision"])
     if settings.get("final_precision", settings.get("precision")) != settings.get("precision"):

@@ -57,6 +57,7 @@ def tune(
     min_epochs: int = 0,
     brackets: int = 1,
     promotion: str = "quota",
+    top_rung_parts: int = 1,
     warm_start: int = 0,
     epochs: int | None = None,
     folds: int = 3,
@@ -101,7 +102,8 @@ def tune(
     # line before any worker process starts or the store is reached.
     dry = dict(stage=stage, steps=steps, space=chosen_space, trials=trials, factor=halving_factor)
     dry_epochs = max(1, int(chosen.start.get("epochs", 1)) if epochs is None else epochs)
-    options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion)  # the dry and the real request's
+    # The dry and the real request's options.
+    options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion, top_rung_parts=top_rung_parts)
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign = open_campaign(

@@ -314,6 +314,14 @@ N_JOBS_OPTION = click.option(
     help="asha: " + "; ".join(f"{name}: {rule}" for name, rule in PROMOTION_RULES.items()) + ".",
 )
 @click.option(
+    "--top-rung-parts",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="asha: train each fold of the top rung in this many parts, checkpointed between, so that the search's "
+    "last folds fill every worker (2 for 3 folds on 2 workers: 6 parts, no worker idle beside the last fold).",
+)
+@click.option(
     "--warm-start",
     default=0,
     show_default=True,

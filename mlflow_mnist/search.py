@@ -186,7 +186,9 @@ class Session:
     and in between every worker gets the next fold of whichever group has the highest priority.
 
     Folds that continue an earlier rung's fold get its saved model attached on their way to a worker: from the
-    folds this search trained, else from the store (``load_checkpoint``), so a rerun continues too.
+    folds this search trained, else from the store (``load_checkpoint``), so a rerun continues too. A group may
+    be submitted before the group it continues has finished: each of its folds is held back only until the fold
+    it continues is in, not the whole group (so a trial's next part fills a worker the moment one fold is done).
     """
 
     def __init__(
@@ -206,6 +208,8 @@ class Session:
         self.outcomes: list[GroupOutcome] = []
         self.clock = IdleClock(self.n_workers)
         self._queue: list[tuple[int, int, FoldTask, Pending]] = []  # (-priority, order, task, group)
+        self._unfinished: set[str] = set()  # keys of the folds queued, held or running
+        self._held: dict[str, list[tuple[int, int, FoldTask, Pending]]] = {}  # by the key of the fold they continue
         self._order = itertools.count()
         self._running: dict[Any, tuple[FoldTask, Pending]] = {}  # executor handle -> (task, group)
         self._finished: deque[Pending] = deque()
@@ -220,7 +224,12 @@ class Session:
         tasks = {task.key: task for task in plan.to_train}
         pending = Pending(plan, dict(plan.reused), tasks, set(tasks), priority)
         for task in tasks.values():
-            heapq.heappush(self._queue, (-priority, next(self._order), task, pending))
+            entry = (-priority, next(self._order), task, pending)
+            if task.resume_key in self._unfinished:  # its checkpoint is still to come
+                self._held.setdefault(task.resume_key, []).append(entry)
+            else:
+                heapq.heappush(self._queue, entry)
+        self._unfinished.update(tasks)
         if not tasks:
             self._complete(pending)
         return pending
@@ -262,7 +271,8 @@ class Session:
 
     @property
     def free_workers(self) -> int:
-        """Workers that would have nothing to do once the queued folds are out (negative: folds still wait)."""
+        """Workers that would have nothing to do once the queued folds are out (negative: folds still wait). Folds
+        held for a checkpoint do not count: each is released as the fold it continues ends, freeing a worker."""
         return self.n_workers - len(self._running) - len(self._queue)
 
     def release(self, pending: Pending) -> None:
@@ -292,6 +302,9 @@ class Session:
         pending.left.discard(result.key)
         if task.resumable and result.model_files:
             self._checkpoints[result.key] = result.model_files
+        self._unfinished.discard(task.key)
+        for entry in self._held.pop(task.key, []):  # a fold that left no model: theirs fail, saying so
+            heapq.heappush(self._queue, entry)
         for listener in self.listeners:
             listener.fold_finished(pending.plan, task, result)
         if not pending.left:

@@ -101,6 +101,12 @@ BAD_INPUTS = [
     ("unknown strategy", ["--strategy", "bayes"], {}, "'bayes' is not one of 'staged'"),
     ("unknown space", ["--stage", "", "--strategy", "optuna", "--space", "huge"], {}, "unknown search space 'huge'"),
     ("staged without a stage", ["--stage", ""], {}, "--stage is required for --strategy staged"),
+    (
+        "more top-rung parts than epochs",
+        ["--stage", "", "--strategy", "asha", "--space", "seed", "--top-rung-parts", "4"],
+        {},
+        "--top-rung-parts 4: the top rung trains 3 epoch(s) past the rung before (3), so it splits into 1 to 3",
+    ),
     ("text for a number", ["--epochs", "six"], {}, "'six' is not a valid integer"),
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),

@@ -296,6 +296,7 @@ def test_asha_with_eager_promotion_carries_its_first_trial_to_the_full_budget_at
         "search.rung_epochs": "2,6",
         "search.brackets": "1",
         "search.promotion": "eager",
+        "search.top_rung_parts": "1",
         "search.warm_start": "0",
     }
 

@@ -21,6 +21,14 @@ A promoted trial *continues* each fold from the model that fold saved at the run
 schedule over the trial's full budget), for the extra epochs only, so the top rung costs what one uninterrupted
 training costs. Promotions go to a free worker before new trials.
 
+``top_rung_parts`` > 1 trains the top rung in that many parts per fold, each continuing the checkpoint the part
+before saved (at evenly spaced epochs: 12 between 6 and 18 for two parts), where nothing is decided: a trial that
+reaches a checkpoint goes on at once. The last rung of a search is usually one trial's folds with nothing else
+left to train: three 12-epoch folds on two workers leave one worker idle for the whole third fold (10.6% of the
+champion's search on a 2-core AMD EPYC); six 6-epoch parts keep both busy to the end. The result is the same
+training (a continued fold equals one trained straight through); the keys differ (they name the checkpoints), so
+the count is part of the search's key.
+
 ``brackets`` > 1 hedges the first rung (Hyperband's idea, asynchronous): trial ``n`` starts at rung
 ``n mod brackets``, so some trials are judged first at 2 epochs, others at 6, others only at the full budget.
 ``warm_start`` configurations (the staged grid's winner, earlier searches' best trials) are the first trials.
@@ -58,6 +66,21 @@ def rung_budgets(max_epochs: int, factor: int, min_epochs: int) -> list[int]:
         budgets.append(budget)
         budget *= factor
     return [*budgets, max_epochs]
+
+
+def stops(budgets: Sequence[int], parts: int) -> list[int]:
+    """The epochs a trial's folds stop at: the rungs' ``budgets``, with the top rung's training cut into ``parts``
+    by checkpoints at (nearly) even steps from the rung before (from scratch for a single rung) to the full budget.
+    Raises :class:`StageError` where a part would train no epoch."""
+    start = budgets[-2] if len(budgets) > 1 else 0
+    span = budgets[-1] - start
+    if not 1 <= parts <= span:
+        raise StageError(
+            f"--top-rung-parts {parts}: the top rung trains {span} epoch(s) past the rung before ({start}), so it "
+            f"splits into 1 to {span} parts"
+        )
+    checkpoints = [start + span * k // parts for k in range(1, parts)]
+    return [*budgets[:-1], *checkpoints, budgets[-1]]
 
 
 def eligible(guessing: Sequence[bool], usable: Sequence[bool], factor: int) -> list[bool]:
@@ -125,7 +148,8 @@ class AsyncHalving:
     help = (
         "asynchronous successive halving with TPE over --space: no worker waits, promoted trials continue their "
         "models; --brackets hedges the first rung, --promotion eager lets a rung's first best go on, "
-        "--warm-start starts from the experiment's best"
+        "--warm-start starts from the experiment's best, --top-rung-parts splits the last rung's folds to fill "
+        "the workers"
     )
     single_group = False
     carries_forward = False
@@ -139,6 +163,7 @@ class AsyncHalving:
         min_epochs: int = 0,
         brackets: int = 1,
         promotion: str = "quota",
+        top_rung_parts: int = 1,
         seed: int = 0,
         overrides: Params | None = None,
         search_key: str = "",
@@ -147,8 +172,13 @@ class AsyncHalving:
     ):
         self.space, self.n_trials, self.factor, self.seed = space, n_trials, factor, seed
         self.overrides, self.search_key = dict(overrides or {}), search_key
-        self.budgets = rung_budgets(space.max_epochs, factor, min_epochs or max(1, space.max_epochs // factor**2))
-        self.brackets = max(1, min(brackets, len(self.budgets)))
+        rungs = rung_budgets(space.max_epochs, factor, min_epochs or max(1, space.max_epochs // factor**2))
+        self.top_rung_parts = top_rung_parts
+        self.budgets = stops(rungs, top_rung_parts)  # every stop, checkpoints included: the run tree's rungs
+        # Stops where nothing is decided: bracket b still starts at stop b (the checkpoints follow the last rung
+        # below the top, so a top bracket starts at the first checkpoint and goes on from there).
+        self.checkpoints = range(len(rungs) - 1, len(self.budgets) - 1)
+        self.brackets = max(1, min(brackets, len(rungs)))
         if promotion not in PROMOTION_RULES:
             raise StageError(f"unknown promotion rule {promotion!r}: choose one of {', '.join(PROMOTION_RULES)}")
         self.promotion = promotion
@@ -162,8 +192,12 @@ class AsyncHalving:
     def from_request(cls, request: SearchRequest) -> AsyncHalving:
         space = request.need_space()
         parts = (cls.name, space.name, request.factor, request.seed, request.min_epochs, request.brackets)
-        # The default rule adds nothing to the key, so that searches stored before the option resume as before.
-        key = request.search_key(*parts, *([request.promotion] if request.promotion != "quota" else []))
+        # Defaults add nothing to the key, so that searches stored before an option resume as before.
+        if request.promotion != "quota":
+            parts += (request.promotion,)
+        if request.top_rung_parts != 1:
+            parts += (f"top_rung_parts={request.top_rung_parts}",)
+        key = request.search_key(*parts)
         return cls(
             space,
             n_trials=request.trials,
@@ -171,6 +205,7 @@ class AsyncHalving:
             min_epochs=request.min_epochs,
             brackets=request.brackets,
             promotion=request.promotion,
+            top_rung_parts=request.top_rung_parts,
             seed=request.seed,
             overrides=request.overrides,
             search_key=key,
@@ -186,6 +221,7 @@ class AsyncHalving:
             "rung_epochs": ",".join(map(str, self.budgets)),
             "brackets": self.brackets,
             "promotion": self.promotion,
+            "top_rung_parts": self.top_rung_parts,
             "warm_start": self.warm_start,
         }
 
@@ -220,7 +256,10 @@ class AsyncHalving:
                 {r.tags.rung.index: r for r in group if r.finished}.values(), key=lambda r: r.tags.rung.index
             )
             bracket = min(r.tags.rung.index for r in group) - 1
-            top = max(r.tags.rung.index for r in group) - 1
+            started = max(r.tags.rung.index for r in group) - 1
+            # It goes on past its last finished rung: the parts past a checkpoint are queued together, so a later
+            # one may have started while the one it continues was cut short.
+            top = min(started, finished[-1].tags.rung.index) if finished else bracket
             state = _Trial(group[0].tags.trial, bracket, dict(group[0].tags.sampled), rung=top)
             for record in finished:
                 rung = record.tags.rung.index - 1
@@ -278,14 +317,17 @@ class AsyncHalving:
                 # ... nor any trial from below: none trains there, none waits to be promoted from there.
                 closed = closed and not any(s.bracket == bracket and s.rung <= rung for s in busy)
                 seen = self.rungs.get((bracket, rung), [])
-                picks = promotions(
-                    [r.score for r in seen],
-                    allowed=eligible([r.guessing for r in seen], [r.usable for r in seen], self.factor),
-                    promoted=[r.promoted for r in seen],
-                    factor=self.factor,
-                    closed=closed,
-                    eager=self.promotion == "eager",
-                )
+                if rung in self.checkpoints:  # nothing decided here: every trial with models goes on
+                    picks = [i for i, result in enumerate(seen) if result.usable and not result.promoted]
+                else:
+                    picks = promotions(
+                        [r.score for r in seen],
+                        allowed=eligible([r.guessing for r in seen], [r.usable for r in seen], self.factor),
+                        promoted=[r.promoted for r in seen],
+                        factor=self.factor,
+                        closed=closed,
+                        eager=self.promotion == "eager",
+                    )
                 if picks and (chosen is None or rung > chosen[0]):
                     chosen = (rung, seen[picks[0]])
                 closed = closed and not picks
@@ -306,8 +348,9 @@ class AsyncHalving:
 
     def _group(self, state: _Trial) -> Group:
         budget, count = self.budgets[state.rung], len(self.budgets)
+        checkpoint = ", a checkpoint" if state.rung in self.checkpoints else ""
         return Group(
-            name=f"trial {state.number} rung {state.rung + 1}/{count}: {budget} epochs",
+            name=f"trial {state.number} rung {state.rung + 1}/{count}: {budget} epochs{checkpoint}",
             step=self.search_name,
             varied=self.space.names,
             own_run=False,
@@ -334,15 +377,22 @@ class AsyncHalving:
         self.asked, resumed = self.remember(study, past)
         for config in self._warm_configs(memory(), already=self.asked):
             study.enqueue_trial(config, skip_if_exists=True)
-        in_flight: dict[int, _Trial] = {}
+        in_flight: dict[int, tuple[_Trial, int]] = {}  # a group in the engine -> its trial and rung
         next_number = max(numbers, default=-1) + 1
         waiting: list[_Result] = []  # arrived since Optuna was last told
 
         def start(state: _Trial) -> None:
             if state.rung > state.bracket and not state.chain:
                 state.chain = self._chain_from_store(session, state)  # its models are in the store
-            pending = session.submit([self._spec(state)], group=self._group(state), priority=state.rung)
-            in_flight[id(pending)] = state
+            # From a checkpoint on nothing is decided: every part to the top is queued now, one priority for all
+            # (first parts first), and the engine holds each fold's next part until that fold's checkpoint is in.
+            priority, first = state.rung, state.rung
+            last = len(self.budgets) - 1 if first in self.checkpoints else first
+            for rung in range(first, last + 1):
+                state.rung = rung
+                pending = session.submit([self._spec(state)], group=self._group(state), priority=priority)
+                in_flight[id(pending)] = (state, rung)
+                state.chain = pending.plan.candidates[0].chain()
 
         def ask() -> _Trial:
             nonlocal next_number
@@ -358,7 +408,7 @@ class AsyncHalving:
         while True:
             # Free workers: promotions first (highest rung first), then new trials.
             while session.free_workers > 0:
-                promotion = self.next_promotion(list(in_flight.values()))
+                promotion = self.next_promotion([state for state, _ in in_flight.values()])
                 if promotion is not None:
                     promotion.promoted = True
                     promotion.state.rung += 1
@@ -377,19 +427,24 @@ class AsyncHalving:
             # While there is work to give (a trial to ask, one waiting to be promoted behind the folds queued
             # before it), come back as soon as a worker is free: the last fold of a rung must not train alone
             # beside an idle worker. After that, only for finished rungs.
-            more = self.asked < self.n_trials or self.next_promotion(list(in_flight.values())) is not None
+            busy = [state for state, _ in in_flight.values()]
+            more = self.asked < self.n_trials or self.next_promotion(busy) is not None
             finished = session.wait(until_free=more)
             if finished is None:
                 if more:
                     continue
                 break
-            state = in_flight.pop(id(finished))
+            state, rung = in_flight.pop(id(finished))
             self._release(session, state)  # the rung before: continued, its models are no longer needed
-            row, budget = finished.rows[0], self.budgets[state.rung]
+            row, budget = finished.rows[0], self.budgets[rung]
             state.scores[budget] = self._rung_score(row["mean_test_score"], row["status"])
             if state.trial is not None:
                 state.trial.report(state.scores[budget], budget)
-            if state.rung == len(self.budgets) - 1:
+            if rung in self.checkpoints:  # its next part is queued already: nothing to decide
+                self._see(state, rung, row["mean_test_score"], row["status"], row["chance_score"]).promoted = True
+                state.last = finished
+                continue
+            if rung == len(self.budgets) - 1:
                 if state.trial is not None:
                     study.tell(state.trial, state.scores[budget])
                 else:  # told pruned while it waited at a rung below
@@ -397,7 +452,7 @@ class AsyncHalving:
                 session.release(finished)
                 continue
             state.chain, state.last = finished.plan.candidates[0].chain(), finished
-            waiting.append(self._see(state, state.rung, row["mean_test_score"], row["status"], row["chance_score"]))
+            waiting.append(self._see(state, rung, row["mean_test_score"], row["status"], row["chance_score"]))
 
     @staticmethod
     def _release(session, state: _Trial) -> None:

@@ -52,6 +52,7 @@ class SearchRequest:
     min_epochs: int = 0  # successive halving's first rung (0: the space's budget / factor**2)
     brackets: int = 1  # first rungs to hedge over (Hyperband's brackets)
     promotion: str = "quota"  # ASHA's promotion rule (mlflow_mnist.strategies.asha.PROMOTION_RULES)
+    top_rung_parts: int = 1  # ASHA: parts each fold of the top rung trains in, checkpointed between
     warm_start: int = 0  # how many of the experiment's best configurations start a joint search
     warm_configs: Callable[[StoreState], list[Params]] = lambda state: []
 
