@@ -134,6 +134,11 @@ def bool_option(name: str, default: bool, help: str):
     )
 
 
+def count_option(name: str, *, default: int, minimum: int, help: str):
+    """A whole number of at least ``minimum`` (a bad one is click's one line), its default shown."""
+    return click.option(name, default=default, show_default=True, type=click.IntRange(minimum), help=help)
+
+
 TASK_OPTION = click.option(
     "--task",
     default=DEFAULT_TASK,
@@ -290,20 +295,18 @@ N_JOBS_OPTION = click.option(
     help="; ".join(f"{name}: {strategy.help}" for name, strategy in STRATEGIES.items()),
 )
 @click.option("--space", default="", help="Search space of a joint search [default: the task's default space].")
-@click.option("--trials", default=20, show_default=True, type=click.IntRange(1), help="Trials of a joint search.")
-@click.option("--halving-factor", default=3, show_default=True, type=click.IntRange(2), help="Rung ratio.")
-@click.option(
+@count_option("--trials", default=20, minimum=1, help="Trials of a joint search.")
+@count_option("--halving-factor", default=3, minimum=2, help="Rung ratio.")
+@count_option(
     "--min-epochs",
     default=0,
-    show_default=True,
-    type=click.IntRange(0),
+    minimum=0,
     help="asha: epochs at the first rung (0: the space's budget / factor^2).",
 )
-@click.option(
+@count_option(
     "--brackets",
     default=1,
-    show_default=True,
-    type=click.IntRange(1),
+    minimum=1,
     help="asha: first rungs to spread trials over (Hyperband's brackets; 1: every trial starts at the first).",
 )
 @click.option(
@@ -313,19 +316,17 @@ N_JOBS_OPTION = click.option(
     type=click.Choice(list(PROMOTION_RULES)),
     help="asha: " + "; ".join(f"{name}: {rule}" for name, rule in PROMOTION_RULES.items()) + ".",
 )
-@click.option(
+@count_option(
     "--top-rung-parts",
     default=1,
-    show_default=True,
-    type=click.IntRange(1),
+    minimum=1,
     help="asha: train each fold of the top rung in this many parts, checkpointed between, so that the search's "
     "last folds fill every worker (2 for 3 folds on 2 workers: 6 parts, no worker idle beside the last fold).",
 )
-@click.option(
+@count_option(
     "--warm-start",
     default=0,
-    show_default=True,
-    type=click.IntRange(0),
+    minimum=0,
     help="asha: start from this many of the experiment's best configurations (staged winner, earlier trials).",
 )
 @common_options
@@ -369,17 +370,16 @@ def tune(**options) -> None:
 
 @main.command()
 @common_options
-@click.option("--repeats", default=1, show_default=True, type=click.IntRange(1), help="Seeds to train and test.")
+@count_option("--repeats", default=1, minimum=1, help="Seeds to train and test.")
 @click.option(
     "--search",
     default="",
     help="Train a joint search's best configuration (its run id, or 'latest') instead of the staged carry-forward.",
 )
-@click.option(
+@count_option(
     "--configs",
     default=1,
-    show_default=True,
-    type=click.IntRange(1),
+    minimum=1,
     help="With --search: spread the seeds over the search's best this many configurations (by CV, best first; "
     "seed k trains the (k mod configs)-th), so the seeds' ensemble does not rest on one pick.",
 )
