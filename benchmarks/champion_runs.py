@@ -11,7 +11,8 @@ bench_champion.py before 2026-12-06 do not), the pick's mean CV, each final seed
 promoted it; and whether the goal was met: at most :data:`GOAL_MINUTES` in all and the promoted model at
 :data:`GOAL_ACCURACY` or better (6 errors of 2,060 test images, 99.709%, counts as 99.71%: the goal is read at
 two decimals of a percent, as the issue writes it). Writes ``<out>.md`` and ``<out>.png`` (minutes per run,
-stacked; test accuracy per seed and of the promoted model, with the goal and the gate's threshold).
+stacked, the search's idle share on its bar; test accuracy per seed and of the promoted model, with the goal and
+the gate's threshold).
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
         widths = [run["minutes"][part] for run in runs]
         left.barh(rows, widths, left=start, color=f"C{index}", label=part, height=0.6)
         start = [a + b for a, b in zip(start, widths, strict=True)]
+    for row, run in zip(rows, runs, strict=True):  # the search's idle share on its bar, where the report has it
+        if run["idle_share"] is not None:
+            left.text(0.2, row, f"idle {run['idle_share']:.1%}", va="center", ha="left", fontsize=7, color="white")
     left.axvline(GOAL_MINUTES, color="black", linestyle="--", linewidth=1, label=f"goal: {GOAL_MINUTES:.0f} min")
     left.set_yticks(rows, [run["label"] for run in runs])
     left.set_xlabel("minutes")
