@@ -51,7 +51,8 @@ TRIALS ?= 8
 MIN_EPOCHS ?= 2
 PROMOTION ?= quota
 # TOP_RUNG_PARTS=2 trains each fold of the last rung in two parts (6 + 6 epochs, checkpointed between): its three
-# folds then fill both workers to the end instead of the third training alone beside an idle one.
+# folds then fill both workers to the end instead of the third training alone beside an idle one (2-core AMD EPYC,
+# seeds 0, 1, 4: the search's workers idle 2.6-3.8% instead of 9.8-12.7%, in the same minutes; docs/performance.md).
 TOP_RUNG_PARTS ?= 2
 REPEATS ?= 4
 # CONFIGS=2 spreads the final's seeds over the search's best two configurations; on five campaign seeds it met the
