@@ -6,7 +6,8 @@
     python benchmarks/bench_champion.py --final-from benchmarks/results/champion.json --final-precision float32 \
         --stem champion-final-float32   # the same search's final in another precision: same seeds, paired
 
-The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted).
+The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted;
+the top rung in 2 parts since 2026-12-06: reports written before it ran `--top-rung-parts 1`).
 Runs the same three `mlflow run` commands as that target into a fresh SQLite store, times
 each part, and reads back from the store the configuration found, every seed's test accuracy and errors, and
 what `promote` said (against the task's own threshold). Writes benchmarks/results/champion.{json,md}
