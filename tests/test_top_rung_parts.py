@@ -1,7 +1,7 @@
 """ASHA's top rung in parts (``--top-rung-parts``): checkpoints where nothing is decided, each fold's next part
-queued behind that fold alone, so the search's last folds fill every worker; killed anywhere, a rerun trains
-nothing twice. Decisions and timing are checked on the real engine and store with a scripted fold worker and a
-simulated clock (a fold takes as long as the epochs it trains)."""
+queued behind that fold alone, so the search's last folds fill every worker; killed between a checkpoint and its
+next part, a rerun trains nothing twice. Decisions and timing are checked on the real engine and store with a
+scripted fold worker and a simulated clock (a fold takes as long as the epochs it trains)."""
 
 from __future__ import annotations
 
@@ -177,3 +177,16 @@ def test_a_search_killed_between_a_checkpoint_and_the_part_after_it_resumes_and_
         and r.info.status == "FINISHED"
     ]
     assert finished_top and all(r.data.params["epochs"] == "6" for r in finished_top)
+
+
+def test_a_top_bracket_starts_from_scratch_at_the_first_checkpoint_and_goes_on_to_the_full_budget(store):
+    """Hyperband's brackets start at the rungs that decide: over ``seed`` (rungs 2 and 6 epochs, a checkpoint at 4
+    in two parts) bracket 1 is the top one, so its trials train 4 epochs from scratch, then their second part."""
+    strategy = AsyncHalving(
+        SEED, n_trials=4, factor=3, min_epochs=2, brackets=2, top_rung_parts=2, seed=0, search_key="b"
+    )
+    assert strategy.budgets == [2, 4, 6] and strategy.brackets == 2
+    search(store, strategy, ContinuingWorker())
+    rungs = _rungs_of_trials(store)
+    assert {trial: reached for trial, reached in rungs.items() if min(reached) == 2} == {"1": {2, 3}, "3": {2, 3}}
+    assert all(min(reached) == 1 for trial, reached in rungs.items() if trial in ("0", "2"))
