@@ -387,13 +387,16 @@ class AsyncHalving:
                 state.chain = self._chain_from_store(session, state)  # its models are in the store
             # From a checkpoint on nothing is decided: every part to the top is queued now, one priority for all
             # (first parts first), and the engine holds each fold's next part until that fold's checkpoint is in.
-            priority, first = state.rung, state.rung
+            first = state.rung
             last = len(self.budgets) - 1 if first in self.checkpoints else first
             for rung in range(first, last + 1):
                 state.rung = rung
-                pending = session.submit([self._spec(state)], group=self._group(state), priority=priority)
+                pending = session.submit([self._spec(state)], group=self._group(state), priority=first)
                 in_flight[id(pending)] = (state, rung)
                 state.chain = pending.plan.candidates[0].chain()
+
+        def training() -> list[_Trial]:  # the trials with a group in the engine
+            return [state for state, _ in in_flight.values()]
 
         def ask() -> _Trial:
             nonlocal next_number
@@ -409,7 +412,7 @@ class AsyncHalving:
         while True:
             # Free workers: promotions first (highest rung first), then new trials.
             while session.free_workers > 0:
-                promotion = self.next_promotion([state for state, _ in in_flight.values()])
+                promotion = self.next_promotion(training())
                 if promotion is not None:
                     promotion.promoted = True
                     promotion.state.rung += 1
@@ -428,8 +431,7 @@ class AsyncHalving:
             # While there is work to give (a trial to ask, one waiting to be promoted behind the folds queued
             # before it), come back as soon as a worker is free: the last fold of a rung must not train alone
             # beside an idle worker. After that, only for finished rungs.
-            busy = [state for state, _ in in_flight.values()]
-            more = self.asked < self.n_trials or self.next_promotion(busy) is not None
+            more = self.asked < self.n_trials or self.next_promotion(training()) is not None
             finished = session.wait(until_free=more)
             if finished is None:
                 if more:
