@@ -233,11 +233,6 @@ class Campaign:
     def load_checkpoint(self, fold_key: str) -> dict[str, bytes] | None:
         """The saved model of the finished fold ``fold_key`` (an earlier rung a fold continues from), as the folder
         a worker returned; None when the store has none."""
-        import tempfile
-        from pathlib import Path
-
-        import mlflow.artifacts
-
         runs = self.client.search_runs(
             [self.experiment_id],
             f"tags.`{FOLD_KEY}` = '{fold_key}' and attributes.status = 'FINISHED'",
@@ -245,10 +240,7 @@ class Campaign:
         )
         for run in runs:
             for output in run.outputs.model_outputs if run.outputs else []:
-                location = self.client.get_logged_model(output.model_id).artifact_location
-                with tempfile.TemporaryDirectory() as tmp, tracking.quiet_downloads():
-                    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
-                    return {str(f.relative_to(local)): f.read_bytes() for f in local.rglob("*") if f.is_file()}
+                return tracking.logged_model_files(self.client, output.model_id)
         return None
 
     def worker_data(self) -> DataRef | Dataset:

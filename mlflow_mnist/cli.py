@@ -398,6 +398,7 @@ def final(**options) -> None:
         f"max {summary['max_test_accuracy']:.4%})"
         + (f", {len(summary['configs'])} configurations" if len(summary["configs"]) > 1 else "")
         + (f"; seeds' ensemble {summary['ensemble_test_accuracy']:.4%}" if "ensemble_test_accuracy" in summary else "")
+        + (f"; {summary['seeds_taken']} seed(s) taken from a killed final" if summary["seeds_taken"] else "")
         + f"; run {summary['run_id']}"
     )
 

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist.executors import Executor
+from mlflow_mnist.final_resume import finished_seeds
 from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY, FinalTree
 from mlflow_mnist.params import Params, StageError, parse_value
+from mlflow_mnist.planning import final_seed_key
 from mlflow_mnist.results import rank_key
 from mlflow_mnist.schema import (
     BEST_CONFIG,
@@ -217,17 +219,34 @@ def run_final(
             adopt_run_id=campaign.adopt_run_id,
             source_search=source,
         )
-        results = []
-        assignments = [(seed, k % len(chosen)) for k, seed in enumerate(seeds)]
-        with tqdm(total=repeats, desc="final", unit="seed", disable=not progress) as bar:
-            for result in executor.map_unordered(worker, assignments):
+        test_digest = campaign.data.digest("test")
+        assignments = [(seed, k % len(chosen)) for k, seed in enumerate(seeds)]  # (seed, configuration index)
+        keys = {
+            final_seed_key(chosen[index], seed, campaign.settings, test_digest=test_digest): (seed, index)
+            for seed, index in assignments
+        }
+        # A killed final's finished seeds are this final's (one seed's final logs on its own run: nothing to take).
+        taken = {}
+        if repeats > 1:
+            taken = finished_seeds(campaign.client, campaign.experiment_id, keys, campaign.data.y_test)
+        tree.take_seeds(list(taken.values()))
+        results = [(seed.result, seed.run_id) for seed in taken.values()]
+        to_train = [assignment for key, assignment in keys.items() if key not in taken]
+        key_of = {assignment: key for key, assignment in keys.items()}
+        with tqdm(total=repeats, initial=len(taken), desc="final", unit="seed", disable=not progress) as bar:
+            if taken:
+                killed = ", ".join(sorted({seed.final_id for seed in taken.values()}))
+                bar.set_postfix_str(f"{len(taken)} seed(s) taken from the killed final {killed}")
+            for result in executor.map_unordered(worker, to_train):
                 hold.check()  # a driver that lost the campaign lock writes nothing more
-                results.append((result, tree.seed_finished(result)))
+                key = key_of[(result.seed, result.config_index)]
+                results.append((result, tree.seed_finished(result, key=key)))
                 bar.set_postfix_str(f"seed {result.seed}: test accuracy {result.test_accuracy:.4f}")
                 bar.update()
+        results.sort(key=lambda pair: pair[0].seed)  # taken or trained, in whatever order: one median, one average
         summary = summarize(results)
         ensemble = seed_ensemble([r for r, _ in results], campaign.data)
         if ensemble is not None:
             summary[ENSEMBLE_ACCURACY], summary["ensemble_test_errors"] = ensemble[1], ensemble[2]
         tree.finish(summary, ensemble=ensemble)
-    return {**summary, "run_id": parent, "params": chosen[0], "configs": chosen}
+    return {**summary, "run_id": parent, "params": chosen[0], "configs": chosen, "seeds_taken": len(taken)}

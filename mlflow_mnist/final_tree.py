@@ -2,8 +2,9 @@
 
 Each seed run carries its training curves, test accuracy and loss, the confusion matrix (PNG and JSON), the
 misclassified test images, the train and test datasets, and its model as a LoggedModel whose test accuracy is
-a metric on the model. The final run names its median seed as its best child (that is the model ``promote``
-registers) and carries the spread over seeds.
+a metric on the model and its test-set probabilities (``test_probabilities.npy``). The final run names its median
+seed as its best child (that is the model ``promote`` registers) and carries the spread over seeds. A final that
+resumes a killed one takes that final's finished seed runs as its own children (:mod:`mlflow_mnist.final_resume`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from mlflow_mnist.final_resume import PROBABILITIES, FinishedSeed, probabilities_bytes
 from mlflow_mnist.planning import StoreState
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
     CONFIG_RANK,
     ENSEMBLE_MODEL,
     FINAL_LEVEL,
+    FINAL_SEED_KEY,
     FINAL_SEED_LEVEL,
     MEDIAN_MODEL,
     MEDIAN_RUN,
+    PARENT,
+    RESUMED_FROM,
     SEED,
     STAGE,
     STATUS,
@@ -114,12 +119,13 @@ class FinalTree:
         self.repeats, self.configs = repeats, list(configs)
         return self.parent
 
-    def seed_finished(self, result: FinalResult) -> str:
-        """Log one seed (on its own child run, or on the final run when there is one seed)."""
+    def seed_finished(self, result: FinalResult, *, key: str = "") -> str:
+        """Log one seed (on its own child run, or on the final run when there is one seed); ``key`` is its
+        :func:`~mlflow_mnist.planning.final_seed_key`, by which a later final takes it should this one be killed."""
         if self.repeats == 1:
             run_id = self.parent
         else:
-            tags, name = {STAGE: FINAL_LEVEL, SEED: result.seed}, f"seed {result.seed}"
+            tags, name = {STAGE: FINAL_LEVEL, SEED: result.seed, FINAL_SEED_KEY: key}, f"seed {result.seed}"
             if len(self.configs) > 1:
                 rank = result.config_index + 1
                 tags[CONFIG_RANK], name = rank, f"seed {result.seed} (configuration {rank})"
@@ -133,6 +139,15 @@ class FinalTree:
         if run_id != self.parent:
             self.writer.finish(run_id, end_ms=result.ended_ms)
         return run_id
+
+    def take_seeds(self, seeds: Sequence[FinishedSeed]) -> None:
+        """Move seeds a killed final finished under this one (they are its seeds now: the gate counts a final's
+        children), and say on this final where they came from."""
+        for seed in seeds:
+            self.writer.log_tags(seed.run_id, {PARENT: self.parent})
+            self.model_ids[seed.run_id] = seed.model_id
+        if seeds:
+            self.writer.log_tags(self.parent, {RESUMED_FROM: ",".join(sorted({seed.final_id for seed in seeds}))})
 
     def _log_result(self, run_id: str, result: FinalResult) -> None:
         from sklearn.metrics import confusion_matrix
@@ -152,6 +167,8 @@ class FinalTree:
             "matrix": matrix.tolist(),
         }
         self.writer.log_dict(run_id, matrix_json, "confusion_matrix.json")
+        if result.probabilities is not None:  # what a later final needs to take this seed without retraining it
+            self.writer.log_bytes(run_id, probabilities_bytes(result.probabilities), PROBABILITIES)
         model_id = self.writer.log_model(run_id, result.model_files, tags={SEED: result.seed, STAGE: FINAL_LEVEL})
         self.writer.log_results(
             run_id,

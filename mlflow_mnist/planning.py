@@ -265,6 +265,18 @@ def fold_key(
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def final_seed_key(params: Params, seed: int, settings: SearchSettings, *, test_digest: str) -> str:
+    """Identity of one seed of ``final``: ``params`` trained on the whole training set with ``seed``, then scored
+    once on the test set ``test_digest``. A seed that finished in a final killed before its end is taken by the
+    next final with the same key instead of being trained (and tested) again."""
+    identity = ["final seed", settings.canonical(params), seed, settings.data_digest, test_digest, RECIPE_VERSION]
+    if settings.precision != "float32":
+        identity.append(settings.precision)
+    if settings.task.model_key:
+        identity.append(settings.task.model_key)
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
 def candidate_label(varied: Params) -> str:
     """Readable run name of a grid point: ``neurons_1=15`` or ``epochs=20,batch_size=40``."""
     return ",".join(f"{key}={format_value(value)}" for key, value in varied.items())

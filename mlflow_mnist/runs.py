@@ -205,6 +205,12 @@ class RunWriter:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    def log_bytes(self, run_id: str, content: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, artifact_file)
+            path.write_bytes(content)
+            self.client.log_artifact(run_id, str(path))
+
     def log_dict(self, run_id: str, values: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(run_id, dict(values), artifact_file)
 

@@ -130,6 +130,30 @@ def quiet_downloads() -> Iterator[None]:
         os.environ.pop(PROGRESS_BAR_ENV, None)
 
 
+def logged_model_files(client, model_id: str) -> dict[str, bytes]:
+    """A LoggedModel's folder as the bytes a worker returned (what continues a fold, or joins an ensemble)."""
+    import mlflow.artifacts
+
+    location = client.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
+        return {str(f.relative_to(local)): f.read_bytes() for f in local.rglob("*") if f.is_file()}
+
+
+def run_artifact_bytes(run_id: str, artifact_path: str) -> bytes | None:
+    """One artifact file of a run, or None when the run has none of that name."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+            ).read_bytes()
+        except (MlflowException, OSError):
+            return None
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

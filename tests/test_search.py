@@ -13,6 +13,7 @@ from mlflow_mnist.planning import (
     FoldRecord,
     SearchSettings,
     StepBest,
+    final_seed_key,
     fold_indices,
     fold_key,
     resolve_fixed_params,
@@ -89,6 +90,23 @@ def test_fold_key_depends_on_everything_that_changes_the_result():
         fold_key(params, 0, SearchSettings(MNIST, 3, 1, 6, "abc", 2)),
         fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "other data", 2)),
         fold_key(params, 0, SearchSettings(MNIST, 5, 0, 6, "abc", 2)),
+    ]
+    assert key not in others and len(set(others)) == len(others)
+
+
+def test_a_final_seeds_key_depends_on_everything_that_changes_its_result():
+    """What a killed final's seed is taken by: the configuration, the seed, the data, the test set, the precision;
+    not the fold split (a final trains on all training images)."""
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    key = final_seed_key(params, 0, SETTINGS, test_digest="t")
+    assert key == final_seed_key(dict(params), 0, SearchSettings(MNIST, 5, 3, 6, "abc", 2), test_digest="t")
+    others = [
+        final_seed_key(params, 1, SETTINGS, test_digest="t"),
+        final_seed_key({**params, "epochs": 7}, 0, SETTINGS, test_digest="t"),
+        final_seed_key(params, 0, SETTINGS, test_digest="another test set"),
+        final_seed_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "other data", 2), test_digest="t"),
+        final_seed_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "abc", 2, "mixed_bfloat16"), test_digest="t"),
+        fold_key(params, 0, SETTINGS),
     ]
     assert key not in others and len(set(others)) == len(others)
 

@@ -1,0 +1,94 @@
+"""What a killed ``final`` leaves behind: its finished seeds, which the next ``final`` takes instead of training.
+
+A seed run is keyed (:func:`mlflow_mnist.planning.final_seed_key`) by everything that shapes its result, and keeps
+its test-set probabilities beside its model, so a later final can rebuild the median and the seeds' ensemble
+from the store alone. Only seeds of a final that never finished (killed, or failed) are taken: a finished final
+keeps its seeds, and a new final over the same settings is a deliberate second look at the test set. A taken seed
+run moves under the new final, so the final that is promoted holds every seed it summarises (the gate checks it).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from mlflow_mnist import tracking
+from mlflow_mnist.schema import FINAL_SEED_KEY, FINAL_SEED_LEVEL, LEVEL, PARENT, STATUS
+from mlflow_mnist.worker import FinalResult
+
+PROBABILITIES = "test_probabilities.npy"
+UNFINISHED = ("KILLED", "FAILED")
+
+
+@dataclass(frozen=True)
+class FinishedSeed:
+    """A seed that finished in a final that did not: its run, its model and what it measured."""
+
+    run_id: str
+    model_id: str | None
+    final_id: str  # the unfinished final it was trained in
+    result: FinalResult
+
+
+def probabilities_bytes(probabilities: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(probabilities, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def finished_seeds(
+    client, experiment_id: str, wanted: Mapping[str, tuple[int, int]], y_test: np.ndarray
+) -> dict[str, FinishedSeed]:
+    """The finished seeds of unfinished finals whose key is in ``wanted`` (key -> (seed, configuration index)).
+
+    A seed is taken only whole: FINISHED (a run is marked so after its model and metrics), with its model, and
+    with probabilities that make exactly the errors it logged on a test set of ``len(y_test)`` images."""
+    if not wanted:
+        return {}
+    runs = tracking.search_all(
+        client, [experiment_id], f"tags.`{LEVEL}` = '{FINAL_SEED_LEVEL}' and attributes.status = 'FINISHED'"
+    )
+    found: dict[str, FinishedSeed] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):  # the newest of a key first
+        key, parent = run.data.tags.get(FINAL_SEED_KEY, ""), run.data.tags.get(PARENT, "")
+        if key not in wanted or key in found or not parent:
+            continue
+        if client.get_run(parent).info.status not in UNFINISHED:
+            continue
+        seed = _read_seed(client, run, *wanted[key], y_test)
+        if seed is not None:
+            found[key] = replace(seed, final_id=parent)
+    return found
+
+
+def _read_seed(client, run, seed: int, config_index: int, y_test: np.ndarray) -> FinishedSeed | None:
+    metrics, run_id = run.data.metrics, run.info.run_id
+    content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
+    outputs = run.outputs.model_outputs if run.outputs else []
+    if content is None or "test_accuracy" not in metrics:
+        return None
+    probabilities = np.load(io.BytesIO(content), allow_pickle=False)
+    predictions = probabilities.argmax(axis=1)
+    errors = int(np.sum(predictions != y_test)) if len(probabilities) == len(y_test) else -1
+    if errors != int(metrics.get("test_errors", -1)):
+        return None  # not what it measured: train it again
+    status = run.data.tags.get(STATUS, "ok")
+    model_id = outputs[0].model_id if outputs else None
+    if model_id is None and status == "ok":
+        return None
+    result = FinalResult(
+        seed,
+        metrics["test_accuracy"],
+        metrics.get("test_loss", float("nan")),
+        metrics.get("fit_seconds", float("nan")),
+        status,
+        errors,
+        predictions=predictions,
+        probabilities=probabilities,
+        model_files=tracking.logged_model_files(client, model_id) if model_id else None,
+        config_index=config_index,
+    )
+    return FinishedSeed(run_id, model_id, "", result)
