@@ -40,7 +40,7 @@ promote: setup
 # its seeds' ensemble promoted if it passes the default gate (99.66%). What is promoted (CHAMPION_MODEL) is fixed
 # here, before any test score is seen; decisions on CV only. Four seeds take the same time as three on 2 workers.
 # Rerunning resumes: the store is the campaign's memory. PRECISION=auto trains in bfloat16 where a probe measures
-# it at least 1.1x faster, float32 elsewhere (2-core AMX Xeon: 8.6 min in all instead of 19.7 in float32, the same
+# it at least 1.1x faster, float32 elsewhere (2-core AMX Xeon: 8.0 min in all instead of 19.7 in float32, the same
 # winner, the ensemble 6 errors in both; 2-core AMD EPYC with AVX512-BF16: the probe 1.20x, 14.9 min, the ensemble
 # 4 errors; README's Performance). PRECISION=float32 gives the float32 champion.
 # PROMOTION=eager lets each rung's first best go on (Optuna's rule): on this search's seed it trained 216
@@ -72,8 +72,8 @@ postgres:
 	@./tools/ensure_postgres.sh
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
-# servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC: 16.3 to 19.3 min at -n 3,
-# 30 to 35 min of CPU, as the machine's day goes). Files go to the workers longest first (tests/conftest.py), not in
+# servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC, fresh clones of the
+# releases of 2026-12-06: 11.8 to 12.6 min of pytest at -n 3; 16 to 19 min on slower days of earlier releases). Files go to the workers longest first (tests/conftest.py), not in
 # xdist's order (by test count).
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres

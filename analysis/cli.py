@@ -79,7 +79,11 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
     required=True,
     help="Optuna storage to write, e.g. sqlite:///study.db (then: optuna-dashboard sqlite:///study.db).",
 )
-@click.option("--experiment", default=None, help="Experiment [default: the one with the latest campaign runs].")
+@click.option(
+    "--experiment",
+    default=None,
+    help="Experiment [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
+)
 @click.option("--name", default="", help="Study name [default: the search run's name].")
 def export_study(search, storage, experiment, name) -> None:
     """Write a joint search (Optuna, ASHA, halving or random) from the tracking store into an Optuna storage, so

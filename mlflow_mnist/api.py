@@ -80,8 +80,8 @@ def tune(
     """Run a search as nested MLflow runs; returns its ``cv_results`` and run id.
 
     ``strategy`` is a registered strategy (``mlflow_mnist.strategies.STRATEGIES``); ``stage`` names the task's
-    staged steps, ``space`` its joint-search space (default: the task's first). Everything is validated, and the
-    store and the executor reached, before any run is written.
+    staged steps, ``space`` its joint-search space (default: the task's ``default_space``). Everything is
+    validated, and the store and the executor reached, before any run is written.
     """
     import pandas as pd
 

@@ -178,8 +178,8 @@ COMMON = [
         "--precision",
         default="float32",
         show_default=True,
-        help="float32, mixed_bfloat16 (faster on CPUs with AMX), or auto: bfloat16 where a short probe measures "
-        "it faster on this CPU (part of the fold key).",
+        help="float32, mixed_bfloat16 (faster on CPUs with AMX or AVX512-BF16), or auto: bfloat16 where a short "
+        "probe measures it faster on this CPU (part of the fold key).",
     ),
 ]
 
@@ -404,7 +404,11 @@ def final(**options) -> None:
 
 
 @main.command()
-@click.option("--experiment", default=None, help="MLflow experiment [default: the one with the latest campaign runs].")
+@click.option(
+    "--experiment",
+    default=None,
+    help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
+)
 @click.option("--name", default="", help="Registered model name [default: the task's, for the final's classes].")
 @click.option(
     "--min-accuracy",
