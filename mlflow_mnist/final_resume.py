@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,21 +58,23 @@ def finished_seeds(
             continue
         if client.get_run(parent).info.status not in UNFINISHED:
             continue
-        seed = _read_seed(client, run, *wanted[key], y_test)
+        seed = _read_seed(client, run, parent, *wanted[key], y_test)
         if seed is not None:
-            found[key] = replace(seed, final_id=parent)
+            found[key] = seed
     return found
 
 
-def _read_seed(client, run, seed: int, config_index: int, y_test: np.ndarray) -> FinishedSeed | None:
+def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test: np.ndarray) -> FinishedSeed | None:
     metrics, run_id = run.data.metrics, run.info.run_id
     content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
     outputs = run.outputs.model_outputs if run.outputs else []
     if content is None or "test_accuracy" not in metrics:
         return None
     probabilities = np.load(io.BytesIO(content), allow_pickle=False)
+    if probabilities.ndim != 2 or len(probabilities) != len(y_test):
+        return None  # not this test set's: train it again
     predictions = probabilities.argmax(axis=1)
-    errors = int(np.sum(predictions != y_test)) if len(probabilities) == len(y_test) else -1
+    errors = int(np.sum(predictions != y_test))
     if errors != int(metrics.get("test_errors", -1)):
         return None  # not what it measured: train it again
     status = run.data.tags.get(STATUS, "ok")
@@ -91,4 +93,4 @@ def _read_seed(client, run, seed: int, config_index: int, y_test: np.ndarray) ->
         model_files=tracking.logged_model_files(client, model_id) if model_id else None,
         config_index=config_index,
     )
-    return FinishedSeed(run_id, model_id, "", result)
+    return FinishedSeed(run_id, model_id, final_id, result)
