@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -64,23 +65,62 @@ def _finished_final(client, experiment: str):
     return finals[0]
 
 
-def test_a_killed_final_takes_its_finished_seeds_and_trains_only_the_others(store, tmp_path):
+@dataclass(frozen=True)
+class Uninterrupted:
+    seconds: float
+    seed_accuracies: dict[str, float]
+    final_metrics: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Uninterrupted:
+    """The same final run to the end in a store of its own: what every resumed final must measure."""
+    from mlflow import MlflowClient
+
+    from mlflow_mnist import schema
+
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    start = time.monotonic()
+    proc = _final(folder, "uninterrupted")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    seconds = time.monotonic() - start
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    seeds = {
+        run.data.tags[schema.SEED]: run.data.metrics["test_accuracy"] for run in _seed_runs(client, "uninterrupted")
+    }
+    return Uninterrupted(seconds, seeds, dict(_finished_final(client, "uninterrupted").data.metrics))
+
+
+def _check_whole_and_equal(client, reference: Uninterrupted) -> tuple:
+    """The killed experiment ended with one finished final holding one finished run per seed, nothing left
+    RUNNING, and the uninterrupted final's measurements; returns (that final, its seed runs by seed)."""
+    from mlflow_mnist import schema
+
+    final = _finished_final(client, "killed")
+    seeds = {run.data.tags[schema.SEED]: run for run in _seed_runs(client, "killed")}
+    assert sorted(seeds) == [str(seed) for seed in range(REPEATS)]
+    assert len(_seed_runs(client, "killed")) == REPEATS
+    assert {run.data.tags[schema.PARENT] for run in seeds.values()} == {final.info.run_id}
+    assert not [run for run in _runs(client, "killed") if run.info.status == "RUNNING"]
+    assert {seed: run.data.metrics["test_accuracy"] for seed, run in seeds.items()} == reference.seed_accuracies
+    for metric in ("median_test_accuracy", "ensemble_test_accuracy", "ensemble_test_errors"):
+        assert final.data.metrics[metric] == reference.final_metrics[metric], metric
+    return final, seeds
+
+
+def test_a_killed_final_takes_its_finished_seeds_and_trains_only_the_others(store, tmp_path, uninterrupted):
     from mlflow import MlflowClient
 
     import mlflow_mnist
     from mlflow_mnist import schema
 
     client = MlflowClient(store)
-    reference_dir = tmp_path / "reference"  # its own store: two writers on one SQLite file would wait on each other
-    reference_dir.mkdir()
-    reference = _final(reference_dir, "uninterrupted")
     killed = _final(tmp_path, "killed")
     deadline = time.monotonic() + 240
     while not _seed_runs(client, "killed") and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(killed.pid, signal.SIGKILL)  # the driver and anything it started
     killed.wait()
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()
     taken_ids = {run.info.run_id for run in _seed_runs(client, "killed")}
     killed_finals = {run.data.tags[schema.PARENT] for run in _seed_runs(client, "killed")}
     assert 1 <= len(taken_ids) < REPEATS, "the kill should land after a seed finished and before the last"
@@ -90,22 +130,29 @@ def test_a_killed_final_takes_its_finished_seeds_and_trains_only_the_others(stor
     assert rerun.returncode == 0, said
     assert f"{len(taken_ids)} seed(s) taken from a killed final" in said
 
-    reference_client = MlflowClient(f"sqlite:///{reference_dir}/mlflow.db")
-    final, uninterrupted = _finished_final(client, "killed"), _finished_final(reference_client, "uninterrupted")
-    seeds = {run.data.tags[schema.SEED]: run for run in _seed_runs(client, "killed")}
-    # Every seed once, each a child of the final that finished; the taken runs are the killed final's, moved.
-    assert sorted(seeds) == [str(seed) for seed in range(REPEATS)]
-    assert {run.data.tags[schema.PARENT] for run in seeds.values()} == {final.info.run_id}
+    # Every seed once, each a child of the final that finished, with what the uninterrupted final measured; the
+    # taken runs are the killed final's, moved, and the final says where they came from.
+    final, seeds = _check_whole_and_equal(client, uninterrupted)
     assert taken_ids < {run.info.run_id for run in seeds.values()}
     assert final.data.tags[schema.RESUMED_FROM] == ",".join(sorted(killed_finals))
     assert {client.get_run(final_id).info.status for final_id in killed_finals} == {"KILLED"}
-    assert not [run for run in _runs(client, "killed") if run.info.status == "RUNNING"]
-    # What it measured is what the uninterrupted final measured: each seed, the median, the ensemble.
-    expected = {run.data.tags[schema.SEED]: run for run in _seed_runs(reference_client, "uninterrupted")}
-    for seed, run in seeds.items():
-        assert run.data.metrics["test_accuracy"] == expected[seed].data.metrics["test_accuracy"], seed
-    for metric in ("median_test_accuracy", "ensemble_test_accuracy", "ensemble_test_errors"):
-        assert final.data.metrics[metric] == uninterrupted.data.metrics[metric], metric
     # The gate accepts it: its seeds are the final's children, each model its seed run's, the ensemble verified.
     done = mlflow_mnist.promote(experiment="killed", model="ensemble", min_accuracy=0.5)
     assert done["version"] == "1" and done["kind"] == schema.ENSEMBLE_KIND
+
+
+@pytest.mark.parametrize("moment", [0.25, 0.6])
+def test_a_final_killed_at_any_moment_ends_whole_with_the_same_results(store, tmp_path, uninterrupted, moment):
+    """Wherever the kill lands (starting up, a seed training, a seed being logged), the rerun ends with one run per
+    seed and the uninterrupted final's numbers: a half-logged seed is trained again, never taken."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    killed = _final(tmp_path, "killed")
+    time.sleep(moment * uninterrupted.seconds)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    rerun = _final(tmp_path, "killed")
+    said = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, said
+    _check_whole_and_equal(client, uninterrupted)
