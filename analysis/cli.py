@@ -32,10 +32,27 @@ def analyze_api(
         if where.chosen_because and notify is not None:
             notify(where.chosen_because)
         experiments, launcher = [where.name], where.launcher_run_id
+    if stage_run:
+        check_stage_run(client, stage_run)
     report = build_report(client, experiments, Path(out), stage_run or None, rope=rope)
     if log:
         report.logged_run_id = log_report(client, experiments[0], Path(out), stage_run or launcher)
     return report
+
+
+def check_stage_run(client, run_id: str) -> None:
+    """``--stage-run`` names a search run (a stage, or a single step searched alone), before anything is written."""
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_mnist import schema
+
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:
+        raise ValueError(f"--stage-run {run_id} is not a run in this tracking store: pass a search run's id") from None
+    if tags.get(schema.PARENT) or tags.get(schema.LEVEL) not in (schema.STAGE_LEVEL, schema.STEP_LEVEL):
+        level = tags.get(schema.LEVEL) or "not a campaign run"
+        raise ValueError(f"--stage-run {run_id} is a {level} run, not a search run: pass the id of a search (a stage)")
 
 
 @click.command()

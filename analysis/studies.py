@@ -47,12 +47,38 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def open_storage(storage: str):
+    """The Optuna storage at URL ``storage``, opened (and its tables made) before anything is written to it; a URL
+    that does not open is a ValueError of one line, its credentials masked."""
+    import optuna
+
+    from mlflow_mnist.redaction import redact
+
+    try:
+        return optuna.storages.RDBStorage(storage)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy, a missing driver, the file system: all one answer
+        reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0])[:160]
+        raise ValueError(
+            f"--storage {redact(storage)!r} does not open as an Optuna storage ({reason}): give a database URL "
+            f"such as sqlite:///study.db in a folder you can write"
+        ) from None
+
+
 def build_study(trials: pd.DataFrame, distributions: dict, *, name: str = "search", storage: str | None = None):
     """One search's trials as an Optuna study (in memory, or in ``storage``, e.g. ``sqlite:///study.db``)."""
     import optuna
 
+    from mlflow_mnist.redaction import redact
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=False)
+    rdb = open_storage(storage) if storage is not None else None
+    try:
+        study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=False)
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ValueError(
+            f"--storage {redact(storage or '')!r} already holds a study named {name!r}: pass --name to write it "
+            f"under another name, or another --storage"
+        ) from None
     add_trials(study, trials, distributions)
     return study
 

@@ -96,6 +96,13 @@ def tune(
         from mlflow_mnist.params import StageError
 
         raise StageError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if stage and space:
+        from mlflow_mnist.params import StageError
+
+        raise StageError(
+            f"--stage {stage} and --space {space}: a staged or halving search runs a stage's grid, a joint search a "
+            f"space; give one of them"
+        )
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one

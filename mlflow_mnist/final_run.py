@@ -30,9 +30,11 @@ from mlflow_mnist.schema import (
     PARENT,
     STATUS,
     STEP_LEVEL,
+    STRATEGY,
     CandidateTags,
     best_config,
 )
+from mlflow_mnist.strategies.staged import StagedGrid
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
 MEDIAN_ACCURACY = "median_test_accuracy"
@@ -84,12 +86,16 @@ def _search_run(campaign, search: str):
             [campaign.experiment_id],
             f"tags.`{BEST_CONFIG}` != '' and attributes.status = 'FINISHED' "
             f"and tags.`{DIGEST}` = '{campaign.settings.data_digest}'",
-            max_results=1,
+            max_results=1000,
             order_by=["attributes.end_time DESC"],
         )
-        if not runs:
-            raise StageError("no finished search on this data left a best configuration: run a search first")
-        return runs[0]
+        joint = [run for run in runs if run.data.tags.get(STRATEGY) != StagedGrid.name]
+        if not joint:
+            raise StageError(
+                "no finished joint search on this data left a best configuration: run one first (`tune --strategy "
+                "asha`), or leave out --search to train the staged steps' carry-forward"
+            )
+        return joint[0]
     from mlflow.exceptions import MlflowException
 
     try:
@@ -98,6 +104,11 @@ def _search_run(campaign, search: str):
         raise StageError(f"--search {search}: no such run; pass a search run's id or 'latest'") from None
     if BEST_CONFIG not in run.data.tags or run.info.experiment_id != campaign.experiment_id:
         raise StageError(f"--search {search} is not a finished search run of this experiment with a best configuration")
+    if run.data.tags.get(STRATEGY) == StagedGrid.name:
+        raise StageError(
+            f"--search {search} is a staged step, not a joint search: leave out --search to train the staged steps' "
+            f"carry-forward"
+        )
     return run
 
 

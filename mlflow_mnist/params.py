@@ -7,6 +7,7 @@ Nothing here knows any model: a task lists its hyperparameters and validates the
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -37,8 +38,10 @@ def check_number(key: str, value: Any, kind: type, low: float, high: float | Non
             raise ValueError
     except (TypeError, ValueError):
         raise HyperparameterError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(number):
+        raise HyperparameterError(f"{key}={value!r} must be a finite number")
     too_high = high is not None and (number >= high if high_open else number > high)
-    if number < low or too_high or number != number:
+    if number < low or too_high:
         bound = "" if high is None else (f" and below {high}" if high_open else f" and at most {high}")
         raise HyperparameterError(f"{key}={value!r} must be at least {low}{bound}")
     return number
@@ -113,5 +116,7 @@ def parse_overrides(text: str | None, known: Iterable[str]) -> Params:
             raise StageError(f"override {item!r} is not KEY=VALUE: write e.g. '{known[0]}=10'")
         if key not in known:
             raise HyperparameterError(f"unknown hyperparameter {key!r} in overrides: known are {', '.join(known)}")
+        if key in overrides:
+            raise StageError(f"override {key!r} is given twice ({text.strip()!r}): give each hyperparameter once")
         overrides[key] = parse_value(value)
     return overrides

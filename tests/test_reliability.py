@@ -108,12 +108,23 @@ BAD_INPUTS = [
         "--top-rung-parts 4: the top rung trains 3 epoch(s) past the rung before (3), so it splits into 1 to 3",
     ),
     ("text for a number", ["--epochs", "six"], {}, "'six' is not a valid integer"),
+    ("infinite learning rate", ["--overrides", "learn_rate=inf"], {}, "learn_rate='inf' must be a finite number"),
+    ("an override twice", ["--overrides", "neurons_1=3,neurons_1=4"], {}, "'neurons_1' is given twice"),
+    ("a stage and a space", ["--space", "seed"], {}, "--stage kernel_size and --space seed"),
+    ("a stage for a joint search", ["--strategy", "random"], {}, "searches a space, not a stage: leave out --stage"),
+    (
+        "first rung past the space's epochs",
+        ["--stage", "", "--strategy", "asha", "--space", "seed", "--min-epochs", "7"],
+        {},
+        "--min-epochs 7: the space 'seed' trains at most 6 epochs",
+    ),
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
     ("no such final run", ["promote", "--run-id", "0123456789abcdef"], {}, "is not a run in this tracking store"),
     ("promote a missing experiment", ["promote", "--experiment", "nowhere"], {}, "experiment 'nowhere' does not exist"),
     ("configs without a search", ["final", "--configs", "2", "--repeats", "4"], {}, "pass --search latest"),
+    ("final of a search never run", ["final", "--search", "latest"], {}, "no finished joint search on this data"),
     ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
 

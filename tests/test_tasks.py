@@ -159,6 +159,10 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
         assert (table["status"] == "ok").all() and result.best["mean_test_score"] > 0.5, strategy
     again = mlflow_mnist.tune(strategy="asha", trials=3, min_epochs=3, **common)
     assert again.trained == 0  # the store is the memory: a rerun trains nothing
+    from mlflow_mnist.params import StageError
+
+    with pytest.raises(StageError, match="is a staged step, not a joint search: leave out --search"):
+        mlflow_mnist.final(task="digits", folds=2, epochs=3, search=runs["staged"].run_id, experiment="digits")
     summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=3, progress=False, experiment="digits")
     assert summary["n_repeats"] == 3 and 0.5 < summary["median_test_accuracy"] <= 1
     done = mlflow_mnist.promote(experiment="digits", min_accuracy=0.5)
@@ -166,6 +170,15 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
     report = mlflow_mnist.analyze(experiments=["digits"], out=tmp_path / "report", log=False)
     assert set(report.verdicts["step"]) == {"hidden_units", "learn_rate"} and report.html_path.exists()
     assert {f"optuna history {name}" for name in ("asha:small", "optuna:small")} <= set(report.figures)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    fold = client.search_runs(
+        [client.get_experiment_by_name("digits").experiment_id], "tags.`mlflow_mnist.level` = 'fold'"
+    )
+    with pytest.raises(ValueError, match="is a fold run, not a search run"):  # checked before a figure is drawn
+        mlflow_mnist.analyze(experiments=["digits"], stage_run=fold[0].info.run_id, out=tmp_path / "no", log=False)
+    assert not (tmp_path / "no").exists()
     # Optuna's own tools open our studies: exported from the store, loaded by optuna.load_study.
     import optuna
 
@@ -175,6 +188,17 @@ def test_the_digits_task_runs_every_strategy_then_final_promote_and_analyze(stor
     study = optuna.load_study(study_name="asha:small", storage=storage)
     stopped = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(stopped) == 3 and study.best_value == max(t.value for t in study.trials if t.value is not None)
+    # A storage that already holds the study, or does not open: one line naming the fix, no traceback.
+    search = ["export-study", "--experiment", "digits", "--search", runs["asha"].run_id, "--storage"]
+    for bad_storage, said in (
+        (storage, "already holds a study named 'asha:small': pass --name"),
+        (f"sqlite:///{tmp_path}/no/such/folder/study.db", "does not open as an Optuna storage"),
+        ("postgresql://alice:s3cr3t@127.0.0.1:1/studies", "does not open as an Optuna storage"),
+    ):
+        refused = cli(*search, bad_storage)
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode != 0 and len(lines) == 1 and said in lines[0], refused.stderr
+        assert "Traceback" not in refused.stderr and "s3cr3t" not in refused.stderr + refused.stdout
 
 
 def test_a_store_made_before_tasks_resumes_with_nothing_retrained(tmp_path, monkeypatch):

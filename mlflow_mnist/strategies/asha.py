@@ -173,6 +173,11 @@ class AsyncHalving:
     ):
         self.space, self.n_trials, self.factor, self.seed = space, n_trials, factor, seed
         self.overrides, self.search_key = dict(overrides or {}), search_key
+        if min_epochs > space.max_epochs:
+            raise StageError(
+                f"--min-epochs {min_epochs}: the space {space.name!r} trains at most {space.max_epochs} epochs; give "
+                f"1 to {space.max_epochs}, or 0 for {max(1, space.max_epochs // factor**2)} (its budget / factor**2)"
+            )
         rungs = rung_budgets(space.max_epochs, factor, min_epochs or max(1, space.max_epochs // factor**2))
         self.top_rung_parts = top_rung_parts
         self.budgets = stops(rungs, top_rung_parts)  # every stop, checkpoints included: the run tree's rungs

@@ -62,6 +62,11 @@ class SearchRequest:
         return self.steps
 
     def need_space(self) -> Space:
+        if self.space is None and self.steps:
+            raise StageError(
+                f"this strategy searches a space, not a stage: leave out --stage {self.stage} "
+                "(see `mlflow-mnist spaces`)"
+            )
         if self.space is None:
             raise StageError("this strategy searches a space: give --space (see `mlflow-mnist spaces`)")
         return self.space
