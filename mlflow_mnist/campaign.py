@@ -32,7 +32,7 @@ from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
-from mlflow_mnist.tasks.base import Dataset, Task, check_precision
+from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task
 from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
 
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
@@ -101,8 +101,9 @@ class Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
         the store; nothing is written yet."""
         chosen_task = get_task(task)
-        if precision != "auto":
-            check_precision(precision)
+        if precision != "auto" and precision not in PRECISIONS:
+            choices = ", ".join((*PRECISIONS, "auto"))
+            raise HyperparameterError(f"precision={precision!r} is not one of {choices}: auto measures which is faster")
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = chosen_task.parse_overrides(overrides)

@@ -251,6 +251,10 @@ def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise TrackingError(
+            f"the SQLite store's folder {path.parent} does not exist: create it or set MLFLOW_TRACKING_URI"
+        )
     if not _writable(path.parent):
         raise TrackingError(
             f"cannot write the SQLite store in {path.parent}: make it writable or set MLFLOW_TRACKING_URI"

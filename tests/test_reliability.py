@@ -86,6 +86,13 @@ BAD_INPUTS = [
     ("labels out of range", ["--data", "{labels}"], {}, "labels must be integers 0..9"),
     ("unreachable server", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "cannot reach the tracking store"),
     ("read-only store", [], {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}/mlflow.db"}, "cannot write the SQLite store"),
+    (
+        "store in a missing folder",
+        [],
+        {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}/../no/such/folder/mlflow.db"},
+        "does not exist: create it",
+    ),
+    ("unknown precision", ["--precision", "bf16"], {}, "is not one of float32, mixed_bfloat16, auto"),
     ("n-jobs 0", ["--n-jobs", "0"], {}, "--n-jobs 0 runs no worker"),
     ("n-jobs below the cores", ["--n-jobs", "-999"], {}, "leaves no worker"),
     ("unknown task", ["--task", "mnst"], {}, "unknown task 'mnst': choose one of"),
