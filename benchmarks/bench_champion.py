@@ -5,6 +5,8 @@
     python benchmarks/bench_champion.py --task digits [--trials 16]      # another task, its default space
     python benchmarks/bench_champion.py --final-from benchmarks/results/champion.json --final-precision float32 \
         --stem champion-final-float32   # the same search's final in another precision: same seeds, paired
+    python benchmarks/bench_champion.py --data ../shared/datasets/mnist --kill-final-after 2 \
+        --stem champion-killed-final     # kill -9 during the final, then rerun search and final as a user would
 
 The defaults are the Makefile's `champion` settings (strategy, trials, minimum epochs, seeds, the model promoted;
 the top rung in 2 parts since 2026-12-06: reports written before it ran `--top-rung-parts 1`).
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,16 +41,43 @@ from mlflow_mnist.tasks import DEFAULT_TASK, get_task  # noqa: E402
 from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR  # noqa: E402
 
 
-def mlflow_run(store: Path, *args: str, task: str = DEFAULT_TASK) -> tuple[float, subprocess.CompletedProcess]:
+def champion_command(store: Path, *args: str, task: str = DEFAULT_TASK) -> tuple[list[str], dict[str, str]]:
+    """One of make champion's `mlflow run` commands into ``store``, and its environment."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.pop("MLFLOW_RUN_ID", None)
     if task != DEFAULT_TASK:
         env.pop(DATA_ENV_VAR, None)  # MNIST's location is not another task's data (an empty --data falls back on it)
-    command = ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "champion", *args]
+    return ["mlflow", "run", str(ROOT), "--env-manager", "local", "--experiment-name", "champion", *args], env
+
+
+def mlflow_run(store: Path, *args: str, task: str = DEFAULT_TASK) -> tuple[float, subprocess.CompletedProcess]:
+    command, env = champion_command(store, *args, task=task)
     start = time.perf_counter()
     proc = subprocess.run(command, env=env, cwd=store, capture_output=True, text=True)
     return time.perf_counter() - start, proc
+
+
+def killed_final(store: Path, *args: str, after: int, task: str = DEFAULT_TASK) -> float:
+    """Start the final (``args``) and kill -9 its whole process group once ``after`` of its seeds finished, as a
+    crash would; its seconds until then."""
+    from mlflow_mnist import tracking
+
+    command, env = champion_command(store, *args, task=task)
+    client = tracking.connect(f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("champion").experiment_id
+    finished = f"tags.`{schema.LEVEL}` = '{schema.FINAL_SEED_LEVEL}' and attributes.status = 'FINISHED'"
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command, env=env, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    while len(client.search_runs([experiment], finished)) < after:
+        if proc.poll() is not None:
+            sys.exit(f"the final ended (exit {proc.returncode}) before {after} of its seeds finished")
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return time.perf_counter() - start
 
 
 def read_back(store: Path) -> dict:
@@ -185,6 +216,14 @@ def main() -> None:
         help="the final's precision where it differs from the search's, e.g. with --final-from to pair one "
         "search's finals in float32 and bfloat16 [default: --precision]",
     )
+    parser.add_argument(
+        "--kill-final-after",
+        type=int,
+        default=0,
+        help="kill -9 the final (its process group) once this many of its seeds finished, then run the search and "
+        "the final again, as a user reruns make champion after a crash; each part's minutes are reported "
+        "[default: 0, never]",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--stem",
@@ -213,8 +252,7 @@ def main() -> None:
         empty_registry(store)
     else:
         parts["search"] = search_in(store, args, space, [*common, "-P", f"precision={args.precision}"])
-    parts["final"], final = mlflow_run(
-        store,
+    final_args = [
         "-e",
         "final",
         "-P",
@@ -223,11 +261,12 @@ def main() -> None:
         f"repeats={args.repeats}",
         "-P",
         f"configs={args.configs}",
-        "-P",
-        f"precision={args.final_precision}",
-        *common,
-        task=args.task,
-    )
+    ]
+    final_args += ["-P", f"precision={args.final_precision}", *common]
+    if args.kill_final_after:
+        parts["final, killed"] = killed_final(store, *final_args, after=args.kill_final_after, task=args.task)
+        parts["search, again"] = search_in(store, args, space, [*common, "-P", f"precision={args.precision}"])
+    parts["final"], final = mlflow_run(store, *final_args, task=args.task)
     if final.returncode:
         sys.exit(f"final failed:\n{final.stderr[-3000:]}")
     parts["promote"], promote = mlflow_run(store, "-e", "promote", "-P", f"model={args.model}", task=args.task)
@@ -250,12 +289,15 @@ def main() -> None:
                 "precision",
                 "final_precision",
                 "seed",
+                "kill_final_after",
             )
         },
         "minutes": {k: v / 60 for k, v in parts.items()},
         # --final-from: the search (and its minutes) is that report's; only final and promote ran here
         "search_from": str(args.final_from) if earlier else None,
         "promote_exit": promote.returncode,
+        # what the final that finished took from the one killed (--kill-final-after)
+        "seeds_taken": int(taken[1]) if (taken := re.search(r"(\d+) seed\(s\) taken", final.stdout)) else 0,
         "promote_said": said[-1] if said else promote.stderr.strip().splitlines()[-1:],
         **read_back(store),
     }
@@ -278,7 +320,13 @@ def main() -> None:
         f"{report['minutes']['search']:.1f} min ({report['trials']} trials, {report['fold_epochs']} fold-epochs"
         + (f", workers idle {idle:.1%}" if (idle := report["workers_idle_share"]) is not None else "")
         + "), "
-        f"{args.repeats}-seed final {report['minutes']['final']:.1f} min, "
+        + (
+            f"the final killed after {args.kill_final_after} seed(s) at {report['minutes']['final, killed']:.1f} min, "
+            f"the search again {report['minutes']['search, again']:.1f} min, "
+            if args.kill_final_after
+            else ""
+        )
+        + f"{args.repeats}-seed final {report['minutes']['final']:.1f} min, "
         f"promote {report['minutes']['promote']:.1f} min; "
         f"{sum(report['minutes'].values()):.1f} min in all"
         + (f" (the search and its minutes are {args.final_from.name}'s, in its store)" if earlier else "")
@@ -290,6 +338,7 @@ def main() -> None:
         f"- test accuracy per seed: {seeds}; median **{report['median_test_accuracy']:.4%}**\n"
         f"- the seeds' ensemble: {ensemble}\n"
         f"- promote (exit {report['promote_exit']}): {report['promote_said']}\n"
+        + (f"- seeds taken from the killed final: {report['seeds_taken']}\n" if args.kill_final_after else "")
     )
     (args.out / f"{stem}.md").write_text(text)
     print(text)
