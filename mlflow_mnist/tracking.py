@@ -251,7 +251,7 @@ def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
-    if not path.parent.is_dir():
+    if not path.parent.exists():
         raise TrackingError(
             f"the SQLite store's folder {path.parent} does not exist: create it or set MLFLOW_TRACKING_URI"
         )
