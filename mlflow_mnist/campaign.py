@@ -20,7 +20,7 @@ from typing import Any
 from mlflow_mnist import tracking
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.lock import CampaignLock
-from mlflow_mnist.params import HyperparameterError, Params
+from mlflow_mnist.params import HyperparameterError, Params, check_choice
 from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
 from mlflow_mnist.precision import choose_precision
 from mlflow_mnist.progress import Progress
@@ -101,9 +101,7 @@ class Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
         the store; nothing is written yet."""
         chosen_task = get_task(task)
-        if precision != "auto" and precision not in PRECISIONS:
-            choices = ", ".join((*PRECISIONS, "auto"))
-            raise HyperparameterError(f"precision={precision!r} is not one of {choices}: auto measures which is faster")
+        check_choice("precision", precision, (*PRECISIONS, "auto"))
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = chosen_task.parse_overrides(overrides)

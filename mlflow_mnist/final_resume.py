@@ -52,11 +52,14 @@ def finished_seeds(
         client, [experiment_id], f"tags.`{LEVEL}` = '{FINAL_SEED_LEVEL}' and attributes.status = 'FINISHED'"
     )
     found: dict[str, FinishedSeed] = {}
+    final_status: dict[str, str] = {}  # a killed final's seeds share it: ask the store once
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):  # the newest of a key first
         key, parent = run.data.tags.get(FINAL_SEED_KEY, ""), run.data.tags.get(PARENT, "")
         if key not in wanted or key in found or not parent:
             continue
-        if client.get_run(parent).info.status not in UNFINISHED:
+        if parent not in final_status:
+            final_status[parent] = client.get_run(parent).info.status
+        if final_status[parent] not in UNFINISHED:
             continue
         seed = _read_seed(client, run, parent, *wanted[key], y_test)
         if seed is not None:
@@ -65,10 +68,13 @@ def finished_seeds(
 
 
 def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test: np.ndarray) -> FinishedSeed | None:
-    metrics, run_id = run.data.metrics, run.info.run_id
-    content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
+    metrics, run_id, status = run.data.metrics, run.info.run_id, run.data.tags.get(STATUS, "ok")
     outputs = run.outputs.model_outputs if run.outputs else []
-    if content is None or "test_accuracy" not in metrics:
+    model_id = outputs[0].model_id if outputs else None
+    if "test_accuracy" not in metrics or (model_id is None and status == "ok"):
+        return None
+    content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
+    if content is None:
         return None
     probabilities = np.load(io.BytesIO(content), allow_pickle=False)
     if probabilities.ndim != 2 or len(probabilities) != len(y_test):
@@ -77,10 +83,6 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
     errors = int(np.sum(predictions != y_test))
     if errors != int(metrics.get("test_errors", -1)):
         return None  # not what it measured: train it again
-    status = run.data.tags.get(STATUS, "ok")
-    model_id = outputs[0].model_id if outputs else None
-    if model_id is None and status == "ok":
-        return None
     result = FinalResult(
         seed,
         metrics["test_accuracy"],

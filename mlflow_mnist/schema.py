@@ -82,9 +82,8 @@ TEST_DIGEST, TEST_SIZE = _tag("test_digest"), _tag("test_size")  # which test se
 SOURCE_RUNS = _tag("source_step_runs")
 SEED = _tag("seed")
 CONFIG_RANK = _tag("config_rank")  # a seed run of a final over several configurations: 1 = the search's best
-FINAL_SEED_KEY = _tag(
-    "final_seed_key"
-)  # planning.final_seed_key: a killed final's finished seeds are taken, not retrained
+# planning.final_seed_key: by it the next final takes a killed final's finished seeds instead of retraining them
+FINAL_SEED_KEY = _tag("final_seed_key")
 RESUMED_FROM = _tag("resumed_from_final_runs")  # the killed finals whose finished seeds a final took (comma-separated)
 
 # -- registered model versions (promote) -----------------------------------------------------------------------
