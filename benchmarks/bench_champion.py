@@ -66,7 +66,9 @@ def killed_final(store: Path, *args: str, after: int, task: str = DEFAULT_TASK) 
     command, env = champion_command(store, *args, task=task)
     client = tracking.connect(f"sqlite:///{store}/mlflow.db")
     experiment = client.get_experiment_by_name("champion").experiment_id
+    # This final's seeds only: a store reused with --final-from holds an earlier final's finished seeds too.
     finished = f"tags.`{schema.LEVEL}` = '{schema.FINAL_SEED_LEVEL}' and attributes.status = 'FINISHED'"
+    finished += f" and attributes.start_time >= {int(time.time() * 1000)}"
     start = time.perf_counter()
     proc = subprocess.Popen(
         command, env=env, cwd=store, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
