@@ -141,17 +141,52 @@ def test_a_killed_final_takes_its_finished_seeds_and_trains_only_the_others(stor
     assert done["version"] == "1" and done["kind"] == schema.ENSEMBLE_KIND
 
 
-@pytest.mark.parametrize("moment", [0.25, 0.6])
+def _final_runs(client, experiment: str) -> list:
+    from mlflow_mnist import schema
+
+    return [run for run in _runs(client, experiment) if run.data.tags.get(schema.LEVEL) == schema.FINAL_LEVEL]
+
+
+def _starting_up(client) -> bool:
+    """The final run is in the store and no seed has reached it yet."""
+    from mlflow_mnist import schema
+
+    return bool(_final_runs(client, "killed")) and not [
+        run for run in _runs(client, "killed") if run.data.tags.get(schema.LEVEL) == schema.FINAL_SEED_LEVEL
+    ]
+
+
+def _being_logged(client) -> bool:
+    """A seed run exists and is still being written (seed runs are created once their seed has trained)."""
+    return bool(_seed_runs(client, "killed", status="RUNNING"))
+
+
+def _training(client) -> bool:
+    """Half-way through the training of the seed after the first finished one (by the first one's own duration)."""
+    finished = _seed_runs(client, "killed")
+    if not finished:
+        return False
+    first = min(finished, key=lambda run: run.info.end_time)
+    seconds = (first.info.end_time - first.info.start_time) / 1000
+    return time.time() >= first.info.end_time / 1000 + 0.5 * seconds
+
+
+@pytest.mark.parametrize("moment", [_starting_up, _training, _being_logged], ids=lambda moment: moment.__name__)
 def test_a_final_killed_at_any_moment_ends_whole_with_the_same_results(store, tmp_path, uninterrupted, moment):
     """Wherever the kill lands (starting up, a seed training, a seed being logged), the rerun ends with one run per
-    seed and the uninterrupted final's numbers: a half-logged seed is trained again, never taken."""
+    seed and the uninterrupted final's numbers: a half-logged seed is trained again, never taken. The moment is
+    read from the store, not from a clock: how long a final takes varies too much with what else the machine runs."""
     from mlflow import MlflowClient
 
     client = MlflowClient(store)
     killed = _final(tmp_path, "killed")
-    time.sleep(moment * uninterrupted.seconds)
+    deadline = time.monotonic() + 240
+    while not moment(client) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the final ended before the moment to kill it came"
+    assert [run.info.status for run in _final_runs(client, "killed")] == ["RUNNING"]
     rerun = _final(tmp_path, "killed")
     said = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, said
