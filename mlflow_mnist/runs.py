@@ -215,7 +215,11 @@ class RunWriter:
         self.client.log_dict(run_id, dict(values), artifact_file)
 
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        """Log a matplotlib figure and close it (pyplot keeps every open figure: a final's seeds leaked theirs)."""
+        import matplotlib.pyplot as plt
+
         self.client.log_figure(run_id, figure, artifact_file)
+        plt.close(figure)
 
     def describe(self, run_id: str, markdown: str) -> None:
         self.client.set_tag(run_id, NOTE, redact(markdown))
