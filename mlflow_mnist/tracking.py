@@ -265,10 +265,17 @@ def _sqlite_path(uri: str) -> Path | None:
 def _first_answer(uri: str):
     """A client for ``uri`` that has answered one request, or one line saying what is wrong and what to do."""
     from mlflow import MlflowClient
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     try:
         client = MlflowClient(uri)
         client.search_experiments(max_results=1)
+    except UnsupportedModelRegistryStoreURIException:  # MLflow's text is a paragraph listing every scheme
+        scheme = uri.split(":", 1)[0] if ":" in uri else uri
+        raise TrackingError(
+            f"MLflow has no store for {scheme!r} URIs ({redact(uri)}): set MLFLOW_TRACKING_URI to sqlite:///PATH, "
+            f"http(s)://SERVER or a database URL such as postgresql://HOST/DB"
+        ) from None
     except ImportError as error:  # a database URI whose driver is not installed
         module = getattr(error, "name", "") or "its driver"
         raise TrackingError(
@@ -316,6 +323,8 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
             mark_model_training(client, experiment)
         return Experiment(experiment.experiment_id, experiment.name, launcher)
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name and not name.strip():  # MLflow would make an experiment no one can tell apart
+        raise TrackingError(f"experiment name {name!r} is blank: give --experiment a name, or leave it out")
     because = ""
     if not name:
         latest = latest_campaign_experiment(client)

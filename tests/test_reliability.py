@@ -48,6 +48,8 @@ def broken_data(tmp_path_factory):
     write_idx(magic / "train-images-idx3-ubyte.gz", sample.x_train, magic=2049)
     shape = write_idx_folder(base / "shape", sample)
     write_idx(shape / "train-images-idx3-ubyte.gz", sample.x_train.reshape(-1, 784, 1))
+    text = base / "mnist.txt"
+    text.write_text("not an archive\n")
     labels = base / "labels.npz"
     np.savez(
         labels,
@@ -56,11 +58,12 @@ def broken_data(tmp_path_factory):
         x_test=sample.x_test,
         y_test=sample.y_test,
     )
-    return {"corrupt": corrupt, "truncated": truncated, "magic": magic, "shape": shape, "labels": labels}
+    return {"corrupt": corrupt, "truncated": truncated, "magic": magic, "shape": shape, "labels": labels, "text": text}
 
 
 BAD_INPUTS = [
     ("unknown stage", ["--stage", "neuronz"], {}, "unknown stage 'neuronz'"),
+    ("blank experiment", ["--experiment", " "], {}, "experiment name ' ' is blank"),
     ("overrides syntax", ["--overrides", "neurons_3"], {}, "is not KEY=VALUE"),
     ("unknown parameter", ["--overrides", "colour=red"], {}, "unknown hyperparameter 'colour'"),
     ("negative dropout", ["--overrides", "dropout_rate_1=-0.2"], {}, "dropout_rate_1=-0.2 must be at least 0.0"),
@@ -84,6 +87,7 @@ BAD_INPUTS = [
     ("IDX wrong magic", ["--data", "{magic}"], {}, "magic number 2049"),
     ("IDX wrong shape", ["--data", "{shape}"], {}, "expected (n, 28, 28)"),
     ("labels out of range", ["--data", "{labels}"], {}, "labels must be integers 0..9"),
+    ("a text file as data", ["--data", "{text}"], {}, "is not a readable .npz file (not a zip archive)"),
     ("unreachable server", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "cannot reach the tracking store"),
     ("read-only store", [], {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}/mlflow.db"}, "cannot write the SQLite store"),
     (
@@ -125,6 +129,7 @@ BAD_INPUTS = [
         {},
         "--min-epochs 7: the space 'seed' trains at most 6 epochs",
     ),
+    ("unsupported store", [], {"MLFLOW_TRACKING_URI": "ftp://u:pw@127.0.0.1/m"}, "no store for 'ftp' URIs"),
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),

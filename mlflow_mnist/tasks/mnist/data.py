@@ -76,6 +76,11 @@ def _load_keras_default() -> Mnist:
 
 
 def _load_npz(path: Path, label: str) -> Mnist:
+    if path.is_file() and not zipfile.is_zipfile(path):  # numpy would guess a pickle and suggest unpickling it
+        raise DataError(
+            f"{label} is not a readable .npz file (not a zip archive): give --data the Keras mnist.npz, a folder of "
+            f"MNIST's IDX files, or sample"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in IDX_FILES if key not in archive.files]
