@@ -131,9 +131,13 @@ def read_back(store: Path) -> dict:
 
 def search_in(store: Path, args: argparse.Namespace, space: str, common: list[str]) -> float:
     """Run make champion's search into ``store``; its minutes (a failed search ends the script)."""
-    options = {"strategy": args.strategy, "space": space, "trials": args.trials, "min_epochs": args.min_epochs}
-    options["promotion"] = args.promotion
+    from mlflow_mnist.strategies import STRATEGIES
+
+    options = {"trials": args.trials, "min_epochs": args.min_epochs, "promotion": args.promotion}
     options["top_rung_parts"] = args.top_rung_parts
+    # ASHA's options go to ASHA only: `tune` refuses an option its strategy would ignore.
+    read = STRATEGIES[args.strategy].options if args.strategy in STRATEGIES else set(options)
+    options = {"strategy": args.strategy, "space": space, **{k: v for k, v in options.items() if k in read}}
     seconds, search = mlflow_run(
         store, *[part for key, value in options.items() for part in ("-P", f"{key}={value}")], *common, task=args.task
     )

@@ -9,6 +9,7 @@ layer over it. Every argument is keyword-only and means what the CLI option of t
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,13 +81,14 @@ def tune(
     """Run a search as nested MLflow runs; returns its ``cv_results`` and run id.
 
     ``strategy`` is a registered strategy (``mlflow_mnist.strategies.STRATEGIES``); ``stage`` names the task's
-    staged steps, ``space`` its joint-search space (default: the task's ``default_space``). Everything is
-    validated, and the store and the executor reached, before any run is written.
+    staged steps, ``space`` its joint-search space (default: the task's ``default_space``). An option the strategy
+    does not read (its class's ``options``), given a value other than its default, is refused, not ignored.
+    Everything is validated, and the store and the executor reached, before any run is written.
     """
     import pandas as pd
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
-    from mlflow_mnist.strategies import STRATEGIES, make_strategy
+    from mlflow_mnist.strategies import STRATEGIES, check_options, make_strategy
     from mlflow_mnist.strategies.base import SearchRequest
     from mlflow_mnist.tasks import get_task
 
@@ -103,6 +105,18 @@ def tune(
             f"--stage {stage} and --space {space}: a staged or halving search runs a stage's grid, a joint search a "
             f"space; give one of them"
         )
+    strategy_options = dict(
+        trials=trials,
+        halving_factor=halving_factor,
+        min_epochs=min_epochs,
+        brackets=brackets,
+        promotion=promotion,
+        top_rung_parts=top_rung_parts,
+        warm_start=warm_start,
+        reuse_reference=reuse_reference,
+    )
+    defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
+    check_options(strategy, strategy_options, defaults)
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one

@@ -28,12 +28,12 @@ USER_ERRORS = (DataError, HyperparameterError, StageError)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlflow_mnist.executors import ExecutorError, NJobsError
+    from mlflow_mnist.executors import ExecutorError, ExecutorOptionError
     from mlflow_mnist.gate import PromoteInputError
     from mlflow_mnist.lock import LockError
     from mlflow_mnist.tracking import TrackingError
 
-    return (*USER_ERRORS, TrackingError, LockError, ExecutorError, NJobsError, PromoteInputError)
+    return (*USER_ERRORS, TrackingError, LockError, ExecutorError, ExecutorOptionError, PromoteInputError)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -190,12 +190,16 @@ def common_options(function):
     return function
 
 
-def _classes(common: dict) -> dict:
-    """``--digits`` is ``--classes`` by its old name; giving both, differently, is a mistake."""
+def _command_options(common: dict) -> dict:
+    """``--digits`` is ``--classes`` by its old name; giving both, differently, is a mistake. A ``--scheduler``
+    read from ``$DASK_SCHEDULER_ADDRESS`` is left to Dask (which reads the variable itself): set for every command,
+    it must not make a joblib run refuse the option it never gave."""
     digits = common.pop("digits", "")
     if digits and common.get("classes") and digits != common["classes"]:
         raise StageError(f"--digits {digits} and --classes {common['classes']} disagree: give one of them")
     common["classes"] = common.get("classes") or digits
+    if click.get_current_context().get_parameter_source("scheduler") == click.core.ParameterSource.ENVIRONMENT:
+        common["scheduler"] = ""
     return common
 
 
@@ -255,7 +259,8 @@ def spaces(task) -> None:
 def strategies() -> None:
     """List the search strategies."""
     for name, strategy in STRATEGIES.items():
-        click.echo(f"{name}: {strategy.help}")
+        flags = ", ".join("--" + option.replace("_", "-") for option in sorted(strategy.options))
+        click.echo(f"{name}: {strategy.help} [reads {flags}]")
 
 
 EXECUTOR_OPTION = click.option(
@@ -345,7 +350,7 @@ def tune(**options) -> None:
     """Run a search as nested MLflow runs: search (stage) > [step or rung] > grid point or trial > fold."""
     from mlflow_mnist.api import tune as run_tune
 
-    result = run_tune(**_classes(options), notify=_notify)
+    result = run_tune(**_command_options(options), notify=_notify)
     outcome = result.outcome
     if not outcome.groups:
         click.echo("nothing to evaluate: every trial asked for is already in the store (ask for more --trials)")
@@ -391,7 +396,7 @@ def final(**options) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
     from mlflow_mnist.api import final as run_final
 
-    summary = run_final(**_classes(options), notify=_notify)
+    summary = run_final(**_command_options(options), notify=_notify)
     click.echo(
         f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {summary['n_repeats']} seed(s) "
         f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "

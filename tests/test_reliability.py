@@ -130,6 +130,22 @@ BAD_INPUTS = [
         "--min-epochs 7: the space 'seed' trains at most 6 epochs",
     ),
     ("unsupported store", [], {"MLFLOW_TRACKING_URI": "ftp://u:pw@127.0.0.1/m"}, "no store for 'ftp' URIs"),
+    (
+        "an asha option for optuna",
+        ["--strategy", "optuna", "--stage", "", "--space", "seed", "--brackets", "2"],
+        {},
+        "--brackets 2: --strategy optuna does not use it (only asha)",
+    ),  # fmt: skip
+    ("trials for a staged step", ["--trials", "8"], {}, "--trials 8: --strategy staged does not use it"),
+    ("a scheduler without dask", ["--scheduler", "tcp://127.0.0.1:{port}"], {}, "is for --executor dask, not joblib"),
+    # $DASK_SCHEDULER_ADDRESS set for every command is Dask's to read, not a --scheduler given to joblib: the
+    # mistake reported is the data's.
+    (
+        "a Dask address in the environment",
+        ["--data", "/nonexistent/mnist"],
+        {"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:{port}"},
+        "does not exist",
+    ),  # fmt: skip
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),

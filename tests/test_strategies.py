@@ -62,6 +62,31 @@ def runs(uri):
     return tracking.search_all(client, [client.get_experiment_by_name("mnist").experiment_id])
 
 
+def test_each_strategy_names_the_tune_options_it_reads_and_tune_refuses_the_others():
+    """The registry is the one list: every option a strategy declares is `tune`'s, `strategies` prints them, and
+    an option no strategy of the call reads, given a value of its own, is refused before anything runs."""
+    import inspect
+
+    from conftest import cli
+
+    from mlflow_mnist import api
+    from mlflow_mnist.strategies import STRATEGIES, check_options
+
+    tune_arguments = inspect.signature(api.tune).parameters
+    defaults = {name: parameter.default for name, parameter in tune_arguments.items()}
+    printed = cli("strategies").stdout.splitlines()
+    for name, strategy in STRATEGIES.items():
+        assert strategy.options <= set(tune_arguments), name
+        line = next(line for line in printed if line.startswith(f"{name}: "))
+        assert all("--" + option.replace("_", "-") in line for option in strategy.options), line
+        others = set().union(*(s.options for s in STRATEGIES.values())) - strategy.options
+        check_options(name, {option: defaults[option] for option in others}, defaults)  # defaults: fine
+        for option in others:
+            changed = not defaults[option] if isinstance(defaults[option], bool) else "changed"
+            with pytest.raises(StageError, match=f"--strategy {name} does not use it"):
+                check_options(name, {option: changed}, defaults)
+
+
 def test_rung_budgets():
     assert rung_budgets(4, 6, 3) == [2, 6] and rung_budgets(10, 6, 3) == [1, 2, 6] and rung_budgets(2, 6, 3) == [6]
     assert rungs(18, 3) == [2, 6, 18] and rungs(6, 3) == [2, 6] and rungs(20, 3) == [20]

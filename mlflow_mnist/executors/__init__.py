@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from mlflow_mnist.executors.base import Executor, ExecutorError, NJobsError, resolve_n_jobs, usable_cores
+from mlflow_mnist.executors.base import (
+    Executor,
+    ExecutorError,
+    ExecutorOptionError,
+    NJobsError,
+    resolve_n_jobs,
+    usable_cores,
+)
 from mlflow_mnist.executors.joblib import JoblibExecutor
 from mlflow_mnist.executors.serial import SerialExecutor
 
@@ -16,10 +23,18 @@ def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler:
 
     ``n_jobs`` follows joblib's convention everywhere (:func:`resolve_n_jobs`): a bad value raises
     :class:`NJobsError` before any worker starts. On a remote Dask cluster it counts the cluster's workers, not
-    this machine's cores, so it is passed on as given.
+    this machine's cores, so it is passed on as given. A ``scheduler`` for another executor would be ignored: it is
+    refused (:class:`ExecutorOptionError`); ``$DASK_SCHEDULER_ADDRESS`` is read by Dask alone.
     """
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
+    if scheduler and name != "dask":
+        from mlflow_mnist.redaction import redact
+
+        raise ExecutorOptionError(
+            f"--scheduler {redact(scheduler)} is for --executor dask, not {name}: add --executor dask or leave "
+            f"--scheduler out"
+        )
     if name == "dask" and remote_scheduler(scheduler):
         from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads when used
 
@@ -44,6 +59,7 @@ __all__ = [
     "Executor",
     "ExecutorError",
     "JoblibExecutor",
+    "ExecutorOptionError",
     "NJobsError",
     "SerialExecutor",
     "make_executor",

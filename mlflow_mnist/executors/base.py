@@ -17,7 +17,11 @@ class ExecutorError(RuntimeError):
     naming the cause and the fix, and finished folds are already in the store."""
 
 
-class NJobsError(ValueError):
+class ExecutorOptionError(ValueError):
+    """An executor option that cannot apply (``--scheduler`` without ``--executor dask``); the message says so."""
+
+
+class NJobsError(ExecutorOptionError):
     """``--n-jobs`` names no usable number of workers; the message says which values do."""
 
 

@@ -5,6 +5,9 @@ The CLI's ``--strategy`` choices, ``Campaign`` and ``mlflow-mnist strategies`` r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from mlflow_mnist.params import StageError
 from mlflow_mnist.strategies.asha import AsyncHalving
 from mlflow_mnist.strategies.base import Evaluate, SearchRequest, Strategy
@@ -22,10 +25,22 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }
 
 
+def check_options(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Refuse a strategy option (one some strategy reads) that ``name`` does not read, given a value other than its
+    default: it would be ignored without a word. ``given`` and ``defaults`` are keyed by `tune`'s argument names."""
+    readers = {option: [n for n, s in STRATEGIES.items() if option in s.options] for option in given}
+    for option, value in given.items():
+        if value != defaults[option] and readers[option] and option not in STRATEGIES[name].options:
+            flag, shown = "--" + option.replace("_", "-"), str(value).lower() if isinstance(value, bool) else value
+            raise StageError(
+                f"{flag} {shown}: --strategy {name} does not use it (only {', '.join(readers[option])}): leave it out"
+            )
+
+
 def make_strategy(name: str, request: SearchRequest) -> Strategy:
     if name not in STRATEGIES:
         raise StageError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name].from_request(request)
 
 
-__all__ = ["STRATEGIES", "Evaluate", "SearchRequest", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "Evaluate", "SearchRequest", "Strategy", "check_options", "make_strategy"]

@@ -152,6 +152,9 @@ class AsyncHalving:
         "--warm-start starts from the experiment's best, --top-rung-parts splits the last rung's folds to fill "
         "the workers"
     )
+    options = frozenset(
+        {"trials", "halving_factor", "min_epochs", "brackets", "promotion", "top_rung_parts", "warm_start"}
+    )
     single_group = False
     carries_forward = False
 

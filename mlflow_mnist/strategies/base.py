@@ -73,13 +73,17 @@ class SearchRequest:
 
 
 class Strategy(Protocol):
-    """``name`` tags the search run; ``help`` is the CLI's line; ``single_group`` says the search is one group
-    (its run is the search run); ``carries_forward`` says the search's result is its last group's best (each
-    group builds on the one before) rather than the best of all its groups; ``search_options`` (trials, rung
-    ratio, ...) are logged on the search run, so the UI says how it searched."""
+    """``name`` tags the search run; ``help`` is the CLI's line; ``options`` names the ``tune`` options it reads;
+    ``single_group`` says the search is one group (its run is the search run); ``carries_forward`` says the
+    search's result is its last group's best (each group builds on the one before) rather than the best of all its
+    groups; ``search_options`` (trials, rung ratio, ...) are logged on the search run, so the UI says how it
+    searched."""
 
     name: ClassVar[str]
     help: ClassVar[str]
+    # The `tune` options it reads beyond the campaign's and its stage or space: another option given a value of
+    # its own would be ignored, so `tune` refuses it (strategies.check_options).
+    options: ClassVar[frozenset[str]]
     single_group: bool
     carries_forward: bool
     search_name: str

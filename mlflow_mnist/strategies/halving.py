@@ -76,6 +76,7 @@ class SuccessiveHalving:
 
     name = "halving"
     help = "successive halving over epochs: of --stage's steps, else of --trials configurations from --space"
+    options = frozenset({"trials", "halving_factor"})
     carries_forward = False  # set per instance: halving steps carry forward like the staged grid
 
     def __init__(

@@ -45,6 +45,7 @@ class OptunaSearch:
 
     name = "optuna"
     help = "TPE over --space with successive-halving pruning over epochs; --trials in all"
+    options = frozenset({"trials", "halving_factor"})
     single_group = False
     carries_forward = False
 

@@ -19,6 +19,7 @@ from mlflow_mnist.strategies.sampling import sample_configs
 class RandomSearch:
     name = "random"
     help = "--trials configurations drawn at random from --space, each at the full budget"
+    options = frozenset({"trials"})
     single_group = False
     carries_forward = False
 

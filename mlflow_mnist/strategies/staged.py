@@ -59,6 +59,7 @@ class StagedGrid:
 
     name = "staged"
     help = "the task's steps in order, each over its grid, with carry-forward (--stage)"
+    options = frozenset({"reuse_reference"})
     carries_forward = True
     space = None
 
