@@ -105,18 +105,12 @@ def tune(
             f"--stage {stage} and --space {space}: a staged or halving search runs a stage's grid, a joint search a "
             f"space; give one of them"
         )
-    strategy_options = dict(
-        trials=trials,
-        halving_factor=halving_factor,
-        min_epochs=min_epochs,
-        brackets=brackets,
-        promotion=promotion,
-        top_rung_parts=top_rung_parts,
-        warm_start=warm_start,
-        reuse_reference=reuse_reference,
-    )
+    # The options only some strategies read: one the chosen strategy would ignore is refused.
+    read_by_some = dict(trials=trials, halving_factor=halving_factor, warm_start=warm_start, brackets=brackets)
+    read_by_some.update(min_epochs=min_epochs, promotion=promotion, top_rung_parts=top_rung_parts)
+    read_by_some.update(reuse_reference=reuse_reference)
     defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
-    check_options(strategy, strategy_options, defaults)
+    check_options(strategy, read_by_some, defaults)
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one
