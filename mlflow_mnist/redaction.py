@@ -54,13 +54,13 @@ def _is_secret_name(name: str) -> bool:
     return name.upper() in SECRET_ENV_NAMES or bool(SECRET_ENV_SUFFIX.search(name.upper()))
 
 
-def _uri_password(value: str) -> str | None:
-    """The password in a URI-valued variable (MLFLOW_TRACKING_URI, DATABASE_URL), even one the URI pattern
-    cannot bound (a raw '/' or '#' in it)."""
+def _uri_credentials(value: str) -> tuple[str, str] | None:
+    """The userinfo (``user:password``) and the password in a URI-valued variable (MLFLOW_TRACKING_URI,
+    DATABASE_URL), even ones the URI pattern cannot bound (a raw '/' or '#' in the password)."""
     match = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://([^\s]*)@", value)
     if not match or ":" not in match.group(1):
         return None
-    return match.group(1).split(":", 1)[1]
+    return match.group(1), match.group(1).split(":", 1)[1]
 
 
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
@@ -70,9 +70,10 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     found: set[str] = set()
     for name, value in environ.items():
         candidates = [value] if _is_secret_name(name) else []
-        password = _uri_password(value) if "://" in value else None
-        if password:
-            candidates += [password, unquote(password)]
+        credentials = _uri_credentials(value) if "://" in value else None
+        if credentials:  # the whole user:password too: a password too short to mask alone is masked in its URI
+            userinfo, password = credentials
+            candidates += [userinfo, unquote(userinfo), password, unquote(password)]
         for candidate in candidates:
             found |= {candidate, quote(candidate, safe=""), quote_plus(candidate, safe="")}
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)

@@ -95,6 +95,15 @@ def test_password_of_a_uri_variable_is_masked_even_where_the_uri_pattern_cannot_
     assert "pa/ss-Zq81" not in out and "ss-Zq81" not in out
 
 
+def test_a_password_too_short_to_mask_alone_is_masked_in_its_uri(monkeypatch):
+    """Three characters with a '/': the URI pattern cannot bound it and a lone 3-character literal would mangle
+    ordinary text, so the variable's whole user:password is masked wherever the URI is printed."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:q/7@127.0.0.1:1")
+    out = redact("cannot reach the tracking store at http://bob:q/7@127.0.0.1:1 (connection refused)")
+    assert "q/7" not in out and out == "cannot reach the tracking store at http://***@127.0.0.1:1 (connection refused)"
+    assert redact("step 7 of 17") == "step 7 of 17"
+
+
 def test_stream_redacts_a_url_written_in_pieces_and_keeps_tqdm_working():
     target = io.StringIO()
     stream = RedactingStream(target)
