@@ -49,6 +49,14 @@ def _rejections() -> tuple[type[Exception], ...]:
     return (PromotionRejected,)
 
 
+# Control characters in a user value, written out: a newline in --run-id must not start a second, forged line.
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in range(32)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_CONTROL_CHARACTERS)
+
+
 class _Group(click.Group):
     """Turns user errors into one line and Ctrl-C into a clean exit, for every command."""
 
@@ -61,14 +69,14 @@ class _Group(click.Group):
             sys.exit(130)
         except click.ClickException as error:
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
-            click.echo(f"error: {error.format_message()}{where}", err=True)
+            click.echo(f"error: {_one_line(error.format_message())}{where}", err=True)
             sys.exit(error.exit_code)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except _user_errors() as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {_one_line(str(error))}", err=True)
             sys.exit(2)
         except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
             from mlflow_mnist.redaction import redact

@@ -150,6 +150,9 @@ BAD_INPUTS = [
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
     ("no such final run", ["promote", "--run-id", "0123456789abcdef"], {}, "is not a run in this tracking store"),
+    # A newline inside a value is written out (\n), never a second line: nothing can forge an "error:" line.
+    ("a newline in a value", ["promote", "--run-id", "0123\nerror: forged"], {}, "0123\\nerror: forged"),
+    ("a newline in an address", ["--scheduler", "tcp://h\nerror: forged"], {}, "tcp://h\\nerror: forged is for"),
     ("promote a missing experiment", ["promote", "--experiment", "nowhere"], {}, "experiment 'nowhere' does not exist"),
     ("configs without a search", ["final", "--configs", "2", "--repeats", "4"], {}, "pass --search latest"),
     ("final of a search never run", ["final", "--search", "latest"], {}, "no finished joint search on this data"),
