@@ -35,6 +35,8 @@ from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task
 from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
 
+# numpy's and scikit-learn's seeds are 32-bit unsigned; a final's seeds count on from the campaign's (seed + k).
+MAX_SEED = 2**31 - 1
 LOG_THREADS = 8  # folds logged at once to a tracking server (benchmarks/bench_driver.py); SQLite: one at a time
 
 
@@ -110,6 +112,8 @@ class Campaign:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
         if folds < 2:
             raise HyperparameterError(f"folds={folds}: cross-validation needs at least 2 folds")
+        if not 0 <= seed <= MAX_SEED:
+            raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed a smaller whole number")
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, "epochs": epochs, **parsed_overrides})
         source = data_source(chosen_task, data)

@@ -41,6 +41,9 @@ def broken_data(tmp_path_factory):
     base = tmp_path_factory.mktemp("broken")
     corrupt = base / "corrupt.npz"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
+    deflate = write_idx_folder(base / "deflate", sample)  # a whole gzip file whose compressed stream is damaged
+    blob = (deflate / "train-images-idx3-ubyte.gz").read_bytes()
+    (deflate / "train-images-idx3-ubyte.gz").write_bytes(blob[:20] + bytes(b ^ 0xFF for b in blob[20:60]) + blob[60:])
     truncated = write_idx_folder(base / "truncated", sample)
     blob = (truncated / "t10k-images-idx3-ubyte.gz").read_bytes()
     (truncated / "t10k-images-idx3-ubyte.gz").write_bytes(blob[:1000])
@@ -58,7 +61,15 @@ def broken_data(tmp_path_factory):
         x_test=sample.x_test,
         y_test=sample.y_test,
     )
-    return {"corrupt": corrupt, "truncated": truncated, "magic": magic, "shape": shape, "labels": labels, "text": text}
+    return {
+        "corrupt": corrupt,
+        "truncated": truncated,
+        "magic": magic,
+        "shape": shape,
+        "labels": labels,
+        "text": text,
+        "deflate": deflate,
+    }
 
 
 BAD_INPUTS = [
@@ -76,6 +87,8 @@ BAD_INPUTS = [
     ("kernel too large", ["--overrides", "kernel_size=(15,15)"], {}, "too large for a 28x28 image"),
     ("epochs 0", ["--epochs", "0"], {}, "epochs=0 must be at least 1"),
     ("one fold", ["--folds", "1"], {}, "at least 2 folds"),
+    ("negative seed", ["--seed", "-1"], {}, "seed=-1 must be 0 to 2147483647"),
+    ("seed past 32 bits", ["final", "--seed", "4294967296"], {}, "seed=4294967296 must be 0 to 2147483647"),
     ("more folds than images", ["--folds", "301"], {}, "folds=301 is more than the 300 training examples of class 2"),
     ("repeated digit", ["--digits", "2,2"], {}, "repeats a digit"),
     ("digit 11", ["--digits", "11"], {}, "must each be 0-9"),
@@ -84,6 +97,7 @@ BAD_INPUTS = [
     ("missing data path", ["--data", "/nonexistent/mnist"], {}, "does not exist"),
     ("corrupt npz", ["--data", "{corrupt}"], {}, "not a readable .npz"),
     ("truncated gz", ["--data", "{truncated}"], {}, "truncated or corrupt"),
+    ("damaged deflate stream", ["--data", "{deflate}"], {}, "truncated or corrupt"),
     ("IDX wrong magic", ["--data", "{magic}"], {}, "magic number 2049"),
     ("IDX wrong shape", ["--data", "{shape}"], {}, "expected (n, 28, 28)"),
     ("labels out of range", ["--data", "{labels}"], {}, "labels must be integers 0..9"),

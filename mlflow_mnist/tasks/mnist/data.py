@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def _load_npz(path: Path, label: str) -> Mnist:
             arrays = {key: archive[key] for key in IDX_FILES}
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise DataError(f"{label} is not a readable .npz file ({error}): re-download or re-create it") from None
     return _validated(**arrays, source=label)
 
@@ -113,7 +114,7 @@ def read_idx(path: Path, expected_ndim: int | None = None) -> np.ndarray:
     try:
         with opener(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib: a damaged deflate stream
         raise DataError(f"{path} cannot be read ({error}): the file is truncated or corrupt, re-download it") from None
     if len(raw) < 8:
         raise DataError(f"{path} is too short to be an IDX file: re-download it")
