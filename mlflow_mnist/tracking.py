@@ -248,9 +248,22 @@ def _prepared(uri: str | None) -> str:
 
 def _sqlite_path(uri: str) -> Path | None:
     """A SQLite store's file (its folder known writable), ``None`` for any other store."""
+    if uri.startswith("sqlite://") and not uri.removeprefix("sqlite://").split("?")[0]:
+        raise TrackingError(
+            f"{redact(uri)} is an in-memory SQLite store, lost when the command ends: set MLFLOW_TRACKING_URI to "
+            f"sqlite:///PATH/mlflow.db"
+        )
     if not uri.startswith("sqlite:///"):
         return None
-    path = Path(uri.removeprefix("sqlite:///").split("?")[0]).expanduser().resolve()
+    written = uri.removeprefix("sqlite:///").split("?")[0]
+    if written.startswith("~"):  # MLflow would make a folder named '~' in the working directory
+        raise TrackingError(
+            f"{redact(uri)}: MLflow does not expand '~' in a SQLite URI: give the full path, "
+            f"sqlite:///{Path(written).expanduser()}"
+        )
+    path = Path(written).resolve()
+    if path.exists() and not path.is_file():
+        raise TrackingError(f"the SQLite store {path} is not a file: remove it or set MLFLOW_TRACKING_URI")
     if not path.parent.exists():
         raise TrackingError(
             f"the SQLite store's folder {path.parent} does not exist: create it or set MLFLOW_TRACKING_URI"

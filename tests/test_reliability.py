@@ -103,6 +103,9 @@ BAD_INPUTS = [
     ("labels out of range", ["--data", "{labels}"], {}, "labels must be integers 0..9"),
     ("a text file as data", ["--data", "{text}"], {}, "is not a readable .npz file (not a zip archive)"),
     ("unreachable server", [], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"}, "cannot reach the tracking store"),
+    ("in-memory store", [], {"MLFLOW_TRACKING_URI": "sqlite://"}, "is an in-memory SQLite store"),
+    ("a '~' in a SQLite URI", [], {"MLFLOW_TRACKING_URI": "sqlite:///~/mlflow.db"}, "does not expand '~'"),
+    ("a folder where the store should be", [], {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}"}, "is not a file"),
     ("read-only store", [], {"MLFLOW_TRACKING_URI": "sqlite:///{readonly}/mlflow.db"}, "cannot write the SQLite store"),
     (
         "store in a missing folder",
