@@ -24,7 +24,7 @@ def analyze_api(
     from mlflow_mnist import tracking
     from mlflow_mnist.runs import log_report
 
-    client = tracking.connect()
+    client = tracking.connect(existing=True)
     launcher = None
     experiments = list(experiments)
     if not experiments:  # under `mlflow run`, its experiment (the report goes on its run); else the latest campaign
@@ -110,7 +110,7 @@ def export_study(search, storage, experiment, name) -> None:
     from analysis.studies import export_study as export
     from mlflow_mnist import tracking
 
-    client = tracking.connect()
+    client = tracking.connect(existing=True)
     where = tracking.resolve_experiment(client, experiment, create=False)
     runs = read_runs(client, [where.name])
     if search == "latest":

@@ -235,9 +235,11 @@ def promote(
     compare it with ``@champion`` on the same test set, and register and move the alias if the gate allows;
     ``min_accuracy`` defaults to the task's threshold. Raises ``PromotionRejected`` when the gate says no."""
     from mlflow_mnist import tracking
+    from mlflow_mnist.registry import check_promote_options
     from mlflow_mnist.registry import promote as promote_model
 
-    client = tracking.connect()
+    check_promote_options(model=model, min_accuracy=min_accuracy, name=name)  # before the store is reached
+    client = tracking.connect(existing=True)
     where = tracking.resolve_experiment(client, experiment, create=False)
     _say(where.chosen_because, notify)
     return promote_model(

@@ -491,6 +491,25 @@ def registry_lock(client, name: str, *, notify: Callable[[str], None] | None = N
         lock.release()
 
 
+def check_promote_options(*, model: str, min_accuracy: float | None, name: str | None) -> None:
+    """What ``promote`` can check before the store is reached: the model kind, the threshold, the registered
+    model's name (MLflow's own rule: not blank, no '/' or ':'), each a :class:`PromoteInputError`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    if model not in MODEL_KINDS:
+        raise PromoteInputError(f"--model {model!r} is not one of {', '.join(MODEL_KINDS)}")
+    if min_accuracy is not None:
+        check_min_accuracy(min_accuracy)
+    if name is not None and name != "":
+        try:
+            _validate_model_name(name)
+        except MlflowException:
+            raise PromoteInputError(
+                f"--name {name!r} is not a name the model registry takes: not blank, no '/' or ':'"
+            ) from None
+
+
 def promote(
     client,
     experiment_id: str,
@@ -513,10 +532,7 @@ def promote(
     :class:`PromoteInputError` for a bad threshold or run id and :class:`PromotionRejected` when the gate says no
     or another promotion holds the lock; the alias is then where it was.
     """
-    if model not in MODEL_KINDS:
-        raise PromoteInputError(f"--model {model!r} is not one of {', '.join(MODEL_KINDS)}")
-    if min_accuracy is not None:
-        min_accuracy = check_min_accuracy(min_accuracy)
+    check_promote_options(model=model, min_accuracy=min_accuracy, name=name)
     final = final_run(client, experiment_id, run_id)
     task = get_task(final_task(final).name)
     min_accuracy = check_min_accuracy(task.min_accuracy if min_accuracy is None else min_accuracy)

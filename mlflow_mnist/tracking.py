@@ -199,8 +199,11 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None = None):
+def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None = None, existing: bool = False):
     """A client for ``uri`` that has answered one request; a clear :class:`TrackingError` otherwise.
+
+    Readers (promote, analyze, export-study) pass ``existing``: a SQLite store that is not there is then an error,
+    not a new empty one left behind in whatever folder the command ran from.
 
     ``on_reached`` runs once the store can no longer refuse the command: after its first answer, or, for a new
     SQLite store, once its folder is known writable and before the seconds MLflow takes to build its schema (so
@@ -210,6 +213,11 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
 
     uri = _prepared(uri)
     path = _sqlite_path(uri)
+    if existing and path is not None and not path.exists():
+        raise TrackingError(
+            f"there is no tracking store at {redact(uri)}: run this from the campaign's folder or set "
+            f"MLFLOW_TRACKING_URI"
+        )
     if path is not None and not path.exists():
         if on_reached is not None:
             on_reached()
