@@ -170,6 +170,16 @@ def final_run(client, experiment_id: str, run_id: str | None):
     if not run_id:
         final = tracking.latest_final_run(client, experiment_id)
         if final is None:
+            newest_first = ["attributes.start_time DESC"]
+            unfinished = client.search_runs(
+                [experiment_id], f"tags.`{LEVEL}` = '{FINAL_LEVEL}'", max_results=1, order_by=newest_first
+            )
+            if unfinished:  # one is training, or was killed: "run final first" would be the wrong advice
+                run = unfinished[0].info
+                raise PromotionRejected(
+                    f"no finished final run in this experiment: the latest, {run.run_id}, is {run.status}; wait for "
+                    f"it to finish, or run the same `mlflow-mnist final` again if it was killed (it resumes)"
+                )
             raise PromotionRejected("no finished final run in this experiment: run `mlflow-mnist final` first")
         return final
     try:

@@ -167,6 +167,21 @@ def test_a_bad_threshold_refuses_before_touching_the_store(value):
         promote(Untouchable(), "0", min_accuracy=value, run_id="0" * 32)
 
 
+def test_promote_with_only_an_unfinished_final_says_which_and_what_to_do(store):
+    """A final still training (or killed) is not "no final": the refusal names it and its status."""
+    from mlflow import MlflowClient
+
+    from mlflow_mnist import schema, tracking
+
+    client = MlflowClient(store)
+    experiment = tracking.experiment_id(client, "mnist")
+    with pytest.raises(PromotionRejected, match="run `mlflow-mnist final` first"):
+        promote(client, experiment)
+    running = client.create_run(experiment, tags={schema.LEVEL: schema.FINAL_LEVEL}).info.run_id
+    with pytest.raises(PromotionRejected, match=f"the latest, {running}, is RUNNING; wait for it to finish"):
+        promote(client, experiment)
+
+
 def test_shared_examples_are_found_by_content():
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
