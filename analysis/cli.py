@@ -9,6 +9,15 @@ from pathlib import Path
 import click
 
 
+def _finite(value: float, flag: str) -> float:
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    import math
+
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number in the range", param_hint=flag)
+    return value
+
+
 def analyze_api(
     *,
     experiments: Sequence[str] = (),
@@ -70,6 +79,7 @@ def check_stage_run(client, run_id: str) -> None:
     default=0.001,
     show_default=True,
     type=click.FloatRange(0, 0.5),
+    callback=lambda ctx, param, value: _finite(value, "--rope"),
     help="Region of practical equivalence, in accuracy (0.001 = 0.1 points).",
 )
 def analyze(experiments, out, stage_run, log, rope) -> None:

@@ -166,6 +166,7 @@ BAD_INPUTS = [
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("promote without a store", ["promote"], {}, "there is no tracking store at sqlite:///"),
     ("a model name the registry refuses", ["promote", "--name", "team/digits"], {}, "is not a name the model registry"),
+    ("analysis ROPE NaN", ["analyze", "--rope", "nan"], {}, "--rope: nan is not a number in the range"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
     ("no such final run", ["promote", "--run-id", "0123456789abcdef"], {}, "is not a run in this tracking store"),
@@ -192,7 +193,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     args = [a.format(**fill) for a in args]
     env = {k: v.format(**fill) for k, v in env.items()}
     command = list(STAGE)
-    if args and args[0] in ("promote", "final"):  # their own options, on an empty store
+    if args and args[0] in ("promote", "final", "analyze"):  # their own options, on an empty store
         command, args = [args[0]] + (["--data", "sample"] if args[0] == "final" else []), args[1:]
     if command[0] == "promote" and name != "promote without a store":  # a reader: the store must exist
         from mlflow_mnist import tracking
