@@ -337,9 +337,18 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
     ``default`` (a campaign passes its task's name). Readers pass ``create=False``: a missing experiment is then
     an error, not a new empty one.
     """
+    from mlflow.exceptions import MlflowException
+
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
-        experiment = client.get_experiment(client.get_run(launcher).info.experiment_id)
+        try:
+            run = client.get_run(launcher)
+        except MlflowException:  # left over in a shell from another store's `mlflow run`
+            raise TrackingError(
+                f"MLFLOW_RUN_ID={launcher!r} is not a run in {redact(tracking_uri())}: unset it (`mlflow run` sets it "
+                f"for the command it starts)"
+            ) from None
+        experiment = client.get_experiment(run.info.experiment_id)
         if create:
             mark_model_training(client, experiment)
         return Experiment(experiment.experiment_id, experiment.name, launcher)
@@ -354,8 +363,15 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
             because = f"experiment {name!r}: it holds the latest campaign runs (choose another with --experiment)"
         else:
             name = default
-    if not create and client.get_experiment_by_name(name) is None:
-        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
+    if not create:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
+        if found.lifecycle_stage == "deleted":  # a reader would promote from it, or log a report into it
+            raise TrackingError(
+                f"experiment {name!r} is deleted in {redact(tracking_uri())}: restore it (`mlflow experiments "
+                f"restore --experiment-id {found.experiment_id}`) or choose another with --experiment"
+            )
     return Experiment(experiment_id(client, name), name, None, because)
 
 

@@ -182,6 +182,20 @@ def test_promote_with_only_an_unfinished_final_says_which_and_what_to_do(store):
         promote(client, experiment)
 
 
+def test_a_reader_refuses_a_deleted_experiment(store):
+    """promote would register from it, analyze log a report into it: a deleted experiment is named as such."""
+    from mlflow import MlflowClient
+
+    import mlflow_mnist
+    from mlflow_mnist import tracking
+    from mlflow_mnist.tracking import TrackingError
+
+    client = MlflowClient(store)
+    client.delete_experiment(tracking.experiment_id(client, "gone"))
+    with pytest.raises(TrackingError, match="experiment 'gone' is deleted in .*: restore it"):
+        mlflow_mnist.promote(experiment="gone")
+
+
 def test_shared_examples_are_found_by_content():
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)

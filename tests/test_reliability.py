@@ -166,6 +166,7 @@ BAD_INPUTS = [
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("promote without a store", ["promote"], {}, "there is no tracking store at sqlite:///"),
     ("a model name the registry refuses", ["promote", "--name", "team/digits"], {}, "is not a name the model registry"),
+    ("a stale MLFLOW_RUN_ID", [], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}, "is not a run in sqlite:"),
     ("analysis ROPE NaN", ["analyze", "--rope", "nan"], {}, "--rope: nan is not a number in the range"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
