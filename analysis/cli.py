@@ -9,6 +9,12 @@ from pathlib import Path
 import click
 
 
+class _Refused(click.ClickException):
+    """A mistake in what the command was given: one line, exit 2, as every mlflow-mnist command's mistakes."""
+
+    exit_code = 2
+
+
 def _finite(value: float, flag: str) -> float:
     """click's FloatRange lets NaN through (every comparison with it is false)."""
     import math
@@ -41,8 +47,15 @@ def analyze_api(
         if where.chosen_because and notify is not None:
             notify(where.chosen_because)
         experiments, launcher = [where.name], where.launcher_run_id
+    for name in experiments:  # each named one exists, before a folder is made or a figure drawn
+        tracking.resolve_experiment(client, name, create=False)
     if stage_run:
         check_stage_run(client, stage_run)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, a folder that cannot hold it
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"--out {out} cannot be the report's folder ({reason}): give a writable folder") from None
     report = build_report(client, experiments, Path(out), stage_run or None, rope=rope)
     if log:
         report.logged_run_id = log_report(client, experiments[0], Path(out), stage_run or launcher)
@@ -91,7 +104,7 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
     try:
         report = analyze_api(experiments=experiments, out=out, stage_run=stage_run, log=log, rope=rope, notify=notify)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise _Refused(str(error)) from None
     for row in report.verdicts.itertuples():
         click.echo(f"{row.step}: {row.verdict}: {row.sentence} (chose {row.best_value}, mean {row.best_mean:.5f})")
     if log:
@@ -128,12 +141,12 @@ def export_study(search, storage, experiment, name) -> None:
         roots = search_roots(runs)
         roots = roots[roots["run_id"].isin(set(trials["search_run_id"]))]
         if roots.empty:
-            raise click.ClickException(f"experiment {where.name!r} has no joint search with trials: run one first")
+            raise _Refused(f"experiment {where.name!r} has no joint search with trials: run one first")
         search = roots.sort_values("end_time")["run_id"].iloc[-1]
     try:
         study = export(runs, search, storage, name=name or None)
     except ValueError as error:
-        raise click.ClickException(str(error)) from None
+        raise _Refused(str(error)) from None
     complete = sum(t.state.name == "COMPLETE" for t in study.trials)
     click.echo(
         f"study {study.study_name!r}: {len(study.trials)} trials ({complete} complete) in {storage}; "

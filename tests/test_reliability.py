@@ -167,6 +167,7 @@ BAD_INPUTS = [
     ("promote without a store", ["promote"], {}, "there is no tracking store at sqlite:///"),
     ("a model name the registry refuses", ["promote", "--name", "team/digits"], {}, "is not a name the model registry"),
     ("a stale MLFLOW_RUN_ID", [], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}, "is not a run in sqlite:"),
+    ("a file as the report's folder", ["analyze", "--out", "{text}"], {}, "cannot be the report's folder"),
     ("analysis ROPE NaN", ["analyze", "--rope", "nan"], {}, "--rope: nan is not a number in the range"),
     ("threshold NaN", ["promote", "--min-accuracy", "nan"], {}, "--min-accuracy nan"),
     ("threshold above one", ["promote", "--min-accuracy", "1.5"], {}, "--min-accuracy 1.5"),
@@ -179,6 +180,19 @@ BAD_INPUTS = [
     ("final of a search never run", ["final", "--search", "latest"], {}, "no finished joint search on this data"),
     ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
+
+
+def test_python_m_analysis_gets_the_same_one_line_errors(tmp_path):
+    """The MLproject's `analyze` runs `python -m analysis`: its mistakes are one line too, not click's usage block
+    or a traceback."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for args, message in ((["--rope", "2"], "'--rope': 2.0 is not in the range"), ([], "there is no tracking store")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "analysis", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        assert message in lines[0] and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name, args, env, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
@@ -196,7 +210,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     command = list(STAGE)
     if args and args[0] in ("promote", "final", "analyze"):  # their own options, on an empty store
         command, args = [args[0]] + (["--data", "sample"] if args[0] == "final" else []), args[1:]
-    if command[0] == "promote" and name != "promote without a store":  # a reader: the store must exist
+    if command[0] in ("promote", "analyze") and name != "promote without a store":  # readers: the store exists
         from mlflow_mnist import tracking
 
         tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
