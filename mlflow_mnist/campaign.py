@@ -114,6 +114,7 @@ class Campaign:
             raise HyperparameterError(f"folds={folds}: cross-validation needs at least 2 folds")
         if not 0 <= seed <= MAX_SEED:
             raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed a smaller whole number")
+        tracking.check_experiment_name(experiment)
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, "epochs": epochs, **parsed_overrides})
         source = data_source(chosen_task, data)

@@ -331,6 +331,15 @@ class Experiment:
     chosen_because: str = ""  # set when no experiment was named: the line that tells the user which one
 
 
+def check_experiment_name(name: str | None = None) -> str | None:
+    """``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else None; a blank one is refused (MLflow would make an
+    experiment no one can tell apart). Writers call it before the store is reached."""
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name and not name.strip():
+        raise TrackingError(f"experiment name {name!r} is blank: give --experiment a name, or leave it out")
+    return name
+
+
 def resolve_experiment(client, name: str | None = None, *, create: bool = True, default: str = "Default") -> Experiment:
     """Under `mlflow run`, the run it made and its experiment; else ``name`` or $MLFLOW_EXPERIMENT_NAME; else the
     experiment holding the latest campaign runs (so `mlflow run` into Default, then `final`, finds it); else
@@ -352,9 +361,7 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
         if create:
             mark_model_training(client, experiment)
         return Experiment(experiment.experiment_id, experiment.name, launcher)
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-    if name and not name.strip():  # MLflow would make an experiment no one can tell apart
-        raise TrackingError(f"experiment name {name!r} is blank: give --experiment a name, or leave it out")
+    name = check_experiment_name(name)
     because = ""
     if not name:
         latest = latest_campaign_experiment(client)

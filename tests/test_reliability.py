@@ -117,6 +117,7 @@ BAD_INPUTS = [
     ("n-jobs 0", ["--n-jobs", "0"], {}, "--n-jobs 0 runs no worker"),
     ("n-jobs below the cores", ["--n-jobs", "-999"], {}, "leaves no worker"),
     ("unknown task", ["--task", "mnst"], {}, "unknown task 'mnst': choose one of"),
+    ("a class that is not a task", ["--task", "mlflow_mnist.tasks.base:Dataset"], {}, "is the class Dataset, not a"),
     ("task not importable", ["--task", "no_such_pkg.tasks:Mine"], {}, "cannot import it"),
     (
         "another task's parameter",

@@ -39,7 +39,12 @@ def get_task(spec: str = DEFAULT_TASK) -> Task:
             known = ", ".join(sorted(entries)) or "none"
             raise StageError(f"unknown task {spec!r}: choose one of {known}, or give package.module:attr")
         found = entries[spec].load()
-    task = found() if isinstance(found, type) else found
+    if isinstance(found, type) and not issubclass(found, Task):  # instantiating it would be a stranger's call
+        raise StageError(f"--task {spec} is the class {found.__name__}, not a mlflow_mnist.tasks.Task subclass")
+    try:
+        task = found() if isinstance(found, type) else found
+    except Exception as error:  # noqa: BLE001 - a task class that cannot be made without arguments, or fails
+        raise StageError(f"--task {spec}: the class could not be created ({type(error).__name__}: {error})") from None
     if not isinstance(task, Task):
         raise StageError(f"--task {spec} is a {type(task).__name__}, not a mlflow_mnist.tasks.Task")
     return task
