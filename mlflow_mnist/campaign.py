@@ -31,7 +31,7 @@ from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, LOCK_TOKEN, SETTI
 from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
-from mlflow_mnist.tasks import DEFAULT_TASK, get_task
+from mlflow_mnist.tasks import DEFAULT_TASK, DataError, get_task
 from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task
 from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
 
@@ -118,7 +118,13 @@ class Campaign:
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, "epochs": epochs, **parsed_overrides})
         source = data_source(chosen_task, data)
-        loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
+        try:
+            loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
+        except DataError as error:
+            if data or not source or not chosen_task.data_env:
+                raise
+            # The user gave no --data: say where the value came from, or they look for it on the command line.
+            raise DataError(f"{error} (from ${chosen_task.data_env}: fix or unset it)") from None
         check_folds(loaded.y_train, folds, loaded.class_names)
         spec = task or DEFAULT_TASK
         ref = DataRef(spec, source, classes, loaded.digest())

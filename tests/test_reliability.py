@@ -95,6 +95,12 @@ BAD_INPUTS = [
     ("letter digit", ["--digits", "a"], {}, "comma-separated digits"),
     ("single digit", ["--digits", "7"], {}, "names one class"),
     ("missing data path", ["--data", "/nonexistent/mnist"], {}, "does not exist"),
+    (
+        "a data path from the environment",
+        ["--data", ""],
+        {"MLFLOW_MNIST_DATA": "/nonexistent/mnist"},
+        "(from $MLFLOW_MNIST_DATA: fix or unset it)",
+    ),  # fmt: skip
     ("corrupt npz", ["--data", "{corrupt}"], {}, "not a readable .npz"),
     ("truncated gz", ["--data", "{truncated}"], {}, "truncated or corrupt"),
     ("damaged deflate stream", ["--data", "{deflate}"], {}, "truncated or corrupt"),
