@@ -47,8 +47,9 @@ def analyze_api(
         if where.chosen_because and notify is not None:
             notify(where.chosen_because)
         experiments, launcher = [where.name], where.launcher_run_id
-    for name in experiments:  # each named one exists, before a folder is made or a figure drawn
-        tracking.resolve_experiment(client, name, create=False)
+    else:  # each named one exists, before a folder is made or a figure drawn
+        for name in experiments:
+            tracking.check_experiment_exists(client, name)
     if stage_run:
         check_stage_run(client, stage_run)
     try:

@@ -85,6 +85,7 @@ def tune(
     does not read (its class's ``options``), given a value other than its default, is refused, not ignored.
     Everything is validated, and the store and the executor reached, before any run is written.
     """
+    arguments = dict(locals())  # this call's arguments, taken before any other name is bound
     import pandas as pd
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
@@ -105,12 +106,9 @@ def tune(
             f"--stage {stage} and --space {space}: a staged or halving search runs a stage's grid, a joint search a "
             f"space; give one of them"
         )
-    # The options only some strategies read: one the chosen strategy would ignore is refused.
-    read_by_some = dict(trials=trials, halving_factor=halving_factor, warm_start=warm_start, brackets=brackets)
-    read_by_some.update(min_epochs=min_epochs, promotion=promotion, top_rung_parts=top_rung_parts)
-    read_by_some.update(reuse_reference=reuse_reference)
+    # An option only other strategies read (the registry says which), given a value of its own, is refused.
     defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
-    check_options(strategy, read_by_some, defaults)
+    check_options(strategy, arguments, defaults)
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one

@@ -371,15 +371,20 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
         else:
             name = default
     if not create:
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
-        if found.lifecycle_stage == "deleted":  # a reader would promote from it, or log a report into it
-            raise TrackingError(
-                f"experiment {name!r} is deleted in {redact(tracking_uri())}: restore it (`mlflow experiments "
-                f"restore --experiment-id {found.experiment_id}`) or choose another with --experiment"
-            )
+        check_experiment_exists(client, name)
     return Experiment(experiment_id(client, name), name, None, because)
+
+
+def check_experiment_exists(client, name: str) -> None:
+    """A reader's experiment: there, and not deleted (a reader would promote from it, or log a report into it)."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
+    if found.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"experiment {name!r} is deleted in {redact(tracking_uri())}: restore it (`mlflow experiments "
+            f"restore --experiment-id {found.experiment_id}`) or choose another with --experiment"
+        )
 
 
 def latest_campaign_experiment(client):

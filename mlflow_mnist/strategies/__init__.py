@@ -27,10 +27,11 @@ STRATEGIES: dict[str, type[Strategy]] = {
 
 def check_options(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
     """Refuse a strategy option (one some strategy reads) that ``name`` does not read, given a value other than its
-    default: it would be ignored without a word. ``given`` and ``defaults`` are keyed by `tune`'s argument names."""
+    default: it would be ignored without a word. ``given`` and ``defaults`` are keyed by `tune`'s argument names;
+    arguments no strategy reads are left alone."""
     readers = {option: [n for n, s in STRATEGIES.items() if option in s.options] for option in given}
     for option, value in given.items():
-        if value != defaults[option] and readers[option] and option not in STRATEGIES[name].options:
+        if readers[option] and option not in STRATEGIES[name].options and value != defaults[option]:
             flag, shown = "--" + option.replace("_", "-"), str(value).lower() if isinstance(value, bool) else value
             raise StageError(
                 f"{flag} {shown}: --strategy {name} does not use it (only {', '.join(readers[option])}): leave it out"
