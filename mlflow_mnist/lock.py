@@ -19,7 +19,8 @@ A holder on the same machine whose process is gone (pid and kernel start time) i
 The top generation is never deleted: a released lock stays as one free entity per key, so generation numbers
 never restart (two racers who saw different, stale tops can then never both succeed). Older generations are
 deleted by the next holder. Every process that locks one key must be able to read the others' lock entities
-(one MLflow user, or READ on each other's registered models): a name that exists but cannot be read is refused.
+(one MLflow user, or READ on each other's registered models): a name that exists but stays unreadable for
+``UNREADABLE_GRACE`` seconds (an mlflow server grants its creator READ only just after creating it) is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ HELD, FREE, BROKEN = "held", "free", "broken"
 DEFAULT_TTL = float(os.environ.get("MLFLOW_MNIST_LEASE_SECONDS", "60"))
 DEFAULT_IN_FLIGHT = 120.0  # a holder that did not say how long its requests may take: MLflow's default timeout
 SQL_BUSY_TIMEOUT = 20.0  # MLflow's SQLite sessions wait this long for the database (PRAGMA busy_timeout = 20000)
+UNREADABLE_GRACE = 5.0  # seconds a name the store refused as existing may stay unreadable to its creator (auth hook)
 _clock = (lambda: time.clock_gettime(time.CLOCK_BOOTTIME)) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
 # CLOCK_BOOTTIME keeps counting while a laptop sleeps, where CLOCK_MONOTONIC stops: a holder that wakes up
 # after an hour must know that an hour has passed.
@@ -363,8 +365,7 @@ class StoreLock:
             self.client.create_registered_model(name, tags=self._tags(), description=self._description())
         except MlflowException as error:
             # Lost the race, or our own request was retried after it had succeeded: the store says which.
-            stack = self.generations()
-            winner = next((h for h in stack if h.generation == generation), None)
+            stack, winner = self._read_winner(generation, error)
             if winner is None:
                 if stack and stack[-1].generation > generation:
                     return False  # it moved on meanwhile: look again
@@ -391,6 +392,21 @@ class StoreLock:
                 raise
         self._delete_older(generation)
         return True
+
+    def _read_winner(self, generation: int, error: BaseException) -> tuple[list[Holder], Holder | None]:
+        """The generations after a refused create, and the one that was created, if this user can see it.
+
+        An ``mlflow server`` with basic auth grants its creator READ on a new registered model only after the
+        model is committed (an after-request hook), so for a moment a name that exists is invisible to everyone,
+        its creator's own MLflow user included: look again for up to ``UNREADABLE_GRACE`` seconds before calling
+        it another user's lock (CI saw one racer of four refused that way on PostgreSQL)."""
+        deadline = _clock() + (UNREADABLE_GRACE if getattr(error, "error_code", "") == "RESOURCE_ALREADY_EXISTS" else 0)
+        while True:
+            stack = self.generations()
+            winner = next((h for h in stack if h.generation == generation), None)
+            if winner is not None or (stack and stack[-1].generation > generation) or _clock() >= deadline:
+                return stack, winner
+            time.sleep(0.2)
 
     def _tags(self) -> dict[str, str]:
         values = {

@@ -154,6 +154,48 @@ def _assert_one_winner_per_round(outcomes: list[tuple], n: int, rounds: int) -> 
                 assert f"racer {winners[0]} (pid" in outcome and "\n" not in outcome, rows
 
 
+class SeesLate:
+    """A racer's client that read the store just before the winner created its lock, and then, for a moment
+    after its own create was refused, still cannot see the winner's lock: as ``mlflow server`` with basic auth,
+    which grants the creator READ on a new registered model only after committing it."""
+
+    def __init__(self, client, hidden_for: float):
+        self._client, self._hidden_for, self.reads = client, hidden_for, 0
+        self._hidden_until = float("inf")  # its first read came before the winner's create: it sees no lock
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def search_registered_models(self, *args, **kwargs):
+        from mlflow.store.entities.paged_list import PagedList
+
+        self.reads += 1
+        if time.monotonic() < self._hidden_until:
+            return PagedList([], None)
+        return self._client.search_registered_models(*args, **kwargs)
+
+    def create_registered_model(self, *args, **kwargs):
+        try:
+            return self._client.create_registered_model(*args, **kwargs)
+        except Exception:
+            self._hidden_until = time.monotonic() + self._hidden_for
+            raise
+
+
+def test_a_lock_the_store_shows_its_creator_a_moment_late_is_named_not_called_another_users(client, key):
+    winner = CampaignLock(client, key, command="mlflow-mnist tune winner").acquire()
+    try:
+        late = SeesLate(client, hidden_for=1.0)
+        loser = CampaignLock(late, key, command="mlflow-mnist tune loser", wait=0)
+        with pytest.raises(LockHeld) as refused:
+            loser.acquire()
+        assert "mlflow-mnist tune winner" in str(refused.value), refused.value
+        assert "it took the lock at the same moment" in str(refused.value), refused.value
+        assert late.reads >= 3, late.reads  # it looked again until the lock showed
+    finally:
+        winner.release()
+
+
 @pytest.mark.slow
 def test_four_processes_taking_one_lock_at_once_exactly_one_wins_each_round(uri):
     _assert_one_winner_per_round(_race_processes(uri, 4, 3), 4, 3)
