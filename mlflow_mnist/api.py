@@ -210,6 +210,7 @@ def final(
             precision=precision,
             cv_repeats=cv_repeats,
             executor=pool,
+            needs="a search (`tune --strategy asha`)" if search else "",
         )
         if break_lease:
             campaign.break_lease(notify or print)

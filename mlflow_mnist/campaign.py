@@ -99,9 +99,11 @@ class Campaign:
         cv_repeats: int = 1,
         dataset: Dataset | None = None,
         executor: Executor | None = None,
+        needs: str = "",
     ) -> Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
-        the store; nothing is written yet."""
+        the store; nothing is written yet. ``needs`` names what the command reads from an earlier one (``final
+        --search``: "a search"): the store and the experiment must then exist, and are never made empty."""
         chosen_task = get_task(task)
         check_choice("precision", precision, (*PRECISIONS, "auto"))
         if cv_repeats < 1:
@@ -150,7 +152,7 @@ class Campaign:
             # (TensorFlow, the data) while this one builds a new store and sets up.
             warm_up = WarmUp(None if dataset is not None else ref, executor.threads_per_worker, os.getpid())
             start_workers = functools.partial(executor.start, warm_up=warm_up)
-        client = tracking.connect(on_reached=start_workers)
+        client = tracking.connect(on_reached=start_workers, existing=bool(needs))
         if probe_there:
             precision, precision_because = probe(workers=executor)
         settings = SearchSettings(
@@ -163,7 +165,13 @@ class Campaign:
             precision,
             cv_repeats,
         )
-        where = tracking.resolve_experiment(client, experiment, default=chosen_task.name)  # `mlflow run`'s is adopted
+        where = tracking.resolve_experiment(  # `mlflow run`'s is adopted
+            client,
+            experiment,
+            default=chosen_task.name,
+            must_exist=bool(needs),
+            missing_fix=f"check --experiment, or run {needs} first",
+        )
         campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
         campaign.precision_because = precision_because
         return campaign

@@ -147,11 +147,25 @@ def count_option(name: str, *, default: int, minimum: int, help: str):
     return click.option(name, default=default, show_default=True, type=click.IntRange(minimum), help=help)
 
 
+def _task_from_environment(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A task read from ``$MLFLOW_MNIST_TASK`` is checked here, so that a mistake in it names the variable: users
+    look for a bad --task on the command line, where there is none."""
+    if ctx.get_parameter_source(param.name) == click.core.ParameterSource.ENVIRONMENT:
+        from mlflow_mnist.tasks import get_task
+
+        try:
+            get_task(value)
+        except StageError as error:
+            raise StageError(f"{error} (from $MLFLOW_MNIST_TASK: fix or unset it)") from None
+    return value
+
+
 TASK_OPTION = click.option(
     "--task",
     default=DEFAULT_TASK,
     show_default=True,
     envvar="MLFLOW_MNIST_TASK",
+    callback=_task_from_environment,
     help="A registered task (`mlflow-mnist tasks`) or package.module:attr.",
 )
 

@@ -332,19 +332,38 @@ class Experiment:
 
 
 def check_experiment_name(name: str | None = None) -> str | None:
-    """``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else None; a blank one is refused (MLflow would make an
-    experiment no one can tell apart). Writers call it before the store is reached."""
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    """``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else None; a blank one (MLflow would make an experiment no one
+    can tell apart) or one longer than MLflow keeps is refused, naming where it came from. Writers call it before
+    the store is reached."""
+    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
+
+    where, fix = "--experiment", "give --experiment a name, or leave it out"
+    if not name and os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        name, where, fix = os.environ["MLFLOW_EXPERIMENT_NAME"], "$MLFLOW_EXPERIMENT_NAME", "fix or unset it"
     if name and not name.strip():
-        raise TrackingError(f"experiment name {name!r} is blank: give --experiment a name, or leave it out")
+        raise TrackingError(f"experiment name {name!r} from {where} is blank: {fix}")
+    if name and len(name) > MAX_EXPERIMENT_NAME_LENGTH:
+        raise TrackingError(
+            f"the experiment name from {where} has {len(name)} characters; MLflow keeps at most "
+            f"{MAX_EXPERIMENT_NAME_LENGTH}: give a shorter one"
+        )
     return name
 
 
-def resolve_experiment(client, name: str | None = None, *, create: bool = True, default: str = "Default") -> Experiment:
+def resolve_experiment(
+    client,
+    name: str | None = None,
+    *,
+    create: bool = True,
+    must_exist: bool = False,
+    default: str = "Default",
+    missing_fix: str = "check --experiment",
+) -> Experiment:
     """Under `mlflow run`, the run it made and its experiment; else ``name`` or $MLFLOW_EXPERIMENT_NAME; else the
     experiment holding the latest campaign runs (so `mlflow run` into Default, then `final`, finds it); else
-    ``default`` (a campaign passes its task's name). Readers pass ``create=False``: a missing experiment is then
-    an error, not a new empty one.
+    ``default`` (a campaign passes its task's name). Readers pass ``create=False``, and writers that need what an
+    earlier command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix``
+    says what to do), not a new empty one.
     """
     from mlflow.exceptions import MlflowException
 
@@ -370,16 +389,16 @@ def resolve_experiment(client, name: str | None = None, *, create: bool = True, 
             because = f"experiment {name!r}: it holds the latest campaign runs (choose another with --experiment)"
         else:
             name = default
-    if not create:
-        check_experiment_exists(client, name)
+    if not create or must_exist:
+        check_experiment_exists(client, name, fix=missing_fix)
     return Experiment(experiment_id(client, name), name, None, because)
 
 
-def check_experiment_exists(client, name: str) -> None:
+def check_experiment_exists(client, name: str, *, fix: str = "check --experiment") -> None:
     """A reader's experiment: there, and not deleted (a reader would promote from it, or log a report into it)."""
     found = client.get_experiment_by_name(name)
     if found is None:
-        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: check --experiment")
+        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: {fix}")
     if found.lifecycle_stage == "deleted":
         raise TrackingError(
             f"experiment {name!r} is deleted in {redact(tracking_uri())}: restore it (`mlflow experiments "

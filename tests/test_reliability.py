@@ -33,6 +33,17 @@ def _run_count(db: Path) -> int:
             return 0
 
 
+def _experiments(db: Path) -> list[str]:
+    """The experiments a store holds besides MLflow's own ``Default``."""
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as connection:
+        try:
+            return [row[0] for row in connection.execute("select name from experiments where name != 'Default'")]
+        except sqlite3.OperationalError:
+            return []
+
+
 @pytest.fixture(scope="module")
 def broken_data(tmp_path_factory):
     from mlflow_mnist.tasks.mnist.data import load_mnist
@@ -74,7 +85,10 @@ def broken_data(tmp_path_factory):
 
 BAD_INPUTS = [
     ("unknown stage", ["--stage", "neuronz"], {}, "unknown stage 'neuronz'"),
-    ("blank experiment", ["--experiment", " "], {}, "experiment name ' ' is blank"),
+    ("blank experiment", ["--experiment", " "], {}, "experiment name ' ' from --experiment is blank"),
+    ("a blank experiment from the environment", [], {"MLFLOW_EXPERIMENT_NAME": " "}, "from $MLFLOW_EXPERIMENT_NAME"),
+    ("an experiment name too long", ["--experiment", "e" * 501], {}, "has 501 characters; MLflow keeps at most 500"),
+    ("a task from the environment", [], {"MLFLOW_MNIST_TASK": "mnst"}, "(from $MLFLOW_MNIST_TASK: fix or unset it)"),
     ("overrides syntax", ["--overrides", "neurons_3"], {}, "is not KEY=VALUE"),
     ("unknown parameter", ["--overrides", "colour=red"], {}, "unknown hyperparameter 'colour'"),
     ("negative dropout", ["--overrides", "dropout_rate_1=-0.2"], {}, "dropout_rate_1=-0.2 must be at least 0.0"),
@@ -185,6 +199,13 @@ BAD_INPUTS = [
     ("promote a missing experiment", ["promote", "--experiment", "nowhere"], {}, "experiment 'nowhere' does not exist"),
     ("configs without a search", ["final", "--configs", "2", "--repeats", "4"], {}, "pass --search latest"),
     ("final of a search never run", ["final", "--search", "latest"], {}, "no finished joint search on this data"),
+    ("final of a search without a store", ["final", "--search", "latest"], {}, "there is no tracking store at"),
+    (
+        "final of a search in a misspelt experiment",
+        ["final", "--search", "latest", "--experiment", "digitz"],
+        {},
+        "experiment 'digitz' does not exist in sqlite:",
+    ),  # fmt: skip
     ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
 
@@ -217,10 +238,13 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     command = list(STAGE)
     if args and args[0] in ("promote", "final", "analyze"):  # their own options, on an empty store
         command, args = [args[0]] + (["--data", "sample"] if args[0] == "final" else []), args[1:]
-    if command[0] in ("promote", "analyze") and name != "promote without a store":  # readers: the store exists
+    # Readers, and a final of a search, need a store: it exists (with a campaign's experiment for the final).
+    if (command[0] in ("promote", "analyze") or "--search" in args) and "without a store" not in name:
         from mlflow_mnist import tracking
 
-        tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
+        client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
+        if "--search" in args:
+            client.create_experiment("mnist")
     for flag, value in zip(args[::2], args[1::2], strict=True):
         if flag in command:
             command[command.index(flag) + 1] = value
@@ -233,6 +257,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: ")
     assert _run_count(tmp_path / "mlflow.db") == 0
+    assert _experiments(tmp_path / "mlflow.db") == (["mnist"] if "--search" in args and "without" not in name else [])
     assert time.time() - started < 60
     refusing.close()
 
