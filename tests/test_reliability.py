@@ -109,6 +109,8 @@ BAD_INPUTS = [
     ("letter digit", ["--digits", "a"], {}, "comma-separated digits"),
     ("single digit", ["--digits", "7"], {}, "names one class"),
     ("missing data path", ["--data", "/nonexistent/mnist"], {}, "does not exist"),
+    ("a device as data", ["--data", "/dev/null"], {}, "'/dev/null' is neither a file nor a folder"),
+    ("blank classes", ["--classes", " "], {}, "digits '' names no digit"),
     (
         "a data path from the environment",
         ["--data", ""],

@@ -57,6 +57,11 @@ def load_mnist(source: str | os.PathLike | None = None) -> Mnist:
         return _load_idx_dir(path)
     if path.is_file():
         return _load_npz(path, label=str(path))
+    if path.exists():  # /dev/null, a pipe, a socket: reading one would hang or read nothing
+        raise DataError(
+            f"data path {source!r} is neither a file nor a folder: pass a folder of MNIST IDX files, a Keras-layout "
+            f".npz, or 'sample'"
+        )
     raise DataError(
         f"data path {source!r} does not exist: pass a folder of MNIST IDX files, a Keras-layout .npz, "
         f"'sample', or leave it empty to use Keras' download"
@@ -161,6 +166,8 @@ def parse_digits(text: str) -> tuple[int, ...]:
     if text == "all":
         return tuple(range(10))
     parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise DataError(f"digits {text!r} names no digit: give at least two, e.g. '2,7', 'all', or leave it out")
     if not all(part.isdigit() for part in parts):
         raise DataError(f"digits {text!r} must be comma-separated digits 0-9 such as '2,7', or 'all'")
     digits = tuple(int(part) for part in parts)
