@@ -255,7 +255,14 @@ def _prepared(uri: str | None) -> str:
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    """A SQLite store's file (its folder known writable), ``None`` for any other store."""
+    """A SQLite store's file (its folder known writable), ``None`` for any other store; a folder store refused."""
+    if uri.startswith("file:") or (":" not in uri and uri != "databricks"):
+        # MLflow's file store: it cannot create a name atomically (no lock), and MLflow 3 no longer develops it.
+        written = uri.removeprefix("file://").removeprefix("file:")
+        raise TrackingError(
+            f"{redact(uri)} is a folder store (MLflow's file backend), which cannot lock a campaign: set "
+            f"MLFLOW_TRACKING_URI to sqlite:///{Path(written).expanduser().resolve()}, a server or a database URL"
+        )
     if uri.startswith("sqlite://") and not uri.removeprefix("sqlite://").split("?")[0]:
         raise TrackingError(
             f"{redact(uri)} is an in-memory SQLite store, lost when the command ends: set MLFLOW_TRACKING_URI to "

@@ -170,6 +170,7 @@ BAD_INPUTS = [
         "--min-epochs 7: the space 'seed' trains at most 6 epochs",
     ),
     ("unsupported store", [], {"MLFLOW_TRACKING_URI": "ftp://u:pw@127.0.0.1/m"}, "no store for 'ftp' URIs"),
+    ("a bare path as the store", [], {"MLFLOW_TRACKING_URI": "{readonly}/m.db"}, "is a folder store (MLflow's file"),
     (
         "an asha option for optuna",
         ["--strategy", "optuna", "--stage", "", "--space", "seed", "--brackets", "2"],
