@@ -218,7 +218,10 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
             f"there is no tracking store at {redact(uri)}: run this from the campaign's folder or set "
             f"MLFLOW_TRACKING_URI"
         )
+    launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if path is not None and not path.exists():
+        if launcher:  # a new store holds no run: `mlflow run` made it for another store
+            raise _stale_launcher(launcher)
         if on_reached is not None:
             on_reached()
             on_reached = None
@@ -226,6 +229,8 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
     _reach_database(uri)
     mlflow.set_tracking_uri(uri)
     client = _first_answer(uri)
+    if launcher:  # checked before the pool starts: a stale one is refused in a second, not after its warm-up
+        launcher_run(client, launcher)
     if on_reached is not None:
         on_reached()
     return client
@@ -372,17 +377,10 @@ def resolve_experiment(
     earlier command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix``
     says what to do), not a new empty one.
     """
-    from mlflow.exceptions import MlflowException
 
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
-        try:
-            run = client.get_run(launcher)
-        except MlflowException:  # left over in a shell from another store's `mlflow run`
-            raise TrackingError(
-                f"MLFLOW_RUN_ID={launcher!r} is not a run in {redact(tracking_uri())}: unset it (`mlflow run` sets it "
-                f"for the command it starts)"
-            ) from None
+        run = launcher_run(client, launcher)
         experiment = client.get_experiment(run.info.experiment_id)
         if create:
             mark_model_training(client, experiment)
@@ -399,6 +397,23 @@ def resolve_experiment(
     if not create or must_exist:
         check_experiment_exists(client, name, fix=missing_fix)
     return Experiment(experiment_id(client, name), name, None, because)
+
+
+def launcher_run(client, run_id: str):
+    """The run `mlflow run` made for this command (``$MLFLOW_RUN_ID``); one line when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:  # left over in a shell from another store's `mlflow run`
+        raise _stale_launcher(run_id) from None
+
+
+def _stale_launcher(run_id: str) -> TrackingError:
+    return TrackingError(
+        f"MLFLOW_RUN_ID={run_id!r} is not a run in {redact(tracking_uri())}: unset it (`mlflow run` sets it for the "
+        f"command it starts)"
+    )
 
 
 def check_experiment_exists(client, name: str, *, fix: str = "check --experiment") -> None:

@@ -103,7 +103,7 @@ def test_parse_digits(text, expected):
         ("11", "must each be 0-9"),
         ("a", "comma-separated digits"),
         ("7", "names one class"),
-        ("", "names one class"),
+        ("", "names no digit"),
         ("2,-7", "comma-separated"),
     ],
 )
