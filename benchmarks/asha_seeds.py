@@ -27,7 +27,8 @@ from pathlib import Path
 import peers_seeds
 from bench_asha import ReportError, read_report, reports_command
 
-SAME = (*peers_seeds.SAME, "precision")  # a bfloat16 run's scores are not a float32 run's
+# A bfloat16 run's scores are not a float32 run's; an eager ASHA's curve is not a quota one's.
+SAME = (*peers_seeds.SAME, "precision", "promotion")
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -37,7 +38,8 @@ def load(paths: list[Path]) -> list[dict]:
         report = read_report(path, "bench_asha.py")
         if "variants" not in report or "common_fold_epochs" not in report:
             raise ReportError(f"{path}: not a bench_asha.py report (no variants)")
-        reports.append({"precision": "float32", **report, "results": report["variants"]})
+        # Reports from before --precision or --promotion ran the defaults.
+        reports.append({"precision": "float32", "promotion": "quota", **report, "results": report["variants"]})
     return peers_seeds.check_alike(paths, reports, same=SAME, row="variant")
 
 

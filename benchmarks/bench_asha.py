@@ -3,6 +3,7 @@
     python benchmarks/bench_asha.py --data ../shared/datasets/mnist                      # wide, ~230 fold-epochs each
     python benchmarks/bench_asha.py --data ../shared/datasets/mnist --trials optuna=20,asha=15,hyperband=8
     python benchmarks/bench_asha.py --data ../shared/datasets/mnist --space seed --trials optuna=40,asha=64,hyperband=40
+    python benchmarks/bench_asha.py --data ../shared/datasets/mnist --promotion eager       # ASHA promoting eagerly
     python benchmarks/bench_asha.py --quick                                                  # a smoke run, ~2 min
 
 What is compared: three searches over the same space (``--space``, default ``wide``) on the same data (real
@@ -32,10 +33,10 @@ start at the full budget; 6 trials 240 in the same simulation; measured here: 24
 Low rungs never count: a trial enters the curve when it finishes the full budget.
 
 Writes benchmarks/results/asha.{json,md} and asha.png (best CV so far against fold-epochs and against minutes,
-one line per variant; asha-<space>.* for a space other than wide, -seed<N> added for a seed other than 0) and
-names the CPU. ``--quick`` runs the shipped sample over the small ``seed`` space (2 folds, 3 trials each, ASHA's
-first rung at 2 epochs) into a temporary folder unless ``--out`` is given: it checks the wiring, it measures
-nothing.
+one line per variant; asha-<space>.* for a space other than wide, -eager added for ``--promotion eager``,
+-seed<N> for a seed other than 0) and names the CPU. ``--quick`` runs the shipped sample over the small ``seed``
+space (2 folds, 3 trials each, ASHA's first rung at 2 epochs) into a temporary folder unless ``--out`` is given: it
+checks the wiring, it measures nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 
 import machine  # noqa: E402
 
+from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_TARGET = 0.99656  # the staged grid's best mean CV accuracy (benchmarks/results/campaign-staged.md)
 ROUNDING = 5e-6  # the target is printed to 5 decimals: a mean that rounds to it has reached it
@@ -65,7 +68,7 @@ VARIANTS: dict[str, list[str]] = {
     "asha": ["--strategy", "asha"],
     "hyperband": ["--strategy", "asha", "--brackets", "3"],
 }
-ASHA_VARIANTS = ("asha", "hyperband")  # the ones that read --min-epochs
+ASHA_VARIANTS = ("asha", "hyperband")  # the ones that read --min-epochs and --promotion
 DEFAULT_TRIALS = "optuna=12,asha=17,hyperband=6"  # about 230 fold-epochs each on the wide space (see above)
 
 
@@ -401,6 +404,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="which to run, in order [default: all]")
     parser.add_argument("--min-epochs", type=int, default=0, help="ASHA's first rung (0: the space's budget / 9)")
+    parser.add_argument(
+        "--promotion",
+        default="quota",
+        help=f"asha's and hyperband's --promotion: {' or '.join(PROMOTION_RULES)} [default: quota]",
+    )
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seeds the split and every variant's draws [default: 0]")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="mean CV to reach [default: %(default)s]")
@@ -452,6 +460,8 @@ def settings(args: argparse.Namespace) -> dict:
         raise BenchError(f"--target {args.target}: a mean CV accuracy is between 0 and 1")
     if args.precision not in (*PRECISIONS, "auto"):
         raise BenchError(f"--precision {args.precision}: give {', '.join(PRECISIONS)} or auto")
+    if args.promotion not in PROMOTION_RULES:
+        raise BenchError(f"--promotion {args.promotion}: give {' or '.join(PROMOTION_RULES)}")
     if min_epochs < 0 or min_epochs >= space.max_epochs:
         raise BenchError(f"--min-epochs {min_epochs}: give 0 (automatic) or fewer than the space's {space.max_epochs}")
     return {
@@ -461,6 +471,7 @@ def settings(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "trials": trials,
         "min_epochs": min_epochs,
+        "promotion": args.promotion,
         "precision": args.precision,
         "target": args.target,
         "quick": args.quick,
@@ -473,6 +484,8 @@ def variant_arguments(name: str, run: dict) -> list[str]:
     arguments += ["--precision", run.get("precision", "float32")]
     if name in ASHA_VARIANTS and run["min_epochs"]:
         arguments += ["--min-epochs", str(run["min_epochs"])]
+    if name in ASHA_VARIANTS and run.get("promotion", "quota") != "quota":
+        arguments += ["--promotion", run["promotion"]]
     return arguments
 
 

@@ -99,6 +99,7 @@ def test_each_seed_is_read_at_equal_fold_epochs_and_for_reach(tmp_path):
     "second, message",
     [
         ({"precision": "float32"}, "precision differ"),
+        ({"promotion": "eager"}, "promotion differ"),  # the first report, from before --promotion, ran quota
         ({"seed": 0}, "give each variant's run of each seed once"),
         ({"no_variants": True}, "not a bench_asha.py report"),
     ],
@@ -113,3 +114,26 @@ def test_reports_not_run_alike_are_refused(tmp_path, second, message):
     proc = _run(tmp_path, [first, other])
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "seeds.md").exists()
+
+
+def test_bench_asha_gives_its_promotion_rule_to_the_asha_variants_only():
+    """``bench_asha.py --promotion eager``: the two ASHA variants run with it, the batched pruner (which has no
+    such rule) without it, and the report's name says so."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_asha import parser, report_stem, variant_arguments
+
+    run = {"space": "seed", "trials": dict.fromkeys(("optuna", "asha", "hyperband"), 3), "data": "sample"}
+    run |= {"folds": 2, "seed": 0, "min_epochs": 2, "precision": "float32"}
+    for promotion in ("quota", "eager"):
+        run["promotion"] = parser().parse_args(["--promotion", promotion]).promotion
+        given = {name: variant_arguments(name, run) for name in run["trials"]}
+        assert "--promotion" not in given["optuna"]
+        for name in ("asha", "hyperband"):
+            assert (given[name][given[name].index("--promotion") + 1] if "--promotion" in given[name] else "quota") == (
+                promotion
+            )
+        assert report_stem("asha", run) == ("asha-seed" if promotion == "quota" else "asha-seed-eager")

@@ -180,6 +180,7 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
         ("bench_asha.py", ["--trials", "bohb=3", "--data", "sample"], "unknown variant 'bohb'"),
         ("bench_asha.py", ["--data", "sample", "--space", "huge"], "unknown search space 'huge'"),
         ("bench_asha.py", ["--data", "sample", "--precision", "half"], "--precision half: give float32"),
+        ("bench_asha.py", ["--data", "sample", "--promotion", "lazy"], "--promotion lazy: give quota or eager"),
         ("bench_peers.py", ["--peers", "ray", "--data", "sample"], "--peers 'ray'"),
         ("bench_peers.py", ["--data", "/no/such/mnist"], "no such file or folder"),
     ],
