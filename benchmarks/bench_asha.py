@@ -504,11 +504,13 @@ def run_variant(name: str, run: dict, stores: Path) -> dict:
 
 
 def curves_title(run: dict, cpu: str) -> str:
-    """The figure's title: what was searched, how, and on what (a precision other than float32 named)."""
-    precision = run.get("precision", "float32")
+    """The figure's title: what was searched, how, and on what (a precision other than float32, a promotion rule
+    other than quota named)."""
+    precision, promotion = run.get("precision", "float32"), run.get("promotion", "quota")
     return (
         f"Best mean CV so far, --space {run['space']}, {run['folds']} folds, seed {run['seed']}"
         + (f", --precision {precision}" if precision != "float32" else "")
+        + (f", ASHA --promotion {promotion}" if promotion != "quota" else "")
         + f" ({cpu})"
     )
 
