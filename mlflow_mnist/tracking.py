@@ -377,7 +377,6 @@ def resolve_experiment(
     earlier command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix``
     says what to do), not a new empty one.
     """
-
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
         run = launcher_run(client, launcher)

@@ -132,8 +132,8 @@ def test_bench_asha_gives_its_promotion_rule_to_the_asha_variants_only():
         run["promotion"] = parser().parse_args(["--promotion", promotion]).promotion
         given = {name: variant_arguments(name, run) for name in run["trials"]}
         assert "--promotion" not in given["optuna"]
-        for name in ("asha", "hyperband"):
-            assert (given[name][given[name].index("--promotion") + 1] if "--promotion" in given[name] else "quota") == (
-                promotion
-            )
+        for name in ("asha", "hyperband"):  # quota, the default, is left out of the command line
+            assert ("--promotion" in given[name]) == (promotion != "quota")
+            if promotion != "quota":
+                assert given[name][given[name].index("--promotion") + 1] == promotion
         assert report_stem("asha", run) == ("asha-seed" if promotion == "quota" else "asha-seed-eager")

@@ -23,25 +23,24 @@ from mlflow_mnist import schema, tracking
 STAGE = ["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "1", "--folds", "2"]
 
 
-def _run_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as connection:
-        try:
-            return connection.execute("select count(*) from runs").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
-
-def _experiments(db: Path) -> list[str]:
-    """The experiments a store holds besides MLflow's own ``Default``."""
+def _rows(db: Path, query: str) -> list[tuple]:
+    """``query``'s rows in the SQLite store ``db``; none where there is no store, or no MLflow schema in it."""
     if not db.exists():
         return []
     with sqlite3.connect(db) as connection:
         try:
-            return [row[0] for row in connection.execute("select name from experiments where name != 'Default'")]
+            return connection.execute(query).fetchall()
         except sqlite3.OperationalError:
             return []
+
+
+def _run_count(db: Path) -> int:
+    return len(_rows(db, "select run_uuid from runs"))
+
+
+def _experiments(db: Path) -> list[str]:
+    """The experiments a store holds besides MLflow's own ``Default``."""
+    return [name for (name,) in _rows(db, "select name from experiments where name != 'Default'")]
 
 
 @pytest.fixture(scope="module")
@@ -242,12 +241,14 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     if args and args[0] in ("promote", "final", "analyze"):  # their own options, on an empty store
         command, args = [args[0]] + (["--data", "sample"] if args[0] == "final" else []), args[1:]
     # Readers, and a final of a search, need a store: it exists (with a campaign's experiment for the final).
-    if (command[0] in ("promote", "analyze") or "--search" in args) and "without a store" not in name:
+    made_store = (command[0] in ("promote", "analyze") or "--search" in args) and "without a store" not in name
+    made_experiments = ["mnist"] if made_store and "--search" in args else []
+    if made_store:
         from mlflow_mnist import tracking
 
         client = tracking.connect(f"sqlite:///{tmp_path}/mlflow.db")
-        if "--search" in args:
-            client.create_experiment("mnist")
+        for experiment in made_experiments:
+            client.create_experiment(experiment)
     for flag, value in zip(args[::2], args[1::2], strict=True):
         if flag in command:
             command[command.index(flag) + 1] = value
@@ -262,7 +263,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     assert _run_count(tmp_path / "mlflow.db") == 0
     if "MLFLOW_RUN_ID" in env:  # a new store could not hold the run: refused before one is made (or a pool started)
         assert not (tmp_path / "mlflow.db").exists()
-    assert _experiments(tmp_path / "mlflow.db") == (["mnist"] if "--search" in args and "without" not in name else [])
+    assert _experiments(tmp_path / "mlflow.db") == made_experiments
     assert time.time() - started < 60
     refusing.close()
 
