@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +44,82 @@ def sample():
     return load_mnist("sample")
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
-    """Run ``python -m mlflow_mnist`` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "mlflow_mnist", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-    )
+def cli(
+    *args: str,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    inherit: bool = True,
+    fresh: bool = False,
+):
+    """Run ``python -m mlflow_mnist`` as a user would; returns the CompletedProcess. ``env`` adds to this process's
+    environment, or is the whole of it where not ``inherit``. The process is forked from this test process's CLI
+    server (tests/cli_server.py: the libraries imported once), or is a fresh interpreter where ``fresh`` (a test
+    of what importing prints) or where another thread holds the server."""
+    full_env = {**(os.environ if inherit else {}), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    command = [sys.executable, "-m", "mlflow_mnist", *args]
+    if not fresh and _CLI_SERVER.lock.acquire(blocking=False):
+        try:
+            return _CLI_SERVER.run(command, env=full_env, cwd=cwd, timeout=timeout)
+        finally:
+            _CLI_SERVER.lock.release()
+    return subprocess.run(command, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+class _CliServer:
+    """This test process's tests/cli_server.py, started at its first use and ended with the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._pending = b""  # read from the server's pipe, not yet a whole line
+
+    def _reply(self, timeout: float | None = None) -> dict | None:
+        """The server's next reply line, or None once ``timeout`` seconds passed without one."""
+        fd = self._process.stdout.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            assert chunk, "the CLI server ended"
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def _started(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "cli_server.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                cwd=ROOT,
+            )
+            self._pending = b""
+            assert self._reply() == {"ready": True}, "the CLI server did not start"
+        return self._process
+
+    def run(self, command: list[str], *, env: dict, cwd: Path | None, timeout: float):
+        server = self._started()
+        with tempfile.TemporaryDirectory(prefix="cli-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"args": command[3:], "env": env, "cwd": str(cwd or os.getcwd())}
+            server.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}).encode() + b"\n")
+            server.stdin.flush()
+            pid = self._reply()["pid"]
+            ended = self._reply(timeout)
+            if ended is None:  # the server has not reaped the child: its pid is still its own
+                os.kill(pid, signal.SIGKILL)
+            status = (ended or self._reply())["status"]
+            stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
+        if ended is None:
+            raise subprocess.TimeoutExpired(command, timeout, output=stdout, stderr=stderr)
+        return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status), stdout, stderr)
+
+
+_CLI_SERVER = _CliServer()
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True, magic: int | None = None) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FoldWatcher
+from conftest import FoldWatcher, cli
 from services import (
     DaskCluster,
     MlflowServer,
@@ -89,11 +89,11 @@ def _written(folder: Path) -> list[str]:
 
 def _refused(folder: Path, *args: str, timeout: float = 120, **env: str) -> str:
     """Run a dask stage in ``folder`` that must fail before writing: its one stderr line (exit 2, nothing written)."""
-    proc = subprocess.run(
-        _command("--stage", "kernel_size", "--epochs", "1", "--executor", "dask", *args),
-        capture_output=True,
-        text=True,
+    proc = cli(
+        *STAGE,
+        *("--stage", "kernel_size", "--epochs", "1", "--executor", "dask", *args),
         env=_env(f"sqlite:///{folder}/mlflow.db", **env),
+        inherit=False,
         cwd=folder,
         timeout=timeout,
     )

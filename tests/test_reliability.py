@@ -268,6 +268,24 @@ def test_bad_input_gets_one_line_and_writes_nothing(store, tmp_path, broken_data
     refusing.close()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tune", "--stage", "nope", "--data", "sample"], "unknown stage 'nope'"),
+        (["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "0"], "epochs=0 must be at least 1"),
+        (["promote", "--experiment", "nowhere"], "experiment 'nowhere' does not exist"),
+    ],
+)
+def test_a_fresh_interpreter_prints_the_refusal_alone(store, args, message):
+    """The table above forks each command from the tests' CLI server, which imported MLflow and the other
+    libraries once; here a fresh interpreter imports them itself, so a warning printed while importing (a library's
+    deprecation, TensorFlow's start-up lines) would be a second line."""
+    tracking.connect(store)  # promote reaches the store: it exists, without the experiment
+    proc = cli(*args, fresh=True)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
 def test_credentials_never_appear_in_messages():
     uri = "https://alice:s3cr3t-t0ken@mlflow.example.com:5000/api?token=s3cr3t-t0ken"
     assert "s3cr3t" not in tracking.redact(uri) and "mlflow.example.com:5000" in tracking.redact(uri)
