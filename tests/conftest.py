@@ -23,6 +23,22 @@ sys.path.insert(0, str(ROOT / "tools"))  # services.py: PostgreSQL, mlflow serve
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _in_memory_temp(folder: Path = Path("/dev/shm"), *, free_bytes: int = 4 << 30) -> None:
+    """Temporary files (pytest's tmp_path, and every process the tests start) in memory where the machine has a
+    tmpfs with room, unless TMPDIR says where. The tests make hundreds of SQLite stores, and each commit is an
+    fsync on disk: test_strategies.py took 63 s and 56 s of CPU with its stores on disk, 45 s and 45 s in
+    /dev/shm (2-core AMD EPYC, two runs each); test_final.py 60 s and 89 s against 49 s and 72 s."""
+    if "TMPDIR" in os.environ or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return
+    stats = os.statvfs(folder)
+    if stats.f_bavail * stats.f_frsize >= free_bytes:
+        os.environ["TMPDIR"] = str(folder)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+_in_memory_temp()
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
     """An empty SQLite tracking store in a temporary folder, which is also the working directory."""

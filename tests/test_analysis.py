@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,16 +59,12 @@ NOISE = [0.991, 0.986, 0.993]  # fold-to-fold noise shared by identical models
 
 
 @contextmanager
-def _memory_store(fallback: Path):
-    """A SQLite store in memory-backed /dev/shm when there is one (each run logged is a few commits, and an
-    fsync on a shared disk costs ~13 ms of them), else under ``fallback``; the working directory, the store
-    environment and MLflow's process-wide store point at it until the block ends, then are put back."""
+def _store_in(folder: Path):
+    """A SQLite store in ``folder`` (in memory where conftest put the temporary files there: each run logged is a
+    few commits); the working directory, the store environment and MLflow's process-wide store point at it until
+    the block ends, then are put back."""
     import mlflow
 
-    shm = Path("/dev/shm")
-    folder = Path(
-        tempfile.mkdtemp(prefix="analysis-test-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback)
-    )
     uri = f"sqlite:///{folder}/mlflow.db"
     previous = mlflow.get_tracking_uri()
     try:
@@ -84,13 +77,12 @@ def _memory_store(fallback: Path):
             yield uri
     finally:
         mlflow.set_tracking_uri(previous)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
 def store(tmp_path):
     """This module's own empty store (the shared fixture's, in memory when it can be)."""
-    with _memory_store(tmp_path) as uri:
+    with _store_in(tmp_path) as uri:
         yield uri
 
 
@@ -101,7 +93,7 @@ def campaign(tmp_path_factory):
     categorical effect, a small one. Two under ``--reuse-reference`` (the older rule): neurons_1, whose
     carried-in 4 is not in its grid (no reference), and pool_size, whose carried-in (2, 2) is kernel_size's
     winner with its folds reused (a biased reference)."""
-    with _memory_store(tmp_path_factory.mktemp("campaign")) as store:
+    with _store_in(tmp_path_factory.mktemp("campaign")) as store:
         log_stage(store, "optimizer", lambda p, fold: NOISE[fold])  # every optimizer "the same model"
         log_stage(
             store,

@@ -8,11 +8,8 @@ The target is lowered to 0.5 (a model guessing one class of the balanced sample 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -23,13 +20,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def stores():
-    """The benchmarks' stores in memory when the machine has /dev/shm: a SQLite commit's fsync on the shared disk
-    takes milliseconds, and a quick search makes hundreds."""
-    shm = Path("/dev/shm")
-    folder = Path(tempfile.mkdtemp(prefix="bench-test-", dir=shm if shm.is_dir() else None))
-    yield folder / "stores"
-    shutil.rmtree(folder, ignore_errors=True)
+def stores(tmp_path):
+    """The benchmarks' stores (in memory where conftest put the temporary files there: a quick search makes
+    hundreds of SQLite commits, each an fsync on disk)."""
+    return tmp_path / "stores"
 
 
 def _bench(script: str, *args: str):
@@ -162,7 +156,8 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     # Halving rerun alone, plain Optuna taken from the report above: its result as it was, and the report says so.
     again = tmp_path / "again"
     args = ("--quick", "--peers", "halving", "--target", "0.5", "--out", str(again), "--same-draws")
-    proc = _bench("bench_peers.py", *args, "--others-from", str(out / "peers-seed-samedraws.json"))
+    rerun_stores = ("--stores", str(tmp_path / "rerun"))  # a quick run's default folder would outlive the test
+    proc = _bench("bench_peers.py", *args, *rerun_stores, "--others-from", str(out / "peers-seed-samedraws.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rerun = json.loads((again / "peers-seed-samedraws.json").read_text())
     assert list(rerun["results"]) == ["optuna", "halving"] and rerun["peers"] == ["halving"]
