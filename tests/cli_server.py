@@ -1,5 +1,6 @@
-"""A fork server for the tests' `python -m mlflow_mnist` calls: a process that has imported MLflow, Optuna, numpy
-and click once forks a child per call, and the child runs the CLI as `python -m mlflow_mnist` would.
+"""A fork server for the tests' `python -m mlflow_mnist` (and `python SCRIPT`) calls: a process that has imported
+MLflow, Optuna, numpy and click once forks a child per call, and the child runs the CLI (or the script) as
+`python` would.
 
 Why: the suite runs the CLI a few hundred times, most of them to see one refusal (the bad-input table), and each
 fresh interpreter spent 1-2 s of CPU importing the same libraries before reading its arguments; the suite is
@@ -55,7 +56,7 @@ def serve(requests, replies) -> dict | None:
 
 
 def become(request: dict) -> None:
-    """Turn this forked child into `python -m mlflow_mnist ARGS` run in ``cwd`` with ``env``, its output to files.
+    """Turn this forked child into `python ARGV` run in ``cwd`` with ``env``, its output to files.
     (The protocol's pipes stay open here, unused: closing their descriptors would leave the file objects that own
     them to close whatever file reuses the number later. They are not inherited by the child's own children.)"""
     import random
@@ -71,10 +72,12 @@ def become(request: dict) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.path[0] = os.getcwd()  # what `python -m` puts first
+    argv = request["argv"]
+    # What `python` puts first on the path: the working directory for -m, else the script's folder.
+    sys.path[0] = os.getcwd() if argv[0] == "-m" else os.path.dirname(os.path.abspath(argv[0]))
     random.seed()  # a fresh interpreter's draws, not the server's
     np.random.seed()
-    sys.argv = ["-m", *request["args"]]
+    sys.argv = ["-m", *argv[2:]] if argv[0] == "-m" else list(argv)
 
 
 def main() -> None:
@@ -99,8 +102,12 @@ def main() -> None:
     become(request)
     import runpy
 
+    argv = request["argv"]
     try:
-        runpy.run_module("mlflow_mnist", run_name="__main__", alter_sys=True)
+        if argv[0] == "-m":
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(argv[0], run_name="__main__")
         code = 0
     except SystemExit as done:
         code = _exit_code(done.code)

@@ -60,20 +60,25 @@ def sample():
     return load_mnist("sample")
 
 
-def cli(
-    *args: str,
+def cli(*args: str, **options):
+    """Run ``python -m mlflow_mnist ARGS`` as a user would; returns the CompletedProcess (``python``'s options)."""
+    return python("-m", "mlflow_mnist", *args, **options)
+
+
+def python(
+    *argv: str,
     env: dict | None = None,
     cwd: Path | None = None,
     timeout: int = 600,
     inherit: bool = True,
     fresh: bool = False,
 ):
-    """Run ``python -m mlflow_mnist`` as a user would; returns the CompletedProcess. ``env`` adds to this process's
-    environment, or is the whole of it where not ``inherit``. The process is forked from this test process's CLI
-    server (tests/cli_server.py: the libraries imported once), or is a fresh interpreter where ``fresh`` (a test
-    of what importing prints) or where another thread holds the server."""
+    """Run ``python ARGV`` (a script, or ``-m MODULE``, and its arguments); returns the CompletedProcess. ``env``
+    adds to this process's environment, or is the whole of it where not ``inherit``. The process is forked from
+    this test process's CLI server (tests/cli_server.py: the libraries imported once), or is a fresh interpreter
+    where ``fresh`` (a test of what importing prints) or where another thread holds the server."""
     full_env = {**(os.environ if inherit else {}), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    command = [sys.executable, "-m", "mlflow_mnist", *args]
+    command = [sys.executable, *argv]
     if not fresh and _CLI_SERVER.lock.acquire(blocking=False):
         try:
             return _CLI_SERVER.run(command, env=full_env, cwd=cwd, timeout=timeout)
@@ -121,7 +126,7 @@ class _CliServer:
         server = self._started()
         with tempfile.TemporaryDirectory(prefix="cli-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"args": command[3:], "env": env, "cwd": str(cwd or os.getcwd())}
+            request = {"argv": command[1:], "env": env, "cwd": str(cwd or os.getcwd())}
             server.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}).encode() + b"\n")
             server.stdin.flush()
             pid = self._reply()["pid"]

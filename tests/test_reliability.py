@@ -15,7 +15,7 @@ from pathlib import Path
 import kill_harness
 import numpy as np
 import pytest
-from conftest import FoldWatcher, cli, write_idx, write_idx_folder
+from conftest import FoldWatcher, cli, python, write_idx, write_idx_folder
 from services import MlflowServer
 
 from mlflow_mnist import schema, tracking
@@ -217,9 +217,7 @@ def test_python_m_analysis_gets_the_same_one_line_errors(tmp_path):
     or a traceback."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "TF_CPP_MIN_LOG_LEVEL": "3"}
     for args, message in ((["--rope", "2"], "'--rope': 2.0 is not in the range"), ([], "there is no tracking store")):
-        proc = subprocess.run(
-            [sys.executable, "-m", "analysis", *args], capture_output=True, text=True, env=env, cwd=tmp_path
-        )
+        proc = python("-m", "analysis", *args, env=env, inherit=False, cwd=tmp_path)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
         assert message in lines[0] and not list(tmp_path.iterdir())
