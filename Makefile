@@ -73,7 +73,10 @@ postgres:
 
 # Three test processes, each file in one of them (module fixtures are built once): many slow tests wait on
 # servers, subprocesses and sleeps, so three keep two cores ~90% busy (2-core AMD EPYC, fresh clones of the
-# releases of 2026-12-06: 11.8 to 15.3 min of pytest at -n 3, the suite growing from 456 to 496 tests; 16 to 19 min on slower days of earlier releases; 22-23 min for 505-508 tests in slow hours, when the suite took 1.5x its CPU time, and -n 4 no faster: the suite is CPU-bound). Files go to the workers longest first (tests/conftest.py), not in
+# releases of 2026-12-06: 11.8 to 15.3 min of pytest at -n 3, the suite growing from 456 to 496 tests; 22-23 min for
+# 505-508 tests in slow hours, when the suite took 1.5x its CPU time, and -n 4 no faster: the suite is CPU-bound;
+# 18.8 min for 511 in those hours once the tests' CLI calls forked from a warm server and their temporary files went
+# to /dev/shm, tests/conftest.py). Files go to the workers longest first (tests/conftest.py), not in
 # xdist's order (by test count).
 # The 20 slowest tests are listed at the end: CI's log says where the suite's minutes go.
 test: setup postgres
