@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import os
@@ -122,12 +123,26 @@ class _CliServer:
             assert self._reply() == {"ready": True}, "the CLI server did not start"
         return self._process
 
+    def close(self) -> None:
+        """End the server (it stops at the end of its input) and close its pipes."""
+        if self._process is not None:
+            self._process.stdin.close()
+            self._process.wait(timeout=30)
+            self._process.stdout.close()
+            self._process = None
+
     def run(self, command: list[str], *, env: dict, cwd: Path | None, timeout: float):
         server = self._started()
         with tempfile.TemporaryDirectory(prefix="cli-") as folder:
             out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            request = {"argv": command[1:], "env": env, "cwd": str(cwd or os.getcwd())}
-            server.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}).encode() + b"\n")
+            request = {
+                "argv": command[1:],
+                "env": env,
+                "cwd": str(cwd or os.getcwd()),
+                "stdout": str(out),
+                "stderr": str(err),
+            }
+            server.stdin.write(json.dumps(request).encode() + b"\n")
             server.stdin.flush()
             pid = self._reply()["pid"]
             ended = self._reply(timeout)
@@ -141,6 +156,7 @@ class _CliServer:
 
 
 _CLI_SERVER = _CliServer()
+atexit.register(_CLI_SERVER.close)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True, magic: int | None = None) -> Path:

@@ -60,9 +60,9 @@ NOISE = [0.991, 0.986, 0.993]  # fold-to-fold noise shared by identical models
 
 @contextmanager
 def _store_in(folder: Path):
-    """A SQLite store in ``folder`` (in memory where conftest put the temporary files there: each run logged is a
-    few commits); the working directory, the store environment and MLflow's process-wide store point at it until
-    the block ends, then are put back."""
+    """A SQLite store in ``folder`` for a module-scoped fixture (the shared ``store`` fixture is a test's): the
+    working directory, the store environment and MLflow's process-wide store point at it until the block ends,
+    then are put back."""
     import mlflow
 
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -77,13 +77,6 @@ def _store_in(folder: Path):
             yield uri
     finally:
         mlflow.set_tracking_uri(previous)
-
-
-@pytest.fixture
-def store(tmp_path):
-    """This module's own empty store (the shared fixture's, in memory when it can be)."""
-    with _store_in(tmp_path) as uri:
-        yield uri
 
 
 @pytest.fixture(scope="module")

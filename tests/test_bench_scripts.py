@@ -27,8 +27,8 @@ def stores(tmp_path):
 
 def _bench(script: str, *args: str, fresh: bool = False):
     """``python benchmarks/SCRIPT ARGS``: forked from the tests' CLI server (a refusal: the libraries already
-    imported), or ``fresh`` (a quick run: it starts process trees of its own, and bench_peers.py took twice as long
-    forked, 375 s against ~180 s, which is not understood yet)."""
+    imported), or ``fresh`` (a quick run, which starts process trees of its own: forked, bench_peers.py's test took
+    375 s, beside bench_asha's for its first 68 s; fresh and alone 80 s. Why is not understood yet)."""
     # The timeout is a hang guard only: several fresh TensorFlow processes take minutes on a shared 2-core machine.
     return python(str(ROOT / "benchmarks" / script), *args, timeout=1800, fresh=fresh)
 
