@@ -42,7 +42,10 @@ def model_files(model, x_example: np.ndarray, *, with_example: bool = True) -> d
     import mlflow.keras
     from mlflow.models import infer_signature
 
-    signature = infer_signature(x_example, model.predict(x_example, verbose=0))
+    # The model called on the examples, not ``model.predict``: predict traces a graph function for each new model
+    # (0.11 s of a 1.1 s fold on the shipped sample, 2-core Xeon), while a call on two examples runs eagerly in
+    # 0.03 s and gives the same outputs, dtype and shape, hence the same signature.
+    signature = infer_signature(x_example, np.asarray(model(x_example, training=False)))
     with tempfile.TemporaryDirectory() as tmp:
         # Pre-created folder: mlflow's Keras flavour writes the input example before making it (mlflow#16183).
         path = Path(tmp, "model")
