@@ -76,6 +76,23 @@ def test_bfloat16_precision_computes_in_bfloat16_and_predicts_float32(sample):
         build_model(SEED_START, precision="float16")
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_a_saved_models_signature_is_the_one_predict_gives(sample, tmp_path, precision):
+    """A fold's model folder takes its signature from one eager call of the model on the examples (``predict``
+    traced a graph function for every new model): the signature must be the one ``predict``'s outputs give."""
+    from mlflow.models import Model, infer_signature
+
+    from mlflow_mnist.worker.model_files import model_files
+
+    model = build_model(SEED_START, n_classes=3, precision=precision)
+    examples = sample.x_test[:2]
+    files = model_files(model, examples, with_example=False)
+    (tmp_path / "MLmodel").write_bytes(files["MLmodel"])
+    signature = Model.load(tmp_path / "MLmodel").signature
+    assert signature == infer_signature(examples, model.predict(examples, verbose=0))
+    assert signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 3)}}]
+
+
 def test_extra_hyperparameters_are_off_by_default_and_change_no_key():
     from mlflow_mnist.planning import SearchSettings, fold_key
     from mlflow_mnist.tasks import get_task
