@@ -8,8 +8,10 @@
 Each replicate is one step in which no candidate truly differs from another (but one, in the last case). Its
 fold table goes through :func:`analysis.stats.candidate_summary` and :func:`analysis.stats.step_verdicts`, the
 production code (reference rule, Holm, health filter, ROPE). Counted: steps with a **false claim** (a candidate
-called better or worse, breakdowns said to depend on the parameter, or, at the ROPE's edge, the shifted candidate
-called practically equivalent): the familywise error each step promises to keep within alpha.
+called better or worse, breakdowns said to depend on the parameter, or, just past the ROPE's edge, the shifted
+candidate called practically equivalent): the familywise error each step promises to keep within alpha. The ROPE is
+closed: a difference of exactly the ROPE is practically equivalent, so on the edge "better" is the false claim and
+just past it "practically equivalent" is (counting both on the edge would count two states of nature at once).
 The same scores are also judged by the **landed rule** (:func:`landed_verdicts`: the step's best as the reference
 when the carried-in value is not a healthy grid point, every unhealthy candidate an effect) to show what changed.
 
@@ -27,7 +29,8 @@ Cases: the reference is a grid point trained in the step (``in grid``); the carr
 previous step's winners (``reused``, flagged by the verdicts); the reference (a grid point) collapsed on one
 fold (``unhealthy reference``); every fold may collapse with probability 1% whatever the parameter
 (``breakdowns``); every fold may be lost with probability 2% (``lost folds``); one grid point is better than the
-others by exactly the ROPE (``at the ROPE's edge``: only the ``exact`` source can place it there).
+others by exactly the ROPE (``at the ROPE's edge``), or by a millionth more (``past the ROPE's edge``): only the
+``exact`` source can place them there.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from scipy import stats
 
 from analysis.stats import ALPHA, BETTER, EQUIVALENT, WORSE, candidate_summary, compare, holm, step_verdicts
 
-CASES = ("in grid", "not in grid", "reused", "unhealthy reference", "breakdowns", "lost folds", "at the ROPE's edge")
-EDGE = 1  # in "at the ROPE's edge", the grid point whose true accuracy is the reference's plus the ROPE
+ON_EDGE, PAST_EDGE = "at the ROPE's edge", "past the ROPE's edge"
+CASES = ("in grid", "not in grid", "reused", "unhealthy reference", "breakdowns", "lost folds", ON_EDGE, PAST_EDGE)
+EDGE = 1  # in the edge cases, the grid point whose true accuracy is the reference's plus the ROPE (or a bit more)
+PAST = 1e-6  # past the edge: the shift is the ROPE times 1 + PAST
 CHANCE = 0.51  # the held-out fold's majority-class rate on the simulated two-class data
 COLLAPSE_RATE, LOSS_RATE = 0.01, 0.02
 
@@ -167,8 +172,9 @@ def make_replicate(design: Design, rng: np.random.Generator, seed: int) -> Repli
         scores, chances = learner_scores(rng, [_separation(0.9)] * n, k, r, seed=seed)
     else:
         scores, chances = exact_scores(rng, n, k, r), np.full(k * r, CHANCE)
-    if design.case == "at the ROPE's edge":
-        scores[EDGE] += design.rope  # exactly on the edge: neither "better" nor "practically equivalent" is true
+    if design.case in (ON_EDGE, PAST_EDGE):
+        # On the edge "practically equivalent" is true (the ROPE is closed), "better" false; past it, the reverse.
+        scores[EDGE] += design.rope * (1 + PAST if design.case == PAST_EDGE else 1)
     if previous:
         # The carried-in grid point is the previous step's winner, its folds reused: best of that step's means.
         winner = int(np.argmax(scores[m:].mean(axis=1)))
@@ -256,16 +262,16 @@ def landed_verdicts(replicate: Replicate, design: Design) -> tuple[dict[int, str
 
 
 def false_claim(verdicts: dict[int, str], design: Design, *, reference: int | None) -> bool:
-    """Whether a step's candidate verdicts (grid index -> verdict) hold a false claim: no candidate truly
-    differs, so "better" and "worse" are false; at the ROPE's edge, so is "practically equivalent" for the
-    shifted candidate (and, compared with it as the reference, for every other one)."""
-    if any(v in (BETTER, WORSE) for v in verdicts.values()):
-        return True
-    if design.case != "at the ROPE's edge":
-        return False
-    if reference == EDGE:
-        return any(v == EQUIVALENT for i, v in verdicts.items() if i != EDGE)
-    return verdicts.get(EDGE) == EQUIVALENT
+    """Whether a step's candidate verdicts (grid index -> verdict) hold a false claim: a region claimed that
+    does not hold the candidate's true difference from the reference. No candidate truly differs but in the edge
+    cases, where the shifted one lies on the closed ROPE's edge (practically equivalent) or just past it (better;
+    compared with it as the reference, every other one is then worse)."""
+    truth = dict.fromkeys(verdicts, EQUIVALENT)
+    if design.case == PAST_EDGE:
+        for index in truth:
+            if (index == EDGE) != (reference == EDGE):
+                truth[index] = WORSE if reference == EDGE else BETTER
+    return any(v in (BETTER, WORSE, EQUIVALENT) and v != truth[i] for i, v in verdicts.items())
 
 
 def simulate_steps(design: Design, *, replicates: int = 2000, seed: int = 0) -> StepCalibration:
@@ -431,7 +437,7 @@ def default_designs() -> list[Design]:
     designs = []
     for source, rope in (("exact", 0.0), ("exact", 0.003), ("learners", 0.0), ("learners", 0.03)):
         for case in CASES:
-            if case != "at the ROPE's edge" or (rope > 0 and source == "exact"):
+            if case not in (ON_EDGE, PAST_EDGE) or (rope > 0 and source == "exact"):
                 designs.append(Design(case, rope=rope, source=source))
     for m, k, r in ((7, 3, 3), (10, 3, 3), (4, 3, 1), (10, 3, 1), (4, 2, 1), (4, 10, 1)):
         for case in ("not in grid", "breakdowns"):

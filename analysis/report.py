@@ -15,6 +15,7 @@ from analysis.searches import search_spaces, search_table, trial_table, trials_f
 from analysis.stats import (
     ALPHA,
     DEFAULT_ROPE,
+    MAX_REPEATS,
     campaign_correction,
     campaign_sentence,
     candidate_summary,
@@ -153,7 +154,9 @@ def _image(path: Path) -> str:
 
 
 def _repeats(value: float) -> str:
-    return "" if math.isnan(value) else f"{int(value)}"
+    if math.isnan(value):
+        return ""
+    return f"more than {MAX_REPEATS}" if math.isinf(value) else f"{int(value)}"
 
 
 REFERENCE_WORDS = {"fresh": "trained afresh", "reused": "folds REUSED (biased)", "none": "none"}

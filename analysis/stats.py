@@ -52,6 +52,9 @@ UNHEALTHY = ("unstable", "incomplete", "diverged", "failed")
 #: What the step's reference is: trained afresh in the step, reused from the previous step, or missing.
 FRESH, REUSED, MISSING = "fresh", "reused", "none"
 MAX_REPEATS = 50  # beyond this, an estimate of "repeats needed" is not worth giving
+#: Differences closer than this are the same: Keras reports accuracies in float32, where two differences of the
+#: same count of images can part by ~2 ulp (1.2e-7); one image of a fold is 2.5e-7 only at four million images.
+SAME_DIFFERENCE = 2.5e-7
 MEAN_LEVEL = 0.95  # the interval of a candidate's mean accuracy: a description, no verdict is drawn from it
 
 
@@ -135,10 +138,20 @@ def _t_quantile(probability: float, df: int | np.ndarray) -> float | np.ndarray:
     return special.stdtrit(df, probability)
 
 
+def has_spread(differences: np.ndarray) -> bool:
+    """Whether paired differences vary at all: the t-test needs their spread. The same difference on every split
+    (likely where folds are small and accuracies move by whole images) says nothing about how much it varies;
+    a zero standard error would turn any mean past the ROPE into p = 0, a claim no correction can undo."""
+    return len(differences) > 1 and float(np.ptp(differences)) > SAME_DIFFERENCE
+
+
 def compare(candidate: np.ndarray, reference: np.ndarray, *, n_folds: int, rope: float = DEFAULT_ROPE) -> Comparison:
-    """The corrected repeated k-fold t-test of ``candidate - reference`` (paired by split) against a ROPE."""
+    """The corrected repeated k-fold t-test of ``candidate - reference`` (paired by split) against a ROPE. Without
+    a spread (fewer than two splits, or the same difference on each) the standard error is unknown (infinite): no
+    region is claimed."""
     differences = np.asarray(candidate, float) - np.asarray(reference, float)
-    mean, se, df = float(differences.mean()), corrected_se(differences, n_folds), len(differences) - 1
+    se = corrected_se(differences, n_folds) if has_spread(differences) else math.inf
+    mean, df = float(differences.mean()), len(differences) - 1
     with np.errstate(divide="ignore", invalid="ignore"):
         above, below = np.float64(mean - rope) / se, np.float64(mean + rope) / se
     p_better = 1.0 - _t_cdf(above, df)
@@ -219,22 +232,30 @@ def mean_interval(scores: np.ndarray, n_folds: int, level: float = MEAN_LEVEL) -
 
 def repeats_to_decide(
     comparison: Comparison, *, n_folds: int, variance: float, rope: float, alpha: float, verdict: str
-) -> int | None:
-    """Repeats at which the observed difference and spread would give ``verdict``; None if more repeats will not.
+) -> float:
+    """Repeats at which the observed difference and spread would give ``verdict``: a whole number up to
+    :data:`MAX_REPEATS`, ``inf`` when more would be needed, NaN when no number of repeats will.
 
     The corrected variance has a floor (``var * n_test/n_train``) that repeats do not shrink, so some
     differences can never be decided by repeating the split: more data or more folds would be needed.
     """
+    n_limit = 1_000_000 * n_folds  # where the floor is all that is left of the standard error
+    se_limit = math.sqrt((1.0 / n_limit + 1.0 / (n_folds - 1)) * variance)
+    if not _decided(comparison.mean, se_limit, n_limit, rope=rope, alpha=alpha, verdict=verdict):
+        return math.nan
     repeats = np.arange(1, MAX_REPEATS + 1)
     n = repeats * n_folds
     se = np.sqrt((1.0 / n + 1.0 / (n_folds - 1)) * variance)
-    mean = comparison.mean
+    decided = _decided(comparison.mean, se, n, rope=rope, alpha=alpha, verdict=verdict)
+    return float(repeats[np.argmax(decided)]) if decided.any() else math.inf
+
+
+def _decided(mean: float, se, n, *, rope: float, alpha: float, verdict: str):
+    """Whether a mean difference with standard error ``se`` over ``n`` splits gives ``verdict`` at ``alpha``."""
     if verdict == EQUIVALENT:
-        decided = abs(mean) + _t_quantile(1 - alpha, n - 1) * se < rope
-    else:
-        margin = mean - rope if verdict == BETTER else -(mean + rope)
-        decided = margin > _t_quantile(1 - alpha / 2, n - 1) * se
-    return int(repeats[np.argmax(decided)]) if decided.any() else None
+        return abs(mean) + _t_quantile(1 - alpha, n - 1) * se < rope
+    margin = mean - rope if verdict == BETTER else -(mean + rope)
+    return margin > _t_quantile(1 - alpha / 2, n - 1) * se
 
 
 # -- the fold table's reference columns -------------------------------------------------------------------------
@@ -419,20 +440,33 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
                 direction=comparison.direction,
                 verdict=comparison.verdict(adjusted[name], alpha),
             )
-            if row["verdict"] == UNDECIDED:
+            if row["verdict"] == UNDECIDED and math.isfinite(comparison.se):
                 # The Holm level this candidate would face if it were the next to be decided.
                 next_level = alpha / max(1, sum(p >= adjusted[name] for p in adjusted.values()))
                 paired = ~np.isnan(row["_scores"]) & ~np.isnan(reference["_scores"])
                 differences = row["_scores"][paired] - reference["_scores"][paired]
                 variance = float(np.var(differences, ddof=1)) if len(differences) > 1 else math.nan
                 aim = comparison.direction if abs(comparison.mean) > rope else EQUIVALENT
-                needed = repeats_to_decide(
+                row["repeats_needed"] = repeats_to_decide(
                     comparison, n_folds=n_folds, variance=variance, rope=rope, alpha=next_level, verdict=aim
                 )
-                row["repeats_needed"] = math.nan if needed is None else float(needed)
     for row in ordered:
         del row["_scores"]
     return ordered
+
+
+def _undecided_hint(undecided: list[dict]) -> str:
+    """What would decide the undecided candidates, for the hardest of them: repeats (how many, or more than
+    :data:`MAX_REPEATS`), a spread to test with, or more folds or data where repeats never will."""
+    unknown = [r for r in undecided if math.isnan(r["delta_low"])]  # the standard error is unknown
+    needed = [r["repeats_needed"] for r in undecided if not math.isnan(r["delta_low"])]
+    if any(math.isnan(n) for n in needed):
+        return "repeats will not decide it: the correction's floor is wider than the ROPE; more folds or data would"
+    if unknown:
+        return "the same difference on every split (or one split) leaves its spread unknown; repeats would measure it"
+    if any(math.isinf(n) for n in needed):
+        return f"more than {MAX_REPEATS} repeats of the split would be needed"
+    return f"about {int(max(needed))} repeats of the split would decide it"
 
 
 # -- per step ---------------------------------------------------------------------------------------------------
@@ -556,11 +590,7 @@ def conclusion_sentence(rows: list[dict]) -> str:
         parts.append(f"{_values(equivalent)} {verb} practically equivalent to {against}")
     undecided = [r for r in rows if r["verdict"] == UNDECIDED]
     if undecided:
-        needed = [r["repeats_needed"] for r in undecided]
-        if all(n == n for n in needed):
-            hint = f"about {int(max(needed))} repeats of the split would decide it"
-        else:
-            hint = "repeats will not decide it: the correction's floor is wider than the ROPE; more folds or data would"
+        hint = _undecided_hint(undecided)
         verb = "is" if len(undecided) == 1 else "are"
         parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
     if not parts:
