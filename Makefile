@@ -10,6 +10,9 @@ SHARED_MNIST := $(wildcard ../shared/datasets/mnist)
 DATA    ?= $(if $(MLFLOW_MNIST_DATA),$(MLFLOW_MNIST_DATA),$(SHARED_MNIST))
 EXPERIMENT ?= mnist
 RUN_STAGES ?= kernel_size pool_size
+# Recipes read what users set through the environment, quoted ("$$DATA"), never pasted into a command line: a
+# value is one argument whatever it holds (spaces, quotes, `;`), and no user value reaches the shell as code.
+export DATA EXPERIMENT RUN_STAGES
 
 .PHONY: setup run promote champion test test-fast lint ui clean postgres cluster-demo
 
@@ -25,15 +28,16 @@ setup: $(STAMP)
 # runs through `mlflow run`, then the final model (trained once, tested once) and the analysis report, all in
 # experiment $(EXPERIMENT). About 2.5 minutes on 2 cores once installed. Promotion is left to you: `make promote`.
 run: setup
-	@for stage in $(RUN_STAGES); do \
-	  mlflow run . --env-manager local --experiment-name $(EXPERIMENT) -P stage=$$stage -P data=$(DATA) || exit 1; \
+	@for stage in $$RUN_STAGES; do \
+	  echo "mlflow run . -P stage=$$stage"; \
+	  mlflow run . --env-manager local --experiment-name "$$EXPERIMENT" -P stage="$$stage" -P data="$$DATA" || exit 1; \
 	done
-	mlflow run . -e final --env-manager local --experiment-name $(EXPERIMENT) -P data=$(DATA)
-	mlflow run . -e analyze --env-manager local --experiment-name $(EXPERIMENT)
-	@echo "Open the UI: $(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)   (report: reports/report.html)"
+	mlflow run . -e final --env-manager local --experiment-name "$$EXPERIMENT" -P data="$$DATA"
+	mlflow run . -e analyze --env-manager local --experiment-name "$$EXPERIMENT"
+	@echo "Open the UI: make ui   (report: reports/report.html)"
 
 promote: setup
-	mlflow run . -e promote --env-manager local --experiment-name $(EXPERIMENT)
+	mlflow run . -e promote --env-manager local --experiment-name "$$EXPERIMENT"
 
 # Beyond the seed: ASHA over the wide space (TPE asks, rungs of 2, 6 and 18 epochs, promoted trials continue
 # their folds' models), the winner trained on all training images with $(REPEATS) seeds and tested once each, then
@@ -59,13 +63,14 @@ REPEATS ?= 4
 # goal once against three times for one (2-core AMX Xeon, docs/performance.md), so one it is.
 CONFIGS ?= 1
 CHAMPION_MODEL ?= ensemble
+export CHAMPION_EXPERIMENT PRECISION TRIALS MIN_EPOCHS PROMOTION TOP_RUNG_PARTS REPEATS CONFIGS CHAMPION_MODEL
 champion: setup
-	mlflow run . --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P strategy=asha -P space=wide \
-	  -P trials=$(TRIALS) -P min_epochs=$(MIN_EPOCHS) -P promotion=$(PROMOTION) -P top_rung_parts=$(TOP_RUNG_PARTS) \
-	  -P data=$(DATA) -P precision=$(PRECISION)
-	mlflow run . -e final --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P search=latest \
-	  -P repeats=$(REPEATS) -P configs=$(CONFIGS) -P data=$(DATA) -P precision=$(PRECISION)
-	mlflow run . -e promote --env-manager local --experiment-name $(CHAMPION_EXPERIMENT) -P model=$(CHAMPION_MODEL)
+	mlflow run . --env-manager local --experiment-name "$$CHAMPION_EXPERIMENT" -P strategy=asha -P space=wide \
+	  -P trials="$$TRIALS" -P min_epochs="$$MIN_EPOCHS" -P promotion="$$PROMOTION" -P top_rung_parts="$$TOP_RUNG_PARTS" \
+	  -P data="$$DATA" -P precision="$$PRECISION"
+	mlflow run . -e final --env-manager local --experiment-name "$$CHAMPION_EXPERIMENT" -P search=latest \
+	  -P repeats="$$REPEATS" -P configs="$$CONFIGS" -P data="$$DATA" -P precision="$$PRECISION"
+	mlflow run . -e promote --env-manager local --experiment-name "$$CHAMPION_EXPERIMENT" -P model="$$CHAMPION_MODEL"
 
 # The cluster tests start PostgreSQL from the OS binaries; install them where they are missing.
 postgres:
@@ -99,8 +104,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The store's address reaches `mlflow ui` through its environment variable: off the command line (`ps`) and out
+# of make's echo, since a server's URI may hold a password. It serves 127.0.0.1 with no login: for one user on
+# their own machine; a team's server takes basic-auth and TLS (docs/cluster.md).
 ui: setup
-	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)
+	@echo "mlflow ui (the store in \$$MLFLOW_TRACKING_URI) on http://127.0.0.1:5000"
+	@MLFLOW_BACKEND_STORE_URI="$$MLFLOW_TRACKING_URI" mlflow ui
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts reports

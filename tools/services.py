@@ -19,6 +19,7 @@ import datetime
 import getpass
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -139,6 +140,13 @@ class Postgres:
         if self.bindir is None:
             raise RuntimeError("PostgreSQL server binaries not found: apt-get install -y postgresql")
         data = self.folder / "pgdata"
+        # pg_ctl starts the server through /bin/sh with its folders in double quotes, where `$(...)` still runs.
+        if not re.fullmatch(r"[\w./-]+", str(self.folder)):
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise RuntimeError(
+                f"PostgreSQL's folder {str(self.folder)!r} holds characters pg_ctl's shell would read: set TMPDIR "
+                "to a path of letters, digits, '.', '_', '-' and '/'"
+            )
         if self.as_user:
             shutil.chown(self.folder, "postgres", "postgres")
         auth = ["--auth-local=peer", "--auth-host=scram-sha-256"]
