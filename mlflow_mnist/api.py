@@ -118,6 +118,8 @@ def tune(
     # The dry and the real request's options.
     options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion, top_rung_parts=top_rung_parts)
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
+    if overrides:
+        _check_grids_take_overrides(chosen, steps, overrides, dry_epochs)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign = open_campaign(
             notify=notify,
@@ -163,6 +165,18 @@ def tune(
         reused=outcome.reused,
         outcome=outcome,
     )
+
+
+def _check_grids_take_overrides(task, steps, overrides: str, epochs: int) -> None:
+    """Every grid point of ``steps`` on top of the task's start and ``overrides``, validated as ``Campaign.open``
+    validates the overrides alone: a clash (``kernel_size=(13, 13)`` leaves no room for ``pool_size=(5, 5)``) is
+    one line before the store is reached, not a refusal once the store, the experiment and the lock exist."""
+    from mlflow_mnist.strategies.staged import step_candidates
+
+    fixed = {**task.start, "epochs": epochs, **task.parse_overrides(overrides)}
+    for step in steps:
+        for spec in step_candidates(step, fixed):
+            task.validate(spec.params)
 
 
 def final(

@@ -160,6 +160,12 @@ BAD_INPUTS = [
     ("text for a number", ["--epochs", "six"], {}, "'six' is not a valid integer"),
     ("infinite learning rate", ["--overrides", "learn_rate=inf"], {}, "learn_rate='inf' must be a finite number"),
     ("an override twice", ["--overrides", "neurons_1=3,neurons_1=4"], {}, "'neurons_1' is given twice"),
+    (
+        "an override a grid point cannot take",
+        ["--stage", "pool_size", "--overrides", "kernel_size=(13,13)"],
+        {},
+        "pool_size=(5, 5) does not fit the 4x4 feature map left by kernel_size=(13, 13)",
+    ),  # fmt: skip
     ("a stage and a space", ["--space", "seed"], {}, "--stage kernel_size and --space seed"),
     ("a stage for a joint search", ["--strategy", "random"], {}, "searches a space, not a stage: leave out --stage"),
     (
