@@ -167,7 +167,12 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
     import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as error:  # an unbalanced '[' or ']' around an IPv6 host
+        raise TrackingError(
+            f"the tracking URI {redact(uri)} is not a valid URL ({error}): fix MLFLOW_TRACKING_URI"
+        ) from None
     family = parts.scheme.split("+")[0]
     if family not in DATABASE_PORTS:
         return
@@ -266,7 +271,7 @@ def _sqlite_path(uri: str) -> Path | None:
         written = uri.removeprefix("file://").removeprefix("file:")
         raise TrackingError(
             f"{redact(uri)} is a folder store (MLflow's file backend), which cannot lock a campaign: set "
-            f"MLFLOW_TRACKING_URI to sqlite:///{Path(written).expanduser().resolve()}, a server or a database URL"
+            f"MLFLOW_TRACKING_URI to sqlite:///{_full_path(written) or 'PATH/mlflow.db'}, a server or a database URL"
         )
     if uri.startswith("sqlite://") and not uri.removeprefix("sqlite://").split("?")[0]:
         raise TrackingError(
@@ -277,13 +282,17 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     written = uri.removeprefix("sqlite:///").split("?")[0]
     if written.startswith("~"):  # MLflow would make a folder named '~' in the working directory
+        full = _full_path(written)
+        user = written.split("/")[0]
         raise TrackingError(
             f"{redact(uri)}: MLflow does not expand '~' in a SQLite URI: give the full path, "
-            f"sqlite:///{Path(written).expanduser()}"
+            + (f"sqlite:///{full}" if full else f"sqlite:///PATH/{Path(written).name} ({user} names no user here)")
         )
     path = Path(written).resolve()
     if path.exists() and not path.is_file():
         raise TrackingError(f"the SQLite store {path} is not a file: remove it or set MLFLOW_TRACKING_URI")
+    if path.exists():
+        _check_mlflow_store(path)
     if not path.parent.exists():
         raise TrackingError(
             f"the SQLite store's folder {path.parent} does not exist: create it or set MLFLOW_TRACKING_URI"
@@ -295,14 +304,59 @@ def _sqlite_path(uri: str) -> Path | None:
     return path
 
 
+def _full_path(written: str) -> str | None:
+    """``written`` with its ``~`` expanded, made absolute; None where the ``~user`` names no user here."""
+    try:
+        return str(Path(written).expanduser().resolve())
+    except RuntimeError:  # "Could not determine home directory."
+        return None
+
+
+#: Tables every MLflow SQLite store has (Optuna's storages have an ``alembic_version`` too, no ``experiments``).
+MLFLOW_STORE_TABLES = frozenset({"alembic_version", "experiments"})
+
+
+def _check_mlflow_store(path: Path) -> None:
+    """An existing file is an MLflow store, or one line says what it is: MLflow would otherwise write its whole
+    schema into any SQLite file (another program's database, an Optuna study, an empty file) before anything
+    could refuse it. Read through a read-only connection, so the check itself writes nothing."""
+    import sqlite3
+
+    fix = "point MLFLOW_TRACKING_URI at the campaign's mlflow.db"
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return  # it cannot be opened at all (permissions): MLflow's own answer says why
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return  # locked by a writer, or a journal to roll back: MLflow waits for it, or says what is wrong
+    except sqlite3.DatabaseError as error:  # "file is not a database"
+        raise TrackingError(f"the tracking store {path} is not a SQLite database ({error}): {fix}") from None
+    finally:
+        connection.close()
+    if MLFLOW_STORE_TABLES <= tables:
+        return
+    if not tables:
+        what = "an empty file" if path.stat().st_size == 0 else "an empty SQLite database"
+        raise TrackingError(
+            f"the tracking store {path} is {what}, not an MLflow store: {fix}, or remove the file to start a new "
+            f"store there"
+        )
+    kind = "an Optuna storage" if {"studies", "version_info"} <= tables else "another program's database"
+    shown = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+    raise TrackingError(f"the tracking store {path} is not an MLflow store ({kind}, with tables {shown}): {fix}")
+
+
 def _first_answer(uri: str):
     """A client for ``uri`` that has answered one request, or one line saying what is wrong and what to do."""
     from mlflow import MlflowClient
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
     try:
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)
+        with _silenced("mlflow.utils.databricks_utils"):  # "Failed to create databricks SDK workspace client"
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
     except UnsupportedModelRegistryStoreURIException:  # MLflow's text is a paragraph listing every scheme
         scheme = uri.split(":", 1)[0] if ":" in uri else uri
         raise TrackingError(
@@ -327,6 +381,20 @@ def _first_answer(uri: str):
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
     return client
+
+
+@contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    """No record of logger ``name`` while inside: its warning would be a second line before our one-line error."""
+    import logging
+
+    logger = logging.getLogger(name)
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 # MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
@@ -395,20 +463,42 @@ def resolve_experiment(
             name = default
     if not create or must_exist:
         check_experiment_exists(client, name, fix=missing_fix)
+    if not create:  # a reader only looks: no tag written, nothing restored
+        return Experiment(client.get_experiment_by_name(name).experiment_id, name, None, because)
     return Experiment(experiment_id(client, name), name, None, because)
 
 
 def launcher_run(client, run_id: str):
-    """The run `mlflow run` made for this command (``$MLFLOW_RUN_ID``); one line when the store has no such run."""
+    """The run `mlflow run` made for this command (``$MLFLOW_RUN_ID``); one line when the store has no such run,
+    or when the run is not one `mlflow run` has just made: adopting it would overwrite it (a finished final
+    rewritten into a search step). `mlflow run` makes its run RUNNING, with source type PROJECT and none of our
+    tags, before it starts the command."""
+    from mlflow.entities import SourceType
     from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_TYPE
 
     try:
-        return client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:  # left over in a shell from another store's `mlflow run`
         raise _stale_launcher(run_id) from None
+    tags, project = run.data.tags, SourceType.to_string(SourceType.PROJECT)
+    if run.info.lifecycle_stage != "active":
+        raise _stale_launcher(run_id, "it is deleted")
+    if LEVEL in tags:
+        raise _stale_launcher(run_id, f"it is already a {tags[LEVEL]} run of this project")
+    if run.info.status != "RUNNING":
+        raise _stale_launcher(run_id, f"it is {run.info.status}")
+    if tags.get(MLFLOW_SOURCE_TYPE) != project:
+        raise _stale_launcher(run_id, f"its source type is {tags.get(MLFLOW_SOURCE_TYPE) or 'not set'}, not {project}")
+    return run
 
 
-def _stale_launcher(run_id: str) -> TrackingError:
+def _stale_launcher(run_id: str, why: str = "") -> TrackingError:
+    if why:
+        return TrackingError(
+            f"MLFLOW_RUN_ID={run_id!r} is not a run `mlflow run` has just started ({why}): unset it (`mlflow run` "
+            f"sets it for the command it starts, which takes that run as its own)"
+        )
     return TrackingError(
         f"MLFLOW_RUN_ID={run_id!r} is not a run in {redact(tracking_uri())}: unset it (`mlflow run` sets it for the "
         f"command it starts)"

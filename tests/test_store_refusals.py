@@ -1,0 +1,293 @@
+"""Stores a command must refuse before it writes: a run `mlflow run` did not just start, a SQLite file that is not
+an MLflow store, a URI that does not parse; and readers that must leave the experiment they read as it was.
+Each refusal is one line, exit code 2, and nothing written (the store's bytes, or its rows, are compared)."""
+
+from __future__ import annotations
+
+import hashlib
+import pwd
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import cli
+
+from mlflow_mnist import schema, tracking
+
+STAGE = ["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "1", "--folds", "2", "--n-jobs", "1"]
+
+
+def _one_line(proc, message: str) -> str:
+    """The refusal's single line (rc 2, no traceback), which says ``message``."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert message in lines[0], lines[0]
+    return lines[0]
+
+
+def _dump(db: Path) -> list[str]:
+    """Every row and every table of the SQLite store ``db``, as SQL (read only)."""
+    with sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True) as connection:
+        dump = list(connection.iterdump())
+    connection.close()
+    return dump
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _new_store(folder: Path) -> str:
+    """An MLflow store (as this project makes one) holding only MLflow's ``Default`` experiment; its URI."""
+    uri = f"sqlite:///{folder}/mlflow.db"
+    tracking.connect(uri)
+    return uri
+
+
+# --- $MLFLOW_RUN_ID: only a run `mlflow run` has just made is adopted -------------------------------------------
+
+PROJECT = {"mlflow.source.type": "PROJECT"}
+LAUNCHERS = {
+    # (tags, status, deleted, what the line says)
+    "a finished final": ({**PROJECT, schema.LEVEL: schema.FINAL_LEVEL}, "FINISHED", False, "already a final run"),
+    "a running step": ({**PROJECT, schema.LEVEL: schema.STEP_LEVEL}, "RUNNING", False, "already a step run"),
+    "a finished project run": (PROJECT, "FINISHED", False, "it is FINISHED"),
+    "a notebook's run": ({"mlflow.source.type": "NOTEBOOK"}, "RUNNING", False, "source type is NOTEBOOK"),
+    "a run without a source": ({}, "RUNNING", False, "source type is not set"),
+    "a deleted run": (PROJECT, "RUNNING", True, "it is deleted"),
+}
+
+
+def _launcher(uri: str, tags: dict, status: str = "RUNNING", deleted: bool = False) -> str:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    run_id = client.create_run("0", tags=tags).info.run_id
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    if deleted:
+        client.delete_run(run_id)
+    return run_id
+
+
+@pytest.mark.parametrize("kind", list(LAUNCHERS))
+def test_a_run_mlflow_run_did_not_just_start_is_refused_and_left_alone(tmp_path, kind):
+    """`promote` (quick whatever it does) under each kind of run `mlflow run` did not just make: refused, and
+    the store not touched."""
+    tags, status, deleted, message = LAUNCHERS[kind]
+    uri = _new_store(tmp_path)
+    run_id = _launcher(uri, tags, status, deleted)
+    before = _dump(tmp_path / "mlflow.db")
+    proc = cli("promote", env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id}, cwd=tmp_path)
+    line = _one_line(proc, f"MLFLOW_RUN_ID={run_id!r} is not a run `mlflow run` has just started")
+    assert message in line and "unset it" in line
+    assert _dump(tmp_path / "mlflow.db") == before
+
+
+def test_tune_does_not_overwrite_a_finished_final_named_by_mlflow_run_id(tmp_path):
+    """The audit's case: tune under $MLFLOW_RUN_ID of a finished final rewrote it into a step (and trained)."""
+    uri = _new_store(tmp_path)
+    tags, status, _, message = LAUNCHERS["a finished final"]
+    run_id = _launcher(uri, tags, status)
+    before = _dump(tmp_path / "mlflow.db")
+    proc = cli(*STAGE, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id}, cwd=tmp_path, timeout=240)
+    assert message in _one_line(proc, "is not a run `mlflow run` has just started")
+    assert _dump(tmp_path / "mlflow.db") == before
+
+
+def test_only_the_run_mlflow_run_has_just_made_is_adopted(tmp_path, monkeypatch):
+    """What `mlflow run` makes (RUNNING, source PROJECT, none of our tags) is still the command's run; a reader
+    adopts it without writing, a writer marks its experiment for the UI. The same run once finished is not."""
+    from mlflow import MlflowClient
+
+    uri = _new_store(tmp_path)
+    finished = _launcher(uri, {**PROJECT, "mlflow.project.entryPoint": "main"}, "FINISHED")
+    run_id = _launcher(uri, {**PROJECT, "mlflow.project.entryPoint": "main"})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", finished)
+    before = _dump(tmp_path / "mlflow.db")
+    with pytest.raises(tracking.TrackingError, match="it is FINISHED"):
+        tracking.connect(existing=True)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    client = tracking.connect(existing=True)
+    reader = tracking.resolve_experiment(client, create=False)
+    assert (reader.experiment_id, reader.launcher_run_id) == ("0", run_id)
+    assert _dump(tmp_path / "mlflow.db") == before
+    writer = tracking.resolve_experiment(tracking.connect())
+    assert (writer.experiment_id, writer.launcher_run_id) == ("0", run_id)
+    assert MlflowClient(uri).get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+
+
+# --- SQLite files that are not MLflow stores ---------------------------------------------------------------------
+
+
+def _other_program(path: Path) -> None:
+    with sqlite3.connect(path) as database:
+        database.execute("CREATE TABLE foo (x INTEGER)")
+        database.execute("INSERT INTO foo VALUES (1)")
+    database.close()
+
+
+def _optuna_study(path: Path) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    optuna.create_study(storage=storage, study_name="s")
+    storage.engine.dispose()
+
+
+def _empty_database(path: Path) -> None:
+    with sqlite3.connect(path) as database:  # a SQLite header, and no table
+        database.execute("PRAGMA user_version = 7")
+    database.close()
+
+
+FOREIGN = {
+    "an empty file": (lambda path: path.write_bytes(b""), "is an empty file, not an MLflow store"),
+    "an empty SQLite database": (_empty_database, "is an empty SQLite database, not an MLflow store"),
+    "another program's database": (_other_program, "is not an MLflow store (another program's database"),
+    "an Optuna study": (_optuna_study, "is not an MLflow store (an Optuna storage"),
+    "a text file": (lambda path: path.write_text("not a database\n"), "is not a SQLite database"),
+}
+READERS = {
+    "promote": ["promote"],
+    "analyze": ["analyze", "--no-log", "--out", "report"],
+    "export-study": ["export-study", "--storage", "sqlite:///study.db"],
+    "final --search": ["final", "--data", "sample", "--search", "latest"],  # a writer that needs the store
+}
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN))
+@pytest.mark.parametrize("command", list(READERS))
+def test_a_sqlite_file_that_is_not_an_mlflow_store_is_refused_untouched(tmp_path, kind, command):
+    make, message = FOREIGN[kind]
+    db = tmp_path / "mlflow.db"
+    make(db)
+    before = _digest(db)
+    proc = cli(*READERS[command], env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}, cwd=tmp_path)
+    line = _one_line(proc, f"the tracking store {db} {message}")
+    assert "MLFLOW_TRACKING_URI" in line
+    assert _digest(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no journal, report or study either
+
+
+@pytest.mark.parametrize("kind", list(FOREIGN))
+def test_writers_refuse_a_sqlite_file_that_is_not_an_mlflow_store(tmp_path, kind, monkeypatch):
+    """tune and final may create a store, but not inside a file that is already there (an empty one included:
+    the user pointed at something that exists); reach (before --precision auto's probe) checks the same."""
+    make, message = FOREIGN[kind]
+    db = tmp_path / "mlflow.db"
+    make(db)
+    before = _digest(db)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    for attempt in (tracking.connect, tracking.reach):
+        with pytest.raises(tracking.TrackingError, match="MLFLOW_TRACKING_URI") as refused:
+            attempt()
+        assert message in str(refused.value)
+        assert _digest(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def test_new_stores_and_stores_mlflow_built_are_still_accepted(tmp_path, monkeypatch):
+    """An absent file becomes a new store (copied from the empty-store template); a store MLflow built in place
+    (as `mlflow run` or `mlflow server` do) and the template itself are MLflow stores."""
+    from mlflow import MlflowClient
+
+    from mlflow_mnist.empty_store import empty_store, open_and_release
+
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    template = empty_store()
+    assert template is not None
+    tracking._check_mlflow_store(template)
+    ours = tmp_path / "ours.db"
+    tracking.connect(f"sqlite:///{ours}")
+    assert [e.name for e in tracking.connect(f"sqlite:///{ours}", existing=True).search_experiments()] == ["Default"]
+    built = tmp_path / "built.db"
+    open_and_release(built)  # MLflow's own migrations, in place
+    MlflowClient(f"sqlite:///{built}").create_experiment("kept")
+    client = tracking.connect(f"sqlite:///{built}", existing=True)
+    assert {e.name for e in client.search_experiments()} == {"Default", "kept"}
+
+
+# --- URIs that do not parse ---------------------------------------------------------------------------------------
+
+
+def _no_such_user() -> str:
+    for name in ("nosuchuser", "nosuchuser-mlflow-mnist", "nosuchuser-7f3a"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            return name
+    pytest.skip("every candidate user name exists here")
+
+
+URIS = {
+    "an unbalanced IPv6 bracket in a database URL": ("postgresql://[::1/db", "is not a valid URL"),
+    "an unbalanced IPv6 bracket in a server URL": ("http://[::1", "is not a valid URL"),
+    "an unknown user's home in a SQLite URI": ("sqlite:///~{user}/m.db", "(~{user} names no user here)"),
+    "an unknown user's home in a folder store": ("file:~{user}/m", "set MLFLOW_TRACKING_URI to sqlite:///PATH/"),
+}
+
+
+@pytest.mark.parametrize("case", list(URIS))
+def test_a_malformed_tracking_uri_is_one_line(tmp_path, case):
+    user = _no_such_user()
+    uri, message = (text.format(user=user) for text in URIS[case])
+    proc = cli(*STAGE, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": ""}, cwd=tmp_path)
+    _one_line(proc, message)
+    assert not list(tmp_path.iterdir())
+
+
+def test_databricks_is_refused_in_one_line(tmp_path):
+    """MLflow's databricks_utils warns before it fails ("Failed to create databricks SDK workspace client")."""
+    proc = cli(*STAGE, env={"MLFLOW_TRACKING_URI": "databricks", "MLFLOW_RUN_ID": ""}, cwd=tmp_path)
+    _one_line(proc, "the tracking store at databricks")
+    assert not list(tmp_path.iterdir())
+
+
+# --- readers leave the experiment they read as it was -------------------------------------------------------------
+
+READS = {
+    "promote": ["promote"],
+    "promote --experiment Default": ["promote", "--experiment", "Default"],
+    "analyze": ["analyze", "--no-log", "--out", "{tmp}/report"],
+    "export-study": ["export-study", "--storage", "sqlite:///{tmp}/study.db"],
+}
+
+
+@pytest.mark.parametrize("command", list(READS))
+def test_readers_do_not_tag_the_experiment_they_read(tmp_path, command):
+    """Each refuses (there is nothing to read), and the store is as it was: no `mlflow.experimentKind` tag."""
+    store = tmp_path / "store"
+    store.mkdir()
+    uri = _new_store(store)
+    before = _dump(store / "mlflow.db")
+    assert not [line for line in before if tracking.EXPERIMENT_KIND in line]
+    args = [arg.format(tmp=tmp_path) for arg in READS[command]]
+    proc = cli(*args, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": ""}, cwd=tmp_path)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert _dump(store / "mlflow.db") == before
+
+
+def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    uri = _new_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    gone = client.create_experiment("gone")
+    client.delete_experiment(gone)
+    before = _dump(tmp_path / "mlflow.db")
+    assert tracking.resolve_experiment(client, create=False).experiment_id == "0"
+    assert tracking.resolve_experiment(client, "Default", create=False).experiment_id == "0"
+    with pytest.raises(tracking.TrackingError, match="'gone' is deleted"):
+        tracking.resolve_experiment(client, "gone", create=False)
+    assert _dump(tmp_path / "mlflow.db") == before
+    assert tracking.resolve_experiment(client, "Default").experiment_id == "0"  # a writer's
+    assert client.get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
