@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,27 +41,77 @@ def analyze_api(
     from mlflow_mnist.runs import log_report
 
     client = tracking.connect(existing=True)
-    launcher = None
+    launcher, chosen_because = None, ""
     experiments = list(experiments)
     if not experiments:  # under `mlflow run`, its experiment (the report goes on its run); else the latest campaign
         where = tracking.resolve_experiment(client, create=False)
-        if where.chosen_because and notify is not None:
-            notify(where.chosen_because)
+        chosen_because = where.chosen_because  # said once the report is made: a refusal is its one line alone
         experiments, launcher = [where.name], where.launcher_run_id
     else:  # each named one exists, before a folder is made or a figure drawn
         for name in experiments:
             tracking.check_experiment_exists(client, name)
     if stage_run:
         check_stage_run(client, stage_run)
+    made = _missing_folders(Path(out))
+    check_out_folder(Path(out), made)
+    check_finished_steps(client, experiments)  # before the folder is made: a refusal leaves nothing behind
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, a folder that cannot hold it
-        reason = error.strerror or type(error).__name__
-        raise ValueError(f"--out {out} cannot be the report's folder ({reason}): give a writable folder") from None
-    report = build_report(client, experiments, Path(out), stage_run or None, rope=rope)
+        raise _not_a_folder(out, error.strerror or type(error).__name__) from None
+    try:
+        report = build_report(client, experiments, Path(out), stage_run or None, rope=rope)
+    except ValueError:  # refused after all (a --stage-run with nothing finished): the folders made here go again
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty one: whatever was written there stays
+        raise
+    if chosen_because and notify is not None:
+        notify(chosen_because)
     if log:
         report.logged_run_id = log_report(client, experiments[0], Path(out), stage_run or launcher)
     return report
+
+
+def _not_a_folder(out, reason: str) -> ValueError:
+    return ValueError(f"--out {out} cannot be the report's folder ({reason}): give a writable folder")
+
+
+def check_out_folder(out: Path, missing: list[Path]) -> None:
+    """``out`` is a folder to write in, or can be made one, asked without making it: a file of that name (or on
+    its way) and a folder without write permission are refused, as ``mkdir`` or the first figure would be."""
+    import errno
+    import os
+
+    existing = missing[-1].parent if missing else out.absolute()  # the deepest part of the path that exists
+    if not existing.is_dir():
+        raise _not_a_folder(out, os.strerror(errno.ENOTDIR if missing else errno.EEXIST))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _not_a_folder(out, os.strerror(errno.EACCES))
+
+
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` would create for ``out``, deepest first."""
+    missing, folder = [], out.absolute()
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def check_finished_steps(client, experiments: Sequence[str]) -> None:
+    """The experiments hold a finished step or candidate run, without which there is nothing to report (what
+    :func:`analysis.report.build_report` refuses, asked cheaply, before a folder is made)."""
+    from mlflow_mnist import schema
+
+    ids = [client.get_experiment_by_name(name).experiment_id for name in experiments]
+    for level in (schema.STEP_LEVEL, schema.CANDIDATE_LEVEL):
+        found = client.search_runs(
+            ids, f"attributes.status = 'FINISHED' and tags.`{schema.LEVEL}` = '{level}'", max_results=1
+        )
+        if found:
+            return
+    raise ValueError(f"no finished steps in experiment(s) {', '.join(experiments)}: run `mlflow-mnist tune` first")
 
 
 def check_stage_run(client, run_id: str) -> None:
@@ -131,9 +182,14 @@ def export_study(search, storage, experiment, name) -> None:
     optuna-dashboard, optuna.load_study and optuna.visualization open it."""
     from analysis.searches import search_roots, trial_table
     from analysis.store import read_runs
+    from analysis.studies import check_storage
     from analysis.studies import export_study as export
     from mlflow_mnist import tracking
 
+    try:  # a storage that must not take the study is refused before the tracking store is read
+        check_storage(storage)
+    except ValueError as error:
+        raise _Refused(str(error)) from None
     client = tracking.connect(existing=True)
     where = tracking.resolve_experiment(client, experiment, create=False)
     runs = read_runs(client, [where.name])

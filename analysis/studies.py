@@ -9,7 +9,9 @@ storage (``mlflow-mnist export-study``), optuna-dashboard and ``optuna.load_stud
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -47,13 +49,90 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+#: The tables every Optuna storage holds (``optuna.storages.RDBStorage`` makes them in a new database).
+OPTUNA_TABLES = frozenset({"version_info", "studies", "trials"})
+
+
+def _sqlite_file(storage: str) -> Path | None:
+    """The file a SQLite ``storage`` URL names (relative to the working directory, as SQLAlchemy opens it);
+    ``None`` for another database, an in-memory one or a URL that does not parse (RDBStorage says why)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(storage)
+    except Exception:  # noqa: BLE001 - not a URL: RDBStorage's own message names the mistake
+        return None
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    if url.database.startswith("file:"):  # a SQLite URI filename (?uri=true): not a plain path
+        return None
+    return Path(url.database)
+
+
+def _tracking_file() -> Path | None:
+    """The tracking store's SQLite file, where the tracking URI names one."""
+    from mlflow_mnist.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    written = uri.removeprefix("sqlite:///").split("?")[0]
+    return Path(written) if written else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_storage(storage: str) -> None:
+    """``storage`` may take an exported study, checked before anything touches it: RDBStorage writes Optuna's
+    tables into whatever database it opens, so a SQLite file that is the tracking store, or another program's
+    database (tables, none of them Optuna's), is refused here with one line (a ValueError, credentials masked).
+    A new file, an empty one and an existing Optuna storage pass (the study is added to the latter)."""
+    import sqlite3
+
+    from mlflow_mnist.redaction import redact
+
+    path = _sqlite_file(storage)
+    if path is None or not path.exists():
+        return
+    tracking = _tracking_file()
+    if tracking is not None and _same_file(path, tracking):
+        raise ValueError(
+            f"--storage {redact(storage)!r} is the tracking store itself: Optuna would add its tables to it; give "
+            f"another file, e.g. sqlite:///study.db"
+        )
+    if not path.is_file():
+        raise ValueError(f"--storage {redact(storage)!r} names {path}, which is not a file: give a SQLite file")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as database:
+            tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as error:
+        reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0])[:160]
+        raise ValueError(
+            f"--storage {redact(storage)!r} is not a SQLite database Optuna could use ({reason}): give a new file, "
+            f"e.g. sqlite:///study.db, or an existing Optuna storage"
+        ) from None
+    if tables and not OPTUNA_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ValueError(
+            f"--storage {redact(storage)!r} is not an Optuna storage (it holds other tables: {shown}): give a new "
+            f"file, e.g. sqlite:///study.db, or an existing Optuna storage"
+        )
+
+
 def open_storage(storage: str):
     """The Optuna storage at URL ``storage``, opened (and its tables made) before anything is written to it; a URL
-    that does not open is a ValueError of one line, its credentials masked."""
+    that does not open, or a database that is not an Optuna storage (:func:`check_storage`), is a ValueError of
+    one line, its credentials masked."""
     import optuna
 
     from mlflow_mnist.redaction import redact
 
+    check_storage(storage)
     try:
         return optuna.storages.RDBStorage(storage)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy, a missing driver, the file system: all one answer

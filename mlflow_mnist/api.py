@@ -89,11 +89,13 @@ def tune(
     import pandas as pd
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
+    from mlflow_mnist.lock import lease_seconds
     from mlflow_mnist.strategies import STRATEGIES, check_options, make_strategy
     from mlflow_mnist.strategies.base import SearchRequest
     from mlflow_mnist.tasks import get_task
 
     resolve_n_jobs(n_jobs)  # a bad --n-jobs is one line before the experiment exists
+    lease_seconds()  # so is a bad $MLFLOW_MNIST_LEASE_SECONDS
     chosen = get_task(task)
     if strategy not in STRATEGIES:
         from mlflow_mnist.params import StageError
@@ -206,8 +208,10 @@ def final(
     ``configs`` > 1 spreads the seeds over ``search``'s best few configurations (their ensemble hedges one)."""
     from mlflow_mnist.executors import make_executor, remote_scheduler, resolve_n_jobs
     from mlflow_mnist.final_run import check_final_options, run_final
+    from mlflow_mnist.lock import lease_seconds
 
     check_final_options(repeats=repeats, search=search or None, configs=configs)
+    lease_seconds()  # a bad $MLFLOW_MNIST_LEASE_SECONDS is one line before the store is reached
     # One seed gets every core; more share them. A remote cluster counts its own workers.
     workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:

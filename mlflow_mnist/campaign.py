@@ -66,7 +66,14 @@ def data_source(task: Task, data: str) -> str:
     chosen = data or (os.environ.get(task.data_env, "") if task.data_env else "")
     if not chosen or chosen in task.named_sources:
         return chosen
-    path = Path(chosen).expanduser()
+    try:
+        path = Path(chosen).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not know (or no home directory at all)
+        where = "" if data else f" (from ${task.data_env}: fix or unset it)"
+        raise DataError(
+            f"data path {chosen!r}: cannot expand {chosen.split('/')[0]!r}, no such user's home directory here: "
+            f"give the full path{where}"
+        ) from None
     return str(path.resolve()) if path.exists() else chosen
 
 

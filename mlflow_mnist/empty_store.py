@@ -9,6 +9,7 @@ choosing, when the copy is first opened, exactly as it does for a store it built
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -33,7 +34,12 @@ def empty_store() -> Path | None:
 
     template = cache_folder() / f"empty-store-mlflow-{mlflow.__version__}.db"
     if template.exists():
-        return template
+        if _usable(template):
+            return template
+        try:  # damaged or foreign (a crash, a disk error, another program): built again below
+            template.unlink()
+        except OSError:
+            return None  # it cannot be replaced: MLflow builds each store in place, as without a template
     try:
         template.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_builds(template.parent)
@@ -48,6 +54,21 @@ def empty_store() -> Path | None:
     except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException):
         return None  # an optimisation only: MLflow builds the store in place instead
     return template
+
+
+def _usable(template: Path) -> bool:
+    """``template`` is a whole SQLite database holding MLflow's schema (its migration version and its tables), read
+    without writing: a junk file copied into place would make every new store fail to open."""
+    try:
+        uri = f"{template.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as database:
+            tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"alembic_version", "experiments", "runs"} <= tables:
+                return False
+            versions = database.execute("SELECT version_num FROM alembic_version").fetchall()
+            return len(versions) == 1 and database.execute("PRAGMA quick_check").fetchone() == ("ok",)
+    except (OSError, ValueError, sqlite3.Error):
+        return False
 
 
 def open_and_release(path: Path) -> None:

@@ -40,7 +40,9 @@ PREFIX = "mlflow-mnist-lock"
 TAG = "mlflow_mnist.lock."
 TOKEN_TAG = "mlflow_mnist.lock_token"  # on every run a holder creates: close_stale_runs spares the holder's own
 HELD, FREE, BROKEN = "held", "free", "broken"
-DEFAULT_TTL = float(os.environ.get("MLFLOW_MNIST_LEASE_SECONDS", "60"))
+LEASE_ENV = "MLFLOW_MNIST_LEASE_SECONDS"
+DEFAULT_TTL = 60.0  # the lease without $MLFLOW_MNIST_LEASE_SECONDS (read by lease_seconds, never at import)
+LEASE_RANGE = (5.0, 86400.0)  # shorter leases are lost to one slow write; longer ones keep a dead holder a day
 DEFAULT_IN_FLIGHT = 120.0  # a holder that did not say how long its requests may take: MLflow's default timeout
 SQL_BUSY_TIMEOUT = 20.0  # MLflow's SQLite sessions wait this long for the database (PRAGMA busy_timeout = 20000)
 UNREADABLE_GRACE = 5.0  # seconds a name the store refused as existing may stay unreadable to its creator (auth hook)
@@ -51,6 +53,33 @@ _clock = (lambda: time.clock_gettime(time.CLOCK_BOOTTIME)) if hasattr(time, "CLO
 
 class LockError(RuntimeError):
     """The lock cannot be had or kept; the message is one line naming the holder or the cause, and the fix."""
+
+
+def env_seconds(name: str, default: float, low: float, high: float, error: type[Exception] = RuntimeError) -> float:
+    """The number of seconds the environment variable ``name`` sets (``default`` where it is unset or empty),
+    checked: a value that is not a finite number from ``low`` to ``high`` is ``error``, one line naming the
+    variable, its range and the fix. Read when a command starts (never at import), before it writes anything."""
+    import math
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise error(
+            f"${name}={text[:40]!r} must be a number of seconds from {low:g} to {high:g} (default {default:g}): fix "
+            f"or unset it"
+        )
+    return value
+
+
+def lease_seconds() -> float:
+    """This driver's lock TTL: ``$MLFLOW_MNIST_LEASE_SECONDS`` (default 60 s), or :class:`LockError` naming it.
+    ``tune`` and ``final`` call it before the store is reached, so a bad value is refused with nothing written."""
+    return env_seconds(LEASE_ENV, DEFAULT_TTL, *LEASE_RANGE, error=LockError)
 
 
 class LockHeld(LockError):
@@ -152,12 +181,12 @@ class Holder:
             return str(tags.get(TAG + name, default))
 
         try:
-            ttl = float(tag("ttl", str(DEFAULT_TTL)))
+            ttl = float(tag("ttl", "nan"))
         except ValueError:
-            ttl = DEFAULT_TTL
+            ttl = float("nan")
         pid = tag("pid", "0")
         process = Process(tag("host", "?"), tag("machine"), int(pid) if pid.isdigit() else 0, tag("started"))
-        ttl = ttl if 0 < ttl < float("inf") else DEFAULT_TTL  # an unreadable TTL is judged by ours
+        ttl = ttl if 0 < ttl < float("inf") else lease_seconds()  # an unreadable TTL is judged by ours
         try:
             in_flight = float(tag("in_flight", "nan"))
         except ValueError:
@@ -244,13 +273,14 @@ class StoreLock:
         *,
         kind: Kind = EXPERIMENT,
         command: str,
-        ttl: float = DEFAULT_TTL,
+        ttl: float | None = None,
         wait: float | None = None,
         notify: Callable[[str], None] | None = None,
         process: Process | None = None,
         in_flight: float | None = None,
         break_hint: str = "--break-lease",
     ):
+        ttl = lease_seconds() if ttl is None else ttl  # None: $MLFLOW_MNIST_LEASE_SECONDS, checked, or 60 s
         if not ttl > 0:
             raise ValueError(f"ttl={ttl} must be positive")
         self.client, self.key, self.kind, self.ttl, self.wait = client, str(key), kind, float(ttl), wait
@@ -575,14 +605,14 @@ class StoreLock:
 class CampaignLock(StoreLock):
     """One driver per experiment (``tune``, ``search``, ``final``)."""
 
-    def __init__(self, client, experiment_id: str, *, command: str, ttl: float = DEFAULT_TTL, **options: Any):
+    def __init__(self, client, experiment_id: str, *, command: str, ttl: float | None = None, **options: Any):
         super().__init__(client, experiment_id, kind=EXPERIMENT, command=command, ttl=ttl, **options)
 
 
 class RegistryLock(StoreLock):
     """One promotion per registered model."""
 
-    def __init__(self, client, model_name: str, *, command: str, ttl: float = DEFAULT_TTL, **options: Any):
+    def __init__(self, client, model_name: str, *, command: str, ttl: float | None = None, **options: Any):
         super().__init__(client, model_name, kind=MODEL, command=command, ttl=ttl, **options)
 
 

@@ -31,7 +31,9 @@ from mlflow_mnist.executors.base import ExecutorError, resolve_n_jobs, usable_co
 T = TypeVar("T")
 R = TypeVar("R")
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
-WAIT_FOR_WORKERS = float(os.environ.get("MLFLOW_MNIST_DASK_WAIT", "60"))
+WAIT_ENV = "MLFLOW_MNIST_DASK_WAIT"
+WAIT_FOR_WORKERS = 60.0  # seconds for a worker to join, without $MLFLOW_MNIST_DASK_WAIT (read by wait_for_workers)
+WAIT_RANGE = (1.0, 86400.0)
 CONNECT_TIMEOUT = 15  # seconds to reach the scheduler (Dask retries inside it)
 DEATH_TIMEOUT = 10  # seconds a local cluster's worker waits for a vanished scheduler before it exits
 LOST_AFTER = 20.0  # seconds without the scheduler before the driver gives up (it cannot finish without it)
@@ -72,6 +74,14 @@ def parse_scheduler_address(text: str) -> str:
     return f"{scheme}://{match['host']}:{int(port)}"
 
 
+def wait_for_workers() -> float:
+    """Seconds to wait for a Dask worker: ``$MLFLOW_MNIST_DASK_WAIT`` (default 60), checked when an executor is
+    made (before anything is written), never at import; a bad value is an :class:`ExecutorError` naming it."""
+    from mlflow_mnist.lock import env_seconds
+
+    return env_seconds(WAIT_ENV, WAIT_FOR_WORKERS, *WAIT_RANGE, error=ExecutorError)
+
+
 def _task_key(fn: Callable, task) -> str:
     """The fold key when there is one: a fold resubmitted (a retry, a rerun) is the same Dask task."""
     from dask.base import tokenize
@@ -105,10 +115,10 @@ class _Watch:
             self.alone_since = None
             return
         self.alone_since = self.alone_since or now
-        if self.alone_since + WAIT_FOR_WORKERS < now:
+        if self.alone_since + executor.wait_for_workers < now:
             raise ExecutorError(
                 f"every Dask worker left the scheduler at {executor.address} and none joined within "
-                f"{WAIT_FOR_WORKERS:.0f} s: their logs say why; start workers and run the same command again "
+                f"{executor.wait_for_workers:.0f} s: their logs say why; start workers and run the same command again "
                 f"(finished folds are kept)"
             )
 
@@ -117,6 +127,7 @@ class DaskExecutor:
     name = "dask"
 
     def __init__(self, scheduler: str | None = None, *, n_workers: int | None = None, retries: int = 2):
+        self.wait_for_workers = wait_for_workers()  # a bad $MLFLOW_MNIST_DASK_WAIT: one line, nothing written
         given = scheduler or os.environ.get(SCHEDULER_ENV) or None
         # A malformed address fails here, at construction: before the caller has read data or written runs.
         self.scheduler = parse_scheduler_address(given) if given else None
@@ -207,12 +218,12 @@ class DaskExecutor:
             self._start_local_cluster()
         try:
             self._check_scheduler_imports(PROJECT_MODULE)
-            self.client.wait_for_workers(1, timeout=WAIT_FOR_WORKERS)
+            self.client.wait_for_workers(1, timeout=self.wait_for_workers)
             self._check_workers_import(PROJECT_MODULE)
         except TimeoutError:
             self.close()
             raise ExecutorError(
-                f"no Dask worker joined the scheduler at {self.address} within {WAIT_FOR_WORKERS:.0f} s: start "
+                f"no Dask worker joined the scheduler at {self.address} within {self.wait_for_workers:.0f} s: start "
                 f"workers (`dask worker {self.scheduler or 'ADDRESS'}`) and run the same command again"
             ) from None
         except (OSError, CancelledError, asyncio.CancelledError) as error:

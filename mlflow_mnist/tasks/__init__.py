@@ -29,16 +29,27 @@ def get_task(spec: str = DEFAULT_TASK) -> Task:
     spec = (spec or DEFAULT_TASK).strip()
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
+        if not module_name.strip() or not attr.strip() or module_name.startswith("."):
+            raise StageError(
+                f"--task {spec} is not package.module:attr (an absolute module and a name in it): give one, or a "
+                f"registered task's name"
+            )
         try:
             found = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as error:
+        except Exception as error:  # noqa: BLE001 - ImportError, a malformed name, or the module's own failure
             raise StageError(f"--task {spec}: cannot import it ({type(error).__name__}: {error})") from None
     else:
         entries = {entry.name: entry for entry in entry_points(group=GROUP)}
         if spec not in entries:
             known = ", ".join(sorted(entries)) or "none"
             raise StageError(f"unknown task {spec!r}: choose one of {known}, or give package.module:attr")
-        found = entries[spec].load()
+        try:
+            found = entries[spec].load()
+        except Exception as error:  # noqa: BLE001 - a registered task whose package is broken or missing
+            raise StageError(
+                f"task {spec!r} is registered but cannot be loaded ({type(error).__name__}: {error}): reinstall its "
+                f"package"
+            ) from None
     if isinstance(found, type) and not issubclass(found, Task):  # instantiating it would be a stranger's call
         raise StageError(f"--task {spec} is the class {found.__name__}, not a mlflow_mnist.tasks.Task subclass")
     try:

@@ -45,14 +45,29 @@ class Mnist:
 
 def load_mnist(source: str | os.PathLike | None = None) -> Mnist:
     """Load MNIST from ``source``: a folder of IDX files, an ``.npz``, ``"sample"``, or None/"" for the default."""
-    source = str(source or "").strip()
+    given = str(source or "")
+    if given and not given.strip():  # "" asks for the default; " " is a mistake, not a wish for the download
+        raise DataError(
+            f"data path {given!r} is blank: pass a folder of MNIST IDX files, a Keras-layout .npz or 'sample', "
+            f"or leave it out (unset) to use Keras' download"
+        )
+    source = given.strip()
     if not source:
-        source = os.environ.get(DATA_ENV_VAR, "").strip()
+        from_env = os.environ.get(DATA_ENV_VAR, "")
+        if from_env and not from_env.strip():
+            raise DataError(f"${DATA_ENV_VAR} {from_env!r} is blank: set it to a data path or 'sample', or unset it")
+        source = from_env.strip()
     if not source:
         return _load_keras_default()
     if source == "sample":
         return _load_npz(SAMPLE_PATH, label="sample")
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not know
+        raise DataError(
+            f"data path {source!r}: cannot expand {source.split('/')[0]!r}, no such user's home directory here: "
+            f"give the full path"
+        ) from None
     if path.is_dir():
         return _load_idx_dir(path)
     if path.is_file():
@@ -68,12 +83,34 @@ def load_mnist(source: str | os.PathLike | None = None) -> Mnist:
     )
 
 
+def _keras_cache_folders() -> list[str]:
+    """The folders Keras' ``get_file`` may create for MNIST's download, deepest first: its ``datasets`` folder
+    under ``$KERAS_HOME`` (``~/.keras``), or under ``/tmp/.keras`` where that is not writable."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = os.path.expanduser(keras_home())
+    except Exception:  # noqa: BLE001 - a Keras without this private helper: its documented default
+        home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    fallback = os.path.join("/tmp", ".keras")
+    return [os.path.join(home, "datasets"), os.path.join(fallback, "datasets"), fallback]
+
+
 def _load_keras_default() -> Mnist:
+    import contextlib
+    import io
+
     import keras  # imported late: loading from a file must not pay for TensorFlow start-up
 
+    folders = [folder for folder in _keras_cache_folders() if not os.path.exists(folder)]
+    said = io.StringIO()  # "Downloading data from ..." and a progress bar: never on stdout, which is for results
     try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+        with contextlib.redirect_stdout(said):
+            (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
     except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
+        for folder in folders:  # the empty cache folders this failed download made (rmdir leaves a full one)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         raise DataError(
             f"could not download MNIST through Keras ({type(error).__name__}): pass --data PATH, set "
             f"{DATA_ENV_VAR}, or use --data sample"
