@@ -534,7 +534,8 @@ def promote(
     break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Verify the latest (or given) final run's median model and make it ``@champion`` if the gate allows.
+    """Verify the latest (or given) final run's model (``model``: its median seed's, or its seeds' ``ensemble``)
+    and make it ``@champion`` if the gate allows.
 
     Returns what the CLI prints: ``name``, ``version``, ``accuracy``, ``reason`` (the gate's line, with the
     McNemar counts when there was a champion), ``previous``, ``paired``, ``test_set_uses`` and ``warning``.
