@@ -9,6 +9,7 @@ layer over it. Every argument is keyword-only and means what the CLI option of t
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,14 +38,21 @@ def _say(message: str, notify: Callable[[str], None] | None) -> None:
 
 
 def open_campaign(*, notify: Callable[[str], None] | None = None, **settings: Any):
-    """A campaign (task, data, settings, experiment) from the common options; says which experiment it chose."""
+    """A campaign (task, data, settings, experiment) from the common options, and a callable that says which
+    experiment and precision it chose: callers call it once their checks have passed, so that a refusal is its
+    one line alone."""
     from mlflow_mnist.campaign import Campaign
 
     campaign = Campaign.open(**settings)
-    _say(campaign.experiment.chosen_because, notify)
+    lines = [campaign.experiment.chosen_because]
     if settings.get("precision") == "auto":
-        _say(f"precision {campaign.settings.precision}: {campaign.precision_because}", notify)
-    return campaign
+        lines.append(f"precision {campaign.settings.precision}: {campaign.precision_because}")
+    return campaign, functools.partial(_say_all, lines, notify)
+
+
+def _say_all(lines: list[str], notify: Callable[[str], None] | None) -> None:
+    for line in lines:
+        _say(line, notify)
 
 
 def tune(
@@ -123,7 +131,7 @@ def tune(
     if overrides:
         _check_grids_take_overrides(chosen, steps, overrides, dry_epochs)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
-        campaign = open_campaign(
+        campaign, announce = open_campaign(
             notify=notify,
             task=task,
             data=data,
@@ -151,6 +159,7 @@ def tune(
             **options,
         )
         search = make_strategy(strategy, request)
+        announce()
         outcome = campaign.search(search, executor=pool, with_model=log_models, progress=progress)
     rows = [
         {"step": g.step, "rung": g.group.rung.index if g.group.rung else None, **row}
@@ -215,7 +224,7 @@ def final(
     # One seed gets every core; more share them. A remote cluster counts its own workers.
     workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
-        campaign = open_campaign(
+        campaign, announce = open_campaign(
             notify=notify,
             task=task,
             data=data,
@@ -233,7 +242,13 @@ def final(
         if break_lease:
             campaign.break_lease(notify or print)
         return run_final(
-            campaign, repeats=repeats, executor=pool, search=search or None, progress=progress, configs=configs
+            campaign,
+            repeats=repeats,
+            executor=pool,
+            search=search or None,
+            progress=progress,
+            configs=configs,
+            announce=announce,
         )
 
 
@@ -252,24 +267,31 @@ def promote(
     compare it with ``@champion`` on the same test set, and register and move the alias if the gate allows;
     ``min_accuracy`` defaults to the task's threshold. Raises ``PromotionRejected`` when the gate says no."""
     from mlflow_mnist import tracking
-    from mlflow_mnist.registry import check_promote_options
+    from mlflow_mnist.registry import PromoteInputError, PromotionRejected, check_promote_options
     from mlflow_mnist.registry import promote as promote_model
 
     check_promote_options(model=model, min_accuracy=min_accuracy, name=name)  # before the store is reached
     client = tracking.connect(existing=True)
     where = tracking.resolve_experiment(client, experiment, create=False)
-    _say(where.chosen_because, notify)
-    return promote_model(
-        client,
-        where.experiment_id,
-        name=name or None,
-        min_accuracy=min_accuracy,
-        force=force,
-        run_id=run_id or None,
-        model=model,
-        break_lease=break_lease,
-        notify=notify,
-    )
+    try:
+        result = promote_model(
+            client,
+            where.experiment_id,
+            name=name or None,
+            min_accuracy=min_accuracy,
+            force=force,
+            run_id=run_id or None,
+            model=model,
+            break_lease=break_lease,
+            notify=notify,
+        )
+    except PromoteInputError:
+        raise  # a mistake: its one line alone
+    except PromotionRejected:  # the gate's verdict: which experiment it judged comes first
+        _say(where.chosen_because, notify)
+        raise
+    _say(where.chosen_because, notify)  # after the checks: a refused input is its one line alone
+    return result
 
 
 def analyze(**options: Any):

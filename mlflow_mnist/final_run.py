@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -191,8 +192,10 @@ def run_final(
     progress: bool = True,
     search: str | None = None,
     configs: int = 1,
+    announce: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary.
+    ``announce`` (what the campaign chose, said to the user) is called once the configuration is found.
 
     The configuration is the staged campaign's (every step's best, carried forward), or with ``search`` the best
     configuration of a joint search (its run id, or ``latest``). ``configs`` > 1 spreads the seeds over the
@@ -210,6 +213,8 @@ def run_final(
         chosen, source = search_configs(campaign, search, configs)
     else:
         chosen = [campaign.final_params(state)]
+    if announce is not None:
+        announce()
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
         campaign.task_spec,

@@ -278,3 +278,24 @@ def test_analyze_refusals_in_a_campaign_store_are_one_line(campaign_copy, args, 
     proc = cli("analyze", *args, "--no-log", env=env, cwd=campaign_copy.parent)
     _one_line(proc, message)
     assert _digest(campaign_copy) == before and _written(campaign_copy.parent) == ["mlflow.db"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["promote", "--run-id", "0123456789abcdef"], "is not a run in this tracking store"),
+        pytest.param(
+            ["final", "--search", "nonsense", "--data", "sample", "--n-jobs", "1"],
+            "nonsense",
+            marks=pytest.mark.slow,  # final opens the campaign: its pool starts (TensorFlow) before the search is read
+        ),
+    ],
+    ids=["promote an unknown run", "final of an unknown search"],
+)
+def test_refusals_in_a_campaign_store_come_without_the_experiments_notice(campaign_copy, args, message):
+    """promote and final choose the latest campaign's experiment and say so once their checks pass: a refused
+    input is its one line alone (the notice came first, a second line)."""
+    before = _digest(campaign_copy)
+    proc = cli(*args, env={"MLFLOW_TRACKING_URI": f"sqlite:///{campaign_copy}"}, cwd=campaign_copy.parent)
+    _one_line(proc, message)
+    assert _digest(campaign_copy) == before
