@@ -103,7 +103,9 @@ def _quiet_libraries() -> None:
 
 
 def _notify(message: str) -> None:
-    click.echo(message, err=True)
+    """A notice: one line, whatever it quotes (a lock holder's host or command is read from the store, where
+    another user may have written a newline or a terminal escape)."""
+    click.echo(_one_line(message), err=True)
 
 
 class _OptionalFloat(click.ParamType):

@@ -299,3 +299,13 @@ def test_refusals_in_a_campaign_store_come_without_the_experiments_notice(campai
     proc = cli(*args, env={"MLFLOW_TRACKING_URI": f"sqlite:///{campaign_copy}"}, cwd=campaign_copy.parent)
     _one_line(proc, message)
     assert _digest(campaign_copy) == before
+
+
+def test_a_notice_quoting_the_store_is_one_line(capsys):
+    """Notices quote what the store holds (a lock holder's host and command, which another user may write): a
+    newline or a terminal escape in it is written out, never a second, forged line."""
+    from mlflow_mnist.cli import _notify
+
+    _notify("waiting for the lock held by host1\nerror: forged \x1b[2J")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["waiting for the lock held by host1\\nerror: forged \\x1b[2J"]
