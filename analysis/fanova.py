@@ -44,13 +44,21 @@ def render_importance(info: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def get_interaction_info(trials: pd.DataFrame, importance: pd.DataFrame) -> pd.DataFrame:
-    """The two most important parameters of each given trial, and its mean CV accuracy."""
+    """The two most important parameters of each given trial, its mean CV accuracy at the trials' budget, and
+    which trial scored highest there (``is_best``: at a low rung, not the search's best, which the label says)."""
     if len(importance) < 2:
-        return pd.DataFrame(columns=["x", "y", "mean"])
+        return pd.DataFrame(columns=["x", "y", "mean", "is_best", "budget"])
     first, second = importance.sort_values("importance", ascending=False)["parameter"].iloc[:2]
-    return pd.DataFrame({"x": trials[first], "y": trials[second], "mean": trials["mean"]}).assign(
-        x_name=first, y_name=second
-    )
+    means = trials["mean"].reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "x": trials[first].to_numpy(),
+            "y": trials[second].to_numpy(),
+            "mean": means,
+            "is_best": means.index == means.idxmax() if means.notna().any() else False,
+            "budget": trials["budget"].to_numpy() if "budget" in trials else None,
+        }
+    ).assign(x_name=first, y_name=second)
 
 
 def render_interaction(info: pd.DataFrame, path: Path, title: str) -> Path:
@@ -62,8 +70,10 @@ def render_interaction(info: pd.DataFrame, path: Path, title: str) -> Path:
     xs = x.astype(float) if numeric_x else x.astype("category").cat.codes
     ys = y.astype(float) if numeric_y else y.astype("category").cat.codes
     points = ax.scatter(xs, ys, c=info["mean"], cmap="viridis", s=45, edgecolors="black", linewidths=0.3)
-    best = info["mean"].idxmax()
-    ax.scatter(xs[best], ys[best], marker="*", s=250, color="red", label="best trial")
+    best = info["is_best"].to_numpy()
+    budget = info["budget"].max()
+    label = "highest mean CV" + (f" at {budget:.0f} epochs" if pd.notna(budget) else "")
+    ax.scatter(xs[best], ys[best], marker="*", s=250, color="red", label=label)
     fig.colorbar(points, ax=ax, label="mean CV accuracy")
     if not numeric_x:
         ax.set_xticks(range(x.nunique()), list(x.astype("category").cat.categories))

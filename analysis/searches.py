@@ -51,7 +51,8 @@ def search_roots(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def search_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per search: its full-budget candidates as they finished, with the fold-epochs and minutes spent by then."""
+    """Per search: its full-budget candidates as they finished, with the fold-epochs and minutes spent by then
+    (a staged reference's, or an unhealthy candidate's, mean is NaN: not a configuration the search can choose)."""
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
@@ -73,14 +74,18 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         for _, candidate in candidates.sort_values("end_time").iterrows():
             done = spent[spent["end"] <= candidate["end_time"]]
             status = candidate.get(_tag(schema.STATUS), "ok")
+            tags = schema.CandidateTags.parse(schema.tags_of_row(candidate))
+            # A staged step's reference is a second training of a configuration already scored: the search never
+            # chooses it, so its score is compute spent, not a best found (else the luckier of two draws counts).
+            chosen_from = status == "ok" and tags.role != schema.REFERENCE
             rows.append(
                 {
                     **search,
                     "candidate": candidate.get(_tag(schema.CANDIDATE), ""),
                     # A joint search's trial number (None for a grid point): what names one draw across searches.
-                    "trial": schema.CandidateTags.parse(schema.tags_of_row(candidate)).trial,
+                    "trial": tags.trial,
                     "finished": candidate["end_time"],
-                    "mean": candidate.get("metrics.mean_heldout_accuracy") if status == "ok" else float("nan"),
+                    "mean": candidate.get("metrics.mean_heldout_accuracy") if chosen_from else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
                     "minutes": (candidate["end_time"] - start).total_seconds() / 60,
                 }

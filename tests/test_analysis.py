@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import comparisons, curves, importance, interaction, progression, sensitivity
+from analysis import anytime, comparisons, curves, importance, interaction, progression, sensitivity
 from analysis.report import VERDICT_COLUMNS, build_report
+from analysis.searches import search_table
 from analysis.stats import (
     EFFECT,
     EQUIVALENT,
@@ -343,3 +344,35 @@ def test_the_reported_kernel_size_case_comes_out_unstable_and_importance_agrees(
     written = pd.read_csv(report.csv_path)
     assert list(written.columns) == VERDICT_COLUMNS
     assert written.set_index("candidate").loc["kernel_size=(1, 1)", "verdict"] == "unstable"
+
+
+def test_the_anytime_best_never_counts_a_staged_reference(campaign):
+    """A staged step's reference is the carried-in configuration trained a second time: the search never chooses
+    it, so the anytime figure's best-so-far must not take the luckier of its two draws (it ranked references
+    the search never could, favouring staged searches in the strategies' comparison)."""
+    client, folds = campaign
+    table = search_table(read_runs(client, ["mnist"]))
+    references = table[table["candidate"] == "reference"]
+    assert len(references) == 4  # the four steps trained with a fresh reference
+    assert references["mean"].isna().all() and table["mean"].notna().sum() > 20
+    grid_best = folds[~folds["is_reference"]].groupby(["step", "candidate"])["accuracy"].mean().max()
+    assert anytime.get_anytime_info(table)["best_so_far"].max() == pytest.approx(grid_best)
+
+
+def test_the_interaction_figures_star_is_chosen_by_its_info_function(tmp_path):
+    """Which trial the star marks is data (``is_best``), not the renderer's own pick: the highest mean at the
+    trials' budget, whatever the table's index (the trial table's rows are not numbered from 0)."""
+    from analysis import fanova
+
+    trials = pd.DataFrame(
+        {
+            "learn_rate": [0.001, 0.01, 0.003],
+            "kernel_size": ["(3, 3)", "(5, 5)", "(3, 3)"],
+            "mean": [0.99, 0.97, 0.995],
+        },
+        index=[40, 41, 42],
+    ).assign(budget=6)
+    importance = pd.DataFrame({"parameter": ["learn_rate", "kernel_size"], "importance": [0.6, 0.4]})
+    info = fanova.get_interaction_info(trials, importance)
+    assert info["is_best"].tolist() == [False, False, True] and set(info["budget"]) == {6}
+    assert fanova.render_interaction(info, tmp_path / "i.png", "t").stat().st_size > 0
