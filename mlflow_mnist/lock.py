@@ -38,7 +38,6 @@ from typing import Any
 
 PREFIX = "mlflow-mnist-lock"
 TAG = "mlflow_mnist.lock."
-TOKEN_TAG = "mlflow_mnist.lock_token"  # on every run a holder creates: close_stale_runs spares the holder's own
 HELD, FREE, BROKEN = "held", "free", "broken"
 LEASE_ENV = "MLFLOW_MNIST_LEASE_SECONDS"
 DEFAULT_TTL = 60.0  # the lease without $MLFLOW_MNIST_LEASE_SECONDS (read by lease_seconds, never at import)

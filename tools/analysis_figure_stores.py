@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.report import build_report
-from mlflow_mnist import tracking
+from mlflow_mnist import schema, tracking
 from mlflow_mnist.strategies import StagedGrid
 from mlflow_mnist.tasks import get_task
 from mlflow_mnist.testing import fold_result, open_campaign, run, tiny_dataset
@@ -70,7 +70,7 @@ def make(uri: str, score, *, folds: int, epochs: int, lost: bool) -> None:
         client = tracking.connect(uri)
         runs = client.search_runs(
             [client.get_experiment_by_name("mnist").experiment_id],
-            "tags.`mlflow_mnist.level` = 'fold' and params.dropout_rate_2 = '0.1' and params.fold = '1'",
+            f"tags.`{schema.LEVEL}` = '{schema.FOLD_LEVEL}' and params.dropout_rate_2 = '0.1' and params.fold = '1'",
         )
         client.delete_run(runs[0].info.run_id)  # one fold that never finished
 
