@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -21,11 +22,18 @@ from mlflow_mnist import tracking
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.lock import CampaignLock
 from mlflow_mnist.params import HyperparameterError, Params, check_choice
-from mlflow_mnist.planning import FoldTask, SearchSettings, StoreState, check_folds, resolve_fixed_params
+from mlflow_mnist.planning import (
+    CandidateRecord,
+    FoldTask,
+    SearchSettings,
+    StoreState,
+    check_folds,
+    resolve_fixed_params,
+)
 from mlflow_mnist.precision import choose_precision
 from mlflow_mnist.progress import Progress
 from mlflow_mnist.redaction import redact
-from mlflow_mnist.results import FoldResult
+from mlflow_mnist.results import FoldResult, rank_key
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, LOCK_TOKEN, SETTINGS_KEY
 from mlflow_mnist.search import SearchOutcome, run_search
@@ -57,6 +65,14 @@ Hold = CampaignLock | NoLock
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _rank(candidate: CandidateRecord) -> tuple:
+    """The ranking rule (:func:`mlflow_mnist.results.rank_key`) for a candidate read from the store; its trial
+    number breaks exact ties, so the order never depends on the order the store returned the runs in."""
+    std = candidate.std if math.isfinite(candidate.std) else math.inf
+    row = {"status": candidate.status, "mean_test_score": candidate.score, "std_test_score": std}
+    return rank_key(row, candidate.tags.trial or 0)
 
 
 def data_source(task: Task, data: str) -> str:
@@ -351,7 +367,7 @@ class Campaign:
             and c.tags.trial is not None
             and (c.tags.rung is None or c.tags.rung.counts)
         ]
-        configs += [c.tags.sampled for c in sorted(trials, key=lambda c: -c.score)]
+        configs += [c.tags.sampled for c in sorted(trials, key=_rank)]
         return configs
 
     def final_params(self, state: StoreState) -> Params:

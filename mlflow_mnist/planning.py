@@ -96,13 +96,15 @@ class FoldRecord:
 class CandidateRecord:
     """A candidate run found in the store (Optuna rebuilds its study from these); ``finished`` False when cut
     short. ``score`` is its mean held-out accuracy when healthy, 0 otherwise; ``chance`` what guessing scored on
-    its folds (NaN in stores made before it was logged)."""
+    its folds (NaN in stores made before it was logged); ``std`` its held-out accuracies' standard deviation
+    (the ranking rule's tie-break)."""
 
     tags: CandidateTags
     score: float
     status: str
     finished: bool
     chance: float = math.nan
+    std: float = math.nan
 
 
 @dataclass

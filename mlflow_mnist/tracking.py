@@ -573,7 +573,8 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
             record = CandidateTags.parse(tags)
             finished = info.status == "FINISHED"
             chance = run.data.metrics.get("chance_accuracy", math.nan)
-            state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance))
+            std = run.data.metrics.get("std_heldout_accuracy", math.nan)
+            state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance, std))
             continue
         if info.status != "FINISHED":
             continue

@@ -575,3 +575,24 @@ def test_asha_never_promotes_a_trial_whose_rung_diverged(store):
         if trial_run.data.tags.get(schema.TRIAL) is not None:
             rungs.setdefault(trial_run.data.tags[schema.TRIAL], set()).add(int(trial_run.data.tags[schema.RUNG]))
     assert rungs["0"] == {1} and any(2 in r for r in rungs.values())
+
+
+def test_warm_starts_follow_the_ranking_rule_whatever_order_the_store_returns():
+    """Earlier searches' trials warm-start a search best first by the one ranking rule: higher mean, then lower
+    spread, then the trial's number, never the order the store happened to return the runs in (equal means are
+    common: fold accuracies move by whole images)."""
+    import random
+
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.planning import CandidateRecord, StoreState
+    from mlflow_mnist.schema import CandidateTags
+
+    def trial(number, mean, std):
+        tags = CandidateTags("space", f"trial {number}", number, f"h{number}", (), trial=number, sampled={"t": number})
+        return CandidateRecord(tags, mean, "ok", True, std=std)
+
+    records = [trial(3, 0.995, 0.002), trial(1, 0.995, 0.001), trial(2, 0.996, 0.004), trial(4, 0.995, 0.001)]
+    for seed in range(5):
+        random.Random(seed).shuffle(records)
+        configs = Campaign.warm_configs(None, StoreState(candidates=list(records)))
+        assert [c["t"] for c in configs] == [2, 1, 4, 3]
