@@ -89,8 +89,8 @@ class _Group(click.Group):
                 err=True,
             )
             sys.exit(2)
-        except _rejections() as error:
-            click.echo(str(error), err=True)
+        except _rejections() as error:  # the gate's verdict quotes the store (tags, a lock holder): one line
+            click.echo(_one_line(str(error)), err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: open runs were marked KILLED; run the same command again to resume", err=True)

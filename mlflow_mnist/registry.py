@@ -125,8 +125,10 @@ def final_task(final) -> TaskRef:
 
 
 def load_gate_data(final) -> GateData:
-    """The final's data, loaded by its task from where its run says, and checked against its digests."""
+    """The final's data, loaded by its task from where its run says, and checked against the digests the run
+    logged once (:func:`written_once_digests`): tags that point elsewhere cannot substitute other data."""
     tags, ref = final.data.tags, final_task(final)
+    written_once_digests(final)
     source = tags.get(DATA_SOURCE, "")
     classes = "all" if ref.variant == "all" else ",".join(ref.variant.split("v"))
     data = get_task(ref.name).load("" if source == "keras" else source, classes=classes)  # keras: its download
@@ -137,6 +139,33 @@ def load_gate_data(final) -> GateData:
             f"made on this data; {UNCHANGED}"
         )
     return GateData(data.x_train, data.x_test, data.y_test)
+
+
+def written_once_digests(final) -> None:
+    """The final's task, classes and data digests in its tags agree with what the run wrote once: its params
+    (``task``, ``classes``, ``data_digest``: MLflow refuses to change a param) and its one test dataset input
+    (inputs are only ever added). Tags can be set by anyone who can write the store; without this, two tags made
+    a model trained on test images pass the leak check, and a test set of the model's choosing its accuracy."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    tags, params, ref, final_id = final.data.tags, final.data.params, final_task(final), final.info.run_id
+    tested_on = {
+        entry.dataset.digest
+        for entry in (final.inputs.dataset_inputs if final.inputs else [])
+        if any(tag.key == MLFLOW_DATASET_CONTEXT and tag.value == "test" for tag in entry.tags)
+    }
+    if (params.get("task"), params.get("classes")) != (ref.name, ref.variant):
+        raise _tampered(
+            f"final run {final_id}'s tags say task {ref.name} on {ref.variant}, its params "
+            f"{params.get('task')} on {params.get('classes')}"
+        )
+    if params.get("data_digest") != tags.get(DIGEST):
+        raise _tampered(f"final run {final_id}'s training-data digest tag differs from its data_digest param")
+    if tested_on != {tags.get(TEST_DIGEST)}:
+        raise _tampered(
+            f"final run {final_id}'s test digest tag is not the digest of the one test dataset it logged "
+            f"({len(tested_on)} logged)"
+        )
 
 
 def predicted_labels(model_uri: str, examples: np.ndarray) -> np.ndarray:
@@ -244,6 +273,7 @@ def read_candidate(client, final) -> Candidate:
             f"model {model_id} was logged by run {model.source_run_id}, not by the median seed run {seed_id} of "
             f"final run {final_id}"
         )
+    _made_while_open(model, final)
     accuracy = seeds[seed_id]
     lower_middle = sorted(seeds.values())[(len(seeds) - 1) // 2]
     median = logged_while_open(client, final_id, MEDIAN_ACCURACY, end)
@@ -274,8 +304,19 @@ def read_ensemble(client, final) -> Candidate:
         raise _tampered(f"model {model_id} is not in this store") from None
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
+    _made_while_open(model, final)
     accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
     return Candidate(final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND)
+
+
+def _made_while_open(model, final) -> None:
+    """The model was created before the final ended: its source run can be named by anyone creating a model
+    (``create_logged_model(source_run_id=...)``), its creation time is the store's own clock."""
+    end = final.info.end_time
+    if end is None or model.creation_timestamp is None or model.creation_timestamp > end:
+        raise _tampered(
+            f"model {model.model_id} was created after final run {final.info.run_id} ended, not by the final"
+        )
 
 
 def _seed_accuracies(client, final) -> dict[str, float]:

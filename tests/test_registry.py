@@ -42,7 +42,7 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
-from mlflow_mnist.schema import MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import DATA_SOURCE, DIGEST, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 
 NAME = "mnist-2v7-convnet"
 
@@ -406,6 +406,36 @@ def test_a_median_that_points_elsewhere_is_refused(fresh):
     client.set_tag(finals.poor, MEDIAN_MODEL, best_model.model_id)
     with pytest.raises(PromotionRejected, match="the lower middle of its 3 seeds is"):
         fresh.promote(finals.poor, min_accuracy=0.3)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
+def test_data_tags_that_disagree_with_what_the_final_wrote_once_are_refused(fresh):
+    """The leaky final's data tags pointed at clean data (its source and training digest), or the good final's
+    test digest at another test set: the params and the test dataset input, written once, say otherwise. Before,
+    two tags let a model trained on test images through the leak check."""
+    client, finals = fresh.client, fresh.finals
+    clean = client.get_run(finals.good).data.tags
+    client.set_tag(finals.leaky, DATA_SOURCE, clean[DATA_SOURCE])
+    client.set_tag(finals.leaky, DIGEST, clean[DIGEST])
+    with pytest.raises(PromotionRejected, match="training-data digest tag differs from its data_digest param"):
+        fresh.promote(finals.leaky, min_accuracy=0.5, force=True)
+    client.set_tag(finals.good, TEST_DIGEST, "0123456789abcdef")
+    with pytest.raises(PromotionRejected, match="test digest tag is not the digest of the one test dataset"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
+def test_a_model_made_after_the_final_ended_is_refused(fresh):
+    """Anyone can create a LoggedModel naming a seed run as its source; the store's own clock says it came after
+    the final, so it is not the model the final measured."""
+    client, finals = fresh.client, fresh.finals
+    seed = client.get_run(finals.good).data.tags[MEDIAN_RUN]
+    late = client.create_logged_model(experiment_id=fresh.experiment_id, source_run_id=seed, name="late")
+    client.set_tag(finals.good, MEDIAN_MODEL, late.model_id)
+    with pytest.raises(PromotionRejected, match="was created after final run .* ended"):
+        fresh.promote(finals.good, min_accuracy=0.5)
     assert _registered(client) == []
 
 
