@@ -297,7 +297,7 @@ def read_ensemble(client, final) -> Candidate:
             f"not promoted: final run {final_id} has no seed ensemble (it needs --repeats 2 or more, every seed "
             f"with a model): promote its median seed instead; {UNCHANGED}"
         )
-    _seed_accuracies(client, final)  # its seeds are the ones it trained, none added later
+    seeds = _seed_accuracies(client, final)  # its seeds are the ones it trained, none added later
     try:
         model = client.get_logged_model(model_id)
     except MlflowException:
@@ -305,8 +305,57 @@ def read_ensemble(client, final) -> Candidate:
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
     _made_while_open(model, final)
+    _check_ensemble_files(client, model, final, list(seeds))
     accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
     return Candidate(final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND)
+
+
+KERAS_FILE = "data/model.keras"  # a seed's weights, in its own model folder and under the ensemble's
+
+
+def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None:
+    """The ensemble's folder is what ``final`` made, checked before ``promote`` loads it (loading runs its code):
+    MLflow's "models from code" loader on exactly this package's ``ensemble_model.py``, with no other code on the
+    path, and as members the Keras files of the final's own seed models, no other. Code edited in the artifact
+    store could otherwise answer the test set right and every other input wrong, and run inside ``promote``."""
+    import hashlib
+
+    import yaml
+
+    from mlflow_mnist.ensemble import MODEL_CODE, SEED_PREFIX
+
+    files = tracking.logged_model_files(client, model.model_id)
+    try:
+        flavor = yaml.safe_load(files.get("MLmodel", b"")).get("flavors", {}).get("python_function", {})
+    except (yaml.YAMLError, AttributeError):
+        flavor = {}
+    code = os.path.basename(str(flavor.get("model_code_path") or ""))
+    if (
+        flavor.get("loader_module") != "mlflow.pyfunc.loaders.code_model"
+        or flavor.get("code")
+        or code != MODEL_CODE.name
+        or files.get(code) != MODEL_CODE.read_bytes()
+    ):
+        raise _tampered(f"the ensemble model {model.model_id} does not load this version's {MODEL_CODE.name}")
+    members = sorted(
+        hashlib.sha256(content).hexdigest()
+        for name, content in files.items()
+        if name.startswith(f"artifacts/{SEED_PREFIX}") and name.endswith(f"/{KERAS_FILE}")
+    )
+    seeds = []
+    for run_id in seed_run_ids:
+        for seed_model in client.search_logged_models(
+            experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
+        ):
+            if seed_model.creation_timestamp is not None and seed_model.creation_timestamp <= final.info.end_time:
+                keras = tracking.logged_model_files(client, seed_model.model_id).get(KERAS_FILE)
+                if keras is not None:
+                    seeds.append(hashlib.sha256(keras).hexdigest())
+    if not members or members != sorted(seeds):
+        raise _tampered(
+            f"the ensemble model {model.model_id}'s {len(members)} members are not the {len(seeds)} models of final "
+            f"run {final.info.run_id}'s seeds"
+        )
 
 
 def _made_while_open(model, final) -> None:

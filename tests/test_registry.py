@@ -42,7 +42,7 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 
 NAME = "mnist-2v7-convnet"
 
@@ -437,6 +437,32 @@ def test_a_model_made_after_the_final_ended_is_refused(fresh):
     with pytest.raises(PromotionRejected, match="was created after final run .* ended"):
         fresh.promote(finals.good, min_accuracy=0.5)
     assert _registered(client) == []
+
+
+@pytest.mark.slow
+def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_code_runs(fresh):
+    """The ensemble is a pyfunc whose code is an artifact: promote would run it to measure it. Code edited in the
+    artifact store (here: to stop the process), or a member model swapped for another final's, is refused before
+    anything is loaded; the honest ensemble then passes."""
+    client, finals = fresh.client, fresh.finals
+    model_id = client.get_run(finals.poor).data.tags[ENSEMBLE_MODEL]
+    location = client.get_logged_model(model_id).artifact_location
+    folder = Path(urlparse(location).path if location.startswith("file:") else location)
+    code, member = folder / "ensemble_model.py", next(folder.glob("artifacts/seed_*/data/model.keras"))
+    honest_code, honest_member = code.read_bytes(), member.read_bytes()
+    try:
+        code.write_bytes(honest_code + b"\nraise SystemExit('the artifact code ran inside promote')\n")
+        with pytest.raises(PromotionRejected, match="does not load this version's ensemble_model.py"):
+            fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)
+        code.write_bytes(honest_code)
+        member.write_bytes(next(fresh.model_folder(finals.good).rglob("*.keras")).read_bytes())
+        with pytest.raises(PromotionRejected, match="members are not the 3 models of final run"):
+            fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)
+    finally:
+        code.write_bytes(honest_code)
+        member.write_bytes(honest_member)
+    assert _registered(client) == []
+    assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
 
 
 @pytest.mark.slow
