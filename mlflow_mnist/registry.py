@@ -43,6 +43,8 @@ from mlflow_mnist.gate import (
 from mlflow_mnist.schema import (
     CHAMPION,
     DATA_SOURCE,
+    DECIDED_BY_FORCE,
+    DECIDED_BY_GATE,
     DIGEST,
     ENSEMBLE_KIND,
     ENSEMBLE_MODEL,
@@ -54,8 +56,8 @@ from mlflow_mnist.schema import (
     MEDIAN_RUN,
     PARENT,
     TEST_DIGEST,
+    VERSION_DECIDED_BY,
     VERSION_FINAL_RUN,
-    VERSION_FORCED,
     VERSION_MCNEMAR_CANDIDATE_ONLY,
     VERSION_MCNEMAR_CHAMPION_ONLY,
     VERSION_MCNEMAR_P,
@@ -81,7 +83,7 @@ SPREAD = ("mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_t
 VERSION_TAGS = (
     VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK,
     VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
-    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, "params", VERSION_PREVIOUS_CHAMPION, VERSION_FORCED,
+    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, "params", VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
     VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P,
 )  # fmt: skip
 UNCHANGED = f"@{CHAMPION} unchanged"
@@ -513,7 +515,7 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_FINAL_RUN: candidate.run_id,
         "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
         VERSION_PREVIOUS_CHAMPION: previous,
-        VERSION_FORCED: str(decision.forced).lower(),
+        VERSION_DECIDED_BY: DECIDED_BY_FORCE if decision.forced else DECIDED_BY_GATE,
         VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",
         VERSION_MCNEMAR_CHAMPION_ONLY: str(paired.champion_only) if paired else "",
         VERSION_MCNEMAR_P: repr(paired.p_value) if paired else "",

@@ -319,7 +319,7 @@ def test_promote_verifies_then_compares_paired(fresh):
     assert paired.candidate_right - paired.champion_right == paired.candidate_only - paired.champion_only > 0
     version = fresh.champion()
     assert str(version.version) == str(better["version"]) and complete(version)
-    assert version.tags["previous_champion"] == str(first["version"]) and version.tags["forced"] == "false"
+    assert version.tags["previous_champion"] == str(first["version"]) and version.tags["decided_by"] == "gate"
     assert int(version.tags["test_errors"]) == 200 - paired.candidate_right
     assert int(version.tags["mcnemar_candidate_only"]) == paired.candidate_only
     # The same model again: no image differs, p = 1: within noise, kept unless forced.
@@ -327,7 +327,7 @@ def test_promote_verifies_then_compares_paired(fresh):
         fresh.promote(fresh.finals.good, min_accuracy=0.5)
     assert fresh.champion().version == version.version
     forced = fresh.promote(fresh.finals.good, min_accuracy=0.5, force=True)
-    assert fresh.champion().tags["forced"] == "true" and str(fresh.champion().version) == str(forced["version"])
+    assert fresh.champion().tags["decided_by"] == "--force" and str(fresh.champion().version) == str(forced["version"])
     # A worse model is refused beyond noise, even at a low bar.
     with pytest.raises(PromotionRejected, match="worse beyond the test set's noise"):
         fresh.promote(fresh.finals.poor, min_accuracy=0.3)
