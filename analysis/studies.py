@@ -9,7 +9,6 @@ storage (``mlflow-mnist export-study``), optuna-dashboard and ``optuna.load_stud
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
@@ -95,6 +94,7 @@ def check_storage(storage: str) -> None:
     import sqlite3
 
     from mlflow_mnist.redaction import redact
+    from mlflow_mnist.sqlite_tables import read_only_tables
 
     path = _sqlite_file(storage)
     if path is None or not path.exists():
@@ -108,8 +108,7 @@ def check_storage(storage: str) -> None:
     if not path.is_file():
         raise ValueError(f"--storage {redact(storage)!r} names {path}, which is not a file: give a SQLite file")
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as database:
-            tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = read_only_tables(path)
     except sqlite3.Error as error:
         reason = redact((str(error).strip().splitlines() or [type(error).__name__])[0])[:160]
         raise ValueError(

@@ -322,19 +322,15 @@ def _check_mlflow_store(path: Path) -> None:
     could refuse it. Read through a read-only connection, so the check itself writes nothing."""
     import sqlite3
 
+    from mlflow_mnist.sqlite_tables import read_only_tables
+
     fix = "point MLFLOW_TRACKING_URI at the campaign's mlflow.db"
     try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return  # it cannot be opened at all (permissions): MLflow's own answer says why
-    try:
-        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = read_only_tables(path, timeout=10)
     except sqlite3.OperationalError:
-        return  # locked by a writer, or a journal to roll back: MLflow waits for it, or says what is wrong
+        return  # it cannot be opened (permissions), or a writer holds it: MLflow waits for it, or says what is wrong
     except sqlite3.DatabaseError as error:  # "file is not a database"
         raise TrackingError(f"the tracking store {path} is not a SQLite database ({error}): {fix}") from None
-    finally:
-        connection.close()
     if MLFLOW_STORE_TABLES <= tables:
         return
     if not tables:
