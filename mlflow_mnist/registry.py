@@ -128,9 +128,9 @@ def final_task(final) -> TaskRef:
 
 def load_gate_data(final) -> GateData:
     """The final's data, loaded by its task from where its run says, and checked against the digests the run
-    logged once (:func:`written_once_digests`): tags that point elsewhere cannot substitute other data."""
+    logged once (:func:`check_written_once`): tags that point elsewhere cannot substitute other data."""
     tags, ref = final.data.tags, final_task(final)
-    written_once_digests(final)
+    check_written_once(final)
     source = tags.get(DATA_SOURCE, "")
     classes = "all" if ref.variant == "all" else ",".join(ref.variant.split("v"))
     data = get_task(ref.name).load("" if source == "keras" else source, classes=classes)  # keras: its download
@@ -143,7 +143,7 @@ def load_gate_data(final) -> GateData:
     return GateData(data.x_train, data.x_test, data.y_test)
 
 
-def written_once_digests(final) -> None:
+def check_written_once(final) -> None:
     """The final's task, classes and data digests in its tags agree with what the run wrote once: its params
     (``task``, ``classes``, ``data_digest``: MLflow refuses to change a param) and its one test dataset input
     (inputs are only ever added). Tags can be set by anyone who can write the store; without this, two tags made
@@ -349,7 +349,7 @@ def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None
         for seed_model in client.search_logged_models(
             experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
         ):
-            if seed_model.creation_timestamp is not None and seed_model.creation_timestamp <= final.info.end_time:
+            if _created_while_open(seed_model, final):
                 keras = tracking.logged_model_files(client, seed_model.model_id).get(KERAS_FILE)
                 if keras is not None:
                     seeds.append(hashlib.sha256(keras).hexdigest())
@@ -360,11 +360,15 @@ def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None
         )
 
 
+def _created_while_open(model, final) -> bool:
+    """Whether the model was created before the final ended: its source run can be named by anyone creating a
+    model (``create_logged_model(source_run_id=...)``), its creation time is the store's own clock."""
+    end, created = final.info.end_time, model.creation_timestamp
+    return end is not None and created is not None and created <= end
+
+
 def _made_while_open(model, final) -> None:
-    """The model was created before the final ended: its source run can be named by anyone creating a model
-    (``create_logged_model(source_run_id=...)``), its creation time is the store's own clock."""
-    end = final.info.end_time
-    if end is None or model.creation_timestamp is None or model.creation_timestamp > end:
+    if not _created_while_open(model, final):
         raise _tampered(
             f"model {model.model_id} was created after final run {final.info.run_id} ended, not by the final"
         )
