@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow_mnist import tracking
@@ -40,7 +39,7 @@ from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
 from mlflow_mnist.tasks import DEFAULT_TASK, DataError, get_task
-from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task
+from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task, expand_user
 from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
 
 # numpy's and scikit-learn's seeds are 32-bit unsigned; a final's seeds count on from the campaign's (seed + k).
@@ -82,14 +81,7 @@ def data_source(task: Task, data: str) -> str:
     chosen = data or (os.environ.get(task.data_env, "") if task.data_env else "")
     if not chosen or chosen in task.named_sources:
         return chosen
-    try:
-        path = Path(chosen).expanduser()
-    except RuntimeError:  # ~user of a user this machine does not know (or no home directory at all)
-        where = "" if data else f" (from ${task.data_env}: fix or unset it)"
-        raise DataError(
-            f"data path {chosen!r}: cannot expand {chosen.split('/')[0]!r}, no such user's home directory here: "
-            f"give the full path{where}"
-        ) from None
+    path = expand_user(chosen, where="" if data else f" (from ${task.data_env}: fix or unset it)")
     return str(path.resolve()) if path.exists() else chosen
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,18 @@ FIT_PARAMS = ("epochs", "batch_size")
 
 class DataError(ValueError):
     """The data cannot be used; the message names the file or value and the fix."""
+
+
+def expand_user(path: str, *, where: str = "") -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded, or a :class:`DataError` naming a user this machine does
+    not know (``where``: where the value came from, said after the fix)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # "Could not determine home directory."
+        raise DataError(
+            f"data path {path!r}: cannot expand {path.split('/')[0]!r}, no such user's home directory here: "
+            f"give the full path{where}"
+        ) from None
 
 
 def check_precision(precision: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_mnist.tasks.base import DataError, Dataset, array_digest, select_classes, variant_name
+from mlflow_mnist.tasks.base import DataError, Dataset, array_digest, expand_user, select_classes, variant_name
 
 DATA_ENV_VAR = "MLFLOW_MNIST_DATA"
 SAMPLE_PATH = Path(__file__).parent / "sample" / "mnist_sample.npz"
@@ -61,13 +61,7 @@ def load_mnist(source: str | os.PathLike | None = None) -> Mnist:
         return _load_keras_default()
     if source == "sample":
         return _load_npz(SAMPLE_PATH, label="sample")
-    try:
-        path = Path(source).expanduser()
-    except RuntimeError:  # ~user of a user this machine does not know
-        raise DataError(
-            f"data path {source!r}: cannot expand {source.split('/')[0]!r}, no such user's home directory here: "
-            f"give the full path"
-        ) from None
+    path = expand_user(source)
     if path.is_dir():
         return _load_idx_dir(path)
     if path.is_file():
