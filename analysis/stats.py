@@ -129,7 +129,7 @@ def corrected_se(differences: np.ndarray, n_folds: int) -> float:
 
 def _t_cdf(value: float, df: int) -> float:
     if math.isnan(value):
-        return 0.5  # 0/0: a difference exactly on the ROPE's edge with no variance decides nothing
+        return 0.5  # a difference that is not a number (a NaN score) decides nothing
     return float(special.stdtr(df, value)) if df > 0 else 0.5  # scipy.stats.t.cdf, without its overhead
 
 
@@ -152,8 +152,7 @@ def compare(candidate: np.ndarray, reference: np.ndarray, *, n_folds: int, rope:
     differences = np.asarray(candidate, float) - np.asarray(reference, float)
     se = corrected_se(differences, n_folds) if has_spread(differences) else math.inf
     mean, df = float(differences.mean()), len(differences) - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        above, below = np.float64(mean - rope) / se, np.float64(mean + rope) / se
+    above, below = (mean - rope) / se, (mean + rope) / se  # se > 0: finite with a spread, else infinite
     p_better = 1.0 - _t_cdf(above, df)
     p_worse = _t_cdf(below, df)
     p_equivalent = max(1.0 - _t_cdf(below, df), _t_cdf(above, df))
