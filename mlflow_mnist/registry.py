@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist import tracking
-from mlflow_mnist.final_run import MEDIAN_ACCURACY
-from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY
 from mlflow_mnist.gate import (
     ALPHA,
     Champion,
@@ -46,15 +44,20 @@ from mlflow_mnist.schema import (
     DECIDED_BY_FORCE,
     DECIDED_BY_GATE,
     DIGEST,
+    ENSEMBLE_ACCURACY,
     ENSEMBLE_KIND,
     ENSEMBLE_MODEL,
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
     LEVEL,
+    MEDIAN_ACCURACY,
     MEDIAN_KIND,
     MEDIAN_MODEL,
     MEDIAN_RUN,
     PARENT,
+    REPEATS,
+    SEED_ACCURACY,
+    SPREAD,
     TEST_DIGEST,
     VERSION_DECIDED_BY,
     VERSION_FINAL_RUN,
@@ -77,8 +80,6 @@ from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 
 __all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "promote"]
 
-SEED_ACCURACY = "test_accuracy"  # the metric each seed run logs (final_tree)
-SPREAD = ("mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy")
 #: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
     VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK,
@@ -378,7 +379,7 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
     (params are write-once: a seed run added later shows up as one too many)."""
     final_id, end = final.info.run_id, final.info.end_time
-    repeats = int(final.data.params.get("repeats", "1") or 1)
+    repeats = int(final.data.params.get(REPEATS, "1") or 1)
     if repeats == 1:
         seed_ids = [final_id]
     else:
@@ -508,7 +509,7 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_ACCURACY: repr(candidate.accuracy),
         VERSION_TEST_ERRORS: str(logged_errors(candidate.accuracy, n_test)),
         **{key: repr(metrics.get(key)) for key in SPREAD},
-        "repeats": params.get("repeats", "1"),
+        "repeats": params.get(REPEATS, "1"),
         "data_digest": final.data.tags.get(DIGEST, ""),
         **candidate.task.version_tags(),
         VERSION_MODEL_KIND: candidate.kind,

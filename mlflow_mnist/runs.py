@@ -19,7 +19,7 @@ from typing import Any
 
 from mlflow_mnist.params import format_value
 from mlflow_mnist.redaction import redact
-from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, LEVEL, NOTE, PARENT
+from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, EFFECTIVE_PREFIX, LEVEL, NOTE, PARENT
 from mlflow_mnist.tracking import TrackingError
 
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
@@ -146,7 +146,7 @@ class RunWriter:
             return dict(values)
         logged = self.client.get_run(run_id).data.params
         return {
-            (key if key not in logged else f"effective_{key}"): value
+            (key if key not in logged else f"{EFFECTIVE_PREFIX}{key}"): value
             for key, value in values.items()
             if logged.get(key) != format_value(value)
         }

@@ -18,15 +18,20 @@ from mlflow_mnist.redaction import redact
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
+    CHANCE_ACCURACY,
     DIGEST,
     FINAL_LEVEL,
+    FIT_SECONDS,
     FOLD_KEY,
     FOLD_LEVEL,
+    HELDOUT_ACCURACY,
     LEVEL,
     LOCK_TOKEN,
+    MEAN_HELDOUT_ACCURACY,
     PARENT,
     SETTINGS_KEY,
     STATUS,
+    STD_HELDOUT_ACCURACY,
     STEP_LEVEL,
     CandidateTags,
     GroupResult,
@@ -565,11 +570,11 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
         level = tags.get(LEVEL)
         if level == CANDIDATE_LEVEL:
             ok = tags.get(STATUS, "ok") == "ok"
-            score = run.data.metrics.get("mean_heldout_accuracy", math.nan) if ok else 0.0
+            score = run.data.metrics.get(MEAN_HELDOUT_ACCURACY, math.nan) if ok else 0.0
             record = CandidateTags.parse(tags)
             finished = info.status == "FINISHED"
-            chance = run.data.metrics.get("chance_accuracy", math.nan)
-            std = run.data.metrics.get("std_heldout_accuracy", math.nan)
+            chance = run.data.metrics.get(CHANCE_ACCURACY, math.nan)
+            std = run.data.metrics.get(STD_HELDOUT_ACCURACY, math.nan)
             state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance, std))
             continue
         if info.status != "FINISHED":
@@ -587,13 +592,13 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
             parent = tags.get(PARENT, "")
             state.folds[tags[FOLD_KEY]] = FoldRecord(
                 tags[FOLD_KEY],
-                run.data.metrics.get("heldout_accuracy", math.nan),
-                run.data.metrics.get("fit_seconds", math.nan),
+                run.data.metrics.get(HELDOUT_ACCURACY, math.nan),
+                run.data.metrics.get(FIT_SECONDS, math.nan),
                 tags[STATUS],
                 info.run_id,
                 parent,
                 status.get(parent) == "FINISHED",
-                run.data.metrics.get("chance_accuracy", 0.5),
+                run.data.metrics.get(CHANCE_ACCURACY, 0.5),
             )
     return state
 

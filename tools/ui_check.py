@@ -151,7 +151,7 @@ def read_store(store: str, experiment_id: str) -> dict[str, StoreRun]:
             name=run.info.run_name,
             parent=tags.get(schema.PARENT, ""),
             level=tags.get(schema.LEVEL, ""),
-            fit_seconds=run.data.metrics.get("fit_seconds", float("nan")),
+            fit_seconds=run.data.metrics.get(schema.FIT_SECONDS, float("nan")),
             params=dict(run.data.params),
         )
     return runs
@@ -204,6 +204,8 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
+    from mlflow_mnist import schema
+
     store = f"sqlite:///{folder}/mlflow.db"
     found = MlflowClient(store).get_experiment_by_name(experiment)
     if found is None:
@@ -227,7 +229,7 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
             page.screenshot(path=str(out / "runs_table.png"), full_page=True)
             rows = read_table(page)
             for run_id, search in searches.items():
-                shown[run_id] = shown_params(page, f"{base}/runs/{run_id}", "task")
+                shown[run_id] = shown_params(page, f"{base}/runs/{run_id}", schema.TASK_PARAM)
                 page.screenshot(path=str(out / f"search-{re.sub(r'[^A-Za-z0-9_.-]+', '_', search.name)}.png"))
             browser.close()
     finally:
@@ -236,7 +238,7 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
     problems = tree_problems(rows, runs, searches, min_fold_seconds)
     report(rows, runs)
     for run_id, search in searches.items():
-        named = shown[run_id].get("effective_task", shown[run_id].get("task"))
+        named = shown[run_id].get(schema.EFFECTIVE_PREFIX + schema.TASK_PARAM, shown[run_id].get(schema.TASK_PARAM))
         print(f"search run {search.name}: its page shows param task = {named}")
         if named != task_name:
             problems.append(f"search run {search.name} shows param task={named!r} in the UI, not {task_name!r}")
