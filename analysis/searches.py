@@ -65,7 +65,8 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
         level = below[_tag(schema.LEVEL)]
-        folds = below[(level == "fold") & below["status"].isin(["FINISHED", "FAILED"])].sort_values("end_time")
+        finished = below["status"].isin(["FINISHED", "FAILED"])
+        folds = below[(level == schema.FOLD_LEVEL) & finished].sort_values("end_time")
         candidates = below[(level == schema.CANDIDATE_LEVEL) & (below["status"] == "FINISHED")]
         deciding = [schema.counts(schema.tags_of_row(row)) for _, row in candidates.iterrows()]
         candidates = (
@@ -76,7 +77,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
         search = {
             "search_run_id": root["run_id"],
-            "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+            "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
             "strategy": root.get(_tag(schema.STRATEGY)) or "staged",
         }
         for _, candidate in candidates.sort_values("end_time").iterrows():
@@ -130,7 +131,7 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     "search_run_id": root["run_id"],
-                    "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+                    "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
                     "trial": record.trial,
                     "mean": trial[_metric(schema.MEAN_HELDOUT_ACCURACY)],
                     "budget": record.rung.budget if record.rung else int(trial.get(_param(schema.EPOCHS)) or 0),

@@ -114,7 +114,7 @@ def _latest_step_runs(
         steps = steps[(steps["run_id"] == stage_run_id) | (steps[_tag(schema.PARENT)] == stage_run_id)]
     latest: dict[str, pd.Series] = {}
     for _, run in steps.sort_values("end_time").iterrows():
-        latest[schema.step_name(schema.tags_of_row(run)) or run.get("tags.mlflow.runName")] = run
+        latest[schema.step_name(schema.tags_of_row(run)) or run.get(_tag(schema.RUN_NAME))] = run
     # The order the campaign ran its steps in (each step's latest run): no task's step list is needed.
     return sorted(latest.values(), key=lambda r: r["start_time"])
 
@@ -144,7 +144,7 @@ def fold_table(
     rows = []
     for order, step_run in enumerate(_latest_step_runs(runs, data_digest, settings_key, stage_run_id)):
         group_tags = schema.GroupTags.parse(schema.tags_of_row(step_run))
-        step = group_tags.step or step_run.get("tags.mlflow.runName")
+        step = group_tags.step or step_run.get(_tag(schema.RUN_NAME))
         varied = list(group_tags.varied) or [step]
         incumbent = _incumbent(step_run, varied)
         candidates = children.get(step_run["run_id"], runs.iloc[:0])
@@ -166,7 +166,7 @@ def fold_table(
             is_incumbent = record.role != schema.REFERENCE and value == incumbent
             is_reference = record.role == schema.REFERENCE if fresh else is_incumbent
             for fold_run, reused in folds:
-                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != "fold":
+                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != schema.FOLD_LEVEL:
                     continue
                 status = _get(fold_run, _tag(schema.STATUS), "ok")
                 n_folds = int(_get(fold_run, _param(schema.N_FOLDS), 3))

@@ -59,13 +59,16 @@ from mlflow_mnist.schema import (
     SEED_ACCURACY,
     SPREAD,
     TEST_DIGEST,
+    VERSION_DATA_DIGEST,
     VERSION_DECIDED_BY,
     VERSION_FINAL_RUN,
     VERSION_MCNEMAR_CANDIDATE_ONLY,
     VERSION_MCNEMAR_CHAMPION_ONLY,
     VERSION_MCNEMAR_P,
     VERSION_MODEL_KIND,
+    VERSION_PARAMS,
     VERSION_PREVIOUS_CHAMPION,
+    VERSION_REPEATS,
     VERSION_SOURCE_RUN,
     VERSION_TASK,
     VERSION_TASK_VARIANT,
@@ -82,9 +85,9 @@ __all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set
 
 #: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
-    VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK,
+    VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_TASK,
     VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
-    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, "params", VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
+    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, VERSION_PARAMS, VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
     VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P,
 )  # fmt: skip
 UNCHANGED = f"@{CHAMPION} unchanged"
@@ -509,8 +512,8 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_ACCURACY: repr(candidate.accuracy),
         VERSION_TEST_ERRORS: str(logged_errors(candidate.accuracy, n_test)),
         **{key: repr(metrics.get(key)) for key in SPREAD},
-        "repeats": params.get(REPEATS, "1"),
-        "data_digest": final.data.tags.get(DIGEST, ""),
+        VERSION_REPEATS: params.get(REPEATS, "1"),
+        VERSION_DATA_DIGEST: final.data.tags.get(DIGEST, ""),
         **candidate.task.version_tags(),
         VERSION_MODEL_KIND: candidate.kind,
         VERSION_TEST_DIGEST: candidate.test_digest,
@@ -518,7 +521,7 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_SET_USES: str(uses),
         VERSION_SOURCE_RUN: candidate.seed_run_id,
         VERSION_FINAL_RUN: candidate.run_id,
-        "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
+        VERSION_PARAMS: json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
         VERSION_PREVIOUS_CHAMPION: previous,
         VERSION_DECIDED_BY: DECIDED_BY_FORCE if decision.forced else DECIDED_BY_GATE,
         VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",

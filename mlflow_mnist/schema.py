@@ -29,6 +29,9 @@ PREFIX = "mlflow_mnist."
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
+DATASET_CONTEXT = "mlflow.data.context"  # a logged dataset input's role: "train" or "test"
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _tag(name: str) -> str:
@@ -51,6 +54,7 @@ STEP = _tag("step")
 STATUS = _tag("status")
 BEST_CHILD = _tag("best_child_run_id")
 LOCK_TOKEN = _tag("lock_token")  # the campaign lock holder that wrote the run
+LOCK_PREFIX = _tag("lock.")  # the campaign lock's own tags, on its registered models (lock.py): lock.state, ...
 
 # -- search and group runs -----------------------------------------------------------------------------------
 STRATEGY = _tag("strategy")
@@ -99,6 +103,8 @@ VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY = "previous_champion", "decided_by
 DECIDED_BY_GATE, DECIDED_BY_FORCE = "gate", "--force"  # versions before this one carried forced="true"/"false"
 VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY = "mcnemar_candidate_only", "mcnemar_champion_only"
 VERSION_MCNEMAR_P = "mcnemar_p"
+# The final's repeats param, its training data's digest, and its params as JSON (less task and data_digest).
+VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_PARAMS = "repeats", "data_digest", "params"
 #: What a version serves: the final's median seed, or its seeds' ensemble.
 MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
 

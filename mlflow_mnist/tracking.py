@@ -20,6 +20,7 @@ from mlflow_mnist.schema import (
     CANDIDATE_LEVEL,
     CHANCE_ACCURACY,
     DIGEST,
+    EXPERIMENT_KIND,
     FINAL_LEVEL,
     FIT_SECONDS,
     FOLD_KEY,
@@ -28,6 +29,7 @@ from mlflow_mnist.schema import (
     LEVEL,
     LOCK_TOKEN,
     MEAN_HELDOUT_ACCURACY,
+    MODEL_TRAINING,
     PARENT,
     SETTINGS_KEY,
     STATUS,
@@ -396,10 +398,6 @@ def _silenced(name: str) -> Iterator[None]:
         yield
     finally:
         logger.disabled = disabled
-
-
-# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 @dataclass(frozen=True)

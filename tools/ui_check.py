@@ -212,7 +212,7 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
         return [f"the store {store} has no experiment {experiment!r}"]
     experiment_id = found.experiment_id
     runs = read_store(store, experiment_id)
-    searches = {i: r for i, r in runs.items() if not r.parent and r.level in ("stage", "step")}
+    searches = {i: r for i, r in runs.items() if not r.parent and r.level in (schema.STAGE_LEVEL, schema.STEP_LEVEL)}
     server, port = start_ui(store)
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
     shown: dict[str, dict[str, str]] = {}
@@ -249,12 +249,14 @@ def tree_problems(
     rows: list[Row], runs: dict[str, StoreRun], searches: dict[str, StoreRun], min_fold_seconds: float
 ) -> list[str]:
     """The UI's tree against the store's: search > candidate > fold, each row under its store parent, all shown."""
+    from mlflow_mnist import schema
+
     problems = []
     by_id = {row.run_id: row for row in rows}
     if not searches:
         return ["the store holds no finished search run"]
-    candidates = {i: r for i, r in runs.items() if r.level == "candidate" and r.parent in searches}
-    folds = {i: r for i, r in runs.items() if r.level == "fold" and r.parent in candidates}
+    candidates = {i: r for i, r in runs.items() if r.level == schema.CANDIDATE_LEVEL and r.parent in searches}
+    folds = {i: r for i, r in runs.items() if r.level == schema.FOLD_LEVEL and r.parent in candidates}
     for kind, expected in (("search", searches), ("candidate", candidates), ("fold", folds)):
         missing = [r.name for i, r in expected.items() if i not in by_id]
         if missing:
