@@ -130,7 +130,11 @@ def measure(stores: dict[str, str], dataset, *, min_epochs: int) -> dict:
             for fold in fold_models(uri, min_epochs):
                 split = (fold["split_seed"], fold["n_folds"], fold["fold"], fold["repeat"])
                 train, held_out = fold_indices(
-                    y_train, fold["n_folds"], fold["split_seed"], fold["fold"], fold["repeat"]
+                    y_train,
+                    n_folds=fold["n_folds"],
+                    split_seed=fold["split_seed"],
+                    fold=fold["fold"],
+                    repeat=fold["repeat"],
                 )
                 if split not in distances:
                     distances[split] = nearest_distances(x_train[held_out], x_train[train])

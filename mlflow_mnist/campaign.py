@@ -376,4 +376,6 @@ class Campaign:
         return configs
 
     def final_params(self, state: StoreState) -> Params:
-        return resolve_fixed_params(self.task, "final", state.step_bests, self.overrides, self.settings.epochs)
+        return resolve_fixed_params(
+            self.task, "final", state.step_bests, overrides=self.overrides, epochs=self.settings.epochs
+        )
