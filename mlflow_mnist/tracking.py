@@ -271,6 +271,14 @@ def _prepared(uri: str | None) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The file a ``sqlite:///`` tracking URI names, as written (its query dropped; "" when it names none), or
+    ``None`` for any other URI. Pure: :func:`_sqlite_path` checks it, and ``analysis.studies`` compares with it."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return uri.removeprefix("sqlite:///").split("?")[0]
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """A SQLite store's file (its folder known writable), ``None`` for any other store; a folder store refused."""
     if uri.startswith("file:") or (":" not in uri and uri != "databricks"):
@@ -285,9 +293,9 @@ def _sqlite_path(uri: str) -> Path | None:
             f"{redact(uri)} is an in-memory SQLite store, lost when the command ends: set MLFLOW_TRACKING_URI to "
             f"sqlite:///PATH/mlflow.db"
         )
-    if not uri.startswith("sqlite:///"):
+    written = sqlite_file(uri)
+    if written is None:
         return None
-    written = uri.removeprefix("sqlite:///").split("?")[0]
     if written.startswith("~"):  # MLflow would make a folder named '~' in the working directory
         full = _full_path(written)
         user = written.split("/")[0]
