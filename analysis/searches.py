@@ -31,6 +31,14 @@ def _tag(name: str) -> str:
     return f"tags.{name}"
 
 
+def _param(name: str) -> str:
+    return f"params.{name}"
+
+
+def _metric(name: str) -> str:
+    return f"metrics.{name}"
+
+
 def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
     parent = runs.set_index("run_id")[_tag(schema.PARENT)].to_dict()
     keep = []
@@ -57,18 +65,19 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
         level = below[_tag(schema.LEVEL)]
-        folds = below[(level == "fold") & below["status"].isin(["FINISHED", "FAILED"])].sort_values("end_time")
+        finished = below["status"].isin(["FINISHED", "FAILED"])
+        folds = below[(level == schema.FOLD_LEVEL) & finished].sort_values("end_time")
         candidates = below[(level == schema.CANDIDATE_LEVEL) & (below["status"] == "FINISHED")]
         deciding = [schema.counts(schema.tags_of_row(row)) for _, row in candidates.iterrows()]
         candidates = (
             candidates[pd.Series(deciding, index=candidates.index, dtype=bool)] if len(candidates) else candidates
         )
         start = root["start_time"]
-        epochs = folds.get("metrics.epochs_run", pd.Series(0, index=folds.index)).fillna(0)
+        epochs = folds.get(_metric(schema.EPOCHS_RUN), pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
         search = {
             "search_run_id": root["run_id"],
-            "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+            "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
             "strategy": root.get(_tag(schema.STRATEGY)) or "staged",
         }
         for _, candidate in candidates.sort_values("end_time").iterrows():
@@ -85,7 +94,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
                     # A joint search's trial number (None for a grid point): what names one draw across searches.
                     "trial": tags.trial,
                     "finished": candidate["end_time"],
-                    "mean": candidate.get("metrics.mean_heldout_accuracy") if chosen_from else float("nan"),
+                    "mean": candidate.get(_metric(schema.MEAN_HELDOUT_ACCURACY)) if chosen_from else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
                     "minutes": (candidate["end_time"] - start).total_seconds() / 60,
                 }
@@ -122,10 +131,10 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     "search_run_id": root["run_id"],
-                    "search": root.get("tags.mlflow.runName", root["run_id"][:8]),
+                    "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
                     "trial": record.trial,
-                    "mean": trial["metrics.mean_heldout_accuracy"],
-                    "budget": record.rung.budget if record.rung else int(trial.get("params.epochs") or 0),
+                    "mean": trial[_metric(schema.MEAN_HELDOUT_ACCURACY)],
+                    "budget": record.rung.budget if record.rung else int(trial.get(_param(schema.EPOCHS)) or 0),
                     "complete": record.rung is None or record.rung.counts,
                     **record.sampled,
                 }

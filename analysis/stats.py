@@ -260,26 +260,20 @@ def _decided(mean: float, se, n, *, rope: float, alpha: float, verdict: str):
 # -- the fold table's reference columns -------------------------------------------------------------------------
 
 
-REFERENCE_SUFFIX = " (reference)"  # analysis.store marks the extra reference candidate's value so
-
-
 def with_reference_columns(folds: pd.DataFrame) -> pd.DataFrame:
     """The fold table with ``is_reference``, ``reference_reused`` and ``role``, whatever store made it.
 
-    ``analysis.store`` gives ``is_reference``: the candidate the search trained as the step's reference (schema
-    role "reference", its value suffixed " (reference)"), or on stores made before fresh references (or with
-    ``--reuse-reference``) the carried-in grid point (``is_incumbent``); and ``reference_reused``: the
-    reference is such a grid point. Here a reference counts as reused only where its folds were read from an
-    earlier step (the fold's ``reused`` flag): the seed's start trained in a store's first step is fixed before
-    that step's scores too. ``role`` ("reference" for the extra candidate, else "grid") is read from the value's
-    suffix when the table lacks it, and the suffix removed (figures label the reference themselves). Tables
-    without these columns (hand-made ones) get the same meaning: a "reference" role if any, else the incumbent."""
+    ``analysis.store`` gives ``role`` (the schema's candidate role: "reference" for the candidate the search
+    trained as the step's reference) and ``is_reference``: that candidate, or on stores made before fresh
+    references (or with ``--reuse-reference``) the carried-in grid point (``is_incumbent``); and
+    ``reference_reused``: the reference is such a grid point. Here a reference counts as reused only where its
+    folds were read from an earlier step (the fold's ``reused`` flag): the seed's start trained in a store's first
+    step is fixed before that step's scores too. ``value`` becomes text. Tables without these columns (hand-made
+    ones) get the same meaning: ``role`` "grid", and a "reference" role if any, else the incumbent."""
     folds = folds.copy()
-    values = folds["value"].astype(str)
-    marked = values.str.endswith(REFERENCE_SUFFIX)
+    folds["value"] = folds["value"].astype(str)
     if "role" not in folds:
-        folds["role"] = np.where(marked, REFERENCE, "grid")
-    folds["value"] = values.str.removesuffix(REFERENCE_SUFFIX)
+        folds["role"] = "grid"
     if "is_reference" not in folds:
         by_role = folds["role"] == REFERENCE
         step_has_role = by_role.groupby(folds["step"]).transform("any")

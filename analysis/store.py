@@ -51,6 +51,14 @@ def _tag(name: str) -> str:
     return f"tags.{name}"
 
 
+def _param(name: str) -> str:
+    return f"params.{name}"
+
+
+def _metric(name: str) -> str:
+    return f"metrics.{name}"
+
+
 def read_runs(client, experiment_names: Iterable[str] | None) -> pd.DataFrame:
     """Every run of the named experiments (``None``: of every experiment) in ``client``'s store as one
     DataFrame (``mlflow.search_runs``, all pages)."""
@@ -106,7 +114,7 @@ def _latest_step_runs(
         steps = steps[(steps["run_id"] == stage_run_id) | (steps[_tag(schema.PARENT)] == stage_run_id)]
     latest: dict[str, pd.Series] = {}
     for _, run in steps.sort_values("end_time").iterrows():
-        latest[schema.step_name(schema.tags_of_row(run)) or run.get("tags.mlflow.runName")] = run
+        latest[schema.step_name(schema.tags_of_row(run)) or run.get(_tag(schema.RUN_NAME))] = run
     # The order the campaign ran its steps in (each step's latest run): no task's step list is needed.
     return sorted(latest.values(), key=lambda r: r["start_time"])
 
@@ -136,7 +144,7 @@ def fold_table(
     rows = []
     for order, step_run in enumerate(_latest_step_runs(runs, data_digest, settings_key, stage_run_id)):
         group_tags = schema.GroupTags.parse(schema.tags_of_row(step_run))
-        step = group_tags.step or step_run.get("tags.mlflow.runName")
+        step = group_tags.step or step_run.get(_tag(schema.RUN_NAME))
         varied = list(group_tags.varied) or [step]
         incumbent = _incumbent(step_run, varied)
         candidates = children.get(step_run["run_id"], runs.iloc[:0])
@@ -154,15 +162,16 @@ def fold_table(
             own = children.get(candidate["run_id"], runs.iloc[:0])
             folds = [(r, False) for _, r in own.iterrows()]
             folds += [(by_id.loc[i], True) for i in reused_ids if i in by_id.index]
-            value = VALUE_SEPARATOR.join(str(_get(candidate, f"params.{k}", "?")) for k in varied)
+            value = VALUE_SEPARATOR.join(str(_get(candidate, _param(k), "?")) for k in varied)
             is_incumbent = record.role != schema.REFERENCE and value == incumbent
             is_reference = record.role == schema.REFERENCE if fresh else is_incumbent
             for fold_run, reused in folds:
-                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != "fold":
+                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != schema.FOLD_LEVEL:
                     continue
                 status = _get(fold_run, _tag(schema.STATUS), "ok")
-                n_folds = int(_get(fold_run, "params.n_folds", 3))
-                fold, repeat = int(_get(fold_run, "params.fold", 0)), int(_get(fold_run, "params.repeat", 0))
+                n_folds = int(_get(fold_run, _param(schema.N_FOLDS), 3))
+                fold = int(_get(fold_run, _param(schema.FOLD_PARAM), 0))
+                repeat = int(_get(fold_run, _param(schema.REPEAT_PARAM), 0))
                 n_classes = _get(fold_run, "params.n_classes")
                 rows.append(
                     {
@@ -182,10 +191,10 @@ def fold_table(
                         "repeat": repeat,
                         "split": repeat * n_folds + fold,
                         "n_folds": n_folds,
-                        "n_splits": n_folds * int(_get(fold_run, "params.cv_repeats", 1)),
-                        "accuracy": float(_get(fold_run, "metrics.heldout_accuracy", float("nan"))),
+                        "n_splits": n_folds * int(_get(fold_run, _param(schema.CV_REPEATS), 1)),
+                        "accuracy": float(_get(fold_run, _metric(schema.HELDOUT_ACCURACY), float("nan"))),
                         # What guessing scores; unknown (NaN) for folds logged without it, never assumed 0.5.
-                        "chance": float(_get(fold_run, "metrics.chance_accuracy", float("nan"))),
+                        "chance": float(_get(fold_run, _metric(schema.CHANCE_ACCURACY), float("nan"))),
                         "n_classes": int(n_classes) if n_classes is not None else None,
                         "status": status,
                         "diverged": status == "diverged",

@@ -70,12 +70,9 @@ def _sqlite_file(storage: str) -> Path | None:
 
 def _tracking_file() -> Path | None:
     """The tracking store's SQLite file, where the tracking URI names one."""
-    from mlflow_mnist.tracking import tracking_uri
+    from mlflow_mnist.tracking import sqlite_file, tracking_uri
 
-    uri = tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return None
-    written = uri.removeprefix("sqlite:///").split("?")[0]
+    written = sqlite_file(tracking_uri())
     return Path(written) if written else None
 
 

@@ -217,6 +217,9 @@ def read_search(store: Path) -> dict:
     scored = [p for p in curve if p["mean"] is not None]
     best = max(scored, key=lambda p: p["mean"]) if scored else None
     trials = runs.get(f"tags.{schema.TRIAL}")
+    # What the search trained in, `auto` resolved by its probe: the param `precision`, or `effective_precision`
+    # where `mlflow run` had logged the -P value under that name first.
+    precisions = [root.get(f"params.{name}") for name in (schema.EFFECTIVE_PREFIX + schema.PRECISION, schema.PRECISION)]
     return {
         "curve": curve,
         "fold_epochs": float(closing["fold_epochs"]),
@@ -226,13 +229,8 @@ def read_search(store: Path) -> dict:
         "best_config": schema.best_config(schema.tags_of_row(root)),
         "full_budget_trials": len(scored),
         "trials": int(trials.dropna().nunique()) if trials is not None else 0,
-        "workers_idle_share": _number(root.get("metrics.workers_idle_share")),
-        # What the search trained in, `auto` resolved by its probe: the param `precision`, or `effective_precision`
-        # where `mlflow run` had logged the -P value under that name first.
-        "precision": next(
-            (v for v in (root.get("params.effective_precision"), root.get("params.precision")) if isinstance(v, str)),
-            None,
-        ),
+        "workers_idle_share": _number(root.get(f"metrics.{schema.WORKERS_IDLE_SHARE}")),
+        "precision": next((v for v in precisions if isinstance(v, str)), None),
     }
 
 

@@ -90,9 +90,9 @@ def per_step(store: Path, task: Task) -> list[dict]:
                 "candidates": len(candidates),
                 "folds_trained": len(trained),
                 "folds_reused": reused,
-                "fold_epochs": int(sum(f.data.metrics.get("epochs_run", 0) for f in trained)),
+                "fold_epochs": int(sum(f.data.metrics.get(schema.EPOCHS_RUN, 0) for f in trained)),
                 "chosen": tags.get(schema.BEST_CANDIDATE, ""),
-                "mean_accuracy": group.data.metrics.get("best_mean_accuracy", float("nan")),
+                "mean_accuracy": group.data.metrics.get(schema.BEST_MEAN_ACCURACY, float("nan")),
             }
         )
     return rows

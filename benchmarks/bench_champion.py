@@ -104,15 +104,15 @@ def read_back(store: Path) -> dict:
     return {
         "config": json.loads(search.data.tags[schema.BEST_CONFIG]),
         "best_trial": best.info.run_name,
-        "best_trial_cv": best.data.metrics.get("mean_heldout_accuracy"),
+        "best_trial_cv": best.data.metrics.get(schema.MEAN_HELDOUT_ACCURACY),
         "trials": len({r.data.tags.get(schema.TRIAL) for r in runs if r.data.tags.get(schema.TRIAL)}),
-        "fold_epochs": int(sum(r.data.metrics.get("epochs_run", 0) for r in folds)),
+        "fold_epochs": int(sum(r.data.metrics.get(schema.EPOCHS_RUN, 0) for r in folds)),
         # the search's own measure of its workers' idle share (a fraction; None where the search logged none)
-        "workers_idle_share": search.data.metrics.get("workers_idle_share"),
+        "workers_idle_share": search.data.metrics.get(schema.WORKERS_IDLE_SHARE),
         "seeds": {
             r.data.tags.get(schema.SEED): {
-                "test_accuracy": r.data.metrics["test_accuracy"],
-                "errors": int(r.data.metrics["test_errors"]),
+                "test_accuracy": r.data.metrics[schema.SEED_ACCURACY],
+                "errors": int(r.data.metrics[schema.SEED_ERRORS]),
                 "config_rank": int(r.data.tags.get(schema.CONFIG_RANK, "1")),
             }
             for r in seeds
@@ -123,9 +123,9 @@ def read_back(store: Path) -> dict:
             for r in seeds
             if int(r.data.tags.get(schema.CONFIG_RANK, "1")) > 1
         },
-        "median_test_accuracy": final.data.metrics.get("median_test_accuracy"),
-        "ensemble_test_accuracy": final.data.metrics.get("ensemble_test_accuracy"),
-        "ensemble_errors": final.data.metrics.get("ensemble_test_errors"),
+        "median_test_accuracy": final.data.metrics.get(schema.MEDIAN_ACCURACY),
+        "ensemble_test_accuracy": final.data.metrics.get(schema.ENSEMBLE_ACCURACY),
+        "ensemble_errors": final.data.metrics.get(schema.ENSEMBLE_ERRORS),
     }
 
 

@@ -106,7 +106,7 @@ def splits_of(y, folds: int, seed: int) -> list:
     """The (train, held-out) index pairs ours trains: repeat 0 of the stratified split with ``seed``."""
     from mlflow_mnist.planning import fold_indices
 
-    return [fold_indices(y, folds, seed, fold) for fold in range(folds)]
+    return [fold_indices(y, n_folds=folds, split_seed=seed, fold=fold) for fold in range(folds)]
 
 
 class Spend:

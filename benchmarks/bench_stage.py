@@ -76,7 +76,7 @@ def _plan(data: str, step: str, epochs: int, folds: int):
     task = get_task(TASK)
     dataset = task.load(data, classes=CLASSES)
     settings = SearchSettings(task, folds, 0, epochs, dataset.digest(), dataset.n_classes)
-    fixed = resolve_fixed_params(task, step, {}, task.parse_overrides(SEED_CONTEXT), epochs)
+    fixed = resolve_fixed_params(task, step, {}, overrides=task.parse_overrides(SEED_CONTEXT), epochs=epochs)
     return task, dataset, settings, plan_step(task.get_step(step), fixed, settings, {}, reference=False)
 
 
@@ -153,7 +153,9 @@ def _plain_fit(task, dataset, fold) -> float:
     from mlflow_mnist.worker.training import VALIDATION_BATCH, execution_steps
 
     x, y, onehot = dataset.x_train, dataset.y_train, np.eye(dataset.n_classes, dtype="float32")
-    train, held_out = fold_indices(y, fold.n_folds, fold.split_seed, fold.fold, fold.repeat)
+    train, held_out = fold_indices(
+        y, n_folds=fold.n_folds, split_seed=fold.split_seed, fold=fold.fold, repeat=fold.repeat
+    )
     keras.utils.set_random_seed(fold.seed)
     model = task.build_model(
         fold.params,
@@ -313,7 +315,7 @@ def work_done(data: str, step: str, epochs: int, folds: int) -> dict:
     for candidate in plan.candidates:
         per_image = task.flops(candidate.params, dataset.n_classes)  # forward + backward
         for fold in range(folds):
-            train, held_out = fold_indices(dataset.y_train, folds, 0, fold)
+            train, held_out = fold_indices(dataset.y_train, n_folds=folds, split_seed=0, fold=fold)
             images += len(train) * epochs
             train_flops += per_image * len(train) * epochs
             score_per_epoch += per_image / 3 * len(held_out)  # a forward pass is a third of a training step

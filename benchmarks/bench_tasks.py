@@ -35,6 +35,7 @@ def timed(call, **options):
 
 def run(task: str, trials: int, folds: int, out: Path) -> dict:
     import mlflow_mnist
+    from mlflow_mnist import schema
     from mlflow_mnist.strategies import STRATEGIES
     from mlflow_mnist.tasks import get_task
 
@@ -72,8 +73,8 @@ def run(task: str, trials: int, folds: int, out: Path) -> dict:
         "step": f"final --repeats 5 --search <{best_joint['step']}>",
         "minutes": minutes,
         "seeds": summary["seeds"],
-        "median_test_accuracy": summary["median_test_accuracy"],
-        "ensemble_test_accuracy": summary.get("ensemble_test_accuracy"),
+        "median_test_accuracy": summary[schema.MEDIAN_ACCURACY],
+        "ensemble_test_accuracy": summary.get(schema.ENSEMBLE_ACCURACY),
     }
     print(final, flush=True)
     minutes, done = timed(mlflow_mnist.promote, experiment=task)

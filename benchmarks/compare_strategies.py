@@ -36,6 +36,14 @@ def _tag(name: str) -> str:
     return f"tags.{name}"
 
 
+def _param(name: str) -> str:
+    return f"params.{name}"
+
+
+def _metric(name: str) -> str:
+    return f"metrics.{name}"
+
+
 def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd.Series]:
     """The held-out accuracy per (repeat, fold) of the best full-budget candidate a campaign found.
 
@@ -45,15 +53,15 @@ def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd
     best = anytime.loc[anytime["mean"].idxmax()]
     level = runs[_tag(schema.LEVEL)]
     candidates = runs[(level == schema.CANDIDATE_LEVEL) & (runs[_tag(schema.CANDIDATE)] == best["candidate"])]
-    candidates = candidates[(candidates["metrics.mean_heldout_accuracy"] - best["mean"]).abs() < 1e-12]
+    candidates = candidates[(candidates[_metric(schema.MEAN_HELDOUT_ACCURACY)] - best["mean"]).abs() < 1e-12]
     candidate = candidates.iloc[0]
     reused = candidate.get(_tag(schema.REUSED))
     reused = [run_id for run_id in reused.split(",") if run_id] if isinstance(reused, str) else []
     own = (runs[_tag(schema.PARENT)] == candidate["run_id"]) | runs["run_id"].isin(reused)
     folds = runs[(level == schema.FOLD_LEVEL) & own & (runs["status"] == "FINISHED")]
     folds = folds.drop_duplicates(_tag(schema.FOLD_KEY))
-    index = folds["params.repeat"].astype(int) * 100 + folds["params.fold"].astype(int)
-    return best["candidate"], pd.Series(folds["metrics.heldout_accuracy"].to_numpy(), index=index).sort_index()
+    index = folds[_param(schema.REPEAT_PARAM)].astype(int) * 100 + folds[_param(schema.FOLD_PARAM)].astype(int)
+    return best["candidate"], pd.Series(folds[_metric(schema.HELDOUT_ACCURACY)].to_numpy(), index=index).sort_index()
 
 
 def main() -> None:

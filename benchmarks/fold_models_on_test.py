@@ -77,9 +77,9 @@ def fold_models(uri: str, min_epochs: int) -> list[dict]:
     finally:
         mlflow.set_tracking_uri(previous)
     by_run = {model.source_run_id: model for model in models}
-    found = []
+    found, repeat = [], f"params.{schema.REPEAT_PARAM}"
     for _, fold in folds.iterrows():
-        epochs = int(float(fold["params.epochs"]))
+        epochs = int(float(fold[f"params.{schema.EPOCHS}"]))
         if epochs < min_epochs or fold["run_id"] not in by_run:
             continue
         trial = candidates.loc[fold[f"tags.{schema.PARENT}"]]
@@ -89,11 +89,11 @@ def fold_models(uri: str, min_epochs: int) -> list[dict]:
             {
                 "trial": trial[f"tags.{schema.TRIAL}"],
                 "epochs": epochs,
-                "fold": int(fold["params.fold"]),
-                "repeat": int(fold["params.repeat"]) if pd.notna(fold.get("params.repeat")) else 0,
-                "n_folds": int(fold["params.n_folds"]),
-                "split_seed": int(fold["params.split_seed"]),
-                "heldout_accuracy": float(fold["metrics.heldout_accuracy"]),
+                "fold": int(fold[f"params.{schema.FOLD_PARAM}"]),
+                "repeat": int(fold[repeat]) if pd.notna(fold.get(repeat)) else 0,
+                "n_folds": int(fold[f"params.{schema.N_FOLDS}"]),
+                "split_seed": int(fold[f"params.{schema.SPLIT_SEED}"]),
+                "heldout_accuracy": float(fold[f"metrics.{schema.HELDOUT_ACCURACY}"]),
                 "model_id": by_run[fold["run_id"]].model_id,
             }
         )
@@ -130,7 +130,11 @@ def measure(stores: dict[str, str], dataset, *, min_epochs: int) -> dict:
             for fold in fold_models(uri, min_epochs):
                 split = (fold["split_seed"], fold["n_folds"], fold["fold"], fold["repeat"])
                 train, held_out = fold_indices(
-                    y_train, fold["n_folds"], fold["split_seed"], fold["fold"], fold["repeat"]
+                    y_train,
+                    n_folds=fold["n_folds"],
+                    split_seed=fold["split_seed"],
+                    fold=fold["fold"],
+                    repeat=fold["repeat"],
                 )
                 if split not in distances:
                     distances[split] = nearest_distances(x_train[held_out], x_train[train])

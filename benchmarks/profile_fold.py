@@ -77,7 +77,7 @@ def one_fold(
     import tensorflow as tf
 
     dataset = TASK.load(data, classes="2,7")
-    train, _ = fold_indices(dataset.y_train, 3, 0, 0)
+    train, _ = fold_indices(dataset.y_train, n_folds=3, split_seed=0, fold=0)
     x, y = dataset.x_train[train], np.eye(2, dtype="float32")[dataset.y_train[train]]
     params = {**TASK.start, **SEED_POOL, "batch_size": batch, "epochs": epochs}
     keras.utils.set_random_seed(0)

@@ -215,14 +215,14 @@ def final(
     """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
     with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params).
     ``configs`` > 1 spreads the seeds over ``search``'s best few configurations (their ensemble hedges one)."""
-    from mlflow_mnist.executors import make_executor, remote_scheduler, resolve_n_jobs
+    from mlflow_mnist.executors import DASK, make_executor, remote_scheduler, resolve_n_jobs
     from mlflow_mnist.final_run import check_final_options, run_final
     from mlflow_mnist.lock import lease_seconds
 
     check_final_options(repeats=repeats, search=search or None, configs=configs)
     lease_seconds()  # a bad $MLFLOW_MNIST_LEASE_SECONDS is one line before the store is reached
     # One seed gets every core; more share them. A remote cluster counts its own workers.
-    workers = n_jobs if executor == "dask" and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
+    workers = n_jobs if executor == DASK and remote_scheduler(scheduler) else min(resolve_n_jobs(n_jobs), repeats)
     with make_executor(executor, n_jobs=workers, scheduler=scheduler or None) as pool:
         campaign, announce = open_campaign(
             notify=notify,

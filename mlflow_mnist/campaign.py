@@ -34,7 +34,20 @@ from mlflow_mnist.progress import Progress
 from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult, rank_key
 from mlflow_mnist.runs import RunWriter
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, FOLD_KEY, LOCK_TOKEN, SETTINGS_KEY
+from mlflow_mnist.schema import (
+    CLASSES,
+    CV_REPEATS,
+    DATA_DIGEST_PARAM,
+    DATA_SOURCE,
+    DIGEST,
+    FOLD_KEY,
+    LOCK_TOKEN,
+    N_FOLDS,
+    PRECISION,
+    SETTINGS_KEY,
+    SPLIT_SEED,
+    TASK_PARAM,
+)
 from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
@@ -202,13 +215,13 @@ class Campaign:
     @property
     def stage_params(self) -> dict[str, Any]:
         return {
-            "task": self.task.name,
-            "classes": self.data.variant,
-            "n_folds": self.settings.n_folds,
-            "split_seed": self.settings.split_seed,
-            "data_digest": self.settings.data_digest,
-            "precision": self.settings.precision,
-            "cv_repeats": self.settings.cv_repeats,
+            TASK_PARAM: self.task.name,
+            CLASSES: self.data.variant,
+            N_FOLDS: self.settings.n_folds,
+            SPLIT_SEED: self.settings.split_seed,
+            DATA_DIGEST_PARAM: self.settings.data_digest,
+            PRECISION: self.settings.precision,
+            CV_REPEATS: self.settings.cv_repeats,
         }
 
     def dataset(self, split: str = "train"):
@@ -363,4 +376,6 @@ class Campaign:
         return configs
 
     def final_params(self, state: StoreState) -> Params:
-        return resolve_fixed_params(self.task, "final", state.step_bests, self.overrides, self.settings.epochs)
+        return resolve_fixed_params(
+            self.task, "final", state.step_bests, overrides=self.overrides, epochs=self.settings.epochs
+        )

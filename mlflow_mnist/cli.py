@@ -418,15 +418,17 @@ def tune(**options) -> None:
 @BREAK_LEASE_OPTION
 def final(**options) -> None:
     """Train the store's best configuration on all training data and test it once (per seed)."""
+    from mlflow_mnist import schema
     from mlflow_mnist.api import final as run_final
 
     summary = run_final(**_command_options(options), notify=_notify)
+    ensemble = summary.get(schema.ENSEMBLE_ACCURACY)
     click.echo(
-        f"final: median test accuracy {summary['median_test_accuracy']:.4%} over {summary['n_repeats']} seed(s) "
-        f"(mean {summary['mean_test_accuracy']:.4%}, min {summary['min_test_accuracy']:.4%}, "
-        f"max {summary['max_test_accuracy']:.4%})"
+        f"final: median test accuracy {summary[schema.MEDIAN_ACCURACY]:.4%} over {summary['n_repeats']} seed(s) "
+        f"(mean {summary[schema.MEAN_TEST_ACCURACY]:.4%}, min {summary[schema.MIN_TEST_ACCURACY]:.4%}, "
+        f"max {summary[schema.MAX_TEST_ACCURACY]:.4%})"
         + (f", {len(summary['configs'])} configurations" if len(summary["configs"]) > 1 else "")
-        + (f"; seeds' ensemble {summary['ensemble_test_accuracy']:.4%}" if "ensemble_test_accuracy" in summary else "")
+        + (f"; seeds' ensemble {ensemble:.4%}" if schema.ENSEMBLE_ACCURACY in summary else "")
         + (f"; {summary['seeds_taken']} seed(s) taken from a killed final" if summary["seeds_taken"] else "")
         + f"; run {summary['run_id']}"
     )

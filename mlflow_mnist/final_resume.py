@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlflow_mnist import tracking
-from mlflow_mnist.schema import FINAL_SEED_KEY, FINAL_SEED_LEVEL, LEVEL, PARENT, STATUS
+from mlflow_mnist.schema import (
+    FINAL_SEED_KEY,
+    FINAL_SEED_LEVEL,
+    FIT_SECONDS,
+    LEVEL,
+    PARENT,
+    SEED_ACCURACY,
+    SEED_ERRORS,
+    SEED_LOSS,
+    STATUS,
+)
 from mlflow_mnist.worker import FinalResult
 
 PROBABILITIES = "test_probabilities.npy"
@@ -71,7 +81,7 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
     metrics, run_id, status = run.data.metrics, run.info.run_id, run.data.tags.get(STATUS, "ok")
     outputs = run.outputs.model_outputs if run.outputs else []
     model_id = outputs[0].model_id if outputs else None
-    if "test_accuracy" not in metrics or (model_id is None and status == "ok"):
+    if SEED_ACCURACY not in metrics or (model_id is None and status == "ok"):
         return None
     content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
     if content is None:
@@ -81,13 +91,13 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
         return None  # not this test set's: train it again
     predictions = probabilities.argmax(axis=1)
     errors = int(np.sum(predictions != y_test))
-    if errors != int(metrics.get("test_errors", -1)):
+    if errors != int(metrics.get(SEED_ERRORS, -1)):
         return None  # not what it measured: train it again
     result = FinalResult(
         seed,
-        metrics["test_accuracy"],
-        metrics.get("test_loss", float("nan")),
-        metrics.get("fit_seconds", float("nan")),
+        metrics[SEED_ACCURACY],
+        metrics.get(SEED_LOSS, float("nan")),
+        metrics.get(FIT_SECONDS, float("nan")),
         status,
         errors,
         predictions=predictions,

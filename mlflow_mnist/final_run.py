@@ -19,7 +19,7 @@ import numpy as np
 
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.final_resume import finished_seeds
-from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY, FinalTree
+from mlflow_mnist.final_tree import FinalTree
 from mlflow_mnist.params import Params, StageError, parse_value
 from mlflow_mnist.planning import final_seed_key
 from mlflow_mnist.results import rank_key
@@ -27,9 +27,20 @@ from mlflow_mnist.schema import (
     BEST_CONFIG,
     CANDIDATE_LEVEL,
     DIGEST,
+    ENSEMBLE_ACCURACY,
+    ENSEMBLE_ERRORS,
+    EPOCHS,
     LEVEL,
+    MAX_TEST_ACCURACY,
+    MEAN_FIT_SECONDS,
+    MEAN_HELDOUT_ACCURACY,
+    MEAN_TEST_ACCURACY,
+    MEDIAN_ACCURACY,
+    MIN_TEST_ACCURACY,
     PARENT,
     STATUS,
+    STD_HELDOUT_ACCURACY,
+    STD_TEST_ACCURACY,
     STEP_LEVEL,
     STRATEGY,
     CandidateTags,
@@ -38,8 +49,6 @@ from mlflow_mnist.schema import (
 from mlflow_mnist.strategies.staged import StagedGrid
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
-MEDIAN_ACCURACY = "median_test_accuracy"
-
 
 def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
     """Mean/std/min/max over seeds, and the median seed (the lower middle one for an even count)."""
@@ -47,13 +56,13 @@ def summarize(results: list[tuple[FinalResult, str]]) -> dict[str, Any]:
     ordered = sorted(results, key=lambda pair: pair[0].test_accuracy)
     median_result, median_run = ordered[(len(ordered) - 1) // 2]
     return {
-        "mean_test_accuracy": statistics.fmean(accuracies),
-        "std_test_accuracy": float(np.std(accuracies)),
-        "min_test_accuracy": min(accuracies),
-        "max_test_accuracy": max(accuracies),
+        MEAN_TEST_ACCURACY: statistics.fmean(accuracies),
+        STD_TEST_ACCURACY: float(np.std(accuracies)),
+        MIN_TEST_ACCURACY: min(accuracies),
+        MAX_TEST_ACCURACY: max(accuracies),
         MEDIAN_ACCURACY: median_result.test_accuracy,
         "median_run_id": median_run,
-        "mean_fit_seconds": statistics.fmean(r.fit_seconds for r, _ in results),
+        MEAN_FIT_SECONDS: statistics.fmean(r.fit_seconds for r, _ in results),
         "n_repeats": len(results),
         "seeds": {str(r.seed): r.test_accuracy for r, _ in results},
         # which configuration (1 = the best; all 1 unless the seeds were spread over several) each seed trained
@@ -145,8 +154,8 @@ def search_configs(campaign, search: str, count: int) -> tuple[list[Params], str
             metrics = run.data.metrics
             row = {
                 "status": run.data.tags.get(STATUS, "ok"),
-                "mean_test_score": metrics.get("mean_heldout_accuracy", math.nan),
-                "std_test_score": metrics.get("std_heldout_accuracy", 0.0),
+                "mean_test_score": metrics.get(MEAN_HELDOUT_ACCURACY, math.nan),
+                "std_test_score": metrics.get(STD_HELDOUT_ACCURACY, 0.0),
             }
             budget = tags.rung.budget if tags.rung is not None else 0
             order = (-budget, *rank_key(row, tags.trial))
@@ -156,7 +165,7 @@ def search_configs(campaign, search: str, count: int) -> tuple[list[Params], str
     configs = [best]
     # A trial that failed (or diverged) where it went furthest is left out, whatever it scored before.
     for _, params in sorted((entry for entry in trials.values() if entry[1] is not None), key=lambda e: e[0]):
-        config = campaign.task.validate({**params, **campaign.overrides, "epochs": best["epochs"]})
+        config = campaign.task.validate({**params, **campaign.overrides, EPOCHS: best[EPOCHS]})
         if config not in configs:
             configs.append(config)
         if len(configs) == count:
@@ -263,6 +272,6 @@ def run_final(
         summary = summarize(results)
         ensemble = seed_ensemble([r for r, _ in results], campaign.data)
         if ensemble is not None:
-            summary[ENSEMBLE_ACCURACY], summary["ensemble_test_errors"] = ensemble[1], ensemble[2]
+            summary[ENSEMBLE_ACCURACY], summary[ENSEMBLE_ERRORS] = ensemble[1], ensemble[2]
         tree.finish(summary, ensemble=ensemble)
     return {**summary, "run_id": parent, "params": chosen[0], "configs": chosen, "seeds_taken": len(taken)}

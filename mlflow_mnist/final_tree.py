@@ -20,15 +20,24 @@ from mlflow_mnist.planning import StoreState
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
     CONFIG_RANK,
+    CONFIGS,
+    ENSEMBLE_ACCURACY,
+    ENSEMBLE_ERRORS,
     ENSEMBLE_MODEL,
     FINAL_LEVEL,
     FINAL_SEED_KEY,
     FINAL_SEED_LEVEL,
+    FIT_SECONDS,
+    MEDIAN_ACCURACY,
     MEDIAN_MODEL,
     MEDIAN_RUN,
     PARENT,
+    REPEATS,
     RESUMED_FROM,
     SEED,
+    SEED_ACCURACY,
+    SEED_ERRORS,
+    SEED_LOSS,
     STAGE,
     STATUS,
     FinalTags,
@@ -36,8 +45,6 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.tasks.base import Dataset, Task
 from mlflow_mnist.worker import FinalResult
-
-ENSEMBLE_ACCURACY = "ensemble_test_accuracy"
 
 
 def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
@@ -113,8 +120,8 @@ class FinalTree:
         )
         self.parent = self.writer.start(FINAL_LEVEL, FINAL_LEVEL, tags=final_tags.tags(), adopt=adopt_run_id)
         # The final's params are its best configuration's; with several, each seed run logs its own.
-        several = {"configs": len(configs)} if len(configs) > 1 else {}
-        self.writer.log_params(self.parent, {**configs[0], **settings_params, "repeats": repeats, **several})
+        several = {CONFIGS: len(configs)} if len(configs) > 1 else {}
+        self.writer.log_params(self.parent, {**configs[0], **settings_params, REPEATS: repeats, **several})
         self.writer.log_dataset(self.parent, self.test_dataset, context="test")
         self.repeats, self.configs = repeats, list(configs)
         return self.parent
@@ -174,8 +181,8 @@ class FinalTree:
             run_id,
             tags={STATUS: result.status, SEED: result.seed},
             history=result.history,
-            metrics={"test_loss": result.test_loss, "fit_seconds": result.fit_seconds, "test_errors": result.errors},
-            scores={"test_accuracy": result.test_accuracy},
+            metrics={SEED_LOSS: result.test_loss, FIT_SECONDS: result.fit_seconds, SEED_ERRORS: result.errors},
+            scores={SEED_ACCURACY: result.test_accuracy},
             model_id=model_id,
         )
         self.model_ids[run_id] = model_id
@@ -197,11 +204,11 @@ class FinalTree:
                 self.parent, files, tags={STAGE: FINAL_LEVEL}, model_type="pyfunc-seed-ensemble"
             )
             self.writer.log_metrics(self.parent, {ENSEMBLE_ACCURACY: accuracy}, model_id=model_id)
-            self.writer.log_metrics(self.parent, {"ensemble_test_errors": errors})
+            self.writer.log_metrics(self.parent, {ENSEMBLE_ERRORS: errors})
             tags[ENSEMBLE_MODEL] = model_id
         self.writer.log_tags(self.parent, tags)
         self.writer.log_dict(self.parent, summary["seeds"], "test_accuracy_by_seed.json")
         if median_run != self.parent:
-            name = f"median seed ({summary['median_test_accuracy']:.4%})"
+            name = f"median seed ({summary[MEDIAN_ACCURACY]:.4%})"
             self.writer.name_best_child(self.parent, median_run, name, {})
         self.writer.finish(self.parent)

@@ -36,8 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_mnist.schema import LOCK_PREFIX
+
 PREFIX = "mlflow-mnist-lock"
-TAG = "mlflow_mnist.lock."
 HELD, FREE, BROKEN = "held", "free", "broken"
 LEASE_ENV = "MLFLOW_MNIST_LEASE_SECONDS"
 DEFAULT_TTL = 60.0  # the lease without $MLFLOW_MNIST_LEASE_SECONDS (read by lease_seconds, never at import)
@@ -177,7 +178,7 @@ class Holder:
         tags = dict(model.tags or {})
 
         def tag(name: str, default: str = "") -> str:
-            return str(tags.get(TAG + name, default))
+            return str(tags.get(LOCK_PREFIX + name, default))
 
         try:
             ttl = float(tag("ttl", "nan"))
@@ -451,7 +452,7 @@ class StoreLock:
             "state": HELD,
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time())),
         }
-        return {TAG + key: str(value) for key, value in values.items()}
+        return {LOCK_PREFIX + key: str(value) for key, value in values.items()}
 
     def _description(self) -> str:
         return (
@@ -500,7 +501,9 @@ class StoreLock:
 
         sent = _clock()
         try:
-            self.client.set_registered_model_tag(f"{self.base}-g{self.generation}", TAG + "beat", str(self._beat + 1))
+            self.client.set_registered_model_tag(
+                f"{self.base}-g{self.generation}", LOCK_PREFIX + "beat", str(self._beat + 1)
+            )
             stack = self.generations()
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":
@@ -590,7 +593,7 @@ class StoreLock:
         with self._mutex:
             self._lost = "released"
         try:
-            self.client.set_registered_model_tag(f"{self.base}-g{self.generation}", TAG + "state", FREE)
+            self.client.set_registered_model_tag(f"{self.base}-g{self.generation}", LOCK_PREFIX + "state", FREE)
         except Exception:  # noqa: BLE001 - the store is gone: the next driver takes the lock over after a TTL
             pass
 
@@ -689,7 +692,7 @@ def break_lock(
             f"stop it instead of breaking its lock (a stopped one's lock is taken over at once)"
         )
     breaker = StoreLock(client, key, kind=kind, command=command or "break", ttl=top.ttl, in_flight=0.0)
-    tags = {**breaker._tags(), TAG + "state": BROKEN, TAG + "broke": top.describe()[:500]}
+    tags = {**breaker._tags(), LOCK_PREFIX + "state": BROKEN, LOCK_PREFIX + "broke": top.describe()[:500]}
     name = f"{base}-g{top.generation + 1}"
     try:
         client.create_registered_model(name, tags=tags, description=breaker._description())

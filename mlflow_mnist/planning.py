@@ -236,9 +236,9 @@ def fold_key(
     params: Params,
     fold: int,
     settings: SearchSettings,
+    *,
     repeat: int = 0,
     replicate: str = "",
-    *,
     horizon: int = 0,
     resume_key: str = "",
 ) -> str:
@@ -285,7 +285,7 @@ def candidate_label(varied: Params) -> str:
 
 
 def resolve_fixed_params(
-    task: Task, step_name: str, step_bests: Mapping[str, StepBest], overrides: Params, epochs: int
+    task: Task, step_name: str, step_bests: Mapping[str, StepBest], *, overrides: Params, epochs: int
 ) -> Params:
     """The values a step holds fixed: the task's start < ``--epochs`` < best of each earlier step < overrides.
 
@@ -343,7 +343,15 @@ def plan_candidates(
             raise ValueError(f"{label}: continues {len(spec.resume)} folds, but the campaign has {len(splits)} splits")
         previous = spec.resume or [("", "")] * len(splits)
         keys = tuple(
-            fold_key(params, fold, settings, repeat, spec.replicate, horizon=spec.horizon, resume_key=before[0])
+            fold_key(
+                params,
+                fold,
+                settings,
+                repeat=repeat,
+                replicate=spec.replicate,
+                horizon=spec.horizon,
+                resume_key=before[0],
+            )
             for (repeat, fold), before in zip(splits, previous, strict=True)
         )
         roots = tuple(before[1] or key for before, key in zip(previous, keys, strict=True)) if spec.horizon else ()
@@ -410,7 +418,7 @@ def check_folds(y: np.ndarray, n_folds: int, class_names: tuple[str, ...]) -> No
 
 
 def fold_indices(
-    y: np.ndarray, n_folds: int, split_seed: int, fold: int, repeat: int = 0
+    y: np.ndarray, *, n_folds: int, split_seed: int, fold: int, repeat: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices of one split of scikit-learn's repeated stratified k-fold.
 

@@ -26,8 +26,6 @@ from typing import Any
 import numpy as np
 
 from mlflow_mnist import tracking
-from mlflow_mnist.final_run import MEDIAN_ACCURACY
-from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY
 from mlflow_mnist.gate import (
     ALPHA,
     Champion,
@@ -46,23 +44,31 @@ from mlflow_mnist.schema import (
     DECIDED_BY_FORCE,
     DECIDED_BY_GATE,
     DIGEST,
+    ENSEMBLE_ACCURACY,
     ENSEMBLE_KIND,
     ENSEMBLE_MODEL,
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
     LEVEL,
+    MEDIAN_ACCURACY,
     MEDIAN_KIND,
     MEDIAN_MODEL,
     MEDIAN_RUN,
     PARENT,
+    REPEATS,
+    SEED_ACCURACY,
+    SPREAD,
     TEST_DIGEST,
+    VERSION_DATA_DIGEST,
     VERSION_DECIDED_BY,
     VERSION_FINAL_RUN,
     VERSION_MCNEMAR_CANDIDATE_ONLY,
     VERSION_MCNEMAR_CHAMPION_ONLY,
     VERSION_MCNEMAR_P,
     VERSION_MODEL_KIND,
+    VERSION_PARAMS,
     VERSION_PREVIOUS_CHAMPION,
+    VERSION_REPEATS,
     VERSION_SOURCE_RUN,
     VERSION_TASK,
     VERSION_TASK_VARIANT,
@@ -77,13 +83,11 @@ from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 
 __all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "promote"]
 
-SEED_ACCURACY = "test_accuracy"  # the metric each seed run logs (final_tree)
-SPREAD = ("mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy")
 #: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
-    VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, "repeats", "data_digest", VERSION_TASK,
+    VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_TASK,
     VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
-    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, "params", VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
+    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, VERSION_PARAMS, VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
     VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P,
 )  # fmt: skip
 UNCHANGED = f"@{CHAMPION} unchanged"
@@ -378,7 +382,7 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
     (params are write-once: a seed run added later shows up as one too many)."""
     final_id, end = final.info.run_id, final.info.end_time
-    repeats = int(final.data.params.get("repeats", "1") or 1)
+    repeats = int(final.data.params.get(REPEATS, "1") or 1)
     if repeats == 1:
         seed_ids = [final_id]
     else:
@@ -508,8 +512,8 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_ACCURACY: repr(candidate.accuracy),
         VERSION_TEST_ERRORS: str(logged_errors(candidate.accuracy, n_test)),
         **{key: repr(metrics.get(key)) for key in SPREAD},
-        "repeats": params.get("repeats", "1"),
-        "data_digest": final.data.tags.get(DIGEST, ""),
+        VERSION_REPEATS: params.get(REPEATS, "1"),
+        VERSION_DATA_DIGEST: final.data.tags.get(DIGEST, ""),
         **candidate.task.version_tags(),
         VERSION_MODEL_KIND: candidate.kind,
         VERSION_TEST_DIGEST: candidate.test_digest,
@@ -517,7 +521,7 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_SET_USES: str(uses),
         VERSION_SOURCE_RUN: candidate.seed_run_id,
         VERSION_FINAL_RUN: candidate.run_id,
-        "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
+        VERSION_PARAMS: json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
         VERSION_PREVIOUS_CHAMPION: previous,
         VERSION_DECIDED_BY: DECIDED_BY_FORCE if decision.forced else DECIDED_BY_GATE,
         VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",

@@ -19,7 +19,7 @@ from typing import Any
 
 from mlflow_mnist.params import format_value
 from mlflow_mnist.redaction import redact
-from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, LEVEL, NOTE, PARENT
+from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, DATASET_CONTEXT, EFFECTIVE_PREFIX, LEVEL, NOTE, PARENT
 from mlflow_mnist.tracking import TrackingError
 
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
@@ -146,7 +146,7 @@ class RunWriter:
             return dict(values)
         logged = self.client.get_run(run_id).data.params
         return {
-            (key if key not in logged else f"effective_{key}"): value
+            (key if key not in logged else f"{EFFECTIVE_PREFIX}{key}"): value
             for key, value in values.items()
             if logged.get(key) != format_value(value)
         }
@@ -199,7 +199,7 @@ class RunWriter:
 
         dataset = dataset or self.dataset
         if dataset is not None:
-            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATASET_CONTEXT, context)])
             self.client.log_inputs(run_id, datasets=[entity])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:

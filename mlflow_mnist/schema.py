@@ -1,4 +1,5 @@
-"""The run-tree schema: every tag name the tool writes, and a typed record per level with its format and parse.
+"""The run-tree schema: every tag name the tool writes, the metric and param names other modules read back, and a
+typed record per level with its format and parse.
 
     search run      level "stage" (several groups) or "step" (a single-group search)
       group run     level "step": a staged step, a rung of successive halving
@@ -10,7 +11,8 @@
 Meaning travels as typed values: a rung is ``(index, count, budget)`` and counts when ``index == count``; a
 candidate's role is a word; numbers are numbers. Parsing accepts what older versions wrote (a rung's
 ``final_rung`` "true"/"false" tag, ``@`` inside low rungs' step names, a final's task tag holding its class
-variant), so every store this tool ever made reads the same. Nothing else in the tool spells a tag name.
+variant), so every store this tool ever made reads the same. Nothing else in the tool spells a tag name, nor the
+name of a metric or param that another module reads.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ PREFIX = "mlflow_mnist."
 PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
+DATASET_CONTEXT = "mlflow.data.context"  # a logged dataset input's role: "train" or "test"
+# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _tag(name: str) -> str:
@@ -49,6 +54,7 @@ STEP = _tag("step")
 STATUS = _tag("status")
 BEST_CHILD = _tag("best_child_run_id")
 LOCK_TOKEN = _tag("lock_token")  # the campaign lock holder that wrote the run
+LOCK_PREFIX = _tag("lock.")  # the campaign lock's own tags, on its registered models (lock.py): lock.state, ...
 
 # -- search and group runs -----------------------------------------------------------------------------------
 STRATEGY = _tag("strategy")
@@ -97,6 +103,8 @@ VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY = "previous_champion", "decided_by
 DECIDED_BY_GATE, DECIDED_BY_FORCE = "gate", "--force"  # versions before this one carried forced="true"/"false"
 VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY = "mcnemar_candidate_only", "mcnemar_champion_only"
 VERSION_MCNEMAR_P = "mcnemar_p"
+# The final's repeats param, its training data's digest, and its params as JSON (less task and data_digest).
+VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_PARAMS = "repeats", "data_digest", "params"
 #: What a version serves: the final's median seed, or its seeds' ensemble.
 MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
 
@@ -107,6 +115,46 @@ GRID, REFERENCE, SAMPLE, TRIAL_ROLE = "grid", "reference", "sample", "trial"
 #: step before (the only rule before references were retrained; biased, since they won that step).
 FRESH, REUSED_RULE = "fresh", "reused"
 MAX_TAG = 5000  # MLflow's tag value limit is 8,000 characters; long JSON is cut well before it
+
+# -- metrics and params ----------------------------------------------------------------------------------------
+# The names of the metrics and params one module writes and another reads back: the campaign's memory
+# (tracking.read_store_state), the gate, the analysis, the tools and the benchmarks. Readers take ``.get(name,
+# nan)``, so a name changed on one side only fails silently; and every store ever written carries these values.
+# Fold runs: its held-out split's accuracy (linked to the fold's model) and loss, what guessing the majority class
+# scores, the seconds of its fit and the epochs it trained.
+HELDOUT_ACCURACY, HELDOUT_LOSS, CHANCE_ACCURACY = "heldout_accuracy", "heldout_loss", "chance_accuracy"
+FIT_SECONDS, EPOCHS_RUN = "fit_seconds", "epochs_run"
+# Candidate runs (a parent carries its best child's): over the candidate's folds. A candidate's CHANCE_ACCURACY is
+# its folds' mean.
+MEAN_HELDOUT_ACCURACY, STD_HELDOUT_ACCURACY = "mean_heldout_accuracy", "std_heldout_accuracy"
+MIN_HELDOUT_ACCURACY, MEAN_FIT_SECONDS, RANK = "min_heldout_accuracy", "mean_fit_seconds", "rank"
+BEST_FOLD_HELDOUT_ACCURACY = "best_fold_heldout_accuracy"
+# Group and search runs: their best candidate's mean and std; the share of the search its workers sat idle.
+BEST_MEAN_ACCURACY, BEST_STD_ACCURACY = "best_mean_accuracy", "best_std_accuracy"
+WORKERS_IDLE_SHARE = "workers_idle_share"
+# Seed runs (the final run itself with one seed): the test set's accuracy (linked to the seed's model), loss, errors.
+SEED_ACCURACY, SEED_LOSS, SEED_ERRORS = "test_accuracy", "test_loss", "test_errors"
+# Final runs: the median seed's test accuracy (what ``promote --model median`` gates on), the seeds' ensemble's
+# (linked to the ensemble's model; ``--model ensemble``) and its errors, and the spread over seeds.
+MEDIAN_ACCURACY, ENSEMBLE_ACCURACY = "median_test_accuracy", "ensemble_test_accuracy"
+ENSEMBLE_ERRORS = "ensemble_test_errors"
+MEAN_TEST_ACCURACY, STD_TEST_ACCURACY = "mean_test_accuracy", "std_test_accuracy"
+MIN_TEST_ACCURACY, MAX_TEST_ACCURACY = "min_test_accuracy", "max_test_accuracy"
+SPREAD = (MEAN_TEST_ACCURACY, STD_TEST_ACCURACY, MIN_TEST_ACCURACY, MAX_TEST_ACCURACY)
+# The campaign's settings: params of every search, fold and final run.
+TASK_PARAM, CLASSES, DATA_DIGEST_PARAM = "task", "classes", "data_digest"
+N_FOLDS, SPLIT_SEED, CV_REPEATS, PRECISION = "n_folds", "split_seed", "cv_repeats", "precision"
+# A fold run's split (besides N_FOLDS and SPLIT_SEED): fold ``FOLD_PARAM`` of repeat ``REPEAT_PARAM``; a continued
+# fold's schedule horizon and the fold key it continues ("none" for a first rung).
+FOLD_PARAM, REPEAT_PARAM, HORIZON_EPOCHS, CONTINUES = "fold", "repeat", "horizon_epochs", "continues"
+# The tasks' epochs hyperparameter (tasks.base.FIT_PARAMS): a param of every candidate, fold and final run, and
+# the budget a rung of successive halving sets.
+EPOCHS = "epochs"
+# A final run's seed count, and (only when above one) how many of a search's best configurations they spread over.
+REPEATS, CONFIGS = "repeats", "configs"
+#: The run ``mlflow run`` made already holds the entry point's -P values: a param of ours that differs is logged
+#: beside it under this prefix (``effective_precision``).
+EFFECTIVE_PREFIX = "effective_"
 
 
 def as_int(value: Any, default: int | None = None) -> int | None:

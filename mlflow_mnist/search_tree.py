@@ -27,18 +27,39 @@ from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult, best_row
 from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
+    BEST_FOLD_HELDOUT_ACCURACY,
+    BEST_MEAN_ACCURACY,
+    BEST_STD_ACCURACY,
     CANDIDATE_LEVEL,
+    CHANCE_ACCURACY,
     COLLAPSED_FOLDS,
+    CONTINUES,
+    CV_REPEATS,
+    EPOCHS_RUN,
+    FIT_SECONDS,
     FOLD_LEVEL,
+    FOLD_PARAM,
+    HELDOUT_ACCURACY,
+    HELDOUT_LOSS,
+    HORIZON_EPOCHS,
+    MEAN_FIT_SECONDS,
+    MEAN_HELDOUT_ACCURACY,
+    MIN_HELDOUT_ACCURACY,
+    N_FOLDS,
     PARENT,
+    RANK,
+    REPEAT_PARAM,
     REUSED,
+    SPLIT_SEED,
     STAGE,
     STAGE_LEVEL,
     STATUS,
+    STD_HELDOUT_ACCURACY,
     STEP,
     STEP_LEVEL,
     STRATEGY,
     VERSION_PREFIX,
+    WORKERS_IDLE_SHARE,
     CandidateTags,
     FoldTags,
     GroupResult,
@@ -229,7 +250,7 @@ class SearchTree:
             error=redact(result.error),
         )
         run_id = self.writer.start(
-            f"repeat {task.repeat + 1} {name}" if self.settings_params.get("cv_repeats", 1) > 1 else name,
+            f"repeat {task.repeat + 1} {name}" if self.settings_params.get(CV_REPEATS, 1) > 1 else name,
             FOLD_LEVEL,
             parent=parent,
             start_ms=result.started_ms,
@@ -237,21 +258,26 @@ class SearchTree:
         )
         model_tags = {k: v for k, v in fold_tags.tags().items() if k not in (STATUS,)}
         model_id = self.writer.log_model(run_id, result.model_files, params=task.params, tags=model_tags)
-        fold_params = {"fold": task.fold, "repeat": task.repeat, "n_folds": task.n_folds, "split_seed": task.split_seed}
+        fold_params = {
+            FOLD_PARAM: task.fold,
+            REPEAT_PARAM: task.repeat,
+            N_FOLDS: task.n_folds,
+            SPLIT_SEED: task.split_seed,
+        }
         if task.resumable:  # where it sits in its chain: a continued fold's curves start after its first epochs
-            fold_params.update(horizon_epochs=task.horizon, continues=task.resume_key or "none")
+            fold_params.update({HORIZON_EPOCHS: task.horizon, CONTINUES: task.resume_key or "none"})
         self.writer.log_results(
             run_id,
             params={**task.params, **fold_params, **self.settings_params},
             history=result.history,
             first_step=result.first_epoch + 1,
             metrics={
-                "fit_seconds": result.fit_seconds,
-                "epochs_run": result.epochs_run,
-                "heldout_loss": result.loss,
-                "chance_accuracy": result.chance,
+                FIT_SECONDS: result.fit_seconds,
+                EPOCHS_RUN: result.epochs_run,
+                HELDOUT_LOSS: result.loss,
+                CHANCE_ACCURACY: result.chance,
             },
-            scores={"heldout_accuracy": result.accuracy},
+            scores={HELDOUT_ACCURACY: result.accuracy},
             model_id=model_id,
         )
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
@@ -276,7 +302,7 @@ class SearchTree:
         self.writer.log_tags(runs.run_id, result.tags())
         self.writer.log_metrics(
             runs.run_id,
-            {"best_mean_accuracy": best["mean_test_score"], "best_std_accuracy": best["std_test_score"]},
+            {BEST_MEAN_ACCURACY: best["mean_test_score"], BEST_STD_ACCURACY: best["std_test_score"]},
         )
         metrics = _candidate_metrics(best)
         self.writer.name_best_child(runs.run_id, runs.candidates[winner.index], winner.label, metrics)
@@ -289,16 +315,16 @@ class SearchTree:
             run_id,
             {
                 **_candidate_metrics(row),
-                "chance_accuracy": row["chance_score"],  # its folds' mean, as each fold logs its own
-                "rank": row["rank_test_score"],
-                "mean_fit_seconds": row["mean_fit_time"],
+                CHANCE_ACCURACY: row["chance_score"],  # its folds' mean, as each fold logs its own
+                RANK: row["rank_test_score"],
+                MEAN_FIT_SECONDS: row["mean_fit_time"],
             },
         )
         self.writer.log_tags(run_id, {STATUS: row["status"], COLLAPSED_FOLDS: row["collapsed_folds"]})
         folds = [(i, a) for i, a in runs.folds.get(candidate.index, []) if a == a]  # NaN: a failed fold
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])
-            self.writer.name_best_child(run_id, fold_id, "best fold", {"best_fold_heldout_accuracy": accuracy})
+            self.writer.name_best_child(run_id, fold_id, "best fold", {BEST_FOLD_HELDOUT_ACCURACY: accuracy})
         self.writer.finish(run_id)
 
     def search_failed(self, error: BaseException) -> None:
@@ -314,7 +340,7 @@ class SearchTree:
             group = best.group
             if group.own_run and not self.single_group:
                 # A stage of steps: its best child is the group (step) run that holds the result.
-                metrics = {"best_mean_accuracy": best.best["mean_test_score"], **_candidate_metrics(best.best)}
+                metrics = {BEST_MEAN_ACCURACY: best.best["mean_test_score"], **_candidate_metrics(best.best)}
                 self.writer.name_best_child(self.root, self.group_runs[id(group)], group.name, metrics)
             elif not self.single_group:
                 # Trials hang under the search run: its best child is the best trial at the full budget.
@@ -322,7 +348,7 @@ class SearchTree:
                 self.writer.name_best_child(self.root, run_id, best.winner.label, _candidate_metrics(best.best))
             self.writer.log_tags(self.root, best_config_tag(best.winner.params))
         if math.isfinite(outcome.idle_share):
-            self.writer.log_metrics(self.root, {"workers_idle_share": outcome.idle_share})
+            self.writer.log_metrics(self.root, {WORKERS_IDLE_SHARE: outcome.idle_share})
         self.writer.finish(self.root)
         if self.pool is not None:
             self.pool.shutdown(wait=True)
@@ -330,7 +356,7 @@ class SearchTree:
 
 def _candidate_metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return {
-        "mean_heldout_accuracy": row["mean_test_score"],
-        "std_heldout_accuracy": row["std_test_score"],
-        "min_heldout_accuracy": row["min_test_score"],
+        MEAN_HELDOUT_ACCURACY: row["mean_test_score"],
+        STD_HELDOUT_ACCURACY: row["std_test_score"],
+        MIN_HELDOUT_ACCURACY: row["min_test_score"],
     }

@@ -18,15 +18,22 @@ from mlflow_mnist.redaction import redact
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
+    CHANCE_ACCURACY,
     DIGEST,
+    EXPERIMENT_KIND,
     FINAL_LEVEL,
+    FIT_SECONDS,
     FOLD_KEY,
     FOLD_LEVEL,
+    HELDOUT_ACCURACY,
     LEVEL,
     LOCK_TOKEN,
+    MEAN_HELDOUT_ACCURACY,
+    MODEL_TRAINING,
     PARENT,
     SETTINGS_KEY,
     STATUS,
+    STD_HELDOUT_ACCURACY,
     STEP_LEVEL,
     CandidateTags,
     GroupResult,
@@ -264,6 +271,14 @@ def _prepared(uri: str | None) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> str | None:
+    """The file a ``sqlite:///`` tracking URI names, as written (its query dropped; "" when it names none), or
+    ``None`` for any other URI. Pure: :func:`_sqlite_path` checks it, and ``analysis.studies`` compares with it."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return uri.removeprefix("sqlite:///").split("?")[0]
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """A SQLite store's file (its folder known writable), ``None`` for any other store; a folder store refused."""
     if uri.startswith("file:") or (":" not in uri and uri != "databricks"):
@@ -278,9 +293,9 @@ def _sqlite_path(uri: str) -> Path | None:
             f"{redact(uri)} is an in-memory SQLite store, lost when the command ends: set MLFLOW_TRACKING_URI to "
             f"sqlite:///PATH/mlflow.db"
         )
-    if not uri.startswith("sqlite:///"):
+    written = sqlite_file(uri)
+    if written is None:
         return None
-    written = uri.removeprefix("sqlite:///").split("?")[0]
     if written.startswith("~"):  # MLflow would make a folder named '~' in the working directory
         full = _full_path(written)
         user = written.split("/")[0]
@@ -391,10 +406,6 @@ def _silenced(name: str) -> Iterator[None]:
         yield
     finally:
         logger.disabled = disabled
-
-
-# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -565,11 +576,11 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
         level = tags.get(LEVEL)
         if level == CANDIDATE_LEVEL:
             ok = tags.get(STATUS, "ok") == "ok"
-            score = run.data.metrics.get("mean_heldout_accuracy", math.nan) if ok else 0.0
+            score = run.data.metrics.get(MEAN_HELDOUT_ACCURACY, math.nan) if ok else 0.0
             record = CandidateTags.parse(tags)
             finished = info.status == "FINISHED"
-            chance = run.data.metrics.get("chance_accuracy", math.nan)
-            std = run.data.metrics.get("std_heldout_accuracy", math.nan)
+            chance = run.data.metrics.get(CHANCE_ACCURACY, math.nan)
+            std = run.data.metrics.get(STD_HELDOUT_ACCURACY, math.nan)
             state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance, std))
             continue
         if info.status != "FINISHED":
@@ -587,13 +598,13 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
             parent = tags.get(PARENT, "")
             state.folds[tags[FOLD_KEY]] = FoldRecord(
                 tags[FOLD_KEY],
-                run.data.metrics.get("heldout_accuracy", math.nan),
-                run.data.metrics.get("fit_seconds", math.nan),
+                run.data.metrics.get(HELDOUT_ACCURACY, math.nan),
+                run.data.metrics.get(FIT_SECONDS, math.nan),
                 tags[STATUS],
                 info.run_id,
                 parent,
                 status.get(parent) == "FINISHED",
-                run.data.metrics.get("chance_accuracy", 0.5),
+                run.data.metrics.get(CHANCE_ACCURACY, 0.5),
             )
     return state
 

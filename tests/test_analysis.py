@@ -159,7 +159,7 @@ def test_the_reference_rule_on_fresh_and_older_stores(campaign):
     assert set(verdicts.loc[fresh, "reference_state"]) == {"fresh"}
     references = summary[summary["is_reference"]].set_index("step")
     assert set(references.loc[fresh, "role"]) == {"reference"} and not references["is_best"].any()
-    assert references.loc["kernel_size", "value"] == "(3, 3)"  # the store's " (reference)" mark is read as role
+    assert references.loc["kernel_size", "value"] == "(3, 3)"  # the reference's own value: its role says what it is
     assert verdicts.loc["pool_size", "reference_state"] == "reused" and verdicts.loc["pool_size", "reference_reused"]
     assert "high by selection" in verdicts.loc["pool_size", "sentence"]
     no_reference = verdicts.loc["neurons_1"]

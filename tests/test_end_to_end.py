@@ -154,7 +154,7 @@ def test_mlflow_run_logs_the_run_tree_mlflow3_natively_in_the_default_experiment
     assert (probabilities.argmax(axis=1) == task.y_test[:100]).mean() > 0.8
 
     # MLflow 3 natively: the Default experiment marked for model training, LoggedModels, true run times.
-    assert client.get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    assert client.get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
     folds, candidates = levels["fold"], levels["candidate"]
 
     # One LoggedModel per fold run, its held-out accuracy on the model, rankable by it.

@@ -18,6 +18,7 @@ import pytest
 from conftest import FoldWatcher
 
 from mlflow_mnist.executors import (
+    EXECUTORS,
     ExecutorError,
     JoblibExecutor,
     NJobsError,
@@ -53,7 +54,30 @@ def test_n_jobs_that_names_no_worker_is_one_line(n_jobs, message):
     assert isinstance(raised.value, ValueError)
 
 
-@pytest.mark.parametrize("name", ["serial", "joblib", "dask"])
+def test_each_registered_name_makes_its_executor_and_the_cli_and_readme_name_them_all(monkeypatch):
+    """The registry is the one list: the CLI's --executor choices and help, and the README's option row, name each
+    registered executor (MLproject gives only the default, which must be one)."""
+    import yaml
+
+    from mlflow_mnist.cli import tune
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert all(make_executor(name, n_jobs=1).name == name for name in EXECUTORS)  # nothing starts until used
+    option = next(param for param in tune.params if param.name == "executor")
+    readme = Path(__file__).parents[1].joinpath("README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `--executor`"))
+    assert list(option.type.choices) == list(EXECUTORS) and option.default in EXECUTORS
+    assert all(f"({name})" in option.help and f"`{name}`" in row for name in EXECUTORS)
+    entry_points = yaml.safe_load(Path(__file__).parents[1].joinpath("MLproject").read_text())["entry_points"]
+    defaults = [
+        point["parameters"]["executor"]["default"]
+        for point in entry_points.values()
+        if "executor" in point["parameters"]
+    ]
+    assert len(defaults) == 2 and set(defaults) <= set(EXECUTORS)
+
+
+@pytest.mark.parametrize("name", EXECUTORS)
 def test_every_executor_refuses_the_same_n_jobs_before_starting_anything(name):
     cores = usable_cores()
     for bad in (0, -(cores + 1)):

@@ -21,7 +21,6 @@ import pytest
 from mlflow_mnist.lock import (
     BROKEN,
     FREE,
-    TAG,
     CampaignLock,
     LockHeld,
     LockLost,
@@ -33,6 +32,7 @@ from mlflow_mnist.lock import (
     holder,
     lock_base,
 )
+from mlflow_mnist.schema import LOCK_PREFIX
 
 ELSEWHERE = Process("far-host", "another-boot/pid:[1]", 4242, "777")
 
@@ -408,7 +408,7 @@ def test_a_released_lock_is_one_free_entity_and_the_next_driver_takes_the_next_g
         with pytest.raises(LockLost, match="released"):
             lock.check()
     (entity,) = client.search_registered_models(filter_string=f"name LIKE '{lock_base(key)}%'")
-    assert entity.name == f"mlflow-mnist-lock-experiment-{key}-g3" and entity.tags[TAG + "state"] == FREE
+    assert entity.name == f"mlflow-mnist-lock-experiment-{key}-g3" and entity.tags[LOCK_PREFIX + "state"] == FREE
     assert entity.description.startswith("mlflow-mnist's lock on this experiment: one driver at a time. Not a model")
     assert holder(client, key) is None
 

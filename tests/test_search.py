@@ -35,28 +35,30 @@ def test_fixed_params_carry_forward_from_earlier_steps_only():
         "kernel_size": StepBest("kernel_size", {"kernel_size": (5, 5)}, 0.995),
         "pool_size": StepBest("pool_size", {"pool_size": (1, 1)}, 0.995),
     }
-    fixed = resolve_fixed_params(MNIST, "pool_size", bests, {}, epochs=6)
+    fixed = resolve_fixed_params(MNIST, "pool_size", bests, overrides={}, epochs=6)
     assert fixed["momentum"] == 0.4 and fixed["kernel_size"] == (5, 5)
     assert fixed["pool_size"] == SEED_START["pool_size"]  # pool_size's own result is not "earlier"
-    assert resolve_fixed_params(MNIST, "batch_size", bests, {}, 6)["momentum"] == SEED_START["momentum"]
-    assert resolve_fixed_params(MNIST, FINAL, bests, {}, 6)["pool_size"] == (1, 1)
+    assert (
+        resolve_fixed_params(MNIST, "batch_size", bests, overrides={}, epochs=6)["momentum"] == SEED_START["momentum"]
+    )
+    assert resolve_fixed_params(MNIST, FINAL, bests, overrides={}, epochs=6)["pool_size"] == (1, 1)
 
 
 def test_overrides_win_over_store_and_epochs_over_seed():
     bests = {"neurons_3": StepBest("neurons_3", {"neurons_3": 5}, 0.99)}
-    fixed = resolve_fixed_params(MNIST, "kernel_size", bests, {"neurons_3": 10}, epochs=8)
+    fixed = resolve_fixed_params(MNIST, "kernel_size", bests, overrides={"neurons_3": 10}, epochs=8)
     assert fixed["neurons_3"] == 10 and fixed["epochs"] == 8
     epochs_best = {"epochs": StepBest("epochs", {"epochs": 20, "batch_size": 60}, 0.99)}
-    assert resolve_fixed_params(MNIST, FINAL, epochs_best, {}, epochs=6)["batch_size"] == 60
+    assert resolve_fixed_params(MNIST, FINAL, epochs_best, overrides={}, epochs=6)["batch_size"] == 60
 
 
 def test_invalid_override_is_caught_while_planning():
     with pytest.raises(HyperparameterError, match="dropout_rate_1=1.5"):
-        resolve_fixed_params(MNIST, "kernel_size", {}, {"dropout_rate_1": 1.5}, 6)
+        resolve_fixed_params(MNIST, "kernel_size", {}, overrides={"dropout_rate_1": 1.5}, epochs=6)
 
 
 def test_plan_trains_every_fold_of_a_fresh_step():
-    fixed = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    fixed = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
     plan = plan_step(get_step("kernel_size"), fixed, SETTINGS, done={})
     assert len(plan.candidates) == 4 and len(plan.to_train) == 12 and not plan.reused
     assert [t.label for t in plan.to_train[:3]] == ["kernel_size=(1, 1)"] * 3
@@ -67,10 +69,10 @@ def test_plan_trains_every_fold_of_a_fresh_step():
 def test_plan_reuses_finished_folds_and_the_previous_best():
     """The best of kernel_size is also a grid point of pool_size: its folds are not trained again."""
     step_k = get_step("kernel_size")
-    plan_k = plan_step(step_k, resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6), SETTINGS, {})
+    plan_k = plan_step(step_k, resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6), SETTINGS, {})
     done = {t.key: FoldRecord(t.key, 0.99, 1.0, "ok") for t in plan_k.to_train}
     best = StepBest("kernel_size", {"kernel_size": (3, 3)}, 0.99)
-    fixed = resolve_fixed_params(MNIST, "pool_size", {"kernel_size": best}, {}, 6)
+    fixed = resolve_fixed_params(MNIST, "pool_size", {"kernel_size": best}, overrides={}, epochs=6)
     plan_p = plan_step(get_step("pool_size"), fixed, SETTINGS, done)
     # pool (2, 2) with kernel (3, 3) is exactly kernel_size's (3, 3) candidate.
     assert len(plan_p.reused) == 3 and len(plan_p.to_train) == 9
@@ -81,7 +83,7 @@ def test_plan_reuses_finished_folds_and_the_previous_best():
 
 
 def test_fold_key_depends_on_everything_that_changes_the_result():
-    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
     key = fold_key(params, 0, SETTINGS)
     assert key == fold_key(dict(params), 0, SETTINGS)
     others = [
@@ -97,7 +99,7 @@ def test_fold_key_depends_on_everything_that_changes_the_result():
 def test_a_final_seeds_key_depends_on_everything_that_changes_its_result():
     """What a killed final's seed is taken by: the configuration, the seed, the data, the test set, the precision;
     not the fold split (a final trains on all training images)."""
-    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
     key = final_seed_key(params, 0, SETTINGS, test_digest="t")
     assert key == final_seed_key(dict(params), 0, SearchSettings(MNIST, 5, 3, 6, "abc", 2), test_digest="t")
     others = [
@@ -120,7 +122,9 @@ def _results(plan, scores):
 
 
 def test_cv_results_rank_and_tie_break():
-    plan = plan_step(get_step("kernel_size"), resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6), SETTINGS, {})
+    plan = plan_step(
+        get_step("kernel_size"), resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6), SETTINGS, {}
+    )
     rows = cv_results(
         plan,
         _results(
@@ -142,7 +146,7 @@ def test_cv_results_rank_and_tie_break():
 
 def test_folds_are_stratified_and_disjoint():
     y = np.array([0] * 30 + [1] * 60)
-    held = [fold_indices(y, 3, 0, k)[1] for k in range(3)]
+    held = [fold_indices(y, n_folds=3, split_seed=0, fold=k)[1] for k in range(3)]
     assert sorted(np.concatenate(held).tolist()) == list(range(90))
     assert all(np.bincount(y[h]).tolist() == [10, 20] for h in held)
 
@@ -183,7 +187,7 @@ def test_a_healthy_fold_returns_curves_and_a_model(sample):
 
 
 def test_precision_is_part_of_the_fold_key_but_float32_keys_are_unchanged():
-    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
     bf16 = SearchSettings(MNIST, 3, 0, 6, "abc", 2, "mixed_bfloat16")
     assert fold_key(params, 0, bf16) != fold_key(params, 0, SETTINGS)
     assert fold_key(params, 0, SETTINGS) == fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "abc", 2, "float32"))
@@ -196,7 +200,7 @@ def test_keys_and_digests_are_those_older_versions_made():
     nothing retrained, so keys, settings keys, hashes and data digests may never drift."""
     from mlflow_mnist.planning import config_hash
 
-    params = resolve_fixed_params(MNIST, "kernel_size", {}, {}, 6)
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
     assert fold_key(params, 0, SearchSettings(MNIST, 3, 0, 6, "abc", 2)) == "269dfaf46e424479"
     extra = {**params, "augment_shift": 0.1, "lr_schedule": "cosine"}
     bf16 = SearchSettings(MNIST, 3, 1, 6, "abc", 2, "mixed_bfloat16", 3)
@@ -208,10 +212,29 @@ def test_keys_and_digests_are_those_older_versions_made():
     assert MNIST.load("sample", classes="all").digest() == "9c8bbab2fa4a17f4"
 
 
+def test_splits_and_continued_keys_are_those_older_versions_made():
+    """A fold's split is named by (n_folds, split_seed, fold, repeat) and its key by everything it continues: pinned,
+    so a store made before resumes with nothing retrained and benchmarks compare peers on the same splits."""
+    y = np.array([0] * 6 + [1] * 9)
+    held_out = {
+        (3, 0, 1, 0): [1, 3, 6, 12, 14],
+        (3, 7, 2, 1): [3, 4, 7, 9, 12],
+        (3, 1, 0, 2): [0, 2, 6, 10, 12],
+    }
+    for (n_folds, split_seed, fold, repeat), expected in held_out.items():
+        train, held = fold_indices(y, n_folds=n_folds, split_seed=split_seed, fold=fold, repeat=repeat)
+        assert held.tolist() == expected and sorted([*train.tolist(), *expected]) == list(range(len(y)))
+    params = resolve_fixed_params(MNIST, "kernel_size", {}, overrides={}, epochs=6)
+    assert fold_key(params, 1, SETTINGS, repeat=0, replicate="reference") == "f89f9840f3ff6502"
+    resume = "0123456789abcdef"
+    continued = fold_key(params, 1, SETTINGS, repeat=1, replicate="reference", horizon=12, resume_key=resume)
+    assert continued == "639fab16f6b87dc3"
+
+
 def test_a_step_retrains_its_reference_with_keys_of_its_own():
     """The reference (the carried-in configuration) is one more candidate whose folds are trained afresh in each
     step: not the grid point's keys, and not the previous step's reference's either."""
-    fixed = resolve_fixed_params(MNIST, "pool_size", {}, {}, 6)
+    fixed = resolve_fixed_params(MNIST, "pool_size", {}, overrides={}, epochs=6)
     pool = plan_step(get_step("pool_size"), fixed, SETTINGS, {}, reference=True)
     kernel = plan_step(get_step("kernel_size"), fixed, SETTINGS, {}, reference=True)
     reference = pool.candidates[-1]

@@ -116,7 +116,7 @@ def test_only_the_run_mlflow_run_has_just_made_is_adopted(tmp_path, monkeypatch)
     assert _dump(tmp_path / "mlflow.db") == before
     writer = tracking.resolve_experiment(tracking.connect())
     assert (writer.experiment_id, writer.launcher_run_id) == ("0", run_id)
-    assert MlflowClient(uri).get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    assert MlflowClient(uri).get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
 
 
 # --- SQLite files that are not MLflow stores ---------------------------------------------------------------------
@@ -266,7 +266,7 @@ def test_readers_do_not_tag_the_experiment_they_read(tmp_path, command):
     store.mkdir()
     uri = _new_store(store)
     before = _dump(store / "mlflow.db")
-    assert not [line for line in before if tracking.EXPERIMENT_KIND in line]
+    assert not [line for line in before if schema.EXPERIMENT_KIND in line]
     args = [arg.format(tmp=tmp_path) for arg in READS[command]]
     proc = cli(*args, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": ""}, cwd=tmp_path)
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
@@ -290,4 +290,4 @@ def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_pat
         tracking.resolve_experiment(client, "gone", create=False)
     assert _dump(tmp_path / "mlflow.db") == before
     assert tracking.resolve_experiment(client, "Default").experiment_id == "0"  # a writer's
-    assert client.get_experiment("0").tags[tracking.EXPERIMENT_KIND] == tracking.MODEL_TRAINING
+    assert client.get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING

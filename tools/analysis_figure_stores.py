@@ -70,7 +70,8 @@ def make(uri: str, score, *, folds: int, epochs: int, lost: bool) -> None:
         client = tracking.connect(uri)
         runs = client.search_runs(
             [client.get_experiment_by_name("mnist").experiment_id],
-            f"tags.`{schema.LEVEL}` = '{schema.FOLD_LEVEL}' and params.dropout_rate_2 = '0.1' and params.fold = '1'",
+            f"tags.`{schema.LEVEL}` = '{schema.FOLD_LEVEL}' and params.dropout_rate_2 = '0.1' "
+            f"and params.{schema.FOLD_PARAM} = '1'",
         )
         client.delete_run(runs[0].info.run_id)  # one fold that never finished
 

@@ -151,7 +151,7 @@ def read_store(store: str, experiment_id: str) -> dict[str, StoreRun]:
             name=run.info.run_name,
             parent=tags.get(schema.PARENT, ""),
             level=tags.get(schema.LEVEL, ""),
-            fit_seconds=run.data.metrics.get("fit_seconds", float("nan")),
+            fit_seconds=run.data.metrics.get(schema.FIT_SECONDS, float("nan")),
             params=dict(run.data.params),
         )
     return runs
@@ -204,13 +204,15 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
     from mlflow import MlflowClient
     from playwright.sync_api import sync_playwright
 
+    from mlflow_mnist import schema
+
     store = f"sqlite:///{folder}/mlflow.db"
     found = MlflowClient(store).get_experiment_by_name(experiment)
     if found is None:
         return [f"the store {store} has no experiment {experiment!r}"]
     experiment_id = found.experiment_id
     runs = read_store(store, experiment_id)
-    searches = {i: r for i, r in runs.items() if not r.parent and r.level in ("stage", "step")}
+    searches = {i: r for i, r in runs.items() if not r.parent and r.level in (schema.STAGE_LEVEL, schema.STEP_LEVEL)}
     server, port = start_ui(store)
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
     shown: dict[str, dict[str, str]] = {}
@@ -227,7 +229,7 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
             page.screenshot(path=str(out / "runs_table.png"), full_page=True)
             rows = read_table(page)
             for run_id, search in searches.items():
-                shown[run_id] = shown_params(page, f"{base}/runs/{run_id}", "task")
+                shown[run_id] = shown_params(page, f"{base}/runs/{run_id}", schema.TASK_PARAM)
                 page.screenshot(path=str(out / f"search-{re.sub(r'[^A-Za-z0-9_.-]+', '_', search.name)}.png"))
             browser.close()
     finally:
@@ -236,7 +238,7 @@ def check(folder: Path, out: Path, experiment: str, task_name: str, min_fold_sec
     problems = tree_problems(rows, runs, searches, min_fold_seconds)
     report(rows, runs)
     for run_id, search in searches.items():
-        named = shown[run_id].get("effective_task", shown[run_id].get("task"))
+        named = shown[run_id].get(schema.EFFECTIVE_PREFIX + schema.TASK_PARAM, shown[run_id].get(schema.TASK_PARAM))
         print(f"search run {search.name}: its page shows param task = {named}")
         if named != task_name:
             problems.append(f"search run {search.name} shows param task={named!r} in the UI, not {task_name!r}")
@@ -247,12 +249,14 @@ def tree_problems(
     rows: list[Row], runs: dict[str, StoreRun], searches: dict[str, StoreRun], min_fold_seconds: float
 ) -> list[str]:
     """The UI's tree against the store's: search > candidate > fold, each row under its store parent, all shown."""
+    from mlflow_mnist import schema
+
     problems = []
     by_id = {row.run_id: row for row in rows}
     if not searches:
         return ["the store holds no finished search run"]
-    candidates = {i: r for i, r in runs.items() if r.level == "candidate" and r.parent in searches}
-    folds = {i: r for i, r in runs.items() if r.level == "fold" and r.parent in candidates}
+    candidates = {i: r for i, r in runs.items() if r.level == schema.CANDIDATE_LEVEL and r.parent in searches}
+    folds = {i: r for i, r in runs.items() if r.level == schema.FOLD_LEVEL and r.parent in candidates}
     for kind, expected in (("search", searches), ("candidate", candidates), ("fold", folds)):
         missing = [r.name for i, r in expected.items() if i not in by_id]
         if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from mlflow_mnist.executors.base import (
     Executor,
@@ -15,7 +16,34 @@ from mlflow_mnist.executors.base import (
 from mlflow_mnist.executors.joblib import JoblibExecutor
 from mlflow_mnist.executors.serial import SerialExecutor
 
-EXECUTORS = ("joblib", "serial", "dask")
+
+def _joblib(n_jobs: int | None, scheduler: str | None) -> Executor:
+    resolve_n_jobs(n_jobs)
+    return JoblibExecutor(n_jobs)
+
+
+def _serial(n_jobs: int | None, scheduler: str | None) -> Executor:
+    resolve_n_jobs(n_jobs)  # refused as every executor refuses it, though this one runs in this process
+    return SerialExecutor()
+
+
+def _dask(n_jobs: int | None, scheduler: str | None) -> Executor:
+    from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads when used
+
+    if remote_scheduler(scheduler):
+        return DaskExecutor(scheduler, n_workers=n_jobs)  # counted against the cluster's threads once reached
+    return DaskExecutor(scheduler, n_workers=resolve_n_jobs(n_jobs))
+
+
+DASK = "dask"  # DaskExecutor.name, without importing it: the one executor that takes a scheduler
+#: Every executor by name (the CLI's choices, in this order), each made from ``n_jobs`` and ``scheduler``: a new
+#: executor is one entry. Dask's class is imported only when it is made.
+REGISTRY: dict[str, Callable[[int | None, str | None], Executor]] = {
+    JoblibExecutor.name: _joblib,
+    SerialExecutor.name: _serial,
+    DASK: _dask,
+}
+EXECUTORS = tuple(REGISTRY)
 
 
 def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler: str | None = None) -> Executor:
@@ -26,27 +54,16 @@ def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler:
     this machine's cores, so it is passed on as given. A ``scheduler`` for another executor would be ignored: it is
     refused (:class:`ExecutorOptionError`); ``$DASK_SCHEDULER_ADDRESS`` is read by Dask alone.
     """
-    if name not in EXECUTORS:
+    if name not in REGISTRY:
         raise ValueError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")
-    if scheduler and name != "dask":
+    if scheduler and name != DASK:
         from mlflow_mnist.redaction import redact
 
         raise ExecutorOptionError(
             f"--scheduler {redact(scheduler)} is for --executor dask, not {name}: add --executor dask or leave "
             f"--scheduler out"
         )
-    if name == "dask" and remote_scheduler(scheduler):
-        from mlflow_mnist.executors.dask import DaskExecutor  # dask.distributed loads when used
-
-        return DaskExecutor(scheduler, n_workers=n_jobs)  # counted against the cluster's threads once reached
-    workers = resolve_n_jobs(n_jobs)
-    if name == "serial":
-        return SerialExecutor()
-    if name == "joblib":
-        return JoblibExecutor(n_jobs)
-    from mlflow_mnist.executors.dask import DaskExecutor
-
-    return DaskExecutor(scheduler, n_workers=workers)
+    return REGISTRY[name](n_jobs, scheduler)
 
 
 def remote_scheduler(scheduler: str | None) -> str:

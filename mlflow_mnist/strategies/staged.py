@@ -89,7 +89,9 @@ class StagedGrid:
         return len(self.steps) == 1
 
     def fixed_for(self, step: Step, state: StoreState) -> Params:
-        return resolve_fixed_params(self.task, step.name, state.step_bests, self.overrides, self.epochs)
+        return resolve_fixed_params(
+            self.task, step.name, state.step_bests, overrides=self.overrides, epochs=self.epochs
+        )
 
     def fresh_reference(self, step: Step, state: StoreState) -> bool:
         """Retrain the reference, unless told not to or the step already finished in the store under the old rule:

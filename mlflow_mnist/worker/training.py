@@ -297,7 +297,9 @@ def train_fold(
     checkpoint = checkpoint if checkpoint is not None else task.checkpoint
     configure_threads(threads)
 
-    train, held_out = fold_indices(y, task.n_folds, task.split_seed, task.fold, task.repeat)
+    train, held_out = fold_indices(
+        y, n_folds=task.n_folds, split_seed=task.split_seed, fold=task.fold, repeat=task.repeat
+    )
     started_ms, start = now_ms(), time.perf_counter()
     record = {
         "key": task.key,
