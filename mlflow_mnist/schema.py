@@ -97,6 +97,10 @@ VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY = "previous_champion", "decided_by
 DECIDED_BY_GATE, DECIDED_BY_FORCE = "gate", "--force"  # versions before this one carried forced="true"/"false"
 VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY = "mcnemar_candidate_only", "mcnemar_champion_only"
 VERSION_MCNEMAR_P = "mcnemar_p"
+# The version serves a copy of the files the gate verified (model_files.tree_sha256 of them), made from the
+# LoggedModel it measured (verified_model); read_champion checks the files against the digest.
+VERSION_MODEL_SHA256, VERSION_VERIFIED_MODEL = "model_sha256", "verified_model"
+COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
 #: What a version serves: the final's median seed, or its seeds' ensemble.
 MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
 

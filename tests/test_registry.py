@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 from services import free_port
 
-from mlflow_mnist import registry
+from mlflow_mnist import model_files, registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final_run import run_final
 from mlflow_mnist.gate import (
@@ -42,7 +43,7 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import COPY_OF, DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 
 NAME = "mnist-2v7-convnet"
 
@@ -282,8 +283,15 @@ class Store:
 
     def model_folder(self, final: str) -> Path:
         model_id = self.client.get_run(final).data.tags[MEDIAN_MODEL]
-        location = self.client.get_logged_model(model_id).artifact_location
-        return Path(urlparse(location).path if location.startswith("file:") else location)
+        return local_folder(self.client.get_logged_model(model_id).artifact_location)
+
+    def served_folder(self, version: str) -> Path:
+        """Where the registry's files of ``version`` lie: what ``models:/<name>/<version>`` loads."""
+        return local_folder(self.client.get_model_version_download_uri(NAME, version))
+
+
+def local_folder(location: str) -> Path:
+    return Path(urlparse(location).path if location.startswith("file:") else location)
 
 
 @pytest.fixture
@@ -466,6 +474,86 @@ def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_cod
 
 
 @pytest.mark.slow
+def test_files_swapped_right_after_verification_are_not_what_champion_serves(fresh):
+    """The audit's race: the candidate's weights replaced by the poor final's as soon as the gate has measured it
+    (before the lock, the champion and the registration). The version serves the copy the gate verified, tagged
+    with its digest and the measured model's id; the candidate's own folder no longer matters."""
+    client, finals = fresh.client, fresh.finals
+    good_id = client.get_run(finals.good).data.tags[MEDIAN_MODEL]
+    weights = next(fresh.model_folder(finals.good).rglob("*.keras"))
+    honest, honest_sha256 = weights.read_bytes(), model_files.tree_sha256(fresh.model_folder(finals.good))
+    data = registry.load_gate_data(client.get_run(finals.good))
+    measured: list[np.ndarray] = []
+
+    def predict(uri: str, examples):
+        labels = registry.predicted_labels(uri, examples)
+        if not measured:  # the candidate's verification: now its files in the artifact store change
+            measured.append(labels)
+            shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        return labels
+
+    try:
+        done = fresh.promote(finals.good, min_accuracy=0.5, predict=predict)
+        served = registry.predicted_labels(f"models:/{NAME}@{CHAMPION}", data.x_test)
+        assert np.array_equal(served, measured[0]), f"@champion serves {np.mean(served == data.y_test):.1%}"
+        version = fresh.champion()
+        assert str(version.version) == str(done["version"]) and complete(version)
+        assert (
+            version.tags["model_sha256"]
+            == honest_sha256
+            == model_files.tree_sha256(fresh.served_folder(done["version"]))
+        )
+        assert version.tags["verified_model"] == good_id
+        copy = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert copy.model_id != good_id and copy.tags[COPY_OF] == good_id
+        assert copy.source_run_id == client.get_run(finals.good).data.tags[MEDIAN_RUN] == version.run_id
+    finally:
+        weights.write_bytes(honest)
+
+
+@pytest.mark.slow
+def test_files_changed_while_registered_are_refused_before_the_alias_moves(fresh, monkeypatch):
+    """The registered copy's files are read back and hashed before the alias moves: a copy changed on its way
+    (here, right after its upload) leaves @champion where it was."""
+    finals = fresh.finals
+    before = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
+    upload = registry.register_copy
+
+    def upload_then_change(client, name, candidate, verified):
+        copy_id = upload(client, name, candidate, verified)
+        folder = local_folder(client.get_logged_model(copy_id).artifact_location)
+        (folder / "MLmodel").write_bytes((folder / "MLmodel").read_bytes() + b"\n")
+        return copy_id
+
+    monkeypatch.setattr(registry, "register_copy", upload_then_change)
+    with pytest.raises(PromotionRejected, match=r"the files of version 2, read back from the registry, are not the"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert str(fresh.champion().version) == before
+
+
+@pytest.mark.slow
+def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
+    """The champion's weights replaced in the artifact store after its promotion: the next promote finds its
+    files' digest is not the one its version recorded, and says so; only --force replaces it."""
+    finals = fresh.finals
+    version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
+    weights = next(fresh.served_folder(version).rglob("*.keras"))
+    honest = weights.read_bytes()
+    try:
+        shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        changed = "its files are not the ones the gate verified (their sha256 is not its model_sha256 tag"
+        with pytest.raises(
+            PromotionRejected, match=rf"version {version}\) cannot be compared with: {re.escape(changed)}"
+        ):
+            fresh.promote(finals.good, min_accuracy=0.5)
+        assert str(fresh.champion().version) == version
+        forced = fresh.promote(finals.good, min_accuracy=0.5, force=True)
+        assert changed in forced["reason"] and fresh.champion().tags["decided_by"] == "--force"
+    finally:
+        weights.write_bytes(honest)
+
+
+@pytest.mark.slow
 def test_training_data_that_contains_test_images_is_refused(fresh):
     with pytest.raises(PromotionRejected, match=f"{LEAKED} of the 200 test images .* are also among its training"):
         fresh.promote(fresh.finals.leaky, min_accuracy=0.5, force=True)
@@ -528,7 +616,7 @@ def test_two_promotes_at_once_move_the_alias_once(fresh):
     meeting, serial = threading.Barrier(2), threading.Lock()
 
     def predict(uri: str, examples):
-        if uri.startswith(f"models:/{NAME}/"):  # the champion, read inside the critical section
+        if "mlflow-mnist-champion-" in uri:  # the champion's local copy, read inside the critical section
             try:
                 meeting.wait(timeout=5)
             except threading.BrokenBarrierError:
