@@ -82,7 +82,10 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 
-__all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "promote"]
+__all__ = [
+    "CHAMPION", "ChampionUnverified", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "load_champion",
+    "promote",
+]  # fmt: skip
 
 SEED_ACCURACY = "test_accuracy"  # the metric each seed run logs (final_tree)
 SPREAD = ("mean_test_accuracy", "std_test_accuracy", "min_test_accuracy", "max_test_accuracy")
@@ -526,6 +529,37 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
     if logged_errors(accuracy, size) != errors:
         return Champion(number, f"its test_accuracy tag {accuracy:.4%} is not what its model scores ({errors} errors)")
     return Champion(number, predictions=predictions)
+
+
+class ChampionUnverified(RuntimeError):
+    """``@champion`` cannot be loaded as the model the gate verified; the message is one line saying why."""
+
+
+def load_champion(client, name: str):
+    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded from a local copy of its files whose digest is its
+    version's ``model_sha256`` tag (the files the gate verified); :class:`ChampionUnverified` when there is no
+    champion, no tag to check against, or other files. The model is loaded whole (Keras, the seed ensemble), and
+    the copy removed."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        raise ChampionUnverified(f"{name!r} has no @{CHAMPION} ({error.error_code}): promote a final first") from None
+    number, verified_sha256 = str(version.version), version.tags.get(VERSION_MODEL_SHA256, "")
+    if not verified_sha256:
+        raise ChampionUnverified(
+            f"{name!r} version {number} (@{CHAMPION}) has no {VERSION_MODEL_SHA256} tag (not registered by a "
+            f"promote that hashes what it registers): nothing to check its files against; promote a final again"
+        )
+    with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
+        if copy.sha256 != verified_sha256:
+            raise ChampionUnverified(
+                f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
+                f"sha256 is not its {VERSION_MODEL_SHA256} tag): changed in the artifact store; not loaded"
+            )
+        return mlflow.pyfunc.load_model(str(copy.folder))
 
 
 def _as_float(text: str | None) -> float:

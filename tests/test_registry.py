@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from services import free_port
 
+import mlflow_mnist
 from mlflow_mnist import model_files, registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final_run import run_final
@@ -507,6 +508,9 @@ def test_files_swapped_right_after_verification_are_not_what_champion_serves(fre
         copy = client.get_logged_model(version.source.removeprefix("models:/"))
         assert copy.model_id != good_id and copy.tags[COPY_OF] == good_id
         assert copy.source_run_id == client.get_run(finals.good).data.tags[MEDIAN_RUN] == version.run_id
+        # Loaded by its alias just above, MLflow wrote registered_model_meta into the served folder: not counted.
+        loaded = mlflow_mnist.load_champion(name=NAME)
+        assert np.array_equal(np.asarray(loaded.predict(data.x_test)).argmax(axis=1), measured[0])
     finally:
         weights.write_bytes(honest)
 
@@ -547,6 +551,8 @@ def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
         ):
             fresh.promote(finals.good, min_accuracy=0.5)
         assert str(fresh.champion().version) == version
+        with pytest.raises(registry.ChampionUnverified, match=rf"version {version} \(@champion\) are not the ones"):
+            mlflow_mnist.load_champion(name=NAME)
         forced = fresh.promote(finals.good, min_accuracy=0.5, force=True)
         assert changed in forced["reason"] and fresh.champion().tags["decided_by"] == "--force"
     finally:
