@@ -30,7 +30,7 @@ import numpy as np
 
 from mlflow_mnist import model_files, tracking
 from mlflow_mnist.final_run import MEDIAN_ACCURACY
-from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY
+from mlflow_mnist.final_tree import ENSEMBLE_ACCURACY, SEED_RUNS_PARAM, seed_runs_sha256
 from mlflow_mnist.gate import (
     ALPHA,
     Champion,
@@ -97,6 +97,7 @@ VERSION_TAGS = (
     VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P, VERSION_MODEL_SHA256,
     VERSION_VERIFIED_MODEL,
 )  # fmt: skip
+NOT_CONFIGURATION = ("task", "data_digest", SEED_RUNS_PARAM)  # a final's params left out of the version's "params"
 UNCHANGED = f"@{CHAMPION} unchanged"
 MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
@@ -396,7 +397,8 @@ def _made_while_open(model, final) -> None:
 
 def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
-    (params are write-once: a seed run added later shows up as one too many)."""
+    (params are write-once: a seed run added later shows up as one too many), and the very runs its
+    ``seed_runs_sha256`` param names (a run re-parented in place of one of them does not count as its seed)."""
     final_id, end = final.info.run_id, final.info.end_time
     repeats = int(final.data.params.get("repeats", "1") or 1)
     if repeats == 1:
@@ -406,6 +408,12 @@ def _seed_accuracies(client, final) -> dict[str, float]:
         seed_ids = [run.info.run_id for run in children if run.data.tags.get(LEVEL) == FINAL_SEED_LEVEL]
     if len(seed_ids) != repeats:
         raise _tampered(f"final run {final_id} trained {repeats} seed(s) but has {len(seed_ids)} seed runs")
+    recorded = final.data.params.get(SEED_RUNS_PARAM)
+    # A final made before it recorded its seeds has no such param: its parent tags are all there is to go on.
+    if recorded is not None and recorded != seed_runs_sha256(seed_ids):
+        raise _tampered(
+            f"the seed runs of final run {final_id} are not the ones it recorded when it ended ({SEED_RUNS_PARAM})"
+        )
     return {seed: logged_while_open(client, seed, SEED_ACCURACY, end) for seed in seed_ids}
 
 
@@ -588,7 +596,7 @@ def version_tags(
         VERSION_TEST_SET_USES: str(uses),
         VERSION_SOURCE_RUN: candidate.seed_run_id,
         VERSION_FINAL_RUN: candidate.run_id,
-        "params": json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
+        "params": json.dumps({k: v for k, v in params.items() if k not in NOT_CONFIGURATION})[:5000],
         VERSION_PREVIOUS_CHAMPION: previous,
         VERSION_DECIDED_BY: DECIDED_BY_FORCE if decision.forced else DECIDED_BY_GATE,
         VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",

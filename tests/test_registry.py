@@ -419,6 +419,24 @@ def test_a_median_that_points_elsewhere_is_refused(fresh):
 
 
 @pytest.mark.slow
+def test_a_run_reparented_in_place_of_a_seed_is_refused(fresh):
+    """Seeds are found by their parent tag, which anyone can set: the good final (finished before the poor one
+    ended, its test accuracy logged then) re-parented in place of the poor final's best seed keeps the count and
+    the median. The poor final recorded its seed runs in a param when it ended; before, it was promoted."""
+    client, finals = fresh.client, fresh.finals
+    median = client.get_run(finals.poor).data.tags[MEDIAN_RUN]
+    seeds = client.search_runs([fresh.experiment_id], f"tags.`mlflow.parentRunId` = '{finals.poor}'")
+    best = max(seeds, key=lambda seed: seed.data.metrics["test_accuracy"])
+    assert best.info.run_id != median
+    client.set_tag(best.info.run_id, "mlflow.parentRunId", finals.good)
+    client.set_tag(finals.good, "mlflow.parentRunId", finals.poor)
+    client.set_tag(finals.good, "mlflow_mnist.level", "final_seed")
+    with pytest.raises(PromotionRejected, match="are not the ones it recorded when it ended .seed_runs_sha256."):
+        fresh.promote(finals.poor, min_accuracy=0.3)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
 def test_data_tags_that_disagree_with_what_the_final_wrote_once_are_refused(fresh):
     """The leaky final's data tags pointed at clean data (its source and training digest), or the good final's
     test digest at another test set: the params and the test dataset input, written once, say otherwise. Before,
