@@ -1,5 +1,5 @@
-"""The Python API: ``tune``, ``final``, ``promote`` and ``analyze`` for notebooks and scripts; the CLI is a thin
-layer over it. Every argument is keyword-only and means what the CLI option of the same name means.
+"""The Python API: ``tune``, ``final``, ``promote``, ``load_champion`` and ``analyze`` for notebooks and scripts;
+the CLI is a thin layer over it. Every argument is keyword-only and means what the CLI option of the same name means.
 
     >>> import mlflow_mnist
     >>> result = mlflow_mnist.tune(task="digits", strategy="optuna", space="small", trials=8, epochs=20)
@@ -292,6 +292,17 @@ def promote(
         raise
     _say(where.chosen_because, notify)  # after the checks: a refused input is its one line alone
     return result
+
+
+def load_champion(*, name: str) -> Any:
+    """Registered model ``name``'s ``@champion`` as an ``mlflow.pyfunc`` model, loaded only when its files are the
+    ones the gate verified (their digest is its version's ``model_sha256`` tag); raises
+    ``mlflow_mnist.registry.ChampionUnverified`` otherwise. ``mlflow.pyfunc.load_model("models:/<name>@champion")``
+    loads whatever the artifact store holds now."""
+    from mlflow_mnist import tracking
+    from mlflow_mnist.registry import load_champion as load_verified
+
+    return load_verified(tracking.connect(existing=True), name)
 
 
 def analyze(**options: Any):

@@ -3,12 +3,15 @@
 Each seed run carries its training curves, test accuracy and loss, the confusion matrix (PNG and JSON), the
 misclassified test images, the train and test datasets, and its model as a LoggedModel whose test accuracy is
 a metric on the model and its test-set probabilities (``test_probabilities.npy``). The final run names its median
-seed as its best child (that is the model ``promote`` registers) and carries the spread over seeds. A final that
-resumes a killed one takes that final's finished seed runs as its own children (:mod:`mlflow_mnist.final_resume`).
+seed as its best child (that is the model ``promote`` registers) and carries the spread over seeds, and, when it
+ends, the digest of its seed runs' ids as a param (:func:`seed_runs_sha256`: written once, so the gate can tell its
+seeds from runs re-parented under it later). A final that resumes a killed one takes that final's finished seed
+runs as its own children (:mod:`mlflow_mnist.final_resume`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,6 +41,7 @@ from mlflow_mnist.schema import (
     SEED_ACCURACY,
     SEED_ERRORS,
     SEED_LOSS,
+    SEED_RUNS,
     STAGE,
     STATUS,
     FinalTags,
@@ -45,6 +49,11 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.tasks.base import Dataset, Task
 from mlflow_mnist.worker import FinalResult
+
+
+def seed_runs_sha256(run_ids) -> str:
+    """The digest of a final's seed runs: sha256 of their ids, sorted and comma-separated."""
+    return hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()
 
 
 def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
@@ -194,6 +203,8 @@ class FinalTree:
         its own (its test accuracy a metric of that model)."""
         numbers = {k: v for k, v in summary.items() if isinstance(v, float) and k != ENSEMBLE_ACCURACY}
         median_run = summary["median_run_id"]
+        # Its seeds are found by their parent tag, which anyone can set: a param, written once, says which they were.
+        self.writer.log_params(self.parent, {SEED_RUNS: seed_runs_sha256(self.model_ids)})
         self.writer.log_metrics(self.parent, numbers)
         tags = {MEDIAN_RUN: median_run}
         if self.model_ids.get(median_run):

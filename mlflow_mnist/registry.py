@@ -3,12 +3,15 @@
 ``promote`` takes the latest (or a given) FINISHED final run of the experiment and verifies it instead of
 trusting its tags: the median seed's test accuracy is read from the metric history as logged while the final was
 open, the median model must be the one that seed logged, the data is loaded again (:func:`load_gate_data`) and
-must match the final's digests with no test example among the training examples, and the median seed's
-LoggedModel predicts the test set here: a different error count refuses. Then, in :func:`decide_and_register`
-(the critical section, run under the registered model's lock), it reads ``@champion``, has it predict the same
-examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), creates the version with all its
-tags and its description in one request, and only then moves the alias: a promote killed at any moment leaves
-the alias where it was, or on a complete version.
+must match the final's digests with no test example among the training examples, and the candidate
+LoggedModel's files are downloaded once and hashed (:mod:`mlflow_mnist.model_files`): that local copy is checked
+(the ensemble's code and members), predicts the test set here (a different error count refuses), and is what gets
+registered. Then, in :func:`decide_and_register` (the critical section, run under the registered model's lock), it
+reads ``@champion`` (its files checked against the digest its version recorded), has it predict the same
+examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), uploads the verified copy as a new
+LoggedModel, creates the version on it with all its tags and its description in one request, reads the version's
+files back and checks their digest, and only then moves the alias: a promote killed at any moment leaves the
+alias where it was, or on a complete version whose files are the ones the gate verified.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mlflow_mnist import tracking
+from mlflow_mnist import model_files, tracking
+from mlflow_mnist.final_tree import seed_runs_sha256
 from mlflow_mnist.gate import (
     ALPHA,
     Champion,
@@ -38,8 +42,12 @@ from mlflow_mnist.gate import (
     shared_examples,
     show_accuracy,
 )
+from mlflow_mnist.model_files import LocalModel
 from mlflow_mnist.schema import (
     CHAMPION,
+    CLASSES,
+    COPY_OF,
+    DATA_DIGEST_PARAM,
     DATA_SOURCE,
     DECIDED_BY_FORCE,
     DECIDED_BY_GATE,
@@ -50,14 +58,19 @@ from mlflow_mnist.schema import (
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
     LEVEL,
+    MAX_TEST_ACCURACY,
+    MEAN_TEST_ACCURACY,
     MEDIAN_ACCURACY,
     MEDIAN_KIND,
     MEDIAN_MODEL,
     MEDIAN_RUN,
+    MIN_TEST_ACCURACY,
     PARENT,
     REPEATS,
     SEED_ACCURACY,
+    SEED_RUNS,
     SPREAD,
+    TASK_PARAM,
     TEST_DIGEST,
     VERSION_DATA_DIGEST,
     VERSION_DECIDED_BY,
@@ -66,6 +79,7 @@ from mlflow_mnist.schema import (
     VERSION_MCNEMAR_CHAMPION_ONLY,
     VERSION_MCNEMAR_P,
     VERSION_MODEL_KIND,
+    VERSION_MODEL_SHA256,
     VERSION_PARAMS,
     VERSION_PREVIOUS_CHAMPION,
     VERSION_REPEATS,
@@ -77,19 +91,25 @@ from mlflow_mnist.schema import (
     VERSION_TEST_ERRORS,
     VERSION_TEST_SET_USES,
     VERSION_TEST_SIZE,
+    VERSION_VERIFIED_MODEL,
     TaskRef,
 )
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 
-__all__ = ["CHAMPION", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "promote"]
+__all__ = [
+    "CHAMPION", "ChampionUnverified", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "load_champion",
+    "promote",
+]  # fmt: skip
 
 #: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
     VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_TASK,
     VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
     VERSION_SOURCE_RUN, VERSION_FINAL_RUN, VERSION_PARAMS, VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
-    VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P,
+    VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P, VERSION_MODEL_SHA256,
+    VERSION_VERIFIED_MODEL,
 )  # fmt: skip
+NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS)  # a final's params left out of the version's "params"
 UNCHANGED = f"@{CHAMPION} unchanged"
 MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
@@ -119,6 +139,7 @@ class Candidate:
     task: TaskRef
     test_digest: str
     kind: str = MEDIAN_KIND
+    members: tuple[str, ...] = ()  # the ensemble's: the seed runs whose models it must hold, no other
 
     @property
     def run_id(self) -> str:
@@ -160,12 +181,12 @@ def check_written_once(final) -> None:
         for entry in (final.inputs.dataset_inputs if final.inputs else [])
         if any(tag.key == MLFLOW_DATASET_CONTEXT and tag.value == "test" for tag in entry.tags)
     }
-    if (params.get("task"), params.get("classes")) != (ref.name, ref.variant):
+    if (params.get(TASK_PARAM), params.get(CLASSES)) != (ref.name, ref.variant):
         raise _tampered(
             f"final run {final_id}'s tags say task {ref.name} on {ref.variant}, its params "
             f"{params.get('task')} on {params.get('classes')}"
         )
-    if params.get("data_digest") != tags.get(DIGEST):
+    if params.get(DATA_DIGEST_PARAM) != tags.get(DIGEST):
         raise _tampered(f"final run {final_id}'s training-data digest tag differs from its data_digest param")
     if tested_on != {tags.get(TEST_DIGEST)}:
         raise _tampered(
@@ -175,7 +196,8 @@ def check_written_once(final) -> None:
 
 
 def predicted_labels(model_uri: str, examples: np.ndarray) -> np.ndarray:
-    """The labels a logged model predicts for ``examples`` (any pyfunc flavour: probabilities or labels)."""
+    """The labels a model predicts for ``examples`` (any pyfunc flavour: probabilities or labels); ``model_uri``
+    is anything ``mlflow.pyfunc.load_model`` takes: the gate passes its local copies' folders."""
     import mlflow.pyfunc
 
     with tracking.quiet_downloads():
@@ -194,6 +216,7 @@ def predicted_labels(model_uri: str, examples: np.ndarray) -> np.ndarray:
     return output.astype(np.int64).ravel()
 
 
+#: (a model's local folder, examples) -> the labels it predicts: :func:`predicted_labels`, or a test's stand-in.
 Predict = Callable[[str, np.ndarray], np.ndarray]
 
 
@@ -293,7 +316,8 @@ def read_candidate(client, final) -> Candidate:
 
 def read_ensemble(client, final) -> Candidate:
     """The final's seeds as one model: the LoggedModel the final logged itself, with the accuracy it logged for
-    that model while open."""
+    that model while open. Its files are checked on the gate's local copy (:func:`verify_candidate`), before
+    anything loads them."""
     from mlflow.exceptions import MlflowException
 
     tags, final_id = final.data.tags, final.info.run_id
@@ -311,26 +335,31 @@ def read_ensemble(client, final) -> Candidate:
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
     _made_while_open(model, final)
-    _check_ensemble_files(client, model, final, list(seeds))
     accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
-    return Candidate(final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND)
+    return Candidate(
+        final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds)
+    )
 
 
 KERAS_FILE = "data/model.keras"  # a seed's weights, in its own model folder and under the ensemble's
 
 
-def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None:
-    """The ensemble's folder is what ``final`` made, checked before ``promote`` loads it (loading runs its code):
-    MLflow's "models from code" loader on exactly this package's ``ensemble_model.py``, with no other code on the
-    path, and as members the Keras files of the final's own seed models, no other. Code edited in the artifact
-    store could otherwise answer the test set right and every other input wrong, and run inside ``promote``."""
+def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
+    """The ensemble's folder (the gate's local ``copy``) is what its final made, checked before ``promote`` loads
+    it (loading runs its code): MLflow's "models from code" loader on exactly this package's ``ensemble_model.py``,
+    with no other code on the path, and as members the Keras files of the final's own seed models, no other. Code
+    edited in the artifact store could otherwise answer the test set right and every other input wrong, and run
+    inside ``promote``."""
     import hashlib
 
     import yaml
 
     from mlflow_mnist.ensemble import MODEL_CODE, SEED_PREFIX
 
-    files = tracking.logged_model_files(client, model.model_id)
+    final, model_id = candidate.final, candidate.model_id
+    files = {
+        path.relative_to(copy.folder).as_posix(): path.read_bytes() for path in copy.folder.rglob("*") if path.is_file()
+    }
     try:
         flavor = yaml.safe_load(files.get("MLmodel", b"")).get("flavors", {}).get("python_function", {})
     except (yaml.YAMLError, AttributeError):
@@ -342,14 +371,14 @@ def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None
         or code != MODEL_CODE.name
         or files.get(code) != MODEL_CODE.read_bytes()
     ):
-        raise _tampered(f"the ensemble model {model.model_id} does not load this version's {MODEL_CODE.name}")
+        raise _tampered(f"the ensemble model {model_id} does not load this version's {MODEL_CODE.name}")
     members = sorted(
         hashlib.sha256(content).hexdigest()
         for name, content in files.items()
         if name.startswith(f"artifacts/{SEED_PREFIX}") and name.endswith(f"/{KERAS_FILE}")
     )
     seeds = []
-    for run_id in seed_run_ids:
+    for run_id in candidate.members:
         for seed_model in client.search_logged_models(
             experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
         ):
@@ -359,7 +388,7 @@ def _check_ensemble_files(client, model, final, seed_run_ids: list[str]) -> None
                     seeds.append(hashlib.sha256(keras).hexdigest())
     if not members or members != sorted(seeds):
         raise _tampered(
-            f"the ensemble model {model.model_id}'s {len(members)} members are not the {len(seeds)} models of final "
+            f"the ensemble model {model_id}'s {len(members)} members are not the {len(seeds)} models of final "
             f"run {final.info.run_id}'s seeds"
         )
 
@@ -380,7 +409,8 @@ def _made_while_open(model, final) -> None:
 
 def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
-    (params are write-once: a seed run added later shows up as one too many)."""
+    (params are write-once: a seed run added later shows up as one too many), and the very runs its
+    ``seed_runs_sha256`` param names (a run re-parented in place of one of them does not count as its seed)."""
     final_id, end = final.info.run_id, final.info.end_time
     repeats = int(final.data.params.get(REPEATS, "1") or 1)
     if repeats == 1:
@@ -390,11 +420,21 @@ def _seed_accuracies(client, final) -> dict[str, float]:
         seed_ids = [run.info.run_id for run in children if run.data.tags.get(LEVEL) == FINAL_SEED_LEVEL]
     if len(seed_ids) != repeats:
         raise _tampered(f"final run {final_id} trained {repeats} seed(s) but has {len(seed_ids)} seed runs")
+    recorded = final.data.params.get(SEED_RUNS)
+    # A final made before it recorded its seeds has no such param: its parent tags are all there is to go on.
+    if recorded is not None and recorded != seed_runs_sha256(seed_ids):
+        raise _tampered(
+            f"the seed runs of final run {final_id} are not the ones it recorded when it ended ({SEED_RUNS})"
+        )
     return {seed: logged_while_open(client, seed, SEED_ACCURACY, end) for seed in seed_ids}
 
 
-def verify_candidate(candidate: Candidate, data: GateData, predict: Predict) -> np.ndarray:
-    """The candidate model's predictions on the test set, when they make exactly the logged number of errors."""
+def verify_candidate(
+    client, candidate: Candidate, data: GateData, copy: LocalModel, *, predict: Predict = predicted_labels
+) -> np.ndarray:
+    """The candidate model's predictions on the test set, when they make exactly the logged number of errors:
+    made by its local ``copy`` (for the ensemble, once its code and members have been checked on that copy), the
+    files :func:`decide_and_register` then registers, whatever happens to the artifact store meanwhile."""
     shared = shared_examples(data.x_train, data.x_test)
     if shared:
         raise PromotionRejected(
@@ -402,7 +442,9 @@ def verify_candidate(candidate: Candidate, data: GateData, predict: Predict) -> 
             f"among its training images: its test accuracy is not a test; remove them from the training data and "
             f"train a new final; {UNCHANGED}"
         )
-    predictions = predict(f"models:/{candidate.model_id}", data.x_test)
+    if candidate.kind == ENSEMBLE_KIND:
+        _check_ensemble_files(client, candidate, copy)
+    predictions = predict(str(copy.folder), data.x_test)
     n, errors = len(data.y_test), int(np.sum(predictions != data.y_test))
     expected = logged_errors(candidate.accuracy, n)
     if expected != errors:
@@ -448,8 +490,10 @@ def count_test_set_uses(client, test_digest: str) -> int:
 def read_champion(client, name: str, candidate: Candidate, data: GateData, predict: Predict) -> Champion | None:
     """``@champion`` as the gate can use it: its predictions on the candidate's test set, or why it has none.
 
-    A champion of another task or with valid tags on another test set refuses outright (even ``--force`` cannot
-    compare the incomparable: a new test set is a new registered model).
+    Its files are downloaded once; when their digest is not its ``model_sha256`` tag (they were changed after the
+    gate verified them) it cannot be compared, and otherwise that hashed copy predicts. A champion of another task
+    or with valid tags on another test set refuses outright (even ``--force`` cannot compare the incomparable: a
+    new test set is a new registered model).
     """
     from mlflow.exceptions import MlflowException
 
@@ -487,14 +531,55 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
             f"the champion's on {tags[VERSION_TEST_DIGEST]} ({size}): accuracies on different test sets cannot be "
             f"compared, even with --force; register it as a new model with --name; {UNCHANGED}"
         )
+    verified_sha256 = tags.get(VERSION_MODEL_SHA256, "")
     try:
-        predictions = predict(f"models:/{name}/{number}", data.x_test)
+        with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
+            # A version registered before the gate hashed what it registers has no digest tag: as before, only
+            # its accuracy tag is checked against what its files score (below).
+            if verified_sha256 and copy.sha256 != verified_sha256:
+                changed = (
+                    f"its files are not the ones the gate verified (their sha256 is not its {VERSION_MODEL_SHA256} "
+                    f"tag: changed in the artifact store after it was registered)"
+                )
+                return Champion(number, changed)
+            predictions = predict(str(copy.folder), data.x_test)
     except Exception as error:  # noqa: BLE001 - any load failure makes the champion incomparable, said in one line
         return Champion(number, f"its model cannot be loaded ({type(error).__name__})")
     errors = int(np.sum(predictions != data.y_test))
     if logged_errors(accuracy, size) != errors:
         return Champion(number, f"its test_accuracy tag {accuracy:.4%} is not what its model scores ({errors} errors)")
     return Champion(number, predictions=predictions)
+
+
+class ChampionUnverified(RuntimeError):
+    """``@champion`` cannot be loaded as the model the gate verified; the message is one line saying why."""
+
+
+def load_champion(client, name: str):
+    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded from a local copy of its files whose digest is its
+    version's ``model_sha256`` tag (the files the gate verified); :class:`ChampionUnverified` when there is no
+    champion, no tag to check against, or other files. The model is loaded whole (Keras, the seed ensemble), and
+    the copy removed."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as error:
+        raise ChampionUnverified(f"{name!r} has no @{CHAMPION} ({error.error_code}): promote a final first") from None
+    number, verified_sha256 = str(version.version), version.tags.get(VERSION_MODEL_SHA256, "")
+    if not verified_sha256:
+        raise ChampionUnverified(
+            f"{name!r} version {number} (@{CHAMPION}) has no {VERSION_MODEL_SHA256} tag (not registered by a "
+            f"promote that hashes what it registers): nothing to check its files against; promote a final again"
+        )
+    with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
+        if copy.sha256 != verified_sha256:
+            raise ChampionUnverified(
+                f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
+                f"sha256 is not its {VERSION_MODEL_SHA256} tag): changed in the artifact store; not loaded"
+            )
+        return mlflow.pyfunc.load_model(str(copy.folder))
 
 
 def _as_float(text: str | None) -> float:
@@ -504,7 +589,9 @@ def _as_float(text: str | None) -> float:
         return math.nan
 
 
-def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses: int, previous: str) -> dict[str, str]:
+def version_tags(
+    candidate: Candidate, decision: Decision, *, n_test: int, uses: int, previous: str, model_sha256: str
+) -> dict[str, str]:
     """Every tag of a new version (VERSION_TAGS, each present), written with it in one request."""
     final, paired = candidate.final, decision.paired
     metrics, params = final.data.metrics, final.data.params
@@ -521,14 +608,47 @@ def version_tags(candidate: Candidate, decision: Decision, *, n_test: int, uses:
         VERSION_TEST_SET_USES: str(uses),
         VERSION_SOURCE_RUN: candidate.seed_run_id,
         VERSION_FINAL_RUN: candidate.run_id,
-        VERSION_PARAMS: json.dumps({k: v for k, v in params.items() if k not in ("task", "data_digest")})[:5000],
+        VERSION_PARAMS: json.dumps({k: v for k, v in params.items() if k not in NOT_CONFIGURATION})[:5000],
         VERSION_PREVIOUS_CHAMPION: previous,
         VERSION_DECIDED_BY: DECIDED_BY_FORCE if decision.forced else DECIDED_BY_GATE,
         VERSION_MCNEMAR_CANDIDATE_ONLY: str(paired.candidate_only) if paired else "",
         VERSION_MCNEMAR_CHAMPION_ONLY: str(paired.champion_only) if paired else "",
         VERSION_MCNEMAR_P: repr(paired.p_value) if paired else "",
+        VERSION_MODEL_SHA256: model_sha256,
+        VERSION_VERIFIED_MODEL: candidate.model_id,
     }
     return tags
+
+
+def register_copy(client, name: str, candidate: Candidate, verified: LocalModel) -> str:
+    """A new LoggedModel (``registered-<name>``, tag ``copy_of``: the candidate's id) holding the gate's verified
+    local copy, byte for byte; returns its id. The version is created on it rather than on the candidate's own
+    folder, which stays writable: files swapped there after verification must not become what ``@champion``
+    serves."""
+    model = client.create_logged_model(
+        experiment_id=str(candidate.final.info.experiment_id),
+        name="registered-" + re.sub(r"[/:.%\"']", "-", name),  # what a LoggedModel's name may not contain
+        source_run_id=candidate.seed_run_id,
+        tags={COPY_OF: candidate.model_id},
+    )
+    try:
+        client.log_model_artifacts(model.model_id, str(verified.folder))
+    except BaseException:
+        with contextlib.suppress(Exception):  # a copy left unfinished is harmless: no version points at it
+            client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(model.model_id, "READY")
+    return model.model_id
+
+
+def check_registered(client, name: str, version: str, verified: LocalModel) -> None:
+    """The files the registry serves for ``version``, downloaded once more, are the ones the gate verified."""
+    with model_files.local_copy(client.get_model_version_download_uri(name, version), label="registered") as copy:
+        if copy.sha256 != verified.sha256:
+            raise PromotionRejected(
+                f"not promoted: the files of version {version}, read back from the registry, are not the ones the "
+                f"gate verified (changed while it was registered): run promote again; {UNCHANGED}"
+            )
 
 
 def decide_and_register(
@@ -538,15 +658,17 @@ def decide_and_register(
     data: GateData,
     predictions: np.ndarray,
     *,
+    verified: LocalModel,
     min_accuracy: float,
     force: bool,
     alpha: float = ALPHA,
     uses: int = 1,
     predict: Predict = predicted_labels,
 ):
-    """The critical section: read the champion, decide, create the version (tags and description in the same
-    request), then move the alias. Run it under the registered model's lock; returns (version, decision,
-    previous champion version or None)."""
+    """The critical section: read the champion, decide, upload the ``verified`` copy (:func:`register_copy`),
+    create the version on it (tags and description in the same request), check the registered files' digest,
+    then move the alias. Run it under the registered model's lock (every write through ``client``, the fenced
+    one); returns (version, decision, previous champion version or None)."""
     from mlflow.exceptions import MlflowException
 
     champion = read_champion(client, name, candidate, data, predict)
@@ -564,18 +686,22 @@ def decide_and_register(
     description = (
         f"{what} of {candidate.final.data.params.get('repeats', '1')} seed(s): test accuracy "
         f"{show_accuracy(candidate.accuracy, n)}, verified by the gate (mean "
-        f"{metrics.get('mean_test_accuracy', math.nan):.4%}, min {metrics.get('min_test_accuracy', math.nan):.4%}, "
-        f"max {metrics.get('max_test_accuracy', math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
+        f"{metrics.get(MEAN_TEST_ACCURACY, math.nan):.4%}, min {metrics.get(MIN_TEST_ACCURACY, math.nan):.4%}, "
+        f"max {metrics.get(MAX_TEST_ACCURACY, math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
     )
     previous = champion.version if champion else None
+    copy_id = register_copy(client, name, candidate, verified)
     version = client.create_model_version(
         name,
-        f"models:/{candidate.model_id}",
+        f"models:/{copy_id}",
         run_id=candidate.seed_run_id,
-        tags=version_tags(candidate, decision, n_test=n, uses=uses, previous=previous or ""),
+        tags=version_tags(
+            candidate, decision, n_test=n, uses=uses, previous=previous or "", model_sha256=verified.sha256
+        ),
         description=description,
-        model_id=candidate.model_id,
+        model_id=copy_id,
     )
+    check_registered(client, name, str(version.version), verified)
     # Last, and only now: a promote killed before this line leaves the alias where it was.
     client.set_registered_model_alias(name, CHAMPION, version.version)
     return version, decision, previous
@@ -649,20 +775,23 @@ def promote(
     min_accuracy = check_min_accuracy(task.min_accuracy if min_accuracy is None else min_accuracy)
     candidate = read_ensemble(client, final) if model == "ensemble" else read_candidate(client, final)
     data = load_gate_data(final)
-    predictions = verify_candidate(candidate, data, predict)
-    name = name or task.registered_model_name(candidate.task.variant)
-    uses = count_test_set_uses(client, candidate.test_digest)
-    if break_lease:  # a promotion killed on another machine left the registered model's lock behind
-        from mlflow_mnist.lock import MODEL, break_lock
+    location = client.get_logged_model(candidate.model_id).artifact_location
+    # Downloaded once: this copy is what is checked, what predicts, and what is registered.
+    with model_files.local_copy(location, label="candidate") as verified:
+        predictions = verify_candidate(client, candidate, data, verified, predict=predict)
+        name = name or task.registered_model_name(candidate.task.variant)
+        uses = count_test_set_uses(client, candidate.test_digest)
+        if break_lease:  # a promotion killed on another machine left the registered model's lock behind
+            from mlflow_mnist.lock import MODEL, break_lock
 
-        whom = break_lock(client, name, kind=MODEL, command="mlflow-mnist promote --break-lease", notify=notify)
-        if notify is not None:
-            notify(f"broke the lock of {whom}" if whom else f"--break-lease: nobody held {name!r}")
-    with registry_lock(client, name, notify=notify) as fenced:
-        version, decision, previous = decide_and_register(
-            fenced, name, candidate, data, predictions, min_accuracy=min_accuracy, force=force, alpha=alpha,
-            uses=uses, predict=predict,
-        )  # fmt: skip
+            whom = break_lock(client, name, kind=MODEL, command="mlflow-mnist promote --break-lease", notify=notify)
+            if notify is not None:
+                notify(f"broke the lock of {whom}" if whom else f"--break-lease: nobody held {name!r}")
+        with registry_lock(client, name, notify=notify) as fenced:
+            version, decision, previous = decide_and_register(
+                fenced, name, candidate, data, predictions, verified=verified, min_accuracy=min_accuracy,
+                force=force, alpha=alpha, uses=uses, predict=predict,
+            )  # fmt: skip
     warning = ""
     if uses > 1:
         warning = (

@@ -105,6 +105,10 @@ VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY = "mcnemar_candida
 VERSION_MCNEMAR_P = "mcnemar_p"
 # The final's repeats param, its training data's digest, and its params as JSON (less task and data_digest).
 VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_PARAMS = "repeats", "data_digest", "params"
+# The version serves a copy of the files the gate verified (model_files.tree_sha256 of them), made from the
+# LoggedModel it measured (verified_model); read_champion checks the files against the digest.
+VERSION_MODEL_SHA256, VERSION_VERIFIED_MODEL = "model_sha256", "verified_model"
+COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
 #: What a version serves: the final's median seed, or its seeds' ensemble.
 MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
 
@@ -152,6 +156,9 @@ FOLD_PARAM, REPEAT_PARAM, HORIZON_EPOCHS, CONTINUES = "fold", "repeat", "horizon
 EPOCHS = "epochs"
 # A final run's seed count, and (only when above one) how many of a search's best configurations they spread over.
 REPEATS, CONFIGS = "repeats", "configs"
+# A final's seed runs (their ids' digest, final_tree.seed_runs_sha256), logged as it ends: written once, so the gate
+# tells its seeds from runs re-parented under it later.
+SEED_RUNS = "seed_runs_sha256"
 #: The run ``mlflow run`` made already holds the entry point's -P values: a param of ours that differs is logged
 #: beside it under this prefix (``effective_precision``).
 EFFECTIVE_PREFIX = "effective_"

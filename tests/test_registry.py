@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -28,7 +29,8 @@ import numpy as np
 import pytest
 from services import free_port
 
-from mlflow_mnist import registry
+import mlflow_mnist
+from mlflow_mnist import model_files, registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final_run import run_final
 from mlflow_mnist.gate import (
@@ -42,7 +44,7 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
-from mlflow_mnist.schema import DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import COPY_OF, DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
 
 NAME = "mnist-2v7-convnet"
 
@@ -282,8 +284,15 @@ class Store:
 
     def model_folder(self, final: str) -> Path:
         model_id = self.client.get_run(final).data.tags[MEDIAN_MODEL]
-        location = self.client.get_logged_model(model_id).artifact_location
-        return Path(urlparse(location).path if location.startswith("file:") else location)
+        return local_folder(self.client.get_logged_model(model_id).artifact_location)
+
+    def served_folder(self, version: str) -> Path:
+        """Where the registry's files of ``version`` lie: what ``models:/<name>/<version>`` loads."""
+        return local_folder(self.client.get_model_version_download_uri(NAME, version))
+
+
+def local_folder(location: str) -> Path:
+    return Path(urlparse(location).path if location.startswith("file:") else location)
 
 
 @pytest.fixture
@@ -410,6 +419,24 @@ def test_a_median_that_points_elsewhere_is_refused(fresh):
 
 
 @pytest.mark.slow
+def test_a_run_reparented_in_place_of_a_seed_is_refused(fresh):
+    """Seeds are found by their parent tag, which anyone can set: the good final (finished before the poor one
+    ended, its test accuracy logged then) re-parented in place of the poor final's best seed keeps the count and
+    the median. The poor final recorded its seed runs in a param when it ended; before, it was promoted."""
+    client, finals = fresh.client, fresh.finals
+    median = client.get_run(finals.poor).data.tags[MEDIAN_RUN]
+    seeds = client.search_runs([fresh.experiment_id], f"tags.`mlflow.parentRunId` = '{finals.poor}'")
+    best = max(seeds, key=lambda seed: seed.data.metrics["test_accuracy"])
+    assert best.info.run_id != median
+    client.set_tag(best.info.run_id, "mlflow.parentRunId", finals.good)
+    client.set_tag(finals.good, "mlflow.parentRunId", finals.poor)
+    client.set_tag(finals.good, "mlflow_mnist.level", "final_seed")
+    with pytest.raises(PromotionRejected, match="are not the ones it recorded when it ended .seed_runs_sha256."):
+        fresh.promote(finals.poor, min_accuracy=0.3)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
 def test_data_tags_that_disagree_with_what_the_final_wrote_once_are_refused(fresh):
     """The leaky final's data tags pointed at clean data (its source and training digest), or the good final's
     test digest at another test set: the params and the test dataset input, written once, say otherwise. Before,
@@ -463,6 +490,91 @@ def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_cod
         member.write_bytes(honest_member)
     assert _registered(client) == []
     assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
+
+
+@pytest.mark.slow
+def test_files_swapped_right_after_verification_are_not_what_champion_serves(fresh):
+    """The audit's race: the candidate's weights replaced by the poor final's as soon as the gate has measured it
+    (before the lock, the champion and the registration). The version serves the copy the gate verified, tagged
+    with its digest and the measured model's id; the candidate's own folder no longer matters."""
+    client, finals = fresh.client, fresh.finals
+    good_id = client.get_run(finals.good).data.tags[MEDIAN_MODEL]
+    weights = next(fresh.model_folder(finals.good).rglob("*.keras"))
+    honest, honest_sha256 = weights.read_bytes(), model_files.tree_sha256(fresh.model_folder(finals.good))
+    data = registry.load_gate_data(client.get_run(finals.good))
+    measured: list[np.ndarray] = []
+
+    def predict(uri: str, examples):
+        labels = registry.predicted_labels(uri, examples)
+        if not measured:  # the candidate's verification: now its files in the artifact store change
+            measured.append(labels)
+            shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        return labels
+
+    try:
+        done = fresh.promote(finals.good, min_accuracy=0.5, predict=predict)
+        served = registry.predicted_labels(f"models:/{NAME}@{CHAMPION}", data.x_test)
+        assert np.array_equal(served, measured[0]), f"@champion serves {np.mean(served == data.y_test):.1%}"
+        version = fresh.champion()
+        assert str(version.version) == str(done["version"]) and complete(version)
+        assert (
+            version.tags["model_sha256"]
+            == honest_sha256
+            == model_files.tree_sha256(fresh.served_folder(done["version"]))
+        )
+        assert version.tags["verified_model"] == good_id
+        copy = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert copy.model_id != good_id and copy.tags[COPY_OF] == good_id
+        assert copy.source_run_id == client.get_run(finals.good).data.tags[MEDIAN_RUN] == version.run_id
+        # Loaded by its alias just above, MLflow wrote registered_model_meta into the served folder: not counted.
+        loaded = mlflow_mnist.load_champion(name=NAME)
+        assert np.array_equal(np.asarray(loaded.predict(data.x_test)).argmax(axis=1), measured[0])
+    finally:
+        weights.write_bytes(honest)
+
+
+@pytest.mark.slow
+def test_files_changed_while_registered_are_refused_before_the_alias_moves(fresh, monkeypatch):
+    """The registered copy's files are read back and hashed before the alias moves: a copy changed on its way
+    (here, right after its upload) leaves @champion where it was."""
+    finals = fresh.finals
+    before = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
+    upload = registry.register_copy
+
+    def upload_then_change(client, name, candidate, verified):
+        copy_id = upload(client, name, candidate, verified)
+        folder = local_folder(client.get_logged_model(copy_id).artifact_location)
+        (folder / "MLmodel").write_bytes((folder / "MLmodel").read_bytes() + b"\n")
+        return copy_id
+
+    monkeypatch.setattr(registry, "register_copy", upload_then_change)
+    with pytest.raises(PromotionRejected, match=r"the files of version 2, read back from the registry, are not the"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert str(fresh.champion().version) == before
+
+
+@pytest.mark.slow
+def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
+    """The champion's weights replaced in the artifact store after its promotion: the next promote finds its
+    files' digest is not the one its version recorded, and says so; only --force replaces it."""
+    finals = fresh.finals
+    version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
+    weights = next(fresh.served_folder(version).rglob("*.keras"))
+    honest = weights.read_bytes()
+    try:
+        shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        changed = "its files are not the ones the gate verified (their sha256 is not its model_sha256 tag"
+        with pytest.raises(
+            PromotionRejected, match=rf"version {version}\) cannot be compared with: {re.escape(changed)}"
+        ):
+            fresh.promote(finals.good, min_accuracy=0.5)
+        assert str(fresh.champion().version) == version
+        with pytest.raises(registry.ChampionUnverified, match=rf"version {version} \(@champion\) are not the ones"):
+            mlflow_mnist.load_champion(name=NAME)
+        forced = fresh.promote(finals.good, min_accuracy=0.5, force=True)
+        assert changed in forced["reason"] and fresh.champion().tags["decided_by"] == "--force"
+    finally:
+        weights.write_bytes(honest)
 
 
 @pytest.mark.slow
@@ -528,7 +640,7 @@ def test_two_promotes_at_once_move_the_alias_once(fresh):
     meeting, serial = threading.Barrier(2), threading.Lock()
 
     def predict(uri: str, examples):
-        if uri.startswith(f"models:/{NAME}/"):  # the champion, read inside the critical section
+        if "mlflow-mnist-champion-" in uri:  # the champion's local copy, read inside the critical section
             try:
                 meeting.wait(timeout=5)
             except threading.BrokenBarrierError:
