@@ -24,6 +24,7 @@ from mlflow_mnist.runs import RunWriter
 from mlflow_mnist.schema import (
     CONFIG_RANK,
     CONFIGS,
+    DATA_SHA256,
     ENSEMBLE_ACCURACY,
     ENSEMBLE_ERRORS,
     ENSEMBLE_MODEL,
@@ -47,7 +48,7 @@ from mlflow_mnist.schema import (
     FinalTags,
     TaskRef,
 )
-from mlflow_mnist.tasks.base import Dataset, Task
+from mlflow_mnist.tasks.base import Dataset, Task, dataset_sha256
 from mlflow_mnist.worker import FinalResult
 
 
@@ -130,7 +131,8 @@ class FinalTree:
         self.parent = self.writer.start(FINAL_LEVEL, FINAL_LEVEL, tags=final_tags.tags(), adopt=adopt_run_id)
         # The final's params are its best configuration's; with several, each seed run logs its own.
         several = {CONFIGS: len(configs)} if len(configs) > 1 else {}
-        self.writer.log_params(self.parent, {**configs[0], **settings_params, REPEATS: repeats, **several})
+        data = {DATA_SHA256: dataset_sha256(self.data)}  # what the gate checks the data it loads against
+        self.writer.log_params(self.parent, {**configs[0], **settings_params, REPEATS: repeats, **several, **data})
         self.writer.log_dataset(self.parent, self.test_dataset, context="test")
         self.repeats, self.configs = repeats, list(configs)
         return self.parent

@@ -159,6 +159,9 @@ REPEATS, CONFIGS = "repeats", "configs"
 # A final's seed runs (their ids' digest, final_tree.seed_runs_sha256), logged as it ends: written once, so the gate
 # tells its seeds from runs re-parented under it later.
 SEED_RUNS = "seed_runs_sha256"
+# A final's data (tasks.base.dataset_sha256: the full sha256 of the arrays it trained and tested on), logged as it
+# starts. The task's own digests (DIGEST, TEST_DIGEST) are 64 bits, short enough to collide on purpose.
+DATA_SHA256 = "data_sha256"
 #: The run ``mlflow run`` made already holds the entry point's -P values: a param of ours that differs is logged
 #: beside it under this prefix (``effective_precision``).
 EFFECTIVE_PREFIX = "effective_"

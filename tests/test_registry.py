@@ -585,6 +585,34 @@ def test_training_data_that_contains_test_images_is_refused(fresh):
 
 
 @pytest.mark.slow
+def test_data_whose_short_digests_collide_is_not_the_data_the_final_trained_on(fresh, monkeypatch, sample, tmp_path):
+    """The task's digests are 64 bits: a dataset made to collide with the leaky final's (here its training images
+    without the leaked test images, reported under the leaky digests) passed the digest check and then the leak
+    check, since the data the gate loads holds no test image. The full sha256 the final logged tells them apart."""
+    import dataclasses
+
+    tags = fresh.client.get_run(fresh.finals.leaky).data.tags
+    real_get_task = registry.get_task
+
+    class CollidingTask:
+        def __init__(self, name):
+            self.task = real_get_task(name)
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+        def load(self, source, **options):
+            clean = self.task.load(str(tmp_path / "clean.npz"), **options)
+            return dataclasses.replace(clean, train_digest=tags[DIGEST], test_digest=tags[TEST_DIGEST])
+
+    np.savez(tmp_path / "clean.npz", **{k: getattr(sample, k) for k in ("x_train", "y_train", "x_test", "y_test")})
+    monkeypatch.setattr(registry, "get_task", CollidingTask)
+    with pytest.raises(PromotionRejected, match="is no longer what final run .* was trained and tested on"):
+        fresh.promote(fresh.finals.leaky, min_accuracy=0.5, force=True)
+    assert _registered(fresh.client) == []
+
+
+@pytest.mark.slow
 def test_a_champion_without_valid_tags_is_replaced_only_with_force(fresh):
     client = fresh.client
     fresh.promote(fresh.finals.poor, min_accuracy=0.3)

@@ -48,14 +48,27 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def array_digest(*arrays: np.ndarray) -> str:
-    """Content digest of arrays: the same values, shapes and dtypes give the same digest anywhere."""
+def array_sha256(*arrays: np.ndarray) -> str:
+    """The full sha256 of arrays' values, shapes and dtypes: the same arrays give the same digest anywhere."""
     hasher = hashlib.sha256()
     for array in arrays:
         contiguous = np.ascontiguousarray(array)
         hasher.update(str((contiguous.shape, contiguous.dtype.str)).encode())
         hasher.update(contiguous.tobytes())
-    return hasher.hexdigest()[:16]
+    return hasher.hexdigest()
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """Content digest of arrays, short enough for tags and names: :func:`array_sha256`'s first 64 bits. Fold keys
+    are made of it, so it stays as it is; where a collision must be out of reach (the gate's check that a final's
+    data is the data it was trained on) :func:`dataset_sha256` is used too."""
+    return array_sha256(*arrays)[:16]
+
+
+def dataset_sha256(data: Dataset) -> str:
+    """The full sha256 of a loaded dataset's four arrays (training and test examples and labels), whatever the
+    task's own digests cover: what a final records of its data and the gate recomputes."""
+    return array_sha256(data.x_train, data.y_train, data.x_test, data.y_test)
 
 
 @dataclass(frozen=True)
