@@ -37,7 +37,6 @@ FOLD_COLUMNS = [
     "n_splits",
     "accuracy",
     "chance",
-    "n_classes",
     "status",
     "diverged",
     "reused",
@@ -172,7 +171,6 @@ def fold_table(
                 n_folds = int(_get(fold_run, _param(schema.N_FOLDS), 3))
                 fold = int(_get(fold_run, _param(schema.FOLD_PARAM), 0))
                 repeat = int(_get(fold_run, _param(schema.REPEAT_PARAM), 0))
-                n_classes = _get(fold_run, "params.n_classes")
                 rows.append(
                     {
                         "step": step,
@@ -195,7 +193,6 @@ def fold_table(
                         "accuracy": float(_get(fold_run, _metric(schema.HELDOUT_ACCURACY), float("nan"))),
                         # What guessing scores; unknown (NaN) for folds logged without it, never assumed 0.5.
                         "chance": float(_get(fold_run, _metric(schema.CHANCE_ACCURACY), float("nan"))),
-                        "n_classes": int(n_classes) if n_classes is not None else None,
                         "status": status,
                         "diverged": status == "diverged",
                         "reused": reused,
