@@ -42,6 +42,7 @@ from mlflow_mnist.gate import (
     shared_examples,
     show_accuracy,
 )
+from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
 from mlflow_mnist.schema import (
     CHAMPION,
@@ -352,37 +353,18 @@ KERAS_FILE = "data/model.keras"  # a seed's weights, in its own model folder and
 
 
 def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
-    """The ensemble's folder (the gate's local ``copy``) is what its final made, checked before ``promote`` loads
-    it (loading runs its code): MLflow's "models from code" loader on exactly this package's ``ensemble_model.py``,
-    with no other code on the path, and as members the Keras files of the final's own seed models, no other. Code
-    edited in the artifact store could otherwise answer the test set right and every other input wrong, and run
-    inside ``promote``."""
+    """The ensemble's members (in the gate's local ``copy``, whose shape :func:`check_model_folder` checked) are
+    the Keras files of the final's own seed models, no other: a member swapped for another model would otherwise
+    be measured and registered as this final's ensemble."""
     import hashlib
 
-    import yaml
-
-    from mlflow_mnist.ensemble import MODEL_CODE, SEED_PREFIX
+    from mlflow_mnist.ensemble import SEED_PREFIX
 
     final, model_id = candidate.final, candidate.model_id
-    files = {
-        path.relative_to(copy.folder).as_posix(): path.read_bytes() for path in copy.folder.rglob("*") if path.is_file()
-    }
-    try:
-        flavor = yaml.safe_load(files.get("MLmodel", b"")).get("flavors", {}).get("python_function", {})
-    except (yaml.YAMLError, AttributeError):
-        flavor = {}
-    code = os.path.basename(str(flavor.get("model_code_path") or ""))
-    if (
-        flavor.get("loader_module") != "mlflow.pyfunc.loaders.code_model"
-        or flavor.get("code")
-        or code != MODEL_CODE.name
-        or files.get(code) != MODEL_CODE.read_bytes()
-    ):
-        raise _tampered(f"the ensemble model {model_id} does not load this version's {MODEL_CODE.name}")
     members = sorted(
-        hashlib.sha256(content).hexdigest()
-        for name, content in files.items()
-        if name.startswith(f"artifacts/{SEED_PREFIX}") and name.endswith(f"/{KERAS_FILE}")
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in copy.folder.glob(f"artifacts/{SEED_PREFIX}*/{KERAS_FILE}")
+        if path.is_file()
     )
     seeds = []
     for run_id in candidate.members:
@@ -449,6 +431,10 @@ def verify_candidate(
             f"among its training images: its test accuracy is not a test; remove them from the training data and "
             f"train a new final; {UNCHANGED}"
         )
+    try:  # before anything loads it: loading runs what its MLmodel names
+        check_model_folder(copy.folder, kind=candidate.kind)
+    except ModelFilesRefused as error:
+        raise _tampered(f"the {candidate.kind} model {candidate.model_id}'s files: {error}") from None
     if candidate.kind == ENSEMBLE_KIND:
         _check_ensemble_files(client, candidate, copy)
     predictions = predict(str(copy.folder), data.x_test)
@@ -549,6 +535,10 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
                     f"tag: changed in the artifact store after it was registered)"
                 )
                 return Champion(number, changed)
+            try:
+                check_model_folder(copy.folder, kind=None, earlier_code=True)
+            except ModelFilesRefused as error:
+                return Champion(number, f"its files are not a model final writes ({error})")
             predictions = predict(str(copy.folder), data.x_test)
     except Exception as error:  # noqa: BLE001 - any load failure makes the champion incomparable, said in one line
         return Champion(number, f"its model cannot be loaded ({type(error).__name__})")
@@ -586,6 +576,13 @@ def load_champion(client, name: str):
                 f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
                 f"sha256 is not its {VERSION_MODEL_SHA256} tag): changed in the artifact store; not loaded"
             )
+        try:
+            check_model_folder(copy.folder, kind=None, earlier_code=True)
+        except ModelFilesRefused as error:
+            raise ChampionUnverified(
+                f"the files of {name!r} version {number} (@{CHAMPION}) are not a model final writes ({error}); "
+                f"not loaded"
+            ) from None
         return mlflow.pyfunc.load_model(str(copy.folder))
 
 
