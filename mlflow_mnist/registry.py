@@ -418,6 +418,26 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     return {seed: logged_while_open(client, seed, SEED_ACCURACY, end) for seed in seed_ids}
 
 
+def _download_candidate(stack: contextlib.ExitStack, candidate: Candidate, location: str) -> LocalModel:
+    """The candidate's local copy (:func:`mlflow_mnist.model_files.local_copy`, removed when ``stack`` closes). A
+    download MLflow refuses (a symbolic link out of the folder: "resolved path is outside the artifact directory";
+    files that vanish midway) is the model's folder tampered with, not a store that is down; a failure to reach
+    the store (requests' errors) stays what it is."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    from mlflow_mnist.redaction import redact
+
+    try:
+        return stack.enter_context(model_files.local_copy(location, label="candidate"))
+    except RequestException:
+        raise
+    except (MlflowException, OSError) as error:
+        reason = " ".join(line.strip("# ") for line in str(error).splitlines() if line.strip("# "))
+        reason = redact(reason or type(error).__name__)[:300]
+        raise _tampered(f"the files of model {candidate.model_id} cannot be downloaded ({reason})") from None
+
+
 def verify_candidate(
     client, candidate: Candidate, data: GateData, copy: LocalModel, *, predict: Predict = predicted_labels
 ) -> np.ndarray:
@@ -781,7 +801,8 @@ def promote(
     data = load_gate_data(final)
     location = client.get_logged_model(candidate.model_id).artifact_location
     # Downloaded once: this copy is what is checked, what predicts, and what is registered.
-    with model_files.local_copy(location, label="candidate") as verified:
+    with contextlib.ExitStack() as stack:
+        verified = _download_candidate(stack, candidate, location)
         predictions = verify_candidate(client, candidate, data, verified, predict=predict)
         name = name or task.registered_model_name(candidate.task.variant)
         uses = count_test_set_uses(client, candidate.test_digest)

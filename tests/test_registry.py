@@ -588,6 +588,28 @@ def test_mlmodel_paths_outside_the_model_folder_are_refused(fresh):
 
 
 @pytest.mark.slow
+def test_a_symlink_out_of_the_candidates_folder_is_a_one_line_tampered_refusal(fresh, tmp_path):
+    """A symbolic link in the candidate's folder to a file outside the artifact store: MLflow refuses to download
+    it, and promote said the tracking store had failed ("check that it is up"). It is the model's folder that is
+    wrong: one line, tampered, naming the model; @champion stays."""
+    client, finals = fresh.client, fresh.finals
+    before = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
+    (tmp_path / "secret.txt").write_text("not a model file")
+    link = fresh.model_folder(finals.good) / "secret.txt"
+    os.symlink(tmp_path / "secret.txt", link)
+    model_id = client.get_run(finals.good).data.tags[MEDIAN_MODEL]
+    try:
+        with pytest.raises(PromotionRejected) as refused:
+            fresh.promote(finals.good, min_accuracy=0.5)
+    finally:
+        link.unlink()
+    said = str(refused.value)
+    assert "\n" not in said and said.startswith(f"not promoted: the files of model {model_id} cannot be downloaded (")
+    assert said.endswith("): tampered, or not the measured model; @champion unchanged") and "outside" in said
+    assert str(fresh.champion().version) == before
+
+
+@pytest.mark.slow
 def test_files_swapped_right_after_verification_are_not_what_champion_serves(fresh):
     """The audit's race: the candidate's weights replaced by the poor final's as soon as the gate has measured it
     (before the lock, the champion and the registration). The version serves the copy the gate verified, tagged
