@@ -5,7 +5,8 @@ trusting its tags: the median seed's test accuracy is read from the metric histo
 open, the median model must be the one that seed logged, the data is loaded again (:func:`load_gate_data`) and
 must match the final's digests with no test example among the training examples, and the candidate
 LoggedModel's files are downloaded once and hashed (:mod:`mlflow_mnist.model_files`): that local copy is checked
-(the ensemble's code and members), predicts the test set here (a different error count refuses), and is what gets
+(its shape: a model folder ``final`` writes, :mod:`mlflow_mnist.model_check`; the ensemble's members), predicts
+the test set here (a different error count refuses), and is what gets
 registered. Then, in :func:`decide_and_register` (the critical section, run under the registered model's lock), it
 reads ``@champion`` (its files checked against the digest its version recorded), has it predict the same
 examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), uploads the verified copy as a new
