@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -96,7 +97,7 @@ def check_model_folder(folder: Path, *, kind: str | None, earlier_code: bool = F
         )
     for name, info in sorted(artifacts.items()):
         where = f"python_function.artifacts.{name}"
-        if not name.startswith("seed_") or not name.removeprefix("seed_").isdigit():
+        if not re.fullmatch(r"seed_-?[0-9]+", name):  # final's seeds are --seed + k, and --seed may be negative
             raise ModelFilesRefused(f"its MLmodel names a member {name!r}, not seed_<k>")
         if not isinstance(info, dict) or not set(info) <= {"path", "uri"}:  # uri: where the writer took it from
             raise ModelFilesRefused(f"its MLmodel's {where} is not a path and a uri")

@@ -47,6 +47,10 @@ def made(tmp_path_factory, sample) -> dict[str, Path]:
     folders["ensemble"] = write(
         ensemble_files(seeds, x_example=x, y_example=y, requirements=model_requirements()), root / "ensemble"
     )
+    negative = {seed - 1: files for seed, files in seeds.items()}  # final --seed -1: seeds -1 and 0
+    folders["ensemble -1"] = write(
+        ensemble_files(negative, x_example=x, y_example=y, requirements=model_requirements()), root / "ensemble-1"
+    )
     return folders
 
 
@@ -72,6 +76,7 @@ def test_every_shape_final_writes_passes(made):
         assert check_model_folder(made[name], kind=None) == MEDIAN_KIND
     assert check_model_folder(made["ensemble"], kind=ENSEMBLE_KIND) == ENSEMBLE_KIND
     assert check_model_folder(made["ensemble"], kind=None) == ENSEMBLE_KIND
+    assert check_model_folder(made["ensemble -1"], kind=ENSEMBLE_KIND) == ENSEMBLE_KIND
     # the two precisions write the same MLmodel flavours
     flavors = [yaml.safe_load((made[p] / "MLmodel").read_text())["flavors"] for p in ("float32", "mixed_bfloat16")]
     assert flavors[0] == flavors[1]
@@ -169,6 +174,17 @@ def _extra_member(folder: Path):
     shutil.copytree(folder / "artifacts" / "seed_0", folder / "artifacts" / "seed_7")
 
 
+def _renamed_member(folder: Path):
+    (folder / "artifacts" / "seed_1").rename(folder / "artifacts" / "model")
+
+    def rename(content):
+        artifacts = content["flavors"]["python_function"]["artifacts"]
+        artifacts["model"] = {"path": "artifacts/model"}
+        del artifacts["seed_1"]
+
+    edit(folder / "MLmodel", rename)
+
+
 @pytest.mark.parametrize(
     "change, says",
     [
@@ -178,6 +194,7 @@ def _extra_member(folder: Path):
         (_member("seed_1", _set("keras.data", "/store/models/m-1/data")), "artifacts/seed_1/MLmodel's keras.data"),
         (_member("seed_0", _set("python_function.code", "code")), "artifacts/seed_0/MLmodel's python_function flav"),
         (_extra_member, "names members seed_0, seed_1, artifacts/ holds seed_0, seed_1, seed_7"),
+        (_renamed_member, "names a member 'model', not seed_<k>"),
         (_top(_set("python_function.code", "code")), "does not load this version's ensemble_model.py"),
         (_top(_set("python_function.loader_module", "evil")), "does not load this version's ensemble_model.py"),
         (_top(_set("python_function.model_code_path", "/x/evil.py")), "does not load this version's ensemble_mod"),
