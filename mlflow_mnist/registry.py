@@ -5,7 +5,8 @@ trusting its tags: the median seed's test accuracy is read from the metric histo
 open, the median model must be the one that seed logged, the data is loaded again (:func:`load_gate_data`) and
 must match the final's digests with no test example among the training examples, and the candidate
 LoggedModel's files are downloaded once and hashed (:mod:`mlflow_mnist.model_files`): that local copy is checked
-(the ensemble's code and members), predicts the test set here (a different error count refuses), and is what gets
+(its shape: a model folder ``final`` writes, :mod:`mlflow_mnist.model_check`; the ensemble's members), predicts
+the test set here (a different error count refuses), and is what gets
 registered. Then, in :func:`decide_and_register` (the critical section, run under the registered model's lock), it
 reads ``@champion`` (its files checked against the digest its version recorded), has it predict the same
 examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), uploads the verified copy as a new
@@ -42,6 +43,7 @@ from mlflow_mnist.gate import (
     shared_examples,
     show_accuracy,
 )
+from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
 from mlflow_mnist.schema import (
     CHAMPION,
@@ -352,37 +354,18 @@ KERAS_FILE = "data/model.keras"  # a seed's weights, in its own model folder and
 
 
 def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
-    """The ensemble's folder (the gate's local ``copy``) is what its final made, checked before ``promote`` loads
-    it (loading runs its code): MLflow's "models from code" loader on exactly this package's ``ensemble_model.py``,
-    with no other code on the path, and as members the Keras files of the final's own seed models, no other. Code
-    edited in the artifact store could otherwise answer the test set right and every other input wrong, and run
-    inside ``promote``."""
+    """The ensemble's members (in the gate's local ``copy``, whose shape :func:`check_model_folder` checked) are
+    the Keras files of the final's own seed models, no other: a member swapped for another model would otherwise
+    be measured and registered as this final's ensemble."""
     import hashlib
 
-    import yaml
-
-    from mlflow_mnist.ensemble import MODEL_CODE, SEED_PREFIX
+    from mlflow_mnist.ensemble import SEED_PREFIX
 
     final, model_id = candidate.final, candidate.model_id
-    files = {
-        path.relative_to(copy.folder).as_posix(): path.read_bytes() for path in copy.folder.rglob("*") if path.is_file()
-    }
-    try:
-        flavor = yaml.safe_load(files.get("MLmodel", b"")).get("flavors", {}).get("python_function", {})
-    except (yaml.YAMLError, AttributeError):
-        flavor = {}
-    code = os.path.basename(str(flavor.get("model_code_path") or ""))
-    if (
-        flavor.get("loader_module") != "mlflow.pyfunc.loaders.code_model"
-        or flavor.get("code")
-        or code != MODEL_CODE.name
-        or files.get(code) != MODEL_CODE.read_bytes()
-    ):
-        raise _tampered(f"the ensemble model {model_id} does not load this version's {MODEL_CODE.name}")
     members = sorted(
-        hashlib.sha256(content).hexdigest()
-        for name, content in files.items()
-        if name.startswith(f"artifacts/{SEED_PREFIX}") and name.endswith(f"/{KERAS_FILE}")
+        hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in copy.folder.glob(f"artifacts/{SEED_PREFIX}*/{KERAS_FILE}")
+        if path.is_file()
     )
     seeds = []
     for run_id in candidate.members:
@@ -436,6 +419,26 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     return {seed: logged_while_open(client, seed, SEED_ACCURACY, end) for seed in seed_ids}
 
 
+def _download_candidate(stack: contextlib.ExitStack, candidate: Candidate, location: str) -> LocalModel:
+    """The candidate's local copy (:func:`mlflow_mnist.model_files.local_copy`, removed when ``stack`` closes). A
+    download MLflow refuses (a symbolic link out of the folder: "resolved path is outside the artifact directory";
+    files that vanish midway) is the model's folder tampered with, not a store that is down; a failure to reach
+    the store (requests' errors) stays what it is."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    from mlflow_mnist.redaction import redact
+
+    try:
+        return stack.enter_context(model_files.local_copy(location, label="candidate"))
+    except RequestException:
+        raise
+    except (MlflowException, OSError) as error:
+        reason = " ".join(line.strip("# ") for line in str(error).splitlines() if line.strip("# "))
+        reason = redact(reason or type(error).__name__)[:300]
+        raise _tampered(f"the files of model {candidate.model_id} cannot be downloaded ({reason})") from None
+
+
 def verify_candidate(
     client, candidate: Candidate, data: GateData, copy: LocalModel, *, predict: Predict = predicted_labels
 ) -> np.ndarray:
@@ -449,6 +452,10 @@ def verify_candidate(
             f"among its training images: its test accuracy is not a test; remove them from the training data and "
             f"train a new final; {UNCHANGED}"
         )
+    try:  # before anything loads it: loading runs what its MLmodel names
+        check_model_folder(copy.folder, kind=candidate.kind)
+    except ModelFilesRefused as error:
+        raise _tampered(f"the {candidate.kind} model {candidate.model_id}'s files: {error}") from None
     if candidate.kind == ENSEMBLE_KIND:
         _check_ensemble_files(client, candidate, copy)
     predictions = predict(str(copy.folder), data.x_test)
@@ -549,6 +556,10 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
                     f"tag: changed in the artifact store after it was registered)"
                 )
                 return Champion(number, changed)
+            try:
+                check_model_folder(copy.folder, kind=None, earlier_code=True)
+            except ModelFilesRefused as error:
+                return Champion(number, f"its files are not a model final writes ({error})")
             predictions = predict(str(copy.folder), data.x_test)
     except Exception as error:  # noqa: BLE001 - any load failure makes the champion incomparable, said in one line
         return Champion(number, f"its model cannot be loaded ({type(error).__name__})")
@@ -586,6 +597,13 @@ def load_champion(client, name: str):
                 f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
                 f"sha256 is not its {VERSION_MODEL_SHA256} tag): changed in the artifact store; not loaded"
             )
+        try:
+            check_model_folder(copy.folder, kind=None, earlier_code=True)
+        except ModelFilesRefused as error:
+            raise ChampionUnverified(
+                f"the files of {name!r} version {number} (@{CHAMPION}) are not a model final writes ({error}); "
+                f"not loaded"
+            ) from None
         return mlflow.pyfunc.load_model(str(copy.folder))
 
 
@@ -784,7 +802,8 @@ def promote(
     data = load_gate_data(final)
     location = client.get_logged_model(candidate.model_id).artifact_location
     # Downloaded once: this copy is what is checked, what predicts, and what is registered.
-    with model_files.local_copy(location, label="candidate") as verified:
+    with contextlib.ExitStack() as stack:
+        verified = _download_candidate(stack, candidate, location)
         predictions = verify_candidate(client, candidate, data, verified, predict=predict)
         name = name or task.registered_model_name(candidate.task.variant)
         uses = count_test_set_uses(client, candidate.test_digest)

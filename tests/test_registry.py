@@ -492,6 +492,123 @@ def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_cod
     assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
 
 
+def plant_code(folder: Path, ran: Path) -> str:
+    """An attacker's loader in a seed's model ``folder`` (``code/``), named by its MLmodel: it records that it ran
+    in ``ran``, then loads the genuine Keras model (a model that can be right on the test set and wrong elsewhere).
+    Returns the MLmodel's honest bytes."""
+    import uuid
+
+    module = f"evil_{uuid.uuid4().hex}"
+    (folder / "code").mkdir()
+    (folder / "code" / f"{module}.py").write_text(
+        f"import pathlib\n\ndef _load_pyfunc(path):\n    pathlib.Path({str(ran)!r}).write_text('ran')\n"
+        "    import mlflow.keras.load\n\n    return mlflow.keras.load._load_pyfunc(path)\n"
+    )
+    honest = (folder / "MLmodel").read_bytes()
+    set_in_mlmodel(folder / "MLmodel", "python_function", loader_module=module, code="code")
+    return honest
+
+
+def set_in_mlmodel(mlmodel: Path, flavor: str, **values) -> None:
+    import yaml
+
+    content = yaml.safe_load(mlmodel.read_text())
+    content["flavors"][flavor].update(values)
+    mlmodel.write_text(yaml.safe_dump(content))
+
+
+@pytest.mark.slow
+def test_a_median_whose_mlmodel_names_code_in_its_folder_is_refused_before_the_code_runs(fresh, tmp_path):
+    """The median seed's MLmodel edited in the artifact store to load an attacker's module shipped in the folder:
+    promote would run it (to measure the model), and so would every load of the champion. Refused before anything
+    is loaded; a champion registered that way (by a gate before this check) cannot be compared, and
+    load_champion refuses it, without running it either. Before, the code ran and the model was promoted."""
+    client, finals = fresh.client, fresh.finals
+    folder, ran = fresh.model_folder(finals.good), tmp_path / "ran"
+    honest = plant_code(folder, ran)
+    try:
+        with pytest.raises(PromotionRejected, match=r"median seed model m-\w+'s files: MLmodel's python_function "
+                           "flavour has options final does not write: code: tampered"):  # fmt: skip
+            fresh.promote(finals.good, min_accuracy=0.5)
+        assert not ran.exists() and _registered(client) == []
+        with pytest.MonkeyPatch.context() as patch:  # a gate without the check registers it (and runs the code)
+            patch.setattr(registry, "check_model_folder", lambda *args, **kwargs: None)
+            version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
+        assert ran.exists() and (fresh.served_folder(version) / "code").is_dir()
+        ran.unlink()
+    finally:
+        (folder / "MLmodel").write_bytes(honest)
+        shutil.rmtree(folder / "code")
+    with pytest.raises(PromotionRejected, match="cannot be compared with: its files are not a model final writes"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    with pytest.raises(registry.ChampionUnverified, match=rf"version {version} \(@champion\) are not a model final"):
+        mlflow_mnist.load_champion(name=NAME)
+    assert not ran.exists() and str(fresh.champion().version) == version
+
+
+@pytest.mark.slow
+def test_mlmodel_paths_outside_the_model_folder_are_refused(fresh):
+    """MLflow joins an MLmodel's paths to the folder (os.path.join): an absolute path, or one through '..', loads
+    files the gate's digest does not cover, still writable in the artifact store (here the candidate's own live
+    folder, and another model's). The median's keras data, the ensemble's artifacts paths and a member's keras
+    data: each refused. Before, each was promoted, and load_champion served whatever those files became."""
+    import yaml
+
+    client, finals = fresh.client, fresh.finals
+    median = fresh.model_folder(finals.good)
+    ensemble = local_folder(
+        client.get_logged_model(client.get_run(finals.poor).data.tags[ENSEMBLE_MODEL]).artifact_location
+    )
+    member = sorted(ensemble.glob("artifacts/seed_*"))[0]
+    outside = os.path.relpath(fresh.model_folder(finals.leaky) / "data", median)  # ../../<other model>/artifacts/data
+    cases = [
+        (median / "MLmodel", {"keras": {"data": str(median / "data")}}, "good", "median", "MLmodel's keras.data '/"),
+        (median / "MLmodel", {"keras": {"data": outside}}, "good", "median", "MLmodel's keras.data '../"),
+        (ensemble / "MLmodel", "artifacts", "poor", "ensemble", r"MLmodel's python_function.artifacts.seed_\d.path '/"),
+        (member / "MLmodel", {"keras": {"data": str(member / "data")}}, "poor", "ensemble",
+         f"artifacts/{member.name}/MLmodel's keras.data '/"),
+    ]  # fmt: skip
+    for mlmodel, change, final, model, says in cases:
+        honest = mlmodel.read_bytes()
+        try:
+            if change == "artifacts":
+                content = yaml.safe_load(honest)
+                for name, info in content["flavors"]["python_function"]["artifacts"].items():
+                    info["path"] = str(ensemble / "artifacts" / name)
+                mlmodel.write_text(yaml.safe_dump(content))
+            else:
+                for flavor, values in change.items():
+                    set_in_mlmodel(mlmodel, flavor, **values)
+            with pytest.raises(PromotionRejected, match=f"files: {says}.* is not a relative path inside the model "
+                               "folder: tampered, or not the measured model; @champion unchanged"):  # fmt: skip
+                fresh.promote(getattr(finals, final), model=model, min_accuracy=0.3)
+        finally:
+            mlmodel.write_bytes(honest)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
+def test_a_symlink_out_of_the_candidates_folder_is_a_one_line_tampered_refusal(fresh, tmp_path):
+    """A symbolic link in the candidate's folder to a file outside the artifact store: MLflow refuses to download
+    it, and promote said the tracking store had failed ("check that it is up"). It is the model's folder that is
+    wrong: one line, tampered, naming the model; @champion stays."""
+    client, finals = fresh.client, fresh.finals
+    before = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
+    (tmp_path / "secret.txt").write_text("not a model file")
+    link = fresh.model_folder(finals.good) / "secret.txt"
+    os.symlink(tmp_path / "secret.txt", link)
+    model_id = client.get_run(finals.good).data.tags[MEDIAN_MODEL]
+    try:
+        with pytest.raises(PromotionRejected) as refused:
+            fresh.promote(finals.good, min_accuracy=0.5)
+    finally:
+        link.unlink()
+    said = str(refused.value)
+    assert "\n" not in said and said.startswith(f"not promoted: the files of model {model_id} cannot be downloaded (")
+    assert said.endswith("): tampered, or not the measured model; @champion unchanged") and "outside" in said
+    assert str(fresh.champion().version) == before
+
+
 @pytest.mark.slow
 def test_files_swapped_right_after_verification_are_not_what_champion_serves(fresh):
     """The audit's race: the candidate's weights replaced by the poor final's as soon as the gate has measured it
