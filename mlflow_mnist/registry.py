@@ -53,6 +53,7 @@ from mlflow_mnist.schema import (
     DECIDED_BY_FORCE,
     DECIDED_BY_GATE,
     DIGEST,
+    ENDED_MS,
     ENSEMBLE_ACCURACY,
     ENSEMBLE_KIND,
     ENSEMBLE_MODEL,
@@ -94,6 +95,7 @@ from mlflow_mnist.schema import (
     VERSION_TEST_SIZE,
     VERSION_VERIFIED_MODEL,
     TaskRef,
+    as_int,
 )
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 from mlflow_mnist.tasks.base import dataset_sha256
@@ -112,7 +114,7 @@ VERSION_TAGS = (
     VERSION_VERIFIED_MODEL,
 )  # fmt: skip
 # A final's params that are not its configuration, left out of the version's "params" tag.
-NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256)
+NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256, ENDED_MS)
 UNCHANGED = f"@{CHAMPION} unchanged"
 MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
@@ -272,6 +274,19 @@ def _experiment_name(client, experiment_id: str) -> str:
         return f"id {experiment_id}"
 
 
+def final_end(final) -> int | None:
+    """When the final ended (ms): the param it logged as its last write (``ended_ms``, written once). A finished
+    run's end_time can be set again through the API (``set_terminated``), and would move every "while the final was
+    open" window; finals made before the param existed have only it, and are judged by it as before."""
+    recorded = final.data.params.get(ENDED_MS)
+    if recorded is None:
+        return final.info.end_time
+    ended = as_int(recorded)
+    if ended is None:
+        raise _tampered(f"final run {final.info.run_id}'s {ENDED_MS} param {recorded[:40]!r} is not a time")
+    return ended
+
+
 def logged_while_open(client, run_id: str, key: str, end_ms: int | None) -> float:
     """The one value of metric ``key`` that ``run_id`` logged before ``end_ms`` (when its final ended).
 
@@ -290,7 +305,7 @@ def read_candidate(client, final) -> Candidate:
     accuracy the lower middle of the seeds' accuracies, all as logged while the final was open."""
     from mlflow.exceptions import MlflowException
 
-    tags, final_id, end = final.data.tags, final.info.run_id, final.info.end_time
+    tags, final_id, end = final.data.tags, final.info.run_id, final_end(final)
     seed_id, model_id = tags.get(MEDIAN_RUN, ""), tags.get(MEDIAN_MODEL, "")
     if not seed_id or not model_id:
         raise PromotionRejected(
@@ -342,7 +357,7 @@ def read_ensemble(client, final) -> Candidate:
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
     _made_while_open(model, final)
-    accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
+    accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final_end(final))
     return Candidate(
         final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds)
     )
@@ -403,7 +418,7 @@ def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> Non
 def _created_while_open(model, final) -> bool:
     """Whether the model was created before the final ended: its source run can be named by anyone creating a
     model (``create_logged_model(source_run_id=...)``), its creation time is the store's own clock."""
-    end, created = final.info.end_time, model.creation_timestamp
+    end, created = final_end(final), model.creation_timestamp
     return end is not None and created is not None and created <= end
 
 
@@ -418,7 +433,7 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
     (params are write-once: a seed run added later shows up as one too many), and the very runs its
     ``seed_runs_sha256`` param names (a run re-parented in place of one of them does not count as its seed)."""
-    final_id, end = final.info.run_id, final.info.end_time
+    final_id, end = final.info.run_id, final_end(final)
     repeats = int(final.data.params.get(REPEATS, "1") or 1)
     if repeats == 1:
         seed_ids = [final_id]

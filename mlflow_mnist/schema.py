@@ -162,6 +162,11 @@ SEED_RUNS = "seed_runs_sha256"
 # A final's data (tasks.base.dataset_sha256: the full sha256 of the arrays it trained and tested on), logged as it
 # starts. The task's own digests (DIGEST, TEST_DIGEST) are 64 bits, short enough to collide on purpose.
 DATA_SHA256 = "data_sha256"
+# A final's end (ms since the epoch, the final's clock), logged as its last write, after every metric, tag and model
+# of the final and its seeds, just before the run is closed (with the same time as its end_time). The run's end_time
+# can be set again through the API (``set_terminated`` works on a finished run); this param is written once, so the
+# gate's "while the final was open" windows end here.
+ENDED_MS = "ended_ms"
 #: The run ``mlflow run`` made already holds the entry point's -P values: a param of ours that differs is logged
 #: beside it under this prefix (``effective_precision``).
 EFFECTIVE_PREFIX = "effective_"

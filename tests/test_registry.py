@@ -467,6 +467,32 @@ def test_a_model_made_after_the_final_ended_is_refused(fresh):
 
 
 @pytest.mark.slow
+def test_an_end_time_moved_through_the_api_moves_no_window(fresh):
+    """A finished run's end_time can be set again through the API (set_terminated works on a finished run). Moved a
+    day on, a model created now naming the median seed (holding the same files) passed as made while the final was
+    open; moved back to the model's creation, accuracies logged with that timestamp were the only ones in the window.
+    The final logged its end as a write-once param, its last write, and the gate's windows end there."""
+    client, finals = fresh.client, fresh.finals
+    tags = client.get_run(finals.good).data.tags
+    honest = tags[MEDIAN_MODEL]
+    late = client.create_logged_model(experiment_id=fresh.experiment_id, source_run_id=tags[MEDIAN_RUN], name="late")
+    client.log_model_artifacts(late.model_id, str(fresh.model_folder(finals.good)))
+    client.finalize_logged_model(late.model_id, "READY")
+    client.set_tag(finals.good, MEDIAN_MODEL, late.model_id)
+    client.set_terminated(finals.good, "FINISHED", end_time=int(time.time() * 1000) + 86_400_000)
+    with pytest.raises(PromotionRejected, match="was created after final run .* ended"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    client.set_tag(finals.good, MEDIAN_MODEL, honest)
+    created = client.get_logged_model(honest).creation_timestamp
+    for key in ("test_accuracy", "median_test_accuracy"):  # one seed: the final is its own seed run
+        client.log_metric(finals.good, key, 0.999, timestamp=created)
+    client.set_terminated(finals.good, "FINISHED", end_time=created)
+    with pytest.raises(PromotionRejected, match="logged 2 different values of test_accuracy while its final was open"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
 def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_code_runs(fresh):
     """The ensemble is a pyfunc whose code is an artifact: promote would run it to measure it. Code edited in the
     artifact store (here: to stop the process), or a member model swapped for another final's, is refused before
