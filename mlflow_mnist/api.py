@@ -296,7 +296,7 @@ def promote(
 
 def load_champion(*, name: str) -> Any:
     """Registered model ``name``'s ``@champion`` as an ``mlflow.pyfunc`` model, loaded only when its files are the
-    ones the gate verified (their digest is its version's ``model_sha256`` tag); raises
+    ones the gate verified (their digest is the ``model_sha256`` param of the copy it registered); raises
     ``mlflow_mnist.registry.ChampionUnverified`` otherwise. ``mlflow.pyfunc.load_model("models:/<name>@champion")``
     loads whatever the artifact store holds now."""
     from mlflow_mnist import tracking

@@ -5,14 +5,16 @@ misclassified test images, the train and test datasets, and its model as a Logge
 a metric on the model and its test-set probabilities (``test_probabilities.npy``). The final run names its median
 seed as its best child (that is the model ``promote`` registers) and carries the spread over seeds, and, when it
 ends, the digest of its seed runs' ids as a param (:func:`seed_runs_sha256`: written once, so the gate can tell its
-seeds from runs re-parented under it later). A final that resumes a killed one takes that final's finished seed
-runs as its own children (:mod:`mlflow_mnist.final_resume`).
+seeds from runs re-parented under it later) and, as its last write, its end time (param ``ended_ms``, written once:
+the run's own end_time can be moved). A final that resumes a killed one takes that final's finished seed runs as its
+own children (:mod:`mlflow_mnist.final_resume`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from mlflow_mnist.schema import (
     CONFIG_RANK,
     CONFIGS,
     DATA_SHA256,
+    ENDED_MS,
     ENSEMBLE_ACCURACY,
     ENSEMBLE_ERRORS,
     ENSEMBLE_MODEL,
@@ -224,4 +227,8 @@ class FinalTree:
         if median_run != self.parent:
             name = f"median seed ({summary[MEDIAN_ACCURACY]:.4%})"
             self.writer.name_best_child(self.parent, median_run, name, {})
-        self.writer.finish(self.parent)
+        # Last: the end as a write-once param (the run's end_time can be moved through the API), then the same time
+        # as the run's end_time. Every metric, tag and model of the final and its seeds (taken ones too) is before it.
+        ended = int(time.time() * 1000)
+        self.writer.log_params(self.parent, {ENDED_MS: ended})
+        self.writer.finish(self.parent, end_ms=ended)

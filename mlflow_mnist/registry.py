@@ -8,11 +8,12 @@ LoggedModel's files are downloaded once and hashed (:mod:`mlflow_mnist.model_fil
 (its shape: a model folder ``final`` writes, :mod:`mlflow_mnist.model_check`; the ensemble's members), predicts
 the test set here (a different error count refuses), and is what gets
 registered. Then, in :func:`decide_and_register` (the critical section, run under the registered model's lock), it
-reads ``@champion`` (its files checked against the digest its version recorded), has it predict the same
-examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), uploads the verified copy as a new
-LoggedModel, creates the version on it with all its tags and its description in one request, reads the version's
-files back and checks their digest, and only then moves the alias: a promote killed at any moment leaves the
-alias where it was, or on a complete version whose files are the ones the gate verified.
+reads ``@champion`` (its files checked against the digest its registered copy recorded), has it predict the
+same examples, lets :func:`mlflow_mnist.gate.decide` judge (McNemar's exact test), uploads the verified copy as a
+new LoggedModel (what it verified written once, as the copy's params), creates the version on it with all its tags
+and its description in one request, reads the version's files back and checks their digest, and only then moves
+the alias: a promote killed at any moment leaves the alias where it was, or on a complete version whose files are
+the ones the gate verified.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +50,14 @@ from mlflow_mnist.schema import (
     CHAMPION,
     CLASSES,
     COPY_OF,
+    COPY_RECORD,
     DATA_DIGEST_PARAM,
     DATA_SHA256,
     DATA_SOURCE,
     DECIDED_BY_FORCE,
     DECIDED_BY_GATE,
     DIGEST,
+    ENDED_MS,
     ENSEMBLE_ACCURACY,
     ENSEMBLE_KIND,
     ENSEMBLE_MODEL,
@@ -96,6 +99,7 @@ from mlflow_mnist.schema import (
     VERSION_TEST_SIZE,
     VERSION_VERIFIED_MODEL,
     TaskRef,
+    as_int,
 )
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 from mlflow_mnist.tasks.base import dataset_sha256
@@ -114,7 +118,7 @@ VERSION_TAGS = (
     VERSION_VERIFIED_MODEL,
 )  # fmt: skip
 # A final's params that are not its configuration, left out of the version's "params" tag.
-NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256)
+NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256, ENDED_MS)
 UNCHANGED = f"@{CHAMPION} unchanged"
 MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
@@ -274,6 +278,19 @@ def _experiment_name(client, experiment_id: str) -> str:
         return f"id {experiment_id}"
 
 
+def final_end(final) -> int | None:
+    """When the final ended (ms): the param it logged as its last write (``ended_ms``, written once). A finished
+    run's end_time can be set again through the API (``set_terminated``), and would move every "while the final was
+    open" window; finals made before the param existed have only it, and are judged by it as before."""
+    recorded = final.data.params.get(ENDED_MS)
+    if recorded is None:
+        return final.info.end_time
+    ended = as_int(recorded)
+    if ended is None:
+        raise _tampered(f"final run {final.info.run_id}'s {ENDED_MS} param {recorded[:40]!r} is not a time")
+    return ended
+
+
 def logged_while_open(client, run_id: str, key: str, end_ms: int | None) -> float:
     """The one value of metric ``key`` that ``run_id`` logged before ``end_ms`` (when its final ended).
 
@@ -292,7 +309,7 @@ def read_candidate(client, final) -> Candidate:
     accuracy the lower middle of the seeds' accuracies, all as logged while the final was open."""
     from mlflow.exceptions import MlflowException
 
-    tags, final_id, end = final.data.tags, final.info.run_id, final.info.end_time
+    tags, final_id, end = final.data.tags, final.info.run_id, final_end(final)
     seed_id, model_id = tags.get(MEDIAN_RUN, ""), tags.get(MEDIAN_MODEL, "")
     if not seed_id or not model_id:
         raise PromotionRejected(
@@ -344,7 +361,7 @@ def read_ensemble(client, final) -> Candidate:
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
     _made_while_open(model, final)
-    accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final.info.end_time)
+    accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final_end(final))
     return Candidate(
         final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds)
     )
@@ -386,7 +403,7 @@ def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> Non
 def _created_while_open(model, final) -> bool:
     """Whether the model was created before the final ended: its source run can be named by anyone creating a
     model (``create_logged_model(source_run_id=...)``), its creation time is the store's own clock."""
-    end, created = final.info.end_time, model.creation_timestamp
+    end, created = final_end(final), model.creation_timestamp
     return end is not None and created is not None and created <= end
 
 
@@ -401,7 +418,7 @@ def _seed_accuracies(client, final) -> dict[str, float]:
     """Each seed run's test accuracy logged while the final was open; as many seeds as its ``repeats`` param
     (params are write-once: a seed run added later shows up as one too many), and the very runs its
     ``seed_runs_sha256`` param names (a run re-parented in place of one of them does not count as its seed)."""
-    final_id, end = final.info.run_id, final.info.end_time
+    final_id, end = final.info.run_id, final_end(final)
     repeats = int(final.data.params.get(REPEATS, "1") or 1)
     if repeats == 1:
         seed_ids = [final_id]
@@ -501,13 +518,45 @@ def count_test_set_uses(client, test_digest: str) -> int:
 
 
 # -- the champion and the critical section --------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateRecord:
+    """What the gate verified when it registered a version (``values``, named as the version's tags), and whether
+    they are its registered copy's write-once params or, for a version without them, its tags."""
+
+    values: Mapping[str, str]
+    from_copy: bool
+
+    @property
+    def holder(self) -> str:
+        return "its copy's params" if self.from_copy else "its tags"
+
+    def name(self, key: str) -> str:
+        return f"its copy's {key} param" if self.from_copy else f"its {key} tag"
+
+
+def gate_record(client, version) -> GateRecord:
+    """What the gate verified when it registered ``version``: the params of the copy it registered
+    (:func:`register_copy`), the LoggedModel the version's source names (``models:/<copy id>``, fixed when the
+    version is created; the SQL registry keeps no ``model_id``). A LoggedModel's params cannot be changed, a
+    version's tags can (the digest set to swapped files' digest, the test digest to another test set's): where the
+    tags disagree with the params they are ignored. A version whose source holds no such params (registered before
+    promote recorded them, or by hand) has only its tags, read as before. Raises ``MlflowException`` when the
+    source model cannot be read (deleted)."""
+    match = re.fullmatch(r"models:/([^/@]+)", version.source or "")
+    params = client.get_logged_model(match.group(1)).params if match else {}
+    if VERSION_MODEL_SHA256 not in params:
+        return GateRecord(dict(version.tags), from_copy=False)
+    return GateRecord({key: params.get(key, "") for key in COPY_RECORD}, from_copy=True)
+
+
 def read_champion(client, name: str, candidate: Candidate, data: GateData, predict: Predict) -> Champion | None:
     """``@champion`` as the gate can use it: its predictions on the candidate's test set, or why it has none.
 
-    Its files are downloaded once; when their digest is not its ``model_sha256`` tag (they were changed after the
-    gate verified them) it cannot be compared, and otherwise that hashed copy predicts. A champion of another task
-    or with valid tags on another test set refuses outright (even ``--force`` cannot compare the incomparable: a
-    new test set is a new registered model).
+    What the gate verified is read from its registered copy's params (:func:`gate_record`; a version registered
+    before them, from its tags). Its files are downloaded once; when their digest is not the recorded
+    ``model_sha256`` (they were changed after the gate verified them) it cannot be compared, and otherwise that
+    hashed copy predicts. A champion of another task, or verified on another test set, refuses outright (even
+    ``--force`` cannot compare the incomparable: a new test set is a new registered model).
     """
     from mlflow.exceptions import MlflowException
 
@@ -517,7 +566,12 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
-    tags, number = version.tags, str(version.version)
+    number = str(version.version)
+    try:
+        record = gate_record(client, version)
+    except MlflowException as error:
+        return Champion(number, f"its source model {version.source} cannot be read ({error.error_code})")
+    tags = record.values
     task = TaskRef.parse_version(tags, legacy_task=DEFAULT_TASK)
     if task is not None and task != candidate.task:
         ours, theirs = f"{candidate.task.name} {candidate.task.variant}", f"{task.name} {task.variant}"
@@ -538,7 +592,7 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
         if not ok
     ]
     if missing:
-        return Champion(number, f"its tags lack a valid {', '.join(missing)}")
+        return Champion(number, f"{record.holder} lack a valid {', '.join(missing)}")
     if tags[VERSION_TEST_DIGEST] != candidate.test_digest:
         raise PromotionRejected(
             f"not promoted: its test accuracy is on test set {candidate.test_digest} ({len(data.y_test)} images), "
@@ -548,12 +602,12 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
     verified_sha256 = tags.get(VERSION_MODEL_SHA256, "")
     try:
         with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
-            # A version registered before the gate hashed what it registers has no digest tag: as before, only
-            # its accuracy tag is checked against what its files score (below).
+            # A version registered before the gate hashed what it registers has no digest: as before, only its
+            # accuracy tag is checked against what its files score (below).
             if verified_sha256 and copy.sha256 != verified_sha256:
                 changed = (
-                    f"its files are not the ones the gate verified (their sha256 is not its {VERSION_MODEL_SHA256} "
-                    f"tag: changed in the artifact store after it was registered)"
+                    f"its files are not the ones the gate verified (their sha256 is not "
+                    f"{record.name(VERSION_MODEL_SHA256)}: changed in the artifact store after it was registered)"
                 )
                 return Champion(number, changed)
             try:
@@ -565,7 +619,8 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
         return Champion(number, f"its model cannot be loaded ({type(error).__name__})")
     errors = int(np.sum(predictions != data.y_test))
     if logged_errors(accuracy, size) != errors:
-        return Champion(number, f"its test_accuracy tag {accuracy:.4%} is not what its model scores ({errors} errors)")
+        said = f"{record.name(VERSION_TEST_ACCURACY)} {accuracy:.4%}"
+        return Champion(number, f"{said} is not what its model scores ({errors} errors)")
     return Champion(number, predictions=predictions)
 
 
@@ -574,10 +629,10 @@ class ChampionUnverified(RuntimeError):
 
 
 def load_champion(client, name: str):
-    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded from a local copy of its files whose digest is its
-    version's ``model_sha256`` tag (the files the gate verified); :class:`ChampionUnverified` when there is no
-    champion, no tag to check against, or other files. The model is loaded whole (Keras, the seed ensemble), and
-    the copy removed."""
+    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded from a local copy of its files whose digest is the
+    ``model_sha256`` the gate recorded (:func:`gate_record`: its registered copy's param; for a version registered
+    before it, the version's tag); :class:`ChampionUnverified` when there is no champion, no digest to check
+    against, or other files. The model is loaded whole (Keras, the seed ensemble), and the copy removed."""
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
@@ -585,7 +640,15 @@ def load_champion(client, name: str):
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as error:
         raise ChampionUnverified(f"{name!r} has no @{CHAMPION} ({error.error_code}): promote a final first") from None
-    number, verified_sha256 = str(version.version), version.tags.get(VERSION_MODEL_SHA256, "")
+    number = str(version.version)
+    try:
+        record = gate_record(client, version)
+    except MlflowException as error:
+        raise ChampionUnverified(
+            f"the source model {version.source} of {name!r} version {number} (@{CHAMPION}) cannot be read "
+            f"({error.error_code}): nothing to check its files against; promote a final again"
+        ) from None
+    verified_sha256 = record.values.get(VERSION_MODEL_SHA256, "")
     if not verified_sha256:
         raise ChampionUnverified(
             f"{name!r} version {number} (@{CHAMPION}) has no {VERSION_MODEL_SHA256} tag (not registered by a "
@@ -595,7 +658,7 @@ def load_champion(client, name: str):
         if copy.sha256 != verified_sha256:
             raise ChampionUnverified(
                 f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
-                f"sha256 is not its {VERSION_MODEL_SHA256} tag): changed in the artifact store; not loaded"
+                f"sha256 is not {record.name(VERSION_MODEL_SHA256)}): changed in the artifact store; not loaded"
             )
         try:
             check_model_folder(copy.folder, kind=None, earlier_code=True)
@@ -645,16 +708,18 @@ def version_tags(
     return tags
 
 
-def register_copy(client, name: str, candidate: Candidate, verified: LocalModel) -> str:
+def register_copy(client, name: str, candidate: Candidate, verified: LocalModel, *, record: Mapping[str, str]) -> str:
     """A new LoggedModel (``registered-<name>``, tag ``copy_of``: the candidate's id) holding the gate's verified
     local copy, byte for byte; returns its id. The version is created on it rather than on the candidate's own
     folder, which stays writable: files swapped there after verification must not become what ``@champion``
-    serves."""
+    serves. ``record`` (what the gate verified, :data:`~mlflow_mnist.schema.COPY_RECORD`) becomes its params, in
+    the request that creates it: written once, what :func:`gate_record` reads back."""
     model = client.create_logged_model(
         experiment_id=str(candidate.final.info.experiment_id),
         name="registered-" + re.sub(r"[/:.%\"']", "-", name),  # what a LoggedModel's name may not contain
         source_run_id=candidate.seed_run_id,
         tags={COPY_OF: candidate.model_id},
+        params=dict(record),
     )
     try:
         client.log_model_artifacts(model.model_id, str(verified.folder))
@@ -715,16 +780,10 @@ def decide_and_register(
         f"max {metrics.get(MAX_TEST_ACCURACY, math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
     )
     previous = champion.version if champion else None
-    copy_id = register_copy(client, name, candidate, verified)
+    tags = version_tags(candidate, decision, n_test=n, uses=uses, previous=previous or "", model_sha256=verified.sha256)
+    copy_id = register_copy(client, name, candidate, verified, record={key: tags[key] for key in COPY_RECORD})
     version = client.create_model_version(
-        name,
-        f"models:/{copy_id}",
-        run_id=candidate.seed_run_id,
-        tags=version_tags(
-            candidate, decision, n_test=n, uses=uses, previous=previous or "", model_sha256=verified.sha256
-        ),
-        description=description,
-        model_id=copy_id,
+        name, f"models:/{copy_id}", run_id=candidate.seed_run_id, tags=tags, description=description, model_id=copy_id
     )
     check_registered(client, name, str(version.version), verified)
     # Last, and only now: a promote killed before this line leaves the alias where it was.

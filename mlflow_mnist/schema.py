@@ -106,9 +106,17 @@ VERSION_MCNEMAR_P = "mcnemar_p"
 # The final's repeats param, its training data's digest, and its params as JSON (less task and data_digest).
 VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_PARAMS = "repeats", "data_digest", "params"
 # The version serves a copy of the files the gate verified (model_files.tree_sha256 of them), made from the
-# LoggedModel it measured (verified_model); read_champion checks the files against the digest.
+# LoggedModel it measured (verified_model); read_champion and load_champion check the files against the digest that
+# copy recorded (COPY_RECORD, below).
 VERSION_MODEL_SHA256, VERSION_VERIFIED_MODEL = "model_sha256", "verified_model"
 COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
+# What the gate verified, also recorded as params of that copy, named as the version's tags: a LoggedModel's params
+# are written once (MLflow refuses to change one), a version's tags anyone can set. read_champion and load_champion
+# read these; the tags are for people reading the registry.
+COPY_RECORD = (
+    VERSION_MODEL_SHA256, VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, VERSION_TEST_DIGEST, VERSION_TEST_SIZE,
+    VERSION_TASK, VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_FINAL_RUN, VERSION_VERIFIED_MODEL,
+)  # fmt: skip
 #: What a version serves: the final's median seed, or its seeds' ensemble.
 MEDIAN_KIND, ENSEMBLE_KIND = "median seed", "seed ensemble"
 
@@ -162,6 +170,11 @@ SEED_RUNS = "seed_runs_sha256"
 # A final's data (tasks.base.dataset_sha256: the full sha256 of the arrays it trained and tested on), logged as it
 # starts. The task's own digests (DIGEST, TEST_DIGEST) are 64 bits, short enough to collide on purpose.
 DATA_SHA256 = "data_sha256"
+# A final's end (ms since the epoch, the final's clock), logged as its last write, after every metric, tag and model
+# of the final and its seeds, just before the run is closed (with the same time as its end_time). The run's end_time
+# can be set again through the API (``set_terminated`` works on a finished run); this param is written once, so the
+# gate's "while the final was open" windows end here.
+ENDED_MS = "ended_ms"
 #: The run ``mlflow run`` made already holds the entry point's -P values: a param of ours that differs is logged
 #: beside it under this prefix (``effective_precision``).
 EFFECTIVE_PREFIX = "effective_"

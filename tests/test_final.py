@@ -10,6 +10,25 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+def check_ended_last(client, final) -> None:
+    """The final's ``ended_ms`` param is its end time, after everything it and its seeds logged: every metric value,
+    every model, every seed run's end (the gate's "while the final was open" windows end there)."""
+    from mlflow_mnist import schema, tracking
+
+    ended, experiment = int(final.data.params[schema.ENDED_MS]), final.info.experiment_id
+    assert ended == final.info.end_time
+    seeds = tracking.search_all(client, [experiment], f"tags.`{schema.PARENT}` = '{final.info.run_id}'")
+    runs = [final, *seeds]
+    values = [m for run in runs for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
+    models = [
+        model
+        for run in runs
+        for model in client.search_logged_models([experiment], f"source_run_id = '{run.info.run_id}'")
+    ]
+    assert values and models and all(run.info.end_time <= ended for run in seeds)
+    assert max(m.timestamp for m in values) <= ended and max(m.creation_timestamp for m in models) <= ended
+
+
 def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store):
     import warnings
 
@@ -48,6 +67,7 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     assert len(seeds) == 3 and run.data.tags[schema.MEDIAN_RUN] in {r.info.run_id for r in seeds}
     model = mlflow.get_logged_model(run.data.tags[schema.ENSEMBLE_MODEL])
     assert model.source_run_id == run.info.run_id and model.model_type == "pyfunc-seed-ensemble"
+    check_ended_last(MlflowClient(store), run)
     # The gate verifies the ensemble as it verifies a seed, and the version says which one it serves.
     done = mlflow_mnist.promote(model="ensemble", min_accuracy=0.5)
     version = MlflowClient(store).get_model_version_by_alias(done["name"], "champion")

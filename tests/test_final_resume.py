@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_final import check_ended_last
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +106,7 @@ def _check_whole_and_equal(client, reference: Uninterrupted) -> tuple:
     assert {seed: run.data.metrics["test_accuracy"] for seed, run in seeds.items()} == reference.seed_accuracies
     for metric in ("median_test_accuracy", "ensemble_test_accuracy", "ensemble_test_errors"):
         assert final.data.metrics[metric] == reference.final_metrics[metric], metric
+    check_ended_last(client, final)  # taken seeds included: their values and models came before the end
     return final, seeds
 
 

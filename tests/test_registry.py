@@ -44,7 +44,16 @@ from mlflow_mnist.gate import (
     shared_examples,
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
-from mlflow_mnist.schema import COPY_OF, DATA_SOURCE, DIGEST, ENSEMBLE_MODEL, MEDIAN_MODEL, MEDIAN_RUN, TEST_DIGEST
+from mlflow_mnist.schema import (
+    COPY_OF,
+    COPY_RECORD,
+    DATA_SOURCE,
+    DIGEST,
+    ENSEMBLE_MODEL,
+    MEDIAN_MODEL,
+    MEDIAN_RUN,
+    TEST_DIGEST,
+)
 
 NAME = "mnist-2v7-convnet"
 
@@ -467,6 +476,32 @@ def test_a_model_made_after_the_final_ended_is_refused(fresh):
 
 
 @pytest.mark.slow
+def test_an_end_time_moved_through_the_api_moves_no_window(fresh):
+    """A finished run's end_time can be set again through the API (set_terminated works on a finished run). Moved a
+    day on, a model created now naming the median seed (holding the same files) passed as made while the final was
+    open; moved back to the model's creation, accuracies logged with that timestamp were the only ones in the window.
+    The final logged its end as a write-once param, its last write, and the gate's windows end there."""
+    client, finals = fresh.client, fresh.finals
+    tags = client.get_run(finals.good).data.tags
+    honest = tags[MEDIAN_MODEL]
+    late = client.create_logged_model(experiment_id=fresh.experiment_id, source_run_id=tags[MEDIAN_RUN], name="late")
+    client.log_model_artifacts(late.model_id, str(fresh.model_folder(finals.good)))
+    client.finalize_logged_model(late.model_id, "READY")
+    client.set_tag(finals.good, MEDIAN_MODEL, late.model_id)
+    client.set_terminated(finals.good, "FINISHED", end_time=int(time.time() * 1000) + 86_400_000)
+    with pytest.raises(PromotionRejected, match="was created after final run .* ended"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    client.set_tag(finals.good, MEDIAN_MODEL, honest)
+    created = client.get_logged_model(honest).creation_timestamp
+    for key in ("test_accuracy", "median_test_accuracy"):  # one seed: the final is its own seed run
+        client.log_metric(finals.good, key, 0.999, timestamp=created)
+    client.set_terminated(finals.good, "FINISHED", end_time=created)
+    with pytest.raises(PromotionRejected, match="logged 2 different values of test_accuracy while its final was open"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert _registered(client) == []
+
+
+@pytest.mark.slow
 def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_code_runs(fresh):
     """The ensemble is a pyfunc whose code is an artifact: promote would run it to measure it. Code edited in the
     artifact store (here: to stop the process), or a member model swapped for another final's, is refused before
@@ -642,6 +677,7 @@ def test_files_swapped_right_after_verification_are_not_what_champion_serves(fre
         assert version.tags["verified_model"] == good_id
         copy = client.get_logged_model(version.source.removeprefix("models:/"))
         assert copy.model_id != good_id and copy.tags[COPY_OF] == good_id
+        assert copy.params == {key: version.tags[key] for key in COPY_RECORD}  # what it verified, written once
         assert copy.source_run_id == client.get_run(finals.good).data.tags[MEDIAN_RUN] == version.run_id
         # Loaded by its alias just above, MLflow wrote registered_model_meta into the served folder: not counted.
         loaded = mlflow_mnist.load_champion(name=NAME)
@@ -658,8 +694,8 @@ def test_files_changed_while_registered_are_refused_before_the_alias_moves(fresh
     before = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
     upload = registry.register_copy
 
-    def upload_then_change(client, name, candidate, verified):
-        copy_id = upload(client, name, candidate, verified)
+    def upload_then_change(client, name, candidate, verified, **record):
+        copy_id = upload(client, name, candidate, verified, **record)
         folder = local_folder(client.get_logged_model(copy_id).artifact_location)
         (folder / "MLmodel").write_bytes((folder / "MLmodel").read_bytes() + b"\n")
         return copy_id
@@ -680,7 +716,7 @@ def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
     honest = weights.read_bytes()
     try:
         shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
-        changed = "its files are not the ones the gate verified (their sha256 is not its model_sha256 tag"
+        changed = "its files are not the ones the gate verified (their sha256 is not its copy's model_sha256 param"
         with pytest.raises(
             PromotionRejected, match=rf"version {version}\) cannot be compared with: {re.escape(changed)}"
         ):
@@ -692,6 +728,47 @@ def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
         assert changed in forced["reason"] and fresh.champion().tags["decided_by"] == "--force"
     finally:
         weights.write_bytes(honest)
+
+
+@pytest.mark.slow
+def test_champion_files_changed_with_tags_to_match_are_still_incomparable(fresh):
+    """The audit's t4: the registered copy's weights swapped for the poor final's, and the version's model_sha256,
+    test_accuracy and test_errors tags set to match them (or the digest tag deleted): version tags are anyone's to
+    set. Before, the next promote compared with the swapped champion and load_champion loaded it. What the gate
+    verified is written once on the copy (its params): the champion cannot be compared, load_champion refuses."""
+    client, finals = fresh.client, fresh.finals
+    version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
+    folder = fresh.served_folder(version)
+    weights = next(folder.rglob("*.keras"))
+    honest = weights.read_bytes()
+    try:
+        shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        scored = client.get_run(finals.poor).data.metrics["median_test_accuracy"]
+        forged = {"model_sha256": model_files.tree_sha256(folder), "test_accuracy": repr(scored)}
+        forged["test_errors"] = str(logged_errors(scored, 200))
+        for key, value in forged.items():
+            client.set_model_version_tag(NAME, version, key, value)
+        changed = "its files are not the ones the gate verified (their sha256 is not its copy's model_sha256 param"
+        with pytest.raises(
+            PromotionRejected, match=rf"version {version}\) cannot be compared with: {re.escape(changed)}"
+        ):
+            fresh.promote(finals.good, min_accuracy=0.5)
+        unverified = rf"version {version} \(@champion\) are not the ones the gate verified"
+        with pytest.raises(registry.ChampionUnverified, match=unverified):
+            mlflow_mnist.load_champion(name=NAME)
+        client.delete_model_version_tag(NAME, version, "model_sha256")  # no digest tag: still the copy's param
+        with pytest.raises(registry.ChampionUnverified, match=unverified):
+            mlflow_mnist.load_champion(name=NAME)
+        with pytest.raises(PromotionRejected, match=re.escape(changed)):  # not read as a version before hashing
+            fresh.promote(finals.good, min_accuracy=0.5)
+        assert str(fresh.champion().version) == version
+    finally:
+        weights.write_bytes(honest)
+    client.delete_logged_model(fresh.champion().source.removeprefix("models:/"))  # the record goes with its copy
+    with pytest.raises(PromotionRejected, match=r"compared with: its source model models:/\S+ cannot be read"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    with pytest.raises(registry.ChampionUnverified, match="cannot be read .RESOURCE_DOES_NOT_EXIST."):
+        mlflow_mnist.load_champion(name=NAME)
 
 
 @pytest.mark.slow
@@ -742,15 +819,35 @@ def test_a_champion_without_valid_tags_is_replaced_only_with_force(fresh):
     assert fresh.champion().version == by_hand.version
     forced = fresh.promote(fresh.finals.good, min_accuracy=0.5, force=True)
     assert fresh.champion().tags["previous_champion"] == str(by_hand.version) == str(forced["previous"])
-    # A champion whose accuracy tag was edited no longer describes its model: also only with --force.
-    client.set_model_version_tag(NAME, forced["version"], "test_accuracy", "0.999")
+    # A version without the gate's record on a copy (as promote registered before it kept one: on the measured model
+    # itself, with its tags) is judged by its tags. An accuracy tag that no longer describes its model: --force only.
+    tags, good_model = fresh.champion().tags, client.get_run(fresh.finals.good).data.tags[MEDIAN_MODEL]
+    older = client.create_model_version(
+        NAME, f"models:/{good_model}", tags={**tags, "test_accuracy": "0.999"}, model_id=good_model
+    )
+    client.set_registered_model_alias(NAME, CHAMPION, older.version)
     with pytest.raises(PromotionRejected, match="its test_accuracy tag 99.9000% is not what its model scores"):
         fresh.promote(fresh.finals.good, min_accuracy=0.5)
     # Valid tags on another test set: incomparable, even with --force (a new test set is a new model name).
-    client.set_model_version_tag(NAME, forced["version"], "test_accuracy", fresh.champion().tags["test_accuracy"])
-    client.set_model_version_tag(NAME, forced["version"], "test_digest", "0123456789abcdef")
+    client.set_model_version_tag(NAME, older.version, "test_accuracy", tags["test_accuracy"])
+    client.set_model_version_tag(NAME, older.version, "test_digest", "0123456789abcdef")
     with pytest.raises(PromotionRejected, match="different test sets cannot be compared, even with --force"):
         fresh.promote(fresh.finals.good, min_accuracy=0.5, force=True)
+
+
+@pytest.mark.slow
+def test_a_champion_tag_naming_another_test_set_or_task_does_not_lock_it_in(fresh):
+    """The audit's t8 a: the champion's test_digest tag pointed at another test set made it irreplaceable, even
+    with --force, and so did its task_variant tag naming other classes. The gate reads both from what its copy
+    recorded, written once; the tags are ignored."""
+    client, finals = fresh.client, fresh.finals
+    first = str(fresh.promote(finals.poor, min_accuracy=0.3)["version"])
+    client.set_model_version_tag(NAME, first, "test_digest", "0123456789abcdef")
+    better = fresh.promote(finals.good, min_accuracy=0.5)
+    assert "better beyond the test set's noise" in better["reason"] and better["previous"] == first
+    client.set_model_version_tag(NAME, str(better["version"]), "task_variant", "3v5")
+    forced = fresh.promote(finals.good, min_accuracy=0.5, force=True)
+    assert forced["previous"] == str(better["version"]) and fresh.champion().tags["decided_by"] == "--force"
 
 
 @pytest.mark.slow
