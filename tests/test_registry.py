@@ -30,7 +30,7 @@ import pytest
 from services import free_port
 
 import mlflow_mnist
-from mlflow_mnist import model_files, registry
+from mlflow_mnist import candidate, model_files, registry
 from mlflow_mnist.executors import JoblibExecutor
 from mlflow_mnist.final_run import run_final
 from mlflow_mnist.gate import (
@@ -567,7 +567,7 @@ def test_a_median_whose_mlmodel_names_code_in_its_folder_is_refused_before_the_c
             fresh.promote(finals.good, min_accuracy=0.5)
         assert not ran.exists() and _registered(client) == []
         with pytest.MonkeyPatch.context() as patch:  # a gate without the check registers it (and runs the code)
-            patch.setattr(registry, "check_model_folder", lambda *args, **kwargs: None)
+            patch.setattr(candidate, "check_model_folder", lambda *args, **kwargs: None)
             version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
         assert ran.exists() and (fresh.served_folder(version) / "code").is_dir()
         ran.unlink()
@@ -786,7 +786,7 @@ def test_data_whose_short_digests_collide_is_not_the_data_the_final_trained_on(f
     import dataclasses
 
     tags = fresh.client.get_run(fresh.finals.leaky).data.tags
-    real_get_task = registry.get_task
+    real_get_task = candidate.get_task
 
     class CollidingTask:
         def __init__(self, name):
@@ -800,7 +800,7 @@ def test_data_whose_short_digests_collide_is_not_the_data_the_final_trained_on(f
             return dataclasses.replace(clean, train_digest=tags[DIGEST], test_digest=tags[TEST_DIGEST])
 
     np.savez(tmp_path / "clean.npz", **{k: getattr(sample, k) for k in ("x_train", "y_train", "x_test", "y_test")})
-    monkeypatch.setattr(registry, "get_task", CollidingTask)
+    monkeypatch.setattr(candidate, "get_task", CollidingTask)
     with pytest.raises(PromotionRejected, match="is no longer what final run .* was trained and tested on"):
         fresh.promote(fresh.finals.leaky, min_accuracy=0.5, force=True)
     assert _registered(fresh.client) == []
