@@ -56,6 +56,7 @@ from mlflow_mnist.schema import (
     TEST_DIGEST,
     TaskRef,
     as_int,
+    effective_param,
 )
 from mlflow_mnist.tasks import DEFAULT_TASK, get_task
 from mlflow_mnist.tasks.base import dataset_sha256
@@ -123,7 +124,8 @@ def load_gate_data(final) -> GateData:
 
 def check_written_once(final) -> None:
     """The final's task, classes and data digests in its tags agree with what the run wrote once: its params
-    (``task``, ``classes``, ``data_digest``: MLflow refuses to change a param) and its one test dataset input
+    (``task``, ``classes``, ``data_digest``: MLflow refuses to change a param; through ``mlflow run``, the values it
+    used, :func:`~mlflow_mnist.schema.effective_param`) and its one test dataset input
     (inputs are only ever added). Tags can be set by anyone who can write the store; without this, two tags made
     a model trained on test images pass the leak check, and a test set of the model's choosing its accuracy."""
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -134,11 +136,12 @@ def check_written_once(final) -> None:
         for entry in (final.inputs.dataset_inputs if final.inputs else [])
         if any(tag.key == MLFLOW_DATASET_CONTEXT and tag.value == "test" for tag in entry.tags)
     }
-    if (params.get(TASK_PARAM), params.get(CLASSES)) != (ref.name, ref.variant):
-        raise _tampered(
-            f"final run {final_id}'s tags say task {ref.name} on {ref.variant}, its params "
-            f"{params.get('task')} on {params.get('classes')}"
-        )
+    # A final run through `mlflow run` holds the -P values as params (classes '' for the default) and what the
+    # command used beside them (effective_classes).
+    task, classes = effective_param(params, TASK_PARAM), effective_param(params, CLASSES)
+    if (task, classes) != (ref.name, ref.variant):
+        said = f"its params {task} on {classes}"
+        raise _tampered(f"final run {final_id}'s tags say task {ref.name} on {ref.variant}, {said}")
     if params.get(DATA_DIGEST_PARAM) != tags.get(DIGEST):
         raise _tampered(f"final run {final_id}'s training-data digest tag differs from its data_digest param")
     if tested_on != {tags.get(TEST_DIGEST)}:

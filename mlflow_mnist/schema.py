@@ -180,6 +180,12 @@ ENDED_MS = "ended_ms"
 EFFECTIVE_PREFIX = "effective_"
 
 
+def effective_param(params: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """The value a command used for param ``name``: its ``effective_`` param where ``mlflow run``'s -P value (say
+    ``classes=''``, "the default") differs from it, else the param itself."""
+    return params.get(EFFECTIVE_PREFIX + name, params.get(name, default))
+
+
 def as_int(value: Any, default: int | None = None) -> int | None:
     try:
         return int(value)

@@ -218,6 +218,37 @@ def test_shared_examples_are_found_by_content():
     assert shared_examples(train, test) == 2
 
 
+def written_final(params: dict[str, str]):
+    """A final run as the store returns it: its tags, the given params and one test dataset input."""
+    from types import SimpleNamespace
+
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from mlflow_mnist.schema import FinalTags, TaskRef
+
+    tags = {**FinalTags(TaskRef("mnist", "2v7"), "feedc0de", 2060).tags(), DIGEST: "0123456789abcdef"}
+    test_input = SimpleNamespace(
+        dataset=SimpleNamespace(digest="feedc0de"), tags=[SimpleNamespace(key=MLFLOW_DATASET_CONTEXT, value="test")]
+    )
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id="f1"),
+        data=SimpleNamespace(tags=tags, params={"data_digest": "0123456789abcdef", **params}),
+        inputs=SimpleNamespace(dataset_inputs=[test_input]),
+    )
+
+
+def test_a_final_run_through_mlflow_run_is_read_by_the_values_its_command_used():
+    """`mlflow run . -e final` logs its -P values first (classes '' for the default), so the final logs what it
+    used beside them (effective_classes). The gate took the -P value: `make run` then `make promote` refused its
+    own final as tampered."""
+    candidate.check_written_once(written_final({"task": "mnist", "classes": "2v7"}))
+    candidate.check_written_once(written_final({"task": "mnist", "classes": "''", "effective_classes": "2v7"}))
+    with pytest.raises(PromotionRejected, match="tags say task mnist on 2v7, its params mnist on 3v5: tampered"):
+        candidate.check_written_once(written_final({"task": "mnist", "classes": "''", "effective_classes": "3v5"}))
+    with pytest.raises(PromotionRejected, match="its params mnist on '': tampered"):
+        candidate.check_written_once(written_final({"task": "mnist", "classes": "''"}))
+
+
 @pytest.mark.parametrize(
     "accuracy, n, errors",
     [(0.955, 200, 9), (1.0, 200, 0), (1 - 7 / 2060, 2060, 7), (0.9566, 200, None), (math.nan, 200, None)],

@@ -136,6 +136,16 @@ def test_a_third_party_task_runs_through_mlflow_run(store, installed_example):
     assert levels.count("step") == 1 and levels.count("candidate") == 4 and levels.count("fold") == 8
     (stage,) = [r for r in runs if r.data.tags.get("mlflow_mnist.level") == "step"]
     assert stage.data.params["task"] == "cancer" and 0.8 < stage.data.metrics["best_mean_accuracy"] <= 1
+    # The final and the gate as `make run` then `make promote` run them: the final's run holds the -P values
+    # (classes '' for the default) beside what it used; the gate read the -P value and refused it as tampered.
+    entries = {"final": ("task=cancer", "folds=2", "epochs=5", "n_jobs=1"), "promote": ("min_accuracy=0.5",)}
+    for entry, parameters in entries.items():
+        command = ["mlflow", "run", str(ROOT), "-e", entry, "--env-manager", "local", "--experiment-name", "cancer"]
+        for parameter in parameters:
+            command += ["-P", parameter]
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "is @champion" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
