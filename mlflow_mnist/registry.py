@@ -237,16 +237,8 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
         with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
             # A version registered before the gate hashed what it registers has no digest: as before, only its
             # accuracy tag is checked against what its files score (below).
-            if verified_sha256 and copy.sha256 != verified_sha256:
-                changed = (
-                    f"its files are not the ones the gate verified (their sha256 is not "
-                    f"{record.name(VERSION_MODEL_SHA256)}: changed in the artifact store after it was registered)"
-                )
-                return Champion(number, changed)
-            try:
-                check_model_folder(copy.folder, kind=None, earlier_code=True)
-            except ModelFilesRefused as error:
-                return Champion(number, f"its files are not a model final writes ({error})")
+            if unverified := _unverified_files(copy, record, verified_sha256):
+                return Champion(number, f"its files {unverified}")
             predictions = predict(str(copy.folder), data.x_test)
     except Exception as error:  # noqa: BLE001 - any load failure makes the champion incomparable, said in one line
         return Champion(number, f"its model cannot be loaded ({type(error).__name__})")
@@ -288,19 +280,25 @@ def load_champion(client, name: str):
             f"promote that hashes what it registers): nothing to check its files against; promote a final again"
         )
     with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
-        if copy.sha256 != verified_sha256:
-            raise ChampionUnverified(
-                f"the files of {name!r} version {number} (@{CHAMPION}) are not the ones the gate verified (their "
-                f"sha256 is not {record.name(VERSION_MODEL_SHA256)}): changed in the artifact store; not loaded"
-            )
-        try:
-            check_model_folder(copy.folder, kind=None, earlier_code=True)
-        except ModelFilesRefused as error:
-            raise ChampionUnverified(
-                f"the files of {name!r} version {number} (@{CHAMPION}) are not a model final writes ({error}); "
-                f"not loaded"
-            ) from None
+        if unverified := _unverified_files(copy, record, verified_sha256):
+            raise ChampionUnverified(f"the files of {name!r} version {number} (@{CHAMPION}) {unverified}; not loaded")
         return mlflow.pyfunc.load_model(str(copy.folder))
+
+
+def _unverified_files(copy: LocalModel, record: GateRecord, verified_sha256: str) -> str:
+    """Why a champion's downloaded ``copy`` is not the model the gate verified ("" when it is): other files than
+    the recorded digest (none recorded: not checked), or not a model folder ``final`` writes (checked before
+    anything loads it)."""
+    if verified_sha256 and copy.sha256 != verified_sha256:
+        return (
+            f"are not the ones the gate verified (their sha256 is not {record.name(VERSION_MODEL_SHA256)}: changed "
+            f"in the artifact store after it was registered)"
+        )
+    try:
+        check_model_folder(copy.folder, kind=None, earlier_code=True)
+    except ModelFilesRefused as error:
+        return f"are not a model final writes ({error})"
+    return ""
 
 
 def _as_float(text: str | None) -> float:
@@ -407,7 +405,7 @@ def decide_and_register(
     metrics = candidate.final.data.metrics
     what = "Median" if candidate.kind == MEDIAN_KIND else "Ensemble (average probabilities)"
     description = (
-        f"{what} of {candidate.final.data.params.get('repeats', '1')} seed(s): test accuracy "
+        f"{what} of {candidate.final.data.params.get(REPEATS, '1')} seed(s): test accuracy "
         f"{show_accuracy(candidate.accuracy, n)}, verified by the gate (mean "
         f"{metrics.get(MEAN_TEST_ACCURACY, math.nan):.4%}, min {metrics.get(MIN_TEST_ACCURACY, math.nan):.4%}, "
         f"max {metrics.get(MAX_TEST_ACCURACY, math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
