@@ -28,7 +28,7 @@ from mlflow_mnist.gate import (
     logged_errors,
     shared_examples,
 )
-from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
+from mlflow_mnist.model_check import KERAS_FILE, ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
 from mlflow_mnist.schema import (
     CHAMPION,
@@ -308,9 +308,6 @@ def read_ensemble(client, final) -> Candidate:
     return Candidate(
         final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds)
     )
-
-
-KERAS_FILE = "data/model.keras"  # a seed's weights, in its own model folder and under the ensemble's
 
 
 def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
