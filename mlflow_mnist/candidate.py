@@ -48,6 +48,7 @@ from mlflow_mnist.schema import (
     MEDIAN_KIND,
     MEDIAN_MODEL,
     MEDIAN_RUN,
+    MODEL_SHA256,
     PARENT,
     REPEATS,
     SEED_ACCURACY,
@@ -90,6 +91,7 @@ class Candidate:
     test_digest: str
     kind: str = MEDIAN_KIND
     members: tuple[str, ...] = ()  # the ensemble's: the seed runs whose models it must hold, no other
+    files_sha256: str | None = None  # the model's model_sha256 param: its files' digest when the final logged them
 
     @property
     def run_id(self) -> str:
@@ -280,7 +282,10 @@ def read_candidate(client, final) -> Candidate:
             f"final run {final_id} logged a median test accuracy of {median:.4%}, its median seed run {seed_id} "
             f"{accuracy:.4%}, and the lower middle of its {len(seeds)} seeds is {lower_middle:.4%}"
         )
-    return Candidate(final, seed_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""))
+    return Candidate(
+        final, seed_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""),
+        files_sha256=model.params.get(MODEL_SHA256),
+    )  # fmt: skip
 
 
 def read_ensemble(client, final) -> Candidate:
@@ -306,8 +311,9 @@ def read_ensemble(client, final) -> Candidate:
     _made_while_open(model, final)
     accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final_end(final))
     return Candidate(
-        final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds)
-    )
+        final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds),
+        files_sha256=model.params.get(MODEL_SHA256),
+    )  # fmt: skip
 
 
 def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
@@ -330,7 +336,10 @@ def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> Non
             experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
         ):
             if _created_while_open(seed_model, final):
-                keras = tracking.logged_model_files(client, seed_model.model_id).get(KERAS_FILE)
+                try:
+                    keras = tracking.logged_model_files(client, seed_model.model_id).get(KERAS_FILE)
+                except tracking.ModelFilesChanged as error:
+                    raise _tampered(f"a seed of the ensemble: {error}") from None
                 if keras is not None:
                     seeds.append(hashlib.sha256(keras).hexdigest())
     if not members or members != sorted(seeds):
@@ -400,8 +409,9 @@ def verify_candidate(
     client, candidate: Candidate, data: GateData, copy: LocalModel, *, predict: Predict = predicted_labels
 ) -> np.ndarray:
     """The candidate model's predictions on the test set, when they make exactly the logged number of errors:
-    made by its local ``copy`` (for the ensemble, once its code and members have been checked on that copy), the
-    files :func:`decide_and_register` then registers, whatever happens to the artifact store meanwhile."""
+    made by its local ``copy`` (once its shape, for the ensemble its code and members, and its digest against the
+    ``model_sha256`` the final logged with it have been checked on that copy), the files
+    :func:`decide_and_register` then registers, whatever happens to the artifact store meanwhile."""
     shared = shared_examples(data.x_train, data.x_test)
     if shared:
         raise PromotionRejected(
@@ -415,6 +425,13 @@ def verify_candidate(
         raise _tampered(f"the {candidate.kind} model {candidate.model_id}'s files: {error}") from None
     if candidate.kind == ENSEMBLE_KIND:
         _check_ensemble_files(client, candidate, copy)
+    # Any other change (its environment files, which `mlflow models serve` installs from; weights that keep the
+    # logged error count): the final logged the folder's digest with it. Older finals' models have none.
+    if candidate.files_sha256 is not None and copy.sha256 != candidate.files_sha256:
+        raise _tampered(
+            f"the files of the {candidate.kind} model {candidate.model_id} are not the ones final run "
+            f"{candidate.run_id} logged (their sha256 is not the model's {MODEL_SHA256} param): changed since"
+        )
     predictions = predict(str(copy.folder), data.x_test)
     n, errors = len(data.y_test), int(np.sum(predictions != data.y_test))
     expected = logged_errors(candidate.accuracy, n)

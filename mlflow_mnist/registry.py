@@ -177,7 +177,8 @@ def gate_record(client, version) -> GateRecord:
     source model cannot be read (deleted)."""
     match = re.fullmatch(r"models:/([^/@]+)", version.source or "")
     params = client.get_logged_model(match.group(1)).params if match else {}
-    if VERSION_MODEL_SHA256 not in params:
+    # Every LoggedModel of ours has a model_sha256 param (its files' digest); only a copy names the model it verified.
+    if VERSION_VERIFIED_MODEL not in params:
         return GateRecord(dict(version.tags), from_copy=False)
     return GateRecord({key: params.get(key, "") for key in COPY_RECORD}, from_copy=True)
 

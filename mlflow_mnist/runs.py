@@ -17,9 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlflow_mnist.model_files import tree_sha256
 from mlflow_mnist.params import format_value
 from mlflow_mnist.redaction import redact
-from mlflow_mnist.schema import ANALYSIS_LEVEL, BEST_CHILD, DATASET_CONTEXT, EFFECTIVE_PREFIX, LEVEL, NOTE, PARENT
+from mlflow_mnist.schema import (
+    ANALYSIS_LEVEL,
+    BEST_CHILD,
+    DATASET_CONTEXT,
+    EFFECTIVE_PREFIX,
+    LEVEL,
+    MODEL_SHA256,
+    NOTE,
+    PARENT,
+)
 from mlflow_mnist.tracking import TrackingError
 
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
@@ -242,6 +252,7 @@ class RunWriter:
         model_type: str = "keras",
     ) -> str | None:
         """Upload a model folder a worker saved as an MLflow 3 LoggedModel of ``run_id``; returns its model id.
+        The model's param ``model_sha256`` is its folder's digest (:func:`~mlflow_mnist.model_files.tree_sha256`).
 
         Log its scores with :meth:`log_results` (``scores=``, ``model_id=``) so that the UI's Models column and
         ``mlflow.search_logged_models(order_by=...)`` can rank the models of a whole search.
@@ -274,6 +285,8 @@ class RunWriter:
                 )
                 mlmodel.save(str(Path(tmp, "MLmodel")))
                 self.client.log_model_artifacts(model.model_id, tmp)
+                # Written once, after the files and before READY: what readers check the folder against.
+                self.client.log_model_params(model.model_id, {MODEL_SHA256: tree_sha256(Path(tmp))})
         except BaseException:
             self.client.finalize_logged_model(model.model_id, "FAILED")
             raise

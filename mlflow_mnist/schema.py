@@ -109,6 +109,10 @@ VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_PARAMS = "repeats", "data_digest",
 # LoggedModel it measured (verified_model); read_champion and load_champion check the files against the digest that
 # copy recorded (COPY_RECORD, below).
 VERSION_MODEL_SHA256, VERSION_VERIFIED_MODEL = "model_sha256", "verified_model"
+# Every LoggedModel the tool writes (fold, seed, ensemble and registered copy) has its files' digest as this param,
+# logged once its files are uploaded and before it is READY: a param is written once, its folder can be changed by
+# anyone who can write the artifact store. Readers (the gate, a continued fold, a resumed final) compare it.
+MODEL_SHA256 = VERSION_MODEL_SHA256
 COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
 # What the gate verified, also recorded as params of that copy, named as the version's tags: a LoggedModel's params
 # are written once (MLflow refuses to change one), a version's tags anyone can set. read_champion and load_champion

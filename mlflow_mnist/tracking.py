@@ -29,6 +29,7 @@ from mlflow_mnist.schema import (
     LEVEL,
     LOCK_TOKEN,
     MEAN_HELDOUT_ACCURACY,
+    MODEL_SHA256,
     MODEL_TRAINING,
     PARENT,
     SETTINGS_KEY,
@@ -137,14 +138,30 @@ def quiet_downloads() -> Iterator[None]:
         os.environ.pop(PROGRESS_BAR_ENV, None)
 
 
+class ModelFilesChanged(TrackingError):
+    """A LoggedModel's files are not the ones logged: their digest is not the model's ``model_sha256`` param."""
+
+
 def logged_model_files(client, model_id: str) -> dict[str, bytes]:
-    """A LoggedModel's folder as the bytes a worker returned (what continues a fold, or joins an ensemble)."""
+    """A LoggedModel's folder as the bytes a worker returned (what continues a fold, or joins an ensemble).
+
+    Raises :class:`ModelFilesChanged` when its files' digest is not the one logged with it (models logged before
+    the digest was, or killed between their upload and it, have none to compare)."""
     import mlflow.artifacts
 
-    location = client.get_logged_model(model_id).artifact_location
+    from mlflow_mnist.model_files import NOT_MODEL_FILES, tree_sha256
+
+    model = client.get_logged_model(model_id)
     with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
-        return {str(f.relative_to(local)): f.read_bytes() for f in local.rglob("*") if f.is_file()}
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=tmp))
+        logged = (model.params or {}).get(MODEL_SHA256)
+        if logged is not None and logged != tree_sha256(local):
+            raise ModelFilesChanged(
+                f"the files of model {model_id} were changed after it was logged (their sha256 is not its "
+                f"{MODEL_SHA256} param); it is not used: delete the run that logged it to train it again"
+            )
+        names = (str(f.relative_to(local)) for f in local.rglob("*") if f.is_file())
+        return {name: Path(local, name).read_bytes() for name in names if name not in NOT_MODEL_FILES}
 
 
 def run_artifact_bytes(run_id: str, artifact_path: str) -> bytes | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,45 @@ def test_the_digest_is_what_sha256sum_gives(tmp_path):
     )  # as mlflow_mnist/model_files.py's docstring says
     done = subprocess.run(["sh", "-c", shell], cwd=folder, capture_output=True, text=True, check=True)
     assert done.stdout.split()[0] == tree_sha256(folder)
+
+
+def test_a_logged_model_carries_its_files_digest_and_a_reader_refuses_changed_files(tmp_path, monkeypatch):
+    """RunWriter.log_model logs the folder's digest as the model's ``model_sha256`` param (written once: MLflow
+    refuses a second value); tracking.logged_model_files, which continued folds, resumed finals and the gate's
+    ensemble check read models through, refuses files that no longer have it. A model without the param (logged
+    before it existed) is read as it is."""
+    from urllib.parse import urlparse
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from mlflow_mnist import tracking
+    from mlflow_mnist.runs import RunWriter
+    from mlflow_mnist.schema import MODEL_SHA256
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("digests")
+    writer = RunWriter(client, experiment)
+    run = writer.start("fold", "fold")
+    source = model_folder(tmp_path / "saved")
+    Model().save(str(source / "MLmodel"))
+    files = {path.relative_to(source).as_posix(): path.read_bytes() for path in source.rglob("*") if path.is_file()}
+    model_id = writer.log_model(run, files)
+    model = client.get_logged_model(model_id)
+    folder = Path(urlparse(model.artifact_location).path)
+    assert model.params[MODEL_SHA256] == tree_sha256(folder) and str(model.status) == "READY"
+    read = tracking.logged_model_files(client, model_id)
+    assert read["data/model.keras"] == files["data/model.keras"] and set(read) == set(files)
+    with pytest.raises(MlflowException):
+        client.log_model_params(model_id, {MODEL_SHA256: "0" * 64})
+    extra = folder / "requirements.txt"
+    extra.write_text("mlflow\nsomething-else==1.0\n")
+    with pytest.raises(tracking.ModelFilesChanged, match=f"files of model {model_id} were changed after it was"):
+        tracking.logged_model_files(client, model_id)
+    extra.unlink()
+    assert tracking.logged_model_files(client, model_id) == read
+    older = client.create_logged_model(experiment, source_run_id=run)  # as logged before the digest existed
+    client.log_model_artifacts(older.model_id, str(source))
+    assert tracking.logged_model_files(client, older.model_id)["data/model.keras"] == files["data/model.keras"]

@@ -421,18 +421,53 @@ def test_an_accuracy_relogged_after_the_final_ended_is_not_believed(fresh):
         fresh.promote(final, min_accuracy=0.3, force=True)
 
 
+def forget_digest(store: Store, model_id: str) -> None:
+    """Make ``model_id`` look logged before models carried their files' digest (no API deletes a param)."""
+    from mlflow_mnist.tracking import sqlite_file
+
+    with contextlib.closing(sqlite3.connect(sqlite_file(store.uri))) as db, db:
+        db.execute("DELETE FROM logged_model_params WHERE model_id = ? AND param_key = 'model_sha256'", (model_id,))
+
+
 @pytest.mark.slow
 def test_a_swapped_model_file_is_refused(fresh):
+    """Refused by the digest the final logged with the model; for a model logged before that digest existed, by
+    its error count on the test set."""
     good, poor = fresh.model_folder(fresh.finals.good), fresh.model_folder(fresh.finals.poor)
     weights = next(good.rglob("*.keras"))
     backup = weights.read_bytes()
     try:
         shutil.copyfile(next(poor.rglob("*.keras")), weights)  # same architecture, other weights
+        with pytest.raises(PromotionRejected, match=r"model m-\w+ are not the ones final run \w+ logged \(their "
+                           r"sha256 is not the model's model_sha256 param\): changed since: tampered"):  # fmt: skip
+            fresh.promote(fresh.finals.good, min_accuracy=0.5)
+        forget_digest(fresh, fresh.client.get_run(fresh.finals.good).data.tags[MEDIAN_MODEL])
         with pytest.raises(PromotionRejected, match=r"\(\d+ errors in 200\) but its model .* makes \d+ errors"):
             fresh.promote(fresh.finals.good, min_accuracy=0.5)
     finally:
         weights.write_bytes(backup)
     assert _registered(fresh.client) == []
+
+
+@pytest.mark.slow
+def test_environment_files_changed_after_the_final_are_refused(fresh):
+    """What `mlflow models serve` installs from (requirements.txt, python_env.yaml, conda.yaml) is no part of the
+    test accuracy: an added package, passing every other check, is caught by the digest the final logged with its
+    model (before it, the median and the ensemble were promoted with it). The honest files then pass."""
+    client, finals = fresh.client, fresh.finals
+    final = client.get_run(finals.poor)
+    for kind, model_id in (("median", final.data.tags[MEDIAN_MODEL]), ("ensemble", final.data.tags[ENSEMBLE_MODEL])):
+        folder = local_folder(client.get_logged_model(model_id).artifact_location)
+        requirements = folder / "requirements.txt"
+        honest = requirements.read_bytes()
+        requirements.write_bytes(honest + b"an-attackers-package==6.6.6\n")
+        try:
+            with pytest.raises(PromotionRejected, match=f"model {model_id} are not the ones final run {finals.poor}"):
+                fresh.promote(finals.poor, model=kind, min_accuracy=0.3)
+        finally:
+            requirements.write_bytes(honest)
+        assert _registered(client) == []
+    assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
 
 
 @pytest.mark.slow
@@ -597,6 +632,7 @@ def test_a_median_whose_mlmodel_names_code_in_its_folder_is_refused_before_the_c
                            "flavour has options final does not write: code: tampered"):  # fmt: skip
             fresh.promote(finals.good, min_accuracy=0.5)
         assert not ran.exists() and _registered(client) == []
+        forget_digest(fresh, client.get_run(finals.good).data.tags[MEDIAN_MODEL])  # as a model of before it
         with pytest.MonkeyPatch.context() as patch:  # a gate without the check registers it (and runs the code)
             patch.setattr(candidate, "check_model_folder", lambda *args, **kwargs: None)
             version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
