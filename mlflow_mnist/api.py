@@ -13,6 +13,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow_mnist.tasks import DEFAULT_TASK
@@ -303,6 +304,19 @@ def load_champion(*, name: str) -> Any:
     from mlflow_mnist.registry import load_champion as load_verified
 
     return load_verified(tracking.connect(existing=True), name)
+
+
+def export_champion(*, name: str, out: str | Path) -> tuple[str, str]:
+    """Write registered model ``name``'s ``@champion`` files into the new folder ``out`` when they are the ones the
+    gate verified (as :func:`load_champion` checks them), to serve from there; returns the version and the files'
+    sha256 (:func:`mlflow_mnist.model_files.tree_sha256`). ``out`` must not exist or be an empty folder: checked
+    before the store is read."""
+    from mlflow_mnist import tracking
+    from mlflow_mnist.registry import check_export_folder
+    from mlflow_mnist.registry import export_champion as export_verified
+
+    check_export_folder(Path(out))
+    return export_verified(tracking.connect(existing=True), name, Path(out))
 
 
 def analyze(**options: Any):

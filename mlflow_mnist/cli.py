@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from mlflow_mnist import redaction  # noqa: E402
 
@@ -44,9 +45,9 @@ def _store_errors() -> tuple[type[Exception], ...]:
 
 
 def _rejections() -> tuple[type[Exception], ...]:
-    from mlflow_mnist.registry import PromotionRejected
+    from mlflow_mnist.registry import ChampionUnverified, PromotionRejected
 
-    return (PromotionRejected,)
+    return (PromotionRejected, ChampionUnverified)
 
 
 # Control characters in a user value, written out: a newline in --run-id must not start a second, forged line.
@@ -474,6 +475,29 @@ def promote(experiment, name, min_accuracy, force, run_id, model, break_lease) -
     click.echo(f"promoted: {done['name']} version {done['version']} ({done['kind']}) is @champion ({done['reason']})")
     if done["warning"]:
         click.echo(done["warning"], err=True)
+
+
+@main.command("export-champion")
+@click.option("--name", required=True, help="Registered model name (promote printed it).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New folder to write @champion's files into (it must not exist, or be empty).",
+)
+def export_champion(name: str, out: Path) -> None:
+    """Write @champion's files into a folder of yours, only if they are the ones the gate verified.
+
+    Serve that folder (`mlflow models serve -m OUT`): serving `models:/NAME@champion` reads the artifact store as it
+    is now, which anyone who can write the store can change.
+    """
+    from mlflow_mnist.api import export_champion as run_export
+
+    version, sha256 = run_export(name=name, out=out)
+    click.echo(
+        f"exported {name} version {version} (@champion) to {out}: the files the gate verified (sha256 {sha256}); "
+        f"serve them with: mlflow models serve -m {out}"
+    )
 
 
 def _add_plugin_commands() -> None:

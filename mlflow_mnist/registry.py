@@ -22,8 +22,9 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,12 +255,12 @@ class ChampionUnverified(RuntimeError):
     """``@champion`` cannot be loaded as the model the gate verified; the message is one line saying why."""
 
 
-def load_champion(client, name: str):
-    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded from a local copy of its files whose digest is the
+@contextlib.contextmanager
+def verified_champion(client, name: str) -> Iterator[tuple[str, LocalModel]]:
+    """``name@champion``'s version number and a local copy of its files (removed on exit) whose digest is the
     ``model_sha256`` the gate recorded (:func:`gate_record`: its registered copy's param; for a version registered
-    before it, the version's tag); :class:`ChampionUnverified` when there is no champion, no digest to check
-    against, or other files. The model is loaded whole (Keras, the seed ensemble), and the copy removed."""
-    import mlflow.pyfunc
+    before it, the version's tag) and whose shape is a model ``final`` writes; :class:`ChampionUnverified` when
+    there is no champion, no digest to check against, or other files."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -282,8 +283,49 @@ def load_champion(client, name: str):
         )
     with model_files.local_copy(client.get_model_version_download_uri(name, number), label="champion") as copy:
         if unverified := _unverified_files(copy, record, verified_sha256):
-            raise ChampionUnverified(f"the files of {name!r} version {number} (@{CHAMPION}) {unverified}; not loaded")
+            raise ChampionUnverified(f"the files of {name!r} version {number} (@{CHAMPION}) {unverified}; not used")
+        yield number, copy
+
+
+def load_champion(client, name: str):
+    """``name@champion`` as an ``mlflow.pyfunc`` model, loaded whole (Keras, the seed ensemble) from the files the
+    gate verified (:func:`verified_champion`), the copy then removed."""
+    import mlflow.pyfunc
+
+    with verified_champion(client, name) as (_, copy):
         return mlflow.pyfunc.load_model(str(copy.folder))
+
+
+def export_champion(client, name: str, out: Path) -> tuple[str, str]:
+    """Write ``name@champion``'s verified files (:func:`verified_champion`) into the new folder ``out``, to serve
+    them from there (``mlflow models serve -m <out>``: MLflow's own ``models:/`` serving reads the artifact store as
+    it is now). Returns the version number and the files' digest, read again from ``out``. ``out`` must not exist
+    (or be an empty folder); it is written whole or not at all."""
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    check_export_folder(out)
+    with verified_champion(client, name) as (number, copy):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            shutil.copytree(copy.folder, staging, dirs_exist_ok=True)
+            if model_files.tree_sha256(staging) != copy.sha256:
+                raise ChampionUnverified(f"the files written to {staging} are not the ones verified; not exported")
+            if out.is_dir():
+                out.rmdir()  # empty, checked above; a file put there since fails here, and nothing is replaced
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return number, copy.sha256
+
+
+def check_export_folder(out: Path) -> None:
+    """Refuse, before the store is read, a destination that holds anything: nothing of the user's is replaced."""
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise PromoteInputError(f"--out {out} already exists and is not an empty folder: name a new folder")
 
 
 def _unverified_files(copy: LocalModel, record: GateRecord, verified_sha256: str) -> str:

@@ -798,6 +798,43 @@ def test_champion_files_changed_after_promotion_make_it_incomparable(fresh):
 
 
 @pytest.mark.slow
+def test_export_champion_writes_only_the_verified_files(fresh, tmp_path):
+    """`export-champion` (what to serve instead of models:/...@champion, which reads the live artifact store)
+    writes @champion's files into a new folder only when their digest is the one its copy recorded, read back
+    from that folder; a folder that holds anything, or changed files, refuse in one line and write nothing."""
+    from conftest import cli
+
+    finals = fresh.finals
+    version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
+    out = tmp_path / "served" / "champion"
+    done = cli("export-champion", "--name", NAME, "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded = registry.gate_record(fresh.client, fresh.champion()).values["model_sha256"]
+    assert model_files.tree_sha256(out) == recorded
+    assert f"{NAME} version {version} (@champion) to {out}: the files the gate verified (sha256 {recorded})" in (
+        done.stdout
+    )
+    assert sorted(path.name for path in out.parent.iterdir()) == ["champion"]  # no staging folder left
+    again = cli("export-champion", "--name", NAME, "--out", str(out))
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: --out {out} already exists and is not an empty folder: name a new folder"
+    ]
+    weights = next(fresh.served_folder(version).rglob("*.keras"))
+    honest = weights.read_bytes()
+    try:
+        shutil.copyfile(next(fresh.model_folder(finals.poor).rglob("*.keras")), weights)
+        refused = cli("export-champion", "--name", NAME, "--out", str(tmp_path / "second"))
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-2000:]
+        assert f"version {version} (@champion) are not the ones the gate verified" in refused.stderr
+        assert not (tmp_path / "second").exists() and "Traceback" not in refused.stderr
+    finally:
+        weights.write_bytes(honest)
+    nobody = cli("export-champion", "--name", "no-such-model", "--out", str(tmp_path / "third"))
+    assert nobody.returncode == 1 and "'no-such-model' has no @champion" in nobody.stderr
+    assert not (tmp_path / "third").exists()
+
+
+@pytest.mark.slow
 def test_champion_files_changed_with_tags_to_match_are_still_incomparable(fresh):
     """The audit's t4: the registered copy's weights swapped for the poor final's, and the version's model_sha256,
     test_accuracy and test_errors tags set to match them (or the digest tag deleted): version tags are anyone's to
@@ -1107,7 +1144,11 @@ def test_final_promote_load_and_serve(store):
     predicted = np.asarray(model.predict(task.x_test)).argmax(axis=1)
     assert np.mean(predicted == task.y_test) == pytest.approx(accuracy)
 
-    # ... and answers HTTP on loopback.
+    # ... and, exported as the README says (the files the gate verified, in a folder of ours), answers HTTP on loopback.
+    exported = Path("served-champion").resolve()
+    champion = client.get_model_version_by_alias(name, CHAMPION)
+    expected = (str(champion.version), champion.tags["model_sha256"])
+    assert mlflow_mnist.export_champion(name=name, out=exported) == expected
     port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
@@ -1116,7 +1157,7 @@ def test_final_promote_load_and_serve(store):
             "models",
             "serve",
             "-m",
-            f"models:/{name}@{CHAMPION}",
+            str(exported),
             "--env-manager",
             "local",
             "-p",
