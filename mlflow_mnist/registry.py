@@ -307,24 +307,30 @@ def export_champion(client, name: str, out: Path) -> tuple[str, str]:
     out = Path(out)
     check_export_folder(out)
     with verified_champion(client, name) as (number, copy):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        staging = None
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
             shutil.copytree(copy.folder, staging, dirs_exist_ok=True)
             if model_files.tree_sha256(staging) != copy.sha256:
                 raise ChampionUnverified(f"the files written to {staging} are not the ones verified; not exported")
             if out.is_dir():
                 out.rmdir()  # empty, checked above; a file put there since fails here, and nothing is replaced
             staging.rename(out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        except OSError as error:
+            raise PromoteInputError(
+                f"--out {out} cannot be written ({error.strerror or type(error).__name__}): name a folder you can write"
+            ) from None
+        finally:
+            if staging is not None and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
         return number, copy.sha256
 
 
 def check_export_folder(out: Path) -> None:
-    """Refuse, before the store is read, a destination that holds anything: nothing of the user's is replaced."""
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    """Refuse, before the store is read, a destination that holds anything or is a link: nothing of the user's is
+    replaced, and the files land where ``out`` says."""
+    if out.is_symlink() or (out.exists() and not (out.is_dir() and not any(out.iterdir()))):
         raise PromoteInputError(f"--out {out} already exists and is not an empty folder: name a new folder")
 
 

@@ -815,10 +815,13 @@ def test_export_champion_writes_only_the_verified_files(fresh, tmp_path):
         done.stdout
     )
     assert sorted(path.name for path in out.parent.iterdir()) == ["champion"]  # no staging folder left
-    again = cli("export-champion", "--name", NAME, "--out", str(out))
-    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
-        f"error: --out {out} already exists and is not an empty folder: name a new folder"
-    ]
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")  # would land elsewhere than --out says
+    for taken in (out, tmp_path / "link"):
+        again = cli("export-champion", "--name", NAME, "--out", str(taken))
+        assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+            f"error: --out {taken} already exists and is not an empty folder: name a new folder"
+        ]
+    assert not (tmp_path / "nowhere").exists()
     weights = next(fresh.served_folder(version).rglob("*.keras"))
     honest = weights.read_bytes()
     try:
