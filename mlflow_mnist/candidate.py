@@ -226,8 +226,16 @@ def _experiment_name(client, experiment_id: str) -> str:
 def final_end(final) -> int | None:
     """When the final ended (ms): the param it logged as its last write (``ended_ms``, written once). A finished
     run's end_time can be set again through the API (``set_terminated``), and would move every "while the final was
-    open" window; finals made before the param existed have only it, and are judged by it as before."""
+    open" window; finals made before the param existed have only it, and are judged by it as before. A final that
+    has the ``data_sha256`` param but not this one did not end: refused."""
     recorded = final.data.params.get(ENDED_MS)
+    if recorded is None and DATA_SHA256 in final.data.params:
+        # Made by a version that logs its end as its last write (data_sha256 came with it, logged as it starts):
+        # without it, the final never ended. Killed, then marked FINISHED through the API; its end_time is not its.
+        raise PromotionRejected(
+            f"not promoted: final run {final.info.run_id} has no {ENDED_MS} param, which `final` logs as its last "
+            f"write: it did not end (killed, then marked FINISHED); run `final` again to resume it; {UNCHANGED}"
+        )
     if recorded is None:
         return final.info.end_time
     ended = as_int(recorded)

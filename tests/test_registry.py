@@ -568,6 +568,28 @@ def test_an_end_time_moved_through_the_api_moves_no_window(fresh):
 
 
 @pytest.mark.slow
+def test_a_final_that_never_ended_is_refused_even_when_marked_finished(fresh):
+    """A final killed before its last write has no ended_ms; marked FINISHED through the API, its windows would
+    end at an end_time anyone can set (any model created since, any value back-dated). A final made by a version
+    that writes ended_ms (it also wrote data_sha256, as it started) is refused without it; an older final, which
+    has neither, is judged by its end_time as before."""
+    import sqlite3
+
+    from mlflow_mnist.tracking import sqlite_file
+
+    client, finals = fresh.client, fresh.finals
+    with contextlib.closing(sqlite3.connect(sqlite_file(fresh.uri))) as db, db:  # as if killed before its last write
+        db.execute("DELETE FROM params WHERE run_uuid = ? AND key = 'ended_ms'", (finals.good,))
+    client.set_terminated(finals.good, "FINISHED", end_time=int(time.time() * 1000) + 86_400_000)
+    with pytest.raises(PromotionRejected, match=f"final run {finals.good} has no ended_ms param, .* did not end"):
+        fresh.promote(finals.good, min_accuracy=0.5)
+    assert _registered(client) == []
+    with contextlib.closing(sqlite3.connect(sqlite_file(fresh.uri))) as db, db:  # a final of before both params
+        db.execute("DELETE FROM params WHERE run_uuid = ? AND key = 'data_sha256'", (finals.good,))
+    assert fresh.promote(finals.good, min_accuracy=0.5)["version"]
+
+
+@pytest.mark.slow
 def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_code_runs(fresh):
     """The ensemble is a pyfunc whose code is an artifact: promote would run it to measure it. Code edited in the
     artifact store (here: to stop the process), or a member model swapped for another final's, is refused before
