@@ -12,11 +12,13 @@ promoted it; and whether the goal was met: at most :data:`GOAL_MINUTES` in all a
 :data:`GOAL_ACCURACY` or better (6 errors of 2,060 test images, 99.709%, counts as 99.71%: the goal is read at
 two decimals of a percent, as the issue writes it). Writes ``<out>.md`` and ``<out>.png`` (minutes per run,
 stacked, the search's idle share on its bar; test accuracy per seed and of the promoted model, with the goal and
-the gate's threshold).
+the gate's threshold). Runs of the same settings over three or more campaign seeds are also read as counts
+(:func:`error_spread`): how often such a run is expected to meet the goal at the errors they made on average.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -60,11 +62,26 @@ def label(report: dict) -> str:
     return ", ".join(parts)
 
 
+def test_size(seeds: list[dict]) -> int | None:
+    """The test set's size, from a seed's errors and accuracy (None when every seed made no error)."""
+    for seed in seeds:
+        if seed["errors"]:
+            return round(seed["errors"] / (1 - seed["test_accuracy"]))
+    return None
+
+
+def goal_errors(n_test: int) -> int:
+    """The most test errors that still read as the goal's accuracy (two decimals of a percent): 6 of 2,060."""
+    goal = round(GOAL_ACCURACY * 100, 2)
+    return max(errors for errors in range(n_test + 1) if round((1 - errors / n_test) * 100, 2) >= goal)
+
+
 def run_info(report: dict) -> dict:
     """What one run spent and scored, and whether it met the goal."""
     promoted_model = report["settings"].get("model", "ensemble")
     seeds = [report["seeds"][seed] for seed in sorted(report["seeds"], key=int)]
     accuracy = report["ensemble_test_accuracy" if promoted_model == "ensemble" else "median_test_accuracy"]
+    n_test = test_size(seeds)
     minutes = {part: report["minutes"].get(part, 0.0) for part in PARTS}
     total = sum(minutes.values())
     promoted = report.get("promote_exit") == 0
@@ -81,6 +98,8 @@ def run_info(report: dict) -> dict:
         "seed_errors": [seed["errors"] for seed in seeds],
         "model": promoted_model,
         "accuracy": accuracy,
+        "n_test": n_test,
+        "errors": None if accuracy is None or n_test is None else round((1 - accuracy) * n_test),
         "promoted": promoted,
         "goal_met": fast and accurate and promoted,
         "search_from": Path(report["search_from"]).stem if report.get("search_from") else None,
@@ -107,6 +126,8 @@ def markdown(runs: list[dict], cpus: str) -> str:
             f"{', '.join(map(str, run['seed_errors']))} | {accuracy} | "
             f"{'promoted' if run['promoted'] else 'refused'} | {'met' if run['goal_met'] else 'not met'} |"
         )
+    if spreads := spread_lines(error_spread(runs)):
+        lines += ["", "Runs of the same settings over campaign seeds, their errors read as counts:", *spreads]
     paired = [run for run in runs if run.get("search_from")]
     if paired:
         lines += [
@@ -116,6 +137,78 @@ def markdown(runs: list[dict], cpus: str) -> str:
             + " (`bench_champion.py --final-from`: only the final and promote ran again, in that run's store).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def error_spread(runs: list[dict], *, share: float = 0.9) -> list[dict]:
+    """The promoted models' test errors of runs with the same settings (3 or more campaign seeds), read as counts.
+
+    If every campaign seed's pick were as good as any other, a run's error count would vary as one Poisson count
+    (each test image an independent chance of an error): variance equal to the mean. The dispersion test (the sum
+    of squared deviations over the mean, chi-square with k - 1 degrees of freedom under that model) says whether the
+    runs spread more than that, i.e. whether the picks differ. Under the model, the chance that a run meets the
+    accuracy goal is the Poisson probability of at most :func:`goal_errors` at the runs' mean, and ``needed`` is the
+    largest mean at which ``share`` of runs would."""
+    from scipy.stats import chi2, poisson
+
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["errors"] is not None:
+            groups.setdefault(run["label"].partition(", ")[2], []).append(run)
+    spreads = []
+    for settings, group in groups.items():
+        if len(group) < 3 or len({run["n_test"] for run in group}) != 1:
+            continue
+        counts = [run["errors"] for run in group]
+        most = goal_errors(group[0]["n_test"])
+        mean = sum(counts) / len(counts)
+        variance = sum((count - mean) ** 2 for count in counts) / (len(counts) - 1)
+        dispersion = (len(counts) - 1) * variance / mean if mean > 0 else 0.0
+        spreads.append(
+            {
+                "settings": settings,
+                "counts": counts,
+                "mean": mean,
+                "variance": variance,
+                "dispersion_p": float(chi2.sf(dispersion, len(counts) - 1)),
+                "goal_errors": most,
+                "expected_share": float(poisson.cdf(most, mean)),
+                "met": sum(count <= most for count in counts),
+                "needed_mean": needed_mean(most, share),
+                "share": share,
+            }
+        )
+    return spreads
+
+
+@functools.cache
+def needed_mean(most: int, share: float) -> float:
+    """The largest Poisson mean at which a count is at most ``most`` with probability ``share``."""
+    from scipy.optimize import brentq
+    from scipy.stats import poisson
+
+    return float(brentq(lambda rate: poisson.cdf(most, rate) - share, 1e-9, 10.0 * most + 10))
+
+
+def spread_lines(spreads: list[dict]) -> list[str]:
+    lines = []
+    for spread in spreads:
+        fits = spread["dispersion_p"] >= 0.05
+        verdict = (
+            f"no more spread than one Poisson count at their mean (dispersion test p = "
+            f"{spread['dispersion_p']:.2f}, a weak test on {len(spread['counts'])} runs): the runs that missed need "
+            f"not have had worse picks"
+            if fits
+            else f"they spread more than one Poisson count (dispersion test p = {spread['dispersion_p']:.3f}): the "
+            f"picks differ beyond the count's noise"
+        )
+        lines.append(
+            f"- {spread['settings'] or 'runs named by their seed alone'}: the promoted models' test errors "
+            f"{', '.join(map(str, spread['counts']))}, mean {spread['mean']:.1f}, variance {spread['variance']:.1f}; "
+            f"{verdict}. At that mean a run makes at most {spread['goal_errors']} errors (the goal) with probability "
+            f"{spread['expected_share']:.2f} ({spread['met']} of {len(spread['counts'])} did); for "
+            f"{spread['share']:.0%} of runs to meet it, the mean must be {spread['needed_mean']:.1f} errors or fewer."
+        )
+    return lines
 
 
 def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
@@ -169,7 +262,13 @@ def plot(runs: list[dict], path: Path, *, title: str, threshold: float) -> None:
     right.legend(bbox_transform=offset_copy(right.transAxes, fig=figure, y=-32, units="points"), **below_label)
     for axis in (left, right):
         axis.grid(axis="x", alpha=0.3)
-    figure.suptitle(title, fontsize=9)
+    counts = "\n".join(  # one line per group of settings
+        f"{spread['settings'] or 'runs named by their seed alone'}: the promoted models' errors as a Poisson count "
+        f"of mean {spread['mean']:.1f}: P(at most {spread['goal_errors']}) = {spread['expected_share']:.2f} "
+        f"({spread['share']:.0%} needs a mean of {spread['needed_mean']:.1f} or less)"
+        for spread in error_spread(runs)
+    )
+    figure.suptitle(title + (f"\n{counts}" if counts else ""), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -94,3 +94,54 @@ def test_a_final_run_again_on_an_earlier_search_is_named_and_paired_with_it(tmp_
     text = (tmp_path / "out" / "runs.md").read_text()
     assert "seed 3, 12 trials, 2 configurations reused the search (and its minutes) of champion-seed3" in text
     assert "seed 3 reused" not in text
+
+
+def test_runs_of_the_same_settings_are_read_as_counts_and_a_wider_spread_is_said(tmp_path):
+    """Five campaign seeds as make champion runs them: their ensembles' errors (6, 11, 6, 9, 4 of 2,060) spread
+    as one Poisson count would (scipy: dispersion p 0.37, P(at most 6 | mean 7.2) 0.42). Five others, one setting
+    apart, spread far more (1, 1, 20, 20, 1): said so. Three runs of a third setting and a lone one: too few."""
+    reports = []
+    for seed, errors in enumerate((6, 11, 6, 9, 4)):
+        reports.append(_report(seed, minutes=(5, 3, 0.2), errors=[errors], ensemble=errors, exit_code=0))
+    for seed, errors in enumerate((1, 1, 20, 20, 1)):
+        reports.append(_report(seed, minutes=(5, 3, 0.2), errors=[errors], ensemble=errors, exit_code=0))
+        reports[-1]["settings"]["configs"] = "2"
+    for seed in range(2):
+        reports.append(_report(seed, minutes=(5, 3, 0.2), errors=[5], ensemble=5, exit_code=0))
+        reports[-1]["settings"]["trials"] = "12"
+    proc = _run(tmp_path, reports)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in (tmp_path / "out" / "runs.md").read_text().splitlines() if line.startswith("- ")]
+    assert len(lines) == 2
+    same, wider = lines
+    assert same.startswith(
+        "- runs named by their seed alone: the promoted models' test errors 6, 11, 6, 9, 4, mean 7.2, "
+    )
+    assert "variance 7.7; no more spread than one Poisson count at their mean (dispersion test p = 0.37" in same
+    assert "at most 6 errors (the goal) with probability 0.42 (3 of 5 did)" in same
+    assert "for 90% of runs to meet it, the mean must be 3.9 errors or fewer" in same
+    assert wider.startswith("- 2 configurations: the promoted models' test errors 1, 1, 20, 20, 1, mean 8.6")
+    assert "spread more than one Poisson count (dispersion test p = 0.000): the picks differ" in wider
+
+
+def test_the_dispersion_verdict_is_wrong_as_often_as_it_says():
+    """Counts that are one Poisson count (5 runs, means 4 to 12): the test says they spread more in about 5% of
+    draws, its alpha; counts twice as spread (a negative binomial) it says so far more often."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from champion_runs import error_spread, goal_errors
+
+    assert goal_errors(2060) == 6 and goal_errors(200) == 0 and goal_errors(10_000) == 29
+    rng = np.random.default_rng(7)
+
+    def said_wider(counts) -> bool:
+        runs = [{"label": f"seed {i}", "errors": int(c), "n_test": 2060} for i, c in enumerate(counts)]
+        return error_spread(runs)[0]["dispersion_p"] < 0.05
+
+    for mean in (4, 7, 12):
+        rate = np.mean([said_wider(rng.poisson(mean, 5)) for _ in range(1500)])
+        assert 0.025 <= rate <= 0.075, (mean, rate)
+    # variance 3x the mean: negative binomial with n = mean / 2
+    wider = np.mean([said_wider(rng.negative_binomial(3.5, 3.5 / 10.5, 5)) for _ in range(500)])
+    assert wider > 0.3
