@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks import DEFAULT_TASK
 
 
@@ -125,7 +126,7 @@ def tune(
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one
     # line before any worker process starts or the store is reached.
     dry = dict(stage=stage, steps=steps, space=chosen_space, trials=trials, factor=halving_factor)
-    dry_epochs = max(1, int(chosen.start.get("epochs", 1)) if epochs is None else epochs)
+    dry_epochs = max(1, int(chosen.start.get(EPOCHS, 1)) if epochs is None else epochs)
     # The dry and the real request's options.
     options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion, top_rung_parts=top_rung_parts)
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))

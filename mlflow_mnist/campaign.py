@@ -40,6 +40,7 @@ from mlflow_mnist.schema import (
     DATA_DIGEST_PARAM,
     DATA_SOURCE,
     DIGEST,
+    EPOCHS,
     FOLD_KEY,
     LOCK_TOKEN,
     N_FOLDS,
@@ -137,7 +138,7 @@ class Campaign:
         if cv_repeats < 1:
             raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
         parsed_overrides = chosen_task.parse_overrides(overrides)
-        epochs = int(chosen_task.start.get("epochs", 1)) if epochs is None else epochs
+        epochs = int(chosen_task.start.get(EPOCHS, 1)) if epochs is None else epochs
         if epochs < 1:
             raise HyperparameterError(f"epochs={epochs} must be at least 1")
         if folds < 2:
@@ -146,7 +147,7 @@ class Campaign:
             raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed a smaller whole number")
         tracking.check_experiment_name(experiment)
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
-        chosen_task.validate({**chosen_task.start, "epochs": epochs, **parsed_overrides})
+        chosen_task.validate({**chosen_task.start, EPOCHS: epochs, **parsed_overrides})
         source = data_source(chosen_task, data)
         try:
             loaded = dataset if dataset is not None else chosen_task.load(source, classes=classes)
@@ -352,7 +353,7 @@ class Campaign:
         """What a strategy is built from: this campaign's task, epochs, overrides, seed and key, and ``options``."""
         defaults = {
             "task": self.task,
-            "epochs": self.settings.epochs,
+            EPOCHS: self.settings.epochs,
             "overrides": self.overrides,
             "seed": self.settings.split_seed,
             "search_key": self.search_key,

@@ -33,6 +33,7 @@ import numpy as np
 
 from mlflow_mnist.empty_store import cache_folder
 from mlflow_mnist.executors.base import ExecutorError, usable_cores
+from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks.base import Dataset, Task
 
 MIN_SPEEDUP = 1.1
@@ -67,7 +68,7 @@ def seconds_per_epoch(
     from mlflow_mnist.worker.process import forget_models
     from mlflow_mnist.worker.training import STEPS_PER_EXECUTION
 
-    params = task.validate({**task.start, **task.probe_params, "epochs": 2})
+    params = task.validate({**task.start, **task.probe_params, EPOCHS: 2})
     keras.utils.set_random_seed(seed)
     model = task.build_model(
         params,

@@ -12,6 +12,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from mlflow_mnist.params import Params
+from mlflow_mnist.schema import EPOCHS
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Space:
         """A full hyperparameter dict: base < sampled values (decoded) < overrides, at ``epochs``."""
         decoders = {d.name: d.decode for d in self.dimensions if d.decode is not None}
         decoded = {key: decoders[key](value) if key in decoders else value for key, value in sampled.items()}
-        return {**self.base, **decoded, **(overrides or {}), "epochs": epochs or self.max_epochs}
+        return {**self.base, **decoded, **(overrides or {}), EPOCHS: epochs or self.max_epochs}
 
 
 def fits(distribution: BaseDistribution, value: Any) -> bool:

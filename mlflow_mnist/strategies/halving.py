@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import Group, Spec, StoreState
-from mlflow_mnist.schema import Rung
+from mlflow_mnist.schema import EPOCHS, Rung
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.strategies.base import Evaluate, Rows, SearchRequest
 from mlflow_mnist.strategies.sampling import sample_configs
@@ -43,7 +43,7 @@ def halve(
     ``incumbent``, when it is one of the candidates, skips the low rungs and meets the survivors in the last:
     the store already holds its folds at the full budget, so it costs nothing there.
     """
-    max_epochs = max(c.params["epochs"] for c in candidates)
+    max_epochs = max(c.params[EPOCHS] for c in candidates)
     budgets = rung_budgets(len(candidates), max_epochs, factor)
     positions = [i for i, c in enumerate(candidates) if c.params == incumbent]
     alive = [i for i in range(len(candidates)) if i not in positions[:1]]
@@ -58,7 +58,7 @@ def halve(
             rung=Rung(index, len(budgets), budget),
         )
         at_budget = [
-            replace(candidates[i], params={**candidates[i].params, "epochs": budget}) if not last else candidates[i]
+            replace(candidates[i], params={**candidates[i].params, EPOCHS: budget}) if not last else candidates[i]
             for i in alive
         ]
         rows = evaluate(at_budget, group=rung_group)

@@ -17,13 +17,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mlflow_mnist.params import HyperparameterError, Params, StageError, check_known, parse_overrides
+from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.stages import Step
 
 #: Numeric precisions a task's model may be built in (``--precision``); part of every fold key but float32.
 PRECISIONS = ("float32", "mixed_bfloat16")
 #: Hyperparameters every task has: the engine fits ``epochs`` epochs of ``batch_size`` examples.
-FIT_PARAMS = ("epochs", "batch_size")
+FIT_PARAMS = (EPOCHS, "batch_size")
 
 
 class DataError(ValueError):

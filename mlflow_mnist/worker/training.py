@@ -14,6 +14,7 @@ import numpy as np
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import FoldTask, fold_indices
 from mlflow_mnist.results import FoldResult
+from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks.base import Dataset, Task, check_precision
 from mlflow_mnist.worker.model_files import model_files
 from mlflow_mnist.worker.process import configure_threads, forget_models
@@ -48,7 +49,7 @@ def execution_steps(n_train: int, params: Params) -> int:
     """Batches per graph call for fitting ``n_train`` examples with ``params`` (its ``epochs`` and ``batch_size``):
     :data:`STEPS_PER_EXECUTION`, or 1 for a fit of at most :data:`SHORT_FIT_BATCHES` batches. The choice changes
     the time only: the same batches meet the same weights in the same order."""
-    batches = math.ceil(n_train / int(params["batch_size"])) * int(params["epochs"])
+    batches = math.ceil(n_train / int(params["batch_size"])) * int(params[EPOCHS])
     return 1 if batches <= SHORT_FIT_BATCHES else STEPS_PER_EXECUTION
 
 
@@ -121,7 +122,7 @@ def make_classifier(
         model__seed=seed,
         model__n_train=n_train,
         loss="categorical_crossentropy",
-        epochs=clean["epochs"],
+        epochs=clean[EPOCHS],
         batch_size=clean["batch_size"],
         random_state=random_state,
         verbose=0,
@@ -257,7 +258,7 @@ def fit_resumable(
         extra = {"validation_data": (validation[0], onehot[validation[1]]), "validation_batch_size": VALIDATION_BATCH}
     history: dict[str, list[float]] = {}
     guard = divergence_guard(n_classes)
-    for epoch in range(initial_epoch, int(params["epochs"])):
+    for epoch in range(initial_epoch, int(params[EPOCHS])):
         order = np.random.default_rng([seed, epoch]).permutation(len(x))
         reseed_random_layers(model, seed, epoch)
         step = model.fit(
