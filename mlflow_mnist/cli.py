@@ -58,16 +58,38 @@ def _one_line(text: str) -> str:
     return text.translate(_CONTROL_CHARACTERS)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a CI job cancelled, ``docker stop``), handled as Ctrl-C is."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
+def _handle_sigterm() -> None:
+    """SIGTERM's default kills the process where it stands, its runs left RUNNING until a later command takes
+    over; raised as an interrupt instead, the same clean-up as Ctrl-C marks them KILLED and says so."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 class _Group(click.Group):
-    """Turns user errors into one line and Ctrl-C into a clean exit, for every command."""
+    """Turns user errors into one line and Ctrl-C (or SIGTERM) into a clean exit, for every command."""
 
     def main(self, *args, **kwargs):
         """click's own usage errors (an unknown option, a value of the wrong type) as one line too."""
+        _handle_sigterm()
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except _Terminated:  # before a command started (its own interrupts end in invoke)
+            click.echo("interrupted", err=True)
+            sys.exit(143)
         except click.ClickException as error:
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
             click.echo(f"error: {_one_line(error.format_message())}{where}", err=True)
@@ -93,9 +115,9 @@ class _Group(click.Group):
         except _rejections() as error:  # the gate's verdict quotes the store (tags, a lock holder): one line
             click.echo(_one_line(str(error)), err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             click.echo("interrupted: open runs were marked KILLED; run the same command again to resume", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(interrupt, _Terminated) else 130)  # 128 + the signal, as shells report
 
 
 def _quiet_libraries() -> None:

@@ -296,7 +296,10 @@ def test_credentials_never_appear_in_messages():
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_marks_open_runs_killed(store, tmp_path, sent, code):
+    """Ctrl-C, and SIGTERM (kill, timeout, a CI job cancelled, docker stop: before, it left the runs RUNNING and
+    said nothing), mark the open runs KILLED and say so."""
     # Ten epochs keep the remaining seven folds busy after the first one reports, so the signal lands mid-stage
     # even on a slow CI machine; the first fold is seen on the progress line, not by polling the store.
     # The child gets Python's own SIGINT handler, as in a terminal: a CI job started in the background (`cmd &`
@@ -312,10 +315,10 @@ def test_ctrl_c_marks_open_runs_killed(store, tmp_path):
     )
     stderr = FoldWatcher(proc.stderr)
     assert stderr.wait_for(1, timeout=180), f"no fold finished within 180 s: {stderr.text()[-500:]}"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sent)
     proc.wait(timeout=120)
     stderr.join()
-    assert proc.returncode == 130, stderr.text()[-500:]
+    assert proc.returncode == code, stderr.text()[-500:]
     assert stderr.text().strip().splitlines()[-1].startswith("interrupted: open runs were marked KILLED")
     runs = kill_harness._runs(tmp_path)
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
