@@ -264,15 +264,22 @@ def promote(
     model: str = "median",
     break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
+    task: str = "",
 ) -> dict[str, Any]:
     """Verify the latest (or ``run_id``'s) final's model (``model``: its median seed, or its seeds' ``ensemble``),
     compare it with ``@champion`` on the same test set, and register and move the alias if the gate allows;
-    ``min_accuracy`` defaults to the task's threshold. Raises ``PromotionRejected`` when the gate says no."""
+    ``min_accuracy`` defaults to the task's threshold; ``task`` names the final's task where it is not a
+    registered one (``package.module:attr``, as ``tune`` and ``final`` were given it). Raises
+    ``PromotionRejected`` when the gate says no."""
     from mlflow_mnist import tracking
     from mlflow_mnist.registry import PromoteInputError, PromotionRejected, check_promote_options
     from mlflow_mnist.registry import promote as promote_model
 
     check_promote_options(model=model, min_accuracy=min_accuracy, name=name)  # before the store is reached
+    if task:
+        from mlflow_mnist.tasks import get_task
+
+        get_task(task)  # a --task that cannot be imported is its one line before the store is reached
     client = tracking.connect(existing=True)
     where = tracking.resolve_experiment(client, experiment, create=False)
     try:
@@ -285,6 +292,7 @@ def promote(
             run_id=run_id or None,
             model=model,
             break_lease=break_lease,
+            task_spec=task,
             notify=notify,
         )
     except PromoteInputError:

@@ -59,7 +59,7 @@ from mlflow_mnist.schema import (
     as_int,
     effective_param,
 )
-from mlflow_mnist.tasks import DEFAULT_TASK, get_task
+from mlflow_mnist.tasks import DEFAULT_TASK, Task, get_task
 from mlflow_mnist.tasks.base import dataset_sha256
 
 UNCHANGED = f"@{CHAMPION} unchanged"
@@ -103,14 +103,42 @@ def final_task(final) -> TaskRef:
     return TaskRef.parse(final.data.tags, legacy_task=DEFAULT_TASK)
 
 
-def load_gate_data(final) -> GateData:
-    """The final's data, loaded by its task from where its run says, and checked against the digests the run
-    logged once (:func:`check_written_once`): tags that point elsewhere cannot substitute other data."""
+def gate_task(final, spec: str = "") -> Task:
+    """The task of ``final``: the one ``spec`` names (``promote --task``, a registered name or
+    ``package.module:attr`` as ``tune`` and ``final`` were given it), which must be the task the final ran, else the
+    registered task of the name the final recorded. A recorded name is never imported as ``module:attr``: that
+    would let anyone who can set a tag make promote import a module of their choosing (a file planted in the
+    artifact store under the working directory, which ``python -m`` puts on ``sys.path``)."""
+    from mlflow_mnist.tasks import available_tasks
+
+    ref, final_id = final_task(final), final.info.run_id
+    if ":" in ref.name or not ref.name.strip():
+        raise _tampered(f"final run {final_id}'s task tag {ref.name[:80]!r} is not a task's name")
+    if spec:
+        task = get_task(spec)
+        if task.name != ref.name:
+            raise PromoteInputError(
+                f"--task {spec} is task {task.name!r} but final run {final_id} ran task {ref.name!r}: give that "
+                f"task, or leave out --task for a registered one"
+            )
+        return task
+    if ref.name not in available_tasks():
+        raise PromoteInputError(
+            f"final run {final_id} ran task {ref.name!r}, which is not registered here: give it as --task "
+            f"package.module:attr, as tune and final were given it, or install its package"
+        )
+    return get_task(ref.name)
+
+
+def load_gate_data(final, task: Task) -> GateData:
+    """The final's data, loaded by its ``task`` (:func:`gate_task`) from where its run says, and checked against
+    the digests the run logged once (:func:`check_written_once`): tags that point elsewhere cannot substitute
+    other data."""
     tags, ref = final.data.tags, final_task(final)
     check_written_once(final)
     source = tags.get(DATA_SOURCE, "")
     classes = "all" if ref.variant == "all" else ",".join(ref.variant.split("v"))
-    data = get_task(ref.name).load("" if source == "keras" else source, classes=classes)  # keras: its download
+    data = task.load("" if source == "keras" else source, classes=classes)  # keras: its download
     # The task's digests are 64 bits: two datasets made to collide there (one with test images among its training
     # images) differ in the full sha256 the final logged as a param. Finals made before it have only the digests.
     recorded = final.data.params.get(DATA_SHA256)

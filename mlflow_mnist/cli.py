@@ -480,11 +480,20 @@ def final(**options) -> None:
     help="What to promote: the final's median seed, or its seeds' ensemble (average of their probabilities).",
 )
 @BREAK_LEASE_OPTION
-def promote(experiment, name, min_accuracy, force, run_id, model, break_lease) -> None:
+@click.option(
+    "--task",
+    default="",
+    envvar="MLFLOW_MNIST_TASK",
+    callback=_task_from_environment,
+    help="The final's task as package.module:attr, where it is not a registered task (as tune and final were given "
+    "it) [default: the registered task of the final's task name].",
+)
+def promote(experiment, name, min_accuracy, force, run_id, model, break_lease, task) -> None:
     """Verify the final's model, compare it with @champion on the same test set, and promote it if the gate allows."""
     from mlflow_mnist.api import promote as run_promote
 
     done = run_promote(
+        task=task,
         experiment=experiment,
         name=name,
         min_accuracy=min_accuracy,

@@ -37,7 +37,7 @@ from mlflow_mnist.candidate import (
     Predict,
     download_candidate,
     final_run,
-    final_task,
+    gate_task,
     load_gate_data,
     predicted_labels,
     read_candidate,
@@ -101,7 +101,7 @@ from mlflow_mnist.schema import (
     VERSION_VERIFIED_MODEL,
     TaskRef,
 )
-from mlflow_mnist.tasks import DEFAULT_TASK, get_task
+from mlflow_mnist.tasks import DEFAULT_TASK
 
 __all__ = [
     "CHAMPION", "ChampionUnverified", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "load_champion",
@@ -523,9 +523,11 @@ def promote(
     predict: Predict = predicted_labels,
     break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
+    task_spec: str = "",
 ) -> dict[str, Any]:
     """Verify the latest (or given) final run's model (``model``: its median seed's, or its seeds' ``ensemble``)
-    and make it ``@champion`` if the gate allows.
+    and make it ``@champion`` if the gate allows. ``task_spec`` names the final's task where it is not registered
+    (``package.module:attr``, :func:`~mlflow_mnist.candidate.gate_task`).
 
     Returns what the CLI prints: ``name``, ``version``, ``accuracy``, ``reason`` (the gate's line, with the
     McNemar counts when there was a champion), ``previous``, ``paired``, ``test_set_uses`` and ``warning``.
@@ -535,10 +537,10 @@ def promote(
     """
     check_promote_options(model=model, min_accuracy=min_accuracy, name=name)
     final = final_run(client, experiment_id, run_id)
-    task = get_task(final_task(final).name)
+    task = gate_task(final, task_spec)
     min_accuracy = check_min_accuracy(task.min_accuracy if min_accuracy is None else min_accuracy)
     candidate = read_ensemble(client, final) if model == "ensemble" else read_candidate(client, final)
-    data = load_gate_data(final)
+    data = load_gate_data(final, task)
     location = client.get_logged_model(candidate.model_id).artifact_location
     # Downloaded once: this copy is what is checked, what predicts, and what is registered.
     with contextlib.ExitStack() as stack:

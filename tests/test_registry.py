@@ -52,6 +52,7 @@ from mlflow_mnist.schema import (
     ENSEMBLE_MODEL,
     MEDIAN_MODEL,
     MEDIAN_RUN,
+    TASK,
     TEST_DIGEST,
 )
 
@@ -590,6 +591,23 @@ def test_a_final_that_never_ended_is_refused_even_when_marked_finished(fresh):
 
 
 @pytest.mark.slow
+def test_a_task_tag_naming_a_module_is_not_imported(fresh, tmp_path, monkeypatch):
+    """The gate loads the final's task by the name its run recorded. Before, a tag set to ``package.module:attr``
+    made promote import that module: a file planted in the artifact store under the working directory (which
+    ``python -m``, as MLproject runs promote, puts on sys.path) ran inside promote. A recorded name is never a
+    module now: refused as tampered, nothing imported."""
+    import uuid
+
+    module, marker = f"planted_{uuid.uuid4().hex}", tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh.client.set_tag(fresh.finals.good, TASK, f"{module}:Task")
+    with pytest.raises(PromotionRejected, match=rf"task tag '{module}:Task' is not a task's name: tampered"):
+        fresh.promote(fresh.finals.good, min_accuracy=0.5)
+    assert not marker.exists() and _registered(fresh.client) == []
+
+
+@pytest.mark.slow
 def test_an_ensemble_whose_code_or_members_were_edited_is_refused_before_its_code_runs(fresh):
     """The ensemble is a pyfunc whose code is an artifact: promote would run it to measure it. Code edited in the
     artifact store (here: to stop the process), or a member model swapped for another final's, is refused before
@@ -742,7 +760,8 @@ def test_files_swapped_right_after_verification_are_not_what_champion_serves(fre
     good_id = client.get_run(finals.good).data.tags[MEDIAN_MODEL]
     weights = next(fresh.model_folder(finals.good).rglob("*.keras"))
     honest, honest_sha256 = weights.read_bytes(), model_files.tree_sha256(fresh.model_folder(finals.good))
-    data = registry.load_gate_data(client.get_run(finals.good))
+    good = client.get_run(finals.good)
+    data = registry.load_gate_data(good, registry.gate_task(good))
     measured: list[np.ndarray] = []
 
     def predict(uri: str, examples):

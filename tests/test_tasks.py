@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli
 
+from mlflow_mnist.gate import PromoteInputError
 from mlflow_mnist.params import HyperparameterError, StageError
 from mlflow_mnist.schema import TaskRef
 from mlflow_mnist.tasks import DataError, Task, available_tasks, get_task
@@ -146,6 +147,27 @@ def test_a_third_party_task_runs_through_mlflow_run(store, installed_example):
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "is @champion" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_a_task_named_by_module_is_promoted_when_promote_is_given_it(store, monkeypatch):
+    """README's "without installing" form (``--task cancer_task:CancerTask``) runs tune and final; the final
+    records the task's name, which is registered nowhere, so promote, which had no --task, could never load it.
+    Now: without --task, one line saying to give it; with another task, one line; with the same, promoted."""
+    import mlflow_mnist
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    spec = "cancer_task:CancerTask"
+    done = mlflow_mnist.final(task=spec, folds=2, epochs=5, n_jobs=1, experiment="cancer", progress=False)
+    refused = cli("promote", "--experiment", "cancer", "--min-accuracy", "0.5")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: final run {done['run_id']} ran task 'cancer', which is not registered here: give it as --task "
+        f"package.module:attr, as tune and final were given it, or install its package"
+    ]
+    with pytest.raises(PromoteInputError, match="--task digits is task 'digits' but final run .* ran task 'cancer'"):
+        mlflow_mnist.promote(experiment="cancer", min_accuracy=0.5, task="digits")
+    promoted = mlflow_mnist.promote(experiment="cancer", min_accuracy=0.5, task=spec)
+    assert promoted["version"] == "1" and promoted["name"].startswith("cancer")
 
 
 @pytest.mark.slow
