@@ -220,11 +220,11 @@ def final_run(client, experiment_id: str, run_id: str | None):
             )
             if unfinished:  # one is training, or was killed: "run final first" would be the wrong advice
                 run = unfinished[0].info
-                raise PromotionRejected(
+                raise PromoteInputError(  # nothing to judge yet: a usage mistake (exit 2), not the gate's verdict
                     f"no finished final run in this experiment: the latest, {run.run_id}, is {run.status}; wait for "
                     f"it to finish, or run the same `mlflow-mnist final` again if it was killed (it resumes)"
                 )
-            raise PromotionRejected("no finished final run in this experiment: run `mlflow-mnist final` first")
+            raise PromoteInputError("no finished final run in this experiment: run `mlflow-mnist final` first")
         return final
     try:
         final = client.get_run(run_id)
@@ -429,7 +429,7 @@ def download_candidate(stack: contextlib.ExitStack, candidate: Candidate, locati
     from mlflow.exceptions import MlflowException
     from requests.exceptions import RequestException
 
-    from mlflow_mnist.redaction import redact
+    from mlflow_mnist.redaction import redact, shorten
 
     try:
         return stack.enter_context(model_files.local_copy(location, label="candidate"))
@@ -437,7 +437,7 @@ def download_candidate(stack: contextlib.ExitStack, candidate: Candidate, locati
         raise
     except (MlflowException, OSError) as error:
         reason = " ".join(line.strip("# ") for line in str(error).splitlines() if line.strip("# "))
-        reason = redact(reason or type(error).__name__)[:300]
+        reason = shorten(redact(reason or type(error).__name__), 300)
         raise _tampered(f"the files of model {candidate.model_id} cannot be downloaded ({reason})") from None
 
 

@@ -187,10 +187,10 @@ def test_promote_with_only_an_unfinished_final_says_which_and_what_to_do(store):
 
     client = MlflowClient(store)
     experiment = tracking.experiment_id(client, "mnist")
-    with pytest.raises(PromotionRejected, match="run `mlflow-mnist final` first"):
+    with pytest.raises(PromoteInputError, match="run `mlflow-mnist final` first"):  # a usage mistake: exit 2
         promote(client, experiment)
     running = client.create_run(experiment, tags={schema.LEVEL: schema.FINAL_LEVEL}).info.run_id
-    with pytest.raises(PromotionRejected, match=f"the latest, {running}, is RUNNING; wait for it to finish"):
+    with pytest.raises(PromoteInputError, match=f"the latest, {running}, is RUNNING; wait for it to finish"):
         promote(client, experiment)
 
 
