@@ -102,10 +102,10 @@ class _Group(click.Group):
             click.echo(f"error: {_one_line(str(error))}", err=True)
             sys.exit(2)
         except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
-            from mlflow_mnist.redaction import redact
+            from mlflow_mnist.redaction import redact, shorten
             from mlflow_mnist.tracking import tracking_uri
 
-            reason = redact((str(error).splitlines() or [type(error).__name__])[0])[:200]  # redact, then cut
+            reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)  # redact, then cut
             click.echo(
                 f"error: the tracking store at {redact(tracking_uri())} failed ({reason}): "
                 "check that it is up and rerun the same command",

@@ -179,6 +179,17 @@ class RedactingFilter(logging.Filter):
 _INSTALL_LOCK = threading.Lock()
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word's end, marked with "..." when cut: a store's error
+    quoted inside one of our lines (a cut in mid-word read as a garbled word, "(Cau)")."""
+    if len(text) <= limit:
+        return text
+    head = text[: max(0, limit - 4)]
+    if " " in head:
+        head = head[: head.rindex(" ")]
+    return head.rstrip(" ,;:(") + " ..."
+
+
 def install() -> None:
     """Redact everything this process prints from now on; idempotent.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from mlflow_mnist.model_files import tree_sha256
 from mlflow_mnist.params import format_value
-from mlflow_mnist.redaction import redact
+from mlflow_mnist.redaction import redact, shorten
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     BEST_CHILD,
@@ -140,7 +140,7 @@ class RunWriter:
             raise
         except (MlflowException, RequestException, OSError) as error:
             self.abort("FAILED")
-            reason = redact((str(error).splitlines() or [type(error).__name__])[0])[:200]
+            reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)
             raise TrackingError(
                 f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "
                 f"once it is back, run the same command again to resume"

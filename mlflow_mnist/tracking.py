@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
-from mlflow_mnist.redaction import redact
+from mlflow_mnist.redaction import redact, shorten
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
@@ -398,7 +398,7 @@ def _first_answer(uri: str):
             f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
         ) from None
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
-        reason = redact(str(error).splitlines()[0])[:160] if str(error) else type(error).__name__
+        reason = shorten(redact(str(error).splitlines()[0]), 160) if str(error) else type(error).__name__
         code = getattr(error, "error_code", "")
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", str(error)):
             raise TrackingError(

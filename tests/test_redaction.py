@@ -354,3 +354,14 @@ def test_a_fresh_worker_process_is_quiet_from_its_first_import(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stderr == "imported\n", proc.stderr[-2000:]
+
+
+def test_a_quoted_error_is_cut_at_a_words_end():
+    """A store's error quoted in one of our lines is cut to its limit at a word's end, marked; before, "(Cau)"."""
+    from mlflow_mnist.redaction import shorten
+
+    text = "Max retries exceeded with url: /?token=*** (Caused by NewConnectionError('refused'))"
+    assert shorten(text, 200) == text
+    cut = shorten(text, 50)
+    assert cut == "Max retries exceeded with url: /?token=*** ..." and len(cut) <= 50
+    assert shorten("x" * 80, 20) == "x" * 16 + " ..."  # one long word: cut inside it, still within the limit
