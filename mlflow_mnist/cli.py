@@ -190,6 +190,7 @@ TASK_OPTION = click.option(
     default=DEFAULT_TASK,
     show_default=True,
     envvar="MLFLOW_MNIST_TASK",
+    show_envvar=True,  # the variable, when set, is the default: --help says so
     callback=_task_from_environment,
     help="A registered task (`mlflow-mnist tasks`) or package.module:attr.",
 )
@@ -484,6 +485,7 @@ def final(**options) -> None:
     "--task",
     default="",
     envvar="MLFLOW_MNIST_TASK",
+    show_envvar=True,
     callback=_task_from_environment,
     help="The final's task as package.module:attr, where it is not a registered task (as tune and final were given "
     "it) [default: the registered task of the final's task name].",

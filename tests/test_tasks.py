@@ -270,3 +270,15 @@ def test_a_store_made_before_tasks_resumes_with_nothing_retrained(tmp_path, monk
     client = tracking.connect()
     final = tracking.latest_final_run(client, client.get_experiment_by_name("legacy").experiment_id)
     assert registry.final_task(final) == TaskRef("mnist", "2v7")
+
+
+def test_help_names_the_variable_that_sets_the_task():
+    """With $MLFLOW_MNIST_TASK set, --task's default is the variable's value: --help says the variable exists
+    (before, it showed "[default: mnist]" alone)."""
+    from click.testing import CliRunner
+
+    from mlflow_mnist.cli import main
+
+    for command in ("spaces", "tune", "final", "promote"):
+        shown = CliRunner().invoke(main, [command, "--help"], env={"MLFLOW_MNIST_TASK": "digits"}).output
+        assert "env var: MLFLOW_MNIST_TASK" in " ".join(shown.split()), command
