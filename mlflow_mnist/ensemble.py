@@ -8,14 +8,29 @@ returns probabilities like each of them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 MODEL_CODE = Path(__file__).with_name("ensemble_model.py")
 SEED_PREFIX = "seed_"  # the artifact names ensemble_model.py looks for
+
+
+@contextlib.contextmanager
+def _quiet_info(name: str) -> Iterator[None]:
+    """Logger ``name`` at WARNING while inside: MLflow configures its loggers at INFO when it is imported, after
+    the CLI quieted them, and its INFO lines are not the user's business; its warnings still show."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def average(probabilities: list[np.ndarray]) -> np.ndarray:
@@ -45,12 +60,13 @@ def ensemble_files(
                 path.write_bytes(content)
             artifacts[f"{SEED_PREFIX}{seed}"] = str(folder)
         out = Path(tmp, "model")
-        mlflow.pyfunc.save_model(
-            str(out),
-            python_model=str(MODEL_CODE),
-            artifacts=artifacts,
-            pip_requirements=requirements,
-            signature=infer_signature(np.asarray(x_example), np.asarray(y_example)),
-            input_example=np.asarray(x_example),
-        )
+        with _quiet_info("mlflow.pyfunc"):  # "Validating input example against model signature": not ours to say
+            mlflow.pyfunc.save_model(
+                str(out),
+                python_model=str(MODEL_CODE),
+                artifacts=artifacts,
+                pip_requirements=requirements,
+                signature=infer_signature(np.asarray(x_example), np.asarray(y_example)),
+                input_example=np.asarray(x_example),
+            )
         return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}

@@ -29,7 +29,7 @@ def check_ended_last(client, final) -> None:
     assert max(m.timestamp for m in values) <= ended and max(m.creation_timestamp for m in models) <= ended
 
 
-def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store):
+def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store, capfd):
     import warnings
 
     import matplotlib.pyplot as plt
@@ -46,6 +46,7 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
         summary = mlflow_mnist.final(task="digits", folds=2, epochs=3, repeats=3, n_jobs=2, progress=False)
     # Nothing for users to wade through, nothing left open: each seed's figures are closed once logged.
     assert not [w for w in warned if "Add type hints" in str(w.message)]
+    assert "INFO mlflow" not in capfd.readouterr().err  # "Validating input example against model signature"
     assert set(plt.get_fignums()) <= open_figures
     run = MlflowClient(store).get_run(summary["run_id"])
     data = get_task("digits").load("")
