@@ -487,7 +487,8 @@ def resolve_experiment(
             name = default
     if not create or must_exist:
         check_experiment_exists(client, name, fix=missing_fix)
-    if not create:  # a reader only looks: no tag written, nothing restored
+        # A reader only looks: no tag written, nothing restored. So does a writer that needs what an earlier command
+        # left there (which tagged it then): its own refusal (no such search) must leave the store as it was.
         return Experiment(client.get_experiment_by_name(name).experiment_id, name, None, because)
     return Experiment(experiment_id(client, name), name, None, because)
 

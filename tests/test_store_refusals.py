@@ -256,12 +256,15 @@ READS = {
     "promote --experiment Default": ["promote", "--experiment", "Default"],
     "analyze": ["analyze", "--no-log", "--out", "{tmp}/report"],
     "export-study": ["export-study", "--storage", "sqlite:///{tmp}/study.db"],
+    # a writer that needs an earlier search there, refused for want of one (before, it tagged the experiment first)
+    "final --search latest": ["final", "--experiment", "Default", "--search", "latest", "--data", "sample"],
 }
 
 
 @pytest.mark.parametrize("command", list(READS))
 def test_readers_do_not_tag_the_experiment_they_read(tmp_path, command):
-    """Each refuses (there is nothing to read), and the store is as it was: no `mlflow.experimentKind` tag."""
+    """Each refuses (there is nothing to read, no search to train), and the store is as it was: no
+    `mlflow.experimentKind` tag."""
     store = tmp_path / "store"
     store.mkdir()
     uri = _new_store(store)
