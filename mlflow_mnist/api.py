@@ -52,8 +52,8 @@ def open_campaign(*, notify: Callable[[str], None] | None = None, **settings: An
     return campaign, functools.partial(_say_all, lines, notify)
 
 
-def _say_all(lines: list[str], notify: Callable[[str], None] | None) -> None:
-    for line in lines:
+def _say_all(lines: list[str], notify: Callable[[str], None] | None, *more: str) -> None:
+    for line in (*lines, *more):
         _say(line, notify)
 
 

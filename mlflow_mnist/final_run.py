@@ -193,6 +193,27 @@ def check_final_options(*, repeats: int, search: str | None, configs: int) -> No
         raise StageError(f"--configs {configs} needs at least as many seeds: pass --repeats {configs} or more")
 
 
+def _nothing_carried(campaign) -> str:
+    """The notice for a final that found no finished staged step to carry forward: it trains the task's starting
+    configuration, which users who tuned with other options (``--folds 2``, then ``final`` with the default 3)
+    would not expect."""
+    steps = campaign.client.search_runs(
+        [campaign.experiment_id],
+        f"tags.`{LEVEL}` = '{STEP_LEVEL}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    elsewhere = (
+        "staged steps finished here under other settings: give final the same --data, --classes, --epochs, "
+        "--folds, --cv-repeats, --seed and --precision as tune to carry them forward"
+        if steps
+        else "no staged step finished here (tune a stage first, or pass --search for a joint search's best)"
+    )
+    return (
+        f"final: nothing to carry forward in experiment {campaign.experiment.name!r} under these settings; "
+        f"{elsewhere}; training the task's starting configuration{' with --overrides' if campaign.overrides else ''}"
+    )
+
+
 def run_final(
     campaign,
     *,
@@ -201,7 +222,7 @@ def run_final(
     progress: bool = True,
     search: str | None = None,
     configs: int = 1,
-    announce: Callable[[], None] | None = None,
+    announce: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Train ``repeats`` seeds of the store's best configuration on ``executor`` and log them; returns the summary.
     ``announce`` (what the campaign chose, said to the user) is called once the configuration is found.
@@ -223,7 +244,7 @@ def run_final(
     else:
         chosen = [campaign.final_params(state)]
     if announce is not None:
-        announce()
+        announce(*([] if search or state.step_bests else [_nothing_carried(campaign)]))
     seeds = [campaign.settings.split_seed + k for k in range(repeats)]
     worker = FinalWorker(
         campaign.task_spec,

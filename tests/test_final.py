@@ -130,3 +130,33 @@ def test_a_final_over_a_searchs_best_configurations_spreads_its_seeds_and_ensemb
     done = mlflow_mnist.promote(model="ensemble", min_accuracy=0.5)
     version = client.get_model_version_by_alias(done["name"], "champion")
     assert version.tags["model_kind"] == "seed ensemble" and version.tags["final_run"] == final.info.run_id
+
+
+@pytest.mark.slow
+def test_a_final_with_nothing_to_carry_forward_says_so(store):
+    """A final that finds no finished staged step under its settings trains the task's starting configuration.
+    Before, silently: README's own pair (tune with --folds 2, then final with the default 3) did so. Now one notice
+    says so, and whether steps finished here under other settings; a final with the same settings says nothing."""
+    import mlflow_mnist
+
+    options = dict(task="digits", epochs=2, n_jobs=1, progress=False, experiment="carry")
+    said: list[str] = []
+    mlflow_mnist.final(folds=2, notify=said.append, **options)
+    assert [line for line in said if "nothing to carry forward" in line] == [
+        "final: nothing to carry forward in experiment 'carry' under these settings; no staged step finished here "
+        "(tune a stage first, or pass --search for a joint search's best); training the task's starting configuration"
+    ]
+    mlflow_mnist.tune(stage="activation", folds=2, **options)
+    said.clear()
+    done = mlflow_mnist.final(folds=3, notify=said.append, **options)
+    assert any("staged steps finished here under other settings: give final the same" in line for line in said)
+    said.clear()
+    carried = mlflow_mnist.final(folds=2, notify=said.append, **options)
+    assert not [line for line in said if "nothing to carry forward" in line]
+    from mlflow import MlflowClient
+
+    from mlflow_mnist.schema import SOURCE_RUNS
+
+    client = MlflowClient(store)
+    sources = {run: client.get_run(run).data.tags[SOURCE_RUNS] for run in (done["run_id"], carried["run_id"])}
+    assert sources[done["run_id"]] == "{}" and "activation" in sources[carried["run_id"]]
