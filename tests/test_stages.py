@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mlflow_mnist.params import HyperparameterError, StageError
@@ -26,6 +28,20 @@ def test_stage_names_users_type():
     assert [s.name for s in steps_of("neurons_2")] == ["neurons_2"]
     with pytest.raises(StageError, match="unknown stage 'neuron': choose one of batch_size"):
         steps_of("neuron")
+
+
+def test_the_unknown_stage_hint_gives_a_step_that_is_not_a_stage(monkeypatch):
+    """The hint's example step is one the list of stages does not already show (mnist's last step, epochs, is
+    also a stage); a task whose steps are all stages gets no example."""
+    with pytest.raises(StageError) as caught:
+        steps_of("nosuch")
+    assert str(caught.value).endswith("epochs, all (or a step such as neurons_3)")
+    with pytest.raises(StageError, match=r"\(or a step such as dropout_rate\)$"):
+        get_task("digits").steps_of("nosuch")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples" / "cancer_task"))
+    with pytest.raises(StageError) as caught:
+        get_task("cancer_task:CancerTask").steps_of("nosuch")
+    assert str(caught.value) == "unknown stage 'nosuch': choose one of units, learn_rate, all"
 
 
 def test_candidates_keep_the_seeds_order():
