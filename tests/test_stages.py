@@ -62,6 +62,20 @@ def test_parse_overrides():
     assert parse_overrides("") == {}
 
 
+@pytest.mark.parametrize("text", ["5", "5x5", "5 x 5", "5,5", "(5, 5)", "(5,5)", "[5, 5]"])
+def test_every_pair_form_the_docs_show_is_read_as_the_pair(text):
+    overrides = parse_overrides(f"neurons_3=10,kernel_size={text}")
+    assert MNIST.validate({**MNIST.start, **overrides})["kernel_size"] == (5, 5)
+
+
+@pytest.mark.parametrize("text", ["(5,5)x", "5x5x", "(((5,5", "x5x5", "5,,5", "(5x5", "5x5junk", "(5,5) junk 7"])
+def test_a_pair_with_stray_characters_is_refused_not_read_past(text):
+    overrides = parse_overrides(f"kernel_size={text}")
+    with pytest.raises(HyperparameterError, match=r"must be a pair of positive integers such as \(3, 3\)") as caught:
+        MNIST.validate({**MNIST.start, **overrides})
+    assert f"kernel_size={text!r}" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "text, error, message",
     [
