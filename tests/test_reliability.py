@@ -180,6 +180,12 @@ BAD_INPUTS = [
         {},
         "--min-epochs 7: the space 'seed' trains at most 6 epochs",
     ),
+    (
+        "more brackets than rungs",
+        ["--stage", "", "--strategy", "asha", "--space", "seed", "--brackets", "4"],
+        {},
+        "--brackets 4: the space 'seed' has 3 rung(s) here (1, 3, 6 epochs) for trials to start at; give 1 to 3",
+    ),
     ("unsupported store", [], {"MLFLOW_TRACKING_URI": "ftp://u:pw@127.0.0.1/m"}, "no store for 'ftp' URIs"),
     ("a bare path as the store", [], {"MLFLOW_TRACKING_URI": "{readonly}/m.db"}, "is a folder store (MLflow's file"),
     (

@@ -505,6 +505,19 @@ def test_asha_gives_a_free_worker_a_due_promotion_at_once_after_the_last_trial_i
     assert not [busy for busy, waiting in executor.waits if waiting and busy < 2]
 
 
+def test_asha_refuses_more_brackets_than_rungs_to_start_at():
+    """Over ``seed`` (rungs at 2 and 6 epochs) a third bracket would have no rung to start at: refused, not cut
+    to two, so the search the user asked for is never silently another one."""
+    assert _asha(2, brackets=2).brackets == 2
+    for brackets in (3, 0):
+        with pytest.raises(StageError) as caught:
+            _asha(2, brackets=brackets)
+        assert str(caught.value) == (
+            f"--brackets {brackets}: the space 'seed' has 2 rung(s) here (2, 6 epochs) for trials to start at; "
+            "give 1 to 2"
+        )
+
+
 def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_first(store):
     worker = ContinuingWorker()
     strategy = _asha(6, brackets=2)
