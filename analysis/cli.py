@@ -194,7 +194,7 @@ def export_study(search, storage, experiment, name) -> None:
     where = tracking.resolve_experiment(client, experiment, create=False)
     runs = read_runs(client, [where.name])
     if search == "latest":
-        trials = trial_table(runs)
+        trials = trial_table(runs, every_status=True)  # a search whose trials all diverged is still one
         roots = search_roots(runs)
         roots = roots[roots["run_id"].isin(set(trials["search_run_id"]))]
         if roots.empty:
@@ -204,8 +204,10 @@ def export_study(search, storage, experiment, name) -> None:
         study = export(runs, search, storage, name=name or None)
     except ValueError as error:
         raise _Refused(str(error)) from None
-    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    states = [t.state.name for t in study.trials]
+    words = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
+    counts = ", ".join(f"{states.count(state)} {word}" for state, word in words.items())
     click.echo(
-        f"study {study.study_name!r}: {len(study.trials)} trials ({complete} complete) in {storage}; "
-        f"open it with optuna-dashboard {storage}"
+        f"study {study.study_name!r}: {len(study.trials)} trials ({counts}; user attr search_trial is the "
+        f"search's trial number) in {storage}; open it with optuna-dashboard {storage}"
     )

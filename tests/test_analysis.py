@@ -376,3 +376,58 @@ def test_the_interaction_figures_star_is_chosen_by_its_info_function(tmp_path):
     info = fanova.get_interaction_info(trials, importance)
     assert info["is_best"].tolist() == [False, False, True] and set(info["budget"]) == {6}
     assert fanova.render_interaction(info, tmp_path / "i.png", "t").stat().st_size > 0
+
+
+def test_export_study_keeps_a_diverged_trial_as_failed_under_its_search_number(store, tmp_path):
+    """The search's trial 0 diverges at its first rung and trial 1 goes on to the full budget: the exported study
+    holds both (trial 0 as FAIL, saying why), each mapped back by the user attr ``search_trial``, and the summary
+    line counts them. Once, trial 0 was left out and trial 1 became the study's trial 0."""
+    import optuna
+    from conftest import cli
+
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    def worker(task):
+        diverged = task.label == "trial 0 (2 epochs)"
+        return fold_result(task, 0.5 if diverged else 0.97, status="diverged" if diverged else "ok")
+
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+    search = OptunaSearch(SEED, n_trials=2, batch=2, seed=0, search_key="diverging")
+    run(campaign, search, worker=worker, with_model=False)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    proc = cli("export-study", "--experiment", "mnist", "--storage", storage)
+    assert proc.returncode == 0, proc.stderr
+    assert "study 'optuna:seed': 2 trials (1 complete, 0 pruned, 1 failed; user attr search_trial" in proc.stdout
+    study = optuna.load_study(study_name="optuna:seed", storage=storage)
+    by_number = {trial.user_attrs["search_trial"]: trial for trial in study.trials}
+    assert by_number[0].state.name == "FAIL" and by_number[0].user_attrs["status"] == "diverged"
+    assert by_number[0].intermediate_values == {}
+    assert by_number[1].state.name == "COMPLETE" and by_number[1].value == pytest.approx(0.97)
+    assert by_number[1].intermediate_values == {2: pytest.approx(0.97), 6: pytest.approx(0.97)}
+
+
+def test_a_trial_that_diverges_at_its_last_rung_is_failed_with_the_rungs_before():
+    """Healthy at 2 epochs, diverged at 6: FAIL, with the 2-epoch mean as its intermediate value."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from analysis.studies import add_trials
+
+    trials = pd.DataFrame(
+        {
+            "search_run_id": "s",
+            "search": "asha:seed",
+            "trial": [3, 3],
+            "mean": [0.96, 0.11],
+            "budget": [2, 6],
+            "complete": [False, True],
+            "status": ["ok", "diverged"],
+            "optimizer": ["SGD", "SGD"],
+        }
+    )
+    study = optuna.create_study(direction="maximize")
+    assert add_trials(study, trials, {"optimizer": CategoricalDistribution(["SGD", "Adam"])}) == 1
+    (trial,) = study.trials
+    assert trial.state.name == "FAIL" and trial.value is None and trial.intermediate_values == {2: 0.96}
+    assert trial.user_attrs == {"search_trial": 3, "status": "diverged"} and trial.params == {"optimizer": "SGD"}
