@@ -431,3 +431,23 @@ def test_a_trial_that_diverges_at_its_last_rung_is_failed_with_the_rungs_before(
     (trial,) = study.trials
     assert trial.state.name == "FAIL" and trial.value is None and trial.intermediate_values == {2: 0.96}
     assert trial.user_attrs == {"search_trial": 3, "status": "diverged"} and trial.params == {"optimizer": "SGD"}
+
+
+def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
+    """A search of two trials is too small for importance and its interaction: `analyze` says so in lines of its
+    own kind (``warning: ...``), not as Python's ``report.py:136: UserWarning:`` and the source line under it."""
+    from conftest import cli
+
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+    search = OptunaSearch(SEED, n_trials=2, batch=2, seed=0, search_key="small")
+    run(campaign, search, worker=lambda task: fold_result(task, 0.97), with_model=False)
+    proc = cli("analyze", "--no-log", "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "warning: fewer than 4 trials: no importance yet" in lines, proc.stderr
+    assert "warning: fewer than two parameters with importance: no interaction to show" in lines, proc.stderr
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr and "figures[" not in proc.stderr
+    assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
