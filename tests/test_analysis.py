@@ -451,3 +451,19 @@ def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
     assert "warning: fewer than two parameters with importance: no interaction to show" in lines, proc.stderr
     assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr and "figures[" not in proc.stderr
     assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
+
+
+def test_the_figure_stores_tool_takes_help_and_refuses_a_missing_folder(tmp_path):
+    """`tools/analysis_figure_stores.py --help` prints its usage and writes nothing (it once took --help for the
+    output folder and wrote both stores into ./--help); without a folder it says what is missing, in one line."""
+    from conftest import ROOT, python
+
+    script = str(ROOT / "tools" / "analysis_figure_stores.py")
+    helped = python(script, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: analysis_figure_stores.py [-h] out")
+    assert "Two synthetic stores" in helped.stdout
+    missing = python(script, cwd=tmp_path)
+    assert missing.returncode == 2 and "the following arguments are required: out" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not list(tmp_path.iterdir())
