@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -228,6 +229,20 @@ BAD_INPUTS = [
     ),  # fmt: skip
     ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
+
+
+def test_the_docs_count_the_bad_inputs_the_suite_has():
+    """README and docs/guarantees.md give the number of cases above: it is the table's length."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    guarantees = " ".join((ROOT / "docs" / "guarantees.md").read_text().split())
+    counted = [
+        *re.findall(r"A mistake \((\d+) cases", readme),
+        *re.findall(r"The suite's (\d+) cases \(`BAD_INPUTS`", readme),
+        *re.findall(r"The (\d+) cases of `BAD_INPUTS`", guarantees),
+    ]
+    assert counted == [str(len(BAD_INPUTS))] * 3, counted
 
 
 def test_python_m_analysis_gets_the_same_one_line_errors(tmp_path):
