@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -129,6 +129,21 @@ def check_stage_run(client, run_id: str) -> None:
         raise ValueError(f"--stage-run {run_id} is a {level} run, not a search run: pass the id of a search (a stage)")
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(echo: Callable[[str], None]) -> Iterator[None]:
+    """Warnings raised meanwhile (a figure drawn empty: too few trials, no finished steps) print as the tool's
+    other messages do, one line each (``warning: ...``), not as Python's file:line, category and source line.
+    The Python API (:func:`analyze_api`) leaves them Python warnings, for its caller to filter or catch."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        echo("warning: " + " ".join(str(message).split()))
+
+    with warnings.catch_warnings():  # restores Python's own showwarning on the way out
+        warnings.showwarning = show
+        yield
+
+
 @click.command()
 @click.option(
     "--experiment",
@@ -154,7 +169,10 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
         click.echo(message, err=True)
 
     try:
-        report = analyze_api(experiments=experiments, out=out, stage_run=stage_run, log=log, rope=rope, notify=notify)
+        with _warnings_as_lines(notify):
+            report = analyze_api(
+                experiments=experiments, out=out, stage_run=stage_run, log=log, rope=rope, notify=notify
+            )
     except ValueError as error:
         raise _Refused(str(error)) from None
     for row in report.verdicts.itertuples():
@@ -194,7 +212,7 @@ def export_study(search, storage, experiment, name) -> None:
     where = tracking.resolve_experiment(client, experiment, create=False)
     runs = read_runs(client, [where.name])
     if search == "latest":
-        trials = trial_table(runs)
+        trials = trial_table(runs, every_status=True)  # a search whose trials all diverged is still one
         roots = search_roots(runs)
         roots = roots[roots["run_id"].isin(set(trials["search_run_id"]))]
         if roots.empty:
@@ -204,8 +222,10 @@ def export_study(search, storage, experiment, name) -> None:
         study = export(runs, search, storage, name=name or None)
     except ValueError as error:
         raise _Refused(str(error)) from None
-    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    states = [t.state.name for t in study.trials]
+    words = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
+    counts = ", ".join(f"{states.count(state)} {word}" for state, word in words.items())
     click.echo(
-        f"study {study.study_name!r}: {len(study.trials)} trials ({complete} complete) in {storage}; "
-        f"open it with optuna-dashboard {storage}"
+        f"study {study.study_name!r}: {len(study.trials)} trials ({counts}; user attr search_trial is the "
+        f"search's trial number) in {storage}; open it with optuna-dashboard {storage}"
     )

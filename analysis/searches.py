@@ -24,7 +24,7 @@ SEARCH_COLUMNS = [
     "fold_epochs",
     "minutes",
 ]
-TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete"]
+TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete", "status"]
 
 
 def _tag(name: str) -> str:
@@ -114,10 +114,11 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SEARCH_COLUMNS)
 
 
-def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
+def trial_table(runs: pd.DataFrame, *, every_status: bool = False) -> pd.DataFrame:
     """Every evaluated (trial, rung) of Optuna searches: sampled values, the rung's epochs, its mean CV accuracy,
-    and whether it was the full budget (``complete``). Pruned trials stop at a low rung; their rows there still
-    say which values lost early."""
+    whether it was the full budget (``complete``) and the candidate's ``status``. Pruned trials stop at a low rung;
+    their rows there still say which values lost early. A rung whose candidate is not healthy (diverged, failed,
+    unstable: its mean ranks nothing) is left out, unless ``every_status``: `export-study` keeps every trial."""
     if _tag(schema.SAMPLED) not in runs:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     rows = []
@@ -126,7 +127,8 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
         trials = below[below[_tag(schema.SAMPLED)].notna() & (below["status"] == "FINISHED")]
         for _, trial in trials.iterrows():
             record = schema.CandidateTags.parse(schema.tags_of_row(trial))
-            if trial.get(_tag(schema.STATUS), "ok") != "ok" or record.trial is None:
+            status = trial.get(_tag(schema.STATUS), "ok")
+            if record.trial is None or (status != "ok" and not every_status):
                 continue
             rows.append(
                 {
@@ -136,6 +138,7 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "mean": trial[_metric(schema.MEAN_HELDOUT_ACCURACY)],
                     "budget": record.rung.budget if record.rung else int(trial.get(_param(schema.EPOCHS)) or 0),
                     "complete": record.rung is None or record.rung.counts,
+                    "status": status if isinstance(status, str) else "unknown",  # a run without the tag
                     **record.sampled,
                 }
             )

@@ -3,8 +3,10 @@
 A search's trials (every rung each trial reached, with its sampled values: :func:`analysis.searches.trial_table`)
 become one study: a trial that reached the full budget is COMPLETE with its mean CV accuracy there, one that
 stopped lower is PRUNED; either way its rungs are its intermediate values (step = epochs). Exported to an Optuna
-storage (``mlflow-mnist export-study``), optuna-dashboard and ``optuna.load_study`` open it; in the report,
-``optuna.visualization.matplotlib`` draws its history, parallel coordinates and slices.
+storage (``mlflow-mnist export-study``), every trial is kept: one whose last rung diverged or failed is FAIL (user
+attr ``status``), and each keeps the search's trial number as the user attr ``search_trial``, since Optuna numbers
+them anew. optuna-dashboard and ``optuna.load_study`` open it; in the report, ``optuna.visualization.matplotlib``
+draws its history, parallel coordinates and slices from the healthy trials.
 """
 
 from __future__ import annotations
@@ -19,25 +21,39 @@ from analysis._plotting import empty, save
 
 
 def add_trials(study, trials: pd.DataFrame, distributions: dict) -> int:
-    """Tell ``study`` every trial of one search in ``trials``; returns how many."""
+    """Tell ``study`` every trial of one search in ``trials``; returns how many.
+
+    Optuna numbers the trials it is told 0, 1, ... in turn, so each keeps the search's own number as the user
+    attr ``search_trial``. A trial whose last rung is healthy is COMPLETE (at the full budget, its mean there) or
+    PRUNED; one whose last rung diverged, failed or has no mean is FAIL, with the user attr ``status`` saying
+    which. Its healthy rungs are its intermediate values (step = epochs)."""
     import optuna
 
     names = [name for name in distributions if name in trials]
     told = 0
-    for _, rows in trials.sort_values(["trial", "budget"]).groupby("trial", sort=True):
-        values = {int(r.budget): float(r.mean) for r in rows.itertuples() if math.isfinite(r.mean)}
-        if not values:
-            continue
-        first = rows.iloc[0]
+    for number, rows in trials.sort_values(["trial", "budget"]).groupby("trial", sort=True):
+        healthy = rows[rows["status"] == "ok"] if "status" in rows else rows
+        values = {int(r.budget): float(r.mean) for r in healthy.itertuples() if math.isfinite(r.mean)}
+        first, last = rows.iloc[0], rows.iloc[-1]
         params = {name: first[name] for name in names if not _missing(first[name])}
-        complete = bool(rows["complete"].any())
+        status = str(last["status"]) if "status" in rows else "ok"
+        scored = status == "ok" and int(last["budget"]) in values
+        complete = scored and bool(last["complete"])
+        if scored:
+            state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED
+        else:
+            state = optuna.trial.TrialState.FAIL
+        attrs = {"search_trial": int(number)}
+        if not scored:
+            attrs["status"] = status if status != "ok" else "no mean accuracy"
         study.add_trial(
             optuna.trial.create_trial(
                 params=params,
                 distributions={name: distributions[name] for name in params},
-                value=values[max(values)] if complete else None,
+                value=values[int(last["budget"])] if complete else None,
                 intermediate_values=values,
-                state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.PRUNED,
+                state=state,
+                user_attrs=attrs,
             )
         )
         told += 1
@@ -159,10 +175,11 @@ def build_study(trials: pd.DataFrame, distributions: dict, *, name: str = "searc
 
 
 def export_study(runs: pd.DataFrame, search_run_id: str, storage: str, *, name: str | None = None):
-    """Write the search ``search_run_id`` of ``runs`` (``analysis.store.read_runs``) into an Optuna storage."""
+    """Write the search ``search_run_id`` of ``runs`` (``analysis.store.read_runs``) into an Optuna storage, every
+    trial of it (:func:`add_trials`)."""
     from analysis.searches import search_spaces, trial_table
 
-    trials = trial_table(runs)
+    trials = trial_table(runs, every_status=True)  # a diverged or failed trial is a FAIL trial, not left out
     trials = trials[trials["search_run_id"] == search_run_id]
     if trials.empty:
         raise ValueError(f"run {search_run_id} is not a joint search with trials: pass a search run's id or 'latest'")

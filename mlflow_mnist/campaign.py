@@ -144,7 +144,8 @@ class Campaign:
         if folds < 2:
             raise HyperparameterError(f"folds={folds}: cross-validation needs at least 2 folds")
         if not 0 <= seed <= MAX_SEED:
-            raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed a smaller whole number")
+            fix = "0 or a larger whole number" if seed < 0 else "a smaller whole number"
+            raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed {fix}")
         tracking.check_experiment_name(experiment)
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, EPOCHS: epochs, **parsed_overrides})

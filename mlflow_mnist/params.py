@@ -47,11 +47,18 @@ def check_number(key: str, value: Any, kind: type, low: float, high: float | Non
     return number
 
 
+# The pair forms a user types: "5", "5x5", "5,5" and "(5, 5)", spaces allowed around the numbers; anything more
+# (a trailing "x", unbalanced or doubled parentheses) is a typo to refuse, not to read past.
+_PAIR_TEXT = re.compile(r"\s*(?:(\d+)|(\d+)\s*[x,]\s*(\d+)|\(\s*(\d+)\s*,\s*(\d+)\s*\))\s*")
+
+
 def as_pair(key: str, value: Any) -> tuple[int, int]:
-    """(5, 5), [5, 5], 5, "(5, 5)", "5x5" -> (5, 5)."""
+    """(5, 5), [5, 5], 5, "5", "(5, 5)", "5,5", "5x5" -> (5, 5); a string of any other form is refused."""
     parts = value
     if isinstance(value, str):
-        parts = [p for p in value.replace("(", "").replace(")", "").replace("x", ",").split(",") if p.strip()]
+        match = _PAIR_TEXT.fullmatch(value)
+        numbers = [number for number in match.groups() if number is not None] if match else []
+        parts = numbers * 2 if len(numbers) == 1 else numbers
     elif isinstance(value, int):
         parts = (value, value)
     try:

@@ -376,3 +376,94 @@ def test_the_interaction_figures_star_is_chosen_by_its_info_function(tmp_path):
     info = fanova.get_interaction_info(trials, importance)
     assert info["is_best"].tolist() == [False, False, True] and set(info["budget"]) == {6}
     assert fanova.render_interaction(info, tmp_path / "i.png", "t").stat().st_size > 0
+
+
+def test_export_study_keeps_a_diverged_trial_as_failed_under_its_search_number(store, tmp_path):
+    """The search's trial 0 diverges at its first rung and trial 1 goes on to the full budget: the exported study
+    holds both (trial 0 as FAIL, saying why), each mapped back by the user attr ``search_trial``, and the summary
+    line counts them. Once, trial 0 was left out and trial 1 became the study's trial 0."""
+    import optuna
+    from conftest import cli
+
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    def worker(task):
+        diverged = task.label == "trial 0 (2 epochs)"
+        return fold_result(task, 0.5 if diverged else 0.97, status="diverged" if diverged else "ok")
+
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+    search = OptunaSearch(SEED, n_trials=2, batch=2, seed=0, search_key="diverging")
+    run(campaign, search, worker=worker, with_model=False)
+    storage = f"sqlite:///{tmp_path}/study.db"
+    proc = cli("export-study", "--experiment", "mnist", "--storage", storage)
+    assert proc.returncode == 0, proc.stderr
+    assert "study 'optuna:seed': 2 trials (1 complete, 0 pruned, 1 failed; user attr search_trial" in proc.stdout
+    study = optuna.load_study(study_name="optuna:seed", storage=storage)
+    by_number = {trial.user_attrs["search_trial"]: trial for trial in study.trials}
+    assert by_number[0].state.name == "FAIL" and by_number[0].user_attrs["status"] == "diverged"
+    assert by_number[0].intermediate_values == {}
+    assert by_number[1].state.name == "COMPLETE" and by_number[1].value == pytest.approx(0.97)
+    assert by_number[1].intermediate_values == {2: pytest.approx(0.97), 6: pytest.approx(0.97)}
+
+
+def test_a_trial_that_diverges_at_its_last_rung_is_failed_with_the_rungs_before():
+    """Healthy at 2 epochs, diverged at 6: FAIL, with the 2-epoch mean as its intermediate value."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from analysis.studies import add_trials
+
+    trials = pd.DataFrame(
+        {
+            "search_run_id": "s",
+            "search": "asha:seed",
+            "trial": [3, 3],
+            "mean": [0.96, 0.11],
+            "budget": [2, 6],
+            "complete": [False, True],
+            "status": ["ok", "diverged"],
+            "optimizer": ["SGD", "SGD"],
+        }
+    )
+    study = optuna.create_study(direction="maximize")
+    assert add_trials(study, trials, {"optimizer": CategoricalDistribution(["SGD", "Adam"])}) == 1
+    (trial,) = study.trials
+    assert trial.state.name == "FAIL" and trial.value is None and trial.intermediate_values == {2: 0.96}
+    assert trial.user_attrs == {"search_trial": 3, "status": "diverged"} and trial.params == {"optimizer": "SGD"}
+
+
+def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
+    """A search of two trials is too small for importance and its interaction: `analyze` says so in lines of its
+    own kind (``warning: ...``), not as Python's ``report.py:136: UserWarning:`` and the source line under it."""
+    from conftest import cli
+
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+    search = OptunaSearch(SEED, n_trials=2, batch=2, seed=0, search_key="small")
+    run(campaign, search, worker=lambda task: fold_result(task, 0.97), with_model=False)
+    proc = cli("analyze", "--no-log", "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "warning: fewer than 4 trials: no importance yet" in lines, proc.stderr
+    assert "warning: fewer than two parameters with importance: no interaction to show" in lines, proc.stderr
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr and "figures[" not in proc.stderr
+    assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
+
+
+def test_the_figure_stores_tool_takes_help_and_refuses_a_missing_folder(tmp_path):
+    """`tools/analysis_figure_stores.py --help` prints its usage and writes nothing (it once took --help for the
+    output folder and wrote both stores into ./--help); without a folder it says what is missing, in one line."""
+    from conftest import ROOT, python
+
+    script = str(ROOT / "tools" / "analysis_figure_stores.py")
+    helped = python(script, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: analysis_figure_stores.py [-h] out")
+    assert "Two synthetic stores" in helped.stdout
+    missing = python(script, cwd=tmp_path)
+    assert missing.returncode == 2 and "the following arguments are required: out" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert not list(tmp_path.iterdir())

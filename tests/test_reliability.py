@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -98,10 +99,16 @@ BAD_INPUTS = [
     ("unknown initializer", ["--overrides", "init_mode_2=ones"], {}, "init_mode_2='ones' is not one of"),
     ("unknown optimizer", ["--overrides", "optimizer=LBFGS"], {}, "optimizer='LBFGS' is not one of"),
     ("kernel too large", ["--overrides", "kernel_size=(15,15)"], {}, "too large for a 28x28 image"),
+    ("a pair with a stray letter", ["--overrides", "kernel_size=(5,5)x"], {}, "kernel_size='(5,5)x' must be a pair"),
     ("epochs 0", ["--epochs", "0"], {}, "epochs=0 must be at least 1"),
     ("one fold", ["--folds", "1"], {}, "at least 2 folds"),
-    ("negative seed", ["--seed", "-1"], {}, "seed=-1 must be 0 to 2147483647"),
-    ("seed past 32 bits", ["final", "--seed", "4294967296"], {}, "seed=4294967296 must be 0 to 2147483647"),
+    ("negative seed", ["--seed", "-1"], {}, "seed=-1 must be 0 to 2147483647: give --seed 0 or a larger whole"),
+    (
+        "seed past 32 bits",
+        ["final", "--seed", "4294967296"],
+        {},
+        "seed=4294967296 must be 0 to 2147483647: give --seed a smaller whole number",
+    ),
     ("more folds than images", ["--folds", "301"], {}, "folds=301 is more than the 300 training examples of class 2"),
     ("repeated digit", ["--digits", "2,2"], {}, "repeats a digit"),
     ("digit 11", ["--digits", "11"], {}, "must each be 0-9"),
@@ -174,6 +181,12 @@ BAD_INPUTS = [
         {},
         "--min-epochs 7: the space 'seed' trains at most 6 epochs",
     ),
+    (
+        "more brackets than rungs",
+        ["--stage", "", "--strategy", "asha", "--space", "seed", "--brackets", "4"],
+        {},
+        "--brackets 4: the space 'seed' has 3 rung(s) here (1, 3, 6 epochs) for trials to start at; give 1 to 3",
+    ),
     ("unsupported store", [], {"MLFLOW_TRACKING_URI": "ftp://u:pw@127.0.0.1/m"}, "no store for 'ftp' URIs"),
     ("a bare path as the store", [], {"MLFLOW_TRACKING_URI": "{readonly}/m.db"}, "is a folder store (MLflow's file"),
     (
@@ -216,6 +229,20 @@ BAD_INPUTS = [
     ),  # fmt: skip
     ("configs above seeds", ["final", "--configs", "3", "--repeats", "2", "--search", "latest"], {}, "--repeats 3"),
 ]
+
+
+def test_the_docs_count_the_bad_inputs_the_suite_has():
+    """README and docs/guarantees.md give the number of cases above: it is the table's length."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    guarantees = " ".join((ROOT / "docs" / "guarantees.md").read_text().split())
+    counted = [
+        *re.findall(r"A mistake \((\d+) cases", readme),
+        *re.findall(r"The suite's (\d+) cases \(`BAD_INPUTS`", readme),
+        *re.findall(r"The (\d+) cases of `BAD_INPUTS`", guarantees),
+    ]
+    assert counted == [str(len(BAD_INPUTS))] * 3, counted
 
 
 def test_python_m_analysis_gets_the_same_one_line_errors(tmp_path):

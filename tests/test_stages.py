@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mlflow_mnist.params import HyperparameterError, StageError
@@ -28,6 +30,20 @@ def test_stage_names_users_type():
         steps_of("neuron")
 
 
+def test_the_unknown_stage_hint_gives_a_step_that_is_not_a_stage(monkeypatch):
+    """The hint's example step is one the list of stages does not already show (mnist's last step, epochs, is
+    also a stage); a task whose steps are all stages gets no example."""
+    with pytest.raises(StageError) as caught:
+        steps_of("nosuch")
+    assert str(caught.value).endswith("epochs, all (or a step such as neurons_3)")
+    with pytest.raises(StageError, match=r"\(or a step such as dropout_rate\)$"):
+        get_task("digits").steps_of("nosuch")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "examples" / "cancer_task"))
+    with pytest.raises(StageError) as caught:
+        get_task("cancer_task:CancerTask").steps_of("nosuch")
+    assert str(caught.value) == "unknown stage 'nosuch': choose one of units, learn_rate, all"
+
+
 def test_candidates_keep_the_seeds_order():
     epochs = steps_of("epochs")[0].candidates()
     assert epochs == [{"epochs": 20, "batch_size": b} for b in (20, 40, 60)]
@@ -44,6 +60,20 @@ def test_parse_overrides():
     }
     assert parse_overrides("pool_size=2x2") == {"pool_size": (2, 2)}
     assert parse_overrides("") == {}
+
+
+@pytest.mark.parametrize("text", ["5", "5x5", "5 x 5", "5,5", "(5, 5)", "(5,5)", "[5, 5]"])
+def test_every_pair_form_the_docs_show_is_read_as_the_pair(text):
+    overrides = parse_overrides(f"neurons_3=10,kernel_size={text}")
+    assert MNIST.validate({**MNIST.start, **overrides})["kernel_size"] == (5, 5)
+
+
+@pytest.mark.parametrize("text", ["(5,5)x", "5x5x", "(((5,5", "x5x5", "5,,5", "(5x5", "5x5junk", "(5,5) junk 7"])
+def test_a_pair_with_stray_characters_is_refused_not_read_past(text):
+    overrides = parse_overrides(f"kernel_size={text}")
+    with pytest.raises(HyperparameterError, match=r"must be a pair of positive integers such as \(3, 3\)") as caught:
+        MNIST.validate({**MNIST.start, **overrides})
+    assert f"kernel_size={text!r}" in str(caught.value)
 
 
 @pytest.mark.parametrize(

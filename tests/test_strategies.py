@@ -146,6 +146,36 @@ def test_optuna_prunes_and_names_its_best_trial(store):
     assert set(worker.trained.values()) == {1}
 
 
+def _named_numbers(label: str) -> list[int]:
+    """The numbers a progress label such as ``trials 0-2, 5 rung 2: 6 epochs`` names, ranges written out."""
+    numbers: list[int] = []
+    for part in label.split(" rung ")[0].split(" ", 1)[1].split(", "):
+        low, _, high = part.partition("-")
+        numbers += range(int(low), int(high or low) + 1)
+    return numbers
+
+
+def test_numbered_writes_a_range_only_where_every_number_is_there():
+    from mlflow_mnist.strategies.base import numbered
+
+    assert numbered("trial", [1]) == "trial 1"
+    assert numbered("trial", [3, 0]) == "trials 0, 3"
+    assert numbered("trial", range(4)) == "trials 0-3"
+    assert numbered("trial", [5, 0, 1, 2]) == "trials 0-2, 5"
+    assert numbered("sample", [4]) == "sample 4"
+
+
+def test_optuna_names_each_rung_by_the_trials_it_trains(store):
+    """From rung 2 on a batch holds its survivors only: the progress line names them, not the batch's first
+    numbers (trials 5 and 6 of the batch 4-7 go on here, which once read "trials 4-5")."""
+    outcome = search(store, OptunaSearch(SEED, n_trials=8, batch=4, seed=0, search_key="k1"), Worker())
+    names = [group.group.name for group in outcome.groups]
+    assert names[0] == "trials 0-3 rung 1: 2 epochs" and "trials 5-6 rung 2: 6 epochs" in names
+    for group in outcome.groups:
+        trained = [int(row["candidate"].split()[1]) for row in group.rows]
+        assert _named_numbers(group.group.name) == trained, group.group.name
+
+
 def test_a_killed_optuna_search_resumes_from_the_store_and_trains_nothing_twice(store):
     first = Worker(stop_after=20)
     with pytest.raises(KeyboardInterrupt):
@@ -503,6 +533,19 @@ def test_asha_gives_a_free_worker_a_due_promotion_at_once_after_the_last_trial_i
     }
     assert any(waiting for _, waiting in executor.waits)
     assert not [busy for busy, waiting in executor.waits if waiting and busy < 2]
+
+
+def test_asha_refuses_more_brackets_than_rungs_to_start_at():
+    """Over ``seed`` (rungs at 2 and 6 epochs) a third bracket would have no rung to start at: refused, not cut
+    to two, so the search the user asked for is never silently another one."""
+    assert _asha(2, brackets=2).brackets == 2
+    for brackets in (3, 0):
+        with pytest.raises(StageError) as caught:
+            _asha(2, brackets=brackets)
+        assert str(caught.value) == (
+            f"--brackets {brackets}: the space 'seed' has 2 rung(s) here (2, 6 epochs) for trials to start at; "
+            "give 1 to 2"
+        )
 
 
 def test_asha_brackets_start_trials_at_different_rungs_and_warm_start_comes_first(store):

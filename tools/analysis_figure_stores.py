@@ -12,8 +12,8 @@ sample: the same 18 steps as a 1-epoch 2-fold run on the sample: accuracies near
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +76,14 @@ def make(uri: str, score, *, folds: int, epochs: int, lost: bool) -> None:
         client.delete_run(runs[0].info.run_id)  # one fold that never finished
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "out",
+        type=Path,
+        help="folder to write campaign/ and sample/ into (made where missing; a store already in one is reused)",
+    )
+    out = parser.parse_args(argv).out
     for name, score, folds, epochs, lost in (
         ("campaign", campaign_score, 3, 6, True),
         ("sample", sample_score, 2, 1, False),
@@ -90,3 +96,7 @@ if __name__ == "__main__":
         report = build_report(tracking.connect(uri), ["mnist"], folder / "report")
         print(name, report.html_path)
         print(report.verdicts[["step", "verdict", "reference_state", "sentence"]].to_string())
+
+
+if __name__ == "__main__":
+    main()

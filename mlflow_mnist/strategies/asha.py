@@ -187,7 +187,13 @@ class AsyncHalving:
         # Stops where nothing is decided: bracket b still starts at stop b (the checkpoints follow the last rung
         # below the top, so a top bracket starts at the first checkpoint and goes on from there).
         self.checkpoints = range(len(rungs) - 1, len(self.budgets) - 1)
-        self.brackets = max(1, min(brackets, len(rungs)))
+        # A bracket starts its trials at one of the rungs: there are no more brackets than rungs to start at.
+        if not 1 <= brackets <= len(rungs):
+            raise StageError(
+                f"--brackets {brackets}: the space {space.name!r} has {len(rungs)} rung(s) here "
+                f"({', '.join(map(str, rungs))} epochs) for trials to start at; give 1 to {len(rungs)}"
+            )
+        self.brackets = brackets
         if promotion not in PROMOTION_RULES:
             raise StageError(f"unknown promotion rule {promotion!r}: choose one of {', '.join(PROMOTION_RULES)}")
         self.promotion = promotion

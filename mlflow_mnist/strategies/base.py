@@ -7,7 +7,7 @@ Python API and ``Campaign`` wire any registered strategy without knowing which i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -94,3 +94,18 @@ class Strategy(Protocol):
     def from_request(cls, request: SearchRequest) -> Strategy: ...
 
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None: ...
+
+
+def numbered(noun: str, numbers: Iterable[int]) -> str:
+    """A group's name from the numbers of its members: ``trial 1``, ``trials 0-3``, ``trials 0, 3``,
+    ``trials 0-2, 5``. A pruned batch's survivors need not be contiguous, so a range is written only where every
+    number in it is there."""
+    ordered = sorted(set(numbers))
+    spans: list[list[int]] = []
+    for number in ordered:
+        if spans and number == spans[-1][-1] + 1:
+            spans[-1].append(number)
+        else:
+            spans.append([number])
+    written = ", ".join(str(span[0]) if len(span) == 1 else f"{span[0]}-{span[-1]}" for span in spans)
+    return f"{noun}{'' if len(ordered) == 1 else 's'} {written}"

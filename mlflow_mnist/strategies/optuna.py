@@ -30,7 +30,7 @@ from mlflow_mnist.params import Params
 from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest
+from mlflow_mnist.strategies.base import Evaluate, SearchRequest, numbered
 from mlflow_mnist.strategies.sampling import resumed_seed
 
 
@@ -135,7 +135,7 @@ class OptunaSearch:
             told += 1
         return told
 
-    def _evaluate(self, evaluate: Evaluate, trials: list, budget: int, rung: int, first: int) -> list[dict]:
+    def _evaluate(self, evaluate: Evaluate, trials: list, budget: int, rung: int) -> list[dict]:
         specs = [
             Spec(
                 self.space.config(t.params, epochs=budget, overrides=self.overrides),
@@ -147,7 +147,7 @@ class OptunaSearch:
             for t in trials
         ]
         group = Group(
-            name=f"trials {first}-{first + len(trials) - 1} rung {rung}: {budget} epochs",
+            name=f"{numbered('trial', (t.number for t in trials))} rung {rung}: {budget} epochs",
             step=self.search_name,
             varied=self.space.names,
             own_run=False,
@@ -164,9 +164,8 @@ class OptunaSearch:
         done = self.remember(study, past)
         while done < self.n_trials:
             trials = [study.ask(self.space.distributions) for _ in range(min(self.batch, self.n_trials - done))]
-            first = trials[0].number
             for rung, budget in enumerate(self.budgets, start=1):
-                rows = self._evaluate(evaluate, trials, budget, rung, first)
+                rows = self._evaluate(evaluate, trials, budget, rung)
                 values = [row["mean_test_score"] if row["status"] == "ok" else 0.0 for row in rows]
                 for trial, value in zip(trials, values, strict=True):
                     trial.report(value, budget)

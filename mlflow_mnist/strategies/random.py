@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from mlflow_mnist.planning import Group, StoreState
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest
+from mlflow_mnist.strategies.base import Evaluate, SearchRequest, numbered
 from mlflow_mnist.strategies.sampling import sample_configs
 
 
@@ -49,7 +49,7 @@ class RandomSearch:
         for first in range(0, len(specs), self.batch):
             batch = specs[first : first + self.batch]
             group = Group(
-                name=f"samples {first}-{first + len(batch) - 1}",
+                name=numbered("sample", range(first, first + len(batch))),
                 step=self.search_name,
                 varied=self.space.names,
                 own_run=False,

@@ -242,9 +242,10 @@ class Task:
             return [self.get_step(stage)]
         if not self.steps:
             raise StageError(f"task {self.name} has no staged steps: use --strategy halving, optuna or random")
-        raise StageError(
-            f"unknown stage {stage!r}: choose one of {', '.join(self.stages)} (or a step such as {self.steps[-1].name})"
-        )
+        # The example step must be one the stage list does not already name, or it shows nothing new.
+        step_only = [step.name for step in self.steps if step.name not in self.stages]
+        example = f" (or a step such as {step_only[-1]})" if step_only else ""
+        raise StageError(f"unknown stage {stage!r}: choose one of {', '.join(self.stages)}{example}")
 
     def get_space(self, name: str = "") -> Space:
         """The named space, or the task's default one."""
