@@ -243,7 +243,7 @@ def test_a_store_made_before_tasks_resumes_with_nothing_retrained(tmp_path, monk
     import sqlite3
 
     import mlflow_mnist
-    from mlflow_mnist import registry, tracking
+    from mlflow_mnist import candidate, tracking
 
     db = tmp_path / "mlflow.db"
     with gzip.open(ROOT / "tests" / "data" / "legacy_store.db.gz") as packed, db.open("wb") as out:
@@ -269,7 +269,7 @@ def test_a_store_made_before_tasks_resumes_with_nothing_retrained(tmp_path, monk
     # The old final's task tag ("2v7") reads as the mnist task with classes 2 and 7.
     client = tracking.connect()
     final = tracking.latest_final_run(client, client.get_experiment_by_name("legacy").experiment_id)
-    assert registry.final_task(final) == TaskRef("mnist", "2v7")
+    assert candidate.final_task(final) == TaskRef("mnist", "2v7")
 
 
 def test_help_names_the_variable_that_sets_the_task():
