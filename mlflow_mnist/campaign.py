@@ -43,6 +43,7 @@ from mlflow_mnist.schema import (
     EPOCHS,
     FOLD_KEY,
     LOCK_TOKEN,
+    LOGGED_MODEL_ID,
     N_FOLDS,
     PRECISION,
     SETTINGS_KEY,
@@ -287,8 +288,9 @@ class Campaign:
             max_results=5,
         )
         for run in runs:
-            for output in run.outputs.model_outputs if run.outputs else []:
-                return tracking.logged_model_files(self.client, output.model_id)
+            if model_id := tracking.run_model_id(run):  # as the fold recorded it: others can add model outputs
+                recorded = LOGGED_MODEL_ID in run.data.params
+                return tracking.logged_model_files(self.client, model_id, require_digest=recorded)
         return None
 
     def worker_data(self) -> DataRef | Dataset:

@@ -44,6 +44,7 @@ from mlflow_mnist.schema import (
     FINAL_LEVEL,
     FINAL_SEED_LEVEL,
     LEVEL,
+    LOGGED_MODEL_ID,
     MEDIAN_ACCURACY,
     MEDIAN_KIND,
     MEDIAN_MODEL,
@@ -92,6 +93,7 @@ class Candidate:
     kind: str = MEDIAN_KIND
     members: tuple[str, ...] = ()  # the ensemble's: the seed runs whose models it must hold, no other
     files_sha256: str | None = None  # the model's model_sha256 param: its files' digest when the final logged them
+    recorded: bool = False  # its run recorded it as its own (logged_model_id): made by a version that logs a digest
 
     @property
     def run_id(self) -> str:
@@ -310,6 +312,7 @@ def read_candidate(client, final) -> Candidate:
             f"final run {final_id}"
         )
     _made_while_open(model, final)
+    recorded = _check_recorded(client, seed_id, model_id, final_id)
     accuracy = seeds[seed_id]
     lower_middle = sorted(seeds.values())[(len(seeds) - 1) // 2]
     median = logged_while_open(client, final_id, MEDIAN_ACCURACY, end)
@@ -320,7 +323,7 @@ def read_candidate(client, final) -> Candidate:
         )
     return Candidate(
         final, seed_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""),
-        files_sha256=model.params.get(MODEL_SHA256),
+        files_sha256=model.params.get(MODEL_SHA256), recorded=recorded,
     )  # fmt: skip
 
 
@@ -345,11 +348,22 @@ def read_ensemble(client, final) -> Candidate:
     if model.source_run_id != final_id or str(model.experiment_id) != str(final.info.experiment_id):
         raise _tampered(f"model {model_id} was logged by run {model.source_run_id}, not by final run {final_id}")
     _made_while_open(model, final)
+    recorded = _check_recorded(client, final_id, model_id, final_id)
     accuracy = logged_while_open(client, final_id, ENSEMBLE_ACCURACY, final_end(final))
     return Candidate(
         final, final_id, model_id, accuracy, final_task(final), tags.get(TEST_DIGEST, ""), ENSEMBLE_KIND, tuple(seeds),
-        files_sha256=model.params.get(MODEL_SHA256),
+        files_sha256=model.params.get(MODEL_SHA256), recorded=recorded,
     )  # fmt: skip
+
+
+def _check_recorded(client, run_id: str, model_id: str, final_id: str) -> bool:
+    """Whether ``run_id`` recorded the model it logged (``logged_model_id``, written once); if so, it must be
+    ``model_id``: a model anyone created naming the run as its source while the final was open, with files of
+    their own, would otherwise pass for the final's. Runs of versions before the record: False."""
+    recorded = client.get_run(run_id).data.params.get(LOGGED_MODEL_ID)
+    if recorded is not None and recorded != model_id:
+        raise _tampered(f"final run {final_id}'s tag names model {model_id}, but run {run_id} logged model {recorded}")
+    return recorded is not None
 
 
 def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> None:
@@ -368,15 +382,22 @@ def _check_ensemble_files(client, candidate: Candidate, copy: LocalModel) -> Non
     )
     seeds = []
     for run_id in candidate.members:
-        for seed_model in client.search_logged_models(
-            experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
-        ):
+        recorded = client.get_run(run_id).data.params.get(LOGGED_MODEL_ID)
+        if recorded is not None:  # the seed's own model, as it recorded it: models others made do not count
+            seed_models = [client.get_logged_model(recorded)]
+        else:  # a seed of a version before the record: the models naming it, made while the final was open
+            seed_models = client.search_logged_models(
+                experiment_ids=[str(final.info.experiment_id)], filter_string=f"source_run_id = '{run_id}'"
+            )
+        for seed_model in seed_models:
             if _created_while_open(seed_model, final):
                 try:
-                    keras = tracking.logged_model_files(client, seed_model.model_id).get(KERAS_FILE)
+                    files = tracking.logged_model_files(
+                        client, seed_model.model_id, require_digest=recorded is not None
+                    )
                 except tracking.ModelFilesChanged as error:
                     raise _tampered(f"a seed of the ensemble: {error}") from None
-                if keras is not None:
+                if (keras := files.get(KERAS_FILE)) is not None:
                     seeds.append(hashlib.sha256(keras).hexdigest())
     if not members or members != sorted(seeds):
         raise _tampered(
@@ -463,6 +484,8 @@ def verify_candidate(
         _check_ensemble_files(client, candidate, copy)
     # Any other change (its environment files, which `mlflow models serve` installs from; weights that keep the
     # logged error count): the final logged the folder's digest with it. Older finals' models have none.
+    if candidate.recorded and candidate.files_sha256 is None:
+        raise _tampered(f"the {candidate.kind} model {candidate.model_id} has no {MODEL_SHA256} param")
     if candidate.files_sha256 is not None and copy.sha256 != candidate.files_sha256:
         raise _tampered(
             f"the files of the {candidate.kind} model {candidate.model_id} are not the ones final run "

@@ -21,6 +21,7 @@ from mlflow_mnist.schema import (
     FINAL_SEED_LEVEL,
     FIT_SECONDS,
     LEVEL,
+    LOGGED_MODEL_ID,
     PARENT,
     SEED_ACCURACY,
     SEED_ERRORS,
@@ -79,8 +80,7 @@ def finished_seeds(
 
 def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test: np.ndarray) -> FinishedSeed | None:
     metrics, run_id, status = run.data.metrics, run.info.run_id, run.data.tags.get(STATUS, "ok")
-    outputs = run.outputs.model_outputs if run.outputs else []
-    model_id = outputs[0].model_id if outputs else None
+    model_id = tracking.run_model_id(run)  # as the seed recorded it: others can add models to its outputs
     if SEED_ACCURACY not in metrics or (model_id is None and status == "ok"):
         return None
     content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
@@ -102,7 +102,11 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
         errors,
         predictions=predictions,
         probabilities=probabilities,
-        model_files=tracking.logged_model_files(client, model_id) if model_id else None,
+        model_files=(
+            tracking.logged_model_files(client, model_id, require_digest=LOGGED_MODEL_ID in run.data.params)
+            if model_id
+            else None
+        ),
         config_index=config_index,
     )
     return FinishedSeed(run_id, model_id, final_id, result)

@@ -311,7 +311,13 @@ def export_champion(client, name: str, out: Path) -> tuple[str, str]:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-            shutil.copytree(copy.folder, staging, dirs_exist_ok=True)
+
+            def not_model_files(folder: str, names: list[str]) -> set[str]:
+                """Only the files the digest covers: MLflow's registered_model_meta at the top is not the model's,
+                and anyone who can write the artifact store can put anything in it."""
+                return model_files.NOT_MODEL_FILES & set(names) if Path(folder) == copy.folder else set()
+
+            shutil.copytree(copy.folder, staging, dirs_exist_ok=True, ignore=not_model_files)
             if model_files.tree_sha256(staging) != copy.sha256:
                 raise ChampionUnverified(f"the files written to {staging} are not the ones verified; not exported")
             if out.is_dir():

@@ -26,6 +26,7 @@ from mlflow_mnist.schema import (
     DATASET_CONTEXT,
     EFFECTIVE_PREFIX,
     LEVEL,
+    LOGGED_MODEL_ID,
     MODEL_SHA256,
     NOTE,
     PARENT,
@@ -292,6 +293,7 @@ class RunWriter:
             raise
         self.client.finalize_logged_model(model.model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        self.client.log_param(run_id, LOGGED_MODEL_ID, model.model_id)  # written once: which model is this run's
         return model.model_id
 
 

@@ -113,6 +113,11 @@ VERSION_MODEL_SHA256, VERSION_VERIFIED_MODEL = "model_sha256", "verified_model"
 # logged once its files are uploaded and before it is READY: a param is written once, its folder can be changed by
 # anyone who can write the artifact store. Readers (the gate, a continued fold, a resumed final) compare it.
 MODEL_SHA256 = VERSION_MODEL_SHA256
+# The LoggedModel a run logged (a fold's, a seed's, the final's ensemble; each run logs at most one), a param of the
+# run written once as the model is READY: readers (the gate, a resumed final, a continued fold) take the run's model
+# from it, not from the run's model outputs or a tag, to which anyone can add a model of their own (one created
+# while the run was open names it as its source as well as the real one does).
+LOGGED_MODEL_ID = "logged_model_id"
 COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
 # What the gate verified, also recorded as params of that copy, named as the version's tags: a LoggedModel's params
 # are written once (MLflow refuses to change one), a version's tags anyone can set. read_champion and load_champion

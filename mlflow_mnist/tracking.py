@@ -28,6 +28,7 @@ from mlflow_mnist.schema import (
     HELDOUT_ACCURACY,
     LEVEL,
     LOCK_TOKEN,
+    LOGGED_MODEL_ID,
     MEAN_HELDOUT_ACCURACY,
     MODEL_SHA256,
     MODEL_TRAINING,
@@ -142,19 +143,36 @@ class ModelFilesChanged(TrackingError):
     """A LoggedModel's files are not the ones logged: their digest is not the model's ``model_sha256`` param."""
 
 
-def logged_model_files(client, model_id: str) -> dict[str, bytes]:
+def run_model_id(run) -> str | None:
+    """The LoggedModel ``run`` logged: its ``logged_model_id`` param (written once); for a run logged before the
+    param existed, its first model output (anyone can add outputs: :func:`logged_model_files` then requires no
+    digest of it)."""
+    recorded = run.data.params.get(LOGGED_MODEL_ID)
+    if recorded is not None:
+        return recorded
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return outputs[0].model_id if outputs else None
+
+
+def logged_model_files(client, model_id: str, *, require_digest: bool = False) -> dict[str, bytes]:
     """A LoggedModel's folder as the bytes a worker returned (what continues a fold, or joins an ensemble).
 
-    Raises :class:`ModelFilesChanged` when its files' digest is not the one logged with it (models logged before
-    the digest was, or killed between their upload and it, have none to compare)."""
+    Raises :class:`ModelFilesChanged` when its files' digest is not the one logged with it, or, where
+    ``require_digest`` (the model a run of this version recorded as its own: it always has one), when it has none;
+    models logged before the digest existed have none to compare."""
     import mlflow.artifacts
 
     from mlflow_mnist.model_files import NOT_MODEL_FILES, tree_sha256
 
     model = client.get_logged_model(model_id)
+    logged = (model.params or {}).get(MODEL_SHA256)
+    if require_digest and logged is None:
+        raise ModelFilesChanged(
+            f"model {model_id} has no {MODEL_SHA256} param, which every model this version logs carries: it is not "
+            f"the one its run logged; delete that run to train it again"
+        )
     with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=tmp))
-        logged = (model.params or {}).get(MODEL_SHA256)
         if logged is not None and logged != tree_sha256(local):
             raise ModelFilesChanged(
                 f"the files of model {model_id} were changed after it was logged (their sha256 is not its "

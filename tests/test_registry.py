@@ -423,11 +423,13 @@ def test_an_accuracy_relogged_after_the_final_ended_is_not_believed(fresh):
 
 
 def forget_digest(store: Store, model_id: str) -> None:
-    """Make ``model_id`` look logged before models carried their files' digest (no API deletes a param)."""
+    """Make ``model_id`` look logged before models carried their files' digest and runs named the model they
+    logged (no API deletes a param)."""
     from mlflow_mnist.tracking import sqlite_file
 
     with contextlib.closing(sqlite3.connect(sqlite_file(store.uri))) as db, db:
         db.execute("DELETE FROM logged_model_params WHERE model_id = ? AND param_key = 'model_sha256'", (model_id,))
+        db.execute("DELETE FROM params WHERE key = 'logged_model_id' AND value = ?", (model_id,))
 
 
 @pytest.mark.slow
@@ -469,6 +471,54 @@ def test_environment_files_changed_after_the_final_are_refused(fresh):
             requirements.write_bytes(honest)
         assert _registered(client) == []
     assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
+
+
+@pytest.mark.slow
+def test_a_model_made_while_the_final_ran_is_not_the_finals(fresh, tmp_path):
+    """The third audit's way through: a model created while the final was open (a polling script needs only the
+    final's or a seed's id; here back-dated into the window), naming that run as its source, later filled with the
+    genuine files plus a package in requirements.txt and a digest of its maker's, and named by the final's tag.
+    Before, the median and the ensemble were promoted with it. Each run records the model it logged (param
+    logged_model_id, written once): a tag naming another model is refused. Readers that resume a final or
+    continue a fold take the recorded model too, not the run's first model output."""
+    from mlflow.entities import LoggedModelOutput
+
+    from mlflow_mnist import final_resume, tracking
+
+    client, finals = fresh.client, fresh.finals
+    final = client.get_run(finals.poor)
+    seed = final.data.tags[MEDIAN_RUN]
+    for kind, tag, source in (("median", MEDIAN_MODEL, seed), ("ensemble", ENSEMBLE_MODEL, finals.poor)):
+        genuine = final.data.tags[tag]
+        planted = client.create_logged_model(experiment_id=fresh.experiment_id, source_run_id=source, name="planted")
+        with contextlib.closing(sqlite3.connect(tracking.sqlite_file(fresh.uri))) as db, db:  # made in the window
+            db.execute(
+                "UPDATE logged_models SET creation_timestamp_ms = ? WHERE model_id = ?",
+                (final.info.start_time + 1, planted.model_id),
+            )
+        folder = shutil.copytree(local_folder(client.get_logged_model(genuine).artifact_location), tmp_path / kind)
+        requirements = folder / "requirements.txt"
+        requirements.write_text(requirements.read_text() + "an-attackers-package==6.6.6\n")
+        client.log_model_artifacts(planted.model_id, str(folder))
+        client.log_model_params(planted.model_id, {"model_sha256": model_files.tree_sha256(folder)})
+        client.finalize_logged_model(planted.model_id, "READY")
+        client.log_outputs(source, [LoggedModelOutput(planted.model_id, step=0)])
+        client.set_tag(finals.poor, tag, planted.model_id)
+        with pytest.raises(
+            PromotionRejected, match=f"tag names model {planted.model_id}, but run {source} logged model {genuine}"
+        ):
+            fresh.promote(finals.poor, model=kind, min_accuracy=0.3)
+        client.set_tag(finals.poor, tag, genuine)
+        assert tracking.run_model_id(client.get_run(source)) == genuine  # whatever order the outputs come in
+    seed_run = client.get_run(seed)
+    taken = final_resume._read_seed(client, seed_run, finals.poor, 0, 0, gate_data(final).y_test)
+    assert taken is not None and taken.model_id == client.get_run(seed).data.params["logged_model_id"]
+    assert _registered(client) == []
+    assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]  # the genuine one passes
+
+
+def gate_data(final) -> candidate.GateData:
+    return candidate.load_gate_data(final, candidate.gate_task(final))
 
 
 @pytest.mark.slow
@@ -848,7 +898,10 @@ def test_export_champion_writes_only_the_verified_files(fresh, tmp_path):
     finals = fresh.finals
     version = str(fresh.promote(finals.good, min_accuracy=0.5)["version"])
     out = tmp_path / "served" / "champion"
+    meta = fresh.served_folder(version) / "registered_model_meta"  # outside the digest: anyone can write it
+    meta.write_text("planted: by anyone who can write the artifact store\n")
     done = cli("export-champion", "--name", NAME, "--out", str(out))
+    assert not (out / "registered_model_meta").exists()
     assert done.returncode == 0, done.stderr[-2000:]
     recorded = registry.gate_record(fresh.client, fresh.champion()).values["model_sha256"]
     assert model_files.tree_sha256(out) == recorded
