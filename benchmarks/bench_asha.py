@@ -15,7 +15,8 @@ own fresh process (``python -m mlflow_mnist tune``, an argument list, never a sh
   ``SuccessiveHalvingPruner`` cuts them at each rung, and every rung retrains its folds from scratch;
 - ``asha``: ``--strategy asha``, asynchronous successive halving, one bracket, promoted trials continue their
   folds' models;
-- ``hyperband``: ``--strategy asha --brackets 3``, the same with trials spread over three first rungs.
+- ``hyperband``: ``--strategy asha --brackets N``, the same with trials spread over all N first rungs (3 on the
+  wide space; 2 on ``--quick``'s seed space from 2 epochs).
 
 How: the store alone is read back (``analysis.searches.search_table``): every full-budget trial as it finished,
 with the fold-epochs the search had trained and the minutes since its search run started. From that anytime
@@ -56,7 +57,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).parent)]
 
 import machine  # noqa: E402
 
-from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
+from mlflow_mnist.strategies.asha import PROMOTION_RULES, rung_budgets  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_TARGET = 0.99656  # the staged grid's best mean CV accuracy (benchmarks/results/campaign-staged.md)
@@ -66,7 +67,7 @@ EXPERIMENT = "bench"
 VARIANTS: dict[str, list[str]] = {
     "optuna": ["--strategy", "optuna"],
     "asha": ["--strategy", "asha"],
-    "hyperband": ["--strategy", "asha", "--brackets", "3"],
+    "hyperband": ["--strategy", "asha"],  # and --brackets: one per rung (variant_arguments)
 }
 ASHA_VARIANTS = ("asha", "hyperband")  # the ones that read --min-epochs and --promotion
 DEFAULT_TRIALS = "optuna=12,asha=17,hyperband=6"  # about 230 fold-epochs each on the wide space (see above)
@@ -462,9 +463,12 @@ def settings(args: argparse.Namespace) -> dict:
         raise BenchError(f"--promotion {args.promotion}: give {' or '.join(PROMOTION_RULES)}")
     if min_epochs < 0 or min_epochs >= space.max_epochs:
         raise BenchError(f"--min-epochs {min_epochs}: give 0 (automatic) or fewer than the space's {space.max_epochs}")
+    factor = 3  # tune's --halving-factor default, which the variants leave as it is
+    rungs = rung_budgets(space.max_epochs, factor, min_epochs or max(1, space.max_epochs // factor**2))
     return {
         "data": data_source(task, data),
         "space": space.name,
+        "brackets": len(rungs),
         "folds": folds,
         "seed": args.seed,
         "trials": trials,
@@ -478,6 +482,8 @@ def settings(args: argparse.Namespace) -> dict:
 
 def variant_arguments(name: str, run: dict) -> list[str]:
     arguments = [*VARIANTS[name], "--space", run["space"], "--trials", str(run["trials"][name])]
+    if name == "hyperband":  # one bracket per rung: every rung a trial can start at
+        arguments += ["--brackets", str(run.get("brackets", 3))]
     arguments += ["--data", run["data"], "--folds", str(run["folds"]), "--seed", str(run["seed"])]
     arguments += ["--precision", run.get("precision", "float32")]
     if name in ASHA_VARIANTS and run["min_epochs"]:
