@@ -21,7 +21,13 @@ from code", for the seed ensemble; both precisions write the same ``MLmodel``) a
   exactly the folders under ``artifacts/``, each of them a seed's model as above;
 - everywhere: the environment files ``conda.yaml`` and ``python_env.yaml``, input example paths inside the
   folder, every path relative, without ``..``, resolving inside the folder, and no symbolic link in the folder
-  (a download never makes one, MLflow copies what they point to).
+  (a download never makes one, MLflow copies what they point to);
+- a candidate's own environment files (what ``mlflow models serve`` installs from, at the folder's top): the pins
+  ``final`` writes and nothing else: ``requirements.txt`` holds ``keras==``, ``tensorflow==`` (or
+  ``tensorflow-cpu==``) and ``mlflow==`` lines alone; ``python_env.yaml`` a Python version, pip, setuptools and
+  wheel pins and ``-r requirements.txt``; ``conda.yaml`` conda-forge, Python, pip and the same pins. Their
+  versions are not compared (promote may run elsewhere than final); a package, an index URL or an option added
+  to them is refused, however the model reached the candidate.
 
 Whether the ensemble's members are the final's own seed models is the registry's check (it needs the store).
 """
@@ -71,6 +77,8 @@ def check_model_folder(folder: Path, *, kind: str | None, earlier_code: bool = F
     _no_links(folder)
     mlmodel = _mlmodel(folder, "MLmodel")
     found = ENSEMBLE_KIND if set(mlmodel["flavors"]) == {"python_function"} else MEDIAN_KIND
+    if not earlier_code:  # a candidate: what serving it installs is final's pins (a champion's: its digest's)
+        _check_environment(folder)
     if (kind or found) == MEDIAN_KIND:
         _check_seed(folder, "", mlmodel)
         return MEDIAN_KIND
@@ -141,6 +149,52 @@ def _check_env(folder: Path, prefix: str, mlmodel: dict[str, Any], pyfunc: dict[
         for key in ("artifact_path", "serving_input_path"):
             if example.get(key) is not None:
                 _inside(folder, prefix, example[key], f"{where}'s saved_input_example_info.{key}")
+
+
+#: A line of requirements.txt ``final`` writes (:func:`mlflow_mnist.worker.model_files.model_requirements`).
+_PIN = re.compile(r"(keras|tensorflow|tensorflow-cpu|mlflow)==[0-9][0-9A-Za-z.+!]*")
+_BUILD_PIN = re.compile(r"(pip|setuptools|wheel)==[0-9][0-9A-Za-z.+!]*")
+_PYTHON = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+
+
+def _check_environment(folder: Path) -> None:
+    """The environment files at ``folder``'s top hold final's pins and nothing else (the module docstring)."""
+    import yaml
+
+    def refuse(name: str) -> ModelFilesRefused:
+        return ModelFilesRefused(f"{name} is not the environment final writes (keras, tensorflow and mlflow pins)")
+
+    try:
+        pins = [line.strip() for line in (folder / "requirements.txt").read_text().splitlines() if line.strip()]
+        python_env = yaml.safe_load((folder / ENV["virtualenv"]).read_text())
+        conda = yaml.safe_load((folder / ENV["conda"]).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ModelFilesRefused(f"its environment files cannot be read ({type(error).__name__})") from None
+    names = sorted(match.group(1).removesuffix("-cpu") for match in map(_PIN.fullmatch, pins) if match)
+    if len(names) != len(pins) or names != ["keras", "mlflow", "tensorflow"]:
+        raise refuse("requirements.txt")
+    if (
+        not isinstance(python_env, dict)
+        or set(python_env) != {"python", "build_dependencies", "dependencies"}
+        or not _PYTHON.fullmatch(str(python_env["python"]))
+        or python_env["dependencies"] != ["-r requirements.txt"]
+        or not isinstance(python_env["build_dependencies"], list)
+        or not all(_BUILD_PIN.fullmatch(str(item)) for item in python_env["build_dependencies"])
+    ):
+        raise refuse(ENV["virtualenv"])
+    dependencies = conda.get("dependencies") if isinstance(conda, dict) else None
+    if (
+        not isinstance(conda, dict)
+        or set(conda) != {"name", "channels", "dependencies"}
+        or conda["channels"] != ["conda-forge"]
+        or not isinstance(dependencies, list)
+        or [item for item in dependencies if isinstance(item, dict)] != [{"pip": pins}]
+        or not all(
+            isinstance(item, dict) or re.fullmatch(r"python=[0-9.]+|pip(<=|==|>=)[0-9][0-9A-Za-z.]*", str(item))
+            for item in dependencies
+        )
+    ):
+        raise refuse(ENV["conda"])
 
 
 def _flavor(mlmodel: dict[str, Any], flavors: set[str], name: str, keys: frozenset[str], where: str) -> dict:

@@ -217,3 +217,54 @@ def test_a_champion_may_load_the_ensemble_code_an_earlier_version_shipped(ensemb
     assert check_model_folder(ensemble, kind=None, earlier_code=True) == ENSEMBLE_KIND
     with pytest.raises(ModelFilesRefused, match="does not load this version's ensemble_model.py"):
         check_model_folder(ensemble, kind=ENSEMBLE_KIND)  # a candidate: this version's code only
+
+
+def _append(name: str, text: str):
+    def change(folder: Path) -> None:
+        (folder / name).write_text((folder / name).read_text() + text)
+
+    return change
+
+
+def _conda_pip(extra: str):
+    def change(folder: Path) -> None:
+        content = yaml.safe_load((folder / "conda.yaml").read_text())
+        next(item for item in content["dependencies"] if isinstance(item, dict))["pip"].append(extra)
+        (folder / "conda.yaml").write_text(yaml.safe_dump(content))
+
+    return change
+
+
+def _python_env(key: str, value):
+    def change(folder: Path) -> None:
+        content = yaml.safe_load((folder / "python_env.yaml").read_text())
+        content[key] = value
+        (folder / "python_env.yaml").write_text(yaml.safe_dump(content))
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (_append("requirements.txt", "\nan-attackers-package==6.6.6\n"), "requirements.txt is not"),
+        (_append("requirements.txt", "\n--extra-index-url https://example.com/simple\n"), "requirements.txt is not"),
+        (_append("requirements.txt", "\nkeras @ https://example.com/keras.whl\n"), "requirements.txt is not"),
+        (_conda_pip("an-attackers-package==6.6.6"), "conda.yaml is not"),
+        (_python_env("dependencies", ["-r requirements.txt", "an-attackers-package"]), "python_env.yaml is not"),
+        (_python_env("build_dependencies", ["pip==26.3", "evil-build-hook==1.0"]), "python_env.yaml is not"),
+        (lambda folder: (folder / "conda.yaml").unlink(), "environment files cannot be read"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["seed", "ensemble"])
+def test_environment_files_beyond_finals_pins_are_refused(request, kind, change, says):
+    """What `mlflow models serve --env-manager virtualenv|conda` installs from: only the keras, tensorflow and
+    mlflow pins final writes (versions free: promote may run elsewhere), however the model reached the candidate
+    (the fourth audit: seed runs forged whole through the API, then taken by a resumed final, carry a digest of
+    their maker's). Before, these were promoted. A champion (earlier_code) is judged by its recorded digest."""
+    folder = request.getfixturevalue(kind)
+    change(folder)
+    shape = MEDIAN_KIND if kind == "seed" else ENSEMBLE_KIND
+    with pytest.raises(ModelFilesRefused, match=says):
+        check_model_folder(folder, kind=shape)
+    assert check_model_folder(folder, kind=None, earlier_code=True) == shape

@@ -461,14 +461,18 @@ def test_environment_files_changed_after_the_final_are_refused(fresh):
     final = client.get_run(finals.poor)
     for kind, model_id in (("median", final.data.tags[MEDIAN_MODEL]), ("ensemble", final.data.tags[ENSEMBLE_MODEL])):
         folder = local_folder(client.get_logged_model(model_id).artifact_location)
-        requirements = folder / "requirements.txt"
-        honest = requirements.read_bytes()
-        requirements.write_bytes(honest + b"an-attackers-package==6.6.6\n")
-        try:
-            with pytest.raises(PromotionRejected, match=f"model {model_id} are not the ones final run {finals.poor}"):
-                fresh.promote(finals.poor, model=kind, min_accuracy=0.3)
-        finally:
-            requirements.write_bytes(honest)
+        edits = [  # a package added: not final's pins (model_check); a pin moved: not final's files (the digest)
+            ("requirements.txt", lambda text: text + b"an-attackers-package==6.6.6\n", "requirements.txt is not"),
+            ("python_env.yaml", lambda text: re.sub(rb"pip==[^\n]+", b"pip==9.0.1", text), "are not the ones final"),
+        ]
+        for name, edit, says in edits:
+            honest = (folder / name).read_bytes()
+            (folder / name).write_bytes(edit(honest))
+            try:
+                with pytest.raises(PromotionRejected, match=says):
+                    fresh.promote(finals.poor, model=kind, min_accuracy=0.3)
+            finally:
+                (folder / name).write_bytes(honest)
         assert _registered(client) == []
     assert fresh.promote(finals.poor, model="ensemble", min_accuracy=0.3)["version"]
 
