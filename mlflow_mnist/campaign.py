@@ -43,7 +43,6 @@ from mlflow_mnist.schema import (
     EPOCHS,
     FOLD_KEY,
     LOCK_TOKEN,
-    LOGGED_MODEL_ID,
     N_FOLDS,
     PRECISION,
     SETTINGS_KEY,
@@ -287,10 +286,9 @@ class Campaign:
             f"tags.`{FOLD_KEY}` = '{fold_key}' and attributes.status = 'FINISHED'",
             max_results=5,
         )
-        for run in runs:
-            if model_id := tracking.run_model_id(run):  # as the fold recorded it: others can add model outputs
-                recorded = LOGGED_MODEL_ID in run.data.params
-                return tracking.logged_model_files(self.client, model_id, require_digest=recorded)
+        for run in runs:  # the model as the fold recorded it: others can add model outputs
+            if (files := tracking.run_model_files(self.client, run)) is not None:
+                return files
         return None
 
     def worker_data(self) -> DataRef | Dataset:
@@ -356,7 +354,7 @@ class Campaign:
         """What a strategy is built from: this campaign's task, epochs, overrides, seed and key, and ``options``."""
         defaults = {
             "task": self.task,
-            EPOCHS: self.settings.epochs,
+            "epochs": self.settings.epochs,  # SearchRequest's field, not the hyperparameter's name
             "overrides": self.overrides,
             "seed": self.settings.split_seed,
             "search_key": self.search_key,

@@ -84,12 +84,9 @@ class _Group(click.Group):
         _handle_sigterm()
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as abort:  # an interrupt before a command started: click wraps it
             click.echo("interrupted", err=True)
-            sys.exit(130)
-        except _Terminated:  # before a command started (its own interrupts end in invoke)
-            click.echo("interrupted", err=True)
-            sys.exit(143)
+            sys.exit(143 if isinstance(abort.__cause__, _Terminated) else 130)
         except click.ClickException as error:
             where = f" (see `{error.ctx.command_path} --help`)" if getattr(error, "ctx", None) else ""
             click.echo(f"error: {_one_line(error.format_message())}{where}", err=True)

@@ -21,7 +21,6 @@ from mlflow_mnist.schema import (
     FINAL_SEED_LEVEL,
     FIT_SECONDS,
     LEVEL,
-    LOGGED_MODEL_ID,
     PARENT,
     SEED_ACCURACY,
     SEED_ERRORS,
@@ -102,11 +101,7 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
         errors,
         predictions=predictions,
         probabilities=probabilities,
-        model_files=(
-            tracking.logged_model_files(client, model_id, require_digest=LOGGED_MODEL_ID in run.data.params)
-            if model_id
-            else None
-        ),
+        model_files=tracking.run_model_files(client, run),
         config_index=config_index,
     )
     return FinishedSeed(run_id, model_id, final_id, result)

@@ -154,6 +154,15 @@ def run_model_id(run) -> str | None:
     return outputs[0].model_id if outputs else None
 
 
+def run_model_files(client, run) -> dict[str, bytes] | None:
+    """The files of the model ``run`` logged (:func:`run_model_id`), None when it logged none; where the run
+    recorded its model, that model must carry its digest (:func:`logged_model_files`)."""
+    model_id = run_model_id(run)
+    if model_id is None:
+        return None
+    return logged_model_files(client, model_id, require_digest=LOGGED_MODEL_ID in run.data.params)
+
+
 def logged_model_files(client, model_id: str, *, require_digest: bool = False) -> dict[str, bytes]:
     """A LoggedModel's folder as the bytes a worker returned (what continues a fold, or joins an ensemble).
 
