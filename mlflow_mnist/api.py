@@ -274,8 +274,10 @@ def promote(
     from mlflow_mnist import tracking
     from mlflow_mnist.registry import PromoteInputError, PromotionRejected, check_promote_options
     from mlflow_mnist.registry import promote as promote_model
+    from mlflow_mnist.seal import active_seal
 
     check_promote_options(model=model, min_accuracy=min_accuracy, name=name)  # before the store is reached
+    seal = active_seal()
     if task:
         from mlflow_mnist.tasks import get_task
 
@@ -294,6 +296,7 @@ def promote(
             break_lease=break_lease,
             task_spec=task,
             notify=notify,
+            seal=seal,
         )
     except PromoteInputError:
         raise  # a mistake: its one line alone

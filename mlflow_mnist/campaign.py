@@ -49,6 +49,7 @@ from mlflow_mnist.schema import (
     SPLIT_SEED,
     TASK_PARAM,
 )
+from mlflow_mnist.seal import RunSeal, active_seal, trusted
 from mlflow_mnist.search import SearchOutcome, run_search
 from mlflow_mnist.search_tree import SearchTree
 from mlflow_mnist.strategies import SearchRequest, Strategy
@@ -111,6 +112,7 @@ class Campaign:
     data_ref: DataRef
     shipped: bool = False  # the arrays came from memory (the test seam): workers get them, not a reference
     precision_because: str = ""  # why this precision (``--precision auto``'s measurement)
+    seal: RunSeal | None = None  # $MLFLOW_MNIST_SEAL_KEY_FILE's: seals the runs written, trusts only sealed ones
 
     @classmethod
     def open(
@@ -147,6 +149,7 @@ class Campaign:
             fix = "0 or a larger whole number" if seed < 0 else "a smaller whole number"
             raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed {fix}")
         tracking.check_experiment_name(experiment)
+        seal = active_seal()  # an unusable key file is refused before the data is loaded
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, EPOCHS: epochs, **parsed_overrides})
         source = data_source(chosen_task, data)
@@ -204,6 +207,7 @@ class Campaign:
         )
         campaign = cls(chosen_task, spec, loaded, settings, parsed_overrides, client, where, ref, dataset is not None)
         campaign.precision_because = precision_because
+        campaign.seal = seal
         return campaign
 
     @property
@@ -247,6 +251,7 @@ class Campaign:
                 **({LOCK_TOKEN: hold.token} if hold.token else {}),
             },
             adopted_run_id=self.adopt_run_id,
+            seal=self.seal,
         )
 
     def break_lease(self, notify: Callable[[str], None]) -> None:
@@ -275,7 +280,7 @@ class Campaign:
 
     def read_state(self) -> StoreState:
         return tracking.read_store_state(
-            self.client, self.experiment_id, self.settings.data_digest, self.settings.key()
+            self.client, self.experiment_id, self.settings.data_digest, self.settings.key(), seal=self.seal
         )
 
     def load_checkpoint(self, fold_key: str) -> dict[str, bytes] | None:
@@ -287,6 +292,8 @@ class Campaign:
             max_results=5,
         )
         for run in runs:  # the model as the fold recorded it: others can add model outputs
+            if not trusted(run, self.seal):
+                continue
             if (files := tracking.run_model_files(self.client, run)) is not None:
                 return files
         return None

@@ -60,6 +60,7 @@ from mlflow_mnist.schema import (
     as_int,
     effective_param,
 )
+from mlflow_mnist.seal import SEAL_KEY_ENV, RunSeal
 from mlflow_mnist.tasks import DEFAULT_TASK, Task, get_task
 from mlflow_mnist.tasks.base import dataset_sha256
 
@@ -418,6 +419,21 @@ def _made_while_open(model, final) -> None:
         raise _tampered(
             f"model {model.model_id} was created after final run {final.info.run_id} ended, not by the final"
         )
+
+
+def check_sealed(client, final, seal: RunSeal | None) -> None:
+    """With a seal key, the final and each of its seed runs must carry a seal it verifies: runs forged whole
+    through the API (every record consistent, because the forger wrote them all) carry none."""
+    if seal is None:
+        return
+    children = tracking.search_all(client, [final.info.experiment_id], f"tags.`{PARENT}` = '{final.info.run_id}'")
+    for run in [final, *(child for child in children if child.data.tags.get(LEVEL) == FINAL_SEED_LEVEL)]:
+        if not seal.verifies(run):
+            raise PromotionRejected(
+                f"not promoted: run {run.info.run_id} of final run {final.info.run_id} has no valid seal of the key "
+                f"in ${SEAL_KEY_ENV} (written before the key was set, with another key, by someone else, or changed "
+                f"since): run `mlflow-mnist final` again with this key; {UNCHANGED}"
+            )
 
 
 def _seed_accuracies(client, final) -> dict[str, float]:

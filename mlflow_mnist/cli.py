@@ -32,9 +32,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mlflow_mnist.executors import ExecutorError, ExecutorOptionError
     from mlflow_mnist.gate import PromoteInputError
     from mlflow_mnist.lock import LockError
+    from mlflow_mnist.seal import SealKeyError
     from mlflow_mnist.tracking import TrackingError
 
-    return (*USER_ERRORS, TrackingError, LockError, ExecutorError, ExecutorOptionError, PromoteInputError)
+    errors = (TrackingError, LockError, ExecutorError, ExecutorOptionError, PromoteInputError, SealKeyError)
+    return (*USER_ERRORS, *errors)
 
 
 def _store_errors() -> tuple[type[Exception], ...]:
@@ -250,7 +252,13 @@ def _command_options(common: dict) -> dict:
 
 @click.group(cls=_Group)
 def main() -> None:
-    """Run, track and understand hyperparameter searches of Keras models with MLflow."""
+    """Run, track and understand hyperparameter searches of Keras models with MLflow.
+
+    \b
+    Environment: MLFLOW_TRACKING_URI (the store; default sqlite:///mlflow.db), MLFLOW_MNIST_TASK (--task's
+    default), MLFLOW_MNIST_SEAL_KEY_FILE (a 0600 key file: seal the runs written, and trust only sealed ones on
+    resume, reuse and promote), MLFLOW_MNIST_LEASE_SECONDS (the campaign lock's TTL, seconds).
+    """
     _quiet_libraries()
 
 

@@ -27,6 +27,7 @@ from mlflow_mnist.schema import (
     SEED_LOSS,
     STATUS,
 )
+from mlflow_mnist.seal import RunSeal, trusted
 from mlflow_mnist.worker import FinalResult
 
 PROBABILITIES = "test_probabilities.npy"
@@ -50,12 +51,18 @@ def probabilities_bytes(probabilities: np.ndarray) -> bytes:
 
 
 def finished_seeds(
-    client, experiment_id: str, wanted: Mapping[str, tuple[int, int]], y_test: np.ndarray
+    client,
+    experiment_id: str,
+    wanted: Mapping[str, tuple[int, int]],
+    y_test: np.ndarray,
+    *,
+    seal: RunSeal | None = None,
 ) -> dict[str, FinishedSeed]:
     """The finished seeds of unfinished finals whose key is in ``wanted`` (key -> (seed, configuration index)).
 
     A seed is taken only whole: FINISHED (a run is marked so after its model and metrics), with its model, and
-    with probabilities that make exactly the errors it logged on a test set of ``len(y_test)`` images."""
+    with probabilities that make exactly the errors it logged on a test set of ``len(y_test)`` images; with a
+    ``seal``, only if it sealed the run (a seed run anyone else wrote is trained again)."""
     if not wanted:
         return {}
     runs = tracking.search_all(
@@ -65,7 +72,7 @@ def finished_seeds(
     final_status: dict[str, str] = {}  # a killed final's seeds share it: ask the store once
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):  # the newest of a key first
         key, parent = run.data.tags.get(FINAL_SEED_KEY, ""), run.data.tags.get(PARENT, "")
-        if key not in wanted or key in found or not parent:
+        if key not in wanted or key in found or not parent or not trusted(run, seal):
             continue
         if parent not in final_status:
             final_status[parent] = client.get_run(parent).info.status

@@ -274,7 +274,9 @@ def run_final(
         # A killed final's finished seeds are this final's (one seed's final logs on its own run: nothing to take).
         taken = {}
         if repeats > 1:
-            taken = finished_seeds(campaign.client, campaign.experiment_id, keys, campaign.data.y_test)
+            taken = finished_seeds(
+                campaign.client, campaign.experiment_id, keys, campaign.data.y_test, seal=campaign.seal
+            )
         tree.take_seeds(list(taken.values()))
         results = [(seed.result, seed.run_id) for seed in taken.values()]
         to_train = [assignment for key, assignment in keys.items() if key not in taken]

@@ -35,6 +35,7 @@ from mlflow_mnist.candidate import (
     Candidate,
     GateData,
     Predict,
+    check_sealed,
     download_candidate,
     final_run,
     gate_task,
@@ -101,6 +102,7 @@ from mlflow_mnist.schema import (
     VERSION_VERIFIED_MODEL,
     TaskRef,
 )
+from mlflow_mnist.seal import RunSeal
 from mlflow_mnist.tasks import DEFAULT_TASK
 
 __all__ = [
@@ -530,10 +532,12 @@ def promote(
     break_lease: bool = False,
     notify: Callable[[str], None] | None = None,
     task_spec: str = "",
+    seal: RunSeal | None = None,
 ) -> dict[str, Any]:
     """Verify the latest (or given) final run's model (``model``: its median seed's, or its seeds' ``ensemble``)
     and make it ``@champion`` if the gate allows. ``task_spec`` names the final's task where it is not registered
-    (``package.module:attr``, :func:`~mlflow_mnist.candidate.gate_task`).
+    (``package.module:attr``, :func:`~mlflow_mnist.candidate.gate_task`). With a ``seal``, the final and its seeds
+    must be runs it sealed (:mod:`mlflow_mnist.seal`).
 
     Returns what the CLI prints: ``name``, ``version``, ``accuracy``, ``reason`` (the gate's line, with the
     McNemar counts when there was a champion), ``previous``, ``paired``, ``test_set_uses`` and ``warning``.
@@ -543,6 +547,7 @@ def promote(
     """
     check_promote_options(model=model, min_accuracy=min_accuracy, name=name)
     final = final_run(client, experiment_id, run_id)
+    check_sealed(client, final, seal)
     task = gate_task(final, task_spec)
     min_accuracy = check_min_accuracy(task.min_accuracy if min_accuracy is None else min_accuracy)
     candidate = read_ensemble(client, final) if model == "ensemble" else read_candidate(client, final)

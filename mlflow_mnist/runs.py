@@ -31,6 +31,7 @@ from mlflow_mnist.schema import (
     NOTE,
     PARENT,
 )
+from mlflow_mnist.seal import RunSeal, seal_run
 from mlflow_mnist.tracking import TrackingError
 
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
@@ -71,8 +72,10 @@ class RunWriter:
         dataset=None,
         common_tags: Mapping[str, str] | None = None,
         adopted_run_id: str | None = None,
+        seal: RunSeal | None = None,
     ):
         self.client = client
+        self.seal = seal
         self.experiment_id = experiment_id
         self.dataset = dataset
         self.common_tags = dict(common_tags or {})
@@ -108,6 +111,9 @@ class RunWriter:
         return run_id
 
     def finish(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
+        """End ``run_id``; a finished run is sealed first (:mod:`mlflow_mnist.seal`), over all it holds."""
+        if status == "FINISHED":
+            seal_run(self.client, run_id, self.seal)
         self.client.set_terminated(run_id, status, end_time=end_ms)
         with self._open_lock:
             if run_id in self.open_runs:

@@ -55,6 +55,7 @@ STATUS = _tag("status")
 BEST_CHILD = _tag("best_child_run_id")
 LOCK_TOKEN = _tag("lock_token")  # the campaign lock holder that wrote the run
 LOCK_PREFIX = _tag("lock.")  # the campaign lock's own tags, on its registered models (lock.py): lock.state, ...
+SEAL = _tag("seal")  # seal.py: the keyed digest of a finished run, written last; readers with the key check it
 
 # -- search and group runs -----------------------------------------------------------------------------------
 STRATEGY = _tag("strategy")
@@ -91,6 +92,9 @@ CONFIG_RANK = _tag("config_rank")  # a seed run of a final over several configur
 # planning.final_seed_key: by it the next final takes a killed final's finished seeds instead of retraining them
 FINAL_SEED_KEY = _tag("final_seed_key")
 RESUMED_FROM = _tag("resumed_from_final_runs")  # the killed finals whose finished seeds a final took (comma-separated)
+# Tags a run may gain after its seal was written (a best child named once its siblings end, folds and seeds taken
+# over by a later run): outside the seal, with MLflow's own (parent, note). Nothing a reader trusts a run for.
+UNSEALED_TAGS = frozenset({SEAL, BEST_CHILD, REUSED, RESUMED_FROM})
 
 # -- registered model versions (promote) -----------------------------------------------------------------------
 CHAMPION = "champion"  # the alias that names the served version

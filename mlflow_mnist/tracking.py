@@ -43,6 +43,7 @@ from mlflow_mnist.schema import (
     counts,
     step_name,
 )
+from mlflow_mnist.seal import RunSeal, trusted
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -605,12 +606,15 @@ def search_all(client, experiment_ids: list[str], filter_string: str = "", order
             return runs
 
 
-def read_store_state(client, experiment: str, data_digest: str, settings_key: str | None = None) -> StoreState:
+def read_store_state(
+    client, experiment: str, data_digest: str, settings_key: str | None = None, *, seal: RunSeal | None = None
+) -> StoreState:
     """Completed steps' bests (made under the same settings), finished folds and candidates on this data.
 
     Folds are matched by key alone (the key holds everything that shapes a fold); a step's best only carries
     forward into a campaign with the same :meth:`SearchSettings.key`, so a 1-epoch 2-fold exploration never
-    feeds a 6-epoch 3-fold campaign on the same data. Low rungs of successive halving decide nothing.
+    feeds a 6-epoch 3-fold campaign on the same data. Low rungs of successive halving decide nothing. With a
+    ``seal``, only folds it sealed are reused (others are trained again).
     """
     runs = search_all(client, [experiment], f"tags.`{DIGEST}` = '{data_digest}'")
     status = {run.info.run_id: run.info.status for run in runs}
@@ -640,6 +644,8 @@ def read_store_state(client, experiment: str, data_digest: str, settings_key: st
                 rule = GroupTags.parse(tags).reference_rule
                 state.step_bests[step] = StepBest(step, result.best_params, result.best_score, info.run_id, rule)
         elif level == FOLD_LEVEL and FOLD_KEY in tags and tags.get(STATUS) in ("ok", "diverged"):
+            if not trusted(run, seal):
+                continue
             parent = tags.get(PARENT, "")
             state.folds[tags[FOLD_KEY]] = FoldRecord(
                 tags[FOLD_KEY],

@@ -1,0 +1,117 @@
+"""Run seals: a keyed digest on every run this installation finished, so resume, reuse and the gate take only
+runs it wrote.
+
+Anyone who can write the tracking store through MLflow's API can create runs that look like ours: a fold run
+with a fold's key (reused, or continued from, by the next search) or seed runs under a killed final (taken by
+the next ``final`` and promoted from it). Tags, params and digests cannot tell them apart, because the forger
+writes those too. A secret can: with ``$MLFLOW_MNIST_SEAL_KEY_FILE`` naming a file only the campaign's user can
+read, the driver (it alone writes the store; workers never see the key) writes on each run it finishes an
+HMAC-SHA256 over the run's experiment, id, params, metrics and tags, and every reader that trusts a run for what
+it holds (fold reuse and continuation, final resume, the gate) takes only runs whose seal verifies. Runs without
+one, made before the key was set or by someone else, are retrained or refused.
+
+Without the variable nothing is sealed or checked, as before. The key never leaves the file: no message, tag or
+log shows it (only the seal, a digest that reveals nothing of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from mlflow_mnist.schema import SEAL, UNSEALED_TAGS
+
+SEAL_KEY_ENV = "MLFLOW_MNIST_SEAL_KEY_FILE"
+MIN_KEY_BYTES = 32
+_SYSTEM_TAGS = "mlflow."  # MLflow's own tags (run name, parent, note, source) change without us: not sealed
+
+
+class SealKeyError(RuntimeError):
+    """``$MLFLOW_MNIST_SEAL_KEY_FILE`` is set but unusable; the message names the problem and the fix."""
+
+
+class RunSeal:
+    """Signs and checks runs with one key."""
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def __repr__(self) -> str:  # never the key
+        return "RunSeal(<key from $MLFLOW_MNIST_SEAL_KEY_FILE>)"
+
+    def sign(self, run: Any) -> str:
+        """The seal of ``run`` (an MLflow ``Run``) as it stands in the store."""
+        return hmac.new(self._key, _content(run), hashlib.sha256).hexdigest()
+
+    def verifies(self, run: Any) -> bool:
+        recorded = run.data.tags.get(SEAL, "")
+        return bool(recorded) and hmac.compare_digest(recorded, self.sign(run))
+
+
+def _content(run: Any) -> bytes:
+    """What a seal covers: everything a reader may act on, in one canonical form. Metrics are their latest
+    values (what readers read); tags that legitimately change after a run ends (see ``UNSEALED_TAGS``) and
+    MLflow's own are left out."""
+    tags = {
+        key: value
+        for key, value in run.data.tags.items()
+        if not key.startswith(_SYSTEM_TAGS) and key not in UNSEALED_TAGS
+    }
+    body = {
+        "experiment": run.info.experiment_id,
+        "run": run.info.run_id,
+        "params": run.data.params,
+        "metrics": {key: repr(float(value)) for key, value in run.data.metrics.items()},
+        "tags": tags,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def active_seal() -> RunSeal | None:
+    """The seal ``$MLFLOW_MNIST_SEAL_KEY_FILE`` names, or None when it is unset or empty. Commands call it before
+    the store is reached, so an unusable key file is one line with nothing written."""
+    path = os.environ.get(SEAL_KEY_ENV, "")
+    if not path:
+        return None
+    return RunSeal(_read_key(Path(path)))
+
+
+def _read_key(path: Path) -> bytes:
+    where = f"${SEAL_KEY_ENV} ({path})"
+    try:
+        info = path.stat()
+    except OSError:
+        raise SealKeyError(
+            f"{where} does not exist or cannot be read: make one with "
+            f"`umask 077; head -c 32 /dev/urandom | base64 > {path}`, or unset the variable"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SealKeyError(f"{where} is not a regular file: point it at the key file itself")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SealKeyError(f"{where} can be read or written by others: `chmod 600 {path}` (it signs your runs)")
+    try:
+        key = path.read_bytes().strip()
+    except OSError:
+        raise SealKeyError(f"{where} cannot be read by this user: run as its owner, or fix its permissions") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise SealKeyError(
+            f"{where} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}: write a longer random key "
+            f"(`head -c 32 /dev/urandom | base64`)"
+        )
+    return key
+
+
+def trusted(run: Any, seal: RunSeal | None) -> bool:
+    """Whether a reader may act on ``run``: any run without a seal key, only sealed ones with it."""
+    return seal is None or seal.verifies(run)
+
+
+def seal_run(client: Any, run_id: str, seal: RunSeal | None) -> None:
+    """Write ``run_id``'s seal over what the store holds now (the run's last write before it ends)."""
+    if seal is not None:
+        client.set_tag(run_id, SEAL, seal.sign(client.get_run(run_id)))

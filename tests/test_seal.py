@@ -1,0 +1,296 @@
+"""Run seals (mlflow_mnist/seal.py): with $MLFLOW_MNIST_SEAL_KEY_FILE set, resume, reuse and the gate take only runs
+this installation sealed; runs written through the API by anyone without the key are trained again or refused.
+Without the variable, everything is read as before."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import cli
+
+from mlflow_mnist import schema, tracking
+from mlflow_mnist.executors import JoblibExecutor
+from mlflow_mnist.final_run import run_final
+from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote
+from mlflow_mnist.seal import SEAL_KEY_ENV, RunSeal, SealKeyError, active_seal
+from mlflow_mnist.strategies.staged import StagedGrid
+from mlflow_mnist.tasks import get_task
+from mlflow_mnist.testing import fold_result, open_campaign, run, tiny_dataset
+
+KEY = b"k" * 40
+DATA = tiny_dataset()
+
+
+def fake_run(*, params=None, metrics=None, tags=None, run_id="r1", experiment_id="1"):
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, experiment_id=experiment_id),
+        data=SimpleNamespace(params=dict(params or {}), metrics=dict(metrics or {}), tags=dict(tags or {})),
+    )
+
+
+def sealed(run, key: bytes = KEY):
+    run.data.tags[schema.SEAL] = RunSeal(key).sign(run)
+    return run
+
+
+def a_fold_run(**changes):
+    values = dict(
+        params={"epochs": "6", schema.LOGGED_MODEL_ID: "m-1"},
+        metrics={"heldout_accuracy": 0.97},
+        tags={schema.FOLD_KEY: "abc", schema.STATUS: "ok", schema.PARENT: "p1"},
+    )
+    values.update(changes)
+    return sealed(fake_run(**values))
+
+
+def test_a_seal_covers_what_readers_act_on_and_not_what_may_change_after_the_run_ends():
+    seal = RunSeal(KEY)
+    assert seal.verifies(a_fold_run())
+    for tamper in (
+        lambda run: run.data.params.update({"epochs": "7"}),
+        lambda run: run.data.params.update({"added": "1"}),  # params are write-once, but new ones can be added
+        lambda run: run.data.metrics.update({"heldout_accuracy": 0.99}),
+        lambda run: run.data.tags.update({schema.FOLD_KEY: "other"}),
+        lambda run: run.data.tags.update({schema.STATUS: "diverged"}),
+        lambda run: setattr(run.info, "run_id", "r2"),  # a copy of a sealed run's records is not sealed
+        lambda run: setattr(run.info, "experiment_id", "2"),
+        lambda run: run.data.tags.pop(schema.SEAL),
+    ):
+        run = a_fold_run()
+        tamper(run)
+        assert not seal.verifies(run)
+    # Re-parented (taken over by a later run), named a best child, described in the UI: still sealed.
+    run = a_fold_run()
+    run.data.tags.update({schema.PARENT: "p2", schema.NOTE: "hello", schema.REUSED: "x", schema.BEST_CHILD: "y"})
+    assert seal.verifies(run)
+    assert not RunSeal(b"o" * 40).verifies(a_fold_run())  # another key's seal
+    assert "k" * 8 not in repr(seal)
+
+
+def _key_file(folder: Path, content: bytes = KEY, mode: int = 0o600) -> Path:
+    path = folder / "seal.key"
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda folder: folder / "missing.key", "does not exist"),
+        (lambda folder: folder, "not a regular file"),
+        (lambda folder: _key_file(folder, mode=0o644), "chmod 600"),
+        (lambda folder: _key_file(folder, mode=0o620), "chmod 600"),
+        (lambda folder: _key_file(folder, content=b"short-secret-value\n"), "fewer than 32"),
+    ],
+)
+def test_an_unusable_key_file_is_refused_in_one_line_that_never_shows_the_key(tmp_path, monkeypatch, make, says):
+    monkeypatch.setenv(SEAL_KEY_ENV, str(make(tmp_path)))
+    with pytest.raises(SealKeyError) as refused:
+        active_seal()
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+    assert "short-secret" not in str(refused.value) and "kkkk" not in str(refused.value)
+
+
+def test_no_variable_means_no_seal_and_a_good_file_gives_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
+    assert active_seal() is None
+    monkeypatch.setenv(SEAL_KEY_ENV, "")
+    assert active_seal() is None
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    assert active_seal().verifies(a_fold_run())
+
+
+def test_tune_refuses_an_unusable_key_file_before_anything_is_written(tmp_path):
+    key = _key_file(tmp_path, mode=0o644)
+    done = cli(
+        "tune", "--stage", "neurons", "--data", "sample", "--epochs", "1",
+        env={SEAL_KEY_ENV: str(key), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: ${SEAL_KEY_ENV} ({key}) can be read or written by others: `chmod 600 {key}` (it signs your runs)"
+    ]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+class Worker:
+    def __init__(self):
+        self.trained: Counter = Counter()
+
+    def __call__(self, task):
+        self.trained[task.key] += 1
+        return fold_result(task, 0.9 + 0.001 * task.fold)
+
+
+def _search(uri: str) -> Worker:
+    campaign = open_campaign(uri, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    steps = tuple(get_task("mnist").steps_of("kernel_size"))
+    strategy = StagedGrid.from_request(campaign.request(stage="kernel_size", steps=steps))
+    worker = Worker()
+    run(campaign, strategy, worker=worker, with_model=False)
+    return worker
+
+
+def _fold_runs(uri: str) -> list:
+    client = tracking.connect(uri)
+    experiment = client.get_experiment_by_name("mnist").experiment_id
+    return [r for r in tracking.search_all(client, [experiment]) if r.data.tags.get(schema.LEVEL) == schema.FOLD_LEVEL]
+
+
+def test_with_a_key_a_search_reuses_only_the_folds_it_sealed(store, tmp_path, monkeypatch):
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    first = _search(store)
+    assert first.trained and max(first.trained.values()) == 1
+    assert all(schema.SEAL in r.data.tags for r in _fold_runs(store))
+    assert not _search(store).trained  # all sealed: all reused
+    # What a forger with API access does to steer the next search: raise a finished fold's score.
+    client = tracking.connect(store)
+    target = _fold_runs(store)[0]
+    client.log_metric(target.info.run_id, schema.HELDOUT_ACCURACY, 0.9999, step=99)
+    again = _search(store)
+    assert again.trained == Counter({target.data.tags[schema.FOLD_KEY]: 1})  # that fold alone, trained again
+
+
+def test_without_a_key_nothing_is_sealed_and_an_unsealed_store_resumes_as_before(store, tmp_path, monkeypatch):
+    monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
+    first = _search(store)
+    assert not any(schema.SEAL in r.data.tags for r in _fold_runs(store))
+    assert not _search(store).trained
+    # The same store once a key is set: runs nobody sealed are not trusted, so every fold trains again.
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    assert set(_search(store).trained) == set(first.trained)
+
+
+def test_with_a_key_a_fold_continues_only_from_a_model_its_sealed_run_logged(store, tmp_path, monkeypatch):
+    from mlflow_mnist.campaign import NoLock
+
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    writer = campaign.writer(NoLock())
+    files = {"MLmodel": b"flavors: {}\n", "model.keras": b"weights"}
+
+    def fold_run(key: str) -> str:
+        run_id = writer.start("fold 1/3", schema.FOLD_LEVEL, tags={schema.FOLD_KEY: key, schema.STATUS: "ok"})
+        writer.log_model(run_id, files)
+        return run_id
+
+    sealed_run = fold_run("k1")
+    writer.finish(sealed_run)
+    assert campaign.load_checkpoint("k1")["model.keras"] == b"weights"
+    campaign.client.log_metric(sealed_run, schema.HELDOUT_ACCURACY, 0.5)  # changed after it ended
+    assert campaign.load_checkpoint("k1") is None
+    # A run written as ours but without the key (forged, or before the key was set): not continued from.
+    forged = fold_run("k2")
+    campaign.client.set_terminated(forged, "FINISHED")
+    assert campaign.load_checkpoint("k2") is None
+
+
+@dataclass
+class SealedFinals:
+    root: Path
+    key: Path
+    sealed: str  # 3 seeds, written with the key
+    unsealed: str  # 1 seed, written without it
+
+
+@pytest.fixture(scope="module")
+def sealed_finals(tmp_path_factory) -> SealedFinals:
+    import mlflow
+
+    from mlflow_mnist.campaign import Campaign
+
+    root = tmp_path_factory.mktemp("sealed_finals")
+    key = _key_file(root)
+    uri = f"sqlite:///{root}/mlflow.db"
+    options = dict(folds=2, seed=0, epochs=1, experiment="mnist")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+        patch.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        patch.delenv(SEAL_KEY_ENV, raising=False)
+        unsealed = run_final(Campaign.open("sample", "2,7", **options), executor=JoblibExecutor(1), progress=False)
+        patch.setenv(SEAL_KEY_ENV, str(key))
+        sealed = run_final(
+            Campaign.open("sample", "2,7", **options), repeats=3, executor=JoblibExecutor(1), progress=False
+        )
+    return SealedFinals(root, key, sealed["run_id"], unsealed["run_id"])
+
+
+@pytest.fixture
+def sealed_store(sealed_finals, tmp_path, monkeypatch):
+    """A copy of the finals' store (their models stay where they were logged), the key set."""
+    import mlflow
+
+    shutil.copy(sealed_finals.root / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv(SEAL_KEY_ENV, str(sealed_finals.key))
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    client = tracking.connect(uri)
+    return client, client.get_experiment_by_name("mnist").experiment_id
+
+
+def _seeds(client, experiment_id: str, final_id: str) -> list:
+    children = tracking.search_all(client, [experiment_id], f"tags.`{schema.PARENT}` = '{final_id}'")
+    return [run for run in children if run.data.tags.get(schema.LEVEL) == schema.FINAL_SEED_LEVEL]
+
+
+@pytest.mark.slow
+def test_the_gate_with_a_key_promotes_a_sealed_final_and_refuses_unsealed_or_changed_ones(sealed_finals, sealed_store):
+    client, experiment_id = sealed_store
+    seal = active_seal()
+
+    def promote_run(run_id: str, **options):
+        return promote(client, experiment_id, run_id=run_id, min_accuracy=0.5, model="ensemble", **options)
+
+    # Written before the key was set (or forged whole, through the API): refused with the key, judged without it.
+    with pytest.raises(PromotionRejected, match=f"run {sealed_finals.unsealed} .* no valid seal of the key in"):
+        promote(client, experiment_id, run_id=sealed_finals.unsealed, min_accuracy=0.5, seal=seal)
+    assert promote(client, experiment_id, run_id=sealed_finals.unsealed, min_accuracy=0.5)["version"] == "1"
+    # Sealed, and promoted twice (promote writes nothing to the runs it judges: their seals still hold).
+    assert promote_run(sealed_finals.sealed, seal=seal, force=True)["version"] == "2"
+    assert promote_run(sealed_finals.sealed, seal=seal, force=True)["version"] == "3"
+    # A seed changed after the final ended (its seed tag rewritten): the whole final is refused.
+    seed = _seeds(client, experiment_id, sealed_finals.sealed)[1]
+    client.set_tag(seed.info.run_id, schema.SEED, "0")
+    with pytest.raises(PromotionRejected, match=f"run {seed.info.run_id} of final run {sealed_finals.sealed}"):
+        promote_run(sealed_finals.sealed, seal=seal, force=True)
+    assert client.get_model_version_by_alias("mnist-2v7-convnet", CHAMPION).version == 3
+
+
+@pytest.mark.slow
+def test_a_rerun_final_takes_only_the_sealed_seeds_of_a_killed_final(sealed_finals, sealed_store):
+    from mlflow_mnist.campaign import Campaign
+
+    client, experiment_id = sealed_store
+    client.set_terminated(sealed_finals.sealed, "KILLED")  # as a final killed after its seeds finished leaves it
+    seeds = _seeds(client, experiment_id, sealed_finals.sealed)
+    client.log_metric(seeds[0].info.run_id, schema.SEED_ACCURACY, 1.0, step=1)  # one seed changed since
+    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, experiment="mnist")
+    summary = run_final(campaign, repeats=3, executor=JoblibExecutor(1), progress=False)
+    assert summary["seeds_taken"] == 2  # the changed one trained again
+    taken = {run.info.run_id for run in _seeds(client, experiment_id, summary["run_id"])}
+    assert seeds[0].info.run_id not in taken and {seeds[1].info.run_id, seeds[2].info.run_id} <= taken
+
+
+def test_the_key_file_is_read_by_its_owner_only_in_the_docs_recipe(tmp_path):
+    """docs' recipe (`umask 077; head -c 32 /dev/urandom | base64 > FILE`) makes a file active_seal accepts."""
+    import subprocess
+
+    path = tmp_path / "seal.key"
+    subprocess.run(["bash", "-c", 'umask 077; head -c 32 /dev/urandom | base64 > "$1"', "_", str(path)], check=True)
+    assert not stat.S_IMODE(os.stat(path).st_mode) & 0o077
+    assert len(path.read_bytes().strip()) >= 32
