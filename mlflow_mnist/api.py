@@ -307,6 +307,28 @@ def promote(
     return result
 
 
+def seal_runs(*, experiment: str | None = None, notify: Callable[[str], None] | None = None) -> tuple[int, int]:
+    """Seal, with the key in ``$MLFLOW_MNIST_SEAL_KEY_FILE``, every finished run of the campaign's experiment that
+    has no valid seal, as it stands (:mod:`mlflow_mnist.seal`), under the campaign's lock; returns (sealed now,
+    sealed before). For a campaign begun before the key was set, once its owner trusts what the store holds: its
+    runs are then reused, resumed and promoted as sealed ones are."""
+    from mlflow_mnist import tracking
+    from mlflow_mnist.lock import CampaignLock, lease_seconds
+    from mlflow_mnist.seal import SEAL_KEY_ENV, SealKeyError, active_seal, seal_existing
+
+    seal = active_seal()
+    if seal is None:
+        raise SealKeyError(f"${SEAL_KEY_ENV} is not set: set it to the key file the campaign's runs are sealed with")
+    lease_seconds()
+    client = tracking.connect(existing=True)
+    where = tracking.resolve_experiment(client, experiment, create=False)
+    with CampaignLock(client, where.experiment_id, command="mlflow-mnist seal-runs", notify=notify) as held:
+        runs = tracking.search_all(client, [where.experiment_id])
+        counts = seal_existing(held.fenced(client), seal, runs)
+    _say(where.chosen_because, notify)
+    return counts
+
+
 def load_champion(*, name: str) -> Any:
     """Registered model ``name``'s ``@champion`` as an ``mlflow.pyfunc`` model, loaded only when its files are the
     ones the gate verified (their digest is the ``model_sha256`` param of the copy it registered); raises

@@ -538,6 +538,20 @@ def export_champion(name: str, out: Path) -> None:
     )
 
 
+@main.command("seal-runs")
+@click.option("--experiment", default=None, help="The campaign's experiment (default: the latest campaign's).")
+def seal_runs(experiment: str | None) -> None:
+    """Seal the finished runs of a campaign begun before $MLFLOW_MNIST_SEAL_KEY_FILE was set, as they stand.
+
+    With the key set, resume, reuse and promote trust only sealed runs; this makes the runs already in the store
+    count as yours. Run it only on a store whose contents you trust: whatever it holds is trusted from then on.
+    """
+    from mlflow_mnist.api import seal_runs as run_seal
+
+    sealed, before = run_seal(experiment=experiment, notify=_notify)
+    click.echo(f"sealed {sealed} finished run(s); {before} were sealed already")
+
+
 def _add_plugin_commands() -> None:
     """Commands other packages register (``analyze`` from ``analysis``), found through entry points so this
     package never imports them."""

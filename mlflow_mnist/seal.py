@@ -24,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from mlflow_mnist.schema import SEAL, UNSEALED_TAGS
+from mlflow_mnist.schema import ANALYSIS_LEVEL, LEVEL, SEAL, UNSEALED_TAGS
 
 SEAL_KEY_ENV = "MLFLOW_MNIST_SEAL_KEY_FILE"
 MIN_KEY_BYTES = 32
@@ -115,3 +115,19 @@ def seal_run(client: Any, run_id: str, seal: RunSeal | None) -> None:
     """Write ``run_id``'s seal over what the store holds now (the run's last write before it ends)."""
     if seal is not None:
         client.set_tag(run_id, SEAL, seal.sign(client.get_run(run_id)))
+
+
+def seal_existing(client: Any, seal: RunSeal, runs: list[Any]) -> tuple[int, int]:
+    """Seal each of ``runs`` (an experiment's) that is a FINISHED campaign run without a valid seal, as it stands;
+    returns (sealed now, sealed before). Only for a store whose contents its owner trusts: whatever is in it, a
+    forged run included, is trusted from then on."""
+    sealed = already = 0
+    for run in runs:
+        if run.info.status != "FINISHED" or run.data.tags.get(LEVEL) in (None, ANALYSIS_LEVEL):
+            continue
+        if seal.verifies(run):
+            already += 1
+            continue
+        client.set_tag(run.info.run_id, SEAL, seal.sign(run))
+        sealed += 1
+    return sealed, already

@@ -139,10 +139,13 @@ def _search(uri: str) -> Worker:
     return worker
 
 
-def _fold_runs(uri: str) -> list:
+def runs_of(uri: str) -> list:
     client = tracking.connect(uri)
-    experiment = client.get_experiment_by_name("mnist").experiment_id
-    return [r for r in tracking.search_all(client, [experiment]) if r.data.tags.get(schema.LEVEL) == schema.FOLD_LEVEL]
+    return tracking.search_all(client, [client.get_experiment_by_name("mnist").experiment_id])
+
+
+def _fold_runs(uri: str) -> list:
+    return [r for r in runs_of(uri) if r.data.tags.get(schema.LEVEL) == schema.FOLD_LEVEL]
 
 
 def test_with_a_key_a_search_reuses_only_the_folds_it_sealed(store, tmp_path, monkeypatch):
@@ -191,6 +194,26 @@ def test_with_a_key_a_fold_continues_only_from_a_model_its_sealed_run_logged(sto
     forged = fold_run("k2")
     campaign.client.set_terminated(forged, "FINISHED")
     assert campaign.load_checkpoint("k2") is None
+
+
+def test_seal_runs_adopts_a_campaign_begun_without_the_key(store, tmp_path, monkeypatch):
+    monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
+    first = _search(store)
+    refused = cli("seal-runs", "--experiment", "mnist", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: ${SEAL_KEY_ENV} is not set: set it to the key file the campaign's runs are sealed with"
+    ]
+    key = {SEAL_KEY_ENV: str(_key_file(tmp_path))}
+    done = cli("seal-runs", "--experiment", "mnist", env=key, cwd=tmp_path)
+    finished = [r for r in runs_of(store) if r.info.status == "FINISHED"]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"sealed {len(finished)} finished run(s); 0 were sealed already"
+    assert len(finished) > len(first.trained)  # the folds and the runs above them
+    monkeypatch.setenv(SEAL_KEY_ENV, key[SEAL_KEY_ENV])
+    assert not _search(store).trained  # trusted now: nothing trained again
+    again = cli("seal-runs", "--experiment", "mnist", env=key, cwd=tmp_path)  # the rerun's runs, sealed as written
+    now = len([r for r in runs_of(store) if r.info.status == "FINISHED"])
+    assert again.stdout.strip() == f"sealed 0 finished run(s); {now} were sealed already"
 
 
 @dataclass
