@@ -46,6 +46,7 @@ from mlflow_mnist.schema import (
     CandidateTags,
     best_config,
 )
+from mlflow_mnist.seal import SEAL_KEY_ENV, trusted
 from mlflow_mnist.strategies.staged import StagedGrid
 from mlflow_mnist.worker import FinalResult, FinalWorker
 
@@ -99,7 +100,8 @@ def _search_run(campaign, search: str):
             max_results=1000,
             order_by=["attributes.end_time DESC"],
         )
-        joint = [run for run in runs if run.data.tags.get(STRATEGY) != StagedGrid.name]
+        # With a seal key, only searches it sealed: a search run anyone could write would choose what final trains.
+        joint = [run for run in runs if run.data.tags.get(STRATEGY) != StagedGrid.name and trusted(run, campaign.seal)]
         if not joint:
             raise StageError(
                 "no finished joint search on this data left a best configuration: run one first (`tune --strategy "
@@ -118,6 +120,11 @@ def _search_run(campaign, search: str):
         raise StageError(
             f"--search {search} is a staged step, not a joint search: leave out --search to train the staged steps' "
             f"carry-forward"
+        )
+    if not trusted(run, campaign.seal):
+        raise StageError(
+            f"--search {search} has no valid seal of the key in ${SEAL_KEY_ENV} (run before the key was set, or "
+            f"written by someone else): run the search again with the key, or `mlflow-mnist seal-runs` if you trust it"
         )
     return run
 
@@ -144,12 +151,12 @@ def search_configs(campaign, search: str, count: int) -> tuple[list[Params], str
         return [best], search_id
     client, experiment = campaign.client, [campaign.experiment_id]
     groups = tracking.search_all(client, experiment, _children(search_id, STEP_LEVEL))  # halving's rungs
-    below = [search_id] + [run.info.run_id for run in groups]
+    below = [search_id] + [run.info.run_id for run in groups if trusted(run, campaign.seal)]
     trials: dict[int, tuple[tuple, Params | None]] = {}  # trial -> (its furthest run's order, params)
     for parent in below:
         for run in tracking.search_all(client, experiment, _children(parent, CANDIDATE_LEVEL)):
             tags = CandidateTags.parse(run.data.tags)
-            if tags.trial is None:
+            if tags.trial is None or not trusted(run, campaign.seal):  # a trial run anyone could add: not with a key
                 continue
             metrics = run.data.metrics
             row = {

@@ -614,7 +614,7 @@ def read_store_state(
     Folds are matched by key alone (the key holds everything that shapes a fold); a step's best only carries
     forward into a campaign with the same :meth:`SearchSettings.key`, so a 1-epoch 2-fold exploration never
     feeds a 6-epoch 3-fold campaign on the same data. Low rungs of successive halving decide nothing. With a
-    ``seal``, only folds it sealed are reused (others are trained again).
+    ``seal``, only folds it sealed are reused (others are trained again) and only steps it sealed carry forward.
     """
     runs = search_all(client, [experiment], f"tags.`{DIGEST}` = '{data_digest}'")
     status = {run.info.run_id: run.info.status for run in runs}
@@ -635,7 +635,7 @@ def read_store_state(
         if info.status != "FINISHED":
             continue
         result = GroupResult.parse(tags) if level == STEP_LEVEL else None
-        if result is not None and counts(tags):
+        if result is not None and counts(tags) and trusted(run, seal):
             if settings_key is not None and tags.get(SETTINGS_KEY) != settings_key:
                 continue
             step = step_name(tags)

@@ -196,6 +196,53 @@ def test_with_a_key_a_fold_continues_only_from_a_model_its_sealed_run_logged(sto
     assert campaign.load_checkpoint("k2") is None
 
 
+def test_with_a_key_only_sealed_steps_carry_forward_and_final_trains_only_a_sealed_searchs_pick(
+    store, tmp_path, monkeypatch
+):
+    from mlflow_mnist.final_run import search_config
+    from mlflow_mnist.params import StageError
+    from mlflow_mnist.strategies.random import RandomSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    def campaign():
+        return open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+
+    monkeypatch.delenv(SEAL_KEY_ENV, raising=False)  # runs anyone could have written
+    _search(store)
+    random_search = RandomSearch(SEED, n_trials=2, batch=2, seed=0, overrides={}, search_key="r1")
+    run(campaign(), random_search, worker=Worker(), with_model=False)
+    assert campaign().read_state().step_bests
+    _, search_id = search_config(campaign(), "latest")
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    assert not campaign().read_state().step_bests  # nothing carried forward from them
+    with pytest.raises(StageError, match="no finished joint search"):
+        search_config(campaign(), "latest")
+    with pytest.raises(StageError, match=f"--search {search_id} has no valid seal of the key"):
+        search_config(campaign(), search_id)
+
+
+def test_with_a_key_final_configs_skip_a_trial_run_added_under_a_sealed_search(store, tmp_path, monkeypatch):
+    from mlflow_mnist.final_run import search_configs
+    from mlflow_mnist.strategies.random import RandomSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    run(campaign, RandomSearch(SEED, n_trials=3, batch=3, seed=0, overrides={}, search_key="r1"), worker=Worker(),
+        with_model=False)  # fmt: skip
+    client = campaign.client
+    trials = [r for r in runs_of(store) if r.data.tags.get(schema.LEVEL) == schema.CANDIDATE_LEVEL]
+    genuine = trials[0]
+    # A forger's trial under the user's search: the best score of all, and a configuration of its choosing.
+    forged = client.create_run(campaign.experiment_id, tags={**genuine.data.tags, schema.TRIAL: "7"}).info.run_id
+    for key, value in {**genuine.data.params, "neurons_1": "99"}.items():
+        client.log_param(forged, key, value)
+    client.log_metric(forged, "mean_heldout_accuracy", 0.99999)
+    client.set_terminated(forged, "FINISHED")
+    configs, _ = search_configs(campaign, "latest", 3)
+    assert len(configs) == 3 and 99 not in [config["neurons_1"] for config in configs]
+
+
 def test_seal_runs_adopts_a_campaign_begun_without_the_key(store, tmp_path, monkeypatch):
     monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
     first = _search(store)
