@@ -43,12 +43,19 @@ def open_campaign(*, notify: Callable[[str], None] | None = None, **settings: An
     """A campaign (task, data, settings, experiment) from the common options, and a callable that says which
     experiment and precision it chose: callers call it once their checks have passed, so that a refusal is its
     one line alone."""
+    from mlflow_mnist import tracking
     from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.seal import SEAL_KEY_ENV
 
     campaign = Campaign.open(**settings)
     lines = [campaign.experiment.chosen_because]
     if settings.get("precision") == "auto":
         lines.append(f"precision {campaign.settings.precision}: {campaign.precision_because}")
+    if campaign.seal is None and tracking.has_sealed_runs(campaign.client, campaign.experiment_id):
+        lines.append(  # a shell or job that lost the variable: nothing is checked, and nothing new sealed
+            f"warning: this campaign's runs are sealed, but ${SEAL_KEY_ENV} is not set: no run is checked and none "
+            f"sealed; set it to the campaign's key file"
+        )
     return campaign, functools.partial(_say_all, lines, notify)
 
 

@@ -9,6 +9,7 @@ run moves under the new final, so the final that is promoted holds every seed it
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from mlflow_mnist.schema import (
     FIT_SECONDS,
     LEVEL,
     PARENT,
+    PROBABILITIES_SHA256,
     SEED_ACCURACY,
     SEED_ERRORS,
     SEED_LOSS,
@@ -75,7 +77,11 @@ def finished_seeds(
         if key not in wanted or key in found or not parent or not trusted(run, seal):
             continue
         if parent not in final_status:
-            final_status[parent] = client.get_run(parent).info.status
+            final = client.get_run(parent)
+            # A sealed final finished (only a finished run is sealed), whatever its status says now: anyone can
+            # mark it KILLED through the API, and its seeds are not a killed final's to take.
+            finished = seal is not None and seal.verifies(final)
+            final_status[parent] = "FINISHED" if finished else final.info.status
         if final_status[parent] not in UNFINISHED:
             continue
         seed = _read_seed(client, run, parent, *wanted[key], y_test)
@@ -92,6 +98,9 @@ def _read_seed(client, run, final_id: str, seed: int, config_index: int, y_test:
     content = tracking.run_artifact_bytes(run_id, PROBABILITIES)
     if content is None:
         return None
+    recorded = run.data.params.get(PROBABILITIES_SHA256)  # written once, with the file (older seeds have none)
+    if recorded is not None and recorded != hashlib.sha256(content).hexdigest():
+        return None  # not the probabilities it logged: train it again
     probabilities = np.load(io.BytesIO(content), allow_pickle=False)
     if probabilities.ndim != 2 or len(probabilities) != len(y_test):
         return None  # not this test set's: train it again

@@ -39,6 +39,7 @@ from mlflow_mnist.schema import (
     MEDIAN_MODEL,
     MEDIAN_RUN,
     PARENT,
+    PROBABILITIES_SHA256,
     REPEATS,
     RESUMED_FROM,
     SEED,
@@ -189,7 +190,9 @@ class FinalTree:
         }
         self.writer.log_dict(run_id, matrix_json, "confusion_matrix.json")
         if result.probabilities is not None:  # what a later final needs to take this seed without retraining it
-            self.writer.log_bytes(run_id, probabilities_bytes(result.probabilities), PROBABILITIES)
+            content = probabilities_bytes(result.probabilities)
+            self.writer.log_bytes(run_id, content, PROBABILITIES)
+            self.writer.log_params(run_id, {PROBABILITIES_SHA256: hashlib.sha256(content).hexdigest()})
         model_id = self.writer.log_model(run_id, result.model_files, tags={SEED: result.seed, STAGE: FINAL_LEVEL})
         self.writer.log_results(
             run_id,

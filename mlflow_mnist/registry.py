@@ -76,6 +76,7 @@ from mlflow_mnist.schema import (
     MEDIAN_KIND,
     MIN_TEST_ACCURACY,
     REPEATS,
+    SEAL,
     SEED_RUNS,
     SPREAD,
     TASK_PARAM,
@@ -102,7 +103,7 @@ from mlflow_mnist.schema import (
     VERSION_VERIFIED_MODEL,
     TaskRef,
 )
-from mlflow_mnist.seal import RunSeal
+from mlflow_mnist.seal import SEAL_KEY_ENV, RunSeal
 from mlflow_mnist.tasks import DEFAULT_TASK
 
 __all__ = [
@@ -570,12 +571,18 @@ def promote(
                 fenced, name, candidate, data, predictions, verified=verified, min_accuracy=min_accuracy,
                 force=force, alpha=alpha, uses=uses, predict=predict,
             )  # fmt: skip
-    warning = ""
+    warnings = []
+    if seal is None and SEAL in final.data.tags:  # a shell without the variable: nothing was checked, say so
+        warnings.append(
+            f"warning: final run {final.info.run_id} is sealed, but ${SEAL_KEY_ENV} is not set: its seal was not "
+            f"checked; set the variable to the campaign's key file"
+        )
     if uses > 1:
-        warning = (
+        warnings.append(
             f"warning: this test set has scored {uses} finals in this tracking store; choosing among them by test "
             f"accuracy makes the winner's accuracy optimistic (test-set reuse): decide on CV, test once"
         )
+    warning = "\n".join(warnings)
     return {
         "name": name,
         "version": str(version.version),

@@ -8,6 +8,7 @@ variables or the tracking URI, so credentials never reach the store.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from mlflow_mnist.model_files import tree_sha256
@@ -34,6 +36,7 @@ from mlflow_mnist.schema import (
 from mlflow_mnist.seal import RunSeal, seal_run
 from mlflow_mnist.tracking import TrackingError
 
+_log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
 
 
@@ -61,6 +64,27 @@ def _metrics(values: Mapping[str, float], step: int = 0, model_id: str | None = 
     ]
 
 
+class Written:
+    """What this driver wrote to one run, shaped as MLflow's ``Run`` (``info.run_id``, ``data.params``, ``data.tags``,
+    ``data.metrics`` as latest values), so that the seal can compare it with what the store holds."""
+
+    def __init__(self, run_id: str, experiment_id: str, params=None, tags=None):
+        self.info = SimpleNamespace(run_id=run_id, experiment_id=experiment_id)
+        self.data = SimpleNamespace(params=dict(params or {}), tags=dict(tags or {}), metrics={})
+        self._order: dict[str, tuple[int, int, float]] = {}
+
+    def add(self, *, params=(), tags=(), metrics=()) -> None:
+        """Entities as logged (``Param``, ``RunTag``, ``Metric``); a metric's latest value is MLflow's: the
+        greatest (step, timestamp, value), the first logged of equals."""
+        self.data.params.update((param.key, param.value) for param in params)
+        self.data.tags.update((tag.key, tag.value) for tag in tags)
+        for metric in metrics:
+            order = (metric.step, metric.timestamp, metric.value)
+            if metric.key not in self._order or order > self._order[metric.key]:
+                self._order[metric.key] = order
+                self.data.metrics[metric.key] = metric.value
+
+
 class RunWriter:
     """Creates and closes the runs of one CLI invocation; remembers which are open so Ctrl-C can close them."""
 
@@ -81,6 +105,7 @@ class RunWriter:
         self.common_tags = dict(common_tags or {})
         self.adopted_run_id = adopted_run_id
         self.open_runs: list[str] = []
+        self.written: dict[str, Written] = {}  # open runs this writer started: what it wrote (for their seals)
         self._open_lock = threading.Lock()  # folds may be logged from several threads
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -99,21 +124,31 @@ class RunWriter:
         if parent:
             all_tags[PARENT] = parent
         if adopt:
+            made = self.client.get_run(adopt).data  # `mlflow run`'s -P params and tags, written before we started
             self.client.update_run(adopt, status="RUNNING", name=name)
             self.client.log_batch(adopt, tags=_tags(all_tags))
-            run_id = adopt
+            run_id, written = adopt, Written(adopt, self.experiment_id, made.params, {**made.tags, **all_tags})
         else:
             run = self.client.create_run(self.experiment_id, start_time=start_ms, run_name=name, tags=all_tags)
             run_id = run.info.run_id
+            written = Written(run_id, self.experiment_id, tags=all_tags)
         with self._open_lock:
             self.open_runs.append(run_id)
+            self.written[run_id] = written
         self.log_dataset(run_id)
         return run_id
 
     def finish(self, run_id: str, status: str = "FINISHED", end_ms: int | None = None) -> None:
-        """End ``run_id``; a finished run is sealed first (:mod:`mlflow_mnist.seal`), over all it holds."""
-        if status == "FINISHED":
-            seal_run(self.client, run_id, self.seal)
+        """End ``run_id``; a finished run is sealed first (:mod:`mlflow_mnist.seal`) if the store holds exactly what
+        this writer wrote to it."""
+        with self._open_lock:
+            written = self.written.pop(run_id, None)
+        if status == "FINISHED" and self.seal is not None and written is not None:
+            if not seal_run(self.client, run_id, self.seal, written):
+                _log.warning(
+                    "run %s was written by someone else while it was open: left unsealed, so it is not trusted later",
+                    run_id,
+                )
         self.client.set_terminated(run_id, status, end_time=end_ms)
         with self._open_lock:
             if run_id in self.open_runs:
@@ -168,15 +203,22 @@ class RunWriter:
             if logged.get(key) != format_value(value)
         }
 
+    def _log_batch(self, run_id: str, *, params=(), tags=(), metrics=()) -> None:
+        """Every write to a run's params, tags and metrics, remembered for its seal (a run this writer did not
+        start, e.g. a fold taken over, is not sealed again: nothing is remembered)."""
+        self.client.log_batch(run_id, metrics=list(metrics), params=list(params), tags=list(tags))
+        if (written := self.written.get(run_id)) is not None:
+            written.add(params=params, tags=tags, metrics=metrics)
+
     def log_params(self, run_id: str, values: Mapping[str, Any]) -> None:
         if values := self._writable_params(run_id, values):
-            self.client.log_batch(run_id, params=_params(values))
+            self._log_batch(run_id, params=_params(values))
 
     def log_tags(self, run_id: str, values: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=_tags(values))
+        self._log_batch(run_id, tags=_tags(values))
 
     def log_metrics(self, run_id: str, values: Mapping[str, float], *, model_id: str | None = None) -> None:
-        self.client.log_batch(run_id, metrics=_metrics(values, model_id=model_id, run_id=run_id))
+        self._log_batch(run_id, metrics=_metrics(values, model_id=model_id, run_id=run_id))
 
     def log_results(
         self,
@@ -204,7 +246,7 @@ class RunWriter:
             for m in _metrics({name: v}, step)
         ]
         linked = _metrics(scores or {}, model_id=model_id, run_id=run_id)
-        self.client.log_batch(
+        self._log_batch(
             run_id,
             metrics=curves + _metrics(metrics or {}) + linked,
             params=_params(self._writable_params(run_id, params or {})),
@@ -299,7 +341,7 @@ class RunWriter:
             raise
         self.client.finalize_logged_model(model.model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-        self.client.log_param(run_id, LOGGED_MODEL_ID, model.model_id)  # written once: which model is this run's
+        self._log_batch(run_id, params=_params({LOGGED_MODEL_ID: model.model_id}))  # written once: the run's model
         return model.model_id
 
 

@@ -91,6 +91,7 @@ SEED = _tag("seed")
 CONFIG_RANK = _tag("config_rank")  # a seed run of a final over several configurations: 1 = the search's best
 # planning.final_seed_key: by it the next final takes a killed final's finished seeds instead of retraining them
 FINAL_SEED_KEY = _tag("final_seed_key")
+PROBABILITIES_SHA256 = "probabilities_sha256"  # param: a seed's test_probabilities.npy, which a resumed final reads
 RESUMED_FROM = _tag("resumed_from_final_runs")  # the killed finals whose finished seeds a final took (comma-separated)
 # Tags a run may gain after its seal was written (a best child named once its siblings end, folds and seeds taken
 # over by a later run): outside the seal, with MLflow's own (parent, note). Nothing a reader trusts a run for.

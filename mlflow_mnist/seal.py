@@ -6,9 +6,10 @@ with a fold's key (reused, or continued from, by the next search) or seed runs u
 the next ``final`` and promoted from it). Tags, params and digests cannot tell them apart, because the forger
 writes those too. A secret can: with ``$MLFLOW_MNIST_SEAL_KEY_FILE`` naming a file only the campaign's user can
 read, the driver (it alone writes the store; workers never see the key) writes on each run it finishes an
-HMAC-SHA256 over the run's experiment, id, params, metrics and tags, and every reader that trusts a run for what
-it holds (fold reuse and continuation, final resume, the gate) takes only runs whose seal verifies. Runs without
-one, made before the key was set or by someone else, are retrained or refused.
+HMAC-SHA256 over the run's experiment, id, params, latest metrics, tags and parent, if the store holds exactly what
+it wrote there (:class:`mlflow_mnist.runs.Written`), and every reader that trusts a run for what it holds (fold
+reuse and continuation, carry-forward, final's choice of search and its resume, the gate) takes only runs whose
+seal verifies. Runs without one, made before the key was set or by someone else, are retrained or refused.
 
 Without the variable nothing is sealed or checked, as before. The key never leaves the file: no message, tag or
 log shows it (only the seal, a digest that reveals nothing of it).
@@ -20,15 +21,27 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
-from mlflow_mnist.schema import ANALYSIS_LEVEL, LEVEL, SEAL, UNSEALED_TAGS
+from mlflow_mnist.schema import (
+    ANALYSIS_LEVEL,
+    FINAL_SEED_LEVEL,
+    FOLD_LEVEL,
+    LEVEL,
+    LOGGED_MODEL_ID,
+    PARENT,
+    SEAL,
+    UNSEALED_TAGS,
+)
 
 SEAL_KEY_ENV = "MLFLOW_MNIST_SEAL_KEY_FILE"
 MIN_KEY_BYTES = 32
 _SYSTEM_TAGS = "mlflow."  # MLflow's own tags (run name, parent, note, source) change without us: not sealed
+REPARENTED_LEVELS = (FOLD_LEVEL, FINAL_SEED_LEVEL)  # runs a later run takes over: their parent changes
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class SealKeyError(RuntimeError):
@@ -50,13 +63,15 @@ class RunSeal:
 
     def verifies(self, run: Any) -> bool:
         recorded = run.data.tags.get(SEAL, "")
-        return bool(recorded) and hmac.compare_digest(recorded, self.sign(run))
+        # Anyone can write the tag: a value that is not a digest is no seal (and compare_digest refuses non-ASCII).
+        return bool(_DIGEST.fullmatch(recorded)) and hmac.compare_digest(recorded.encode(), self.sign(run).encode())
 
 
 def _content(run: Any) -> bytes:
     """What a seal covers: everything a reader may act on, in one canonical form. Metrics are their latest
     values (what readers read); tags that legitimately change after a run ends (see ``UNSEALED_TAGS``) and
-    MLflow's own are left out."""
+    MLflow's own are left out, except the parent of a run that keeps it (only folds and seeds move to a later run,
+    which then vouches for them itself: a resumed final re-checks each seed, a search each fold by its key)."""
     tags = {
         key: value
         for key, value in run.data.tags.items()
@@ -69,15 +84,19 @@ def _content(run: Any) -> bytes:
         "metrics": {key: repr(float(value)) for key, value in run.data.metrics.items()},
         "tags": tags,
     }
+    if run.data.tags.get(LEVEL) not in REPARENTED_LEVELS:
+        body["parent"] = run.data.tags.get(PARENT, "")
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 def active_seal() -> RunSeal | None:
-    """The seal ``$MLFLOW_MNIST_SEAL_KEY_FILE`` names, or None when it is unset or empty. Commands call it before
-    the store is reached, so an unusable key file is one line with nothing written."""
-    path = os.environ.get(SEAL_KEY_ENV, "")
-    if not path:
+    """The seal ``$MLFLOW_MNIST_SEAL_KEY_FILE`` names, or None when it is unset. Commands call it before the store
+    is reached, so an unusable key file (or an empty value) is one line with nothing written."""
+    path = os.environ.get(SEAL_KEY_ENV)
+    if path is None:
         return None
+    if not path.strip():  # set, but to nothing: a mistake in a script, not a wish to turn the checks off
+        raise SealKeyError(f"${SEAL_KEY_ENV} is set but empty: give the key file's path, or unset the variable")
     return RunSeal(_read_key(Path(path)))
 
 
@@ -92,6 +111,8 @@ def _read_key(path: Path) -> bytes:
         ) from None
     if not stat.S_ISREG(info.st_mode):
         raise SealKeyError(f"{where} is not a regular file: point it at the key file itself")
+    if info.st_uid != os.geteuid():
+        raise SealKeyError(f"{where} belongs to another user: use a key file of your own (`chown` it, or make one)")
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SealKeyError(f"{where} can be read or written by others: `chmod 600 {path}` (it signs your runs)")
     try:
@@ -111,10 +132,16 @@ def trusted(run: Any, seal: RunSeal | None) -> bool:
     return seal is None or seal.verifies(run)
 
 
-def seal_run(client: Any, run_id: str, seal: RunSeal | None) -> None:
-    """Write ``run_id``'s seal over what the store holds now (the run's last write before it ends)."""
-    if seal is not None:
-        client.set_tag(run_id, SEAL, seal.sign(client.get_run(run_id)))
+def seal_run(client: Any, run_id: str, seal: RunSeal, written: Any) -> bool:
+    """Write ``run_id``'s seal (the run's last write before it ends) if the store holds exactly what this driver
+    ``written`` to it (a run-shaped record: :class:`mlflow_mnist.runs.Written`); returns whether it sealed. Someone
+    who writes into the run while it is open (a metric at a later step, a tag, a param) is not vouched for: the run
+    is left unsealed, and readers with the key take it as anyone's."""
+    stored = client.get_run(run_id)
+    if _content(stored) != _content(written):
+        return False
+    client.set_tag(run_id, SEAL, seal.sign(stored))
+    return True
 
 
 def seal_existing(client: Any, seal: RunSeal, runs: list[Any]) -> tuple[int, int]:
@@ -128,6 +155,10 @@ def seal_existing(client: Any, seal: RunSeal, runs: list[Any]) -> tuple[int, int
         if seal.verifies(run):
             already += 1
             continue
+        outputs = run.outputs.model_outputs if run.outputs else []
+        if outputs and LOGGED_MODEL_ID not in run.data.params:  # older than the param: record its model, sealed
+            client.log_param(run.info.run_id, LOGGED_MODEL_ID, outputs[0].model_id)
+            run.data.params[LOGGED_MODEL_ID] = outputs[0].model_id
         client.set_tag(run.info.run_id, SEAL, seal.sign(run))
         sealed += 1
     return sealed, already

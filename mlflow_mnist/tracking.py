@@ -33,6 +33,7 @@ from mlflow_mnist.schema import (
     MODEL_SHA256,
     MODEL_TRAINING,
     PARENT,
+    SEAL,
     SETTINGS_KEY,
     STATUS,
     STD_HELDOUT_ACCURACY,
@@ -147,10 +148,12 @@ class ModelFilesChanged(TrackingError):
 def run_model_id(run) -> str | None:
     """The LoggedModel ``run`` logged: its ``logged_model_id`` param (written once); for a run logged before the
     param existed, its first model output (anyone can add outputs: :func:`logged_model_files` then requires no
-    digest of it)."""
+    digest of it); for a sealed run, none."""
     recorded = run.data.params.get(LOGGED_MODEL_ID)
     if recorded is not None:
         return recorded
+    if SEAL in run.data.tags:  # sealed runs record their model (seal-runs records an older run's): none logged
+        return None
     outputs = run.outputs.model_outputs if run.outputs else []
     return outputs[0].model_id if outputs else None
 
@@ -677,6 +680,11 @@ def close_stale_runs(client, experiment: str, *, holder_token: str = "", keep: I
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     return len(stale)
+
+
+def has_sealed_runs(client, experiment: str) -> bool:
+    """Whether any run of ``experiment`` carries a seal (:mod:`mlflow_mnist.seal`): its campaign uses a key."""
+    return bool(client.search_runs([experiment], f"tags.`{SEAL}` != ''", max_results=1))
 
 
 def latest_final_run(client, experiment: str):

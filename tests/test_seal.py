@@ -11,12 +11,15 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 from conftest import cli
 
 from mlflow_mnist import schema, tracking
 from mlflow_mnist.executors import JoblibExecutor
+from mlflow_mnist.final_resume import PROBABILITIES
 from mlflow_mnist.final_run import run_final
 from mlflow_mnist.registry import CHAMPION, PromotionRejected, promote
 from mlflow_mnist.seal import SEAL_KEY_ENV, RunSeal, SealKeyError, active_seal
@@ -44,7 +47,7 @@ def a_fold_run(**changes):
     values = dict(
         params={"epochs": "6", schema.LOGGED_MODEL_ID: "m-1"},
         metrics={"heldout_accuracy": 0.97},
-        tags={schema.FOLD_KEY: "abc", schema.STATUS: "ok", schema.PARENT: "p1"},
+        tags={schema.LEVEL: schema.FOLD_LEVEL, schema.FOLD_KEY: "abc", schema.STATUS: "ok", schema.PARENT: "p1"},
     )
     values.update(changes)
     return sealed(fake_run(**values))
@@ -66,10 +69,20 @@ def test_a_seal_covers_what_readers_act_on_and_not_what_may_change_after_the_run
         run = a_fold_run()
         tamper(run)
         assert not seal.verifies(run)
-    # Re-parented (taken over by a later run), named a best child, described in the UI: still sealed.
+    # A fold re-parented (taken over by a later run), named a best child, described in the UI: still sealed.
     run = a_fold_run()
     run.data.tags.update({schema.PARENT: "p2", schema.NOTE: "hello", schema.REUSED: "x", schema.BEST_CHILD: "y"})
     assert seal.verifies(run)
+    # A trial moved under another search is not: only folds and seeds are taken over (their readers re-check them).
+    trial = sealed(fake_run(tags={schema.LEVEL: schema.CANDIDATE_LEVEL, schema.TRIAL: "3", schema.PARENT: "search-a"}))
+    assert seal.verifies(trial)
+    trial.data.tags[schema.PARENT] = "search-b"
+    assert not seal.verifies(trial)
+    # A seal tag anyone wrote: not a digest, it is no seal, and never an error (non-ASCII broke compare_digest).
+    for forged in ("é" * 64, "x", "0" * 10_000, "A" * 64, ""):
+        run = a_fold_run()
+        run.data.tags[schema.SEAL] = forged
+        assert not seal.verifies(run)
     assert not RunSeal(b"o" * 40).verifies(a_fold_run())  # another key's seal
     assert "k" * 8 not in repr(seal)
 
@@ -81,6 +94,13 @@ def _key_file(folder: Path, content: bytes = KEY, mode: int = 0o600) -> Path:
     return path
 
 
+def _owned_by_another(path: Path) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a file away")
+    os.chown(path, 65534, -1)  # nobody
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "says"),
     [
@@ -89,6 +109,7 @@ def _key_file(folder: Path, content: bytes = KEY, mode: int = 0o600) -> Path:
         (lambda folder: _key_file(folder, mode=0o644), "chmod 600"),
         (lambda folder: _key_file(folder, mode=0o620), "chmod 600"),
         (lambda folder: _key_file(folder, content=b"short-secret-value\n"), "fewer than 32"),
+        (lambda folder: _owned_by_another(_key_file(folder)), "belongs to another user"),
     ],
 )
 def test_an_unusable_key_file_is_refused_in_one_line_that_never_shows_the_key(tmp_path, monkeypatch, make, says):
@@ -99,13 +120,47 @@ def test_an_unusable_key_file_is_refused_in_one_line_that_never_shows_the_key(tm
     assert "short-secret" not in str(refused.value) and "kkkk" not in str(refused.value)
 
 
-def test_no_variable_means_no_seal_and_a_good_file_gives_one(tmp_path, monkeypatch):
+def test_no_variable_means_no_seal_an_empty_one_is_refused_and_a_good_file_gives_one(tmp_path, monkeypatch):
     monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
     assert active_seal() is None
-    monkeypatch.setenv(SEAL_KEY_ENV, "")
-    assert active_seal() is None
+    for empty in ("", " "):  # set to nothing: a script's mistake, not a wish to turn the checks off
+        monkeypatch.setenv(SEAL_KEY_ENV, empty)
+        with pytest.raises(SealKeyError, match="is set but empty"):
+            active_seal()
     monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
     assert active_seal().verifies(a_fold_run())
+
+
+def test_a_run_someone_else_wrote_into_while_it_was_open_is_left_unsealed(store, tmp_path, monkeypatch, caplog):
+    """The seal vouches for what the driver wrote, not for what the store holds when the run ends: an attacker who
+    logs a metric at a later step, a tag or a param into an open run gets nothing sealed."""
+    from mlflow_mnist.campaign import NoLock
+
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    writer, client = campaign.writer(NoLock()), campaign.client
+
+    def fold_run(meddle) -> str:
+        run_id = writer.start("fold 1/3", schema.FOLD_LEVEL, tags={schema.FOLD_KEY: "k", schema.STATUS: "ok"})
+        writer.log_results(run_id, params={"epochs": 2}, history={"val_accuracy": [0.8, 0.9]},
+                           scores={schema.HELDOUT_ACCURACY: 0.9})  # fmt: skip
+        meddle(run_id)
+        writer.finish(run_id)
+        return run_id
+
+    honest = fold_run(lambda run_id: None)
+    assert active_seal().verifies(client.get_run(honest))
+    for meddle in (
+        lambda run_id: client.log_metric(run_id, schema.HELDOUT_ACCURACY, 0.999, step=10**12),
+        lambda run_id: client.set_tag(run_id, schema.STATUS, "ok "),
+        lambda run_id: client.log_param(run_id, schema.LOGGED_MODEL_ID, "m-forged"),
+    ):
+        run_id = fold_run(meddle)
+        assert schema.SEAL not in client.get_run(run_id).data.tags
+        assert f"run {run_id} was written by someone else while it was open" in caplog.text
+    # A value logged at an earlier step changes no latest value, which is all the seal and its readers use.
+    early = fold_run(lambda run_id: client.log_metric(run_id, schema.HELDOUT_ACCURACY, 0.999, step=-1))
+    assert active_seal().verifies(client.get_run(early))
 
 
 def test_tune_refuses_an_unusable_key_file_before_anything_is_written(tmp_path):
@@ -160,6 +215,20 @@ def test_with_a_key_a_search_reuses_only_the_folds_it_sealed(store, tmp_path, mo
     client.log_metric(target.info.run_id, schema.HELDOUT_ACCURACY, 0.9999, step=99)
     again = _search(store)
     assert again.trained == Counter({target.data.tags[schema.FOLD_KEY]: 1})  # that fold alone, trained again
+
+
+def test_a_command_without_the_key_on_a_sealed_campaign_says_nothing_is_checked(store, tmp_path, monkeypatch):
+    from mlflow_mnist.api import open_campaign as api_open_campaign
+
+    settings = dict(dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    said: list[str] = []
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    _search(store)
+    api_open_campaign(notify=said.append, **settings)[1]()
+    assert not [line for line in said if "warning" in line]
+    monkeypatch.delenv(SEAL_KEY_ENV)
+    api_open_campaign(notify=said.append, **settings)[1]()
+    assert f"warning: this campaign's runs are sealed, but ${SEAL_KEY_ENV} is not set" in said[-1]
 
 
 def test_without_a_key_nothing_is_sealed_and_an_unsealed_store_resumes_as_before(store, tmp_path, monkeypatch):
@@ -333,12 +402,16 @@ def test_the_gate_with_a_key_promotes_a_sealed_final_and_refuses_unsealed_or_cha
     # Sealed, and promoted twice (promote writes nothing to the runs it judges: their seals still hold).
     assert promote_run(sealed_finals.sealed, seal=seal, force=True)["version"] == "2"
     assert promote_run(sealed_finals.sealed, seal=seal, force=True)["version"] == "3"
+    # From a shell without the variable: judged as before, with a warning that its seal went unchecked.
+    unchecked = promote_run(sealed_finals.sealed, force=True)
+    assert f"final run {sealed_finals.sealed} is sealed, but ${SEAL_KEY_ENV} is not set" in unchecked["warning"]
+    assert unchecked["version"] == "4"
     # A seed changed after the final ended (its seed tag rewritten): the whole final is refused.
     seed = _seeds(client, experiment_id, sealed_finals.sealed)[1]
     client.set_tag(seed.info.run_id, schema.SEED, "0")
     with pytest.raises(PromotionRejected, match=f"run {seed.info.run_id} of final run {sealed_finals.sealed}"):
         promote_run(sealed_finals.sealed, seal=seal, force=True)
-    assert client.get_model_version_by_alias("mnist-2v7-convnet", CHAMPION).version == 3
+    assert client.get_model_version_by_alias("mnist-2v7-convnet", CHAMPION).version == 4
 
 
 @pytest.mark.slow
@@ -346,14 +419,28 @@ def test_a_rerun_final_takes_only_the_sealed_seeds_of_a_killed_final(sealed_fina
     from mlflow_mnist.campaign import Campaign
 
     client, experiment_id = sealed_store
-    client.set_terminated(sealed_finals.sealed, "KILLED")  # as a final killed after its seeds finished leaves it
+
+    def rerun() -> dict:
+        campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, experiment="mnist")
+        return run_final(campaign, repeats=3, executor=JoblibExecutor(1), progress=False)
+
     seeds = _seeds(client, experiment_id, sealed_finals.sealed)
+    # A finished final marked KILLED through the API: it is sealed, so it finished; its seeds are not taken.
+    client.set_terminated(sealed_finals.sealed, "KILLED")
+    assert rerun()["seeds_taken"] == 0
+    for seed in seeds:  # back under it, as they were
+        client.set_tag(seed.info.run_id, schema.PARENT, sealed_finals.sealed)
+    # As a final killed after its seeds finished leaves it: never sealed. Its sealed, unchanged seeds are taken.
+    client.delete_tag(sealed_finals.sealed, schema.SEAL)
     client.log_metric(seeds[0].info.run_id, schema.SEED_ACCURACY, 1.0, step=1)  # one seed changed since
-    campaign = Campaign.open("sample", "2,7", folds=2, seed=0, epochs=1, experiment="mnist")
-    summary = run_final(campaign, repeats=3, executor=JoblibExecutor(1), progress=False)
-    assert summary["seeds_taken"] == 2  # the changed one trained again
+    probabilities = Path(urlparse(client.get_run(seeds[1].info.run_id).info.artifact_uri).path) / PROBABILITIES
+    saved = np.load(probabilities)
+    np.save(probabilities, saved * 0.999 + 0.0005)  # another seed's probabilities: the same predictions
+    assert (np.load(probabilities).argmax(1) == saved.argmax(1)).all()
+    summary = rerun()
+    assert summary["seeds_taken"] == 1  # the changed seed and the one with other probabilities trained again
     taken = {run.info.run_id for run in _seeds(client, experiment_id, summary["run_id"])}
-    assert seeds[0].info.run_id not in taken and {seeds[1].info.run_id, seeds[2].info.run_id} <= taken
+    assert seeds[2].info.run_id in taken and not {seeds[0].info.run_id, seeds[1].info.run_id} & taken
 
 
 def test_the_key_file_is_read_by_its_owner_only_in_the_docs_recipe(tmp_path):
