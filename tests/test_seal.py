@@ -263,6 +263,14 @@ def test_with_a_key_a_fold_continues_only_from_a_model_its_sealed_run_logged(sto
     forged = fold_run("k2")
     campaign.client.set_terminated(forged, "FINISHED")
     assert campaign.load_checkpoint("k2") is None
+    # A sealed fold that logged no model, given one as an output afterwards (anyone can add outputs): none read.
+    from mlflow.entities import LoggedModelOutput
+
+    modelless = writer.start("fold 2/3", schema.FOLD_LEVEL, tags={schema.FOLD_KEY: "k3", schema.STATUS: "ok"})
+    writer.finish(modelless)
+    campaign.client.log_outputs(modelless, [LoggedModelOutput(tracking.run_model_id(campaign.client.get_run(
+        forged)), step=0)])  # fmt: skip
+    assert campaign.load_checkpoint("k3") is None
 
 
 def test_with_a_key_only_sealed_steps_carry_forward_and_final_trains_only_a_sealed_searchs_pick(
@@ -327,9 +335,33 @@ def test_seal_runs_adopts_a_campaign_begun_without_the_key(store, tmp_path, monk
     assert len(finished) > len(first.trained)  # the folds and the runs above them
     monkeypatch.setenv(SEAL_KEY_ENV, key[SEAL_KEY_ENV])
     assert not _search(store).trained  # trusted now: nothing trained again
+    assert all(active_seal().verifies(run) for run in finished)
     again = cli("seal-runs", "--experiment", "mnist", env=key, cwd=tmp_path)  # the rerun's runs, sealed as written
     now = len([r for r in runs_of(store) if r.info.status == "FINISHED"])
     assert again.stdout.strip() == f"sealed 0 finished run(s); {now} were sealed already"
+
+
+def test_seal_runs_records_the_model_an_older_run_logged_before_it_seals_it(store, tmp_path, monkeypatch):
+    from mlflow.entities import LoggedModelOutput
+
+    from mlflow_mnist.api import seal_runs
+    from mlflow_mnist.campaign import NoLock
+
+    monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=2, task="mnist")
+    writer, client = campaign.writer(NoLock()), campaign.client
+    maker = writer.start("fold 1/3", schema.FOLD_LEVEL, tags={schema.FOLD_KEY: "k1", schema.STATUS: "ok"})
+    model_id = writer.log_model(maker, {"MLmodel": b"flavors: {}\n", "model.keras": b"weights"})
+    writer.finish(maker)
+    # A run from before runs recorded their model as a param: its model is its first output.
+    older = writer.start("fold 2/3", schema.FOLD_LEVEL, tags={schema.FOLD_KEY: "k2", schema.STATUS: "ok"})
+    client.log_outputs(older, [LoggedModelOutput(model_id, step=0)])
+    writer.finish(older)
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    assert seal_runs(experiment="mnist") == (2, 0)
+    run = client.get_run(older)
+    assert run.data.params[schema.LOGGED_MODEL_ID] == model_id and active_seal().verifies(run)
+    assert tracking.run_model_id(run) == model_id
 
 
 @dataclass
