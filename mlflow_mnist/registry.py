@@ -75,6 +75,7 @@ from mlflow_mnist.schema import (
     MEAN_TEST_ACCURACY,
     MEDIAN_KIND,
     MIN_TEST_ACCURACY,
+    PROBABILITIES_SHA256,
     REPEATS,
     SEAL,
     SEED_RUNS,
@@ -120,7 +121,7 @@ VERSION_TAGS = (
     VERSION_VERIFIED_MODEL,
 )  # fmt: skip
 # A final's params that are not its configuration, left out of the version's "params" tag.
-NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256, ENDED_MS)
+NOT_CONFIGURATION = (TASK_PARAM, DATA_DIGEST_PARAM, SEED_RUNS, DATA_SHA256, ENDED_MS, PROBABILITIES_SHA256)
 MODEL_KINDS = {"median": MEDIAN_KIND, "ensemble": ENSEMBLE_KIND}
 
 
