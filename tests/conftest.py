@@ -40,18 +40,24 @@ def _in_memory_temp(folder: Path = Path("/dev/shm"), *, free_bytes: int = 4 << 3
 _in_memory_temp()
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """An empty SQLite tracking store in a temporary folder, which is also the working directory."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.chdir(tmp_path)
+def use_store(patch: pytest.MonkeyPatch, folder: Path) -> str:
+    """Point everything at the SQLite store in ``folder`` (also the working directory), with no run or experiment
+    inherited from the environment; returns its URI."""
+    uri = f"sqlite:///{folder}/mlflow.db"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.delenv("MLFLOW_RUN_ID", raising=False)
+    patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    patch.chdir(folder)
     import mlflow
 
     mlflow.set_tracking_uri(uri)  # fluent calls (load_model) must not see an earlier test's store
     return uri
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """An empty SQLite tracking store in a temporary folder, which is also the working directory."""
+    return use_store(monkeypatch, tmp_path)
 
 
 @pytest.fixture(scope="session")

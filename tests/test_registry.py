@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+from conftest import use_store
 from services import free_port
 
 import mlflow_mnist
@@ -273,12 +274,10 @@ class Finals:
 
 @pytest.fixture(scope="module")
 def finals(tmp_path_factory, sample) -> Finals:
-    import mlflow
 
     from mlflow_mnist.campaign import Campaign
 
     root = tmp_path_factory.mktemp("finals")
-    uri = f"sqlite:///{root}/mlflow.db"
     leaked = np.flatnonzero(np.isin(sample.y_test, (2, 7)))[:LEAKED]
     leaky_data = root / "leaky.npz"
     np.savez(
@@ -290,11 +289,7 @@ def finals(tmp_path_factory, sample) -> Finals:
     )
     options = dict(folds=2, seed=0, epochs=1, experiment="mnist")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        patch.chdir(root)
-        mlflow.set_tracking_uri(uri)
+        use_store(patch, root)
         good = Campaign.open("sample", "2,7", **options)
         runs = [
             run_final(campaign, repeats=repeats, executor=JoblibExecutor(1), progress=False)["run_id"]
@@ -339,16 +334,10 @@ def local_folder(location: str) -> Path:
 @pytest.fixture
 def fresh(finals, tmp_path, monkeypatch) -> Store:
     """A copy of the trained finals' store (models stay where they were logged), so each test starts clean."""
-    import mlflow
     from mlflow import MlflowClient
 
     shutil.copy(finals.root / "mlflow.db", tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)  # the registry resolves models:/ URIs through the fluent client
+    uri = use_store(monkeypatch, tmp_path)  # the registry resolves models:/ URIs through the fluent client
     return Store(MlflowClient(uri), uri, finals)
 
 

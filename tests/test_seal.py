@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, use_store
 
 from mlflow_mnist import schema, tracking
 from mlflow_mnist.executors import JoblibExecutor
@@ -374,20 +374,14 @@ class SealedFinals:
 
 @pytest.fixture(scope="module")
 def sealed_finals(tmp_path_factory) -> SealedFinals:
-    import mlflow
 
     from mlflow_mnist.campaign import Campaign
 
     root = tmp_path_factory.mktemp("sealed_finals")
     key = _key_file(root)
-    uri = f"sqlite:///{root}/mlflow.db"
     options = dict(folds=2, seed=0, epochs=1, experiment="mnist")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-        patch.chdir(root)
-        mlflow.set_tracking_uri(uri)
+        use_store(patch, root)
         patch.delenv(SEAL_KEY_ENV, raising=False)
         unsealed = run_final(Campaign.open("sample", "2,7", **options), executor=JoblibExecutor(1), progress=False)
         patch.setenv(SEAL_KEY_ENV, str(key))
@@ -400,16 +394,10 @@ def sealed_finals(tmp_path_factory) -> SealedFinals:
 @pytest.fixture
 def sealed_store(sealed_finals, tmp_path, monkeypatch):
     """A copy of the finals' store (their models stay where they were logged), the key set."""
-    import mlflow
 
     shutil.copy(sealed_finals.root / "mlflow.db", tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    uri = use_store(monkeypatch, tmp_path)
     monkeypatch.setenv(SEAL_KEY_ENV, str(sealed_finals.key))
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
     client = tracking.connect(uri)
     return client, client.get_experiment_by_name("mnist").experiment_id
 
