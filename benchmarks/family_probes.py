@@ -14,7 +14,7 @@
 - long: 30 epochs and a cosine schedule instead of the configuration's.
 
 Each variant trains each fold with the same seed; the errors are counted on the held-out fold. Prints one JSON line
-per fold and variant, and writes them to --out (a .json list).
+per fold and variant, writes them to --out (a .json list) and draws them beside it (.png; --plot-only redraws it).
 """
 
 from __future__ import annotations
@@ -91,6 +91,43 @@ def deeper(config: dict, seed: int, dtype: str):
     return model
 
 
+def totals(rows: list[dict]) -> dict[str, int]:
+    """Errors per variant over its folds, in the order the variants ran (a variant that lost a fold is left out)."""
+    folds = {row["fold"] for row in rows}
+    found: dict[str, list[int]] = {}
+    for row in rows:
+        found.setdefault(row["variant"], []).append(row["errors"])
+    return {name: sum(errors) for name, errors in found.items() if len(errors) == len(folds)}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Errors per variant with a Poisson count's +/-2 sd, the plain model's total as a line: within the band is
+    within noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counted = totals(rows)
+    n = sum(row["n"] for row in rows if row["variant"] == next(iter(counted)))
+    shown = {name: errors for name, errors in counted.items() if errors < n / 4}  # a collapsed variant: named below
+    names, errors = list(shown), list(shown.values())
+    figure, axes = plt.subplots(figsize=(8, 3.6))
+    axes.barh(names, errors, xerr=[2 * e**0.5 for e in errors], color="#4c72b0", capsize=3)
+    if "plain" in shown:
+        axes.axvline(shown["plain"], color="grey", linestyle="--", linewidth=1, label="the pick (plain)")
+        axes.axvline(shown["plain"] * 0.55, color="#c44e52", linestyle=":", linewidth=1.5, label="the goal: 45% fewer")
+        axes.legend(loc="upper right", fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel(f"CV errors of {n:,} training images (3 folds; bars: +/-2 sd of a Poisson count)")
+    collapsed = sorted(set(counted) - set(shown))
+    title = "Other families at about the champion's cost, on CV"
+    axes.set_title(title + (f" ({', '.join(collapsed)}: one class, not shown)" if collapsed else ""), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="a champion report (.json with 'config')")
@@ -99,10 +136,15 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "mnist"))
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "family-probes.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw --out's figure (.png) from its .json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     variants = args.variants.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
-        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+        print(f"error: unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        sys.exit(2)
     sys.path.insert(0, str(ROOT))
     import keras
     import numpy as np
@@ -153,6 +195,7 @@ def main() -> None:
                 rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
+    plot(rows, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -251,3 +251,28 @@ def test_a_final_from_an_earlier_search_needs_its_report_and_store(tmp_path, rep
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: --final-from {path}: ") and message in lines[0]
     assert not out.exists()
+
+
+def test_family_probes_add_up_whole_variants_draw_them_and_refuse_an_unknown_one(tmp_path):
+    """benchmarks/family_probes.py: a variant's total counts only when it has every fold; the figure is drawn from
+    the JSON alone (--plot-only); an unknown variant is one line, exit 2, before any data is read."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("family_probes", ROOT / "benchmarks" / "family_probes.py")
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)
+    rows = [
+        {"fold": fold, "variant": variant, "errors": errors, "n": 100}
+        for fold in (0, 1)
+        for variant, errors in (("plain", 3 + fold), ("long", 2), ("elastic", 50))
+    ] + [{"fold": 0, "variant": "shear", "errors": 1, "n": 100}]  # stopped after one fold
+    assert probes.totals(rows) == {"plain": 7, "long": 4, "elastic": 100}
+    out = tmp_path / "probes.json"
+    out.write_text(json.dumps(rows))
+    proc = _bench("family_probes.py", "--config", "unused.json", "--plot-only", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "probes.png").read_bytes()[:4] == b"\x89PNG"
+    refused = _bench("family_probes.py", "--config", "unused.json", "--variants", "plain,bohb", "--out", str(out))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: unknown variant(s) bohb: choose from plain, tta, shear, elastic, deeper, long"
+    ]
