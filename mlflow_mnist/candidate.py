@@ -429,10 +429,11 @@ def check_sealed(client, final, seal: RunSeal | None) -> None:
     children = tracking.search_all(client, [final.info.experiment_id], f"tags.`{PARENT}` = '{final.info.run_id}'")
     for run in [final, *(child for child in children if child.data.tags.get(LEVEL) == FINAL_SEED_LEVEL)]:
         if not seal.verifies(run):
+            which = "final run" if run is final else f"run {run.info.run_id}, a seed of final run"
             raise PromotionRejected(
-                f"not promoted: run {run.info.run_id} of final run {final.info.run_id} has no valid seal of the key "
-                f"in ${SEAL_KEY_ENV} (written before the key was set, with another key, by someone else, or changed "
-                f"since): run `mlflow-mnist final` again with this key; {UNCHANGED}"
+                f"not promoted: {which} {final.info.run_id} has no valid seal of the key in ${SEAL_KEY_ENV} (written "
+                f"before the key was set, with another key, by someone else, or changed since): run `mlflow-mnist "
+                f"final` again with this key, or `mlflow-mnist seal-runs` if you trust the store; {UNCHANGED}"
             )
 
 

@@ -416,7 +416,7 @@ def test_the_gate_with_a_key_promotes_a_sealed_final_and_refuses_unsealed_or_cha
         return promote(client, experiment_id, run_id=run_id, min_accuracy=0.5, model="ensemble", **options)
 
     # Written before the key was set (or forged whole, through the API): refused with the key, judged without it.
-    with pytest.raises(PromotionRejected, match=f"run {sealed_finals.unsealed} .* no valid seal of the key in"):
+    with pytest.raises(PromotionRejected, match=f"final run {sealed_finals.unsealed} has no valid seal of the key in"):
         promote(client, experiment_id, run_id=sealed_finals.unsealed, min_accuracy=0.5, seal=seal)
     assert promote(client, experiment_id, run_id=sealed_finals.unsealed, min_accuracy=0.5)["version"] == "1"
     # Sealed, and promoted twice (promote writes nothing to the runs it judges: their seals still hold).
@@ -429,7 +429,7 @@ def test_the_gate_with_a_key_promotes_a_sealed_final_and_refuses_unsealed_or_cha
     # A seed changed after the final ended (its seed tag rewritten): the whole final is refused.
     seed = _seeds(client, experiment_id, sealed_finals.sealed)[1]
     client.set_tag(seed.info.run_id, schema.SEED, "0")
-    with pytest.raises(PromotionRejected, match=f"run {seed.info.run_id} of final run {sealed_finals.sealed}"):
+    with pytest.raises(PromotionRejected, match=f"run {seed.info.run_id}, a seed of final run {sealed_finals.sealed}"):
         promote_run(sealed_finals.sealed, seal=seal, force=True)
     assert client.get_model_version_by_alias("mnist-2v7-convnet", CHAMPION).version == 4
 
