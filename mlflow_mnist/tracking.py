@@ -617,7 +617,8 @@ def read_store_state(
     Folds are matched by key alone (the key holds everything that shapes a fold); a step's best only carries
     forward into a campaign with the same :meth:`SearchSettings.key`, so a 1-epoch 2-fold exploration never
     feeds a 6-epoch 3-fold campaign on the same data. Low rungs of successive halving decide nothing. With a
-    ``seal``, only folds it sealed are reused (others are trained again) and only steps it sealed carry forward.
+    ``seal``, only folds it sealed are reused (others are trained again), only steps it sealed carry forward, and
+    only trials it sealed count as finished.
     """
     runs = search_all(client, [experiment], f"tags.`{DIGEST}` = '{data_digest}'")
     status = {run.info.run_id: run.info.status for run in runs}
@@ -630,7 +631,9 @@ def read_store_state(
             ok = tags.get(STATUS, "ok") == "ok"
             score = run.data.metrics.get(MEAN_HELDOUT_ACCURACY, math.nan) if ok else 0.0
             record = CandidateTags.parse(tags)
-            finished = info.status == "FINISHED"
+            # With a seal, a finished trial it did not seal reads as cut short: its rung is run again (sealed folds
+            # reused), so a score anyone could write never reaches a sampler, a pruner or a warm start.
+            finished = info.status == "FINISHED" and trusted(run, seal)
             chance = run.data.metrics.get(CHANCE_ACCURACY, math.nan)
             std = run.data.metrics.get(STD_HELDOUT_ACCURACY, math.nan)
             state.candidates.append(CandidateRecord(record, score, tags.get(STATUS, "ok"), finished, chance, std))

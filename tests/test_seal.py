@@ -320,6 +320,55 @@ def test_with_a_key_final_configs_skip_a_trial_run_added_under_a_sealed_search(s
     assert len(configs) == 3 and 99 not in [config["neurons_1"] for config in configs]
 
 
+def test_with_a_key_a_trial_run_added_under_a_search_never_reaches_its_sampler_or_a_warm_start(
+    store, tmp_path, monkeypatch
+):
+    """A forger's finished trial under the user's search, with the best score of all: with the key it reads as cut
+    short (its configuration is trained and measured when the search goes on, its score never told); without the
+    key it is taken as finished, as before."""
+    import json
+
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    def campaign():
+        return open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+
+    def search(trials: int) -> OptunaSearch:
+        strategy = OptunaSearch(SEED, n_trials=trials, batch=2, seed=0, search_key="s1")
+        run(campaign(), strategy, worker=Worker(), with_model=False)
+        return strategy
+
+    monkeypatch.setenv(SEAL_KEY_ENV, str(_key_file(tmp_path)))
+    search(2)
+    state = campaign().read_state()
+    assert state.candidates and all(record.finished for record in state.candidates)  # the driver's: all sealed
+    client = tracking.connect(store)
+    top = max(
+        (r for r in runs_of(store) if r.data.tags.get(schema.LEVEL) == schema.CANDIDATE_LEVEL),
+        key=lambda r: int(r.data.tags[schema.RUNG]),
+    )
+    forged_values = {**json.loads(top.data.tags[schema.SAMPLED]), "neurons_1": 99}
+    forged = client.create_run(
+        top.info.experiment_id,
+        tags={**top.data.tags, schema.TRIAL: "7", schema.SAMPLED: json.dumps(forged_values), schema.SEAL: "0" * 64},
+    ).info.run_id
+    client.log_metric(forged, schema.MEAN_HELDOUT_ACCURACY, 0.99999)
+    client.set_terminated(forged, "FINISHED")
+
+    def forged_record(state):
+        return next(record for record in state.candidates if record.tags.trial == 7)
+
+    state = campaign().read_state()
+    assert not forged_record(state).finished
+    assert forged_values not in campaign().warm_configs(state)
+    told = search(3).study.trials
+    assert max(trial.value or 0.0 for trial in told) < 0.99  # trained again, and told what it scored
+    assert forged_values in [trial.params for trial in told]
+    monkeypatch.delenv(SEAL_KEY_ENV)  # without the key: anyone's trial is taken as it is
+    assert forged_record(campaign().read_state()).finished
+
+
 def test_seal_runs_adopts_a_campaign_begun_without_the_key(store, tmp_path, monkeypatch):
     monkeypatch.delenv(SEAL_KEY_ENV, raising=False)
     first = _search(store)
