@@ -60,6 +60,7 @@ from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
 from mlflow_mnist.schema import (
     CHAMPION,
+    COPY_FOR,
     COPY_OF,
     COPY_RECORD,
     DATA_DIGEST_PARAM,
@@ -172,6 +173,13 @@ class GateRecord:
         return f"its copy's {key} param" if self.from_copy else f"its {key} tag"
 
 
+def source_model_id(version) -> str | None:
+    """The LoggedModel ``version``'s source names (``models:/<id>``, fixed when the version is created): the SQL
+    registry keeps no ``model_id``, so this is where a version's copy is found."""
+    match = re.fullmatch(r"models:/([^/@]+)", version.source or "")
+    return match.group(1) if match else None
+
+
 def gate_record(client, version) -> GateRecord:
     """What the gate verified when it registered ``version``: the params of the copy it registered
     (:func:`register_copy`), the LoggedModel the version's source names (``models:/<copy id>``, fixed when the
@@ -180,8 +188,8 @@ def gate_record(client, version) -> GateRecord:
     tags disagree with the params they are ignored. A version whose source holds no such params (registered before
     promote recorded them, or by hand) has only its tags, read as before. Raises ``MlflowException`` when the
     source model cannot be read (deleted)."""
-    match = re.fullmatch(r"models:/([^/@]+)", version.source or "")
-    params = client.get_logged_model(match.group(1)).params if match else {}
+    copy_id = source_model_id(version)
+    params = client.get_logged_model(copy_id).params if copy_id else {}
     # Every LoggedModel of ours has a model_sha256 param (its files' digest); only a copy names the model it verified.
     if VERSION_VERIFIED_MODEL not in params:
         return GateRecord(dict(version.tags), from_copy=False)
@@ -398,17 +406,56 @@ def version_tags(
     return tags
 
 
+def copy_name(name: str) -> str:
+    """The LoggedModel name of registered model ``name``'s copies."""
+    return "registered-" + re.sub(r"[/:.%\"']", "-", name)  # what a LoggedModel's name may not contain
+
+
+def drop_unused_copies(client, name: str, experiment_id: str) -> int:
+    """Delete the copies made for ``name`` in ``experiment_id`` that no version of ``name`` uses (left by a promote
+    killed or refused after its upload, before its version); returns how many. Call it holding the registered
+    model's lock: no other promote of ``name`` is then between its upload and its version. Copies without the
+    ``COPY_FOR`` tag (made before it) are left as they are."""
+    quote = next((mark for mark in "'\"" if mark not in name), None)
+    if quote is None:  # a name no filter string can quote: leave its copies (harmless, and visible as unused)
+        return 0
+    versions = _all_pages(lambda token: client.search_model_versions(f"name = {quote}{name}{quote}", page_token=token))
+    used = {source_model_id(version) for version in versions}
+    unused = [
+        model.model_id
+        for model in _all_pages(
+            lambda token: client.search_logged_models(
+                [experiment_id], filter_string=f"name = '{copy_name(name)}'", page_token=token
+            )
+        )
+        if model.tags.get(COPY_FOR) == name and model.model_id not in used
+    ]
+    for model_id in unused:
+        client.delete_logged_model(model_id)
+    return len(unused)
+
+
+def _all_pages(search: Callable[[str | None], Any]) -> list:
+    """Every result of a paged MLflow search: ``search(page_token)`` until a page comes with no next token."""
+    found, token = [], None
+    while True:
+        page = search(token)
+        found += list(page)
+        if not (token := page.token):
+            return found
+
+
 def register_copy(client, name: str, candidate: Candidate, verified: LocalModel, *, record: Mapping[str, str]) -> str:
-    """A new LoggedModel (``registered-<name>``, tag ``copy_of``: the candidate's id) holding the gate's verified
-    local copy, byte for byte; returns its id. The version is created on it rather than on the candidate's own
-    folder, which stays writable: files swapped there after verification must not become what ``@champion``
-    serves. ``record`` (what the gate verified, :data:`~mlflow_mnist.schema.COPY_RECORD`) becomes its params, in
-    the request that creates it: written once, what :func:`gate_record` reads back."""
+    """A new LoggedModel (``registered-<name>``, tags ``copy_of``: the candidate's id, ``copy_for``: ``name``)
+    holding the gate's verified local copy, byte for byte; returns its id. The version is created on it rather than
+    on the candidate's own folder, which stays writable: files swapped there after verification must not become
+    what ``@champion`` serves. ``record`` (what the gate verified, :data:`~mlflow_mnist.schema.COPY_RECORD`)
+    becomes its params, in the request that creates it: written once, what :func:`gate_record` reads back."""
     model = client.create_logged_model(
         experiment_id=str(candidate.final.info.experiment_id),
-        name="registered-" + re.sub(r"[/:.%\"']", "-", name),  # what a LoggedModel's name may not contain
+        name=copy_name(name),
         source_run_id=candidate.seed_run_id,
-        tags={COPY_OF: candidate.model_id},
+        tags={COPY_OF: candidate.model_id, COPY_FOR: name},
         params=dict(record),
     )
     try:
@@ -471,6 +518,7 @@ def decide_and_register(
     )
     previous = champion.version if champion else None
     tags = version_tags(candidate, decision, n_test=n, uses=uses, previous=previous or "", model_sha256=verified.sha256)
+    drop_unused_copies(client, name, str(candidate.final.info.experiment_id))
     copy_id = register_copy(client, name, candidate, verified, record={key: tags[key] for key in COPY_RECORD})
     version = client.create_model_version(
         name, f"models:/{copy_id}", run_id=candidate.seed_run_id, tags=tags, description=description, model_id=copy_id

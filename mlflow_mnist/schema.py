@@ -124,6 +124,9 @@ MODEL_SHA256 = VERSION_MODEL_SHA256
 # while the run was open names it as its source as well as the real one does).
 LOGGED_MODEL_ID = "logged_model_id"
 COPY_OF = _tag("copy_of")  # on that copy (a LoggedModel promote creates): the id of the model it copies
+# ... and the registered model it was made for (copies' names lose '.', '/', ...: "a.b" and "a-b" share one); the
+# next promote of that name deletes its copies no version uses (left by a promote killed after its upload).
+COPY_FOR = _tag("copy_for")
 # What the gate verified, also recorded as params of that copy, named as the version's tags: a LoggedModel's params
 # are written once (MLflow refuses to change one), a version's tags anyone can set. read_champion and load_champion
 # read these; the tags are for people reading the registry.

@@ -46,6 +46,7 @@ from mlflow_mnist.gate import (
 )
 from mlflow_mnist.registry import CHAMPION, VERSION_TAGS, promote
 from mlflow_mnist.schema import (
+    COPY_FOR,
     COPY_OF,
     COPY_RECORD,
     DATA_SOURCE,
@@ -855,6 +856,43 @@ def test_files_changed_while_registered_are_refused_before_the_alias_moves(fresh
     with pytest.raises(PromotionRejected, match=r"the files of version 2, read back from the registry, are not the"):
         fresh.promote(finals.good, min_accuracy=0.5)
     assert str(fresh.champion().version) == before
+
+
+class Killed(BaseException):
+    """A kill at a chosen point: nothing after it runs, no ``except Exception`` catches it."""
+
+
+@pytest.mark.slow
+def test_a_copy_left_by_a_promote_killed_after_its_upload_is_deleted_by_the_next(fresh, monkeypatch):
+    """A promote killed between its copy's upload and its version leaves a copy no version uses; the next promote
+    of that name deletes it (under the same lock) and leaves every copy a version stands on."""
+    finals, client = fresh.finals, fresh.client
+    fresh.promote(finals.poor, min_accuracy=0.3)
+    upload = registry.register_copy
+
+    def upload_then_die(*args, **options):
+        upload(*args, **options)
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "register_copy", upload_then_die)
+        with pytest.raises(Killed):
+            fresh.promote(finals.good, min_accuracy=0.5)
+
+    def copies() -> set[str]:
+        found = client.search_logged_models([fresh.experiment_id], filter_string="name = 'registered-" + NAME + "'")
+        return {model.model_id for model in found}
+
+    def used() -> set[str]:
+        return {registry.source_model_id(version) for version in client.search_model_versions(f"name = '{NAME}'")}
+
+    assert len(copies()) == 2 and len(copies() - used()) == 1  # the one left unused
+    # A copy of the same LoggedModel name made for another registered model ("a.b" and "a-b" share one): not ours.
+    other = client.create_logged_model(
+        fresh.experiment_id, name="registered-" + NAME, tags={COPY_OF: "m-1", COPY_FOR: NAME.replace("-", ".")}
+    ).model_id
+    fresh.promote(finals.good, min_accuracy=0.5)
+    assert copies() - {other} == used() and len(used()) == 2 and other in copies()
 
 
 @pytest.mark.slow
