@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from analysis.store import metric_column, param_column, tag_column
 from mlflow_mnist import schema
 
 SEARCH_COLUMNS = [
@@ -27,20 +28,8 @@ SEARCH_COLUMNS = [
 TRIAL_COLUMNS = ["search_run_id", "search", "trial", "mean", "budget", "complete", "status"]
 
 
-def _tag(name: str) -> str:
-    return f"tags.{name}"
-
-
-def _param(name: str) -> str:
-    return f"params.{name}"
-
-
-def _metric(name: str) -> str:
-    return f"metrics.{name}"
-
-
 def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
-    parent = runs.set_index("run_id")[_tag(schema.PARENT)].to_dict()
+    parent = runs.set_index("run_id")[tag_column(schema.PARENT)].to_dict()
     keep = []
     for run_id in runs["run_id"]:
         node, seen = run_id, 0
@@ -54,7 +43,9 @@ def _descendants(runs: pd.DataFrame, root: str) -> pd.DataFrame:
 
 def search_roots(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished top-level search runs: a stage, a single-step stage, a halving or Optuna search."""
-    top = runs[_tag(schema.PARENT)].isna() & runs[_tag(schema.LEVEL)].isin([schema.STAGE_LEVEL, schema.STEP_LEVEL])
+    top = runs[tag_column(schema.PARENT)].isna() & runs[tag_column(schema.LEVEL)].isin(
+        [schema.STAGE_LEVEL, schema.STEP_LEVEL]
+    )
     return runs[top & (runs["status"] == "FINISHED")].sort_values("start_time")
 
 
@@ -64,7 +55,7 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
-        level = below[_tag(schema.LEVEL)]
+        level = below[tag_column(schema.LEVEL)]
         finished = below["status"].isin(["FINISHED", "FAILED"])
         folds = below[(level == schema.FOLD_LEVEL) & finished].sort_values("end_time")
         candidates = below[(level == schema.CANDIDATE_LEVEL) & (below["status"] == "FINISHED")]
@@ -73,16 +64,16 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
             candidates[pd.Series(deciding, index=candidates.index, dtype=bool)] if len(candidates) else candidates
         )
         start = root["start_time"]
-        epochs = folds.get(_metric(schema.EPOCHS_RUN), pd.Series(0, index=folds.index)).fillna(0)
+        epochs = folds.get(metric_column(schema.EPOCHS_RUN), pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
         search = {
             "search_run_id": root["run_id"],
-            "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
-            "strategy": root.get(_tag(schema.STRATEGY)) or "staged",
+            "search": root.get(tag_column(schema.RUN_NAME), root["run_id"][:8]),
+            "strategy": root.get(tag_column(schema.STRATEGY)) or "staged",
         }
         for _, candidate in candidates.sort_values("end_time").iterrows():
             done = spent[spent["end"] <= candidate["end_time"]]
-            status = candidate.get(_tag(schema.STATUS), "ok")
+            status = candidate.get(tag_column(schema.STATUS), "ok")
             tags = schema.CandidateTags.parse(schema.tags_of_row(candidate))
             # A staged step's reference is a second training of a configuration already scored: the search never
             # chooses it, so its score is compute spent, not a best found (else the luckier of two draws counts).
@@ -90,11 +81,11 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 {
                     **search,
-                    "candidate": candidate.get(_tag(schema.CANDIDATE), ""),
+                    "candidate": candidate.get(tag_column(schema.CANDIDATE), ""),
                     # A joint search's trial number (None for a grid point): what names one draw across searches.
                     "trial": tags.trial,
                     "finished": candidate["end_time"],
-                    "mean": candidate.get(_metric(schema.MEAN_HELDOUT_ACCURACY)) if chosen_from else float("nan"),
+                    "mean": candidate.get(metric_column(schema.MEAN_HELDOUT_ACCURACY)) if chosen_from else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
                     "minutes": (candidate["end_time"] - start).total_seconds() / 60,
                 }
@@ -119,24 +110,24 @@ def trial_table(runs: pd.DataFrame, *, every_status: bool = False) -> pd.DataFra
     whether it was the full budget (``complete``) and the candidate's ``status``. Pruned trials stop at a low rung;
     their rows there still say which values lost early. A rung whose candidate is not healthy (diverged, failed,
     unstable: its mean ranks nothing) is left out, unless ``every_status``: `export-study` keeps every trial."""
-    if _tag(schema.SAMPLED) not in runs:
+    if tag_column(schema.SAMPLED) not in runs:
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     rows = []
     for _, root in search_roots(runs).iterrows():
         below = _descendants(runs, root["run_id"])
-        trials = below[below[_tag(schema.SAMPLED)].notna() & (below["status"] == "FINISHED")]
+        trials = below[below[tag_column(schema.SAMPLED)].notna() & (below["status"] == "FINISHED")]
         for _, trial in trials.iterrows():
             record = schema.CandidateTags.parse(schema.tags_of_row(trial))
-            status = trial.get(_tag(schema.STATUS), "ok")
+            status = trial.get(tag_column(schema.STATUS), "ok")
             if record.trial is None or (status != "ok" and not every_status):
                 continue
             rows.append(
                 {
                     "search_run_id": root["run_id"],
-                    "search": root.get(_tag(schema.RUN_NAME), root["run_id"][:8]),
+                    "search": root.get(tag_column(schema.RUN_NAME), root["run_id"][:8]),
                     "trial": record.trial,
-                    "mean": trial[_metric(schema.MEAN_HELDOUT_ACCURACY)],
-                    "budget": record.rung.budget if record.rung else int(trial.get(_param(schema.EPOCHS)) or 0),
+                    "mean": trial[metric_column(schema.MEAN_HELDOUT_ACCURACY)],
+                    "budget": record.rung.budget if record.rung else int(trial.get(param_column(schema.EPOCHS)) or 0),
                     "complete": record.rung is None or record.rung.counts,
                     "status": status if isinstance(status, str) else "unknown",  # a run without the tag
                     **record.sampled,

@@ -46,15 +46,18 @@ FOLD_COLUMNS = [
 RESULT_STATUSES = ("FINISHED", "FAILED")  # a KILLED or RUNNING fold is an interruption, not a result
 
 
-def _tag(name: str) -> str:
+def tag_column(name: str) -> str:
+    """The column of tag ``name`` in :func:`read_runs`' table (MLflow's ``search_runs`` naming)."""
     return f"tags.{name}"
 
 
-def _param(name: str) -> str:
+def param_column(name: str) -> str:
+    """The column of param ``name`` in :func:`read_runs`' table."""
     return f"params.{name}"
 
 
-def _metric(name: str) -> str:
+def metric_column(name: str) -> str:
+    """The column of metric ``name`` in :func:`read_runs`' table."""
     return f"metrics.{name}"
 
 
@@ -78,7 +81,12 @@ def read_runs(client, experiment_names: Iterable[str] | None) -> pd.DataFrame:
         runs = mlflow.search_runs(experiment_ids=ids, search_all_experiments=ids is None, max_results=1_000_000)
     finally:
         mlflow.set_tracking_uri(previous)
-    for column in (_tag(schema.LEVEL), _tag(schema.PARENT), _tag(schema.DIGEST), _tag(schema.SETTINGS_KEY)):
+    for column in (
+        tag_column(schema.LEVEL),
+        tag_column(schema.PARENT),
+        tag_column(schema.DIGEST),
+        tag_column(schema.SETTINGS_KEY),
+    ):
         if column not in runs:
             runs[column] = None
     return runs
@@ -91,7 +99,7 @@ def _get(row: pd.Series, column: str, default=None):
 
 def _finished_steps(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished step runs that decide something (not the low rungs of successive halving)."""
-    steps = runs[(runs[_tag(schema.LEVEL)] == schema.STEP_LEVEL) & (runs["status"] == "FINISHED")]
+    steps = runs[(runs[tag_column(schema.LEVEL)] == schema.STEP_LEVEL) & (runs["status"] == "FINISHED")]
     deciding = [schema.counts(schema.tags_of_row(row)) for _, row in steps.iterrows()]
     return steps[pd.Series(deciding, index=steps.index, dtype=bool)] if len(steps) else steps
 
@@ -106,14 +114,14 @@ def _latest_step_runs(
 ) -> list[pd.Series]:
     steps = _finished_steps(runs)
     if data_digest is not None:
-        steps = steps[steps[_tag(schema.DIGEST)] == data_digest]
+        steps = steps[steps[tag_column(schema.DIGEST)] == data_digest]
     if settings_key is not None:
-        steps = steps[steps[_tag(schema.SETTINGS_KEY)] == settings_key]
+        steps = steps[steps[tag_column(schema.SETTINGS_KEY)] == settings_key]
     if stage_run_id:
-        steps = steps[(steps["run_id"] == stage_run_id) | (steps[_tag(schema.PARENT)] == stage_run_id)]
+        steps = steps[(steps["run_id"] == stage_run_id) | (steps[tag_column(schema.PARENT)] == stage_run_id)]
     latest: dict[str, pd.Series] = {}
     for _, run in steps.sort_values("end_time").iterrows():
-        latest[schema.step_name(schema.tags_of_row(run)) or run.get(_tag(schema.RUN_NAME))] = run
+        latest[schema.step_name(schema.tags_of_row(run)) or run.get(tag_column(schema.RUN_NAME))] = run
     # The order the campaign ran its steps in (each step's latest run): no task's step list is needed.
     return sorted(latest.values(), key=lambda r: r["start_time"])
 
@@ -136,18 +144,18 @@ def fold_table(
     one set of campaign settings (by default those of the newest finished step)."""
     newest = newest_step(runs)
     if newest is not None:
-        data_digest = data_digest or _get(newest, _tag(schema.DIGEST))
-        settings_key = settings_key or _get(newest, _tag(schema.SETTINGS_KEY))
+        data_digest = data_digest or _get(newest, tag_column(schema.DIGEST))
+        settings_key = settings_key or _get(newest, tag_column(schema.SETTINGS_KEY))
     by_id = runs.set_index("run_id", drop=False)
-    children = {parent: group for parent, group in runs.groupby(_tag(schema.PARENT))}
+    children = {parent: group for parent, group in runs.groupby(tag_column(schema.PARENT))}
     rows = []
     for order, step_run in enumerate(_latest_step_runs(runs, data_digest, settings_key, stage_run_id)):
         group_tags = schema.GroupTags.parse(schema.tags_of_row(step_run))
-        step = group_tags.step or step_run.get(_tag(schema.RUN_NAME))
+        step = group_tags.step or step_run.get(tag_column(schema.RUN_NAME))
         varied = list(group_tags.varied) or [step]
         incumbent = _incumbent(step_run, varied)
         candidates = children.get(step_run["run_id"], runs.iloc[:0])
-        candidates = candidates[candidates[_tag(schema.LEVEL)] == schema.CANDIDATE_LEVEL]
+        candidates = candidates[candidates[tag_column(schema.LEVEL)] == schema.CANDIDATE_LEVEL]
         records = {
             row["run_id"]: schema.CandidateTags.parse(schema.tags_of_row(row)) for _, row in candidates.iterrows()
         }
@@ -157,25 +165,28 @@ def fold_table(
         fresh = any(record.role == schema.REFERENCE for record in records.values())
         for _, candidate in candidates.iterrows():
             record = records[candidate["run_id"]]
-            reused_ids = [i for i in (_get(candidate, _tag(schema.REUSED), "") or "").split(",") if i]
+            reused_ids = [i for i in (_get(candidate, tag_column(schema.REUSED), "") or "").split(",") if i]
             own = children.get(candidate["run_id"], runs.iloc[:0])
             folds = [(r, False) for _, r in own.iterrows()]
             folds += [(by_id.loc[i], True) for i in reused_ids if i in by_id.index]
-            value = VALUE_SEPARATOR.join(str(_get(candidate, _param(k), "?")) for k in varied)
+            value = VALUE_SEPARATOR.join(str(_get(candidate, param_column(k), "?")) for k in varied)
             is_incumbent = record.role != schema.REFERENCE and value == incumbent
             is_reference = record.role == schema.REFERENCE if fresh else is_incumbent
             for fold_run, reused in folds:
-                if fold_run["status"] not in RESULT_STATUSES or _get(fold_run, _tag(schema.LEVEL)) != schema.FOLD_LEVEL:
+                if (
+                    fold_run["status"] not in RESULT_STATUSES
+                    or _get(fold_run, tag_column(schema.LEVEL)) != schema.FOLD_LEVEL
+                ):
                     continue
-                status = _get(fold_run, _tag(schema.STATUS), "ok")
-                n_folds = int(_get(fold_run, _param(schema.N_FOLDS), 3))
-                fold = int(_get(fold_run, _param(schema.FOLD_PARAM), 0))
-                repeat = int(_get(fold_run, _param(schema.REPEAT_PARAM), 0))
+                status = _get(fold_run, tag_column(schema.STATUS), "ok")
+                n_folds = int(_get(fold_run, param_column(schema.N_FOLDS), 3))
+                fold = int(_get(fold_run, param_column(schema.FOLD_PARAM), 0))
+                repeat = int(_get(fold_run, param_column(schema.REPEAT_PARAM), 0))
                 rows.append(
                     {
                         "step": step,
                         "step_order": order,
-                        "stage": _get(step_run, _tag(schema.STAGE), step),
+                        "stage": _get(step_run, tag_column(schema.STAGE), step),
                         "step_run_id": step_run["run_id"],
                         "candidate": record.label,
                         "candidate_index": record.index,
@@ -189,10 +200,10 @@ def fold_table(
                         "repeat": repeat,
                         "split": repeat * n_folds + fold,
                         "n_folds": n_folds,
-                        "n_splits": n_folds * int(_get(fold_run, _param(schema.CV_REPEATS), 1)),
-                        "accuracy": float(_get(fold_run, _metric(schema.HELDOUT_ACCURACY), float("nan"))),
+                        "n_splits": n_folds * int(_get(fold_run, param_column(schema.CV_REPEATS), 1)),
+                        "accuracy": float(_get(fold_run, metric_column(schema.HELDOUT_ACCURACY), float("nan"))),
                         # What guessing scores; unknown (NaN) for folds logged without it, never assumed 0.5.
-                        "chance": float(_get(fold_run, _metric(schema.CHANCE_ACCURACY), float("nan"))),
+                        "chance": float(_get(fold_run, metric_column(schema.CHANCE_ACCURACY), float("nan"))),
                         "status": status,
                         "diverged": status == "diverged",
                         "reused": reused,

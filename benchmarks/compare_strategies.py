@@ -26,22 +26,10 @@ sys.path.insert(0, str(ROOT))
 from analysis import stats  # noqa: E402
 from analysis.anytime import get_anytime_info, render_anytime  # noqa: E402
 from analysis.searches import search_table  # noqa: E402
-from analysis.store import read_runs  # noqa: E402
+from analysis.store import metric_column, param_column, read_runs, tag_column  # noqa: E402
 from mlflow_mnist import schema, tracking  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _tag(name: str) -> str:
-    return f"tags.{name}"
-
-
-def _param(name: str) -> str:
-    return f"params.{name}"
-
-
-def _metric(name: str) -> str:
-    return f"metrics.{name}"
 
 
 def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd.Series]:
@@ -51,17 +39,21 @@ def best_fold_scores(runs: pd.DataFrame, anytime: pd.DataFrame) -> tuple[str, pd
     ``reused_fold_runs``), not every fold of its configuration: a staged step retrains the configuration it
     carried in as its reference, under other fold keys."""
     best = anytime.loc[anytime["mean"].idxmax()]
-    level = runs[_tag(schema.LEVEL)]
-    candidates = runs[(level == schema.CANDIDATE_LEVEL) & (runs[_tag(schema.CANDIDATE)] == best["candidate"])]
-    candidates = candidates[(candidates[_metric(schema.MEAN_HELDOUT_ACCURACY)] - best["mean"]).abs() < 1e-12]
+    level = runs[tag_column(schema.LEVEL)]
+    candidates = runs[(level == schema.CANDIDATE_LEVEL) & (runs[tag_column(schema.CANDIDATE)] == best["candidate"])]
+    candidates = candidates[(candidates[metric_column(schema.MEAN_HELDOUT_ACCURACY)] - best["mean"]).abs() < 1e-12]
     candidate = candidates.iloc[0]
-    reused = candidate.get(_tag(schema.REUSED))
+    reused = candidate.get(tag_column(schema.REUSED))
     reused = [run_id for run_id in reused.split(",") if run_id] if isinstance(reused, str) else []
-    own = (runs[_tag(schema.PARENT)] == candidate["run_id"]) | runs["run_id"].isin(reused)
+    own = (runs[tag_column(schema.PARENT)] == candidate["run_id"]) | runs["run_id"].isin(reused)
     folds = runs[(level == schema.FOLD_LEVEL) & own & (runs["status"] == "FINISHED")]
-    folds = folds.drop_duplicates(_tag(schema.FOLD_KEY))
-    index = folds[_param(schema.REPEAT_PARAM)].astype(int) * 100 + folds[_param(schema.FOLD_PARAM)].astype(int)
-    return best["candidate"], pd.Series(folds[_metric(schema.HELDOUT_ACCURACY)].to_numpy(), index=index).sort_index()
+    folds = folds.drop_duplicates(tag_column(schema.FOLD_KEY))
+    index = folds[param_column(schema.REPEAT_PARAM)].astype(int) * 100 + folds[param_column(schema.FOLD_PARAM)].astype(
+        int
+    )
+    return best["candidate"], pd.Series(
+        folds[metric_column(schema.HELDOUT_ACCURACY)].to_numpy(), index=index
+    ).sort_index()
 
 
 def main() -> None:
