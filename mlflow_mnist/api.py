@@ -137,8 +137,8 @@ def tune(
     # The dry and the real request's options.
     options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion, top_rung_parts=top_rung_parts)
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
-    if overrides:
-        _check_grids_take_overrides(chosen, steps, overrides, dry_epochs)
+    _check_grids(chosen, steps, overrides, dry_epochs)
+    budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign, announce = open_campaign(
             notify=notify,
@@ -169,6 +169,7 @@ def tune(
         )
         search = make_strategy(strategy, request)
         announce()
+        _say(budget_note, notify)
         outcome = campaign.search(search, executor=pool, with_model=log_models, progress=progress)
     rows = [
         {"step": g.step, "rung": g.group.rung.index if g.group.rung else None, **row}
@@ -187,16 +188,34 @@ def tune(
     )
 
 
-def _check_grids_take_overrides(task, steps, overrides: str, epochs: int) -> None:
+def _joint_budget_note(task, space, epochs: int | None, overrides: str) -> str:
+    """A line for ``--epochs`` (or an ``epochs`` override) given to a joint search, whose epochs are its space's
+    budget: the value is a campaign setting (the staged steps' epochs, part of the settings key), not this
+    search's, and said so rather than dropped without a word."""
+    asked = epochs if epochs is not None else task.parse_overrides(overrides).get(EPOCHS)
+    if space is None or asked is None or int(asked) == space.max_epochs:
+        return ""
+    return (
+        f"note: epochs {asked} is the campaign's setting for staged steps; a joint search trains up to its space's "
+        f"budget ({space.max_epochs} epochs in space {space.name}), rung by rung"
+    )
+
+
+def _check_grids(task, steps, overrides: str, epochs: int) -> None:
     """Every grid point of ``steps`` on top of the task's start and ``overrides``, validated as ``Campaign.open``
-    validates the overrides alone: a clash (``kernel_size=(13, 13)`` leaves no room for ``pool_size=(5, 5)``) is
-    one line before the store is reached, not a refusal once the store, the experiment and the lock exist."""
+    validates the overrides alone: a bad grid value of a task's own, or a clash (``kernel_size=(13, 13)`` leaves no
+    room for ``pool_size=(5, 5)``), is one line naming the step before the store is reached, not a refusal once the
+    store, the experiment and the lock exist."""
+    from mlflow_mnist.params import HyperparameterError
     from mlflow_mnist.strategies.staged import step_candidates
 
     fixed = {**task.start, "epochs": epochs, **task.parse_overrides(overrides)}
     for step in steps:
         for spec in step_candidates(step, fixed):
-            task.validate(spec.params)
+            try:
+                task.validate(spec.params)
+            except HyperparameterError as error:
+                raise HyperparameterError(f"{step.name}: {error}") from None
 
 
 def final(

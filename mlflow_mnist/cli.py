@@ -33,9 +33,18 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mlflow_mnist.gate import PromoteInputError
     from mlflow_mnist.lock import LockError
     from mlflow_mnist.seal import SealKeyError
+    from mlflow_mnist.search import SearchFailed
     from mlflow_mnist.tracking import TrackingError
 
-    errors = (TrackingError, LockError, ExecutorError, ExecutorOptionError, PromoteInputError, SealKeyError)
+    errors = (
+        TrackingError,
+        LockError,
+        ExecutorError,
+        ExecutorOptionError,
+        PromoteInputError,
+        SealKeyError,
+        SearchFailed,
+    )
     return (*USER_ERRORS, *errors)
 
 
@@ -267,13 +276,22 @@ def tasks() -> None:
     """List the registered tasks, their data, stages and spaces."""
     from mlflow_mnist.tasks import available_tasks, get_task
 
+    broken = []
     for name, where in sorted(available_tasks().items()):
-        task = get_task(name)
+        try:
+            task = get_task(name)
+        except StageError as error:  # one broken package must not hide the other tasks: listed, then said
+            broken.append(str(error))
+            continue
         click.echo(f"{name} ({where}): {task.about}")
         click.echo(f"  data: {task.data_help}; classes by default: {task.default_classes}")
         click.echo(f"  promotion threshold: {task.min_accuracy:.4%}")
         click.echo(f"  stages: {', '.join(task.stages) or 'none'}")
         click.echo(f"  spaces: {', '.join(task.spaces) or 'none'}")
+    for line in broken:
+        click.echo(f"error: {_one_line(line)}", err=True)
+    if broken:
+        sys.exit(2)
 
 
 @main.command()
@@ -302,7 +320,10 @@ def spaces(task) -> None:
     from mlflow_mnist.spaces import describe
     from mlflow_mnist.tasks import get_task
 
-    for space in get_task(task).spaces.values():
+    chosen = get_task(task)
+    if not chosen.spaces:
+        click.echo(f"task {chosen.name} has no search spaces: its searches are staged (see `mlflow-mnist stages`)")
+    for space in chosen.spaces.values():
         click.echo(f"{space.name}: {space.about} (resource: up to {space.max_epochs} epochs)")
         for dimension in space.dimensions:
             click.echo(f"  {dimension.name}: {describe(dimension.distribution)}  -- {dimension.why}")

@@ -335,7 +335,10 @@ def plan_candidates(
     neutral = settings.task.neutral
     for index, raw in enumerate(candidates):
         spec = raw if isinstance(raw, Spec) else Spec(raw)
-        params = settings.task.validate(spec.params)
+        try:
+            params = settings.task.validate(spec.params)
+        except HyperparameterError as error:  # a grid or a space of the task's own: say which
+            raise HyperparameterError(f"{group.step}: {error}") from None
         varied = {key: params[key] for key in group.varied}
         label = spec.label or candidate_label(varied)
         splits = [(repeat, fold) for repeat in range(settings.cv_repeats) for fold in range(settings.n_folds)]

@@ -38,6 +38,11 @@ from mlflow_mnist.results import FoldResult, best_row, cv_results
 from mlflow_mnist.strategies import Strategy
 
 
+class SearchFailed(RuntimeError):
+    """Every fold a search trained failed (raised, rather than scored): the task's model or data breaks the task
+    contract, not one configuration; the search stops instead of reporting a best of NaN."""
+
+
 @dataclass
 class GroupOutcome:
     """What one evaluate call found: its ``cv_results`` rows, the best row and its candidate, how much it
@@ -214,6 +219,8 @@ class Session:
         self._running: dict[Any, tuple[FoldTask, Pending]] = {}  # executor handle -> (task, group)
         self._finished: deque[Pending] = deque()
         self._checkpoints: dict[str, Mapping[str, bytes]] = {}
+        self.first_failure: FoldResult | None = None  # the first fold that raised, unless any fold scored
+        self.scored = False  # a fold trained or reused with a score (ok, or diverged)
 
     # -- what strategies call ---------------------------------------------------------------------------------
     def submit(self, candidates: Sequence[Params | Spec], *, group: Group, priority: int = 0) -> Pending:
@@ -298,6 +305,10 @@ class Session:
 
     def _fold_done(self, task: FoldTask, pending: Pending, result: FoldResult) -> None:
         self.clock.finished(result)
+        if result.status == "failed":
+            self.first_failure = self.first_failure or result
+        else:
+            self.scored = True
         pending.results[result.key] = result
         pending.left.discard(result.key)
         if task.resumable and result.model_files:
@@ -312,6 +323,7 @@ class Session:
 
     def _complete(self, pending: Pending) -> None:
         plan = pending.plan
+        self.scored = self.scored or bool(plan.reused)  # only scored folds are kept for reuse
         rows = cv_results(plan, pending.results)
         for listener in self.listeners:
             listener.group_finished(plan, rows)
@@ -351,6 +363,8 @@ def run_search(
     )
     try:
         strategy.run(session, session.memory)
+        if session.first_failure is not None and not session.scored:
+            raise SearchFailed(failure_line(session.first_failure))
     except BaseException as error:
         for listener in listeners:
             listener.search_failed(error)
@@ -361,3 +375,14 @@ def run_search(
     for listener in listeners:
         listener.search_finished(outcome)
     return outcome
+
+
+def failure_line(result: FoldResult) -> str:
+    """One line for a search whose every fold failed: the first fold's error (redacted, shortened) and the fix."""
+    from mlflow_mnist.redaction import redact, shorten
+
+    error = shorten(redact(" ".join((result.error or "no error recorded").split())), 300)
+    return (
+        f"every fold failed, the first ({result.step}, fold {result.fold + 1}) with {error}: the task's model or data "
+        f"breaks the task contract (docs/tasks.md, build_model); fix the task and run the command again"
+    )

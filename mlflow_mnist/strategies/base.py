@@ -58,7 +58,12 @@ class SearchRequest:
 
     def need_steps(self, strategy: str) -> tuple[Step, ...]:
         if not self.steps:
-            raise StageError(f"--stage is required for --strategy {strategy}: e.g. --stage kernel_size (see `stages`)")
+            if not (first := next(iter(self.task.stages), "")):
+                raise StageError(
+                    f"--strategy {strategy} runs a stage, and task {self.task.name} has none: search one of its "
+                    f"spaces with a joint strategy (see `mlflow-mnist spaces` and `mlflow-mnist strategies`)"
+                )
+            raise StageError(f"--stage is required for --strategy {strategy}: e.g. --stage {first} (see `stages`)")
         return self.steps
 
     def need_space(self) -> Space:

@@ -58,6 +58,11 @@ def get_task(spec: str = DEFAULT_TASK) -> Task:
         raise StageError(f"--task {spec}: the class could not be created ({type(error).__name__}: {error})") from None
     if not isinstance(task, Task):
         raise StageError(f"--task {spec} is a {type(task).__name__}, not a mlflow_mnist.tasks.Task")
+    if ":" not in spec and task.name != spec:  # runs record task.name: promote looks that name up, and finds no task
+        raise StageError(
+            f"task {spec!r} is registered by an entry point whose task is named {task.name!r}: name the entry point "
+            f"{task.name!r} (the name runs record and promote looks up), then reinstall its package"
+        )
     return task
 
 

@@ -241,7 +241,10 @@ class Task:
         if any(step.name == stage for step in self.steps):
             return [self.get_step(stage)]
         if not self.steps:
-            raise StageError(f"task {self.name} has no staged steps: use --strategy halving, optuna or random")
+            raise StageError(
+                f"task {self.name} has no staged steps: leave out --stage and search one of its spaces with a joint "
+                f"strategy (see `mlflow-mnist spaces` and `mlflow-mnist strategies`)"
+            )
         # The example step must be one the stage list does not already name, or it shows nothing new.
         step_only = [step.name for step in self.steps if step.name not in self.stages]
         example = f" (or a step such as {step_only[-1]})" if step_only else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from mlflow_mnist.worker.model_files import model_files
 from mlflow_mnist.worker.process import configure_threads, forget_models
 
 BLOW_UP_FACTOR = 5.0
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour and bold codes
 VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-out pass several times faster
 STEPS_PER_EXECUTION = 32  # several batches per graph call: about 2x faster at batch 20 on CPU
 # A fit of at most this many batches in all runs one batch per graph call: tracing Keras' several-batch loop
@@ -338,6 +340,11 @@ def train_fold(
                 precision=task.precision,
                 validation=(x[held_out], y[held_out]),
             )
+        if "val_accuracy" not in trained.history:  # scored as NaN otherwise, and ranked as if it were a result
+            raise ValueError(
+                f"the task's model reports no 'accuracy' metric (it reported {', '.join(trained.history)}): compile "
+                f"it with metrics=['accuracy']"
+            )
     except Exception as error:  # noqa: BLE001 - a failing candidate must not stop the stage
         forget_models()
         return FoldResult(
@@ -347,7 +354,7 @@ def train_fold(
             fit_seconds=time.perf_counter() - start,
             epochs_run=0,
             status="failed",
-            error=f"{type(error).__name__}: {error}",
+            error=ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}"),  # Keras marks its messages up for a terminal
             started_ms=started_ms,
             ended_ms=now_ms(),
         )
