@@ -82,3 +82,9 @@ def test_the_checks_find_a_broken_link_a_missing_heading_and_a_made_up_test(tmp_
     )
     assert broken_links(page) == ["missing.md (no such file)", "other.md#not-a-heading (no such heading)"]
     assert CITED_TEST.findall(page.read_text()) == ["test_that_nobody_ever_wrote_here"]
+
+
+def test_the_readme_shows_the_example_task_as_it_is():
+    """README.md prints examples/cancer_task/cancer_task.py whole: the two are one text, so a fix to either shows."""
+    example = (ROOT / "examples" / "cancer_task" / "cancer_task.py").read_text()
+    assert f"```python\n{example}```" in (ROOT / "README.md").read_text()

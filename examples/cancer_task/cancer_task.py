@@ -17,7 +17,7 @@ class CancerTask(Task):
     name = "cancer"
     about = "malignant or benign, from 30 measurements of a cell nucleus (569 cases)"
     min_accuracy = 0.95
-    model_key = "cancer-mlp-1"
+    model_key = "cancer-mlp-2"
     start = {"units": 16, "dropout": 0.1, "learn_rate": 0.003, "epochs": 30, "batch_size": 32}
     steps = (grid_step("units", (4, 16, 64)), grid_step("learn_rate", (0.001, 0.003, 0.01)))
     stages = {"units": ("units",), "learn_rate": ("learn_rate",), "all": ("units", "learn_rate")}
@@ -40,10 +40,10 @@ class CancerTask(Task):
         p = self.validate(hyperparameters)
         model = keras.Sequential([
             keras.Input(shape=(30,)),
-            layers.Normalization(mean=MEAN, variance=VARIANCE),  # raw measurements in
-            layers.Dense(p["units"], activation="relu", kernel_initializer=keras.initializers.HeNormal(seed)),
-            layers.Dropout(p["dropout"], seed=seed),
-            layers.Dense(n_classes, activation="softmax"),
+            layers.Normalization(mean=MEAN, variance=VARIANCE, dtype=precision),  # raw measurements in
+            layers.Dense(p["units"], "relu", kernel_initializer=keras.initializers.HeNormal(seed), dtype=precision),
+            layers.Dropout(p["dropout"], seed=seed, dtype=precision),
+            layers.Dense(n_classes, "softmax", kernel_initializer=keras.initializers.GlorotUniform(seed)),  # float32
         ])
         model.compile(keras.optimizers.Adam(p["learn_rate"]), "categorical_crossentropy", metrics=["accuracy"],
                       steps_per_execution=steps_per_execution)
