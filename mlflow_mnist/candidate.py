@@ -489,8 +489,8 @@ def verify_candidate(
     shared = shared_examples(data.x_train, data.x_test)
     if shared:
         raise PromotionRejected(
-            f"not promoted: {shared} of the {len(data.x_test)} test images of final run {candidate.run_id} are also "
-            f"among its training images: its test accuracy is not a test; remove them from the training data and "
+            f"not promoted: {shared} of the {len(data.x_test)} test examples of final run {candidate.run_id} are also "
+            f"among its training examples: its test accuracy is not a test; remove them from the training data and "
             f"train a new final; {UNCHANGED}"
         )
     try:  # before anything loads it: loading runs what its MLmodel names
@@ -515,6 +515,6 @@ def verify_candidate(
         said = f"{expected} errors" if expected is not None else "no whole number of errors"
         raise _tampered(
             f"final run {candidate.run_id} logged test accuracy {candidate.accuracy:.4%} ({said} in {n}) but its "
-            f"model {candidate.model_id} makes {errors} errors on those images now"
+            f"model {candidate.model_id} makes {errors} errors on those examples now"
         )
     return predictions

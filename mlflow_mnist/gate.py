@@ -63,7 +63,7 @@ def standard_error(accuracy: float, n_test: int | None) -> float:
 def show_accuracy(accuracy: float, n_test: int | None) -> str:
     """``99.6602% (+/-0.13 points on 2060 test images)``: an accuracy with its standard error."""
     se = standard_error(accuracy, n_test)
-    return f"{accuracy:.4%}" + (f" (+/-{100 * se:.2f} points on {n_test} test images)" if se == se else "")
+    return f"{accuracy:.4%}" + (f" (+/-{100 * se:.2f} points on {n_test} test examples)" if se == se else "")
 
 
 def shared_examples(train: np.ndarray, test: np.ndarray) -> int:
@@ -125,7 +125,7 @@ class Paired:
 
     def describe(self, alpha: float = ALPHA) -> str:
         """The promote line: each side's count, the discordant counts, the p-value, the verdict."""
-        one = "image" if self.candidate_only == 1 else "images"
+        one = "example" if self.candidate_only == 1 else "examples"
         return (
             f"candidate {self.candidate_right:,}/{self.n:,} ({self.candidate_right / self.n:.2%}), "
             f"champion {self.champion_right:,}/{self.n:,} ({self.champion_right / self.n:.2%}): "

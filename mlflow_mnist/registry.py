@@ -242,7 +242,7 @@ def read_champion(client, name: str, candidate: Candidate, data: GateData, predi
         return Champion(number, f"{record.holder} lack a valid {', '.join(missing)}")
     if tags[VERSION_TEST_DIGEST] != candidate.test_digest:
         raise PromotionRejected(
-            f"not promoted: its test accuracy is on test set {candidate.test_digest} ({len(data.y_test)} images), "
+            f"not promoted: its test accuracy is on test set {candidate.test_digest} ({len(data.y_test)} examples), "
             f"the champion's on {tags[VERSION_TEST_DIGEST]} ({size}): accuracies on different test sets cannot be "
             f"compared, even with --force; register it as a new model with --name; {UNCHANGED}"
         )

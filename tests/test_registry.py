@@ -112,11 +112,11 @@ def test_mcnemar_counts_and_p_value_match_a_hand_computation(b, c, p, verdict):
     assert (swapped.candidate_only, swapped.champion_only, swapped.p_value) == (c, b, paired.p_value)
 
 
-def test_the_promote_line_names_both_counts_the_discordant_images_and_p():
+def test_the_promote_line_names_both_counts_the_discordant_examples_and_p():
     labels, candidate, champion = paired_predictions(2060, candidate_only=3, champion_only=2, both_wrong=3)
     assert compare_paired(labels, candidate, champion).describe() == (
         "candidate 2,055/2,060 (99.76%), champion 2,054/2,060 (99.71%): candidate right where champion wrong on "
-        "3 images, the reverse on 2, McNemar exact p = 1.00: within the test set's noise"
+        "3 examples, the reverse on 2, McNemar exact p = 1.00: within the test set's noise"
     )
 
 
@@ -126,7 +126,7 @@ def test_a_one_image_gain_is_within_noise_and_keeps_the_champion():
     assert not kept.accepted
     assert kept.reason.startswith(
         "candidate 2,054/2,060 (99.71%), champion 2,053/2,060 (99.66%): candidate right where champion wrong on "
-        "1 image, the reverse on 0, McNemar exact p = 1.00: within the test set's noise;"
+        "1 example, the reverse on 0, McNemar exact p = 1.00: within the test set's noise;"
     )
     assert "pass --force to replace version 3 anyway" in kept.reason
     forced = decide(labels, candidate, min_accuracy=0.9966, champion=Champion("3", predictions=champion), force=True)
@@ -363,7 +363,7 @@ def test_promote_verifies_then_compares_paired(fresh):
     assert int(version.tags["test_errors"]) == 200 - paired.candidate_right
     assert int(version.tags["mcnemar_candidate_only"]) == paired.candidate_only
     # The same model again: no image differs, p = 1: within noise, kept unless forced.
-    with pytest.raises(PromotionRejected, match="on 0 images, the reverse on 0, McNemar exact p = 1.00: within"):
+    with pytest.raises(PromotionRejected, match="on 0 examples, the reverse on 0, McNemar exact p = 1.00: within"):
         fresh.promote(fresh.finals.good, min_accuracy=0.5)
     assert fresh.champion().version == version.version
     forced = fresh.promote(fresh.finals.good, min_accuracy=0.5, force=True)
@@ -1005,7 +1005,7 @@ def test_champion_files_changed_with_tags_to_match_are_still_incomparable(fresh)
 
 @pytest.mark.slow
 def test_training_data_that_contains_test_images_is_refused(fresh):
-    with pytest.raises(PromotionRejected, match=f"{LEAKED} of the 200 test images .* are also among its training"):
+    with pytest.raises(PromotionRejected, match=f"{LEAKED} of the 200 test examples .* are also among its training"):
         fresh.promote(fresh.finals.leaky, min_accuracy=0.5, force=True)
     assert _registered(fresh.client) == []
 
@@ -1249,7 +1249,7 @@ def test_final_promote_load_and_serve(store):
     done = promote(client, campaign.experiment_id, min_accuracy=0.5)
     name = done["name"]
     assert name == NAME and str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
-    assert "+/-" in done["reason"] and "200 test images" in done["reason"]
+    assert "+/-" in done["reason"] and "200 test examples" in done["reason"]
     with pytest.raises(PromotionRejected, match="below --min-accuracy"):
         promote(client, campaign.experiment_id, min_accuracy=0.99999)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
