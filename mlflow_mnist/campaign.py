@@ -202,6 +202,7 @@ class Campaign:
             client,
             experiment,
             default=chosen_task.name,
+            task=chosen_task.name,
             must_exist=bool(needs),
             missing_fix=f"check --experiment, or run {needs} first",
         )

@@ -38,6 +38,7 @@ from mlflow_mnist.schema import (
     STATUS,
     STD_HELDOUT_ACCURACY,
     STEP_LEVEL,
+    TASK_PARAM,
     CandidateTags,
     GroupResult,
     GroupTags,
@@ -493,12 +494,13 @@ def resolve_experiment(
     must_exist: bool = False,
     default: str = "Default",
     missing_fix: str = "check --experiment",
+    task: str | None = None,
 ) -> Experiment:
     """Under `mlflow run`, the run it made and its experiment; else ``name`` or $MLFLOW_EXPERIMENT_NAME; else the
-    experiment holding the latest campaign runs (so `mlflow run` into Default, then `final`, finds it); else
-    ``default`` (a campaign passes its task's name). Readers pass ``create=False``, and writers that need what an
-    earlier command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix``
-    says what to do), not a new empty one.
+    experiment holding the latest campaign runs (of ``task``, when given: so `mlflow run` into Default, then
+    `final`, finds it); else ``default`` (a campaign passes its task's name). Readers pass ``create=False``, and
+    writers that need what an earlier command left (``final --search``) ``must_exist``: a missing experiment is
+    then an error (``missing_fix`` says what to do), not a new empty one.
     """
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
@@ -510,10 +512,13 @@ def resolve_experiment(
     name = check_experiment_name(name)
     because = ""
     if not name:
-        latest = latest_campaign_experiment(client)
+        latest = latest_campaign_experiment(client, task)
         if latest is not None:
             name = latest.name
-            because = f"experiment {name!r}: it holds the latest campaign runs (choose another with --experiment)"
+            whose = f" of task {task}" if task is not None else ""
+            because = (
+                f"experiment {name!r}: it holds the latest campaign runs{whose} (choose another with --experiment)"
+            )
         else:
             name = default
     if not create or must_exist:
@@ -573,13 +578,29 @@ def check_experiment_exists(client, name: str, *, fix: str = "check --experiment
         )
 
 
-def latest_campaign_experiment(client):
-    """The active experiment whose newest run carries our tags, or None in a store without campaigns."""
+def latest_campaign_experiment(client, task: str | None = None):
+    """The active experiment whose newest run carries our tags, or None in a store without campaigns. With a
+    ``task``, the experiment of that task's newest campaign (a team's new task went into another task's experiment
+    because it held the newest runs); in a store made before runs named their task, the newest
+    campaign's, for the default task."""
+    from mlflow_mnist.tasks import DEFAULT_TASK
+
     ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
     if not ids:
         return None
-    newest = client.search_runs(ids, f"tags.`{LEVEL}` != ''", max_results=1, order_by=["attributes.start_time DESC"])
-    return client.get_experiment(newest[0].info.experiment_id) if newest else None
+
+    def newest(where: str):
+        found = client.search_runs(ids, where, max_results=1, order_by=["attributes.start_time DESC"])
+        return client.get_experiment(found[0].info.experiment_id) if found else None
+
+    if task is None:
+        return newest(f"tags.`{LEVEL}` != ''")
+    named = f"tags.`{LEVEL}` != '' and params.`{TASK_PARAM}` != ''"  # a search's or a final's root: names its task
+    if "'" not in task and (own := newest(f"{named} and params.`{TASK_PARAM}` = '{task}'")) is not None:
+        return own
+    if task == DEFAULT_TASK and newest(named) is None:  # no run names a task: all are the default task's
+        return newest(f"tags.`{LEVEL}` != ''")
+    return None
 
 
 def mark_model_training(client, experiment) -> None:

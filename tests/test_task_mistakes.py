@@ -181,3 +181,24 @@ def test_a_bad_grid_value_names_its_step(store, broken_tasks):
         mlflow_mnist.tune(task="broken_tasks:BadGrid", stage="width", epochs=1, folds=2, progress=False)
     assert str(refused.value) == "hidden_units: hidden_units=0 must be at least 1 and at most 4096"
     assert not (broken_tasks / "mlflow.db").exists() and not (broken_tasks / "mlruns").exists()  # nothing written
+
+
+def test_without_experiment_a_task_works_in_its_own_campaign_not_the_latest_of_another(store):
+    """Before: the experiment holding the newest campaign runs, whatever their task (a team's new task went into
+    the MNIST campaign's experiment, and analyze read one verdict of both)."""
+    from mlflow_mnist.campaign import Campaign
+    from mlflow_mnist.strategies.staged import StagedGrid
+    from mlflow_mnist.testing import fold_result, run
+
+    digits = Campaign.open(task="digits", experiment="digits-campaign", folds=2, epochs=1)
+    steps = tuple(digits.task.steps_of("width"))
+    run(digits, StagedGrid.from_request(digits.request(stage="width", steps=steps)), with_model=False,
+        worker=lambda task: fold_result(task, 0.9))  # fmt: skip
+    mnist = Campaign.open("sample", task="mnist", folds=2, epochs=1)
+    assert mnist.experiment.name == "mnist" and not mnist.experiment.chosen_because  # its task's name: a new one
+    again = Campaign.open(task="digits", folds=2, epochs=1)
+    assert again.experiment.name == "digits-campaign"
+    assert again.experiment.chosen_because == (
+        "experiment 'digits-campaign': it holds the latest campaign runs of task digits (choose another with "
+        "--experiment)"
+    )
