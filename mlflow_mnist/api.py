@@ -138,6 +138,8 @@ def tune(
     options = dict(min_epochs=min_epochs, brackets=brackets, promotion=promotion, top_rung_parts=top_rung_parts)
     make_strategy(strategy, SearchRequest(chosen, dry_epochs, **options, **dry))
     _check_grids(chosen, steps, overrides, dry_epochs)
+    if chosen_space is not None:
+        _check_space_covers_start(chosen, chosen_space, overrides)
     budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign, announce = open_campaign(
@@ -199,6 +201,21 @@ def _joint_budget_note(task, space, epochs: int | None, overrides: str) -> str:
         f"note: epochs {asked} is the campaign's setting for staged steps; a joint search trains up to its space's "
         f"budget ({space.max_epochs} epochs in space {space.name}), rung by rung"
     )
+
+
+def _check_space_covers_start(task, space, overrides: str) -> None:
+    """A space whose base, dimensions and ``overrides`` leave a hyperparameter of the task's ``start`` unset makes
+    every trial invalid: one line naming the space before the store is reached (a task's own space, built without
+    ``base``)."""
+    from mlflow_mnist.params import StageError
+
+    covered = {*space.base, *space.names, *task.parse_overrides(overrides), EPOCHS}
+    unset = [name for name in task.start if name not in covered]
+    if unset:
+        raise StageError(
+            f"space {space.name} of task {task.name} leaves {', '.join(unset)} unset: give the Space a base with "
+            f"every value it does not search (usually base=start)"
+        )
 
 
 def _check_grids(task, steps, overrides: str, epochs: int) -> None:

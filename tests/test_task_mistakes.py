@@ -22,6 +22,9 @@ BROKEN_TASKS = textwrap.dedent(
     """
     import keras
 
+    from optuna.distributions import IntDistribution
+
+    from mlflow_mnist.spaces import Dimension, Space
     from mlflow_mnist.stages import grid_step
     from mlflow_mnist.tasks.digits import DigitsTask
 
@@ -48,6 +51,11 @@ BROKEN_TASKS = textwrap.dedent(
         name = "bad-grid"
         steps = (grid_step("hidden_units", (8, 0)),)
         stages = {"width": ("hidden_units",)}
+
+
+    class NoBase(DigitsTask):
+        name = "no-base"
+        spaces = {"narrow": Space("narrow", (Dimension("hidden_units", IntDistribution(8, 64), "width"),))}
 
 
     class Nothing(DigitsTask):
@@ -202,3 +210,15 @@ def test_without_experiment_a_task_works_in_its_own_campaign_not_the_latest_of_a
         "experiment 'digits-campaign': it holds the latest campaign runs of task digits (choose another with "
         "--experiment)"
     )
+
+
+def test_a_space_that_leaves_a_hyperparameter_unset_is_named_before_the_store_is_reached(store, broken_tasks):
+    import mlflow_mnist
+
+    with pytest.raises(StageError) as refused:
+        mlflow_mnist.tune(task="broken_tasks:NoBase", strategy="random", trials=2, folds=2, progress=False)
+    assert str(refused.value) == (
+        "space narrow of task no-base leaves activation, dropout_rate, optimizer, learn_rate, batch_size unset: give "
+        "the Space a base with every value it does not search (usually base=start)"
+    )
+    assert not (broken_tasks / "mlflow.db").exists()
