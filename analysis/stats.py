@@ -448,18 +448,25 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
     return ordered
 
 
-def _undecided_hint(undecided: list[dict]) -> str:
-    """What would decide the undecided candidates, for the hardest of them: repeats (how many, or more than
-    :data:`MAX_REPEATS`), a spread to test with, or more folds or data where repeats never will."""
-    unknown = [r for r in undecided if math.isnan(r["delta_low"])]  # the standard error is unknown
-    needed = [r["repeats_needed"] for r in undecided if not math.isnan(r["delta_low"])]
-    if any(math.isnan(n) for n in needed):
-        return "repeats will not decide it: the correction's floor is wider than the ROPE; more folds or data would"
-    if unknown:
+def _undecided_kind(row: dict) -> str:
+    """What would decide an undecided candidate: ``repeats`` (a number of them), ``many`` (more than
+    :data:`MAX_REPEATS`), ``unknown`` (no spread to test with yet) or ``never`` (no number of repeats)."""
+    if math.isnan(row["delta_low"]):  # the standard error is unknown
+        return "unknown"
+    needed = row["repeats_needed"]
+    return "never" if math.isnan(needed) else "many" if math.isinf(needed) else "repeats"
+
+
+def _undecided_hint(kind: str, rows: list[dict]) -> str:
+    """The hint for undecided candidates of one :func:`_undecided_kind`; ``repeats`` names the most any of them
+    needs. More data, not more folds, is what narrows a floor set by test sampling (docs/analysis.md)."""
+    if kind == "never":
+        return "repeats will not decide it: the correction's floor is wider than the ROPE; more data would"
+    if kind == "unknown":
         return "the same difference on every split (or one split) leaves its spread unknown; repeats would measure it"
-    if any(math.isinf(n) for n in needed):
+    if kind == "many":
         return f"more than {MAX_REPEATS} repeats of the split would be needed"
-    return f"about {int(max(needed))} repeats of the split would decide it"
+    return f"about {int(max(r['repeats_needed'] for r in rows))} repeats of the split would decide it"
 
 
 # -- per step ---------------------------------------------------------------------------------------------------
@@ -581,11 +588,15 @@ def conclusion_sentence(rows: list[dict]) -> str:
     if equivalent:
         verb = "is" if len(equivalent) == 1 else "are"
         parts.append(f"{_values(equivalent)} {verb} practically equivalent to {against}")
-    undecided = [r for r in rows if r["verdict"] == UNDECIDED]
-    if undecided:
-        hint = _undecided_hint(undecided)
-        verb = "is" if len(undecided) == 1 else "are"
-        parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
+    kinds: dict[str, list[dict]] = {}  # each kind of undecided candidate with its own hint, not the hardest's
+    for row in rows:
+        if row["verdict"] == UNDECIDED:
+            kinds.setdefault(_undecided_kind(row), []).append(row)
+    for kind in ("repeats", "many", "unknown", "never"):
+        if undecided := kinds.get(kind):
+            verb = "is" if len(undecided) == 1 else "are"
+            hint = _undecided_hint(kind, undecided)
+            parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
     if not parts:
         parts.append(f"only the reference {reference['value']} is usable")
     text = "; ".join(parts)

@@ -30,6 +30,7 @@ from analysis.stats import (
     campaign_sentence,
     candidate_summary,
     compare,
+    conclusion_sentence,
     has_spread,
     holm,
     holm_levels,
@@ -352,6 +353,26 @@ def test_repeats_to_decide_tells_more_than_the_limit_from_never():
 
     assert needed(0.0005) == 2 and needed(0.00106) == 36
     assert math.isinf(needed(0.00107)) and math.isnan(needed(0.0012))
+
+
+def test_each_kind_of_undecided_candidate_gets_its_own_hint():
+    """A step with candidates a few repeats would decide and one no number of repeats would: the sentence said
+    "repeats will not decide it" of them all (the hardest one's hint), so a user never tried the repeats that would
+    have decided four of five (found by a walk-through of docs/analysis.md)."""
+
+    def row(value, **fields):
+        return {"value": value, "role": "", "is_reference": False, "status": "ok", "verdict": UNDECIDED,
+                "delta": 0.01, "delta_low": -0.001, "repeats_needed": math.nan, **fields}  # fmt: skip
+
+    reference = row("32", role=REFERENCE, is_reference=True, verdict=REFERENCE, reference_state="fresh",
+                    reference_reused=False)  # fmt: skip
+    rows = [reference, row("8", repeats_needed=2.0), row("16"), row("64", repeats_needed=3.0)]
+    against = "the reference 32 (the carried-in value, trained afresh)"
+    assert conclusion_sentence(rows) == (
+        f"8 and 64 are not yet distinguishable from {against} (about 3 repeats of the split would decide it); "
+        f"16 is not yet distinguishable from {against} (repeats will not decide it: the correction's floor is wider "
+        "than the ROPE; more data would)"
+    )
 
 
 # -- intervals ---------------------------------------------------------------------------------------------------
