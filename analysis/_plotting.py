@@ -33,6 +33,14 @@ COLORS = {
 MARKERS = {"unstable": "v", "diverged": "x", "failed": "x", "incomplete": "s"}
 
 
+def fitted(text: str, fig, fontsize: float) -> str:
+    """``text`` rewrapped, line by line, to the width of ``fig`` at ``fontsize``: a title longer than its figure is
+    cut at both edges, not wrapped, by matplotlib (a narrow report's titles lost their test's name)."""
+    width_px = fig.get_figwidth() * fig.dpi
+    per_line = max(20, int(width_px / (0.6 * fontsize * fig.dpi / 72)))  # an average character: 0.6 em wide
+    return "\n".join(textwrap.fill(line, per_line) for line in text.split("\n"))
+
+
 def save(fig, path: Path, *, tight: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,7 @@ def _warnings_as_lines(echo: Callable[[str], None]) -> Iterator[None]:
     help="Experiment(s) to read [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
 )
 @click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--stage-run", default="", help="Only this stage run; the report is logged on it.")
+@click.option("--stage-run", default="", help="Only this stage run (its run id); the report is logged on it.")
 @click.option("--log/--no-log", default=True, show_default=True, help="Log the report back to the store.")
 @click.option(
     "--rope",
@@ -163,7 +163,8 @@ def _warnings_as_lines(echo: Callable[[str], None]) -> Iterator[None]:
     help="Region of practical equivalence, in accuracy (0.001 = 0.1 points).",
 )
 def analyze(experiments, out, stage_run, log, rope) -> None:
-    """Sensitivity, noise floor, importance, curves and an HTML report, from the tracking store alone."""
+    """Verdicts, sensitivity, curves, importance, progression and search figures, and an HTML report, from the
+    tracking store alone."""
 
     def notify(message: str) -> None:
         click.echo(message, err=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis._plotting import COLORS, MARKERS, candidate_label, empty, plt, save, wrap
+from analysis._plotting import COLORS, MARKERS, candidate_label, empty, fitted, plt, save, wrap
 from analysis.stats import ALPHA, REFERENCE
 
 #: A difference of two accuracies lies in [-100, 100] points.
@@ -163,13 +163,13 @@ def render_comparisons(info: pd.DataFrame, path: Path, *, rope: float) -> Path:
     ]
     handles.append(plt.Rectangle((0, 0), 1, 1, color=COLORS["practically equivalent"], alpha=0.2, label="ROPE"))
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=min(len(handles), 5))
-    fig.suptitle(
+    title = (
         "Each candidate against its step's reference: corrected repeated k-fold t-test, Holm across the step, "
         f"alpha={ALPHA}, ROPE +/-{100 * rope:g} points (shaded)\n"
         "bars: the interval each verdict read (two-sided at its Holm level; equivalence at 1 - 2 x level); "
-        f"axes end where a difference can (+/-{POSSIBLE:g})",
-        fontsize=9,
+        f"axes end where a difference can (+/-{POSSIBLE:g})"
     )
+    fig.suptitle(fitted(title, fig, 9), fontsize=9)
     return save(fig, path, tight=False)
 
 

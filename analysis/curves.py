@@ -23,9 +23,15 @@ def render_curves(info: pd.DataFrame, step: str, path: Path) -> Path:
         return empty(path, f"no per-epoch curves for step {step}")
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(info, x="epoch", y="value", hue="candidate", marker="o", ax=ax, palette="viridis")
-    ax.set(ylabel="held-out accuracy (mean over folds)", title=f"{step}: learning curves")
-    low = info["value"].quantile(0.1)
-    ax.set_ylim(max(0.0, low - 0.01), min(1.0, info["value"].max() + 0.005))
+    title = f"{step}: learning curves"
+    # The early epochs' lows would flatten every curve: they may fall off the axis, but no candidate's last epoch
+    # does (a candidate far below the others is part of what the step found), and what is cut is said.
+    last = info.groupby("candidate_index")["value"].last()
+    low = max(0.0, min(float(info["value"].quantile(0.1)), float(last.min())) - 0.01)
+    ax.set_ylim(low, min(1.0, info["value"].max() + 0.005))
+    if (cut := int((info["value"] < low).sum())) > 0:
+        title += f"\n({cut} early point(s) below {low:.3f} not shown; every last epoch is)"
+    ax.set(ylabel="held-out accuracy (mean over folds)", title=title)
     ax.legend(fontsize=7, title=None, ncol=2)
     return save(fig, path)
 

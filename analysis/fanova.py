@@ -34,7 +34,7 @@ def get_importance_info(trials: pd.DataFrame, distributions: dict) -> pd.DataFra
 
 def render_importance(info: pd.DataFrame, path: Path, title: str) -> Path:
     if info.empty:
-        return empty(path, f"fewer than {MIN_TRIALS} trials: no importance yet")
+        return empty(path, f"{title.split(': ')[0]}: fewer than {MIN_TRIALS} trials: no importance yet")
     ordered = info.sort_values("importance")
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.6))
     ax.barh(ordered["parameter"], ordered["importance"], color="#2166ac")
@@ -63,7 +63,7 @@ def get_interaction_info(trials: pd.DataFrame, importance: pd.DataFrame) -> pd.D
 
 def render_interaction(info: pd.DataFrame, path: Path, title: str) -> Path:
     if info.empty:
-        return empty(path, "fewer than two parameters with importance: no interaction to show")
+        return empty(path, f"{title.split(': ')[0]}: fewer than two parameters with importance: no interaction to show")
     fig, ax = plt.subplots(figsize=(6.5, 5))
     x, y = info["x"], info["y"]
     numeric_x, numeric_y = is_numeric(x), is_numeric(y)

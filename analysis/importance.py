@@ -47,15 +47,17 @@ def render_importance(info: pd.DataFrame, path: Path) -> Path:
         if not math.isfinite(need):
             note += " (need: n/a, variance unknown)"
         elif need > POSSIBLE:
-            note += f" (need: {need:.0f} points, more than a move can be)"
-        ax.text(min(max(move, need if math.isfinite(need) else 0), top), y, f"  {note}", va="center", fontsize=7)
+            note += f" (need: {need:.0f} points, past 100)"
+        tick = need if math.isfinite(need) and need <= POSSIBLE else 0.0  # no tick drawn: the note follows the bar
+        ax.text(min(max(move, tick), top), y, f"  {note}", va="center", fontsize=7)
     ax.set_yticks(ys, [_label(r) for r in info.itertuples()], fontsize=8)
     ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
     ax.set_xlim(0, top * 1.9 if top < POSSIBLE else POSSIBLE)
     ax.set_ylim(-0.7, len(info) - 0.3)
     ax.set_xlabel("move from the reference (accuracy points; linear below 0.1, log above; at most 100)")
     ax.set_title(
-        "Parameter importance, by the verdicts' own test: each step's largest move from its reference\n"
+        "Parameter importance, by the verdicts' own test: per step, the candidate nearest to being decided\n"
+        "(its move relative to its need; not always the largest move)\n"
         "tick: the move that candidate needed to be called better or worse\n"
         f"(the ROPE + the half-width of its Holm-level interval, alpha={ALPHA}); colour: the step's verdict",
         fontsize=9,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis._plotting import COLORS, empty, plt, save
+from analysis._plotting import COLORS, empty, fitted, plt, save
 from analysis.stats import MEAN_LEVEL
 
 
@@ -42,11 +42,11 @@ def render_progression(info: pd.DataFrame, path: Path) -> Path:
     span = float(ends.max() - ends.min()) or 0.01
     ax.set_ylim(max(0.0, float(ends.min()) - 0.08 * span), min(1.0, float(ends.max()) + 0.08 * span))
     ax.set_ylabel("best mean CV accuracy")
-    ax.set_title(
+    title = (
         f"Campaign progression: each step's chosen value, its mean and {MEAN_LEVEL:.0%} interval\n"
-        "(corrected standard error, logit scale: stays within [0, 1]; n/a where the folds give no variance)",
-        fontsize=9,
+        "(corrected standard error, logit scale: stays within [0, 1]; n/a where the folds give no variance)"
     )
+    fig.suptitle(fitted(title, fig, 9), fontsize=9)
     handles = [
         plt.Line2D([], [], color=COLORS[v], marker="o", ls="-", label=f"step verdict: {v}")
         for v in dict.fromkeys(info["verdict"].dropna())

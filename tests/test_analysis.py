@@ -447,8 +447,10 @@ def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
     proc = cli("analyze", "--no-log", "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "warning: fewer than 4 trials: no importance yet" in lines, proc.stderr
-    assert "warning: fewer than two parameters with importance: no interaction to show" in lines, proc.stderr
+    assert "warning: optuna:seed: fewer than 4 trials: no importance yet" in lines, proc.stderr
+    assert "warning: optuna:seed: fewer than two parameters with importance: no interaction to show" in lines, (
+        proc.stderr
+    )
     assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr and "figures[" not in proc.stderr
     assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
 
