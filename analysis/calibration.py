@@ -26,7 +26,9 @@ Two sources of fold scores:
 
 Cases: the reference is a grid point trained in the step (``in grid``); the carried-in value is not in the grid
 (``not in grid``: a fresh extra reference; the landed rule took the step's best); the reference's folds are the
-previous step's winners (``reused``, flagged by the verdicts); the reference (a grid point) collapsed on one
+previous step's winners (``reused``, flagged by the verdicts); the default since references are retrained: a fresh
+reference beside a grid whose carried-in point reuses the previous step's winning folds (``twin reused``: its
+configuration is the reference's, its folds high by selection); the reference (a grid point) collapsed on one
 fold (``unhealthy reference``); every fold may collapse with probability 1% whatever the parameter
 (``breakdowns``); every fold may be lost with probability 2% (``lost folds``); one grid point is better than the
 others by exactly the ROPE (``at the ROPE's edge``), or by a millionth more (``past the ROPE's edge``): only the
@@ -49,7 +51,9 @@ from scipy import stats
 from analysis.stats import ALPHA, BETTER, EQUIVALENT, WORSE, candidate_summary, compare, holm, step_verdicts
 
 ON_EDGE, PAST_EDGE = "at the ROPE's edge", "past the ROPE's edge"
+TWIN_REUSED = "twin reused"
 CASES = ("in grid", "not in grid", "reused", "unhealthy reference", "breakdowns", "lost folds", ON_EDGE, PAST_EDGE)
+ALL_CASES = (*CASES, TWIN_REUSED)  # the last, added later: its designs come last, so every other keeps its seed
 EDGE = 1  # in the edge cases, the grid point whose true accuracy is the reference's plus the ROPE (or a bit more)
 PAST = 1e-6  # past the edge: the shift is the ROPE times 1 + PAST
 CHANCE = 0.51  # the held-out fold's majority-class rate on the simulated two-class data
@@ -165,8 +169,8 @@ class Replicate:
 
 def make_replicate(design: Design, rng: np.random.Generator, seed: int) -> Replicate:
     m, k, r = design.n_candidates, design.n_folds, design.cv_repeats
-    extra = design.case == "not in grid"  # a fresh reference beside the grid
-    previous = m if design.case == "reused" else 0  # the previous step's candidates, on the same splits
+    extra = design.case in ("not in grid", TWIN_REUSED)  # a fresh reference beside the grid
+    previous = m if design.case in ("reused", TWIN_REUSED) else 0  # the previous step's candidates, same splits
     n = m + extra + previous
     if design.source == "learners":
         scores, chances = learner_scores(rng, [_separation(0.9)] * n, k, r, seed=seed)
@@ -177,8 +181,9 @@ def make_replicate(design: Design, rng: np.random.Generator, seed: int) -> Repli
         scores[EDGE] += design.rope * (1 + PAST if design.case == PAST_EDGE else 1)
     if previous:
         # The carried-in grid point is the previous step's winner, its folds reused: best of that step's means.
-        winner = int(np.argmax(scores[m:].mean(axis=1)))
-        scores = np.vstack([scores[m + winner], scores[1:m]])
+        start = m + extra
+        winner = int(np.argmax(scores[start:].mean(axis=1)))
+        scores = np.vstack([scores[start + winner], scores[1:start]])
     scores = scores[: m + extra].copy()
     if design.case == "unhealthy reference":
         scores[0, rng.integers(scores.shape[1])] = CHANCE - 0.01
@@ -433,7 +438,8 @@ def bare_table(replicates: int, gaps: list[float]) -> str:
 def default_designs() -> list[Design]:
     """The checked-in table: every case on both score sources, without and with a ROPE (0.3 points for ``exact``
     scores, whose split noise is 0.15 points per candidate; 3 points for ``learners`` on 300 images, whose folds
-    differ by several points), then other grid sizes and splits for the two cases the landed rule got worst."""
+    differ by several points), then other grid sizes and splits for the two cases the landed rule got worst, then
+    ``twin reused`` (the default step since references are retrained) on each source and ROPE and two other sizes."""
     designs = []
     for source, rope in (("exact", 0.0), ("exact", 0.003), ("learners", 0.0), ("learners", 0.03)):
         for case in CASES:
@@ -442,6 +448,9 @@ def default_designs() -> list[Design]:
     for m, k, r in ((7, 3, 3), (10, 3, 3), (4, 3, 1), (10, 3, 1), (4, 2, 1), (4, 10, 1)):
         for case in ("not in grid", "breakdowns"):
             designs.append(Design(case, n_candidates=m, n_folds=k, cv_repeats=r))
+    for source, rope in (("exact", 0.0), ("exact", 0.003), ("learners", 0.0), ("learners", 0.03)):
+        designs.append(Design(TWIN_REUSED, rope=rope, source=source))
+    designs += [Design(TWIN_REUSED, n_candidates=m, n_folds=3, cv_repeats=r) for m, r in ((7, 3), (4, 1))]
     return designs
 
 
@@ -484,7 +493,7 @@ def main() -> None:
     parser.add_argument("--more-folds", action="store_true", help="the table of what more folds and repeats buy")
     parser.add_argument("--bare", action="store_true", help="one comparison alone: false positives and power")
     parser.add_argument("--gaps", type=float, nargs="+", default=[0.03, 0.08], help="--bare: accuracy gaps")
-    parser.add_argument("--case", choices=CASES, help="one design only (with the options below)")
+    parser.add_argument("--case", choices=ALL_CASES, help="one design only (with the options below)")
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)

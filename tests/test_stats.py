@@ -500,6 +500,7 @@ REPLICATES = 500  # alpha + 2 SE = 0.069
         Design("at the ROPE's edge", n_candidates=2, rope=0.01),
         Design("past the ROPE's edge", n_candidates=2, rope=0.01),
         Design("not in grid", n_candidates=4, n_folds=2, cv_repeats=1),
+        Design("twin reused"),  # the default step: the carried-in grid point's folds won the step before
     ],
     ids=lambda d: f"{d.case}-{d.n_candidates}x{d.n_folds}x{d.cv_repeats}-rope{d.rope}",
 )
