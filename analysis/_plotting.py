@@ -16,6 +16,7 @@ sns.set_theme(style="whitegrid", context="notebook")
 #: One colour per verdict, in every figure.
 COLORS = {
     "reference": "#1b7837",
+    "the reference's configuration": "#7fbc41",
     "better": "#2166ac",
     "practically equivalent": "#7f7f7f",
     "undecided": "#e08214",

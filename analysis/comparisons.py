@@ -76,6 +76,8 @@ def _note(row) -> str:
         return "no reference: not compared"
     if row.verdict == "reference unhealthy":
         return "the reference is unhealthy: not compared"
+    if row.verdict == "the reference's configuration":
+        return "the reference's own configuration: not compared"
     if row.verdict == REFERENCE:
         return ""
     return f"{row.status}, not compared" if row.status != "ok" else "n/a: variance unknown"

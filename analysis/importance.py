@@ -49,7 +49,11 @@ def render_importance(info: pd.DataFrame, path: Path) -> Path:
         elif need > POSSIBLE:
             note += f" (need: {need:.0f} points, past 100)"
         tick = need if math.isfinite(need) and need <= POSSIBLE else 0.0  # no tick drawn: the note follows the bar
-        ax.text(min(max(move, tick), top), y, f"  {note}", va="center", fontsize=7)
+        at = min(max(move, tick), top)
+        if at > top / 8 and at == move:  # no room to its right on the log axis: inside the bar's end, in white
+            ax.text(at, y, f"{note}  ", va="center", ha="right", fontsize=7, color="white")
+        else:
+            ax.text(at, y, f"  {note}", va="center", fontsize=7)
     ax.set_yticks(ys, [_label(r) for r in info.itertuples()], fontsize=8)
     ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
     ax.set_xlim(0, top * 1.9 if top < POSSIBLE else POSSIBLE)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._plotting import COLORS, MARKERS, candidate_label, empty, is_numeric, plt, save
-from analysis.stats import MEAN_LEVEL, REFERENCE, UNHEALTHY
+from analysis.stats import MEAN_LEVEL, REFERENCE, SAME_AS_REFERENCE, UNHEALTHY
 
 
 class SensitivityInfo(NamedTuple):
@@ -114,7 +114,7 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
         x = x_of[row.candidate]
         if math.isfinite(row.low) and math.isfinite(row.high):
             ax.vlines(x, row.low, row.high, color=color, lw=2, zorder=3)
-        elif row.verdict != REFERENCE:
+        elif row.verdict not in (REFERENCE, SAME_AS_REFERENCE):  # those two have no interval by design
             ax.annotate("n/a", (x, row.centre), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
         marker = "D" if row.verdict == REFERENCE else "*" if row.is_best else "o"
         ax.scatter(x, row.centre, marker=marker, color=color, s=90 if row.is_best else 36, zorder=4)

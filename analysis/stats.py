@@ -47,6 +47,10 @@ DEFAULT_ROPE = 0.001  # 0.1 accuracy points: 2 of 2,060 test images, well below 
 BETTER, WORSE, EQUIVALENT, UNDECIDED, REFERENCE = "better", "worse", "practically equivalent", "undecided", "reference"
 #: Verdicts of healthy candidates that were not compared: the step has no reference, or an unhealthy one.
 NO_REFERENCE, REFERENCE_UNHEALTHY = "no reference", "reference unhealthy"
+# The grid point whose configuration is the fresh reference's (the carried-in value; its folds usually won the step
+# before, so they are high by selection): a configuration compared with itself says nothing about the parameter,
+# and it was called "better" too often (calibration's "twin reused"), so it stays out of the step's family.
+SAME_AS_REFERENCE = "the reference's configuration"
 EFFECT, NO_EFFECT, STEP_UNDECIDED = "effect", "no practical effect", "undecided"
 UNHEALTHY = ("unstable", "incomplete", "diverged", "failed")
 #: What the step's reference is: trained afresh in the step, reused from the previous step, or missing.
@@ -375,11 +379,12 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
     reused = bool(reference is not None and flagged.any())
     usable = reference is not None and reference["status"] == "ok"
     state = MISSING if reference is None else (REUSED if reused else FRESH)
+    twins = [r for r in ordered if reference is not None and r["is_incumbent"] and not r["is_reference"]]
 
     comparisons: dict[str, Comparison] = {}
     if usable:
         for row in ordered:
-            if row["status"] == "ok" and row is not reference:
+            if row["status"] == "ok" and row is not reference and not any(row is twin for twin in twins):
                 paired = ~np.isnan(row["_scores"]) & ~np.isnan(reference["_scores"])
                 comparisons[row["candidate"]] = compare(
                     row["_scores"][paired], reference["_scores"][paired], n_folds=n_folds, rope=rope
@@ -418,6 +423,8 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
             row["delta"] = 0.0 if usable else math.nan
         elif row["status"] != "ok":
             row["verdict"] = row["status"]
+        elif any(row is twin for twin in twins):
+            row["verdict"] = SAME_AS_REFERENCE
         elif name not in comparisons:
             row["verdict"] = NO_REFERENCE if reference is None else REFERENCE_UNHEALTHY
         else:
@@ -490,7 +497,7 @@ def _step_verdict(rows: list[dict], alpha: float) -> dict:
     for row in rows:
         count[row["verdict"]] = count.get(row["verdict"], 0) + 1
     compared = [r for r in rows if r["p_adjusted"] == r["p_adjusted"]]
-    others = [r for r in rows if not r["is_reference"]]
+    others = [r for r in rows if not r["is_reference"] and r["verdict"] != SAME_AS_REFERENCE]
     breakdown_adjusted = first["breakdown_p_adjusted"]
     # The p-values of the step's two possible claims; 1 where the data point elsewhere, NaN where nothing was
     # tested (no usable reference and no breakdown test), so the campaign's families are the steps that tested.
@@ -597,6 +604,9 @@ def conclusion_sentence(rows: list[dict]) -> str:
             verb = "is" if len(undecided) == 1 else "are"
             hint = _undecided_hint(kind, undecided)
             parts.append(f"{_values(undecided)} {verb} not yet distinguishable from {against} ({hint})")
+    twins = [r for r in rows if r["verdict"] == SAME_AS_REFERENCE]
+    if twins:
+        parts.append(f"{_values(twins)} is the reference's own configuration (not compared)")
     if not parts:
         parts.append(f"only the reference {reference['value']} is usable")
     text = "; ".join(parts)
