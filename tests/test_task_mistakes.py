@@ -74,6 +74,7 @@ def broken_tasks(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow  # each starts a fresh interpreter that builds and fits (fails fitting) a Keras model
 @pytest.mark.parametrize(
     "task, says",
     [
