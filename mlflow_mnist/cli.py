@@ -35,6 +35,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mlflow_mnist.seal import SealKeyError
     from mlflow_mnist.search import SearchFailed
     from mlflow_mnist.tracking import TrackingError
+    from mlflow_mnist.worker import FinalSeedFailed
 
     errors = (
         TrackingError,
@@ -44,6 +45,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         PromoteInputError,
         SealKeyError,
         SearchFailed,
+        FinalSeedFailed,
     )
     return (*USER_ERRORS, *errors)
 

@@ -223,3 +223,20 @@ def test_a_space_that_leaves_a_hyperparameter_unset_is_named_before_the_store_is
         "the Space a base with every value it does not search (usually base=start)"
     )
     assert not (broken_tasks / "mlflow.db").exists()
+
+
+@pytest.mark.slow  # builds and fits (fails fitting) a Keras model
+def test_a_final_whose_seed_fails_says_so_in_one_line(store, broken_tasks):
+    """`final` on a task whose model breaks the contract ended in a worker's traceback; now one line, exit 2."""
+    import mlflow_mnist
+    from mlflow_mnist.worker import FinalSeedFailed
+
+    with pytest.raises(FinalSeedFailed) as failed:
+        mlflow_mnist.final(task="broken_tasks:WrongInput", epochs=1, folds=2, executor="serial", progress=False)
+    line = str(failed.value)
+    assert line.startswith("seed 0 of the final failed with ValueError: ") and "\n" not in line
+    assert "Expected shape (None, 10), but input has incompatible shape (None, 8, 8)" in line and "\x1b[" not in line
+    assert line.endswith("(docs/tasks.md, build_model), fix the task; then run final again")
+    from mlflow_mnist.cli import _user_errors
+
+    assert FinalSeedFailed in _user_errors()  # the CLI says it as one line, exit 2

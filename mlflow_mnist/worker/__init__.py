@@ -23,7 +23,12 @@ from mlflow_mnist.results import FoldResult
 from mlflow_mnist.tasks import get_task
 from mlflow_mnist.tasks.base import DataError, Dataset, Task
 from mlflow_mnist.worker.process import allow_a_folds_working_set, configure_threads, exit_with_driver
-from mlflow_mnist.worker.training import FinalResult, train_final, train_fold
+from mlflow_mnist.worker.training import ANSI_ESCAPE, FinalResult, train_final, train_fold
+
+
+class FinalSeedFailed(RuntimeError):
+    """A final's seed raised while training or testing: one line (the error, redacted and shortened), not a
+    traceback from a worker process."""
 
 
 @dataclass(frozen=True)
@@ -119,20 +124,30 @@ class FinalWorker:
     def __call__(self, assignment: tuple[int, int]) -> FinalResult:
         seed, index = assignment
         exit_with_driver(self.driver_pid)
-        result = train_final(
-            _task(self.task),
-            self.configs[index],
-            _data(self.data),
-            seed,
-            precision=self.precision,
-            threads=self.threads,
-        )
+        try:
+            result = train_final(
+                _task(self.task),
+                self.configs[index],
+                _data(self.data),
+                seed,
+                precision=self.precision,
+                threads=self.threads,
+            )
+        except Exception as error:  # noqa: BLE001 - said in one line by the driver, whatever the task raised
+            from mlflow_mnist.redaction import redact, shorten
+
+            said = shorten(redact(" ".join(ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}").split())), 300)
+            raise FinalSeedFailed(
+                f"seed {seed} of the final failed with {said}: where the task's model or data breaks the task "
+                f"contract (docs/tasks.md, build_model), fix the task; then run final again"
+            ) from None
         return replace(result, config_index=index)
 
 
 __all__ = [
     "DataRef",
     "FinalResult",
+    "FinalSeedFailed",
     "FinalWorker",
     "FoldWorker",
     "WarmUp",
