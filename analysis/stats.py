@@ -379,12 +379,13 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
     reused = bool(reference is not None and flagged.any())
     usable = reference is not None and reference["status"] == "ok"
     state = MISSING if reference is None else (REUSED if reused else FRESH)
-    twins = [r for r in ordered if reference is not None and r["is_incumbent"] and not r["is_reference"]]
+    # The carried-in grid point beside a fresh reference: the reference's own configuration (see SAME_AS_REFERENCE).
+    twins = {r["candidate"] for r in ordered if reference is not None and r["is_incumbent"] and not r["is_reference"]}
 
     comparisons: dict[str, Comparison] = {}
     if usable:
         for row in ordered:
-            if row["status"] == "ok" and row is not reference and not any(row is twin for twin in twins):
+            if row["status"] == "ok" and row is not reference and row["candidate"] not in twins:
                 paired = ~np.isnan(row["_scores"]) & ~np.isnan(reference["_scores"])
                 comparisons[row["candidate"]] = compare(
                     row["_scores"][paired], reference["_scores"][paired], n_folds=n_folds, rope=rope
@@ -423,7 +424,7 @@ def _step_rows(column: dict, begin: int, stop: int, *, rope: float, alpha: float
             row["delta"] = 0.0 if usable else math.nan
         elif row["status"] != "ok":
             row["verdict"] = row["status"]
-        elif any(row is twin for twin in twins):
+        elif name in twins:
             row["verdict"] = SAME_AS_REFERENCE
         elif name not in comparisons:
             row["verdict"] = NO_REFERENCE if reference is None else REFERENCE_UNHEALTHY

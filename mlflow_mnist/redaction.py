@@ -190,6 +190,15 @@ def shorten(text: str, limit: int) -> str:
     return head.rstrip(" ,;:(") + " ..."
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour and bold codes (Keras marks its errors up)
+
+
+def error_line(text: str, limit: int = 300) -> str:
+    """An error's text quoted in one of our lines: terminal codes removed, whitespace (newlines included)
+    collapsed, redacted, then shortened to ``limit`` characters."""
+    return shorten(redact(" ".join(ANSI_ESCAPE.sub("", text).split())), limit)
+
+
 def install() -> None:
     """Redact everything this process prints from now on; idempotent.
 

@@ -379,9 +379,9 @@ def run_search(
 
 def failure_line(result: FoldResult) -> str:
     """One line for a search whose every fold failed: the first fold's error (redacted, shortened) and the fix."""
-    from mlflow_mnist.redaction import redact, shorten
+    from mlflow_mnist.redaction import error_line
 
-    error = shorten(redact(" ".join((result.error or "no error recorded").split())), 300)
+    error = error_line(result.error or "no error recorded")
     return (
         f"every fold failed, the first ({result.step}, fold {result.fold + 1}) with {error}: the task's model or data "
         f"breaks the task contract (docs/tasks.md, build_model); fix the task and run the command again"

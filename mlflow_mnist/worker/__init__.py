@@ -23,7 +23,7 @@ from mlflow_mnist.results import FoldResult
 from mlflow_mnist.tasks import get_task
 from mlflow_mnist.tasks.base import DataError, Dataset, Task
 from mlflow_mnist.worker.process import allow_a_folds_working_set, configure_threads, exit_with_driver
-from mlflow_mnist.worker.training import ANSI_ESCAPE, FinalResult, train_final, train_fold
+from mlflow_mnist.worker.training import FinalResult, train_final, train_fold
 
 
 class FinalSeedFailed(RuntimeError):
@@ -134,9 +134,9 @@ class FinalWorker:
                 threads=self.threads,
             )
         except Exception as error:  # noqa: BLE001 - said in one line by the driver, whatever the task raised
-            from mlflow_mnist.redaction import redact, shorten
+            from mlflow_mnist.redaction import error_line
 
-            said = shorten(redact(" ".join(ANSI_ESCAPE.sub("", f"{type(error).__name__}: {error}").split())), 300)
+            said = error_line(f"{type(error).__name__}: {error}")
             raise FinalSeedFailed(
                 f"seed {seed} of the final failed with {said}: where the task's model or data breaks the task "
                 f"contract (docs/tasks.md, build_model), fix the task; then run final again"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import numpy as np
 
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import FoldTask, fold_indices
+from mlflow_mnist.redaction import ANSI_ESCAPE
 from mlflow_mnist.results import FoldResult
 from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks.base import Dataset, Task, check_precision
@@ -21,7 +21,6 @@ from mlflow_mnist.worker.model_files import model_files
 from mlflow_mnist.worker.process import configure_threads, forget_models
 
 BLOW_UP_FACTOR = 5.0
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour and bold codes
 VALIDATION_BATCH = 512  # scoring needs no small batches; big ones run the held-out pass several times faster
 STEPS_PER_EXECUTION = 32  # several batches per graph call: about 2x faster at batch 20 on CPU
 # A fit of at most this many batches in all runs one batch per graph call: tracing Keras' several-batch loop
