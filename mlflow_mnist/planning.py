@@ -117,6 +117,39 @@ class StoreState:
 
 
 @dataclass(frozen=True)
+class CarryForward:
+    """What a staged step took from the steps before it, for the people watching it run: each value an earlier
+    step chose, with that step's name, and the steps already in the store that come later in the task's order
+    (their choices reach only the steps after them, whatever order they ran in)."""
+
+    carried: tuple[tuple[str, Any, str], ...] = ()  # (parameter, value, the step that chose it)
+    later: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``carried in: learn_rate=0.01 (learn_rate)``, and which later steps' choices it does not see."""
+        shown = ", ".join(f"{key}={format_value(value)} ({step})" for key, value, step in self.carried)
+        line = f"carried in: {shown}" if shown else "carried in: nothing (the task's start values)"
+        if self.later:
+            line += f"; not carried from {', '.join(self.later)}: later in the task's order"
+        return line
+
+
+def carry_forward(
+    task: Task, step_name: str, step_bests: Mapping[str, StepBest], *, overrides: Params, varied: Sequence[str]
+) -> CarryForward:
+    """Which values :func:`resolve_fixed_params` took from earlier steps for ``step_name`` (overrides and the
+    step's own parameters are not carried), and the finished steps it did not look at. Pure."""
+    order = task.step_order
+    limit = order[step_name]
+    chosen: dict[str, tuple[Any, str]] = {}
+    for name in sorted((n for n in step_bests if n in order and order[n] < limit), key=order.__getitem__):
+        chosen.update({key: (value, name) for key, value in step_bests[name].params.items()})
+    carried = tuple((k, v, name) for k, (v, name) in chosen.items() if k not in overrides and k not in varied)
+    later = tuple(sorted((n for n in step_bests if n in order and order[n] > limit), key=order.__getitem__))
+    return CarryForward(carried, later)
+
+
+@dataclass(frozen=True)
 class Group:
     """What one call of ``evaluate`` is, for the run tree: a staged step, a halving rung, a batch of trials.
 
@@ -134,6 +167,7 @@ class Group:
     rung: Rung | None = None
     search_key: str = ""
     reference_rule: str = REUSED_RULE  # a staged step's: FRESH when its reference is retrained in it
+    carry: CarryForward | None = None  # a staged step's: what it took from the steps before it (shown, not keyed)
 
     @property
     def counts(self) -> bool:

@@ -28,6 +28,8 @@ class Progress:
                 f"{plan.group.name}: {len(plan.candidates)} candidates x {n_folds} folds, "
                 f"{len(plan.to_train)} to train, {len(plan.reused)} reused from the store"
             )
+            if plan.group.carry is not None:  # which earlier choices this step stands on
+                line += f"\n  {plan.group.carry.describe()}"
             (self.bar.write if self.bar is not None else print)(line, **({} if self.bar else {"flush": True}))
         if not plan.to_train:
             return

@@ -13,6 +13,7 @@ from mlflow_mnist.planning import (
     FoldRecord,
     SearchSettings,
     StepBest,
+    carry_forward,
     final_seed_key,
     fold_indices,
     fold_key,
@@ -42,6 +43,27 @@ def test_fixed_params_carry_forward_from_earlier_steps_only():
         resolve_fixed_params(MNIST, "batch_size", bests, overrides={}, epochs=6)["momentum"] == SEED_START["momentum"]
     )
     assert resolve_fixed_params(MNIST, FINAL, bests, overrides={}, epochs=6)["pool_size"] == (1, 1)
+
+
+def test_a_step_says_what_it_carried_in_and_which_later_steps_it_does_not_see():
+    """A user who ran pool_size, then momentum, then kernel_size (out of the task's order) saw three steps in a row
+    and could not tell that kernel_size stood on momentum's choice but not pool_size's: each step now says which
+    values it carried from which step, and which finished steps come later in the order (their choices are not
+    in it). Overrides and the step's own parameters are not "carried"."""
+    bests = {
+        "momentum": StepBest("momentum", {"momentum": 0.4}, 0.99),
+        "batch_size": StepBest("batch_size", {"batch_size": 40}, 0.99),
+        "pool_size": StepBest("pool_size", {"pool_size": (1, 1)}, 0.995),
+    }
+    carry = carry_forward(MNIST, "kernel_size", bests, overrides={"batch_size": 60}, varied=("kernel_size",))
+    assert carry.carried == (("momentum", 0.4, "momentum"),) and carry.later == ("pool_size",)
+    assert carry.describe() == (
+        "carried in: momentum=0.4 (momentum); not carried from pool_size: later in the task's order"
+    )
+    first = carry_forward(MNIST, "batch_size", bests, overrides={}, varied=("batch_size",))
+    assert first.carried == () and first.describe().startswith("carried in: nothing (the task's start values)")
+    fixed = resolve_fixed_params(MNIST, "kernel_size", bests, overrides={"batch_size": 60}, epochs=6)
+    assert all(fixed[key] == value for key, value, _ in carry.carried)  # says what planning did
 
 
 def test_overrides_win_over_store_and_epochs_over_seed():
@@ -264,3 +286,37 @@ def test_a_short_fit_runs_one_batch_per_graph_call_and_trains_the_same_model(sam
         assert fits[0].history[name] == pytest.approx(values, rel=1e-5)
     for short, long in zip(fits[0].model.get_weights(), fits[1].model.get_weights(), strict=True):
         np.testing.assert_allclose(short, long, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_prints_what_each_step_carried_in(store, capsys):
+    """The progress output names, under each step's first line, the values it took from earlier steps and the
+    finished steps later in the task's order that it does not see (here momentum, run before batch_size)."""
+    from mlflow_mnist.executors import SerialExecutor
+    from mlflow_mnist.strategies import StagedGrid
+    from mlflow_mnist.testing import fold_result, open_campaign, tiny_dataset
+
+    campaign = open_campaign(store, dataset=tiny_dataset(), experiment="mnist", folds=2, epochs=1, task="mnist")
+
+    def score(task):  # one clear winner per step
+        p = task.params
+        return fold_result(task, 0.9 + 0.01 * (p["batch_size"] == 20) + 0.01 * (p["momentum"] == 0.2))
+
+    for stage in ("momentum", "batch_size", "learn_rate"):
+        request = campaign.request(stage=stage, steps=tuple(MNIST.steps_of(stage)))
+        with SerialExecutor() as executor:
+            campaign.search(
+                StagedGrid.from_request(request),
+                executor=executor,
+                with_model=False,
+                progress=True,
+                lock=False,
+                worker=score,
+            )
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    carried = {lines[i].split(":")[0]: lines[i + 1].strip() for i, line in enumerate(lines) if " candidates x " in line}
+    assert carried["momentum"] == "carried in: nothing (the task's start values)"
+    assert carried["batch_size"] == (
+        "carried in: nothing (the task's start values); not carried from momentum: later in the task's order"
+    )
+    assert carried["learn_rate"] == "carried in: batch_size=20 (batch_size), momentum=0.2 (momentum)", out

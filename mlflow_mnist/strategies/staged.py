@@ -13,12 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mlflow_mnist.params import Params
 from mlflow_mnist.planning import (
+    CarryForward,
     FoldRecord,
     Group,
     Plan,
     SearchSettings,
     Spec,
     StoreState,
+    carry_forward,
     plan_candidates,
     resolve_fixed_params,
 )
@@ -30,9 +32,17 @@ from mlflow_mnist.tasks.base import Task
 REFERENCE_LABEL = "reference"
 
 
-def step_group(step: Step, fixed: Params, *, reference: bool = False) -> Group:
+def step_group(step: Step, fixed: Params, *, reference: bool = False, carry: CarryForward | None = None) -> Group:
     rule = FRESH if reference else REUSED_RULE
-    return Group(name=step.name, step=step.name, varied=step.varied, fixed=fixed, grid=step.grid, reference_rule=rule)
+    return Group(
+        name=step.name,
+        step=step.name,
+        varied=step.varied,
+        fixed=fixed,
+        grid=step.grid,
+        reference_rule=rule,
+        carry=carry,
+    )
 
 
 def step_candidates(step: Step, fixed: Params, *, reference: bool = False) -> list[Spec]:
@@ -104,4 +114,6 @@ class StagedGrid:
         for step in self.steps:
             state = memory()
             fixed, fresh = self.fixed_for(step, state), self.fresh_reference(step, state)
-            evaluate(step_candidates(step, fixed, reference=fresh), group=step_group(step, fixed, reference=fresh))
+            carry = carry_forward(self.task, step.name, state.step_bests, overrides=self.overrides, varied=step.varied)
+            group = step_group(step, fixed, reference=fresh, carry=carry)
+            evaluate(step_candidates(step, fixed, reference=fresh), group=group)
