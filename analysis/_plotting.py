@@ -43,22 +43,40 @@ def fitted(text: str, fig, fontsize: float) -> str:
 
 
 def save(fig, path: Path, *, tight: bool = True) -> Path:
+    """``fig`` as a PNG at ``path``; closes it. Where ``tight_layout`` cannot fit the figure (matplotlib warns and
+    leaves it as it was: a warning that reached the Python API's users), the saved image is cropped to what was
+    drawn instead, so nothing is cut and nothing is said."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    crop = None
     if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", category=UserWarning, message=".*[Tt]ight")
+            try:
+                fig.tight_layout()
+            except UserWarning:
+                crop = "tight"
+    fig.savefig(path, dpi=110, bbox_inches=crop)
     plt.close(fig)
     return path
 
 
-def empty(path: Path, message: str) -> Path:
-    """Optuna's habit: no data warns and still renders a (labelled) figure."""
+class Placeholder(type(Path())):
+    """The path of a figure drawn without data (:func:`empty`): ``reason`` says why. The report lists these in a
+    line instead of showing each as a figure of its own."""
+
+    reason: str = ""
+
+
+def empty(path: Path, message: str) -> Placeholder:
+    """Optuna's habit: no data warns and still renders a (labelled) figure; its path says it is a placeholder."""
     warnings.warn(message, stacklevel=3)
     fig, ax = plt.subplots(figsize=(5, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    return save(fig, path)
+    placeholder = Placeholder(save(fig, path))
+    placeholder.reason = message
+    return placeholder
 
 
 def is_numeric(values) -> bool:

@@ -23,7 +23,7 @@ def get_anytime_info(searches: pd.DataFrame) -> pd.DataFrame:
 def render_anytime(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished searches to plot")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6), sharey=True)
     for _, part in info.groupby("search_run_id", sort=False):
         label = f"{part['search'].iloc[0]} ({part['strategy'].iloc[0]})"
         for ax, x in zip(axes, ("fold_epochs", "minutes"), strict=True):
@@ -32,7 +32,7 @@ def render_anytime(info: pd.DataFrame, path: Path) -> Path:
     axes[1].set(xlabel="wall time (minutes)", xlim=(0, None))
     low = info["best_so_far"].quantile(0.05)
     axes[0].set_ylim(max(0.0, low - 0.002), min(1.0, info["best_so_far"].max() + 0.001))
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the data, never over it
     fig.suptitle(
         "Anytime performance: the best configuration each search had found, against what it spent", fontsize=10
     )

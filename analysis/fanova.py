@@ -32,9 +32,11 @@ def get_importance_info(trials: pd.DataFrame, distributions: dict) -> pd.DataFra
     return pd.DataFrame({"parameter": list(scores), "importance": list(scores.values())})
 
 
-def render_importance(info: pd.DataFrame, path: Path, title: str) -> Path:
+def render_importance(info: pd.DataFrame, path: Path, search: str, which: str = "") -> Path:
+    """fANOVA's importances of ``search``'s parameters; ``which`` says what trials they are from (in the title)."""
     if info.empty:
-        return empty(path, f"{title.split(': ')[0]}: fewer than {MIN_TRIALS} trials: no importance yet")
+        return empty(path, f"{search}: fewer than {MIN_TRIALS} trials: no importance yet")
+    title = f"{search}: parameter importance" + (f" ({which})" if which else "")
     ordered = info.sort_values("importance")
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.6))
     ax.barh(ordered["parameter"], ordered["importance"], color="#2166ac")
@@ -61,9 +63,11 @@ def get_interaction_info(trials: pd.DataFrame, importance: pd.DataFrame) -> pd.D
     ).assign(x_name=first, y_name=second)
 
 
-def render_interaction(info: pd.DataFrame, path: Path, title: str) -> Path:
+def render_interaction(info: pd.DataFrame, path: Path, search: str, which: str = "") -> Path:
+    """The trials of ``search`` over its two most important parameters, coloured by mean CV accuracy."""
     if info.empty:
-        return empty(path, f"{title.split(': ')[0]}: fewer than two parameters with importance: no interaction to show")
+        return empty(path, f"{search}: fewer than two parameters with importance: no interaction to show")
+    title = f"{search}: the two most important parameters" + (f" ({which})" if which else "")
     fig, ax = plt.subplots(figsize=(6.5, 5))
     x, y = info["x"], info["y"]
     numeric_x, numeric_y = is_numeric(x), is_numeric(y)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity, studies
+from analysis._plotting import Placeholder
 from analysis.searches import search_spaces, search_table, trial_table, trials_for_importance
 from analysis.stats import (
     ALPHA,
@@ -21,7 +22,7 @@ from analysis.stats import (
     candidate_summary,
     step_verdicts,
 )
-from analysis.store import epoch_table, fold_table, read_runs
+from analysis.store import epoch_table, fold_table, held_values, read_runs
 from mlflow_mnist.results import FAR_BELOW, NEAR_CHANCE
 
 #: verdicts.csv: one row per candidate. delta_low/delta_high: the interval its verdict read, at interval_level.
@@ -51,6 +52,8 @@ class Report:
     verdicts: pd.DataFrame
     campaign: pd.DataFrame = field(default_factory=pd.DataFrame)  # step decisions corrected across the steps
     figures: dict[str, Path] = field(default_factory=dict)
+    # Figures without the data to draw them (a search too small for importance): name -> why, one line in the report
+    not_drawn: dict[str, str] = field(default_factory=dict)
     html_path: Path | None = None
     csv_path: Path | None = None
 
@@ -76,7 +79,7 @@ def build_report(
     verdicts = step_verdicts(summary) if not folds.empty else pd.DataFrame(columns=VERDICT_STEP_COLUMNS)
     campaign = campaign_correction(verdicts) if not folds.empty else pd.DataFrame()
     report = Report(folds, summary, verdicts, campaign)
-    figures = report.figures
+    figures = _Figures(report)
     if not searches.empty:
         figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")
     trials = trial_table(runs)
@@ -86,7 +89,9 @@ def build_report(
         report.html_path.write_text(render_html(report, experiments, rope=rope))
         return report
     epochs = epoch_table(client, folds)
-    figures["progression"] = progression.plot_progression(summary, verdicts, out / "progression.png")
+    figures["progression"] = progression.plot_progression(
+        summary, verdicts, out / "progression.png", held_values(runs, folds)
+    )
     figures["comparisons"] = comparisons.plot_comparisons(
         summary, out / "comparisons.png", rope=rope, verdicts=verdicts
     )
@@ -122,7 +127,21 @@ VERDICT_STEP_COLUMNS = [
 ]
 
 
-def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, spaces: dict[str, dict], out: Path) -> None:
+class _Figures:
+    """The report's figures as they are drawn: a placeholder (no data) is named in ``not_drawn``, its file removed."""
+
+    def __init__(self, report: Report):
+        self.report = report
+
+    def __setitem__(self, name: str, path: Path) -> None:
+        if isinstance(path, Placeholder):
+            self.report.not_drawn[name] = path.reason
+            path.unlink(missing_ok=True)
+        else:
+            self.report.figures[name] = path
+
+
+def _joint_figures(figures: _Figures, trials: pd.DataFrame, spaces: dict[str, dict], out: Path) -> None:
     """fANOVA importance and the top-two interaction of each joint search, over the space its run keeps."""
     for search_run_id, part in trials.groupby("search_run_id", sort=False):
         distributions = spaces.get(search_run_id)
@@ -134,12 +153,10 @@ def _joint_figures(figures: dict[str, Path], trials: pd.DataFrame, spaces: dict[
         slug = str(search).replace(":", "-").replace(" ", "_")
         which = f"{len(chosen)} trials at {chosen['budget'].max()} epochs" if len(chosen) else "no trials"
         figures[f"importance {search}"] = fanova.render_importance(
-            info, out / f"importance_{slug}.png", f"{search}: parameter importance ({which})"
+            info, out / f"importance_{slug}.png", str(search), which
         )
         figures[f"interaction {search}"] = fanova.render_interaction(
-            fanova.get_interaction_info(chosen, info),
-            out / f"interaction_{slug}.png",
-            f"{search}: the two most important parameters ({which})",
+            fanova.get_interaction_info(chosen, info), out / f"interaction_{slug}.png", str(search), which
         )
         study = studies.build_study(part, distributions, name=str(search))
         for kind in studies.PLOTS:
@@ -190,6 +207,9 @@ def render_html(report: Report, experiments: list[str], *, rope: float) -> str:
         for name, path in report.figures.items()
     )
     links = " | ".join(f'<a href="#{html.escape(n.replace(" ", "-"))}">{html.escape(n)}</a>' for n in report.figures)
+    if report.not_drawn:
+        reasons = "; ".join(report.not_drawn.values())  # each names its search and figure
+        links += f"</p>\n<p>Not drawn, for want of data: {html.escape(reasons)}."
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>mlflow-mnist campaign report</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}} img{{max-width:100%}}

@@ -63,6 +63,10 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         candidates = (
             candidates[pd.Series(deciding, index=candidates.index, dtype=bool)] if len(candidates) else candidates
         )
+        # A candidate's score is known when its last fold ends: its run closes with its whole group (a staged step
+        # closes every grid point at its end, which drew the step as one vertical jump). Reused folds cost nothing.
+        last_fold = folds.groupby(tag_column(schema.PARENT))["end_time"].max()
+        scored_at = candidates["run_id"].map(last_fold).fillna(candidates["end_time"]) if len(candidates) else None
         start = root["start_time"]
         epochs = folds.get(metric_column(schema.EPOCHS_RUN), pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})
@@ -71,8 +75,8 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
             "search": root.get(tag_column(schema.RUN_NAME), root["run_id"][:8]),
             "strategy": root.get(tag_column(schema.STRATEGY)) or "staged",
         }
-        for _, candidate in candidates.sort_values("end_time").iterrows():
-            done = spent[spent["end"] <= candidate["end_time"]]
+        for _, candidate in candidates.assign(scored_at=scored_at).sort_values("scored_at").iterrows():
+            done = spent[spent["end"] <= candidate["scored_at"]]
             status = candidate.get(tag_column(schema.STATUS), "ok")
             tags = schema.CandidateTags.parse(schema.tags_of_row(candidate))
             # A staged step's reference is a second training of a configuration already scored: the search never
@@ -84,10 +88,10 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
                     "candidate": candidate.get(tag_column(schema.CANDIDATE), ""),
                     # A joint search's trial number (None for a grid point): what names one draw across searches.
                     "trial": tags.trial,
-                    "finished": candidate["end_time"],
+                    "finished": candidate["scored_at"],
                     "mean": candidate.get(metric_column(schema.MEAN_HELDOUT_ACCURACY)) if chosen_from else float("nan"),
                     "fold_epochs": float(done["fold_epochs"].iloc[-1]) if len(done) else 0.0,
-                    "minutes": (candidate["end_time"] - start).total_seconds() / 60,
+                    "minutes": (candidate["scored_at"] - start).total_seconds() / 60,
                 }
             )
         if len(spent):  # where the search stopped: what it spent in all, found nothing better

@@ -59,9 +59,26 @@ def get_sensitivity_info(
     points = step_folds.assign(x=step_folds["candidate"].map(position))[
         ["x", "accuracy", "diverged", "candidate_index", "candidate"]
     ]
-    positive = means["x"][means["x"] > 0] if numeric else []
-    log_x = bool(numeric and len(positive) == len(means) and positive.max() / positive.min() >= 100)
+    log_x = numeric and log_spaced(means["x"])
     return SensitivityInfo(step, varied, numeric, log_x, points, means, reference_mean, rope, interval, verdict)
+
+
+def log_spaced(values) -> bool:
+    """Whether a grid of numbers reads better on a log axis: all positive, and either spanning two decades or more,
+    or (at least three values over a factor of 4) spaced more evenly by ratio than by difference (16, 32, 64, 128
+    or 2, 6, 18 epochs; not 10, 20, 40, ..., 100)."""
+    grid = np.unique(np.asarray(values, dtype=float))
+    if len(grid) < 2 or grid.min() <= 0:
+        return False
+    if grid.max() / grid.min() >= 100:
+        return True
+    if len(grid) < 3 or grid.max() / grid.min() < 4:
+        return False
+
+    def unevenness(gaps: np.ndarray) -> float:
+        return float(gaps.std() / gaps.mean())
+
+    return unevenness(np.diff(np.log(grid))) < unevenness(np.diff(grid))
 
 
 def _nudge(info: SensitivityInfo, x: float, row) -> float:
@@ -165,7 +182,13 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
 
 def _x_axis(info: SensitivityInfo, bottom) -> None:
     if info.log_x:
+        from matplotlib.ticker import NullFormatter
+
         bottom.set_xscale("log")
+        grid = info.means.loc[info.means["role"] != REFERENCE, "value"].drop_duplicates()
+        # The grid's own values as ticks: a grid within a decade has no power of ten to label.
+        bottom.set_xticks([float(v) for v in grid], [str(v) for v in grid], fontsize=8)
+        bottom.xaxis.set_minor_formatter(NullFormatter())
     if not info.numeric:
         ticks = info.means.drop_duplicates("x").sort_values("x")
         labels = [

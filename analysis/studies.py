@@ -196,14 +196,23 @@ PLOTS = {
 
 def render_optuna_figure(study, kind: str, path: Path, title: str) -> Path:
     """One of Optuna's own figures (its matplotlib back end) of ``study``, saved as a PNG."""
+    import matplotlib
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return empty(path, f"{title}: fewer than two complete trials")
+    # Optuna's matplotlib back end calls plt.style.use("ggplot"), which changes every figure drawn after it: a
+    # report with a joint search drew its staged figures on ggplot's grey. Its style stays inside this figure.
+    with matplotlib.rc_context():
+        return _draw_optuna_figure(study, kind, path, title)
+
+
+def _draw_optuna_figure(study, kind: str, path: Path, title: str) -> Path:
     import warnings
 
     from matplotlib.ticker import NullFormatter
     from optuna.visualization import matplotlib as optuna_plots
 
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if len(complete) < 2:
-        return empty(path, f"{title}: fewer than two complete trials")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib back end experimental
         drawn = getattr(optuna_plots, PLOTS[kind])(study)

@@ -24,7 +24,7 @@ from analysis.stats import (
     candidate_summary,
     step_verdicts,
 )
-from analysis.store import epoch_table, fold_table, read_runs
+from analysis.store import epoch_table, fold_table, held_values, read_runs
 from mlflow_mnist import schema, tracking
 from mlflow_mnist.runs import log_report
 from mlflow_mnist.strategies import StagedGrid
@@ -361,6 +361,38 @@ def test_the_anytime_best_never_counts_a_staged_reference(campaign):
     assert anytime.get_anytime_info(table)["best_so_far"].max() == pytest.approx(grid_best)
 
 
+def test_the_anytime_figure_places_each_grid_point_at_the_compute_spent_when_its_last_fold_ended(store):
+    """A staged step closes its grid points' runs together, at its end: read from those runs, every grid point
+    had cost the whole step, and the figure drew the step as one vertical jump. Each point is now placed where its
+    last fold ended: trained one after another (serially), 6 grid points x 3 folds x 2 epochs cost 6, 12, ... 36."""
+    log_stage(store, "batch_size", lambda p, fold: NOISE[fold] - 0.0001 * p["batch_size"])
+    table = search_table(read_runs(tracking.connect(store), ["mnist"]))
+    grid = table[table["candidate"].str.startswith("batch_size=")]
+    assert grid["fold_epochs"].tolist() == [6.0, 12.0, 18.0, 24.0, 30.0, 36.0]
+    assert grid["minutes"].is_monotonic_increasing and grid["minutes"].iloc[0] < table["minutes"].max()
+    assert table["fold_epochs"].max() == 42.0  # with the reference, trained last
+
+
+def test_the_progression_breaks_its_line_where_a_step_did_not_start_from_the_step_before(store, tmp_path):
+    """Run learn_rate, then batch_size, then momentum: batch_size comes before learn_rate in the task's order, so
+    it started from the task's learning rate, not learn_rate's choice; the figure joined them as one progression.
+    Read from the steps' own runs, that join is now marked (dashed), while momentum, which started from
+    batch_size's choice, stays joined."""
+    for stage in ("learn_rate", "batch_size", "momentum"):
+        log_stage(store, stage, lambda p, fold: NOISE[fold] - 0.01 * p["learn_rate"] - 0.0001 * p["batch_size"])
+    runs = read_runs(tracking.connect(store), ["mnist"])
+    folds = fold_table(runs)
+    summary = candidate_summary(folds)
+    held = held_values(runs, folds)
+    assert held["batch_size"]["learn_rate"] == "0.1" and held["momentum"]["batch_size"] == "10"
+    info = progression.get_progression_info(summary, step_verdicts(summary), held)
+    assert info["step"].tolist() == ["learn_rate", "batch_size", "momentum"]
+    assert info["value"].tolist()[:2] == ["0.001", "10"]
+    assert info["holds_previous"].tolist() == [True, False, True]
+    assert progression.get_progression_info(summary)["holds_previous"].all()  # nothing known: no claim
+    assert progression.render_progression(info, tmp_path / "p.png").stat().st_size > 5000
+
+
 def test_the_interaction_figures_star_is_chosen_by_its_info_function(tmp_path):
     """Which trial the star marks is data (``is_best``), not the renderer's own pick: the highest mean at the
     trials' budget, whatever the table's index (the trial table's rows are not numbered from 0)."""
@@ -377,7 +409,7 @@ def test_the_interaction_figures_star_is_chosen_by_its_info_function(tmp_path):
     importance = pd.DataFrame({"parameter": ["learn_rate", "kernel_size"], "importance": [0.6, 0.4]})
     info = fanova.get_interaction_info(trials, importance)
     assert info["is_best"].tolist() == [False, False, True] and set(info["budget"]) == {6}
-    assert fanova.render_interaction(info, tmp_path / "i.png", "t").stat().st_size > 0
+    assert fanova.render_interaction(info, tmp_path / "i.png", "optuna:t").stat().st_size > 0
 
 
 def test_export_study_keeps_a_diverged_trial_as_failed_under_its_search_number(store, tmp_path):
@@ -455,6 +487,84 @@ def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
     )
     assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr and "figures[" not in proc.stderr
     assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
+
+
+def test_a_report_names_the_figures_it_had_no_data_for_instead_of_showing_placeholders(store, tmp_path):
+    """A search of two trials has no importance or interaction to draw: the report shows neither as a figure of its
+    own (it showed boxes of text) and says, in one line, what was not drawn and why; the placeholders' files are
+    not left in the report's folder, which is logged as it is."""
+    from mlflow_mnist.strategies.optuna import OptunaSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    log_stage(store, "batch_size", lambda p, fold: NOISE[fold] - 0.0001 * p["batch_size"])
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=3, epochs=6, task="mnist")
+    search = OptunaSearch(SEED, n_trials=2, batch=2, seed=0, search_key="small")
+    run(campaign, search, worker=lambda task: fold_result(task, 0.97), with_model=False)
+    report = build_report(tracking.connect(store), ["mnist"], tmp_path / "out")
+    text = report.html_path.read_text()
+    assert set(report.not_drawn) == {"importance optuna:seed", "interaction optuna:seed"}
+    assert {"sensitivity batch_size", "optuna history optuna:seed"} <= set(report.figures)  # two trials: a history
+    assert "Not drawn, for want of data: optuna:seed: fewer than 4 trials: no importance yet;" in text
+    assert len(re.findall(r"<section ", text)) == len(report.figures)
+    assert 'id="importance-optuna:seed"' not in text and 'id="optuna-history-optuna:seed"' in text
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(p.name for p in report.figures.values())
+
+
+def test_optunas_figures_leave_the_style_of_the_figures_drawn_after_them_as_it_was(tmp_path):
+    """Optuna's matplotlib back end switches the whole process to ggplot's style: a report with a joint search drew
+    every staged figure after it on grey. The report's style is the same after an Optuna figure as before."""
+    import matplotlib
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from analysis.studies import render_optuna_figure
+
+    study = optuna.create_study(direction="maximize")
+    for x in (0.1, 0.5, 0.9):
+        study.add_trial(
+            optuna.trial.create_trial(params={"x": x}, distributions={"x": FloatDistribution(0, 1)}, value=x)
+        )
+    before = dict(matplotlib.rcParams)
+    render_optuna_figure(study, "history", tmp_path / "h.png", "t")
+    assert matplotlib.rcParams["axes.facecolor"] == before["axes.facecolor"] == "white"
+    assert {k for k, v in matplotlib.rcParams.items() if v != before[k]} <= {"figure.figsize"}
+
+
+def test_a_figure_too_crowded_for_tight_layout_is_saved_whole_and_says_nothing(tmp_path):
+    """matplotlib's tight_layout warns and gives up on a figure it cannot fit (a warning that reached the Python
+    API's output): such a figure is saved cropped to what it drew instead, without a warning."""
+    import warnings
+
+    from analysis._plotting import plt, save
+
+    fig, axes = plt.subplots(3, 1, figsize=(2, 1.5))
+    for ax in axes:
+        ax.set_ylabel("a label far too long\nfor this axis\nto hold\nin any layout", fontsize=14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = save(fig, tmp_path / "crowded.png")
+    assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "grid, log",
+    [
+        ((16, 32, 64, 128), True),
+        ((2, 6, 18), True),
+        ((10, 20, 40), True),
+        ((0.001, 0.01, 0.1, 0.2, 0.3), True),
+        ((10, 20, 40, 60, 80, 100), False),
+        ((1, 5, 10, 15, 20, 25, 30), False),
+        ((0.1, 0.2, 0.3, 0.4, 0.5), False),
+        ((3, 5, 7), False),
+        ((0, 1, 2), False),
+        ((1, 2), False),
+    ],
+)
+def test_the_sensitivity_figure_draws_a_grid_spaced_by_ratio_on_a_log_axis(grid, log):
+    """A doubling grid (16 to 128, or 2, 6, 18 epochs) bunched its low values at the left of a linear axis: it gets
+    a log axis; an evenly spaced grid keeps a linear one (only grids over two decades had a log axis before)."""
+    assert sensitivity.log_spaced(grid) is log
 
 
 def test_the_figure_stores_tool_takes_help_and_refuses_a_missing_folder(tmp_path):
