@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_mnist.paging import all_pages
 from mlflow_mnist.schema import LOCK_PREFIX
 
 PREFIX = "mlflow-mnist-lock"
@@ -641,17 +642,15 @@ class FencedClient:
 def generations(client, base: str) -> list[Holder]:
     """The generations of the lock named ``base`` (``mlflow-mnist-lock-<kind>-<key>``), oldest first."""
     pattern = re.compile(re.escape(base) + r"-g(\d+)")
-    found, token = [], None
-    while True:
-        page = client.search_registered_models(
+    models = all_pages(
+        lambda token: client.search_registered_models(
             filter_string=f"name LIKE '{base}-g%'", max_results=100, page_token=token
         )
-        for model in page:
-            if match := pattern.fullmatch(model.name):
-                found.append(Holder.from_model(model, int(match.group(1))))
-        token = page.token
-        if not token:
-            return sorted(found, key=lambda holder: holder.generation)
+    )
+    found = [
+        Holder.from_model(model, int(match.group(1))) for model in models if (match := pattern.fullmatch(model.name))
+    ]
+    return sorted(found, key=lambda holder: holder.generation)
 
 
 def lock_base(key: str, kind: Kind = EXPERIMENT) -> str:

@@ -58,6 +58,7 @@ from mlflow_mnist.gate import (
 )
 from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
+from mlflow_mnist.paging import all_pages
 from mlflow_mnist.schema import (
     CHAMPION,
     COPY_FOR,
@@ -133,26 +134,24 @@ def count_test_set_uses(client, test_digest: str) -> int:
 
     if not re.fullmatch(r"[0-9a-f]{1,64}", test_digest or ""):
         return 1
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-        experiments += [e.experiment_id for e in page]
-        token = page.token
-        if not token:
-            break
+    experiments = [
+        e.experiment_id
+        for e in all_pages(
+            lambda token: client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        )
+    ]
     query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
     query += f" and tags.`{TEST_DIGEST}` = '{test_digest}'"
     found = 0
-    for start in range(0, len(experiments), 100):
-        token = None
-        while True:
-            page = client.search_runs(
-                experiments[start : start + 100], query, ViewType.ALL, max_results=1000, page_token=token
+    for start in range(0, len(experiments), 100):  # a search takes at most 100 experiments
+        batch = experiments[start : start + 100]
+        found += len(
+            all_pages(
+                lambda token, batch=batch: client.search_runs(
+                    batch, query, ViewType.ALL, max_results=1000, page_token=token
+                )
             )
-            found += len(page)
-            token = page.token
-            if not token:
-                break
+        )
     return max(1, found)
 
 
@@ -419,11 +418,11 @@ def drop_unused_copies(client, name: str, experiment_id: str) -> int:
     quote = next((mark for mark in "'\"" if mark not in name), None)
     if quote is None:  # a name no filter string can quote: leave its copies (harmless, and visible as unused)
         return 0
-    versions = _all_pages(lambda token: client.search_model_versions(f"name = {quote}{name}{quote}", page_token=token))
+    versions = all_pages(lambda token: client.search_model_versions(f"name = {quote}{name}{quote}", page_token=token))
     used = {source_model_id(version) for version in versions}
     unused = [
         model.model_id
-        for model in _all_pages(
+        for model in all_pages(
             lambda token: client.search_logged_models(
                 [experiment_id], filter_string=f"name = '{copy_name(name)}'", page_token=token
             )
@@ -433,16 +432,6 @@ def drop_unused_copies(client, name: str, experiment_id: str) -> int:
     for model_id in unused:
         client.delete_logged_model(model_id)
     return len(unused)
-
-
-def _all_pages(search: Callable[[str | None], Any]) -> list:
-    """Every result of a paged MLflow search: ``search(page_token)`` until a page comes with no next token."""
-    found, token = [], None
-    while True:
-        page = search(token)
-        found += list(page)
-        if not (token := page.token):
-            return found
 
 
 def register_copy(client, name: str, candidate: Candidate, verified: LocalModel, *, record: Mapping[str, str]) -> str:

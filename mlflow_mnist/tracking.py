@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_mnist.paging import all_pages
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
 from mlflow_mnist.redaction import redact, shorten
 from mlflow_mnist.schema import (
@@ -621,13 +622,11 @@ def experiment_id(client, name: str) -> str:
 
 def search_all(client, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None):
     """Every matching run, page by page (a search answers at most 1,000 at a time)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return all_pages(
+        lambda token: client.search_runs(
+            experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
+    )
 
 
 def read_store_state(

@@ -1316,3 +1316,23 @@ def test_final_promote_load_and_serve(store):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the CLI and the uvicorn workers it started
         server.wait(timeout=30)
+
+
+def test_a_paged_search_is_read_to_its_last_page():
+    """MLflow answers at most 1,000 runs (100 registered models) a page: the one paging loop every search of the
+    store uses (runs, lock generations, copies, versions, test-set uses) follows the tokens to the end, from none."""
+    from mlflow_mnist.paging import all_pages
+
+    class Page(list):
+        def __init__(self, items, token):
+            super().__init__(items)
+            self.token = token
+
+    pages = {None: Page([1, 2], "b"), "b": Page([], "c"), "c": Page([3], "")}
+    asked = []
+
+    def search(token):
+        asked.append(token)
+        return pages[token]
+
+    assert all_pages(search) == [1, 2, 3] and asked == [None, "b", "c"]
