@@ -290,33 +290,38 @@ def test_a_short_fit_runs_one_batch_per_graph_call_and_trains_the_same_model(sam
 
 def test_tune_prints_what_each_step_carried_in(store, capsys):
     """The progress output names, under each step's first line, the values it took from earlier steps and the
-    finished steps later in the task's order that it does not see (here momentum, run before batch_size)."""
+    finished steps later in the task's order that it does not see (here momentum, run before batch_size); a step
+    searched by successive halving says it once, at its first rung."""
     from mlflow_mnist.executors import SerialExecutor
     from mlflow_mnist.strategies import StagedGrid
+    from mlflow_mnist.strategies.halving import SuccessiveHalving
     from mlflow_mnist.testing import fold_result, open_campaign, tiny_dataset
 
-    campaign = open_campaign(store, dataset=tiny_dataset(), experiment="mnist", folds=2, epochs=1, task="mnist")
+    campaign = open_campaign(store, dataset=tiny_dataset(), experiment="mnist", folds=2, epochs=6, task="mnist")
 
     def score(task):  # one clear winner per step
         p = task.params
         return fold_result(task, 0.9 + 0.01 * (p["batch_size"] == 20) + 0.01 * (p["momentum"] == 0.2))
 
-    for stage in ("momentum", "batch_size", "learn_rate"):
+    for stage, strategy in (("momentum", StagedGrid), ("batch_size", StagedGrid), ("learn_rate", SuccessiveHalving)):
         request = campaign.request(stage=stage, steps=tuple(MNIST.steps_of(stage)))
         with SerialExecutor() as executor:
             campaign.search(
-                StagedGrid.from_request(request),
+                strategy.from_request(request),
                 executor=executor,
                 with_model=False,
                 progress=True,
                 lock=False,
                 worker=score,
             )
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    carried = {lines[i].split(":")[0]: lines[i + 1].strip() for i, line in enumerate(lines) if " candidates x " in line}
-    assert carried["momentum"] == "carried in: nothing (the task's start values)"
-    assert carried["batch_size"] == (
-        "carried in: nothing (the task's start values); not carried from momentum: later in the task's order"
-    )
-    assert carried["learn_rate"] == "carried in: batch_size=20 (batch_size), momentum=0.2 (momentum)", out
+    lines = [*capsys.readouterr().out.splitlines(), ""]
+    starts = [i for i, line in enumerate(lines) if " candidates x " in line]
+    carried = {lines[i].split(":")[0]: lines[i + 1].strip() for i in starts if lines[i + 1].startswith("  carried")}
+    assert carried == {
+        "momentum": "carried in: nothing (the task's start values)",
+        "batch_size": (
+            "carried in: nothing (the task's start values); not carried from momentum: later in the task's order"
+        ),
+        "learn_rate rung 1/2": "carried in: batch_size=20 (batch_size), momentum=0.2 (momentum)",
+    }, lines
+    assert any(lines[i].startswith("learn_rate rung 2/2") for i in starts)  # a later rung: no second saying

@@ -56,6 +56,7 @@ def halve(
             group,
             name=f"{group.name} rung {index}/{len(budgets)}: {budget} epochs",
             rung=Rung(index, len(budgets), budget),
+            carry=group.carry if index == 1 else None,  # said once, when the step starts
         )
         at_budget = [
             replace(candidates[i], params={**candidates[i].params, EPOCHS: budget}) if not last else candidates[i]
@@ -119,8 +120,10 @@ class SuccessiveHalving:
     def run(self, evaluate: Evaluate, memory: Callable[[], StoreState]) -> None:
         if self.staged is not None:
             for step in self.staged.steps:
-                fixed = self.staged.fixed_for(step, memory())
+                state = memory()
+                fixed, carry = self.staged.fixed_for(step, state), self.staged.carry_for(step, state)
                 specs = step_candidates(step, fixed)
-                halve(evaluate, specs, group=step_group(step, fixed), factor=self.factor, incumbent=fixed)
+                group = step_group(step, fixed, carry=carry)
+                halve(evaluate, specs, group=group, factor=self.factor, incumbent=fixed)
         if self.sample is not None:
             halve(evaluate, self.sample(), group=self.sample_group, factor=self.factor)

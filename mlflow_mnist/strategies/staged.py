@@ -103,6 +103,10 @@ class StagedGrid:
             self.task, step.name, state.step_bests, overrides=self.overrides, epochs=self.epochs
         )
 
+    def carry_for(self, step: Step, state: StoreState) -> CarryForward:
+        """What :meth:`fixed_for` takes from earlier steps, and the later steps it does not see: shown, not keyed."""
+        return carry_forward(self.task, step.name, state.step_bests, overrides=self.overrides, varied=step.varied)
+
     def fresh_reference(self, step: Step, state: StoreState) -> bool:
         """Retrain the reference, unless told not to or the step already finished in the store under the old rule:
         resuming a finished step keeps the rule it ran with, so a store made before references were retrained
@@ -114,6 +118,5 @@ class StagedGrid:
         for step in self.steps:
             state = memory()
             fixed, fresh = self.fixed_for(step, state), self.fresh_reference(step, state)
-            carry = carry_forward(self.task, step.name, state.step_bests, overrides=self.overrides, varied=step.varied)
-            group = step_group(step, fixed, reference=fresh, carry=carry)
+            group = step_group(step, fixed, reference=fresh, carry=self.carry_for(step, state))
             evaluate(step_candidates(step, fixed, reference=fresh), group=group)
