@@ -73,11 +73,13 @@ def _tampered(what: str) -> PromotionRejected:
 
 @dataclass(frozen=True)
 class GateData:
-    """What the gate needs of a final's data: its training examples, its test examples and their labels."""
+    """What the gate needs of a final's data: its training examples, its test examples and their labels, and the
+    classes' names (label k is ``class_names[k]``: what column k of the model's answer means)."""
 
     x_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    class_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def load_gate_data(final, task: Task) -> GateData:
             f"{final.info.run_id} was trained and tested on (digests differ): restore it, or promote a final "
             f"made on this data; {UNCHANGED}"
         )
-    return GateData(data.x_train, data.x_test, data.y_test)
+    return GateData(data.x_train, data.x_test, data.y_test, tuple(data.class_names))
 
 
 def check_written_once(final) -> None:
@@ -210,6 +212,26 @@ Predict = Callable[[str, np.ndarray], np.ndarray]
 
 
 # -- the final run --------------------------------------------------------------------------------------------
+def _experiment_with_a_final(client, *, but: str) -> str | None:
+    """The name of the experiment, other than ``but``, with the newest finished final run; None if none has one
+    (a user who tuned into a new experiment after a final looked for it in the wrong one)."""
+    from mlflow_mnist.paging import all_pages
+
+    ids = [
+        e.experiment_id
+        for e in all_pages(lambda token: client.search_experiments(max_results=1000, page_token=token))
+        if e.experiment_id != but
+    ]
+    query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
+    newest = []
+    for start in range(0, len(ids), 100):  # a search takes at most 100 experiments
+        newest += client.search_runs(ids[start : start + 100], query, max_results=1, order_by=["start_time DESC"])
+    if not newest:
+        return None
+    latest = max(newest, key=lambda run: run.info.start_time or 0)
+    return client.get_experiment(latest.info.experiment_id).name
+
+
 def final_run(client, experiment_id: str, run_id: str | None):
     """The given run, checked to be a FINISHED final run of this experiment, or the experiment's latest one."""
     from mlflow.exceptions import MlflowException
@@ -221,13 +243,16 @@ def final_run(client, experiment_id: str, run_id: str | None):
             unfinished = client.search_runs(
                 [experiment_id], f"tags.`{LEVEL}` = '{FINAL_LEVEL}'", max_results=1, order_by=newest_first
             )
+            here = f"no finished final run in experiment {client.get_experiment(experiment_id).name!r}"
             if unfinished:  # one is training, or was killed: "run final first" would be the wrong advice
                 run = unfinished[0].info
                 raise PromoteInputError(  # nothing to judge yet: a usage mistake (exit 2), not the gate's verdict
-                    f"no finished final run in this experiment: the latest, {run.run_id}, is {run.status}; wait for "
-                    f"it to finish, or run the same `mlflow-mnist final` again if it was killed (it resumes)"
+                    f"{here}: the latest, {run.run_id}, is {run.status}; wait for it to finish, or run the same "
+                    f"`mlflow-mnist final` again if it was killed (it resumes)"
                 )
-            raise PromoteInputError("no finished final run in this experiment: run `mlflow-mnist final` first")
+            elsewhere = _experiment_with_a_final(client, but=experiment_id)
+            hint = f"pass --experiment {elsewhere!r} (it has one), or " if elsewhere else ""
+            raise PromoteInputError(f"{here}: {hint}run `mlflow-mnist final` first")
         return final
     try:
         final = client.get_run(run_id)

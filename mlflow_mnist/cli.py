@@ -32,6 +32,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from mlflow_mnist.executors import ExecutorError, ExecutorOptionError
     from mlflow_mnist.gate import PromoteInputError
     from mlflow_mnist.lock import LockError
+    from mlflow_mnist.registry import NoChampion
     from mlflow_mnist.seal import SealKeyError
     from mlflow_mnist.search import SearchFailed
     from mlflow_mnist.tracking import TrackingError
@@ -46,6 +47,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         SealKeyError,
         SearchFailed,
         FinalSeedFailed,
+        NoChampion,
     )
     return (*USER_ERRORS, *errors)
 
@@ -557,7 +559,7 @@ def export_champion(name: str, out: Path) -> None:
     version, sha256 = run_export(name=name, out=out)
     click.echo(
         f"exported {name} version {version} (@champion) to {out}: the files the gate verified (sha256 {sha256}); "
-        f"serve them with: mlflow models serve -m {out}"
+        f"serve them with: mlflow models serve -m {out} --env-manager local"
     )
 
 

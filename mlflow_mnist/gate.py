@@ -216,6 +216,8 @@ def decide(
         return Decision(True, f"{passes}; {line}", paired)
     if force:
         return Decision(True, f"{passes}; {line}; forced past version {champion.version}", paired, True)
+    if verdict == WORSE:  # no invitation to force a model shown to be worse in
+        return Decision(False, f"{line}; version {champion.version} stays the champion", paired)
     return Decision(
         False,
         f"{line}; a new champion must be better beyond noise (McNemar p < {alpha:g}): pass --force to replace "

@@ -84,12 +84,14 @@ from mlflow_mnist.schema import (
     SPREAD,
     TASK_PARAM,
     TEST_DIGEST,
+    VERSION_CLASS_NAMES,
     VERSION_DATA_DIGEST,
     VERSION_DECIDED_BY,
     VERSION_FINAL_RUN,
     VERSION_MCNEMAR_CANDIDATE_ONLY,
     VERSION_MCNEMAR_CHAMPION_ONLY,
     VERSION_MCNEMAR_P,
+    VERSION_MIN_ACCURACY,
     VERSION_MODEL_KIND,
     VERSION_MODEL_SHA256,
     VERSION_PARAMS,
@@ -117,8 +119,10 @@ __all__ = [
 #: Every tag a version this module creates carries ("" where none applies).
 VERSION_TAGS = (
     VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS, *SPREAD, VERSION_REPEATS, VERSION_DATA_DIGEST, VERSION_TASK,
-    VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES,
-    VERSION_SOURCE_RUN, VERSION_FINAL_RUN, VERSION_PARAMS, VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY,
+    VERSION_TASK_VARIANT, VERSION_MODEL_KIND, VERSION_CLASS_NAMES, VERSION_MIN_ACCURACY, VERSION_TEST_DIGEST,
+    VERSION_TEST_SIZE,
+    VERSION_TEST_SET_USES, VERSION_SOURCE_RUN, VERSION_FINAL_RUN, VERSION_PARAMS, VERSION_PREVIOUS_CHAMPION,
+    VERSION_DECIDED_BY,
     VERSION_MCNEMAR_CANDIDATE_ONLY, VERSION_MCNEMAR_CHAMPION_ONLY, VERSION_MCNEMAR_P, VERSION_MODEL_SHA256,
     VERSION_VERIFIED_MODEL,
 )  # fmt: skip
@@ -266,6 +270,11 @@ class ChampionUnverified(RuntimeError):
     """``@champion`` cannot be loaded as the model the gate verified; the message is one line saying why."""
 
 
+class NoChampion(ChampionUnverified):
+    """The registered model named has no ``@champion`` (a name mistyped, or nothing promoted yet): a mistake in
+    what was asked (exit 2), not a finding about files."""
+
+
 @contextlib.contextmanager
 def verified_champion(client, name: str) -> Iterator[tuple[str, LocalModel]]:
     """``name@champion``'s version number and a local copy of its files (removed on exit) whose digest is the
@@ -277,7 +286,9 @@ def verified_champion(client, name: str) -> Iterator[tuple[str, LocalModel]]:
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException as error:
-        raise ChampionUnverified(f"{name!r} has no @{CHAMPION} ({error.error_code}): promote a final first") from None
+        raise NoChampion(
+            f"{name!r} has no @{CHAMPION} ({error.error_code}): check the name, or promote a final first"
+        ) from None
     number = str(version.version)
     try:
         record = gate_record(client, version)
@@ -375,7 +386,15 @@ def _as_float(text: str | None) -> float:
 
 
 def version_tags(
-    candidate: Candidate, decision: Decision, *, n_test: int, uses: int, previous: str, model_sha256: str
+    candidate: Candidate,
+    decision: Decision,
+    *,
+    n_test: int,
+    uses: int,
+    previous: str,
+    model_sha256: str,
+    class_names: tuple[str, ...] = (),
+    min_accuracy: float = math.nan,
 ) -> dict[str, str]:
     """Every tag of a new version (VERSION_TAGS, each present), written with it in one request."""
     final, paired = candidate.final, decision.paired
@@ -388,6 +407,8 @@ def version_tags(
         VERSION_DATA_DIGEST: final.data.tags.get(DIGEST, ""),
         **candidate.task.version_tags(),
         VERSION_MODEL_KIND: candidate.kind,
+        VERSION_CLASS_NAMES: json.dumps(list(class_names)) if class_names else "",
+        VERSION_MIN_ACCURACY: repr(min_accuracy),
         VERSION_TEST_DIGEST: candidate.test_digest,
         VERSION_TEST_SIZE: str(n_test),
         VERSION_TEST_SET_USES: str(uses),
@@ -506,7 +527,16 @@ def decide_and_register(
         f"max {metrics.get(MAX_TEST_ACCURACY, math.nan):.4%}); final run {candidate.run_id}. Gate: {decision.reason}."
     )
     previous = champion.version if champion else None
-    tags = version_tags(candidate, decision, n_test=n, uses=uses, previous=previous or "", model_sha256=verified.sha256)
+    tags = version_tags(
+        candidate,
+        decision,
+        n_test=n,
+        uses=uses,
+        previous=previous or "",
+        model_sha256=verified.sha256,
+        class_names=data.class_names,
+        min_accuracy=min_accuracy,
+    )
     drop_unused_copies(client, name, str(candidate.final.info.experiment_id))
     copy_id = register_copy(client, name, candidate, verified, record={key: tags[key] for key in COPY_RECORD})
     version = client.create_model_version(
@@ -538,23 +568,31 @@ def registry_lock(client, name: str, *, notify: Callable[[str], None] | None = N
         lock.release()
 
 
+#: The registered model names promote makes: what ``models:/<name>@champion`` URIs, shells and one-line outputs read
+#: back as written (MLflow takes more: a newline printed a second, forged line; "x?y" loaded as the model "x").
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
 def check_promote_options(*, model: str, min_accuracy: float | None, name: str | None) -> None:
     """What ``promote`` can check before the store is reached: the model kind, the threshold, the registered
-    model's name (MLflow's own rule: not blank, no '/' or ':'), each a :class:`PromoteInputError`."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import _validate_model_name
+    model's name (:data:`MODEL_NAME`, and not the lock's own names), each a :class:`PromoteInputError`. An empty
+    name is the task's default (MLproject passes one)."""
+    from mlflow_mnist.lock import PREFIX as LOCK_NAMES
 
     if model not in MODEL_KINDS:
         raise PromoteInputError(f"--model {model!r} is not one of {', '.join(MODEL_KINDS)}")
     if min_accuracy is not None:
         check_min_accuracy(min_accuracy)
-    if name is not None and name != "":
-        try:
-            _validate_model_name(name)
-        except MlflowException:
-            raise PromoteInputError(
-                f"--name {name!r} is not a name the model registry takes: not blank, no '/' or ':'"
-            ) from None
+    if name and not MODEL_NAME.fullmatch(name):
+        raise PromoteInputError(
+            f"--name {name!r} is not a name promote registers: letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit, at most 200 (what models:/ URIs read back as written)"
+        )
+    if name and name.startswith(LOCK_NAMES):
+        raise PromoteInputError(
+            f"--name {name!r} starts with {LOCK_NAMES!r}, the names of this tool's locks (deleted as locks are "
+            "released): choose another name"
+        )
 
 
 def promote(
@@ -614,6 +652,11 @@ def promote(
         warnings.append(
             f"warning: final run {final.info.run_id} is sealed, but ${SEAL_KEY_ENV} is not set: its seal was not "
             f"checked; set the variable to the campaign's key file"
+        )
+    if min_accuracy < task.min_accuracy:  # a threshold lowered for this promote: said, and kept on the version
+        warnings.append(
+            f"warning: --min-accuracy {min_accuracy:.4%} is below task {task.name!r}'s own threshold "
+            f"{task.min_accuracy:.4%}; the version records the one applied (tag {VERSION_MIN_ACCURACY})"
         )
     if uses > 1:
         warnings.append(

@@ -103,6 +103,10 @@ CHAMPION = "champion"  # the alias that names the served version
 VERSION_TEST_ACCURACY, VERSION_TEST_ERRORS = "test_accuracy", "test_errors"
 VERSION_TEST_DIGEST, VERSION_TEST_SIZE, VERSION_TEST_SET_USES = "test_digest", "test_size", "test_set_uses"
 VERSION_TASK, VERSION_TASK_VARIANT, VERSION_MODEL_KIND = "task", "task_variant", "model_kind"
+#: The served answer's columns, in order: a JSON list of the task's class names (column k is the k-th name).
+VERSION_CLASS_NAMES = "class_names"
+#: The threshold the gate applied (``--min-accuracy``, or the task's own).
+VERSION_MIN_ACCURACY = "min_accuracy"
 VERSION_SOURCE_RUN, VERSION_FINAL_RUN = "source_run", "final_run"
 VERSION_PREVIOUS_CHAMPION, VERSION_DECIDED_BY = "previous_champion", "decided_by"  # "gate", or "--force"
 DECIDED_BY_GATE, DECIDED_BY_FORCE = "gate", "--force"  # versions before this one carried forced="true"/"false"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     version = MlflowClient(store).get_model_version_by_alias(done["name"], "champion")
     assert done["name"] == "digits-all-mlp" and version.tags["model_kind"] == "seed ensemble"
     assert version.tags["task"] == "digits" and version.tags["task_variant"] == "all"
+    assert json.loads(version.tags["class_names"]) == [str(digit) for digit in range(10)]
     assert float(version.tags["test_accuracy"]) == pytest.approx(run.data.metrics["ensemble_test_accuracy"])
 
 

@@ -133,6 +133,17 @@ def test_a_one_image_gain_is_within_noise_and_keeps_the_champion():
     assert forced.accepted and forced.forced and "within the test set's noise" in forced.reason
 
 
+def test_a_worse_candidate_is_refused_without_an_invitation_to_force_it():
+    """A candidate worse beyond noise was refused with "pass --force to replace version 3 anyway": the line now
+    says the champion stays, and suggests nothing (--force still works, for who means it)."""
+    labels, candidate, champion = paired_predictions(2060, candidate_only=1, champion_only=12, both_wrong=3)
+    kept = decide(labels, candidate, min_accuracy=0.99, champion=Champion("3", predictions=champion))
+    assert not kept.accepted and kept.reason.endswith("worse beyond the test set's noise; version 3 stays the champion")
+    assert "--force" not in kept.reason
+    forced = decide(labels, candidate, min_accuracy=0.99, champion=Champion("3", predictions=champion), force=True)
+    assert forced.accepted and forced.forced
+
+
 @pytest.mark.parametrize(
     "b, c, wrong_elsewhere, minimum, champion_problem, force, accepted, says",
     [
@@ -362,6 +373,10 @@ def test_promote_verifies_then_compares_paired(fresh):
     assert version.tags["previous_champion"] == str(first["version"]) and version.tags["decided_by"] == "gate"
     assert int(version.tags["test_errors"]) == 200 - paired.candidate_right
     assert int(version.tags["mcnemar_candidate_only"]) == paired.candidate_only
+    assert json.loads(version.tags["class_names"]) == ["2", "7"]  # what the served answer's columns mean
+    # A threshold below the task's own is said, and the version records the one applied.
+    assert float(version.tags["min_accuracy"]) == 0.5
+    assert "warning: --min-accuracy 50.0000% is below task 'mnist''s own threshold" in better["warning"]
     # The same model again: no image differs, p = 1: within noise, kept unless forced.
     with pytest.raises(PromotionRejected, match="on 0 examples, the reverse on 0, McNemar exact p = 1.00: within"):
         fresh.promote(fresh.finals.good, min_accuracy=0.5)
@@ -958,7 +973,7 @@ def test_export_champion_writes_only_the_verified_files(fresh, tmp_path):
     finally:
         weights.write_bytes(honest)
     nobody = cli("export-champion", "--name", "no-such-model", "--out", str(tmp_path / "third"))
-    assert nobody.returncode == 1 and "'no-such-model' has no @champion" in nobody.stderr
+    assert nobody.returncode == 2 and nobody.stderr.startswith("error: 'no-such-model' has no @champion")
     assert not (tmp_path / "third").exists()
 
 
@@ -1336,3 +1351,27 @@ def test_a_paged_search_is_read_to_its_last_page():
         return pages[token]
 
     assert all_pages(search) == [1, 2, 3] and asked == [None, "b", "c"]
+
+
+def test_promote_without_a_final_names_the_experiment_it_looked_in_and_where_one_is(store):
+    """A user who tuned into a new experiment after their final ran promote and read "no finished final run in
+    this experiment", without the experiment's name (the line saying which was chosen is held back for mistakes):
+    the line names it, and the experiment that has the newest finished final."""
+    from mlflow_mnist import tracking
+    from mlflow_mnist.candidate import PromoteInputError, final_run
+    from mlflow_mnist.schema import FINAL_LEVEL, LEVEL
+
+    client = tracking.connect(store)
+    with_final = client.create_experiment("digits")
+    run = client.create_run(with_final, tags={LEVEL: FINAL_LEVEL})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    tuned_only = client.create_experiment("tunedonly")
+    with pytest.raises(PromoteInputError) as refused:
+        final_run(client, tuned_only, None)
+    assert str(refused.value) == (
+        "no finished final run in experiment 'tunedonly': pass --experiment 'digits' (it has one), or run "
+        "`mlflow-mnist final` first"
+    )
+    client.delete_run(run.info.run_id)
+    with pytest.raises(PromoteInputError, match=r"^no finished final run in experiment 'tunedonly': run `mlflow"):
+        final_run(client, tuned_only, None)

@@ -207,7 +207,10 @@ BAD_INPUTS = [
     ),  # fmt: skip
     ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "needs the Python"),
     ("promote without a store", ["promote"], {}, "there is no tracking store at sqlite:///"),
-    ("a model name the registry refuses", ["promote", "--name", "team/digits"], {}, "is not a name the model registry"),
+    ("a model name with a slash", ["promote", "--name", "team/digits"], {}, "is not a name promote registers"),
+    # MLflow took these: the newline printed a forged second line, the lock's names were deleted by the next lock.
+    ("a newline in a model name", ["promote", "--name", "a\nerror: forged"], {}, "'a\\nerror: forged' is not a name"),
+    ("a lock's name as the model's", ["promote", "--name", "mlflow-mnist-lock-x-g1"], {}, "the names of this tool's"),
     ("a stale MLFLOW_RUN_ID", [], {"MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef"}, "is not a run in sqlite:"),
     ("a file as the report's folder", ["analyze", "--out", "{text}"], {}, "cannot be the report's folder"),
     ("analysis ROPE NaN", ["analyze", "--rope", "nan"], {}, "--rope: nan is not a number in the range"),
