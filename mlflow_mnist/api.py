@@ -258,7 +258,8 @@ def final(
     notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train the store's best configuration (the staged carry-forward, or ``search``'s best) on all training data
-    with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params).
+    with ``repeats`` seeds and test each once; returns the summary (median, mean, min, max, run id, params, and
+    the task's ``promotion_threshold``).
     ``configs`` > 1 spreads the seeds over ``search``'s best few configurations (their ensemble hedges one)."""
     from mlflow_mnist.executors import DASK, make_executor, remote_scheduler, resolve_n_jobs
     from mlflow_mnist.final_run import check_final_options, run_final
@@ -286,7 +287,7 @@ def final(
         )
         if break_lease:
             campaign.break_lease(notify or print)
-        return run_final(
+        summary = run_final(
             campaign,
             repeats=repeats,
             executor=pool,
@@ -295,6 +296,7 @@ def final(
             configs=configs,
             announce=announce,
         )
+    return {**summary, "promotion_threshold": campaign.task.min_accuracy}  # what promote applies by default
 
 
 def promote(

@@ -449,6 +449,15 @@ def tune(**options) -> None:
             f"held-out accuracy {best['mean_test_score']:.5f}; trained {outcome.trained} folds, reused "
             f"{outcome.reused} in all"
         )
+    if outcome.best is not None:
+        staged = any(g.group.carry is not None for g in outcome.groups)  # staged steps say what they carried in
+        click.echo(
+            "next: more stages (`mlflow-mnist stages`), or `mlflow-mnist final --repeats 5` to train the "
+            "configuration carried forward so far on several seeds and test it once"
+            if staged
+            else "next: `mlflow-mnist final --search latest --repeats 5` trains this search's best on several seeds "
+            "and tests it once"
+        )
 
 
 @main.command()
@@ -486,6 +495,14 @@ def final(**options) -> None:
         + (f"; {summary['seeds_taken']} seed(s) taken from a killed final" if summary["seeds_taken"] else "")
         + f"; run {summary['run_id']}"
     )
+    threshold = summary["promotion_threshold"]
+    if summary[schema.MEDIAN_ACCURACY] < threshold:
+        click.echo(
+            f"note: the median is below the task's promotion threshold {threshold:.4%}: `mlflow-mnist promote` "
+            "will refuse it (its --min-accuracy sets another threshold, recorded on the version)"
+        )
+    else:
+        click.echo("next: `mlflow-mnist promote` verifies the median seed and registers it as @champion if it passes")
 
 
 @main.command()

@@ -286,3 +286,26 @@ def test_help_names_the_variable_that_sets_the_task():
     for command in ("spaces", "tune", "final", "promote"):
         shown = CliRunner().invoke(main, [command, "--help"], env={"MLFLOW_MNIST_TASK": "digits"}).output
         assert "env var: MLFLOW_MNIST_TASK" in " ".join(shown.split()), command
+
+
+@pytest.mark.slow
+def test_tune_and_final_say_what_to_run_next(store):
+    """A new user's walk-through: no command said what comes next, nor that a final's median was below the
+    threshold promote applies. tune names final (with --search latest after a joint search); final names promote,
+    or says promote will refuse it."""
+    from conftest import cli
+
+    common = ["--task", "digits", "--folds", "2", "--epochs", "2", "--n-jobs", "1"]
+    staged = cli("tune", "--stage", "hidden_units", *common)
+    assert staged.returncode == 0, staged.stderr
+    assert staged.stdout.splitlines()[-1].startswith(
+        "next: more stages (`mlflow-mnist stages`), or `mlflow-mnist final"
+    )
+    joint = cli("tune", "--strategy", "random", "--stage", "", "--trials", "2", *common)
+    assert joint.returncode == 0, joint.stderr
+    assert joint.stdout.splitlines()[-1].startswith("next: `mlflow-mnist final --search latest --repeats 5`")
+    weak = cli("final", "--repeats", "1", *common, "--overrides", "learn_rate=0.00001")
+    assert weak.returncode == 0, weak.stderr
+    assert weak.stdout.splitlines()[-1].startswith(
+        "note: the median is below the task's promotion threshold 95.0000%: `mlflow-mnist promote` will refuse it"
+    ), weak.stdout
