@@ -215,17 +215,12 @@ Predict = Callable[[str, np.ndarray], np.ndarray]
 def _experiment_with_a_final(client, *, but: str) -> str | None:
     """The name of the experiment, other than ``but``, with the newest finished final run; None if none has one
     (a user who tuned into a new experiment after a final looked for it in the wrong one)."""
-    from mlflow_mnist.paging import all_pages
+    from mlflow_mnist.paging import experiment_batches
 
-    ids = [
-        e.experiment_id
-        for e in all_pages(lambda token: client.search_experiments(max_results=1000, page_token=token))
-        if e.experiment_id != but
-    ]
     query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
     newest = []
-    for start in range(0, len(ids), 100):  # a search takes at most 100 experiments
-        newest += client.search_runs(ids[start : start + 100], query, max_results=1, order_by=["start_time DESC"])
+    for batch in experiment_batches(client, but=but):
+        newest += client.search_runs(batch, query, max_results=1, order_by=["start_time DESC"])
     if not newest:
         return None
     latest = max(newest, key=lambda run: run.info.start_time or 0)

@@ -58,7 +58,7 @@ from mlflow_mnist.gate import (
 )
 from mlflow_mnist.model_check import ModelFilesRefused, check_model_folder
 from mlflow_mnist.model_files import LocalModel
-from mlflow_mnist.paging import all_pages
+from mlflow_mnist.paging import all_pages, experiment_batches
 from mlflow_mnist.schema import (
     CHAMPION,
     COPY_FOR,
@@ -136,17 +136,10 @@ def count_test_set_uses(client, test_digest: str) -> int:
 
     if not re.fullmatch(r"[0-9a-f]{1,64}", test_digest or ""):
         return 1
-    experiments = [
-        e.experiment_id
-        for e in all_pages(
-            lambda token: client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-        )
-    ]
     query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
     query += f" and tags.`{TEST_DIGEST}` = '{test_digest}'"
     found = 0
-    for start in range(0, len(experiments), 100):  # a search takes at most 100 experiments
-        batch = experiments[start : start + 100]
+    for batch in experiment_batches(client, view_type=ViewType.ALL):
         found += len(
             all_pages(
                 lambda token, batch=batch: client.search_runs(
