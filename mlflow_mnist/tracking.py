@@ -414,6 +414,12 @@ def _first_answer(uri: str):
     from mlflow import MlflowClient
     from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
+    ca = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+    if uri.startswith("https://") and ca and not Path(ca).is_file():  # requests says "invalid path", retried
+        raise TrackingError(
+            f"MLFLOW_TRACKING_SERVER_CERT_PATH={ca} is not a file: set it to the CA certificate (PEM) that signed "
+            f"the tracking server's certificate"
+        )
     try:
         with _silenced("mlflow.utils.databricks_utils"):  # "Failed to create databricks SDK workspace client"
             client = MlflowClient(uri)
@@ -435,13 +441,28 @@ def _first_answer(uri: str):
         code = getattr(error, "error_code", "")
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", str(error)):
             raise TrackingError(
-                f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): set "
+                f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): check "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+            ) from None
+        if re.search(r"CERTIFICATE_VERIFY_FAILED|SSLError|certificate verify failed|doesn't match", str(error)):
+            # The server is up; only its certificate was not trusted ("cannot reach" sent users to start it).
+            raise TrackingError(
+                f"the tracking server at {redact(uri)} answered, but its TLS certificate was not verified "
+                f"({_tls_reason(str(error))}): set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA certificate that "
+                f"signed it, and use the host name or IP address the certificate names"
             ) from None
         raise TrackingError(
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
     return client
+
+
+def _tls_reason(text: str) -> str:
+    """The certificate problem in a requests/urllib3 error text (buried after retry and pool messages)."""
+    found = re.search(
+        r"certificate verify failed: ([^(')\]]+)|(IP address mismatch[^(')\]]*)|(hostname [^(')\]]+)", text
+    )
+    return shorten(redact(next(g for g in found.groups() if g).strip()), 100) if found else "certificate verify failed"
 
 
 @contextmanager

@@ -294,3 +294,47 @@ def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_pat
     assert _dump(tmp_path / "mlflow.db") == before
     assert tracking.resolve_experiment(client, "Default").experiment_id == "0"  # a writer's
     assert client.get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
+
+
+@pytest.fixture
+def https_server(tmp_path):
+    """A local HTTPS server whose self-signed certificate nobody trusts: a tracking server behind TLS as the
+    cluster recipe sets it up, minus the CA certificate."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_tls_server_whose_certificate_is_not_trusted_is_not_called_unreachable(https_server, monkeypatch):
+    """From a walk-through of docs/cluster.md: without MLFLOW_TRACKING_SERVER_CERT_PATH (or with it naming no
+    file), the tool said "cannot reach the tracking store ... start the server", of a server that was up. It now
+    says the certificate was not verified and names the variable; a path that is no file is refused before any
+    request (requests retried it as a connection error)."""
+    from mlflow_mnist.tracking import TrackingError, _first_answer
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH", raising=False)
+    with pytest.raises(TrackingError) as untrusted:
+        _first_answer(https_server)
+    line = str(untrusted.value)
+    assert "answered, but its TLS certificate was not verified" in line and "MLFLOW_TRACKING_SERVER_CERT_PATH" in line
+    assert "self-signed certificate" in line and "start the server" not in line and "\n" not in line
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/nonexistent/ca.pem")
+    with pytest.raises(TrackingError, match=r"^MLFLOW_TRACKING_SERVER_CERT_PATH=/nonexistent/ca.pem is not a file"):
+        _first_answer(https_server)
