@@ -115,8 +115,12 @@ class _Group(click.Group):
             sys.exit(2)
         except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
             from mlflow_mnist.redaction import redact, shorten
-            from mlflow_mnist.tracking import tracking_uri
+            from mlflow_mnist.tracking import refusal_line, tracking_uri
 
+            refused = refusal_line(tracking_uri(), error)
+            if refused is not None:
+                click.echo(f"error: {_one_line(refused)}", err=True)
+                sys.exit(2)
             reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)  # redact, then cut
             click.echo(
                 f"error: the tracking store at {redact(tracking_uri())} failed ({reason}): "

@@ -474,10 +474,11 @@ class StoreLock:
         """A name the store says exists but that this user cannot see: a lock of another MLflow user."""
         if getattr(error, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
             return error
+        # Unreadable, it may be held now or left free by a finished run: the line cannot say which.
         return LockHeld(
-            f"another {self.kind.holder} is working on {self.kind.about(self.key)}: its lock {name} exists but this "
-            f"MLflow user may not read it; run every {self.kind.holder} of one experiment as one MLflow user, or "
-            f"give its users READ on each other's registered models"
+            f"the lock {name} of {self.kind.about(self.key)} belongs to another MLflow user (held now, or left by "
+            f"an earlier {self.kind.holder}), and this user may not read it; run every {self.kind.holder} of one "
+            f"experiment as one MLflow user, or give its users READ on each other's registered models"
         )
 
     def _held(self, holder: Holder, situation: str) -> LockHeld:

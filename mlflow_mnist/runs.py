@@ -34,7 +34,7 @@ from mlflow_mnist.schema import (
     PARENT,
 )
 from mlflow_mnist.seal import RunSeal, seal_run
-from mlflow_mnist.tracking import TrackingError
+from mlflow_mnist.tracking import TrackingError, refusal_line
 
 _log = logging.getLogger(__name__)
 MODEL_NAME = "model"  # so `runs:/<run id>/model` resolves to the run's LoggedModel
@@ -182,6 +182,11 @@ class RunWriter:
             raise
         except (MlflowException, RequestException, OSError) as error:
             self.abort("FAILED")
+            refused = refusal_line(uri, error)
+            if refused is not None:
+                raise TrackingError(
+                    f"{refused}; finished folds are kept: fix it and run the same command again"
+                ) from None
             reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)
             raise TrackingError(
                 f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "

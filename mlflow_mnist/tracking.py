@@ -55,6 +55,29 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message names the URI (without credentials) and the fix."""
 
 
+def refusal_line(uri: str, error: BaseException) -> str | None:
+    """What a store request refused by the server means, in one line without a fix's tail, or None for other
+    failures (a lost connection: "once it is back, run it again" is then the right advice). A 403 is this MLflow
+    user's missing permission, a 5xx the server's own failure (an artifact store it cannot write, boto3 missing for
+    s3://): neither is mended by waiting, which is what users were told."""
+    text = str(error)
+    reason = shorten(redact((text.splitlines() or [type(error).__name__])[0]), 160)
+    code = getattr(error, "error_code", "")
+    if code == "PERMISSION_DENIED" or re.search(r"error code 403\b", text):
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"MLflow user {user!r}" if user else "this MLflow user"
+        return (
+            f"the tracking server at {redact(uri)} refused {who} permission ({reason}): a driver needs EDIT on its "
+            f"experiment (MANAGE to create one): ask the server's admin (docs/cluster.md, step 2)"
+        )
+    if code == "INTERNAL_ERROR" or re.search(r"error code 5\d\d\b", text):
+        return (
+            f"the tracking server at {redact(uri)} failed a request ({reason}): its own log says why (an artifact "
+            f"store it cannot write, a package it lacks such as boto3 for s3://)"
+        )
+    return None
+
+
 def _writable(folder: Path) -> bool:
     """A real write probe: permission bits say nothing to root, a read-only mount says no to everyone."""
     try:

@@ -461,8 +461,8 @@ def test_through_an_mlflow_server_on_postgresql_one_process_wins_and_another_use
             timeout=300,
         )
         assert as_bob.stdout.startswith(
-            "refused: another driver is working on this experiment: its lock mlflow-mnist-lock-experiment-7-g1 "
-            "exists but this MLflow user may not read it"
+            "refused: the lock mlflow-mnist-lock-experiment-7-g1 of this experiment belongs to another MLflow user "
+            "(held now, or left by an earlier driver), and this user may not read it"
         ), as_bob.stdout + as_bob.stderr[-2000:]
         held.check()
         held.release()

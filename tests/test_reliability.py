@@ -515,3 +515,27 @@ def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, monke
     assert list(tmp_path.glob("*mlflow.db*")), "the store was never started"
     client = tracking.connect(uri)
     assert tracking.experiment_id(client, "mnist")
+
+
+@pytest.mark.slow
+def test_a_user_the_server_gives_no_permission_is_told_so_not_to_check_the_server(tmp_path):
+    """From a walk-through of docs/cluster.md: an MLflow user without a grant on the campaign's experiment got
+    "the tracking store ... failed (... 403 ...): check that it is up and rerun", of a server that was up and would
+    refuse the rerun alike. The line now names the user, what a driver needs and who grants it."""
+    server = MlflowServer(f"sqlite:///{tmp_path}/server.db", tmp_path / "server", workers=1).start()
+    try:
+        bob = server.add_user("bob")
+        admin_env = {**os.environ, **server.client_env(server.admin)}
+        made = subprocess.run(
+            [sys.executable, "-c", "import mlflow; mlflow.MlflowClient().create_experiment('mnist')"],
+            env=admin_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **server.client_env(bob)}
+        refused = cli(*STAGE, "--epochs", "1", "--n-jobs", "1", "--experiment", "mnist", env=env, cwd=tmp_path)
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+        assert "refused MLflow user 'bob' permission" in lines[0] and "needs EDIT on its experiment" in lines[0]
+        assert "check that it is up" not in lines[0] and bob[1] not in refused.stderr
+    finally:
+        server.stop()

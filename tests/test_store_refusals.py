@@ -338,3 +338,23 @@ def test_a_tls_server_whose_certificate_is_not_trusted_is_not_called_unreachable
     monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/nonexistent/ca.pem")
     with pytest.raises(TrackingError, match=r"^MLFLOW_TRACKING_SERVER_CERT_PATH=/nonexistent/ca.pem is not a file"):
         _first_answer(https_server)
+
+
+def test_a_server_error_is_not_told_to_wait_for_the_server_to_come_back():
+    """A server answering 500 (its artifact store needs boto3 it lacks) was reported as "lost the tracking store
+    ... once it is back, run the same command again": a rerun meets the same error. The line says the server
+    failed and where to look; a lost connection keeps the "once it is back" advice (None here)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+
+    from mlflow_mnist.tracking import refusal_line
+
+    failed = MlflowException(  # MLflow's own wording for an HTTP error answer
+        "API request to endpoint /api/2.0/mlflow/runs/create failed with error code 500 != 200. Response body: "
+        "'ModuleNotFoundError: No module named boto3'"
+    )
+    line = refusal_line("https://u:pw@host:5000", failed)
+    assert line.startswith("the tracking server at https://***@host:5000 failed a request (API request")
+    assert "its own log says why" in line and "boto3 for s3://" in line and "pw" not in line
+    lost = RequestsConnectionError("HTTPConnectionPool(host='host', port=5000): Max retries exceeded")
+    assert refusal_line("https://host:5000", lost) is None
