@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -165,6 +166,7 @@ def main() -> None:
     finally:
         server.stop()
         database.stop()
+        shutil.rmtree(base, ignore_errors=True)  # the passfile and auth config in it: no secret left behind
     rates = {name: {t: statistics.median(v) for t, v in by.items() if v} for name, by in measured.items()}
     report = {
         "machine": machine.describe(),

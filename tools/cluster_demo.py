@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,8 @@ def main() -> None:
         for service in (cluster, server, database):
             if service is not None:
                 service.stop()
-        print("torn down: dask workers and scheduler, mlflow server, postgresql")
+        shutil.rmtree(base, ignore_errors=True)  # its passfile, auth config and keys: no secret outlives the demo
+        print("torn down: dask workers and scheduler, mlflow server, postgresql; their folder removed")
 
 
 def watch_processes(run: subprocess.Popen, database, server, cluster, secrets: list[str]):
