@@ -70,7 +70,8 @@ def refusal_line(uri: str, error: BaseException) -> str | None:
             f"the tracking server at {redact(uri)} refused {who} permission ({reason}): a driver needs EDIT on its "
             f"experiment (MANAGE to create one): ask the server's admin (docs/cluster.md, step 2)"
         )
-    if code == "INTERNAL_ERROR" or re.search(r"error code 5\d\d\b", text):
+    # By its text only: MlflowException's default code is INTERNAL_ERROR, which a lost connection carries too.
+    if re.search(r"error code 5\d\d\b", text):
         return (
             f"the tracking server at {redact(uri)} failed a request ({reason}): its own log says why (an artifact "
             f"store it cannot write, a package it lacks such as boto3 for s3://)"

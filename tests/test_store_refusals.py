@@ -358,3 +358,9 @@ def test_a_server_error_is_not_told_to_wait_for_the_server_to_come_back():
     assert "its own log says why" in line and "boto3 for s3://" in line and "pw" not in line
     lost = RequestsConnectionError("HTTPConnectionPool(host='host', port=5000): Max retries exceeded")
     assert refusal_line("https://host:5000", lost) is None
+    # MLflow's wrapping of a lost connection: its default code is INTERNAL_ERROR, and it is still a lost store.
+    wrapped = MlflowException(
+        "API request to http://host:5000/api/2.0/mlflow/runs/create failed with exception HTTPConnectionPool("
+        "host='host', port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/create"
+    )
+    assert wrapped.error_code == "INTERNAL_ERROR" and refusal_line("https://host:5000", wrapped) is None
