@@ -114,14 +114,14 @@ class _Group(click.Group):
             click.echo(f"error: {_one_line(str(error))}", err=True)
             sys.exit(2)
         except _store_errors() as error:  # a store that fails outside a search (stale runs, reads, promote)
-            from mlflow_mnist.redaction import redact, shorten
+            from mlflow_mnist.redaction import first_line, redact
             from mlflow_mnist.tracking import refusal_line, tracking_uri
 
             refused = refusal_line(tracking_uri(), error)
             if refused is not None:
                 click.echo(f"error: {_one_line(refused)}", err=True)
                 sys.exit(2)
-            reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)  # redact, then cut
+            reason = first_line(error, 200)
             click.echo(
                 f"error: the tracking store at {redact(tracking_uri())} failed ({reason}): "
                 "check that it is up and rerun the same command",

@@ -199,6 +199,12 @@ def error_line(text: str, limit: int = 300) -> str:
     return shorten(redact(" ".join(ANSI_ESCAPE.sub("", text).split())), limit)
 
 
+def first_line(error: BaseException, limit: int) -> str:
+    """An exception's first line (its type's name where it has no text), redacted, then shortened to ``limit``: the
+    reason quoted in a store's one-line errors."""
+    return shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), limit)
+
+
 def install() -> None:
     """Redact everything this process prints from now on; idempotent.
 

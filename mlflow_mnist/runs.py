@@ -21,7 +21,7 @@ from typing import Any
 
 from mlflow_mnist.model_files import tree_sha256
 from mlflow_mnist.params import format_value
-from mlflow_mnist.redaction import redact, shorten
+from mlflow_mnist.redaction import first_line, redact
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     BEST_CHILD,
@@ -187,7 +187,7 @@ class RunWriter:
                 raise TrackingError(
                     f"{refused}; finished folds are kept: fix it and run the same command again"
                 ) from None
-            reason = shorten(redact((str(error).splitlines() or [type(error).__name__])[0]), 200)
+            reason = first_line(error, 200)
             raise TrackingError(
                 f"lost the tracking store at {redact(uri)} ({reason}): finished folds are kept; "
                 f"once it is back, run the same command again to resume"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlflow_mnist.paging import all_pages
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
-from mlflow_mnist.redaction import redact, shorten
+from mlflow_mnist.redaction import first_line, redact, shorten
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
@@ -60,8 +60,7 @@ def refusal_line(uri: str, error: BaseException) -> str | None:
     failures (a lost connection: "once it is back, run it again" is then the right advice). A 403 is this MLflow
     user's missing permission, a 5xx the server's own failure (an artifact store it cannot write, boto3 missing for
     s3://): neither is mended by waiting, which is what users were told."""
-    text = str(error)
-    reason = shorten(redact((text.splitlines() or [type(error).__name__])[0]), 160)
+    text, reason = str(error), first_line(error, 160)
     code = getattr(error, "error_code", "")
     if code == "PERMISSION_DENIED" or re.search(r"error code 403\b", text):
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")
@@ -461,7 +460,7 @@ def _first_answer(uri: str):
             f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
         ) from None
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
-        reason = shorten(redact(str(error).splitlines()[0]), 160) if str(error) else type(error).__name__
+        reason = first_line(error, 160)
         code = getattr(error, "error_code", "")
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", str(error)):
             raise TrackingError(
