@@ -217,13 +217,11 @@ def _experiment_with_a_final(client, *, but: str) -> str | None:
     (a user who tuned into a new experiment after a final looked for it in the wrong one)."""
     from mlflow_mnist.paging import experiment_batches
 
-    query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
-    newest = []
-    for batch in experiment_batches(client, but=but):
-        newest += client.search_runs(batch, query, max_results=1, order_by=["start_time DESC"])
+    batches = experiment_batches(client, but=but)
+    newest = [run for batch in batches if (run := tracking.latest_final_run(client, batch)) is not None]
     if not newest:
         return None
-    latest = max(newest, key=lambda run: run.info.start_time or 0)
+    latest = max(newest, key=lambda run: run.info.end_time or 0)
     return client.get_experiment(latest.info.experiment_id).name
 
 

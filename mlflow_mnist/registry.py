@@ -71,8 +71,6 @@ from mlflow_mnist.schema import (
     DIGEST,
     ENDED_MS,
     ENSEMBLE_KIND,
-    FINAL_LEVEL,
-    LEVEL,
     MAX_TEST_ACCURACY,
     MEAN_TEST_ACCURACY,
     MEDIAN_KIND,
@@ -110,6 +108,7 @@ from mlflow_mnist.schema import (
 )
 from mlflow_mnist.seal import SEAL_KEY_ENV, RunSeal
 from mlflow_mnist.tasks import DEFAULT_TASK
+from mlflow_mnist.tracking import FINISHED_FINALS
 
 __all__ = [
     "CHAMPION", "ChampionUnverified", "PromoteInputError", "PromotionRejected", "count_test_set_uses", "load_champion",
@@ -136,8 +135,7 @@ def count_test_set_uses(client, test_digest: str) -> int:
 
     if not re.fullmatch(r"[0-9a-f]{1,64}", test_digest or ""):
         return 1
-    query = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
-    query += f" and tags.`{TEST_DIGEST}` = '{test_digest}'"
+    query = f"{FINISHED_FINALS} and tags.`{TEST_DIGEST}` = '{test_digest}'"
     found = 0
     for batch in experiment_batches(client, view_type=ViewType.ALL):
         found += len(

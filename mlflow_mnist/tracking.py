@@ -754,11 +754,12 @@ def has_sealed_runs(client, experiment: str) -> bool:
     return bool(client.search_runs([experiment], f"tags.`{SEAL}` != ''", max_results=1))
 
 
-def latest_final_run(client, experiment: str):
-    runs = client.search_runs(
-        [experiment],
-        f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'",
-        max_results=1,
-        order_by=["attributes.end_time DESC"],
-    )
+#: The search filter of finished final runs (a test digest or other clause may be added with `` and ...``).
+FINISHED_FINALS = f"tags.`{LEVEL}` = '{FINAL_LEVEL}' and attributes.status = 'FINISHED'"
+
+
+def latest_final_run(client, experiment: str | list[str]):
+    """The finished final run that ended last in ``experiment`` (an id, or up to 100 of them); None if none."""
+    ids = [experiment] if isinstance(experiment, str) else experiment
+    runs = client.search_runs(ids, FINISHED_FINALS, max_results=1, order_by=["attributes.end_time DESC"])
     return runs[0] if runs else None
