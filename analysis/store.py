@@ -217,12 +217,12 @@ def fold_table(
 
 def held_values(runs: pd.DataFrame, folds: pd.DataFrame) -> dict[str, dict[str, str]]:
     """Per step of ``folds``, the values its run held fixed, as logged (its params: not the ones it varied)."""
-    by_id = runs.set_index("run_id")
+    by_id, prefix = runs.set_index("run_id"), param_column("")
     held = {}
     for step, step_run_id in folds.drop_duplicates("step")[["step", "step_run_id"]].itertuples(index=False):
         row = by_id.loc[step_run_id] if step_run_id in by_id.index else pd.Series(dtype=object)
-        params = row[[c for c in row.index if c.startswith("params.")]].dropna()
-        held[step] = {column.removeprefix("params."): str(value) for column, value in params.items()}
+        params = row[[c for c in row.index if c.startswith(prefix)]].dropna()
+        held[step] = {column.removeprefix(prefix): str(value) for column, value in params.items()}
     return held
 
 
