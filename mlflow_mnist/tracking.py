@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlflow_mnist.paging import all_pages
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
-from mlflow_mnist.redaction import first_line, redact, shorten
+from mlflow_mnist.redaction import first_line, redact
 from mlflow_mnist.schema import (
     ANALYSIS_LEVEL,
     CANDIDATE_LEVEL,
@@ -47,6 +47,7 @@ from mlflow_mnist.schema import (
     step_name,
 )
 from mlflow_mnist.seal import RunSeal, trusted
+from mlflow_mnist.tls_answers import answered_in_plain_http, certificate_reason, speaks_tls
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -467,25 +468,35 @@ def _first_answer(uri: str):
                 f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): check "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
             ) from None
-        if re.search(r"CERTIFICATE_VERIFY_FAILED|SSLError|certificate verify failed|doesn't match", str(error)):
-            # The server is up; only its certificate was not trusted ("cannot reach" sent users to start it).
+        text = str(error)
+        if uri.startswith("https://") and answered_in_plain_http(text):
+            raise TrackingError(
+                f"the tracking server at {redact(uri)} answered in plain HTTP, not TLS: set MLFLOW_TRACKING_URI to "
+                f"http://... if it is meant to be plain, or serve it with TLS (docs/cluster.md)"
+            ) from None
+        certificate = certificate_reason(text)
+        if (
+            certificate
+        ):  # the server is up; only its certificate was not trusted ("cannot reach" sent users to start it)
             raise TrackingError(
                 f"the tracking server at {redact(uri)} answered, but its TLS certificate was not verified "
-                f"({_tls_reason(str(error))}): set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA certificate that "
+                f"({certificate}): set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA certificate that "
                 f"signed it, and use the host name or IP address the certificate names"
+            ) from None
+        if "SSLError" in text:
+            raise TrackingError(
+                f"the TLS handshake with the tracking server at {redact(uri)} failed ({reason}): check its TLS "
+                f"settings, and MLFLOW_TRACKING_CLIENT_CERT_PATH if it asks for a client certificate"
+            ) from None
+        if speaks_tls(uri):  # it closed our plain request unanswered, which reads as a connection reset
+            raise TrackingError(
+                f"the tracking server at {redact(uri)} speaks HTTPS, not plain HTTP: set MLFLOW_TRACKING_URI to "
+                f"https://... (and MLFLOW_TRACKING_SERVER_CERT_PATH to the CA certificate that signed it)"
             ) from None
         raise TrackingError(
             f"cannot reach the tracking store at {redact(uri)} ({reason}): start the server or set MLFLOW_TRACKING_URI"
         ) from None
     return client
-
-
-def _tls_reason(text: str) -> str:
-    """The certificate problem in a requests/urllib3 error text (buried after retry and pool messages)."""
-    found = re.search(
-        r"certificate verify failed: ([^(')\]]+)|(IP address mismatch[^(')\]]*)|(hostname [^(')\]]+)", text
-    )
-    return shorten(redact(next(g for g in found.groups() if g).strip()), 100) if found else "certificate verify failed"
 
 
 @contextmanager

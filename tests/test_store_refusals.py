@@ -340,6 +340,52 @@ def test_a_tls_server_whose_certificate_is_not_trusted_is_not_called_unreachable
         _first_answer(https_server)
 
 
+@pytest.fixture
+def plain_http_server():
+    """A local plain-HTTP server: a tracking server without TLS, asked for as https://."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_uri_with_the_wrong_scheme_for_its_server_says_which_scheme_it_speaks(
+    https_server, plain_http_server, monkeypatch
+):
+    """https:// to a plain-HTTP server was said to have a certificate that was not verified (the advice: set a
+    CA path), and http:// to an HTTPS server "cannot reach ... start the server", of servers that were up. Each
+    now names the scheme the server speaks."""
+    from mlflow_mnist.tracking import TrackingError, _first_answer
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH", raising=False)
+    with pytest.raises(TrackingError) as plain:
+        _first_answer(f"https://{plain_http_server}")
+    assert str(plain.value).startswith(f"the tracking server at https://{plain_http_server} answered in plain HTTP")
+    assert "certificate" not in str(plain.value) and "\n" not in str(plain.value)
+    with pytest.raises(TrackingError) as tls:
+        _first_answer(https_server.replace("https://", "http://"))
+    assert "speaks HTTPS, not plain HTTP: set MLFLOW_TRACKING_URI to https://" in str(tls.value)
+    assert "start the server" not in str(tls.value) and "\n" not in str(tls.value)
+    free = socket_port_nobody_listens_on()
+    with pytest.raises(
+        TrackingError, match=r"^cannot reach the tracking store at http://127.0.0.1:\d+ .*start the server"
+    ):
+        _first_answer(f"http://127.0.0.1:{free}")
+
+
+def socket_port_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_a_server_error_is_not_told_to_wait_for_the_server_to_come_back():
     """A server answering 500 (its artifact store needs boto3 it lacks) was reported as "lost the tracking store
     ... once it is back, run the same command again": a rerun meets the same error. The line says the server
