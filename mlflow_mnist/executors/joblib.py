@@ -10,6 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
 from mlflow_mnist.executors.base import ExecutorError, FuturesMixin, done_future, resolve_n_jobs, usable_cores
+from mlflow_mnist.redaction import first_line
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,7 +45,7 @@ def pool_failure(error: BrokenProcessPool, n_workers: int) -> ExecutorError:
             f"a worker process died ({how}): finished folds are kept; run the same command again to resume, "
             f"with fewer workers ({fewer}) if memory is short"
         )
-    reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+    reason = first_line(error, 160)
     return ExecutorError(
         f"the worker pool broke ({reason}): finished folds are kept; run the same command again to resume, "
         f"or with --executor serial to see the error in this process"
