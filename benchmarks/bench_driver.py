@@ -1,14 +1,15 @@
 """How many finished folds per second one driver logs into a PostgreSQL-backed `mlflow server` (and into the
 embedded SQLite store, for comparison): is the driver the bottleneck of a big cluster?
 
-    python benchmarks/bench_driver.py [--folds 60] [--threads 1 4 8]
+    python benchmarks/bench_driver.py [--folds 60] [--threads 1 4 8] [--servers plain basic-auth https]
 
 Synthetic fold results go through the real run tree (runs/search_tree.py): a run per fold with its params,
 6 epochs of curves, the dataset input, a real saved model folder uploaded as a LoggedModel with its metric,
-true start and end times. PostgreSQL and the server are started here from the OS binaries (tools/services.py),
-secured as README "Running on a cluster" says: the server runs MLflow's basic-auth app and the driver logs as an
-ordinary user (``--no-auth``: the plain server, as results before the server was secured were measured).
-Writes benchmarks/results/bench_driver.{json,md}.
+true start and end times. PostgreSQL and the servers are started here from the OS binaries (tools/services.py),
+every kind of server (``--servers``, interleaved in every repeat) on the same PostgreSQL database: ``plain`` (no
+auth, HTTP: what results before the server was secured were measured on), ``basic-auth`` (MLflow's basic-auth
+app, the driver an ordinary user), ``https`` (basic-auth over HTTPS: the deployment docs/cluster.md describes).
+Writes benchmarks/results/<stem>.{json,md,png} (``--stem``, default bench_driver).
 """
 
 from __future__ import annotations
@@ -129,6 +130,18 @@ def _row(plan, index: int) -> dict:
     return cv_results(plan, records)[index]
 
 
+SERVERS = {  # name: (basic-auth, TLS)
+    "plain": (False, False),
+    "basic-auth": (True, False),
+    "https": (True, True),
+}
+SERVER_LABELS = {
+    "plain": "server, plain HTTP",
+    "basic-auth": "server, basic-auth",
+    "https": "server, basic-auth, HTTPS",
+}
+
+
 def main() -> None:
     from services import MlflowServer, Postgres
 
@@ -136,67 +149,111 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=60)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--no-auth", action="store_true", help="a server without basic-auth")
+    parser.add_argument("--stem", default="bench_driver")
     args = parser.parse_args()
     data, plan, results, model_bytes = synthetic_results(args.folds)
     base = Path(tempfile.mkdtemp(prefix="bench-driver-"))
     database = Postgres(base / "pg")
-    server = MlflowServer(
-        database.uri, base / "server", auth=not args.no_auth, auth_database=database.auth_uri, env=database.env()
-    )
-    server_name = "postgresql server" + ("" if args.no_auth else ", basic-auth")
-    stores = {server_name: server.uri, "sqlite": f"sqlite:///{base}/mlflow.db"}
-    measured: dict[str, dict[int, list[float]]] = {name: {t: [] for t in args.threads} for name in stores}
-    requests_sent: list[int] = []
+    servers = {
+        name: MlflowServer(
+            database.uri,
+            base / name,
+            auth=SERVERS[name][0],
+            tls=SERVERS[name][1],
+            auth_database=database.auth_uri,
+            env=database.env(),
+        )
+        for name in args.servers
+    }
+    stores = {SERVER_LABELS[name]: name for name in args.servers} | {"sqlite": None}
+    measured: dict[str, dict[int, list[float]]] = {label: {t: [] for t in args.threads} for label in stores}
+    requests_sent: dict[str, list[int]] = {label: [] for label in stores}
     try:
         database.start()
-        server.start()
-        if not args.no_auth:  # the driver logs as a user the admin made, credentials in its environment only
-            os.environ.update(server.client_env(server.add_user("driver")))
+        env = {}
+        user = None
+        for name, server in servers.items():
+            server.start()
+            if server.auth and user is None:  # the servers share one auth database: one user for all of them
+                user = server.add_user("driver")
+            env[name] = server.client_env(user if server.auth else None)
         for _ in range(args.repeats):  # interleaved, so a slow minute does not land on one variant
-            for name, uri in stores.items():
+            for label, name in stores.items():
                 for threads in args.threads:
-                    if name == "sqlite" and threads > 1:
+                    if name is None and threads > 1:
                         continue  # SQLite writes one at a time: the run tree logs serially there
+                    for variable in [v for v in os.environ if v.startswith("MLFLOW_TRACKING_")]:
+                        del os.environ[variable]  # the driver's credentials only where its server takes them
+                    os.environ.update(env.get(name, {}))
+                    uri = servers[name].uri if name else f"sqlite:///{base}/mlflow.db"
                     seconds, requests = log_all(uri, data, plan, results, threads)
-                    measured[name][threads].append(len(results) / seconds)
+                    measured[label][threads].append(len(results) / seconds)
                     if requests:
-                        requests_sent.append(requests)
+                        requests_sent[label].append(requests)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
         database.stop()
         shutil.rmtree(base, ignore_errors=True)  # the passfile and auth config in it: no secret left behind
-    rates = {name: {t: statistics.median(v) for t, v in by.items() if v} for name, by in measured.items()}
+    rates = {label: {t: statistics.median(v) for t, v in by.items() if v} for label, by in measured.items()}
+    per_fold = {label: statistics.median(v) / len(results) for label, v in requests_sent.items() if v}
     report = {
         "machine": machine.describe(),
         "folds": len(results),
         "model_bytes": model_bytes,
-        "server_auth": not args.no_auth,
+        "servers": args.servers,
         "folds_per_second": rates,
         "all": measured,
         # The whole tree (stage, candidates, closing) over the folds: what one more fold costs is close to it.
-        "requests_per_fold": statistics.median(requests_sent) / len(results) if requests_sent else None,
+        "requests_per_fold": per_fold,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_driver.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"One driver logging {len(results)} finished folds (curves, dataset, a {model_bytes / 1024:.0f} KB model as a "
-        f"LoggedModel each) on {machine.line(report['machine'])}; median of {args.repeats} interleaved runs:",
+        f"LoggedModel each) on {machine.line(report['machine'])}; PostgreSQL-backed `mlflow server` (2 workers) "
+        f"of each kind, median of {args.repeats} interleaved runs:",
         "",
-        "| store | logging threads | folds/s | folds/s needed by 100 workers x 20 s folds |",
+        "| store | logging threads | folds/s (each run) | HTTP requests per fold |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for name, by in rates.items():
+    for label, by in rates.items():
         for threads, rate in by.items():
-            lines.append(f"| {name} | {threads} | {rate:.1f} | 5.0 |")
-    if report["requests_per_fold"]:
-        lines += [
-            "",
-            f"HTTP requests to the server per fold (the whole tree over the folds): {report['requests_per_fold']:.1f}",
-        ]
-    (args.out / "bench_driver.md").write_text("\n".join(lines) + "\n")
+            each = ", ".join(f"{r:.1f}" for r in measured[label][threads])
+            requests = f"{per_fold[label]:.1f}" if label in per_fold else "-"
+            lines.append(f"| {label} | {threads} | **{rate:.1f}** ({each}) | {requests} |")
+    lines += ["", "100 workers finishing 20-second folds need 5.0 folds/s."]
+    (args.out / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
+    plot(rates, args.out / f"{args.stem}.png", title=f"{len(results)} folds on {machine.line(report['machine'])}")
     print("\n".join(lines))
+
+
+def plot(rates: dict[str, dict[int, float]], path: Path, *, title: str) -> None:
+    """Folds per second by store and logging threads, beside what 100 workers need."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({t for by in rates.values() for t in by})
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(threads)
+    for i, t in enumerate(threads):
+        values = [rates[label].get(t, 0.0) for label in rates]
+        bars = ax.bar([x + i * width for x in range(len(rates))], values, width, label=f"{t} logging thread(s)")
+        ax.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=8)
+    ax.axhline(5.0, color="grey", linestyle="--", linewidth=1)
+    ax.text(-0.4, 5.0, "needed by 100 workers x 20 s folds", ha="left", va="bottom", fontsize=8, color="grey")
+    ax.set_xticks([x + width * (len(threads) - 1) / 2 for x in range(len(rates))], list(rates), fontsize=8)
+    ax.set_ylabel("finished folds logged per second")
+    ax.set_title(title, fontsize=9, wrap=True)
+    ax.set_ylim(0, max(5.5, *(v for by in rates.values() for v in by.values())) * 1.1)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

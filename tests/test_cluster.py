@@ -264,14 +264,17 @@ def test_a_cluster_that_cannot_import_the_project_is_refused_before_writing(tmp_
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
-    """PostgreSQL from the OS binaries (password in a passfile), `mlflow server` on it with basic-auth and
-    proxied artifacts, and a user `driver` created through the auth API (its name and password). Started once
-    for this module (half a minute of a 2-core machine's CPU); each test works in an experiment of its own."""
+    """PostgreSQL from the OS binaries (password in a passfile), `mlflow server` on it with basic-auth over HTTPS
+    and proxied artifacts (as docs/cluster.md deploys it), and a user `driver` created through the auth API (its
+    name and password). Started once for this module (half a minute of a 2-core machine's CPU); each test works
+    in an experiment of its own."""
     if postgres_bindir() is None:
         pytest.skip("PostgreSQL server binaries missing: `make test` installs them (apt-get install -y postgresql)")
     folder = tmp_path_factory.mktemp("shared-server")
     database = Postgres(folder / "pg").start()
-    server = MlflowServer(database.uri, folder / "server", auth_database=database.auth_uri, env=database.env())
+    server = MlflowServer(
+        database.uri, folder / "server", auth_database=database.auth_uri, env=database.env(), tls=True
+    )
     server.start()
     yield SimpleNamespace(server=server, database=database, driver=server.add_user("driver"))
     server.stop()
@@ -319,11 +322,12 @@ def test_the_documented_cluster_keeps_secrets_off_command_lines_and_everything_o
             stage.kill()
         cluster.stop()
     search = f"{server.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cluster"
-    assert requests.get(search, timeout=30).status_code == 401  # anonymous
-    assert requests.get(search, auth=other, timeout=30).status_code == 403  # not shared with this user
-    assert requests.get(search, auth=driver, timeout=30).status_code == 200
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", driver[0])  # this process reads the store as the driver
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", driver[1])
+    assert server.uri.startswith("https://")
+    assert requests.get(search, timeout=30, verify=server.verify).status_code == 401  # anonymous
+    assert requests.get(search, auth=other, timeout=30, verify=server.verify).status_code == 403  # not shared
+    assert requests.get(search, auth=driver, timeout=30, verify=server.verify).status_code == 200
+    for name, value in server.client_env(driver).items():  # this process reads the store as the driver
+        monkeypatch.setenv(name, value)
     keys = _finished_fold_keys(server.uri)
     trained, reused = _summary((tmp_path / "stage.out").read_text())
     assert len(keys) == trained >= 8 and reused == 0 and set(keys.values()) == {1}
@@ -334,8 +338,8 @@ def test_postgres_server_and_dask_cluster_survive_a_killed_worker_and_a_lost_sch
 ):
     server, driver = shared_server.server, shared_server.driver
     uri, name = server.uri, "survival"  # the module's server: an experiment of its own
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", driver[0])  # this process reads the store as the driver
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", driver[1])
+    for variable, value in server.client_env(driver).items():  # this process reads the store as the driver
+        monkeypatch.setenv(variable, value)
     cluster = DaskCluster(tmp_path / "dask").start(n_workers=2)
 
     def on_dask(cluster: DaskCluster) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """The whole scale-out on one machine, with real processes, secured as README "Running on a cluster" says,
 then torn down (``make cluster-demo``):
 
-    PostgreSQL (password in a 0600 passfile) -> mlflow server --app-name basic-auth (admin password in a 0600
-    config file, a user `driver` made through the auth API) -> dask scheduler and two workers requiring TLS
-    (a throw-away CA) -> mlflow run . -P executor=dask -P scheduler=tls://... as user `driver`
+    PostgreSQL (password in a 0600 passfile) -> mlflow server --app-name basic-auth over HTTPS (a throw-away CA;
+    admin password in a 0600 config file, a user `driver` made through the auth API) -> dask scheduler and two
+    workers requiring TLS (another throw-away CA) -> mlflow run . -P executor=dask -P scheduler=tls://... as user
+    `driver`
 
     .venv/bin/python tools/cluster_demo.py [--stage kernel_size] [--data sample] [--epochs 1] [--keep]
 
@@ -53,10 +54,13 @@ def main() -> None:
         database = Postgres(base / "postgres").start()
         print(f"postgresql   {database.uri}  (password: {database.passfile}, via PGPASSFILE)")
         server = MlflowServer(
-            database.uri, base / "server", auth_database=database.auth_uri, env=database.env()
+            database.uri, base / "server", auth_database=database.auth_uri, env=database.env(), tls=True
         ).start()
         driver = server.add_user("driver")
-        print(f"mlflow       {server.uri}  basic-auth; user 'driver' made through the auth API")
+        print(
+            f"mlflow       {server.uri}  basic-auth over HTTPS (CA {server.verify}); "
+            f"user 'driver' made through the auth API"
+        )
         cluster = DaskCluster(base / "dask").start(n_workers=2)
         print(f"dask         {cluster.address} with 2 workers, TLS required (certificates in {cluster.tls})")
         print(f"up in {time.perf_counter() - started:.0f} s; running the stage through `mlflow run` as 'driver'")

@@ -3,9 +3,10 @@
 
 - PostgreSQL (the OS packages): TCP logins need a password (scram-sha-256); role ``mlflow`` owns the tracking
   and the auth databases; its password is only in a 0600 passfile that libpq reads (``PGPASSFILE``).
-- ``mlflow server --app-name basic-auth`` on it, with proxied artifacts: the admin's password is set in a 0600
-  auth config file (MLflow has no default), users are created through the auth API, nobody may see an
-  experiment they were not given (``default_permission = NO_PERMISSIONS``).
+- ``mlflow server --app-name basic-auth`` on it, with proxied artifacts, over HTTPS with ``tls=True`` (a
+  throw-away CA): the admin's password is set in a 0600 auth config file (MLflow has no default), users are
+  created through the auth API, nobody may see an experiment they were not given
+  (``default_permission = NO_PERMISSIONS``).
 - A Dask scheduler and workers that require TLS (``distributed.comm.require-encryption``), with certificates
   from a throw-away CA whose key is never written; the client's settings are Dask's own environment variables.
 
@@ -187,7 +188,9 @@ class MlflowServer:
 
     With ``auth`` (the default) it runs MLflow's basic-auth app: the admin's random password is written to the
     auth config file (0600), where MLflow reads it when it creates the admin on first start; :meth:`add_user`
-    creates users through the auth API. ``env`` carries what the server needs to reach its store (PGPASSFILE).
+    creates users through the auth API. With ``tls`` it serves HTTPS (uvicorn's TLS, a certificate from a
+    throw-away CA that clients trust through ``MLFLOW_TRACKING_SERVER_CERT_PATH``), as docs/cluster.md deploys it.
+    ``env`` carries what the server needs to reach its store (PGPASSFILE).
     :meth:`start` after :meth:`stop` starts it again on the same port, store and users (a server that went away).
     """
 
@@ -200,16 +203,23 @@ class MlflowServer:
         auth_database: str | None = None,
         env: dict[str, str] | None = None,
         workers: int = 2,
+        tls: bool = False,
     ):
         self.backend, self.folder, self.port = backend, private_folder(folder), free_port()
         self.auth, self.auth_database, self.extra_env, self.workers = auth, auth_database, env or {}, workers
+        self.tls = write_tls_files(self.folder / "tls", roles=("server",)) if tls else None
         self.admin = ("admin", new_secret())
         self.process = None
         self.auth_config: Path | None = None  # written at the first start; a restart (same port) reads it again
 
     @property
     def uri(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
+
+    @property
+    def verify(self) -> str | bool:
+        """What ``requests`` needs to trust the server: its CA's certificate when it serves HTTPS."""
+        return str(self.tls / "ca.pem") if self.tls else True
 
     def _auth_config(self) -> Path:
         database = self.auth_database or f"sqlite:///{self.folder / 'basic_auth.db'}"
@@ -230,6 +240,11 @@ class MlflowServer:
         command = [str(BIN / "mlflow"), "server", "--host", HOST, "--port", str(self.port)]
         command += ["--workers", str(self.workers), "--backend-store-uri", self.backend]
         command += ["--artifacts-destination", str(self.folder / "artifacts")]
+        if self.tls:  # paths of this object's own folder: no user value in the option string uvicorn splits
+            command += [
+                "--uvicorn-opts",
+                f"--ssl-certfile {self.tls / 'server.pem'} --ssl-keyfile {self.tls / 'server.key'}",
+            ]
         # MLflow's job runners (four huey consumers, each importing MLflow and polling the store) serve GenAI
         # jobs this tool never submits: ~15 s of CPU at every start and a steady load on 2 cores.
         env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.extra_env)
@@ -252,7 +267,7 @@ class MlflowServer:
         deadline = time.time() + seconds
         while time.time() < deadline:
             try:
-                if requests.get(f"{self.uri}/health", timeout=5).ok:
+                if requests.get(f"{self.uri}/health", timeout=5, verify=self.verify).ok:
                     return
             except requests.RequestException:
                 pass
@@ -269,6 +284,7 @@ class MlflowServer:
             json={"username": username, "password": password},
             auth=self.admin,
             timeout=30,
+            verify=self.verify,
         )
         response.raise_for_status()
         return username, password
@@ -276,6 +292,8 @@ class MlflowServer:
     def client_env(self, user: tuple[str, str] | None = None) -> dict[str, str]:
         """What a driver needs: the server's URI and, with auth, a user's credentials (environment only)."""
         env = {"MLFLOW_TRACKING_URI": self.uri}
+        if self.tls:
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(self.tls / "ca.pem")
         if user is not None:
             env |= {"MLFLOW_TRACKING_USERNAME": user[0], "MLFLOW_TRACKING_PASSWORD": user[1]}
         return env
@@ -287,10 +305,17 @@ class MlflowServer:
         _stop(self.process)
 
 
+KEY_USAGES = (
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+    "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+)  # fmt: skip
+
+
 def write_tls_files(folder: Path, roles: tuple[str, ...] = ("scheduler", "worker", "client")) -> Path:
     """A throw-away CA's certificate (``ca.pem``) and, per role, a certificate and key it signed
     (``ROLE.pem``, ``ROLE.key``, 0600) in a 0700 folder. The CA's key lives only in memory: nobody can sign
-    another certificate for this cluster. Dask checks that peers' certificates come from the CA, not names."""
+    another certificate for this cluster. Dask checks that peers' certificates come from the CA, not names; an
+    HTTPS client checks the names too (each certificate names 127.0.0.1 and localhost)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -309,8 +334,13 @@ def write_tls_files(folder: Path, roles: tuple[str, ...] = ("scheduler", "worker
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=7))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
         )
-        if not ca:
+        if ca:  # keyUsage on the CA: strict verifiers (OpenSSL's X509_STRICT, Python 3.13's default) require it
+            usage = {name: False for name in KEY_USAGES} | {"key_cert_sign": True, "crl_sign": True}
+            builder = builder.add_extension(x509.KeyUsage(**usage), critical=True)
+        else:
             usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]  # every role does both
             altnames = [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]
             builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
@@ -322,7 +352,7 @@ def write_tls_files(folder: Path, roles: tuple[str, ...] = ("scheduler", "worker
     (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for role in roles:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = certificate(f"dask-{role}", key, ca.subject, ca_key, ca=False)
+        cert = certificate(f"mlflow-mnist-{role}", key, ca.subject, ca_key, ca=False)
         (folder / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
