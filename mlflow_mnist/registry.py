@@ -477,6 +477,19 @@ def check_registered(client, name: str, version: str, verified: LocalModel) -> N
             )
 
 
+def link_version_to_model(client, name: str, version: str, model_id: str) -> None:
+    """The logged model's ``mlflow.modelVersions`` tag names ``version`` of ``name``: the MLflow UI reads it to show
+    a model's versions (without it the champion's own model page said "Not registered"). MLflow's server writes
+    it when it creates a version, and ``mlflow.register_model`` does client-side; ``create_model_version`` against
+    a database store does not. Idempotent, as the server's own write is."""
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    linked = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    if not any(entry.get("name") == name and str(entry.get("version")) == version for entry in linked):
+        entry = {"name": name, "version": version}
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*linked, entry])})
+
+
 def decide_and_register(
     client,
     name: str,
@@ -532,6 +545,7 @@ def decide_and_register(
         name, f"models:/{copy_id}", run_id=candidate.seed_run_id, tags=tags, description=description, model_id=copy_id
     )
     check_registered(client, name, str(version.version), verified)
+    link_version_to_model(client, name, str(version.version), copy_id)
     # Last, and only now: a promote killed before this line leaves the alias where it was.
     client.set_registered_model_alias(name, CHAMPION, version.version)
     return version, decision, previous

@@ -374,6 +374,9 @@ def test_promote_verifies_then_compares_paired(fresh):
     assert int(version.tags["test_errors"]) == 200 - paired.candidate_right
     assert int(version.tags["mcnemar_candidate_only"]) == paired.candidate_only
     assert json.loads(version.tags["class_names"]) == ["2", "7"]  # what the served answer's columns mean
+    # The UI shows a model's versions from its logged model's tag (the champion's model page said "Not registered").
+    linked = fresh.client.get_logged_model(version.source.removeprefix("models:/")).tags["mlflow.modelVersions"]
+    assert json.loads(linked) == [{"name": NAME, "version": str(version.version)}]
     # A threshold below the task's own is said, and the version records the one applied.
     assert float(version.tags["min_accuracy"]) == 0.5
     assert "warning: --min-accuracy 50.0000% is below task 'mnist''s own threshold" in better["warning"]
