@@ -2,7 +2,7 @@
 
     search run (``kernel_size``, ``neurons``, ``optuna``)
       group run (a step: ``neurons_2``)       -- absent when the search is one group, or the group has no run
-        candidate run (``neurons_2=15``)
+        candidate run (``neurons_2=15``)      -- from its first fold's start to its last fold's end
           fold runs (``fold 2/3``) with curves, true start/end times and the fold's LoggedModel
 
 Every parent names its best child (tag ``mlflow_mnist.best_child_run_id``, a link in its description) and
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,14 +100,25 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 @dataclass
 class _GroupRuns:
-    """The runs of one group while it is open: several are open at once under an asynchronous strategy."""
+    """The runs of one group while it is open: several are open at once under an asynchronous strategy.
+
+    A candidate's run is made when its first fold is logged, starting when that fold started, and ends when its
+    last fold ended: made at the group's start and ended at its close, every candidate showed the whole step's
+    duration. A candidate that trains nothing here (its folds reused) starts and ends with the group's start."""
 
     run_id: str
-    candidates: dict[int, str] = field(default_factory=dict)
+    started_ms: int
+    candidates: dict[int, str] = field(default_factory=dict)  # made so far
     folds: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # candidate -> (fold run, accuracy)
+    ended_ms: dict[int, int] = field(default_factory=dict)  # candidate -> its last logged fold's end
     logging: list[Future] = field(default_factory=list)  # its folds being logged on the pool
+    making: threading.Lock = field(default_factory=threading.Lock)  # one run per candidate, whichever thread asks
 
 
 class SearchTree:
@@ -179,11 +191,16 @@ class SearchTree:
             if group.grid is not None:
                 grid = {key: [json_value(v) for v in values] for key, values in group.grid.items()}
                 self.writer.log_dict(group_run, grid, "grid.json")
-        runs = self.groups[id(plan)] = _GroupRuns(group_run)
-        for candidate in plan.candidates:
-            runs.candidates[candidate.index] = self._start_candidate(candidate, plan, runs)
+        self.groups[id(plan)] = _GroupRuns(group_run, started_ms=_now_ms())
 
-    def _start_candidate(self, candidate: Candidate, plan: Plan, runs: _GroupRuns) -> str:
+    def _candidate_run(self, candidate: Candidate, plan: Plan, runs: _GroupRuns, start_ms: int) -> str:
+        """The candidate's run, made now (starting at ``start_ms``) if this is its first fold."""
+        with runs.making:
+            if candidate.index not in runs.candidates:
+                runs.candidates[candidate.index] = self._start_candidate(candidate, plan, runs, start_ms)
+            return runs.candidates[candidate.index]
+
+    def _start_candidate(self, candidate: Candidate, plan: Plan, runs: _GroupRuns, start_ms: int) -> str:
         group = plan.group
         record = CandidateTags(
             step=plan.step,
@@ -198,10 +215,14 @@ class SearchTree:
             search_key=group.search_key,
         )
         run_id = self.writer.start(
-            candidate.label, CANDIDATE_LEVEL, parent=runs.run_id, tags={STAGE: self.name, **record.tags()}
+            candidate.label,
+            CANDIDATE_LEVEL,
+            parent=runs.run_id,
+            tags={STAGE: self.name, **record.tags()},
+            start_ms=start_ms,
         )
         self.writer.log_params(run_id, candidate.params)
-        runs.folds[candidate.index] = []
+        runs.folds.setdefault(candidate.index, [])
         referenced = []
         for key in candidate.fold_keys:
             reused = plan.reused.get(key)
@@ -220,7 +241,7 @@ class SearchTree:
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
         runs = self.groups[id(plan)]
         if self.pool is None:
-            self._log_fold(runs, task, result)
+            self._log_fold(plan, runs, task, result)
             return
         for open_runs in self.groups.values():  # a failed upload stops the search at the next fold
             for future in open_runs.logging:
@@ -228,15 +249,16 @@ class SearchTree:
                     future.result()
         self.slots.acquire()  # a full queue blocks the driver here
         try:
-            future = self.pool.submit(self._log_fold, runs, task, result)
+            future = self.pool.submit(self._log_fold, plan, runs, task, result)
         except BaseException:
             self.slots.release()
             raise
         future.add_done_callback(lambda _: self.slots.release())  # also when cancelled by shutdown
         runs.logging.append(future)
 
-    def _log_fold(self, runs: _GroupRuns, task: FoldTask, result: FoldResult) -> None:
-        parent = runs.candidates[task.candidate_index]
+    def _log_fold(self, plan: Plan, runs: _GroupRuns, task: FoldTask, result: FoldResult) -> None:
+        candidate = _candidate(plan, task.candidate_index)
+        parent = self._candidate_run(candidate, plan, runs, start_ms=result.started_ms or _now_ms())
         name = f"fold {task.fold + 1}/{task.n_folds}"
         fold_tags = FoldTags(
             step=task.step,
@@ -282,7 +304,9 @@ class SearchTree:
         )
         self.writer.finish(run_id, "FINISHED" if result.status != "failed" else "FAILED", end_ms=result.ended_ms)
         with self.lock:
-            runs.folds[task.candidate_index].append((run_id, result.accuracy))
+            runs.folds.setdefault(task.candidate_index, []).append((run_id, result.accuracy))
+            ended = result.ended_ms or _now_ms()
+            runs.ended_ms[task.candidate_index] = max(ended, runs.ended_ms.get(task.candidate_index, ended))
             self.logged_folds[task.key] = run_id
 
     def group_finished(self, plan: Plan, rows: list[dict[str, Any]]) -> None:
@@ -290,6 +314,7 @@ class SearchTree:
         for future in runs.logging:
             future.result()  # a failed upload fails the search, as it would have without threads
         for candidate in plan.candidates:
+            self._candidate_run(candidate, plan, runs, start_ms=runs.started_ms)  # one that trained nothing here
             self._finish_candidate(runs, candidate, rows[candidate.index])
         best = best_row(rows)
         winner = plan.candidates[rows.index(best)]
@@ -325,7 +350,7 @@ class SearchTree:
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])
             self.writer.name_best_child(run_id, fold_id, "best fold", {BEST_FOLD_HELDOUT_ACCURACY: accuracy})
-        self.writer.finish(run_id)
+        self.writer.finish(run_id, end_ms=runs.ended_ms.get(candidate.index, runs.started_ms))
 
     def search_failed(self, error: BaseException) -> None:
         # The writer's closing_on_failure marks the open runs KILLED or FAILED; folds being logged finish first.
@@ -352,6 +377,11 @@ class SearchTree:
         self.writer.finish(self.root)
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+
+
+def _candidate(plan: Plan, index: int) -> Candidate:
+    found = plan.candidates[index] if index < len(plan.candidates) else None
+    return found if found is not None and found.index == index else next(c for c in plan.candidates if c.index == index)
 
 
 def _candidate_metrics(row: Mapping[str, Any]) -> dict[str, float]:

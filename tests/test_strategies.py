@@ -12,7 +12,7 @@ import pytest
 from mlflow_mnist import schema, tracking
 from mlflow_mnist.executors import SerialExecutor
 from mlflow_mnist.params import StageError
-from mlflow_mnist.strategies import SuccessiveHalving
+from mlflow_mnist.strategies import StagedGrid, SuccessiveHalving
 from mlflow_mnist.strategies.halving import rung_budgets
 from mlflow_mnist.strategies.optuna import OptunaSearch, rungs
 from mlflow_mnist.tasks import get_task
@@ -113,6 +113,42 @@ def test_halving_a_staged_step_trains_less_and_keeps_the_winner(store):
     # Only the last rung decides: the store's step best is the 6-epoch winner, whatever the 2-epoch rung said.
     state = tracking.read_store_state(tracking.connect(store), campaign(store).experiment_id, DATA.digest())
     assert state.step_bests["kernel_size"].params == {"kernel_size": (7, 7)}
+
+
+class TimedWorker(Worker):
+    """As :class:`Worker`, each fold 'training' for one second of a clock of its own, one after the other."""
+
+    clock = 1_900_000_000_000
+
+    def __call__(self, task):
+        result = super().__call__(task)
+        result.started_ms, result.ended_ms = TimedWorker.clock, TimedWorker.clock + 1000
+        TimedWorker.clock += 1000
+        return result
+
+
+def test_a_candidate_run_lasts_from_its_first_fold_to_its_last_and_a_reused_one_takes_no_time(store):
+    """From a walk-through of the MLflow UI: every candidate showed the whole step's duration (made at the step's
+    start, ended at its close). A candidate's run now starts with its first fold and ends with its last; one
+    whose folds were all reused from an earlier step trains nothing here and lasts 0 s."""
+    for stage in ("kernel_size", "pool_size"):
+        request = campaign(store).request(stage=stage, steps=tuple(MNIST.steps_of(stage)))
+        search(store, StagedGrid.from_request(request), TimedWorker())
+    everything = runs(store)
+    children: dict[str, list] = {}
+    for r in everything:
+        children.setdefault(r.data.tags.get(schema.PARENT), []).append(r)
+    candidates = [r for r in everything if r.data.tags.get(schema.LEVEL) == schema.CANDIDATE_LEVEL]
+    reused = [c for c in candidates if schema.REUSED in c.data.tags]
+    assert len(candidates) == 4 + 1 + 4 + 1 and len(reused) == 1  # pool_size's (2, 2) is kernel_size's best
+    for c in candidates:
+        folds = children.get(c.info.run_id, [])
+        if c in reused:
+            assert not folds and c.info.end_time == c.info.start_time
+            continue
+        assert len(folds) == 3
+        assert c.info.start_time == min(f.info.start_time for f in folds)
+        assert c.info.end_time == max(f.info.end_time for f in folds) == c.info.start_time + 3000
 
 
 def _epochs_trained(uri):
