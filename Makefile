@@ -108,7 +108,8 @@ lint: setup
 # of make's echo, since a server's URI may hold a password. It serves 127.0.0.1 with no login: for one user on
 # their own machine; a team's server takes basic-auth and TLS (docs/cluster.md).
 ui: setup
-	@echo "mlflow ui (the store in \$$MLFLOW_TRACKING_URI) on http://127.0.0.1:5000"
+	@echo "mlflow ui (the store in \$$MLFLOW_TRACKING_URI) on http://127.0.0.1:5000: in an experiment, pick"
+	@echo "'Model training' at the top left once (MLflow opens experiments on their GenAI overview)"
 	@MLFLOW_BACKEND_STORE_URI="$$MLFLOW_TRACKING_URI" mlflow ui
 
 clean:

@@ -30,7 +30,8 @@ PARENT = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
 DATASET_CONTEXT = "mlflow.data.context"  # a logged dataset input's role: "train" or "test"
-# MLflow 3's UI opens an experiment of this kind on its training runs, not on the GenAI overview.
+# MLflow's tag for an experiment of model training. MLflow 3.17's UI does not read it to choose a view: it opens
+# experiments on the GenAI overview until the user picks "Model training" once (remembered by the browser).
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from mlflow_mnist.params import json_value
-from mlflow_mnist.planning import Candidate, FoldTask, Plan, config_hash
+from mlflow_mnist.planning import Candidate, FoldTask, Plan, candidate_label, config_hash
 from mlflow_mnist.redaction import redact
 from mlflow_mnist.results import FoldResult, best_row
 from mlflow_mnist.runs import RunWriter
@@ -49,6 +49,7 @@ from mlflow_mnist.schema import (
     N_FOLDS,
     PARENT,
     RANK,
+    REFERENCE,
     REPEAT_PARAM,
     REUSED,
     SPLIT_SEED,
@@ -214,8 +215,11 @@ class SearchTree:
             sampled=candidate.sampled,
             search_key=group.search_key,
         )
+        # A step's reference is named by the values it holds too: several runs named just "reference", one per
+        # step, read as one row twice in a sorted or filtered runs table. The label (its tag) stays "reference".
+        name = f"{candidate.label}: {candidate_label(candidate.varied)}" if candidate.role == REFERENCE else None
         run_id = self.writer.start(
-            candidate.label,
+            name or candidate.label,
             CANDIDATE_LEVEL,
             parent=runs.run_id,
             tags={STAGE: self.name, **record.tags()},

@@ -141,6 +141,12 @@ def test_a_candidate_run_lasts_from_its_first_fold_to_its_last_and_a_reused_one_
     candidates = [r for r in everything if r.data.tags.get(schema.LEVEL) == schema.CANDIDATE_LEVEL]
     reused = [c for c in candidates if schema.REUSED in c.data.tags]
     assert len(candidates) == 4 + 1 + 4 + 1 and len(reused) == 1  # pool_size's (2, 2) is kernel_size's best
+    # Each step's reference is named by what it holds (two runs named just "reference" read as one row twice).
+    references = sorted(c.info.run_name for c in candidates if c.data.tags[schema.ROLE] == "reference")
+    assert references == ["reference: kernel_size=(3, 3)", "reference: pool_size=(2, 2)"]
+    assert {c.data.tags[schema.CANDIDATE] for c in candidates if c.data.tags[schema.ROLE] == "reference"} == {
+        "reference"
+    }
     for c in candidates:
         folds = children.get(c.info.run_id, [])
         if c in reused:
