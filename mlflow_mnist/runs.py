@@ -291,9 +291,13 @@ class RunWriter:
     def run_link(self, run_id: str, text: str) -> str:
         return f"[{text}](#/experiments/{self.experiment_id}/runs/{run_id})"
 
-    def name_best_child(self, run_id: str, child_id: str, child_name: str, metrics: Mapping[str, float]) -> None:
-        """Tag the parent with its best child's run id, link it in the description, copy its metrics."""
-        self.log_tags(run_id, {BEST_CHILD: child_id, NOTE: f"Best child: {self.run_link(child_id, child_name)}"})
+    def name_best_child(
+        self, run_id: str, child_id: str, child_name: str, metrics: Mapping[str, float], *, note: str = ""
+    ) -> None:
+        """Tag the parent with its best child's run id, link it in the description (then ``note``, if any), copy
+        its metrics."""
+        description = f"Best child: {self.run_link(child_id, child_name)}" + (f"\n\n{note}" if note else "")
+        self.log_tags(run_id, {BEST_CHILD: child_id, NOTE: description})
         self.log_metrics(run_id, metrics)
 
     def log_model(

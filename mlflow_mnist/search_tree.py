@@ -118,6 +118,7 @@ class _GroupRuns:
     candidates: dict[int, str] = field(default_factory=dict)  # made so far
     folds: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # candidate -> (fold run, accuracy)
     ended_ms: dict[int, int] = field(default_factory=dict)  # candidate -> its last logged fold's end
+    referenced: dict[int, list[str]] = field(default_factory=dict)  # candidate -> fold runs reused from elsewhere
     logging: list[Future] = field(default_factory=list)  # its folds being logged on the pool
     making: threading.Lock = field(default_factory=threading.Lock)  # one run per candidate, whichever thread asks
 
@@ -240,6 +241,7 @@ class SearchTree:
                 self.writer.log_tags(fold_run, {PARENT: run_id})
         if referenced:
             self.writer.log_tags(run_id, {REUSED: ",".join(referenced)})
+            runs.referenced[candidate.index] = referenced
         return run_id
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
@@ -353,7 +355,18 @@ class SearchTree:
         folds = [(i, a) for i, a in runs.folds.get(candidate.index, []) if a == a]  # NaN: a failed fold
         if folds:
             fold_id, accuracy = max(folds, key=lambda pair: pair[1])
-            self.writer.name_best_child(run_id, fold_id, "best fold", {BEST_FOLD_HELDOUT_ACCURACY: accuracy})
+            referenced = runs.referenced.get(candidate.index, [])
+            # Reused folds stay under the run that trained them: say so, or the candidate looks empty and its
+            # best-fold link seems to open another step's fold by mistake.
+            note = (
+                f"{len(referenced)} of its {len(candidate.fold_keys)} folds were trained earlier, with this "
+                f"configuration, and stay under the runs that trained them: "
+                + ", ".join(self.writer.run_link(fold, f"fold run {i + 1}") for i, fold in enumerate(referenced))
+                if referenced
+                else ""
+            )
+            label = "best fold (trained earlier)" if fold_id in referenced else "best fold"
+            self.writer.name_best_child(run_id, fold_id, label, {BEST_FOLD_HELDOUT_ACCURACY: accuracy}, note=note)
         self.writer.finish(run_id, end_ms=runs.ended_ms.get(candidate.index, runs.started_ms))
 
     def search_failed(self, error: BaseException) -> None:

@@ -151,7 +151,13 @@ def test_a_candidate_run_lasts_from_its_first_fold_to_its_last_and_a_reused_one_
         folds = children.get(c.info.run_id, [])
         if c in reused:
             assert not folds and c.info.end_time == c.info.start_time
+            # Its description says where its folds are (the UI showed an empty candidate whose best-fold link
+            # opened another step's fold), linking each.
+            note = c.data.tags[schema.NOTE]
+            assert "best fold (trained earlier)" in note and "3 of its 3 folds were trained earlier" in note
+            assert all(f"/runs/{fold})" in note for fold in c.data.tags[schema.REUSED].split(","))
             continue
+        assert "trained earlier" not in c.data.tags[schema.NOTE]
         assert len(folds) == 3
         assert c.info.start_time == min(f.info.start_time for f in folds)
         assert c.info.end_time == max(f.info.end_time for f in folds) == c.info.start_time + 3000
