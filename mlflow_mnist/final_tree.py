@@ -38,6 +38,7 @@ from mlflow_mnist.schema import (
     MEDIAN_ACCURACY,
     MEDIAN_MODEL,
     MEDIAN_RUN,
+    NOTE,
     PARENT,
     PROBABILITIES_SHA256,
     REPEATS,
@@ -138,8 +139,30 @@ class FinalTree:
         data = {DATA_SHA256: dataset_sha256(self.data)}  # what the gate checks the data it loads against
         self.writer.log_params(self.parent, {**configs[0], **settings_params, REPEATS: repeats, **several, **data})
         self.writer.log_dataset(self.parent, self.test_dataset, context="test")
-        self.repeats, self.configs = repeats, list(configs)
+        self.repeats, self.configs, self.sources = repeats, list(configs), sources
         return self.parent
+
+    def _description(self, summary: Mapping[str, Any], ensemble_errors: int | None) -> str:
+        """What the final is, for its page in the UI: what it trained, where the configuration came from, what the
+        test said, and what to run next."""
+        n_test, n_seeds = len(self.data.y_test), summary["n_repeats"]
+        median = summary[MEDIAN_ACCURACY]
+        median_errors = round((1 - median) * n_test)
+        where = ", ".join(self.writer.run_link(run, name) for name, run in self.sources.items())
+        configs = f"the best {len(self.configs)} configurations" if len(self.configs) > 1 else "the best configuration"
+        lines = [
+            f"Trained {configs} (from {where or 'the task start'}) on all {len(self.data.y_train):,} training "
+            f"examples with {n_seeds} seed(s), each tested once on the {n_test:,} test examples: median seed "
+            f"{median:.4%} ({median_errors} errors)"
+            + (
+                f", the seeds' ensemble {summary[ENSEMBLE_ACCURACY]:.4%} ({ensemble_errors} errors)"
+                if ensemble_errors is not None
+                else ""
+            )
+            + ".",
+            "Next: `mlflow-mnist promote` gates it and registers the model if it passes.",
+        ]
+        return "\n\n".join(lines)
 
     def seed_finished(self, result: FinalResult, *, key: str = "") -> str:
         """Log one seed (on its own child run, or on the final run when there is one seed); ``key`` is its
@@ -227,9 +250,14 @@ class FinalTree:
             tags[ENSEMBLE_MODEL] = model_id
         self.writer.log_tags(self.parent, tags)
         self.writer.log_dict(self.parent, summary["seeds"], "test_accuracy_by_seed.json")
+        description = self._description(
+            {**summary, ENSEMBLE_ACCURACY: ensemble[1] if ensemble else math.nan}, ensemble[2] if ensemble else None
+        )
         if median_run != self.parent:
             name = f"median seed ({summary[MEDIAN_ACCURACY]:.4%})"
-            self.writer.name_best_child(self.parent, median_run, name, {})
+            self.writer.name_best_child(self.parent, median_run, name, {}, note=description)
+        else:
+            self.writer.log_tags(self.parent, {NOTE: description})
         # Last: the end as a write-once param (the run's end_time can be moved through the API), then the same time
         # as the run's end_time. Every metric, tag and model of the final and its seeds (taken ones too) is before it.
         ended = int(time.time() * 1000)

@@ -67,6 +67,13 @@ def test_the_seeds_ensemble_is_one_model_that_predicts_what_final_measured(store
     # Each seed is a model of its own, and the median seed is the final's best child.
     seeds = [r for r in MlflowClient(store).search_runs([run.info.experiment_id]) if r.data.tags.get(schema.SEED)]
     assert len(seeds) == 3 and run.data.tags[schema.MEDIAN_RUN] in {r.info.run_id for r in seeds}
+    # Its page in the UI says what it is (it had no description but its best child's link).
+    median_errors = round((1 - run.data.metrics[schema.MEDIAN_ACCURACY]) * len(data.y_test))
+    note = run.data.tags[schema.NOTE]
+    assert note.startswith("Best child: [median seed (") and f"on all {len(data.y_train):,} training" in note
+    assert f"with 3 seed(s), each tested once on the {len(data.y_test):,} test examples" in note
+    assert f"({median_errors} errors), the seeds' ensemble" in note and f"({errors} errors)." in note
+    assert "from the task start" in note and "`mlflow-mnist promote`" in note
     model = mlflow.get_logged_model(run.data.tags[schema.ENSEMBLE_MODEL])
     assert model.source_run_id == run.info.run_id and model.model_type == "pyfunc-seed-ensemble"
     check_ended_last(MlflowClient(store), run)
