@@ -56,6 +56,7 @@ class Report:
     not_drawn: dict[str, str] = field(default_factory=dict)
     html_path: Path | None = None
     csv_path: Path | None = None
+    searches: int = 0  # search runs read (staged and joint)
 
 
 def build_report(
@@ -78,7 +79,7 @@ def build_report(
     summary = candidate_summary(folds, rope=rope) if not folds.empty else pd.DataFrame()
     verdicts = step_verdicts(summary) if not folds.empty else pd.DataFrame(columns=VERDICT_STEP_COLUMNS)
     campaign = campaign_correction(verdicts) if not folds.empty else pd.DataFrame()
-    report = Report(folds, summary, verdicts, campaign)
+    report = Report(folds, summary, verdicts, campaign, searches=searches["search"].nunique() if len(searches) else 0)
     figures = _Figures(report)
     if not searches.empty:
         figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")

@@ -354,16 +354,22 @@ class RunWriter:
         return model.model_id
 
 
-def log_report(client, experiment_name: str, folder: Path, run_id: str | None = None) -> str:
-    """Log an analysis folder under ``analysis/`` of ``run_id``, or of a new experiment-level "analysis" run."""
+def log_report(client, experiment_name: str, folder: Path, run_id: str | None = None, *, read: str = "") -> str:
+    """Log an analysis folder under ``analysis/`` of ``run_id``, or of a new experiment-level "analysis" run,
+    described (``read``: what the report was built from) so that its UI page says where the report is."""
+    note = (
+        "The analysis report, built from the tracking store alone: open `analysis/report.html` under Artifacts "
+        "(verdicts in `analysis/verdicts.csv`)." + (f" It read {read}." if read else "")
+    )
     if run_id:
         if LEVEL not in client.get_run(run_id).data.tags:  # the bare run `mlflow run -e analyze` made
             client.update_run(run_id, name="analysis")
             client.set_tag(run_id, LEVEL, ANALYSIS_LEVEL)
+            client.set_tag(run_id, NOTE, redact(note))
         client.log_artifacts(run_id, str(folder), "analysis")
         return run_id
     experiment = client.get_experiment_by_name(experiment_name).experiment_id
-    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: ANALYSIS_LEVEL})
+    run = client.create_run(experiment, run_name="analysis", tags={LEVEL: ANALYSIS_LEVEL, NOTE: redact(note)})
     try:
         client.log_artifacts(run.info.run_id, str(folder), "analysis")
     except BaseException:

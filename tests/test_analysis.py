@@ -285,7 +285,10 @@ def test_report_links_every_figure_and_is_logged(campaign, tmp_path):
     campaign = report.campaign.set_index("step")
     assert campaign.loc["activation_1", "survives"] and campaign.loc["optimizer", "claim"] == "no practical effect"
     assert "Across the campaign" in text and "verdicts survive Holm across the 5 steps that tested it" in text
-    run_id = log_report(client, "mnist", tmp_path / "out")
+    run_id = log_report(client, "mnist", tmp_path / "out", read="3 search runs")
+    # Its page in the UI says where the report is and what it read (it had no description).
+    note = client.get_run(run_id).data.tags["mlflow.note.content"]
+    assert "open `analysis/report.html` under Artifacts" in note and note.endswith("It read 3 search runs.")
     logged = {f.path for f in client.list_artifacts(run_id, "analysis")}
     assert {"analysis/report.html", "analysis/comparisons.png", "analysis/verdicts.csv"} <= logged
 

@@ -128,7 +128,7 @@ def test_mlflow_run_logs_the_run_tree_mlflow3_natively_in_the_default_experiment
         "kernel_size=(3, 3)",
         "kernel_size=(5, 5)",
         "kernel_size=(7, 7)",
-        "reference",  # the carried-in configuration, trained afresh: what the analysis compares with
+        "reference: kernel_size=(3, 3)",  # the carried-in configuration, trained afresh: the analysis' yardstick
     ]
     client = _client(store)
     table = list(csv.DictReader(Path(client.download_artifacts(stage.info.run_id, "cv_results.csv")).open()))
@@ -200,3 +200,7 @@ def test_mlflow_run_logs_the_run_tree_mlflow3_natively_in_the_default_experiment
     assert report.returncode == 0, report.stderr[-3000:]
     assert "experiment 'Default': it holds the latest campaign runs" in report.stderr
     assert (tmp_path / "report" / "report.html").exists()
+    analysis = client.search_runs(["0"], "tags.`mlflow_mnist.level` = 'analysis'")
+    assert [r.data.tags[schema.NOTE].split("It read ")[1] for r in analysis] == [
+        f"1 search run (1 staged step, {len(folds)} folds) in experiment 'Default'."
+    ]
