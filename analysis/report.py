@@ -79,7 +79,9 @@ def build_report(
     summary = candidate_summary(folds, rope=rope) if not folds.empty else pd.DataFrame()
     verdicts = step_verdicts(summary) if not folds.empty else pd.DataFrame(columns=VERDICT_STEP_COLUMNS)
     campaign = campaign_correction(verdicts) if not folds.empty else pd.DataFrame()
-    report = Report(folds, summary, verdicts, campaign, searches=searches["search"].nunique() if len(searches) else 0)
+    report = Report(
+        folds, summary, verdicts, campaign, searches=searches["search_run_id"].nunique() if len(searches) else 0
+    )
     figures = _Figures(report)
     if not searches.empty:
         figures["anytime"] = anytime.plot_anytime(searches, out / "anytime.png")

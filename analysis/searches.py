@@ -65,8 +65,13 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
         )
         # A candidate's score is known when its last fold ends: its run closes with its whole group (a staged step
         # closes every grid point at its end, which drew the step as one vertical jump). Reused folds cost nothing.
+        # A candidate without fold runs under it (every fold reused, as in a stage run again) is scored at its
+        # own end. Mapped only where there are folds: pandas casts an empty lookup's dates to floats, and fails.
         last_fold = folds.groupby(tag_column(schema.PARENT))["end_time"].max()
-        scored_at = candidates["run_id"].map(last_fold).fillna(candidates["end_time"]) if len(candidates) else None
+        scored_at = candidates["end_time"].copy()
+        trained_here = candidates["run_id"].isin(last_fold.index)
+        if trained_here.any():
+            scored_at[trained_here] = candidates.loc[trained_here, "run_id"].map(last_fold)
         start = root["start_time"]
         epochs = folds.get(metric_column(schema.EPOCHS_RUN), pd.Series(0, index=folds.index)).fillna(0)
         spent = pd.DataFrame({"end": folds["end_time"], "fold_epochs": epochs.cumsum()})

@@ -376,6 +376,19 @@ def test_the_anytime_figure_places_each_grid_point_at_the_compute_spent_when_its
     assert table["fold_epochs"].max() == 42.0  # with the reference, trained last
 
 
+def test_a_stage_rerun_with_every_fold_reused_is_read_and_reported(store, tmp_path):
+    """From an audit: a finished stage run again ("0 to train, 10 reused", as a second `make run` does) made a
+    search run without fold runs under it, and `analyze` ended in a traceback (an empty fold lookup's dates).
+    Its candidates are scored at once, at no cost; the report is built."""
+    for _ in range(2):
+        log_stage(store, "batch_size", lambda p, fold: NOISE[fold] - 0.0001 * p["batch_size"])
+    table = search_table(read_runs(tracking.connect(store), ["mnist"]))
+    first, again = (table[table["search_run_id"] == run] for run in table["search_run_id"].unique())
+    assert first["fold_epochs"].max() == 42.0 and len(again) == 7 and (again["fold_epochs"] == 0).all()
+    report = build_report(tracking.connect(store), ["mnist"], tmp_path / "report")
+    assert report.html_path.exists() and report.searches == 2
+
+
 def test_the_progression_breaks_its_line_where_a_step_did_not_start_from_the_step_before(store, tmp_path):
     """Run learn_rate, then batch_size, then momentum: batch_size comes before learn_rate in the task's order, so
     it started from the task's learning rate, not learn_rate's choice; the figure joined them as one progression.
