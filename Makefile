@@ -3,15 +3,23 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# What users set (on make's command line or in the environment) is text, never make code: make expands a variable
+# it exports or reads, so `DATA='/x$(shell touch f)'` ran `touch` and `EXPERIMENT=team$budget` lost `$b`. Each such
+# value is taken as typed, once (`$(value ...)` into a simple variable, which is never expanded again).
+USER_VARIABLES := MLFLOW_TRACKING_URI DATA EXPERIMENT RUN_STAGES CHAMPION_EXPERIMENT PRECISION TRIALS MIN_EPOCHS \
+  PROMOTION TOP_RUNG_PARTS REPEATS CONFIGS CHAMPION_MODEL
+$(foreach v,$(USER_VARIABLES),$(if $(filter environment% command%,$(origin $(v))),$(eval override $(v) := $$(value $(v)))))
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 # Real MNIST: an explicit DATA=..., else $MLFLOW_MNIST_DATA, else the shared copy beside this checkout
 # (machines without internet), else empty: Keras downloads it.
 SHARED_MNIST := $(wildcard ../shared/datasets/mnist)
-DATA    ?= $(if $(MLFLOW_MNIST_DATA),$(MLFLOW_MNIST_DATA),$(SHARED_MNIST))
+ifeq ($(origin DATA),undefined)
+DATA := $(if $(value MLFLOW_MNIST_DATA),$(value MLFLOW_MNIST_DATA),$(SHARED_MNIST))
+endif
 EXPERIMENT ?= mnist
 RUN_STAGES ?= kernel_size pool_size
 # Recipes read what users set through the environment, quoted ("$$DATA"), never pasted into a command line: a
-# value is one argument whatever it holds (spaces, quotes, `;`), and no user value reaches the shell as code.
+# value is one argument whatever it holds (spaces, quotes, `;`, `*`), and no user value reaches the shell as code.
 export DATA EXPERIMENT RUN_STAGES
 
 .PHONY: setup run promote champion test test-fast lint ui clean postgres cluster-demo
@@ -28,7 +36,7 @@ setup: $(STAMP)
 # runs through `mlflow run`, then the final model (trained once, tested once) and the analysis report, all in
 # experiment $(EXPERIMENT). About 2.5 minutes on 2 cores once installed. Promotion is left to you: `make promote`.
 run: setup
-	@for stage in $$RUN_STAGES; do \
+	@set -f; for stage in $$RUN_STAGES; do \
 	  echo "mlflow run . -P stage=$$stage"; \
 	  mlflow run . --env-manager local --experiment-name "$$EXPERIMENT" -P stage="$$stage" -P data="$$DATA" || exit 1; \
 	done

@@ -23,9 +23,9 @@ with open(os.environ["RECORD"], "a") as out:
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def _make(tmp_path: Path, target: str, **variables: str) -> tuple[list[dict], str]:
-    """``make target`` with a stand-in venv whose ``mlflow`` records each call; returns the calls and make's
-    output."""
+def _make(tmp_path: Path, target: str, *arguments: str, **variables: str) -> tuple[list[dict], str]:
+    """``make target`` (with ``arguments``: variables on make's command line; ``variables``: in its environment)
+    with a stand-in venv whose ``mlflow`` records each call; returns the calls and make's output."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     mlflow = venv / "bin" / "mlflow"
@@ -35,7 +35,7 @@ def _make(tmp_path: Path, target: str, **variables: str) -> tuple[list[dict], st
     record = tmp_path / "calls.jsonl"
     env = {**os.environ, "RECORD": str(record), **variables}
     done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), target, f"VENV={venv}"],
+        ["make", "--no-print-directory", "-C", str(ROOT), target, f"VENV={venv}", *arguments],
         env=env,
         capture_output=True,
         text=True,
@@ -56,6 +56,25 @@ def test_user_values_reach_mlflow_as_single_arguments_never_as_shell_code(tmp_pa
     assert f"data={data}" in stage["argv"] and f"data={data}" in final["argv"]
     assert all(call["argv"][call["argv"].index("--experiment-name") + 1] == "my experiment" for call in calls)
     assert analyze["argv"][:3] == ["run", ".", "-e"]
+
+
+def test_user_values_are_never_make_code_either(tmp_path):
+    """From an audit: make expands the variables it exports and reads, so a `$(shell ...)` in DATA on make's command
+    line, or in $MLFLOW_MNIST_DATA, ran (before the shell's quoting could help) and `team$budget` lost `$b`; a
+    stage of `*` was globbed into the folder's files. Every value now reaches mlflow as typed."""
+    planted = tmp_path / "planted"
+    data, experiment = f"/data/x$(shell touch {planted})", "team$budget"
+    calls, _ = _make(tmp_path, "run", f"DATA={data}", f"EXPERIMENT={experiment}", "RUN_STAGES=* pool_size")
+    stages = [call["argv"][call["argv"].index("-P") + 1] for call in calls[:-2]]
+    assert stages == ["stage=*", "stage=pool_size"] and not planted.exists()
+    assert all(f"data={data}" in call["argv"] for call in calls[:-1])
+    assert all(call["argv"][call["argv"].index("--experiment-name") + 1] == experiment for call in calls)
+    from_environment = f"/env$(shell touch {planted})"
+    calls, _ = _make(tmp_path / "env", "run", MLFLOW_MNIST_DATA=from_environment, MLFLOW_TRACKING_URI="sqlite:///$(x)")
+    assert not planted.exists() and all(f"data={from_environment}" in call["argv"] for call in calls[:-1])
+    calls, _ = _make(tmp_path / "champion", "champion", f"TRIALS=8$(shell touch {planted})", PRECISION="$(y)")
+    assert not planted.exists() and f"trials=8$(shell touch {planted})" in calls[0]["argv"]
+    assert "precision=$(y)" in calls[0]["argv"]
 
 
 def test_make_ui_gives_the_store_through_the_environment_not_the_command_line(tmp_path):
