@@ -104,10 +104,11 @@ def _read_key(path: Path) -> bytes:
     where = f"${SEAL_KEY_ENV} ({path})"
     try:
         info = path.stat()
-    except OSError:
+    except OSError:  # the value is not echoed: set to the key itself by mistake, it would be printed
         raise SealKeyError(
-            f"{where} does not exist or cannot be read: make one with "
-            f"`umask 077; head -c 32 /dev/urandom | base64 > {path}`, or unset the variable"
+            f"${SEAL_KEY_ENV} names no file that exists or can be read (its value is not shown: it may be the key "
+            f"itself): set it to the key file's path; make one with `umask 077; head -c 32 /dev/urandom | base64 > "
+            f"KEYFILE`, or unset the variable"
         ) from None
     if not stat.S_ISREG(info.st_mode):
         raise SealKeyError(f"{where} is not a regular file: point it at the key file itself")

@@ -223,9 +223,9 @@ BAD_INPUTS = [
     ("promote a missing experiment", ["promote", "--experiment", "nowhere"], {}, "experiment 'nowhere' does not exist"),
     ("configs without a search", ["final", "--configs", "2", "--repeats", "4"], {}, "pass --search latest"),
     ("final of a search never run", ["final", "--search", "latest"], {}, "no finished joint search on this data"),
-    ("a seal key file that is not there", [], {"MLFLOW_MNIST_SEAL_KEY_FILE": "{readonly}/no.key"}, "does not exist"),
+    ("a seal key file that is not there", [], {"MLFLOW_MNIST_SEAL_KEY_FILE": "{readonly}/no.key"}, "names no file"),
     ("final with a seal key folder", ["final"], {"MLFLOW_MNIST_SEAL_KEY_FILE": "{readonly}"}, "not a regular file"),
-    ("promote, seal key missing", ["promote"], {"MLFLOW_MNIST_SEAL_KEY_FILE": "{readonly}/no.key"}, "does not exist"),
+    ("promote, seal key missing", ["promote"], {"MLFLOW_MNIST_SEAL_KEY_FILE": "{readonly}/no.key"}, "names no file"),
     ("final of a search without a store", ["final", "--search", "latest"], {}, "there is no tracking store at"),
     (
         "final of a search in a misspelt experiment",

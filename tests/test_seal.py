@@ -104,7 +104,7 @@ def _owned_by_another(path: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "says"),
     [
-        (lambda folder: folder / "missing.key", "does not exist"),
+        (lambda folder: folder / "missing.key", "names no file that exists"),
         (lambda folder: folder, "not a regular file"),
         (lambda folder: _key_file(folder, mode=0o644), "chmod 600"),
         (lambda folder: _key_file(folder, mode=0o620), "chmod 600"),
@@ -118,6 +118,16 @@ def test_an_unusable_key_file_is_refused_in_one_line_that_never_shows_the_key(tm
         active_seal()
     assert says in str(refused.value) and "\n" not in str(refused.value)
     assert "short-secret" not in str(refused.value) and "kkkk" not in str(refused.value)
+
+
+def test_a_key_given_as_the_variables_value_is_not_printed(monkeypatch):
+    """From an audit: the variable set to the key itself, not its file's path, was echoed in the refusal, with
+    advice to write a new key into a file named after the old one."""
+    key = "SealKeyZZ0123456789abcdefghijklmnopqrstuvwxyz+/="
+    monkeypatch.setenv(SEAL_KEY_ENV, key)
+    with pytest.raises(SealKeyError) as refused:
+        active_seal()
+    assert "names no file that exists" in str(refused.value) and "SealKeyZZ" not in str(refused.value)
 
 
 def test_no_variable_means_no_seal_an_empty_one_is_refused_and_a_good_file_gives_one(tmp_path, monkeypatch):
