@@ -277,6 +277,26 @@ def main() -> None:
     resume, reuse and promote), MLFLOW_MNIST_LEASE_SECONDS (the campaign lock's TTL, seconds).
     """
     _quiet_libraries()
+    _warn_of_a_password_in_the_uri()
+
+
+def _warn_of_a_password_in_the_uri() -> None:
+    """This process redacts what it prints, but MLflow's own `mlflow run` launcher prints the tracking URI as it is,
+    userinfo included, in its closing "View run ... at:" lines (and its tracebacks): say where a password belongs."""
+    from urllib.parse import urlsplit
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    try:
+        parts = urlsplit(uri)
+        has_password = parts.scheme in ("http", "https") and bool(parts.password)
+    except ValueError:  # a malformed URI: connect says so in its own line
+        return
+    if has_password:
+        click.echo(
+            "warning: MLFLOW_TRACKING_URI holds a password, which `mlflow run` prints in its 'View run' lines: put "
+            "the user in MLFLOW_TRACKING_USERNAME and the password in MLFLOW_TRACKING_PASSWORD instead",
+            err=True,
+        )
 
 
 @main.command()

@@ -293,6 +293,21 @@ def test_no_secret_in_any_output_of_a_failing_command(tmp_path, hostile_server, 
     assert shown in output, output[-3000:]  # the failure path this case is about was taken
 
 
+def test_a_password_in_the_uri_is_warned_of_since_mlflow_run_prints_the_uri_as_it_is(tmp_path):
+    """From an audit: our output is redacted, but `mlflow run`'s launcher prints the tracking URI, userinfo and all,
+    in its closing "View run ... at:" lines. A password in the URI is warned of (without showing it); credentials
+    in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD are not."""
+    closed = free_port()
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_RUN_ID": "", "MLFLOW_TRACKING_PASSWORD": ""}
+    inline = cli("promote", env={**quick, "MLFLOW_TRACKING_URI": f"http://alice:{PW}@127.0.0.1:{closed}"}, cwd=tmp_path)
+    lines = (inline.stdout + inline.stderr).strip().splitlines()
+    assert lines[0].startswith("warning: MLFLOW_TRACKING_URI holds a password, which `mlflow run` prints")
+    assert "MLFLOW_TRACKING_PASSWORD instead" in lines[0] and PW not in inline.stdout + inline.stderr
+    apart = {**quick, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed}", "MLFLOW_TRACKING_USERNAME": "alice"}
+    separate = cli("promote", env={**apart, "MLFLOW_TRACKING_PASSWORD": PW}, cwd=tmp_path)
+    assert "warning" not in separate.stdout + separate.stderr and separate.returncode == 2
+
+
 # -- TensorFlow's start-up lines ------------------------------------------------------------------------------
 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "Could not find cuda drivers", "I0000")
