@@ -382,6 +382,11 @@ def _sqlite_path(uri: str) -> Path | None:
         raise TrackingError(f"the SQLite store {path} is not a file: remove it or set MLFLOW_TRACKING_URI")
     if path.exists():
         _check_mlflow_store(path)
+        if not os.access(path, os.W_OK):  # MLflow's first write failed with a SQLAlchemy traceback, 67 lines
+            raise TrackingError(
+                f"cannot write the SQLite store {path}: the file is read-only for this user (make it writable, "
+                f"`chmod u+w`, or set MLFLOW_TRACKING_URI)"
+            )
     if not path.parent.exists():
         raise TrackingError(
             f"the SQLite store's folder {path.parent} does not exist: create it or set MLFLOW_TRACKING_URI"

@@ -5,6 +5,7 @@ Each refusal is one line, exit code 2, and nothing written (the store's bytes, o
 from __future__ import annotations
 
 import hashlib
+import os
 import pwd
 import sqlite3
 from pathlib import Path
@@ -294,6 +295,29 @@ def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_pat
     assert _dump(tmp_path / "mlflow.db") == before
     assert tracking.resolve_experiment(client, "Default").experiment_id == "0"  # a writer's
     assert client.get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
+
+
+def test_a_read_only_store_file_is_one_line_before_anything_is_tried(tmp_path, monkeypatch):
+    """From an audit: a store file the user cannot write (`chmod 444`; `chattr +i` for root) got MLflow's first
+    write's SQLAlchemy error and traceback, 67 lines, and advice to "check that it is up". The file's write access is
+    checked with the folder's, before anything is written. (Made read-only through `os.access`, what the check asks:
+    permission bits do not stop root, and tmpfs, where the tests run, has no immutable flag.)"""
+    uri = _new_store(tmp_path)
+    store = tmp_path / "mlflow.db"
+    before = _dump(store)
+    real_access = os.access
+    monkeypatch.setattr(
+        tracking.os,
+        "access",
+        lambda path, mode: False if Path(path) == store and mode & os.W_OK else real_access(path, mode),
+    )
+    with pytest.raises(tracking.TrackingError) as refused:
+        tracking.connect(uri)
+    assert str(refused.value) == (
+        f"cannot write the SQLite store {store}: the file is read-only for this user (make it writable, `chmod u+w`, "
+        f"or set MLFLOW_TRACKING_URI)"
+    )
+    assert _dump(store) == before
 
 
 @pytest.fixture
