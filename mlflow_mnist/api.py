@@ -220,13 +220,23 @@ def _check_space_covers_start(task, space, overrides: str) -> None:
 
 def _check_grids(task, steps, overrides: str, epochs: int) -> None:
     """Every grid point of ``steps`` on top of the task's start and ``overrides``, validated as ``Campaign.open``
-    validates the overrides alone: a bad grid value of a task's own, or a clash (``kernel_size=(13, 13)`` leaves no
-    room for ``pool_size=(5, 5)``), is one line naming the step before the store is reached, not a refusal once the
-    store, the experiment and the lock exist."""
-    from mlflow_mnist.params import HyperparameterError
+    validates the overrides alone: a bad grid value of a task's own, a clash (``kernel_size=(13, 13)`` leaves no
+    room for ``pool_size=(5, 5)``) or an override the grid would ignore is one line naming the step before the store
+    is reached, not a refusal once the store, the experiment and the lock exist."""
+    from mlflow_mnist.params import HyperparameterError, StageError, format_value
     from mlflow_mnist.strategies.staged import step_candidates
 
-    fixed = {**task.start, "epochs": epochs, **task.parse_overrides(overrides)}
+    parsed = task.parse_overrides(overrides)
+    fixed = {**task.start, "epochs": epochs, **parsed}
+    task.validate(fixed)  # as Campaign.open will: a bad value is said as such, before what the grid does with it
+    # An override of what every step varies sets nothing: each grid point takes its own value (it was ignored
+    # without a word). One that only some steps vary is kept: it holds the others fixed.
+    ignored = [key for key in parsed if steps and all(key in step.varied for step in steps)]
+    if ignored:
+        raise StageError(
+            f"--overrides {ignored[0]}={format_value(parsed[ignored[0]])} would be ignored: the stage searches "
+            f"{ignored[0]} over its grid; leave it out, or give a stage that holds {ignored[0]} fixed"
+        )
     for step in steps:
         for spec in step_candidates(step, fixed):
             try:

@@ -173,6 +173,12 @@ BAD_INPUTS = [
         {},
         "pool_size=(5, 5) does not fit the 4x4 feature map left by kernel_size=(13, 13)",
     ),  # fmt: skip
+    (
+        "an override of what the stage searches",
+        ["--stage", "pool_size", "--overrides", "pool_size=(2,2)"],
+        {},
+        "--overrides pool_size=(2, 2) would be ignored: the stage searches pool_size over its grid",
+    ),  # fmt: skip
     ("a stage and a space", ["--space", "seed"], {}, "--stage kernel_size and --space seed"),
     ("a stage for a joint search", ["--strategy", "random"], {}, "searches a space, not a stage: leave out --stage"),
     (
