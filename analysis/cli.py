@@ -76,7 +76,7 @@ def analyze_api(
 
 
 def _what_was_read(report, experiments: Sequence[str]) -> str:
-    """``"3 search runs (2 staged steps, 27 folds) in experiment 'mnist'"``, for the analysis run's page."""
+    """``"3 search runs (2 staged steps, 27 folds) in experiment 'campaign'"``, for the analysis run's page."""
     steps = report.folds["step"].nunique() if not report.folds.empty else 0
     staged = f" ({steps} staged step{'s' * (steps != 1)}, {len(report.folds)} folds)" if steps else ""
     where = ", ".join(repr(name) for name in experiments)
