@@ -6,9 +6,11 @@ import pytest
 from mlflow_mnist.params import HyperparameterError
 from mlflow_mnist.tasks.mnist.model import (
     HYPERPARAMETERS,
+    MAX_PARAMETERS,
     SEED_START,
     build_model,
     count_training_flops,
+    parameter_count,
     validate_params,
 )
 
@@ -35,12 +37,24 @@ def test_seed_start_names_every_hyperparameter():
         ({"learn_rate": 0}, r"learn_rate=0 must be at least"),
         ({"momentum": 1.5}, r"momentum=1.5 must be at least 0.0 and below 1.0"),
         ({"colour": "red"}, r"unknown hyperparameter 'colour'"),
+        ({"neurons_1": 10**9}, r"neurons_1=1000000000, neurons_2=\d+, neurons_3=\d+ make a model of [\d,]+ weights"),
     ],
 )
 def test_invalid_values_are_rejected_before_training(change, message):
     with pytest.raises(HyperparameterError, match=message) as caught:
         validate_params({**SEED_START, **change})
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"kernel_size": (3, 5), "pool_size": (3, 2), "neurons_1": 7}, {"neurons_2": 64, "neurons_3": 192}],
+)
+def test_the_weight_bound_counts_the_weights_the_model_has(change):
+    """From an audit: `neurons_1=1e9` passed validation and every fold failed out of memory. The bound counts the
+    weights from the shapes alone: exactly what the built model has."""
+    params = validate_params({**SEED_START, **change})
+    assert parameter_count(params) == build_model(params, n_classes=10).count_params() < MAX_PARAMETERS
 
 
 def test_pool_size_and_optimizer_are_honoured():

@@ -166,6 +166,7 @@ BAD_INPUTS = [
     ),
     ("text for a number", ["--epochs", "six"], {}, "'six' is not a valid integer"),
     ("infinite learning rate", ["--overrides", "learn_rate=inf"], {}, "learn_rate='inf' must be a finite number"),
+    ("a model too big to train", ["--overrides", "neurons_1=1000000000"], {}, "weights, more than 50,000,000"),
     ("an override twice", ["--overrides", "neurons_1=3,neurons_1=4"], {}, "'neurons_1' is given twice"),
     (
         "an override a grid point cannot take",

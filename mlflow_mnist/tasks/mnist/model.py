@@ -130,7 +130,26 @@ def validate_params(params: Params) -> Params:
         raise HyperparameterError(
             f"pool_size={pool} does not fit the {side[0]}x{side[1]} feature map left by kernel_size={kernel}"
         )
+    weights = parameter_count(clean)
+    if weights > MAX_PARAMETERS:  # `neurons_1=1e9` trained every fold into an out-of-memory failure
+        raise HyperparameterError(
+            f"neurons_1={clean['neurons_1']}, neurons_2={clean['neurons_2']}, neurons_3={clean['neurons_3']} make a "
+            f"model of {weights:,} weights, more than {MAX_PARAMETERS:,} (training needs about 16 bytes each): use "
+            f"fewer neurons"
+        )
     return clean
+
+
+MAX_PARAMETERS = 50_000_000  # the spaces' largest model has about 1.5 million
+
+
+def parameter_count(p: Params, n_classes: int = 10) -> int:
+    """The weights :func:`build_model` makes for ``p`` (validated), computed from the shapes: two valid
+    convolutions, pooling, a dense layer and the output layer."""
+    (k0, k1), (p0, p1) = p["kernel_size"], p["pool_size"]
+    n1, n2, n3 = p["neurons_1"], p["neurons_2"], p["neurons_3"]
+    flat = ((IMAGE_SIDE - 2 * (k0 - 1)) // p0) * ((IMAGE_SIDE - 2 * (k1 - 1)) // p1) * n2
+    return (k0 * k1 * n1 + n1) + (k0 * k1 * n1 * n2 + n2) + (flat * n3 + n3) + (n3 * n_classes + n_classes)
 
 
 def make_optimizer(name: str, learn_rate: float, momentum: float):
