@@ -68,7 +68,8 @@ def refusal_line(uri: str, error: BaseException) -> str | None:
         who = f"MLflow user {user!r}" if user else "this MLflow user"
         return (
             f"the tracking server at {redact(uri)} refused {who} permission ({reason}): a driver needs EDIT on its "
-            f"experiment (MANAGE to create one): ask the server's admin (docs/cluster.md, step 2)"
+            f"experiment (MANAGE to create one): ask the server's admin (docs/cluster.md, step 2); MLflow's auth "
+            f"answers the same for an experiment that does not exist: check its name"
         )
     # By its text only: MlflowException's default code is INTERNAL_ERROR, which a lost connection carries too.
     if re.search(r"error code 5\d\d\b", text):
@@ -240,6 +241,15 @@ def tracking_uri() -> str:
 
 
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# The pip package that provides a database driver's module (a MySQL URI was told to install PostgreSQL's).
+DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
 
 
 def _reach_database(uri: str, timeout: float = 5.0) -> None:
@@ -265,7 +275,7 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
         module = getattr(error, "name", "") or "its driver"
         raise TrackingError(
             f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
-            f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
+            f"installed: pip install {DRIVER_PACKAGES.get(module, 'it')} or use another MLFLOW_TRACKING_URI"
         ) from None
     except Exception:  # noqa: BLE001 - an unknown dialect: MLflow's own client says what is wrong below
         pass
@@ -463,7 +473,7 @@ def _first_answer(uri: str):
         module = getattr(error, "name", "") or "its driver"
         raise TrackingError(
             f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
-            f"installed: pip install it (PostgreSQL: psycopg2-binary) or use another MLFLOW_TRACKING_URI"
+            f"installed: pip install {DRIVER_PACKAGES.get(module, 'it')} or use another MLFLOW_TRACKING_URI"
         ) from None
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
         reason = first_line(error, 160)
