@@ -212,7 +212,12 @@ BAD_INPUTS = [
         {"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:{port}"},
         "does not exist",
     ),  # fmt: skip
-    ("database without its driver", [], {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"}, "pip install mysqlclient"),
+    (
+        "database without its driver",
+        [],
+        {"MLFLOW_TRACKING_URI": "mysql://u@127.0.0.1:{port}/m"},
+        "pip install mysqlclient",
+    ),
     ("promote without a store", ["promote"], {}, "there is no tracking store at sqlite:///"),
     ("a model name with a slash", ["promote", "--name", "team/digits"], {}, "is not a name promote registers"),
     # MLflow took these: the newline printed a forged second line, the lock's names were deleted by the next lock.
