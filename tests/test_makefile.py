@@ -21,6 +21,11 @@ with open(os.environ["RECORD"], "a") as out:
 """
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+# What the Makefile exports to its recipes (and so to a `make test` run's environment).
+MAKEFILE_VARIABLES = (
+    "DATA", "EXPERIMENT", "RUN_STAGES", "CHAMPION_EXPERIMENT", "PRECISION", "TRIALS", "MIN_EPOCHS", "PROMOTION",
+    "TOP_RUNG_PARTS", "REPEATS", "CONFIGS", "CHAMPION_MODEL",
+)  # fmt: skip
 
 
 def _make(tmp_path: Path, target: str, *arguments: str, **variables: str) -> tuple[list[dict], str]:
@@ -33,7 +38,10 @@ def _make(tmp_path: Path, target: str, *arguments: str, **variables: str) -> tup
     mlflow.chmod(0o755)
     (venv / ".installed-stamp").touch()  # newer than pyproject.toml: setup has nothing to do
     record = tmp_path / "calls.jsonl"
-    env = {**os.environ, "RECORD": str(record), **variables}
+    # Under `make test`, the outer make exports its own DATA, EXPERIMENT, ... (and MAKEFLAGS): a test's values
+    # must not lose to them.
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", *MAKEFILE_VARIABLES}
+    env = {**{k: v for k, v in os.environ.items() if k not in outer}, "RECORD": str(record), **variables}
     done = subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), target, f"VENV={venv}", *arguments],
         env=env,
