@@ -142,9 +142,9 @@ class FinalTree:
         self.repeats, self.configs, self.sources = repeats, list(configs), sources
         return self.parent
 
-    def _description(self, summary: Mapping[str, Any], ensemble_errors: int | None) -> str:
+    def _description(self, summary: Mapping[str, Any], ensemble: tuple[float, int] | None) -> str:
         """What the final is, for its page in the UI: what it trained, where the configuration came from, what the
-        test said, and what to run next."""
+        test said (``ensemble``: the seeds' ensemble's accuracy and errors, if any), and what to run next."""
         n_test, n_seeds = len(self.data.y_test), summary["n_repeats"]
         median = summary[MEDIAN_ACCURACY]
         median_errors = round((1 - median) * n_test)
@@ -154,11 +154,7 @@ class FinalTree:
             f"Trained {configs} (from {where or 'the task start'}) on all {len(self.data.y_train):,} training "
             f"examples with {n_seeds} seed(s), each tested once on the {n_test:,} test examples: median seed "
             f"{median:.4%} ({median_errors} errors)"
-            + (
-                f", the seeds' ensemble {summary[ENSEMBLE_ACCURACY]:.4%} ({ensemble_errors} errors)"
-                if ensemble_errors is not None
-                else ""
-            )
+            + (f", the seeds' ensemble {ensemble[0]:.4%} ({ensemble[1]} errors)" if ensemble else "")
             + ".",
             "Next: `mlflow-mnist promote` gates it and registers the model if it passes.",
         ]
@@ -250,9 +246,7 @@ class FinalTree:
             tags[ENSEMBLE_MODEL] = model_id
         self.writer.log_tags(self.parent, tags)
         self.writer.log_dict(self.parent, summary["seeds"], "test_accuracy_by_seed.json")
-        description = self._description(
-            {**summary, ENSEMBLE_ACCURACY: ensemble[1] if ensemble else math.nan}, ensemble[2] if ensemble else None
-        )
+        description = self._description(summary, ensemble[1:] if ensemble else None)
         if median_run != self.parent:
             name = f"median seed ({summary[MEDIAN_ACCURACY]:.4%})"
             self.writer.name_best_child(self.parent, median_run, name, {}, note=description)

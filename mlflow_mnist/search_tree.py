@@ -263,7 +263,7 @@ class SearchTree:
         runs.logging.append(future)
 
     def _log_fold(self, plan: Plan, runs: _GroupRuns, task: FoldTask, result: FoldResult) -> None:
-        candidate = _candidate(plan, task.candidate_index)
+        candidate = plan.candidates[task.candidate_index]  # a candidate's index is its place in the plan
         parent = self._candidate_run(candidate, plan, runs, start_ms=result.started_ms or _now_ms())
         name = f"fold {task.fold + 1}/{task.n_folds}"
         fold_tags = FoldTags(
@@ -394,11 +394,6 @@ class SearchTree:
         self.writer.finish(self.root)
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-
-
-def _candidate(plan: Plan, index: int) -> Candidate:
-    found = plan.candidates[index] if index < len(plan.candidates) else None
-    return found if found is not None and found.index == index else next(c for c in plan.candidates if c.index == index)
 
 
 def _candidate_metrics(row: Mapping[str, Any]) -> dict[str, float]:

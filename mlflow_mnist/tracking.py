@@ -252,6 +252,15 @@ DRIVER_PACKAGES = {
 }
 
 
+def _missing_driver(uri: str, error: ImportError) -> TrackingError:
+    """A database URI whose Python driver is not installed, found by the probe or by MLflow's own client."""
+    module = getattr(error, "name", "") or "its driver"
+    return TrackingError(
+        f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
+        f"installed: pip install {DRIVER_PACKAGES.get(module, 'it')} or use another MLFLOW_TRACKING_URI"
+    )
+
+
 def _reach_database(uri: str, timeout: float = 5.0) -> None:
     """A database-backed store has its driver installed and its host and port answer within seconds, or one line
     says which is wrong: MLflow's own engine would retry with doubling sleeps for about 100 s before it gave up."""
@@ -272,11 +281,7 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
 
         make_url(uri).get_dialect().import_dbapi()
     except ImportError as error:
-        module = getattr(error, "name", "") or "its driver"
-        raise TrackingError(
-            f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
-            f"installed: pip install {DRIVER_PACKAGES.get(module, 'it')} or use another MLFLOW_TRACKING_URI"
-        ) from None
+        raise _missing_driver(uri, error) from None
     except Exception:  # noqa: BLE001 - an unknown dialect: MLflow's own client says what is wrong below
         pass
     try:
@@ -470,29 +475,23 @@ def _first_answer(uri: str):
             f"http(s)://SERVER or a database URL such as postgresql://HOST/DB"
         ) from None
     except ImportError as error:  # a database URI whose driver is not installed
-        module = getattr(error, "name", "") or "its driver"
-        raise TrackingError(
-            f"the tracking URI {redact(uri)} needs the Python package providing {module!r}, which is not "
-            f"installed: pip install {DRIVER_PACKAGES.get(module, 'it')} or use another MLFLOW_TRACKING_URI"
-        ) from None
+        raise _missing_driver(uri, error) from None
     except Exception as error:  # noqa: BLE001 - every failure mode gets the same one-line advice
-        reason = first_line(error, 160)
+        text, reason = str(error), first_line(error, 160)
         code = getattr(error, "error_code", "")
-        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", str(error)):
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or re.search(r"error code (401|403)\b", text):
             raise TrackingError(
                 f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): check "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
             ) from None
-        text = str(error)
         if uri.startswith("https://") and answered_in_plain_http(text):
             raise TrackingError(
                 f"the tracking server at {redact(uri)} answered in plain HTTP, not TLS: set MLFLOW_TRACKING_URI to "
                 f"http://... if it is meant to be plain, or serve it with TLS (docs/cluster.md)"
             ) from None
+        # The server is up and only its certificate was not trusted ("cannot reach" sent users to start it).
         certificate = certificate_reason(text)
-        if (
-            certificate
-        ):  # the server is up; only its certificate was not trusted ("cannot reach" sent users to start it)
+        if certificate:
             raise TrackingError(
                 f"the tracking server at {redact(uri)} answered, but its TLS certificate was not verified "
                 f"({certificate}): set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA certificate that "

@@ -293,7 +293,7 @@ class MlflowServer:
         """What a driver needs: the server's URI and, with auth, a user's credentials (environment only)."""
         env = {"MLFLOW_TRACKING_URI": self.uri}
         if self.tls:
-            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(self.tls / "ca.pem")
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = self.verify
         if user is not None:
             env |= {"MLFLOW_TRACKING_USERNAME": user[0], "MLFLOW_TRACKING_PASSWORD": user[1]}
         return env

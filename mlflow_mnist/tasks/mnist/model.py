@@ -120,8 +120,7 @@ def validate_params(params: Params) -> Params:
     clean["batch_size"] = check_number("batch_size", params["batch_size"], int, 1, None)
     kernel = clean["kernel_size"] = as_pair("kernel_size", params["kernel_size"])
     pool = clean["pool_size"] = as_pair("pool_size", params["pool_size"])
-    # Two valid convolutions shrink each side by (k - 1) twice; pooling must then fit what is left.
-    side = [IMAGE_SIDE - 2 * (k - 1) for k in kernel]
+    side = _after_convolutions(kernel)  # pooling must fit what is left
     if min(side) < 1:
         raise HyperparameterError(
             f"kernel_size={kernel} is too large for a 28x28 image after two convolutions: use at most (14, 14)"
@@ -140,16 +139,27 @@ def validate_params(params: Params) -> Params:
     return clean
 
 
-MAX_PARAMETERS = 50_000_000  # the spaces' largest model has about 1.5 million
+# The spaces' largest model (wide: 3x3 kernels, no pooling, the widest layers) has 7.1 million.
+MAX_PARAMETERS = 50_000_000
+
+
+def _after_convolutions(kernel: tuple[int, int]) -> list[int]:
+    """The feature map's sides after the two valid convolutions: each shrinks a side by (k - 1)."""
+    return [IMAGE_SIDE - 2 * (k - 1) for k in kernel]
+
+
+def _flat_features(p: Params) -> int:
+    """What the dense layer reads: the second convolution's maps, pooled, flattened."""
+    (h2, w2), (ph, pw) = _after_convolutions(p["kernel_size"]), p["pool_size"]
+    return (h2 // ph) * (w2 // pw) * p["neurons_2"]
 
 
 def parameter_count(p: Params, n_classes: int = 10) -> int:
     """The weights :func:`build_model` makes for ``p`` (validated), computed from the shapes: two valid
     convolutions, pooling, a dense layer and the output layer."""
-    (k0, k1), (p0, p1) = p["kernel_size"], p["pool_size"]
-    n1, n2, n3 = p["neurons_1"], p["neurons_2"], p["neurons_3"]
-    flat = ((IMAGE_SIDE - 2 * (k0 - 1)) // p0) * ((IMAGE_SIDE - 2 * (k1 - 1)) // p1) * n2
-    return (k0 * k1 * n1 + n1) + (k0 * k1 * n1 * n2 + n2) + (flat * n3 + n3) + (n3 * n_classes + n_classes)
+    (k0, k1), (n1, n2, n3) = p["kernel_size"], (p["neurons_1"], p["neurons_2"], p["neurons_3"])
+    conv = (k0 * k1 * n1 + n1) + (k0 * k1 * n1 * n2 + n2)
+    return conv + (_flat_features(p) * n3 + n3) + (n3 * n_classes + n_classes)
 
 
 def make_optimizer(name: str, learn_rate: float, momentum: float):
@@ -268,11 +278,10 @@ def build_model(
 def count_training_flops(params: Params, n_classes: int = 2) -> float:
     """Floating-point operations to train on one image (forward + backward ~ 3x forward multiply-adds x 2)."""
     p = validate_params(params)
-    (kh, kw), (ph, pw) = p["kernel_size"], p["pool_size"]
+    kh, kw = p["kernel_size"]
     h1, w1 = IMAGE_SIDE - kh + 1, IMAGE_SIDE - kw + 1
-    h2, w2 = h1 - kh + 1, w1 - kw + 1
+    h2, w2 = _after_convolutions((kh, kw))
     macs = h1 * w1 * p["neurons_1"] * kh * kw * 1
     macs += h2 * w2 * p["neurons_2"] * kh * kw * p["neurons_1"]
-    flat = (h2 // ph) * (w2 // pw) * p["neurons_2"]
-    macs += flat * p["neurons_3"] + p["neurons_3"] * n_classes
+    macs += _flat_features(p) * p["neurons_3"] + p["neurons_3"] * n_classes
     return 3 * 2 * float(macs)
