@@ -47,6 +47,7 @@ from mlflow_mnist.schema import (
     step_name,
 )
 from mlflow_mnist.seal import RunSeal, trusted
+from mlflow_mnist.store_schema import schema_line
 from mlflow_mnist.tls_answers import answered_in_plain_http, certificate_reason, speaks_tls
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -484,6 +485,9 @@ def _first_answer(uri: str):
                 f"the tracking server at {redact(uri)} refused our credentials ({reason[:60]}...): check "
                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
             ) from None
+        schema_refusal = schema_line(uri, text)
+        if schema_refusal:
+            raise TrackingError(schema_refusal) from None
         if uri.startswith("https://") and answered_in_plain_http(text):
             raise TrackingError(
                 f"the tracking server at {redact(uri)} answered in plain HTTP, not TLS: set MLFLOW_TRACKING_URI to "

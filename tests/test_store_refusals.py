@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,6 +215,60 @@ def test_new_stores_and_stores_mlflow_built_are_still_accepted(tmp_path, monkeyp
     MlflowClient(f"sqlite:///{built}").create_experiment("kept")
     client = tracking.connect(f"sqlite:///{built}", existing=True)
     assert {e.name for e in client.search_experiments()} == {"Default", "kept"}
+
+
+# --- stores another MLflow wrote ------------------------------------------------------------------------------------
+
+
+def _migrations():
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    return ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+
+
+def _older_revision() -> str:
+    """The revision before the installed MLflow's head: what a store an older MLflow wrote holds."""
+    script = _migrations()
+    return script.get_revision(script.get_heads()[0]).down_revision
+
+
+def _env(uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri}
+
+
+SCHEMAS = {  # what the store's alembic_version says -> what the line must say
+    "a newer MLflow": (lambda: "0123456789ab", "was written by a newer MLflow than the installed"),
+    "an older MLflow": (_older_revision, "was written by an older MLflow"),
+}
+
+
+@pytest.mark.parametrize("writer", list(SCHEMAS))
+def test_a_store_another_mlflow_wrote_says_which_mlflow_to_run(tmp_path, monkeypatch, writer):
+    """MLflow refuses both with "out-of-date database schema ... run mlflow db upgrade", which this MLflow cannot
+    do for a newer store; the tool said "cannot reach ... start the server". The newer one is told to install
+    that MLflow, the older one to upgrade it (the command given works), and neither is touched."""
+    revision, message = SCHEMAS[writer]
+    monkeypatch.setenv("MLFLOW_MNIST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracking.connect(uri)
+    with sqlite3.connect(db) as database:
+        database.execute("UPDATE alembic_version SET version_num = ?", (revision(),))
+    database.close()
+    before = _digest(db)
+    line = _one_line(cli("promote", env={"MLFLOW_TRACKING_URI": uri}, cwd=tmp_path), message)
+    assert "start the server" not in line
+    assert _digest(db) == before
+    if writer == "an older MLflow":
+        command = re.search(r"run `(mlflow db upgrade [^`]+)`", line).group(1).split()
+        mlflow = Path(sys.executable).with_name("mlflow")
+        upgrade = subprocess.run([str(mlflow), *command[1:]], capture_output=True, text=True, cwd=tmp_path)
+        assert upgrade.returncode == 0, upgrade.stderr[-2000:]
+        opened = "from mlflow_mnist import tracking; print(len(tracking.connect(existing=True).search_experiments()))"
+        proc = subprocess.run([sys.executable, "-c", opened], capture_output=True, text=True, env=_env(uri))
+        assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr[-2000:]  # a new process: no cache
 
 
 # --- URIs that do not parse ---------------------------------------------------------------------------------------
