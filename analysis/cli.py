@@ -160,7 +160,7 @@ def _warnings_as_lines(echo: Callable[[str], None]) -> Iterator[None]:
     "--experiment",
     "experiments",
     multiple=True,
-    help="Experiment(s) to read [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
+    help="Experiment(s) to read [default: $MLFLOW_EXPERIMENT_NAME or _ID, else the one with the latest campaign runs].",
 )
 @click.option("--out", default="reports", show_default=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--stage-run", default="", help="Only this stage run (its run id); the report is logged on it.")
@@ -204,7 +204,7 @@ def analyze(experiments, out, stage_run, log, rope) -> None:
 @click.option(
     "--experiment",
     default=None,
-    help="Experiment [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
+    help="Experiment [default: $MLFLOW_EXPERIMENT_NAME or _ID, else the one with the latest campaign runs].",
 )
 @click.option("--name", default="", help="Study name [default: the search run's name].")
 def export_study(search, storage, experiment, name) -> None:

@@ -236,7 +236,10 @@ COMMON = [
     click.option(
         "--experiment",
         default=None,
-        help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the latest campaign's, else the task's name].",
+        help=(
+            "MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or _ID, else the latest campaign's, else the task's "
+            "name]."
+        ),
     ),
     click.option(
         "--precision",
@@ -533,7 +536,7 @@ def final(**options) -> None:
 @click.option(
     "--experiment",
     default=None,
-    help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME, else the one with the latest campaign runs].",
+    help="MLflow experiment [default: $MLFLOW_EXPERIMENT_NAME or _ID, else the one with the latest campaign runs].",
 )
 @click.option("--name", default="", help="Registered model name [default: the task's, for the final's classes].")
 @click.option(

@@ -543,8 +543,9 @@ class Experiment:
 
 def check_experiment_name(name: str | None = None) -> str | None:
     """``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else None; a blank one (MLflow would make an experiment no one
-    can tell apart) or one longer than MLflow keeps is refused, naming where it came from. Writers call it before
-    the store is reached."""
+    can tell apart) or one longer than MLflow keeps is refused, naming where it came from, and so is an
+    experiment id from ``$MLFLOW_EXPERIMENT_ID`` that a SQLite store not made yet cannot hold. Writers call it
+    before the store is reached."""
     from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
 
     where, fix = "--experiment", "give --experiment a name, or leave it out"
@@ -557,7 +558,47 @@ def check_experiment_name(name: str | None = None) -> str | None:
             f"the experiment name from {where} has {len(name)} characters; MLflow keeps at most "
             f"{MAX_EXPERIMENT_NAME_LENGTH}: give a shorter one"
         )
+    wanted = _experiment_id_from_env()
+    if name or wanted in (None, "0"):
+        return name
+    path = _sqlite_path(_prepared(None))
+    if path is not None and not path.exists():
+        raise TrackingError(  # a new store holds only experiment 0: refused before it is made
+            f"MLFLOW_EXPERIMENT_ID={wanted!r} names an experiment, and there is no store at {path} yet: unset it, "
+            f"or set MLFLOW_TRACKING_URI to the store that holds it"
+        )
     return name
+
+
+def _experiment_id_from_env() -> str | None:
+    """``$MLFLOW_EXPERIMENT_ID``, which MLflow's own API reads when no experiment is named: a user who set it
+    expects runs there."""
+    return os.environ.get("MLFLOW_EXPERIMENT_ID", "").strip() or None
+
+
+def _experiment_named_by_id(client, name: str | None) -> str | None:
+    """The name of the experiment ``$MLFLOW_EXPERIMENT_ID`` names, when set and no ``--experiment`` was given
+    (``name`` then comes from ``$MLFLOW_EXPERIMENT_NAME``, if anywhere, and must name the same experiment, as
+    MLflow requires); one line when the store has no such experiment."""
+    from mlflow.exceptions import MlflowException
+
+    wanted = _experiment_id_from_env()
+    if wanted is None:
+        return name
+    try:
+        found = client.get_experiment(wanted)
+    except MlflowException:  # "No Experiment with id=... exists" (a store without it, or not an id at all)
+        found = None
+    if found is None:
+        raise TrackingError(
+            f"MLFLOW_EXPERIMENT_ID={wanted!r} is not an experiment in {redact(tracking_uri())}: fix or unset it"
+        )
+    if name and name != found.name:
+        raise TrackingError(
+            f"MLFLOW_EXPERIMENT_NAME={name!r} and MLFLOW_EXPERIMENT_ID={wanted!r} (experiment {found.name!r}) name "
+            f"different experiments: unset one of them"
+        )
+    return found.name
 
 
 def resolve_experiment(
@@ -570,11 +611,12 @@ def resolve_experiment(
     missing_fix: str = "check --experiment",
     task: str | None = None,
 ) -> Experiment:
-    """Under `mlflow run`, the run it made and its experiment; else ``name`` or $MLFLOW_EXPERIMENT_NAME; else the
-    experiment holding the latest campaign runs (of ``task``, when given: so `mlflow run` into Default, then
-    `final`, finds it); else ``default`` (a campaign passes its task's name). Readers pass ``create=False``, and
-    writers that need what an earlier command left (``final --search``) ``must_exist``: a missing experiment is
-    then an error (``missing_fix`` says what to do), not a new empty one.
+    """Under `mlflow run`, the run it made and its experiment; else ``name``, $MLFLOW_EXPERIMENT_NAME or the
+    experiment $MLFLOW_EXPERIMENT_ID names (as MLflow's own API reads them); else the experiment holding the latest
+    campaign runs (of ``task``, when given: so `mlflow run` into Default, then `final`, finds it); else ``default``
+    (a campaign passes its task's name). Readers pass ``create=False``, and writers that need what an earlier
+    command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix`` says
+    what to do), not a new empty one.
     """
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if launcher:
@@ -583,7 +625,10 @@ def resolve_experiment(
         if create:
             mark_model_training(client, experiment)
         return Experiment(experiment.experiment_id, experiment.name, launcher)
-    name = check_experiment_name(name)
+    if name:  # --experiment: over the environment's variables
+        name = check_experiment_name(name)
+    else:
+        name = _experiment_named_by_id(client, check_experiment_name(None))
     because = ""
     if not name:
         latest = latest_campaign_experiment(client, task)

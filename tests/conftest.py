@@ -47,6 +47,7 @@ def use_store(patch: pytest.MonkeyPatch, folder: Path) -> str:
     patch.setenv("MLFLOW_TRACKING_URI", uri)
     patch.delenv("MLFLOW_RUN_ID", raising=False)
     patch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     patch.chdir(folder)
     import mlflow
 

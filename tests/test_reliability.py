@@ -87,6 +87,13 @@ BAD_INPUTS = [
     ("unknown stage", ["--stage", "neuronz"], {}, "unknown stage 'neuronz'"),
     ("blank experiment", ["--experiment", " "], {}, "experiment name ' ' from --experiment is blank"),
     ("a blank experiment from the environment", [], {"MLFLOW_EXPERIMENT_NAME": " "}, "from $MLFLOW_EXPERIMENT_NAME"),
+    (
+        "an experiment id a new store cannot hold",
+        [],
+        {"MLFLOW_EXPERIMENT_ID": "5"},
+        "MLFLOW_EXPERIMENT_ID='5' names an experiment, and there is no store at",
+    ),
+    ("an experiment id not in the store", ["promote"], {"MLFLOW_EXPERIMENT_ID": "5"}, "'5' is not an experiment in"),
     ("an experiment name too long", ["--experiment", "e" * 501], {}, "has 501 characters; MLflow keeps at most 500"),
     ("a task from the environment", [], {"MLFLOW_MNIST_TASK": "mnst"}, "(from $MLFLOW_MNIST_TASK: fix or unset it)"),
     ("overrides syntax", ["--overrides", "neurons_3"], {}, "is not KEY=VALUE"),

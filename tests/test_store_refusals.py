@@ -354,6 +354,35 @@ def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_pat
     assert client.get_experiment("0").tags[schema.EXPERIMENT_KIND] == schema.MODEL_TRAINING
 
 
+def test_mlflow_experiment_id_is_read_as_mlflow_reads_it(tmp_path, monkeypatch):
+    """MLflow's own API writes to the experiment $MLFLOW_EXPERIMENT_ID names when no name is given; the tool
+    ignored it and wrote elsewhere. --experiment stays over it; a name from the environment must agree with it."""
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    uri = _new_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    team = client.create_experiment("team")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", team)
+    assert tracking.resolve_experiment(client, create=False).name == "team"
+    assert tracking.resolve_experiment(client).experiment_id == team  # a writer's
+    assert tracking.resolve_experiment(client, "Default", create=False).name == "Default"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team")
+    assert tracking.resolve_experiment(client, create=False).name == "team"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "Default")
+    with pytest.raises(tracking.TrackingError, match="name different experiments: unset one of them"):
+        tracking.resolve_experiment(client, create=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "77")
+    before = _dump(tmp_path / "mlflow.db")
+    for create in (False, True):
+        with pytest.raises(tracking.TrackingError, match="MLFLOW_EXPERIMENT_ID='77' is not an experiment in"):
+            tracking.resolve_experiment(client, create=create)
+    assert _dump(tmp_path / "mlflow.db") == before
+
+
 def test_a_read_only_store_file_is_one_line_before_anything_is_tried(tmp_path, monkeypatch):
     """From an audit: a store file the user cannot write (`chmod 444`; `chattr +i` for root) got MLflow's first
     write's SQLAlchemy error and traceback, 67 lines, and advice to "check that it is up". The file's write access is
