@@ -138,11 +138,11 @@ class Campaign:
         chosen_task = get_task(task)
         check_choice("precision", precision, (*PRECISIONS, "auto"))
         if cv_repeats < 1:
-            raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1")
+            raise HyperparameterError(f"cv_repeats={cv_repeats} must be at least 1: give --cv-repeats 1 or more")
         parsed_overrides = chosen_task.parse_overrides(overrides)
         epochs = int(chosen_task.start.get(EPOCHS, 1)) if epochs is None else epochs
         if epochs < 1:
-            raise HyperparameterError(f"epochs={epochs} must be at least 1")
+            raise HyperparameterError(f"epochs={epochs} must be at least 1: give --epochs 1 or more")
         if folds < 2:
             raise HyperparameterError(f"folds={folds}: cross-validation needs at least 2 folds")
         if not 0 <= seed <= MAX_SEED:

@@ -34,7 +34,8 @@ def check_number(key: str, value: Any, kind: type, low: float, high: float | Non
     """``value`` as ``kind`` (int or float) within [low, high] (or [low, high) with ``high_open``)."""
     try:
         number = kind(value)
-        if kind is int and number != float(value):
+        # 6.5 is no int; a whole number past float's 2**53 (99999999999999999999) is one, and no float equals it.
+        if kind is int and not isinstance(value, (int, str)) and number != float(value):
             raise ValueError
     except (TypeError, ValueError):
         raise HyperparameterError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}") from None

@@ -57,6 +57,17 @@ def test_the_weight_bound_counts_the_weights_the_model_has(change):
     assert parameter_count(params) == build_model(params, n_classes=10).count_params() < MAX_PARAMETERS
 
 
+def test_a_whole_number_past_float_precision_is_an_integer():
+    """From an audit: `--epochs 99999999999999999999` was told it "must be an integer" (it was compared with its
+    float, which no float equals); a fraction is still refused, and a whole float is taken."""
+    huge = 99_999_999_999_999_999_999
+    assert validate_params({**SEED_START, "epochs": huge})["epochs"] == huge
+    assert validate_params({**SEED_START, "epochs": str(huge)})["epochs"] == huge
+    assert validate_params({**SEED_START, "epochs": 6.0})["epochs"] == 6
+    with pytest.raises(HyperparameterError, match=r"epochs=6.5 must be an integer"):
+        validate_params({**SEED_START, "epochs": 6.5})
+
+
 def test_pool_size_and_optimizer_are_honoured():
     """The seed ignored both: here they change the network."""
     a = build_model({**SEED_START, "pool_size": (1, 1)})
