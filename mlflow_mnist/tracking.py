@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow_mnist.database_login import login_refusal
 from mlflow_mnist.paging import all_pages
 from mlflow_mnist.planning import CandidateRecord, FoldRecord, StepBest, StoreState
 from mlflow_mnist.redaction import first_line, redact
@@ -299,6 +300,9 @@ def _reach_database(uri: str, timeout: float = 5.0) -> None:
             f"cannot reach the database of the tracking store at {redact(uri)} ({type(error).__name__}): start it "
             f"or fix MLFLOW_TRACKING_URI"
         ) from None
+    refusal = login_refusal(uri)
+    if refusal:
+        raise TrackingError(refusal)
 
 
 def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None = None, existing: bool = False):

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -520,3 +521,44 @@ def test_a_server_error_is_not_told_to_wait_for_the_server_to_come_back():
         "host='host', port=5000): Max retries exceeded with url: /api/2.0/mlflow/runs/create"
     )
     assert wrapped.error_code == "INTERNAL_ERROR" and refusal_line("https://host:5000", wrapped) is None
+
+
+# --- a database that refuses the login -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_database_that_refuses_the_login_is_one_line_at_once(tmp_path, monkeypatch):
+    """MLflow retried a refused PostgreSQL login with doubling sleeps, printing its retries, and after 105 s the
+    tool said "cannot reach ... start the server" (a missing ~/.pgpass, 2-core AMD EPYC). One login is tried
+    first: each refusal is one line within seconds, naming what to fix, and nothing is created in the database."""
+    import sqlalchemy
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))
+    from services import Postgres, postgres_bindir
+
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL server binaries not found: make postgres")
+    database = Postgres(tmp_path / "pg").start()
+    try:
+        cases = {  # what the user got wrong -> (URI, environment, the line's words)
+            "no ~/.pgpass": (database.uri, {"PGPASSFILE": "/nonexistent"}, "refused the login (connection to"),
+            "a wrong password": (
+                database.uri,
+                {"PGPASSFILE": "/nonexistent", "PGPASSWORD": "wrong-password"},
+                'password authentication failed for user "mlflow"): check the user in MLFLOW_TRACKING_URI',
+            ),
+            "a database not created": (database.database_uri("nosuch"), database.env(), "has no such database"),
+        }
+        for what, (uri, env, words) in cases.items():
+            started = time.monotonic()
+            line = _one_line(cli("promote", env={"MLFLOW_TRACKING_URI": uri, **env}, cwd=tmp_path), words)
+            assert time.monotonic() - started < 30, what
+            assert "wrong-password" not in line and "start the server" not in line, line
+        monkeypatch.setenv("PGPASSFILE", str(database.passfile))
+        engine = sqlalchemy.create_engine(database.uri, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            assert sqlalchemy.inspect(engine).get_table_names() == []  # refused before MLflow built its schema
+        finally:
+            engine.dispose()
+    finally:
+        database.stop()
