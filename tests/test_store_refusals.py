@@ -335,14 +335,20 @@ def test_readers_do_not_tag_the_experiment_they_read(tmp_path, command):
     assert _dump(store / "mlflow.db") == before
 
 
-def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_path, monkeypatch):
+def _client_of_a_new_store(folder: Path, monkeypatch):
+    """A client of a new store in ``folder``, which MLFLOW_TRACKING_URI names; no experiment or run comes from
+    the environment."""
     from mlflow import MlflowClient
 
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    uri = _new_store(tmp_path)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    uri = _new_store(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(uri)
+    return MlflowClient(uri)
+
+
+def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_path, monkeypatch):
+    client = _client_of_a_new_store(tmp_path, monkeypatch)
     gone = client.create_experiment("gone")
     client.delete_experiment(gone)
     before = _dump(tmp_path / "mlflow.db")
@@ -358,13 +364,7 @@ def test_resolve_experiment_only_looks_for_readers_and_marks_for_writers(tmp_pat
 def test_mlflow_experiment_id_is_read_as_mlflow_reads_it(tmp_path, monkeypatch):
     """MLflow's own API writes to the experiment $MLFLOW_EXPERIMENT_ID names when no name is given; the tool
     ignored it and wrote elsewhere. --experiment stays over it; a name from the environment must agree with it."""
-    from mlflow import MlflowClient
-
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    uri = _new_store(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(uri)
+    client = _client_of_a_new_store(tmp_path, monkeypatch)
     team = client.create_experiment("team")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", team)
     assert tracking.resolve_experiment(client, create=False).name == "team"
