@@ -38,18 +38,19 @@ def analyze_api(
     it back; returns the :class:`analysis.report.Report` (its ``verdicts`` and ``summary`` are DataFrames)."""
     from analysis.report import build_report
     from mlflow_mnist import tracking
+    from mlflow_mnist.experiments import check_experiment_exists, resolve_experiment
     from mlflow_mnist.runs import log_report
 
     client = tracking.connect(existing=True)
     launcher, chosen_because = None, ""
     experiments = list(experiments)
     if not experiments:  # under `mlflow run`, its experiment (the report goes on its run); else the latest campaign
-        where = tracking.resolve_experiment(client, create=False)
+        where = resolve_experiment(client, create=False)
         chosen_because = where.chosen_because  # said once the report is made: a refusal is its one line alone
         experiments, launcher = [where.name], where.launcher_run_id
     else:  # each named one exists, before a folder is made or a figure drawn
         for name in experiments:
-            tracking.check_experiment_exists(client, name)
+            check_experiment_exists(client, name)
     if stage_run:
         check_stage_run(client, stage_run)
     made = _missing_folders(Path(out))
@@ -215,13 +216,14 @@ def export_study(search, storage, experiment, name) -> None:
     from analysis.studies import check_storage
     from analysis.studies import export_study as export
     from mlflow_mnist import tracking
+    from mlflow_mnist.experiments import resolve_experiment
 
     try:  # a storage that must not take the study is refused before the tracking store is read
         check_storage(storage)
     except ValueError as error:
         raise _Refused(str(error)) from None
     client = tracking.connect(existing=True)
-    where = tracking.resolve_experiment(client, experiment, create=False)
+    where = resolve_experiment(client, experiment, create=False)
     runs = read_runs(client, [where.name])
     if search == "latest":
         trials = trial_table(runs, every_status=True)  # a search whose trials all diverged is still one

@@ -98,14 +98,14 @@ def log_all(uri: str, data, plan, results, threads: int) -> tuple[float, int]:
     requests it took (0 for SQLite)."""
     import mlflow.data
 
-    from mlflow_mnist import tracking
+    from mlflow_mnist import experiments, tracking
     from mlflow_mnist.runs import RunWriter
     from mlflow_mnist.schema import DIGEST
     from mlflow_mnist.search import SearchOutcome
     from mlflow_mnist.search_tree import SearchTree
 
     client = tracking.connect(uri)
-    experiment = tracking.experiment_id(client, f"driver-{time.time_ns()}")
+    experiment = experiments.experiment_id(client, f"driver-{time.time_ns()}")
     dataset = mlflow.data.from_numpy(features=data.x_train, targets=data.y_train, name="train", digest=data.digest())
     writer = RunWriter(client, experiment, dataset=dataset, common_tags={DIGEST: data.digest()})
     tree = SearchTree(

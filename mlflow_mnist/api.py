@@ -326,7 +326,7 @@ def promote(
     ``min_accuracy`` defaults to the task's threshold; ``task`` names the final's task where it is not a
     registered one (``package.module:attr``, as ``tune`` and ``final`` were given it). Raises
     ``PromotionRejected`` when the gate says no."""
-    from mlflow_mnist import tracking
+    from mlflow_mnist import experiments, tracking
     from mlflow_mnist.registry import PromoteInputError, PromotionRejected, check_promote_options
     from mlflow_mnist.registry import promote as promote_model
     from mlflow_mnist.seal import active_seal
@@ -338,7 +338,7 @@ def promote(
 
         get_task(task)  # a --task that cannot be imported is its one line before the store is reached
     client = tracking.connect(existing=True)
-    where = tracking.resolve_experiment(client, experiment, create=False)
+    where = experiments.resolve_experiment(client, experiment, create=False)
     try:
         result = promote_model(
             client,
@@ -367,7 +367,7 @@ def seal_runs(*, experiment: str | None = None, notify: Callable[[str], None] | 
     has no valid seal, as it stands (:mod:`mlflow_mnist.seal`), under the campaign's lock; returns (sealed now,
     sealed before). For a campaign begun before the key was set, once its owner trusts what the store holds: its
     runs are then reused, resumed and promoted as sealed ones are."""
-    from mlflow_mnist import tracking
+    from mlflow_mnist import experiments, tracking
     from mlflow_mnist.lock import CampaignLock, lease_seconds
     from mlflow_mnist.seal import SEAL_KEY_ENV, SealKeyError, active_seal, seal_existing
 
@@ -376,7 +376,7 @@ def seal_runs(*, experiment: str | None = None, notify: Callable[[str], None] | 
         raise SealKeyError(f"${SEAL_KEY_ENV} is not set: set it to the key file the campaign's runs are sealed with")
     lease_seconds()
     client = tracking.connect(existing=True)
-    where = tracking.resolve_experiment(client, experiment, create=False)
+    where = experiments.resolve_experiment(client, experiment, create=False)
     with CampaignLock(client, where.experiment_id, command="mlflow-mnist seal-runs", notify=notify) as held:
         runs = tracking.search_all(client, [where.experiment_id])
         counts = seal_existing(held.fenced(client), seal, runs)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_mnist import tracking
+from mlflow_mnist import experiments, tracking
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.lock import CampaignLock
 from mlflow_mnist.params import HyperparameterError, Params, check_choice
@@ -108,7 +108,7 @@ class Campaign:
     settings: SearchSettings
     overrides: Params
     client: Any
-    experiment: tracking.Experiment
+    experiment: experiments.Experiment
     data_ref: DataRef
     shipped: bool = False  # the arrays came from memory (the test seam): workers get them, not a reference
     precision_because: str = ""  # why this precision (``--precision auto``'s measurement)
@@ -148,7 +148,7 @@ class Campaign:
         if not 0 <= seed <= MAX_SEED:
             fix = "0 or a larger whole number" if seed < 0 else "a smaller whole number"
             raise HyperparameterError(f"seed={seed} must be 0 to {MAX_SEED}: give --seed {fix}")
-        tracking.check_experiment_name(experiment)
+        experiments.check_experiment_name(experiment)
         seal = active_seal()  # an unusable key file is refused before the data is loaded
         # Validate overrides now, on top of the task's start, so a typo never reaches the store.
         chosen_task.validate({**chosen_task.start, EPOCHS: epochs, **parsed_overrides})
@@ -198,7 +198,7 @@ class Campaign:
             precision,
             cv_repeats,
         )
-        where = tracking.resolve_experiment(  # `mlflow run`'s is adopted
+        where = experiments.resolve_experiment(  # `mlflow run`'s is adopted
             client,
             experiment,
             default=chosen_task.name,

@@ -139,6 +139,9 @@ class _Group(click.Group):
 def _quiet_libraries() -> None:
     for name in ("mlflow", "absl", "tensorflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow logs every failed database session at ERROR with its traceback (a database lost mid-search printed 594
+    # lines before our one line); the failure reaches us as an exception, and we say it once.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def _notify(message: str) -> None:

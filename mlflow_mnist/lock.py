@@ -327,8 +327,9 @@ class StoreLock:
             if state == "running":
                 raise self._held(
                     top,
-                    "running on this machine; wait for it, or stop it: the lock of a stopped "
-                    f"{self.kind.holder} on this machine is taken over at once",
+                    "running on this machine (a process paused with SIGSTOP included); wait for it, or end it: "
+                    f"once a {self.kind.holder}'s process on this machine has exited, killed included, its lock is "
+                    "taken over at once",
                 )
             if state == "gone":
                 self._say(f"taking over from {top.describe()}: its process is gone")
@@ -689,7 +690,8 @@ def break_lock(
     if top.process.state() == "running":
         raise LockHeld(
             f"another {kind.holder} is working on {kind.about(key)}: {top.describe()}, running on this machine; "
-            f"stop it instead of breaking its lock (a stopped one's lock is taken over at once)"
+            f"stop it instead of breaking its lock (once its process has exited, killed included, its lock is taken "
+            f"over at once)"
         )
     breaker = StoreLock(client, key, kind=kind, command=command or "break", ttl=top.ttl, in_flight=0.0)
     tags = {**breaker._tags(), LOCK_PREFIX + "state": BROKEN, LOCK_PREFIX + "broke": top.describe()[:500]}

@@ -1,5 +1,6 @@
-"""Store access: connect, find the campaign's experiment, read its memory. Tag names and the records they form
-live in :mod:`mlflow_mnist.schema`; writes live in :mod:`mlflow_mnist.runs` and the modules built on it.
+"""Store access: connect, read the campaign's memory (:mod:`mlflow_mnist.experiments` finds its experiment).
+Tag names and the records they form live in :mod:`mlflow_mnist.schema`; writes live in :mod:`mlflow_mnist.runs`
+and the modules built on it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_mnist.database_login import login_refusal
@@ -22,7 +22,6 @@ from mlflow_mnist.schema import (
     CANDIDATE_LEVEL,
     CHANCE_ACCURACY,
     DIGEST,
-    EXPERIMENT_KIND,
     FINAL_LEVEL,
     FIT_SECONDS,
     FOLD_KEY,
@@ -33,14 +32,12 @@ from mlflow_mnist.schema import (
     LOGGED_MODEL_ID,
     MEAN_HELDOUT_ACCURACY,
     MODEL_SHA256,
-    MODEL_TRAINING,
     PARENT,
     SEAL,
     SETTINGS_KEY,
     STATUS,
     STD_HELDOUT_ACCURACY,
     STEP_LEVEL,
-    TASK_PARAM,
     CandidateTags,
     GroupResult,
     GroupTags,
@@ -317,8 +314,8 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
     """
     import mlflow
 
-    uri = _prepared(uri)
-    path = _sqlite_path(uri)
+    uri = prepared_uri(uri)
+    path = sqlite_store_path(uri)
     if existing and path is not None and not path.exists():
         raise TrackingError(
             f"there is no tracking store at {redact(uri)}: run this from the campaign's folder or set "
@@ -327,7 +324,7 @@ def connect(uri: str | None = None, *, on_reached: Callable[[], object] | None =
     launcher = os.environ.get("MLFLOW_RUN_ID") or None
     if path is not None and not path.exists():
         if launcher:  # a new store holds no run: `mlflow run` made it for another store
-            raise _stale_launcher(launcher)
+            raise stale_launcher(launcher)
         if on_reached is not None:
             on_reached()
             on_reached = None
@@ -346,15 +343,15 @@ def reach(uri: str | None = None) -> None:
     """What :func:`connect` checks, writing nothing: the store answers one request, or a new SQLite store's folder
     is writable; a clear :class:`TrackingError` otherwise. For work that must not start before the store is known
     to take the command, yet must not share the cores with a pool warming up (``--precision auto``'s probe)."""
-    uri = _prepared(uri)
-    path = _sqlite_path(uri)
+    uri = prepared_uri(uri)
+    path = sqlite_store_path(uri)
     if path is not None and not path.exists():
         return
     _reach_database(uri)
     _first_answer(uri)
 
 
-def _prepared(uri: str | None) -> str:
+def prepared_uri(uri: str | None) -> str:
     """The URI to use, with MLflow's client set to fail fast and print nothing per run."""
     uri = uri or tracking_uri()
     # A shared server that is down should fail in seconds, not after MLflow's default minutes of retries.
@@ -367,13 +364,13 @@ def _prepared(uri: str | None) -> str:
 
 def sqlite_file(uri: str) -> str | None:
     """The file a ``sqlite:///`` tracking URI names, as written (its query dropped; "" when it names none), or
-    ``None`` for any other URI. Pure: :func:`_sqlite_path` checks it, and ``analysis.studies`` compares with it."""
+    ``None`` for any other URI. Pure: :func:`sqlite_store_path` checks it, and ``analysis.studies`` compares with it."""
     if not uri.startswith("sqlite:///"):
         return None
     return uri.removeprefix("sqlite:///").split("?")[0]
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_store_path(uri: str) -> Path | None:
     """A SQLite store's file (its folder known writable), ``None`` for any other store; a folder store refused."""
     if uri.startswith("file:") or (":" not in uri and uri != "databricks"):
         # MLflow's file store: it cannot create a name atomically (no lock), and MLflow 3 no longer develops it.
@@ -535,123 +532,6 @@ def _silenced(name: str) -> Iterator[None]:
         logger.disabled = disabled
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """Where a command works: the experiment, the run `mlflow run` made for it, and why this experiment."""
-
-    experiment_id: str
-    name: str
-    launcher_run_id: str | None = None
-    chosen_because: str = ""  # set when no experiment was named: the line that tells the user which one
-
-
-def check_experiment_name(name: str | None = None) -> str | None:
-    """``name``, else ``$MLFLOW_EXPERIMENT_NAME``, else None; a blank one (MLflow would make an experiment no one
-    can tell apart) or one longer than MLflow keeps is refused, naming where it came from, and so is an
-    experiment id from ``$MLFLOW_EXPERIMENT_ID`` that a SQLite store not made yet cannot hold. Writers call it
-    before the store is reached."""
-    from mlflow.utils.validation import MAX_EXPERIMENT_NAME_LENGTH
-
-    where, fix = "--experiment", "give --experiment a name, or leave it out"
-    if not name and os.environ.get("MLFLOW_EXPERIMENT_NAME"):
-        name, where, fix = os.environ["MLFLOW_EXPERIMENT_NAME"], "$MLFLOW_EXPERIMENT_NAME", "fix or unset it"
-    if name and not name.strip():
-        raise TrackingError(f"experiment name {name!r} from {where} is blank: {fix}")
-    if name and len(name) > MAX_EXPERIMENT_NAME_LENGTH:
-        raise TrackingError(
-            f"the experiment name from {where} has {len(name)} characters; MLflow keeps at most "
-            f"{MAX_EXPERIMENT_NAME_LENGTH}: give a shorter one"
-        )
-    wanted = _experiment_id_from_env()
-    if name or wanted in (None, "0"):
-        return name
-    path = _sqlite_path(_prepared(None))
-    if path is not None and not path.exists():
-        raise TrackingError(  # a new store holds only experiment 0: refused before it is made
-            f"MLFLOW_EXPERIMENT_ID={wanted!r} names an experiment, and there is no store at {path} yet: unset it, "
-            f"or set MLFLOW_TRACKING_URI to the store that holds it"
-        )
-    return name
-
-
-def _experiment_id_from_env() -> str | None:
-    """``$MLFLOW_EXPERIMENT_ID``, which MLflow's own API reads when no experiment is named: a user who set it
-    expects runs there."""
-    return os.environ.get("MLFLOW_EXPERIMENT_ID", "").strip() or None
-
-
-def _experiment_named_by_id(client, name: str | None) -> str | None:
-    """The name of the experiment ``$MLFLOW_EXPERIMENT_ID`` names, when set and no ``--experiment`` was given
-    (``name`` then comes from ``$MLFLOW_EXPERIMENT_NAME``, if anywhere, and must name the same experiment, as
-    MLflow requires); one line when the store has no such experiment."""
-    from mlflow.exceptions import MlflowException
-
-    wanted = _experiment_id_from_env()
-    if wanted is None:
-        return name
-    try:
-        found = client.get_experiment(wanted)
-    except MlflowException:  # "No Experiment with id=... exists" (a store without it, or not an id at all)
-        found = None
-    if found is None:
-        raise TrackingError(
-            f"MLFLOW_EXPERIMENT_ID={wanted!r} is not an experiment in {redact(tracking_uri())}: fix or unset it"
-        )
-    if name and name != found.name:
-        raise TrackingError(
-            f"MLFLOW_EXPERIMENT_NAME={name!r} and MLFLOW_EXPERIMENT_ID={wanted!r} (experiment {found.name!r}) name "
-            f"different experiments: unset one of them"
-        )
-    return found.name
-
-
-def resolve_experiment(
-    client,
-    name: str | None = None,
-    *,
-    create: bool = True,
-    must_exist: bool = False,
-    default: str = "Default",
-    missing_fix: str = "check --experiment",
-    task: str | None = None,
-) -> Experiment:
-    """Under `mlflow run`, the run it made and its experiment; else ``name``, $MLFLOW_EXPERIMENT_NAME or the
-    experiment $MLFLOW_EXPERIMENT_ID names (as MLflow's own API reads them); else the experiment holding the latest
-    campaign runs (of ``task``, when given: so `mlflow run` into Default, then `final`, finds it); else ``default``
-    (a campaign passes its task's name). Readers pass ``create=False``, and writers that need what an earlier
-    command left (``final --search``) ``must_exist``: a missing experiment is then an error (``missing_fix`` says
-    what to do), not a new empty one.
-    """
-    launcher = os.environ.get("MLFLOW_RUN_ID") or None
-    if launcher:
-        run = launcher_run(client, launcher)
-        experiment = client.get_experiment(run.info.experiment_id)
-        if create:
-            mark_model_training(client, experiment)
-        return Experiment(experiment.experiment_id, experiment.name, launcher)
-    if name:  # --experiment: over the environment's variables
-        name = check_experiment_name(name)
-    else:
-        name = _experiment_named_by_id(client, check_experiment_name(None))
-    because = ""
-    if not name:
-        latest = latest_campaign_experiment(client, task)
-        if latest is not None:
-            name = latest.name
-            whose = f" of task {task}" if task is not None else ""
-            because = (
-                f"experiment {name!r}: it holds the latest campaign runs{whose} (choose another with --experiment)"
-            )
-        else:
-            name = default
-    if not create or must_exist:
-        check_experiment_exists(client, name, fix=missing_fix)
-        # A reader only looks: no tag written, nothing restored. So does a writer that needs what an earlier command
-        # left there (which tagged it then): its own refusal (no such search) must leave the store as it was.
-        return Experiment(client.get_experiment_by_name(name).experiment_id, name, None, because)
-    return Experiment(experiment_id(client, name), name, None, because)
-
-
 def launcher_run(client, run_id: str):
     """The run `mlflow run` made for this command (``$MLFLOW_RUN_ID``); one line when the store has no such run,
     or when the run is not one `mlflow run` has just made: adopting it would overwrite it (a finished final
@@ -664,20 +544,20 @@ def launcher_run(client, run_id: str):
     try:
         run = client.get_run(run_id)
     except MlflowException:  # left over in a shell from another store's `mlflow run`
-        raise _stale_launcher(run_id) from None
+        raise stale_launcher(run_id) from None
     tags, project = run.data.tags, SourceType.to_string(SourceType.PROJECT)
     if run.info.lifecycle_stage != "active":
-        raise _stale_launcher(run_id, "it is deleted")
+        raise stale_launcher(run_id, "it is deleted")
     if LEVEL in tags:
-        raise _stale_launcher(run_id, f"it is already a {tags[LEVEL]} run of this project")
+        raise stale_launcher(run_id, f"it is already a {tags[LEVEL]} run of this project")
     if run.info.status != "RUNNING":
-        raise _stale_launcher(run_id, f"it is {run.info.status}")
+        raise stale_launcher(run_id, f"it is {run.info.status}")
     if tags.get(MLFLOW_SOURCE_TYPE) != project:
-        raise _stale_launcher(run_id, f"its source type is {tags.get(MLFLOW_SOURCE_TYPE) or 'not set'}, not {project}")
+        raise stale_launcher(run_id, f"its source type is {tags.get(MLFLOW_SOURCE_TYPE) or 'not set'}, not {project}")
     return run
 
 
-def _stale_launcher(run_id: str, why: str = "") -> TrackingError:
+def stale_launcher(run_id: str, why: str = "") -> TrackingError:
     if why:
         return TrackingError(
             f"MLFLOW_RUN_ID={run_id!r} is not a run `mlflow run` has just started ({why}): unset it (`mlflow run` "
@@ -687,59 +567,6 @@ def _stale_launcher(run_id: str, why: str = "") -> TrackingError:
         f"MLFLOW_RUN_ID={run_id!r} is not a run in {redact(tracking_uri())}: unset it (`mlflow run` sets it for the "
         f"command it starts)"
     )
-
-
-def check_experiment_exists(client, name: str, *, fix: str = "check --experiment") -> None:
-    """A reader's experiment: there, and not deleted (a reader would promote from it, or log a report into it)."""
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        raise TrackingError(f"experiment {name!r} does not exist in {redact(tracking_uri())}: {fix}")
-    if found.lifecycle_stage == "deleted":
-        raise TrackingError(
-            f"experiment {name!r} is deleted in {redact(tracking_uri())}: restore it (`mlflow experiments "
-            f"restore --experiment-id {found.experiment_id}`) or choose another with --experiment"
-        )
-
-
-def latest_campaign_experiment(client, task: str | None = None):
-    """The active experiment whose newest run carries our tags, or None in a store without campaigns. With a
-    ``task``, the experiment of that task's newest campaign (a team's new task went into another task's experiment
-    because it held the newest runs); in a store made before runs named their task, the newest
-    campaign's, for the default task."""
-    from mlflow_mnist.tasks import DEFAULT_TASK
-
-    ids = [e.experiment_id for e in client.search_experiments(max_results=50000)]
-    if not ids:
-        return None
-
-    def newest(where: str):
-        found = client.search_runs(ids, where, max_results=1, order_by=["attributes.start_time DESC"])
-        return client.get_experiment(found[0].info.experiment_id) if found else None
-
-    if task is None:
-        return newest(f"tags.`{LEVEL}` != ''")
-    named = f"tags.`{LEVEL}` != '' and params.`{TASK_PARAM}` != ''"  # a search's or a final's root: names its task
-    if "'" not in task and (own := newest(f"{named} and params.`{TASK_PARAM}` = '{task}'")) is not None:
-        return own
-    if task == DEFAULT_TASK and newest(named) is None:  # no run names a task: all are the default task's
-        return newest(f"tags.`{LEVEL}` != ''")
-    return None
-
-
-def mark_model_training(client, experiment) -> None:
-    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
-
-
-def experiment_id(client, name: str) -> str:
-    """The id of experiment ``name``, created (tagged as model training) or restored when needed."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, tags={EXPERIMENT_KIND: MODEL_TRAINING})
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    mark_model_training(client, experiment)
-    return experiment.experiment_id
 
 
 def search_all(client, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None):

@@ -196,10 +196,10 @@ def test_promote_with_only_an_unfinished_final_says_which_and_what_to_do(store):
     """A final still training (or killed) is not "no final": the refusal names it and its status."""
     from mlflow import MlflowClient
 
-    from mlflow_mnist import schema, tracking
+    from mlflow_mnist import experiments, schema
 
     client = MlflowClient(store)
-    experiment = tracking.experiment_id(client, "mnist")
+    experiment = experiments.experiment_id(client, "mnist")
     with pytest.raises(PromoteInputError, match="run `mlflow-mnist final` first"):  # a usage mistake: exit 2
         promote(client, experiment)
     running = client.create_run(experiment, tags={schema.LEVEL: schema.FINAL_LEVEL}).info.run_id
@@ -212,11 +212,11 @@ def test_a_reader_refuses_a_deleted_experiment(store):
     from mlflow import MlflowClient
 
     import mlflow_mnist
-    from mlflow_mnist import tracking
+    from mlflow_mnist import experiments
     from mlflow_mnist.tracking import TrackingError
 
     client = MlflowClient(store)
-    client.delete_experiment(tracking.experiment_id(client, "gone"))
+    client.delete_experiment(experiments.experiment_id(client, "gone"))
     with pytest.raises(TrackingError, match="experiment 'gone' is deleted in .*: restore it"):
         mlflow_mnist.promote(experiment="gone")
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import FoldWatcher, cli, python, write_idx, write_idx_folder
 from services import MlflowServer
 
-from mlflow_mnist import schema, tracking
+from mlflow_mnist import experiments, schema, tracking
 
 STAGE = ["tune", "--stage", "kernel_size", "--data", "sample", "--epochs", "1", "--folds", "2"]
 
@@ -533,7 +533,7 @@ def test_kill_while_creating_the_store_leaves_no_broken_database(tmp_path, monke
     proc.wait()
     assert list(tmp_path.glob("*mlflow.db*")), "the store was never started"
     client = tracking.connect(uri)
-    assert tracking.experiment_id(client, "mnist")
+    assert experiments.experiment_id(client, "mnist")
 
 
 @pytest.mark.slow
