@@ -7,6 +7,6 @@ from mlflow_mnist import redaction
 
 redaction.install()  # before anything prints: reports quote the tracking URI and the store's exception texts
 
-from mlflow_mnist.cli import main  # noqa: E402
+from mlflow_mnist.cli import run  # noqa: E402
 
-main(["analyze", *sys.argv[1:]], prog_name="mlflow-mnist")
+run(["analyze", *sys.argv[1:]], prog_name="mlflow-mnist")

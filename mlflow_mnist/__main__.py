@@ -1,5 +1,5 @@
-from mlflow_mnist.cli import main
+from mlflow_mnist.cli import run
 
 # The guard matters: process pools (Dask's LocalCluster, multiprocessing's spawn) re-import this module.
 if __name__ == "__main__":
-    main()
+    run()

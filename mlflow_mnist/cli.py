@@ -91,6 +91,29 @@ def _handle_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
+def _exit_at_once(signum, frame) -> None:
+    """Ctrl-C or SIGTERM once the command is over, while the interpreter exits (the pool's processes take seconds
+    to stop): every run is closed, so nothing is left to clean. Raised there, the interrupt printed "Exception
+    ignored in: <module 'threading'>" with a traceback, the exit status stayed 0, and once the pool was left
+    running for minutes. The workers exit with this process (worker/process.py)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can be said there
+    os._exit(128 + signum)
+
+
+def _handle_interrupts_at_exit() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_at_once)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored SIGINT stays ignored
+            signal.signal(signal.SIGINT, _exit_at_once)
+
+
 class _Group(click.Group):
     """Turns user errors into one line and Ctrl-C (or SIGTERM) into a clean exit, for every command."""
 
@@ -303,6 +326,16 @@ def _warn_of_a_password_in_the_uri() -> None:
             "the user in MLFLOW_TRACKING_USERNAME and the password in MLFLOW_TRACKING_PASSWORD instead",
             err=True,
         )
+
+
+def run(args: list[str] | None = None, *, prog_name: str | None = None) -> None:
+    """The program (``mlflow-mnist``, ``python -m mlflow_mnist``, ``python -m analysis``): the command, then, while
+    the interpreter exits, Ctrl-C and SIGTERM end the process at once. Only the program's exit gets that: `main`
+    called by other code in its own process (click's test runner) leaves that process's Ctrl-C as it was."""
+    try:
+        main(args, prog_name=prog_name)
+    finally:
+        _handle_interrupts_at_exit()
 
 
 @main.command()

@@ -378,6 +378,41 @@ def test_ctrl_c_marks_open_runs_killed(store, tmp_path, sent, code):
     assert {r.info.status for r in runs if r.data.tags.get(schema.LEVEL) in ("step", "candidate")} == {"KILLED"}
 
 
+EXITING = """
+import signal, sys, threading, time
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
+from mlflow_mnist.cli import run
+
+# What the pool is while the interpreter exits: loky joins its workers' manager thread there, for seconds.
+threading.Thread(target=time.sleep, args=(60,)).start()
+run(["tasks"])
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("sent", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_the_program_exits_ends_it_at_once(sent, code):
+    """From an audit: once a command had said its last line, its pool took seconds to stop while the interpreter
+    exited, and SIGTERM there printed "Exception ignored in: <module 'threading'>" with a traceback and exited 0,
+    or left the pool and the driver running for 9 minutes (Ctrl-C likewise). It now ends the process at once: 128
+    + the signal, no traceback (the workers exit with the driver: test_kill_nine_at_random_moments_...)."""
+    proc = subprocess.Popen([sys.executable, "-c", EXITING], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("exiting"):
+                break
+        else:
+            pytest.fail(f"the command did not finish: {proc.stderr.read()[-1000:]}")
+        time.sleep(0.2)  # into the interpreter's exit, which waits for the thread
+        proc.send_signal(sent)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == code, stderr[-1000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[float, dict[str, float]]:
     """The kill scenario run to completion once (joblib, 2 workers): its time and scores, which every executor
