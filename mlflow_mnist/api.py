@@ -128,6 +128,13 @@ def tune(
     # An option only other strategies read (the registry says which), given a value of its own, is refused.
     defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
     check_options(strategy, arguments, defaults)
+    if stage and trials != defaults["trials"]:  # halving reads --trials over a space only: it was ignored here
+        from mlflow_mnist.params import StageError
+
+        raise StageError(
+            f"--trials {trials}: --strategy {strategy} --stage {stage} halves the stage's grid, not sampled trials: "
+            f"leave --trials out, or give --space instead of --stage"
+        )
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
     # The strategy built once from the options alone (construction is pure): a missing --stage or --space is one

@@ -7,6 +7,7 @@ choices of ``--task``, ``--strategy`` and ``--executor`` come from their registr
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sys
@@ -495,12 +496,17 @@ def tune(**options) -> None:
     outcome = result.outcome
     if not outcome.groups:
         click.echo("nothing to evaluate: every trial asked for is already in the store (ask for more --trials)")
+    # A step's line counts its low rungs too (successive halving): it said "trained 4" after training 10.
+    trained, reused = collections.Counter(), collections.Counter()
     for group in outcome.groups:
+        trained[group.step] += group.trained
+        reused[group.step] += group.reused
         if group.counts and group.group.own_run:
             best = group.best
             click.echo(
                 f"{group.step}: best {best['candidate']} mean held-out accuracy {best['mean_test_score']:.5f} "
-                f"(std {best['std_test_score']:.5f}); trained {group.trained} folds, reused {group.reused}"
+                f"(std {best['std_test_score']:.5f}); trained {trained[group.step]} folds, reused "
+                f"{reused[group.step]}"
             )
     counted = [g for g in outcome.groups if g.counts]
     # The whole search's line when several groups counted, or when none had a line of its own (a joint search's

@@ -108,6 +108,12 @@ BAD_INPUTS = [
     ("kernel too large", ["--overrides", "kernel_size=(15,15)"], {}, "too large for a 28x28 image"),
     ("a pair with a stray letter", ["--overrides", "kernel_size=(5,5)x"], {}, "kernel_size='(5,5)x' must be a pair"),
     ("epochs 0", ["--epochs", "0"], {}, "epochs=0 must be at least 1"),
+    (
+        "halving a stage with --trials",
+        ["--strategy", "halving", "--trials", "8"],
+        {},
+        "--trials 8: --strategy halving --stage kernel_size halves the stage's grid, not sampled trials",
+    ),
     ("one fold", ["--folds", "1"], {}, "at least 2 folds"),
     ("negative seed", ["--seed", "-1"], {}, "seed=-1 must be 0 to 2147483647: give --seed 0 or a larger whole"),
     (

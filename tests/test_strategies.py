@@ -97,7 +97,7 @@ def test_halving_a_staged_step_trains_less_and_keeps_the_winner(store):
     outcome = search(store, halving(store), worker)
     assert [(o.step, o.counts) for o in outcome.groups] == [("kernel_size", False), ("kernel_size", True)]
     rung1, final = outcome.groups
-    assert len(rung1.rows) == 3  # the carried-in (3, 3) skips the low rung: its full folds come from the store
+    assert len(rung1.rows) == 3  # the carried-in (3, 3) skips the low rung, and meets the survivors in the last
     assert final.best["candidate"] == "kernel_size=(7, 7)"  # the known winner
     epochs = sum(int(key_epochs) for key_epochs in _epochs_trained(store))
     assert epochs < 4 * 3 * 6  # less than the full grid's fold-epochs
@@ -113,6 +113,19 @@ def test_halving_a_staged_step_trains_less_and_keeps_the_winner(store):
     # Only the last rung decides: the store's step best is the 6-epoch winner, whatever the 2-epoch rung said.
     state = tracking.read_store_state(tracking.connect(store), campaign(store).experiment_id, DATA.digest())
     assert state.step_bests["kernel_size"].params == {"kernel_size": (7, 7)}
+
+
+@pytest.mark.slow
+def test_a_halved_steps_line_counts_the_folds_of_every_rung(store):
+    """The step's closing line said "trained 4 folds" after 10 (its low rung's 6 were left out)."""
+    from conftest import cli
+
+    args = ["tune", "--strategy", "halving", "--stage", "kernel_size", "--data", "sample", "--folds", "2"]
+    proc = cli(*args, "--epochs", "3", "--n-jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kernel_size rung 1/2: 1 epochs: 3 candidates x 2 folds" in proc.stdout
+    assert "kernel_size rung 2/2: 3 epochs: 2 candidates x 2 folds" in proc.stdout
+    assert "; trained 10 folds, reused 0" in proc.stdout, proc.stdout
 
 
 class TimedWorker(Worker):

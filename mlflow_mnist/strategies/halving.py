@@ -40,8 +40,9 @@ def halve(
 ) -> Rows:
     """Successive halving of ``candidates`` (each at its own full ``epochs``); returns the last rung's rows.
 
-    ``incumbent``, when it is one of the candidates, skips the low rungs and meets the survivors in the last:
-    the store already holds its folds at the full budget, so it costs nothing there.
+    ``incumbent``, when it is one of the candidates, skips the low rungs and meets the survivors in the last: it
+    is the configuration carried in, known to be good, and where an earlier step trained it at the full budget the
+    store holds its folds, so it costs nothing there (in a campaign's first step it is trained there).
     """
     max_epochs = max(c.params[EPOCHS] for c in candidates)
     budgets = rung_budgets(len(candidates), max_epochs, factor)
