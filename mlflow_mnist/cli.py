@@ -302,9 +302,12 @@ def main() -> None:
     """Run, track and understand hyperparameter searches of Keras models with MLflow.
 
     \b
-    Environment: MLFLOW_TRACKING_URI (the store; default sqlite:///mlflow.db), MLFLOW_MNIST_TASK (--task's
-    default), MLFLOW_MNIST_SEAL_KEY_FILE (a 0600 key file: seal the runs written, and trust only sealed ones on
-    resume, reuse and promote), MLFLOW_MNIST_LEASE_SECONDS (the campaign lock's TTL, seconds).
+    Environment: MLFLOW_TRACKING_URI (the store; default sqlite:///mlflow.db), MLFLOW_EXPERIMENT_NAME or
+    MLFLOW_EXPERIMENT_ID (--experiment's default), MLFLOW_MNIST_TASK (--task's default), the task's data variable
+    (--data's default: `tasks` names it), MLFLOW_MNIST_SEAL_KEY_FILE (a 0600 key file: seal the runs written,
+    and trust only sealed ones on resume, reuse and promote), MLFLOW_MNIST_LEASE_SECONDS (the campaign lock's
+    TTL, seconds), MLFLOW_MNIST_DASK_WAIT (seconds to wait for a Dask worker), MLFLOW_MNIST_CACHE (the precision
+    probe's results and the empty store; default ~/.cache/mlflow-mnist).
     """
     _quiet_libraries()
     _warn_of_a_password_in_the_uri()
