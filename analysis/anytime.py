@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis._plotting import empty, plt, save
+from analysis._plotting import empty, save, subplots
 
 
 def get_anytime_info(searches: pd.DataFrame) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def get_anytime_info(searches: pd.DataFrame) -> pd.DataFrame:
 def render_anytime(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished searches to plot")
-    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(13.5, 4.6), sharey=True)
     for _, part in info.groupby("search_run_id", sort=False):
         label = f"{part['search'].iloc[0]} ({part['strategy'].iloc[0]})"
         for ax, x in zip(axes, ("fold_epochs", "minutes"), strict=True):

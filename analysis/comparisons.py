@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-from analysis._plotting import COLORS, MARKERS, candidate_label, empty, fitted, plt, save, wrap
+from analysis._plotting import COLORS, MARKERS, candidate_label, empty, fitted, save, subplots, wrap
 from analysis.stats import ALPHA, REFERENCE
 
 #: A difference of two accuracies lies in [-100, 100] points.
@@ -137,7 +139,7 @@ def render_comparisons(info: pd.DataFrame, path: Path, *, rope: float) -> Path:
     grid_rows = math.ceil(len(steps) / columns)
     sizes = [len(info[info["step"] == s]) for s in steps]
     heights = [max(sizes[i * columns : (i + 1) * columns]) * 0.26 + 0.75 for i in range(grid_rows)]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         grid_rows,
         columns,
         figsize=(6.2 * columns + 0.6, sum(heights) + 1.6),
@@ -153,7 +155,7 @@ def render_comparisons(info: pd.DataFrame, path: Path, *, rope: float) -> Path:
         ax.set_xlabel("accuracy minus reference (points)", fontsize=8)
     shown = [v for v in COLORS if v in set(info["verdict"]) and v != "point"]
     handles = [
-        plt.Line2D(
+        Line2D(
             [],
             [],
             color=COLORS[v],
@@ -163,7 +165,7 @@ def render_comparisons(info: pd.DataFrame, path: Path, *, rope: float) -> Path:
         )
         for v in shown
     ]
-    handles.append(plt.Rectangle((0, 0), 1, 1, color=COLORS["practically equivalent"], alpha=0.2, label="ROPE"))
+    handles.append(Rectangle((0, 0), 1, 1, color=COLORS["practically equivalent"], alpha=0.2, label="ROPE"))
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=min(len(handles), 5))
     title = (
         "Each candidate against its step's reference: corrected repeated k-fold t-test, Holm across the step, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis._plotting import empty, plt, save, sns
+from analysis._plotting import empty, save, sns, subplots
 
 
 def get_curves_info(epochs: pd.DataFrame, step: str, metric: str = "val_accuracy") -> pd.DataFrame:
@@ -21,7 +21,7 @@ def get_curves_info(epochs: pd.DataFrame, step: str, metric: str = "val_accuracy
 def render_curves(info: pd.DataFrame, step: str, path: Path) -> Path:
     if info.empty:
         return empty(path, f"no per-epoch curves for step {step}")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     sns.lineplot(info, x="epoch", y="value", hue="candidate", marker="o", ax=ax, palette="viridis")
     title = f"{step}: learning curves"
     # The early epochs' lows would flatten every curve: they may fall off the axis, but no candidate's last epoch

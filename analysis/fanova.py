@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis._plotting import empty, is_numeric, plt, save
+from analysis._plotting import empty, is_numeric, save, subplots
 
 MIN_TRIALS = 4
 
@@ -38,7 +38,7 @@ def render_importance(info: pd.DataFrame, path: Path, search: str, which: str = 
         return empty(path, f"{search}: fewer than {MIN_TRIALS} trials: no importance yet")
     title = f"{search}: parameter importance" + (f" ({which})" if which else "")
     ordered = info.sort_values("importance")
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(ordered) + 1.6))
+    fig, ax = subplots(figsize=(7, 0.35 * len(ordered) + 1.6))
     ax.barh(ordered["parameter"], ordered["importance"], color="#2166ac")
     ax.set_xlabel("share of the variance in mean CV accuracy (fANOVA)")
     ax.set_title(title, fontsize=10)
@@ -68,7 +68,7 @@ def render_interaction(info: pd.DataFrame, path: Path, search: str, which: str =
     if info.empty:
         return empty(path, f"{search}: fewer than two parameters with importance: no interaction to show")
     title = f"{search}: the two most important parameters" + (f" ({which})" if which else "")
-    fig, ax = plt.subplots(figsize=(6.5, 5))
+    fig, ax = subplots(figsize=(6.5, 5))
     x, y = info["x"], info["y"]
     numeric_x, numeric_y = is_numeric(x), is_numeric(y)
     xs = x.astype(float) if numeric_x else x.astype("category").cat.codes

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-from analysis._plotting import COLORS, empty, plt, save
+from analysis._plotting import COLORS, empty, save, subplots
 from analysis.stats import ALPHA, importance
 
 POSSIBLE = 100.0  # a move in accuracy points is at most 100
@@ -30,7 +32,7 @@ def _label(row) -> str:
 def render_importance(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished steps to plot")
-    fig, ax = plt.subplots(figsize=(9.5, 0.34 * len(info) + 2.4))
+    fig, ax = subplots(figsize=(9.5, 0.34 * len(info) + 2.4))
     shift, needed = 100 * info["shift"], 100 * info["needed"].replace(np.inf, np.nan)
     finite = pd.concat([shift, needed]).dropna()
     top = min(POSSIBLE, max(1.0, float(finite.max()) * 1.6)) if len(finite) else 1.0
@@ -67,8 +69,8 @@ def render_importance(info: pd.DataFrame, path: Path) -> Path:
         fontsize=9,
     )
     shown = [v for v in ("effect", "no practical effect", "undecided") if v in set(info["verdict"])]
-    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[v], label=f"step verdict: {v}") for v in shown]
-    handles.append(plt.Line2D([], [], color="black", marker="|", ls="", ms=12, label="move needed"))
+    handles = [Rectangle((0, 0), 1, 1, color=COLORS[v], label=f"step verdict: {v}") for v in shown]
+    handles.append(Line2D([], [], color="black", marker="|", ls="", ms=12, label="move needed"))
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=len(handles), bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0, 0.06 * 6 / (0.34 * len(info) + 2.4), 1, 1))
     return save(fig, path, tight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis._plotting import empty, plt, save, sns
+from analysis._plotting import empty, save, sns, subplots
 from analysis.store import VALUE_SEPARATOR
 
 
@@ -29,7 +29,7 @@ def get_interaction_info(summary: pd.DataFrame, step: str) -> pd.DataFrame:
 def render_interaction(info: pd.DataFrame, step: str, path: Path) -> Path:
     if info.empty:
         return empty(path, f"no two-parameter grid in step {step}")
-    fig, ax = plt.subplots(figsize=(1.2 * info.shape[1] + 2.5, 0.8 * info.shape[0] + 1.8))
+    fig, ax = subplots(figsize=(1.2 * info.shape[1] + 2.5, 0.8 * info.shape[0] + 1.8))
     sns.heatmap(info, annot=True, fmt=".4f", cmap="viridis", ax=ax, cbar_kws={"label": "mean held-out accuracy"})
     ax.set_title(f"{step}: interaction", fontsize=11)
     return save(fig, path)

@@ -10,8 +10,9 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
-from analysis._plotting import COLORS, empty, fitted, plt, save
+from analysis._plotting import COLORS, empty, fitted, save, subplots
 from analysis.stats import MEAN_LEVEL
 from analysis.store import VALUE_SEPARATOR
 
@@ -38,7 +39,7 @@ def get_progression_info(
 def render_progression(info: pd.DataFrame, path: Path) -> Path:
     if info.empty:
         return empty(path, "no finished steps to plot")
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.62 * len(info) + 3.2), 5.2))
+    fig, ax = subplots(figsize=(max(6.5, 0.62 * len(info) + 3.2), 5.2))
     x = list(range(len(info)))
     for i in x[1:]:
         dashed = not info["holds_previous"].iloc[i]
@@ -62,7 +63,7 @@ def render_progression(info: pd.DataFrame, path: Path) -> Path:
     )
     fig.suptitle(fitted(title, fig, 9), fontsize=9)
     handles = [
-        plt.Line2D([], [], color=COLORS[v], marker="o", ls="-", label=f"step verdict: {v}")
+        Line2D([], [], color=COLORS[v], marker="o", ls="-", label=f"step verdict: {v}")
         for v in dict.fromkeys(info["verdict"].dropna())
     ]
     if not info["holds_previous"].all():
@@ -70,7 +71,7 @@ def render_progression(info: pd.DataFrame, path: Path) -> Path:
             "dashed: the next step did not start\nfrom this one's choice (it is earlier\n"
             "in the task's order, or overridden)"
         )
-        handles.append(plt.Line2D([], [], color="#999999", ls="--", label=note))
+        handles.append(Line2D([], [], color="#999999", ls="--", label=note))
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(fig, path)

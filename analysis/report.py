@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import anytime, comparisons, curves, fanova, importance, interaction, progression, sensitivity, studies
-from analysis._plotting import Placeholder
+from analysis._plotting import Placeholder, style
 from analysis.searches import search_spaces, search_table, trial_table, trials_for_importance
 from analysis.stats import (
     ALPHA,
@@ -68,8 +68,15 @@ def build_report(
     *,
     rope: float = DEFAULT_ROPE,
 ) -> Report:
-    """Read, compute, draw every figure into ``out``; write ``out/report.html`` and ``out/verdicts.csv``."""
-    out = Path(out)
+    """Read, compute, draw every figure into ``out`` (in the report's style, the caller's own settings kept);
+    write ``out/report.html`` and ``out/verdicts.csv``."""
+    with style():
+        return _build_report(client, experiments, Path(out), stage_run_id, data_digest, rope=rope)
+
+
+def _build_report(
+    client, experiments: list[str], out: Path, stage_run_id: str | None, data_digest: str | None, *, rope: float
+) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     runs = read_runs(client, experiments)
     folds = fold_table(runs, data_digest, stage_run_id)

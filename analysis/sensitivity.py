@@ -11,8 +11,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-from analysis._plotting import COLORS, MARKERS, candidate_label, empty, is_numeric, plt, save
+from analysis._plotting import COLORS, MARKERS, candidate_label, empty, is_numeric, save, subplots
 from analysis.stats import MEAN_LEVEL, REFERENCE, SAME_AS_REFERENCE, UNHEALTHY
 
 
@@ -105,7 +107,7 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
         return empty(path, f"no finished folds for step {info.step}")
     unhealthy = info.means["verdict"].isin(UNHEALTHY)
     bad, good = info.means[unhealthy], info.means[~unhealthy]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         2 if len(bad) else 1,
         1,
         figsize=(10, 6.0 if len(bad) else 5.0),
@@ -143,16 +145,16 @@ def render_sensitivity(info: SensitivityInfo, path: Path) -> Path:
     title = info.step if not info.verdict else f"{info.step}\n" + "\n".join(textwrap.wrap(info.verdict, 110))
     ax.set_title(title, fontsize=8, loc="left")
     handles = [
-        plt.Line2D([], [], color=COLORS[v], marker="D" if v == REFERENCE else "o", ls="-", label=v)
+        Line2D([], [], color=COLORS[v], marker="D" if v == REFERENCE else "o", ls="-", label=v)
         for v in dict.fromkeys(good["verdict"])
     ]
     handles += [
-        plt.Line2D([], [], color="#555555", marker="*", ls="", ms=10, label="chosen (best)"),
-        plt.Line2D([], [], color=COLORS["point"], marker="o", ls="", label="one fold"),
+        Line2D([], [], color="#555555", marker="*", ls="", ms=10, label="chosen (best)"),
+        Line2D([], [], color=COLORS["point"], marker="o", ls="", label="one fold"),
     ]
     if not math.isnan(info.reference_mean):
         handles.append(
-            plt.Rectangle((0, 0), 1, 1, color=COLORS["practically equivalent"], alpha=0.25, label="reference +/- ROPE")
+            Rectangle((0, 0), 1, 1, color=COLORS["practically equivalent"], alpha=0.25, label="reference +/- ROPE")
         )
     ax.legend(
         handles=handles,

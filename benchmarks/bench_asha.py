@@ -334,10 +334,19 @@ def plot_curves(
 ) -> Path:
     """Best mean CV so far, one step line per search (to where it stopped), against each of ``axes``
     (``fold_epochs``, ``minutes``); the target as a dashed line, equal fold-epochs as a dotted one."""
-    from analysis._plotting import plt, save
+    from analysis._plotting import style
+
+    with style():  # the report's look
+        return _draw_curves(curves, path, target=target, common=common, axes=axes, title=title)
+
+
+def _draw_curves(
+    curves: dict[str, list[dict]], path: Path, *, target: float, common: float | None, axes: tuple[str, ...], title: str
+) -> Path:
+    from analysis._plotting import save, subplots
 
     labels = {"fold_epochs": "fold-epochs trained", "minutes": "wall time since the search started (minutes)"}
-    fig, panels = plt.subplots(1, len(axes), figsize=(6 * len(axes), 5), sharey=True, squeeze=False)
+    fig, panels = subplots(1, len(axes), figsize=(6 * len(axes), 5), sharey=True, squeeze=False)
     values = sorted(p["best_so_far"] for curve in curves.values() for p in curve)
     for ax, x in zip(panels[0], axes, strict=True):
         for name, curve in curves.items():

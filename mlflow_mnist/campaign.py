@@ -56,6 +56,7 @@ from mlflow_mnist.strategies import SearchRequest, Strategy
 from mlflow_mnist.tasks import DEFAULT_TASK, DataError, get_task
 from mlflow_mnist.tasks.base import PRECISIONS, Dataset, Task, expand_user
 from mlflow_mnist.worker import DataRef, FoldWorker, WarmUp
+from mlflow_mnist.worker.process import mark_caller
 
 # numpy's and scikit-learn's seeds are 32-bit unsigned; a final's seeds count on from the campaign's (seed + k).
 MAX_SEED = 2**31 - 1
@@ -135,6 +136,7 @@ class Campaign:
         """Validate every setting, load the data (or take ``dataset``, the test seam's in-memory arrays), reach
         the store; nothing is written yet. ``needs`` names what the command reads from an earlier one (``final
         --search``: "a search"): the store and the experiment must then exist, and are never made empty."""
+        mark_caller()  # a fold trained in this process (one worker) leaves it as it was
         chosen_task = get_task(task)
         check_choice("precision", precision, (*PRECISIONS, "auto"))
         if cv_repeats < 1:

@@ -161,8 +161,11 @@ class _Group(click.Group):
 
 
 def _quiet_libraries() -> None:
-    for name in ("mlflow", "absl", "tensorflow", "alembic"):
+    for name in ("mlflow", "absl", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A new model per fold is a new tf.function by design: its "retracing" warnings would flood the progress bar
+    # of a fold trained in this process (one worker), as a pool worker's set-up keeps them from its own.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # MLflow logs every failed database session at ERROR with its traceback (a database lost mid-search printed 594
     # lines before our one line); the failure reaches us as an exception, and we say it once.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -336,10 +339,21 @@ def run(args: list[str] | None = None, *, prog_name: str | None = None) -> None:
     """The program (``mlflow-mnist``, ``python -m mlflow_mnist``, ``python -m analysis``): the command, then, while
     the interpreter exits, Ctrl-C and SIGTERM end the process at once. Only the program's exit gets that: `main`
     called by other code in its own process (click's test runner) leaves that process's Ctrl-C as it was."""
+    _headless_figures()
     try:
         main(args, prog_name=prog_name)
     finally:
         _handle_interrupts_at_exit()
+
+
+def _headless_figures() -> None:
+    """The program draws figures into files only: Agg for it and its pool's processes, whatever the desktop
+    offers (the library itself chooses no back end: a notebook's is its user's)."""
+    if "matplotlib" in sys.modules:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    os.environ["MPLBACKEND"] = "Agg"
 
 
 @main.command()

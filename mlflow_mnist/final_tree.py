@@ -63,13 +63,12 @@ def seed_runs_sha256(run_ids) -> str:
 
 
 def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * len(classes), 2 + 0.5 * len(classes)))
+    # A figure of its own, outside pyplot: no back end is chosen for the caller's process (a notebook's stays).
+    fig = Figure(figsize=(2.5 + 0.5 * len(classes), 2 + 0.5 * len(classes)))
+    ax = fig.subplots()
     sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, xticklabels=classes, yticklabels=classes, ax=ax)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
     fig.tight_layout()
@@ -78,15 +77,13 @@ def confusion_figure(matrix: np.ndarray, classes: tuple[str, ...], title: str):
 
 def misclassified_figure(images: list, y_true, y_pred, classes: tuple[str, ...], limit: int = 36):
     """A grid of the first ``limit`` misclassified examples; ``images[i]`` is example i as a 2-D image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     wrong = np.flatnonzero(y_true != y_pred)[:limit]
     columns = max(1, min(6, len(wrong)))
     rows = max(1, math.ceil(len(wrong) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    fig = Figure(figsize=(1.6 * columns, 1.9 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, index in zip(axes.flat, wrong, strict=False):

@@ -551,9 +551,9 @@ def test_a_figure_too_crowded_for_tight_layout_is_saved_whole_and_says_nothing(t
     API's output): such a figure is saved cropped to what it drew instead, without a warning."""
     import warnings
 
-    from analysis._plotting import plt, save
+    from analysis._plotting import save, subplots
 
-    fig, axes = plt.subplots(3, 1, figsize=(2, 1.5))
+    fig, axes = subplots(3, 1, figsize=(2, 1.5))
     for ax in axes:
         ax.set_ylabel("a label far too long\nfor this axis\nto hold\nin any layout", fontsize=14)
     with warnings.catch_warnings():

@@ -171,3 +171,55 @@ def test_a_final_with_nothing_to_carry_forward_says_so(store):
     client = MlflowClient(store)
     sources = {run: client.get_run(run).data.tags[SOURCE_RUNS] for run in (done["run_id"], carried["run_id"])}
     assert sources[done["run_id"]] == "{}" and "activation" in sources[carried["run_id"]]
+
+
+NOTEBOOK = """
+import json, logging, sys
+
+import matplotlib
+
+matplotlib.use("svg")  # the user's own back end (a notebook's is its inline one)
+matplotlib.rcParams["axes.grid"] = False
+
+import mlflow_mnist
+
+
+def state():
+    import matplotlib
+
+    return {
+        "stdout": type(sys.stdout).__name__,
+        "stderr": type(sys.stderr).__name__,
+        "tensorflow log level": logging.getLogger("tensorflow").level,
+        "root handlers": [type(h).__name__ for h in logging.getLogger().handlers],
+        "back end": matplotlib.get_backend(),
+        "rc": {key: str(value) for key, value in matplotlib.rcParams.items()},
+    }
+
+
+before = state()
+common = dict(data="sample", epochs=1, folds=2, n_jobs=1)
+mlflow_mnist.tune(stage="kernel_size", **common)
+mlflow_mnist.final(**common)
+mlflow_mnist.analyze(out="report")
+after = state()
+changed = {key: (before[key], after[key]) for key in before if before[key] != after[key]}
+if "rc" in changed:
+    changed["rc"] = sorted(k for k in before["rc"] if before["rc"][k] != after["rc"].get(k))
+print(json.dumps(changed))
+"""
+
+
+@pytest.mark.slow
+def test_a_notebook_keeps_its_own_process_after_tune_final_and_analyze(store, tmp_path):
+    """From an audit of the Python API: with one worker a fold trains in the caller's process, whose set-up replaced
+    the notebook's sys.stdout for good (no `.buffer`), and set TensorFlow's log level; the final's and the report's
+    figures switched matplotlib to Agg (a notebook's figures stopped showing) and seaborn's theme changed 34 rc
+    parameters. The caller's process is now as it was."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NOTEBOOK], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {}, proc.stdout[-2000:]
+    assert (tmp_path / "report" / "report.html").exists()

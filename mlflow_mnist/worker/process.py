@@ -121,11 +121,23 @@ def restore_malloc_fast_path() -> bool:
         return False  # not glibc (macOS, musl): nothing to undo
 
 
+_CALLER_PID: int | None = None  # the process a search or final was called in (the driver)
+
+
+def mark_caller() -> None:
+    """This process called the tool (a command, or a notebook's `tune`/`final`): a fold it trains itself (one
+    worker) leaves it as it was. The set-up below replaced a notebook's sys.stdout for good, and TensorFlow's
+    log level and threads with it."""
+    global _CALLER_PID
+    _CALLER_PID = os.getpid()
+
+
 def configure_threads(threads: int | None) -> None:
     """Set a worker up once: its share of the cores (TensorFlow only accepts this before its first op), quiet
-    logs (a worker process does not inherit the driver's logging settings) and malloc's fast path."""
+    logs (a worker process does not inherit the driver's logging settings) and malloc's fast path. The caller's
+    own process (:func:`mark_caller`) is not a worker, and is left alone."""
     global _THREADS_SET
-    if _THREADS_SET:
+    if _THREADS_SET or os.getpid() == _CALLER_PID:
         return
     _THREADS_SET = True
     restore_malloc_fast_path()
