@@ -16,6 +16,14 @@ class _Refused(click.ClickException):
     exit_code = 2
 
 
+def _check_rope(rope: float) -> None:
+    import math
+    import numbers
+
+    if isinstance(rope, bool) or not isinstance(rope, numbers.Real) or not (math.isfinite(rope) and 0 <= rope <= 0.5):
+        raise ValueError(f"rope={rope!r} must be a number from 0 to 0.5 (accuracy points / 100; default 0.001)")
+
+
 def _finite(value: float, flag: str) -> float:
     """click's FloatRange lets NaN through (every comparison with it is false)."""
     import math
@@ -27,7 +35,7 @@ def _finite(value: float, flag: str) -> float:
 
 def analyze_api(
     *,
-    experiments: Sequence[str] = (),
+    experiments: str | Sequence[str] = (),
     out: str | Path = "reports",
     stage_run: str = "",
     log: bool = True,
@@ -35,15 +43,18 @@ def analyze_api(
     notify: Callable[[str], None] | None = None,
 ):
     """Build the report from the tracking store alone (every figure, ``report.html``, ``verdicts.csv``) and log
-    it back; returns the :class:`analysis.report.Report` (its ``verdicts`` and ``summary`` are DataFrames)."""
+    it back; returns the :class:`analysis.report.Report` (its ``verdicts`` and ``summary`` are DataFrames).
+    ``experiments``: one name or several (none: the latest campaign's); ``rope``: 0 to 0.5 (accuracy points / 100).
+    """
     from analysis.report import build_report
     from mlflow_mnist import tracking
     from mlflow_mnist.experiments import check_experiment_exists, resolve_experiment
     from mlflow_mnist.runs import log_report
 
+    _check_rope(rope)  # the CLI's range, for Python callers: a NaN or a negative ROPE drew a report of nonsense
+    experiments = [experiments] if isinstance(experiments, str) else list(experiments)  # not its letters
     client = tracking.connect(existing=True)
     launcher, chosen_because = None, ""
-    experiments = list(experiments)
     if not experiments:  # under `mlflow run`, its experiment (the report goes on its run); else the latest campaign
         where = resolve_experiment(client, create=False)
         chosen_because = where.chosen_because  # said once the report is made: a refusal is its one line alone

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_mnist.params import HyperparameterError, Overrides
 from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks import DEFAULT_TASK
 
@@ -64,6 +66,25 @@ def _say_all(lines: list[str], notify: Callable[[str], None] | None, *more: str)
         _say(line, notify)
 
 
+def _check_counts(**counts: tuple[Any, int | None]) -> None:
+    """Each value a whole number (``int``, not ``bool``) and at least its minimum where one is given: the CLI's
+    click ranges, for Python callers (``trials=0`` returned an empty result, ``halving_factor=1`` divided by zero,
+    ``epochs="1"`` raised a TypeError deep inside). Ranges with a message of their own (folds, epochs, seed) are
+    left to the campaign."""
+    for name, (value, minimum) in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise HyperparameterError(f"{name}={value!r} must be a whole number (int)")
+        if minimum is not None and value < minimum:
+            raise HyperparameterError(f"{name}={value} must be at least {minimum}")
+
+
+def _check_settings(*, epochs: int | None, folds: int, cv_repeats: int, seed: int, n_jobs: int) -> None:
+    """The campaign settings ``tune`` and ``final`` share: whole numbers (their ranges are the campaign's)."""
+    _check_counts(folds=(folds, None), cv_repeats=(cv_repeats, None), seed=(seed, None), n_jobs=(n_jobs, None))
+    if epochs is not None:
+        _check_counts(epochs=(epochs, None))
+
+
 def tune(
     *,
     task: str = DEFAULT_TASK,
@@ -83,7 +104,7 @@ def tune(
     classes: str = "",
     data: str = "",
     seed: int = 0,
-    overrides: str = "",
+    overrides: Overrides = "",
     experiment: str | None = None,
     precision: str = "float32",
     executor: str = "joblib",
@@ -104,6 +125,16 @@ def tune(
     """
     arguments = dict(locals())  # this call's arguments, taken before any other name is bound
     import pandas as pd
+
+    _check_settings(epochs=epochs, folds=folds, cv_repeats=cv_repeats, seed=seed, n_jobs=n_jobs)
+    _check_counts(
+        trials=(trials, 1),
+        halving_factor=(halving_factor, 2),
+        min_epochs=(min_epochs, 0),
+        brackets=(brackets, 1),
+        top_rung_parts=(top_rung_parts, 1),
+        warm_start=(warm_start, 0),
+    )
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
     from mlflow_mnist.lock import lease_seconds
@@ -197,7 +228,7 @@ def tune(
     )
 
 
-def _joint_budget_note(task, space, epochs: int | None, overrides: str) -> str:
+def _joint_budget_note(task, space, epochs: int | None, overrides: Overrides) -> str:
     """A line for ``--epochs`` (or an ``epochs`` override) given to a joint search, whose epochs are its space's
     budget: the value is a campaign setting (the staged steps' epochs, part of the settings key), not this
     search's, and said so rather than dropped without a word."""
@@ -210,7 +241,7 @@ def _joint_budget_note(task, space, epochs: int | None, overrides: str) -> str:
     )
 
 
-def _check_space_covers_start(task, space, overrides: str) -> None:
+def _check_space_covers_start(task, space, overrides: Overrides) -> None:
     """A space whose base, dimensions and ``overrides`` leave a hyperparameter of the task's ``start`` unset makes
     every trial invalid: one line naming the space before the store is reached (a task's own space, built without
     ``base``)."""
@@ -225,7 +256,7 @@ def _check_space_covers_start(task, space, overrides: str) -> None:
         )
 
 
-def _check_grids(task, steps, overrides: str, epochs: int) -> None:
+def _check_grids(task, steps, overrides: Overrides, epochs: int) -> None:
     """Every grid point of ``steps`` on top of the task's start and ``overrides``, validated as ``Campaign.open``
     validates the overrides alone: a bad grid value of a task's own, a clash (``kernel_size=(13, 13)`` leaves no
     room for ``pool_size=(5, 5)``) or an override the grid would ignore is one line naming the step before the store
@@ -264,7 +295,7 @@ def final(
     classes: str = "",
     data: str = "",
     seed: int = 0,
-    overrides: str = "",
+    overrides: Overrides = "",
     experiment: str | None = None,
     precision: str = "float32",
     executor: str = "joblib",
@@ -282,6 +313,8 @@ def final(
     from mlflow_mnist.final_run import check_final_options, run_final
     from mlflow_mnist.lock import lease_seconds
 
+    _check_settings(epochs=epochs, folds=folds, cv_repeats=cv_repeats, seed=seed, n_jobs=n_jobs)
+    _check_counts(repeats=(repeats, 1), configs=(configs, 1))
     check_final_options(repeats=repeats, search=search or None, configs=configs)
     lease_seconds()  # a bad $MLFLOW_MNIST_LEASE_SECONDS is one line before the store is reached
     # One seed gets every core; more share them. A remote cluster counts its own workers.
@@ -415,9 +448,23 @@ def export_champion(*, name: str, out: str | Path) -> tuple[str, str]:
     return export_verified(tracking.connect(existing=True), name, Path(out))
 
 
-def analyze(**options: Any):
-    """The analysis report from the tracking store alone (``analysis.cli.analyze_api``: the analysis package
-    registers it under the entry point group ``mlflow_mnist.api``, so this package never imports it)."""
+def analyze(
+    *,
+    experiments: str | Sequence[str] = (),
+    out: str | Path = "reports",
+    stage_run: str = "",
+    log: bool = True,
+    rope: float = 0.001,
+    notify: Callable[[str], None] | None = None,
+):
+    """The analysis report from the tracking store alone: every figure, ``report.html`` and ``verdicts.csv`` in
+    ``out``, logged back as an analysis run unless ``log`` is false; returns the report (its ``verdicts`` and
+    ``summary`` are DataFrames). ``experiments``: one name or several (none: the latest campaign's);
+    ``stage_run``: one search run only; ``rope``: the region of practical equivalence, 0 to 0.5.
+
+    ``analysis.cli.analyze_api`` does it: the analysis package registers it under the entry point group
+    ``mlflow_mnist.api``, so this package never imports it (the signatures are compared by a test)."""
+    options = dict(locals())  # the arguments, before any other name is bound
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="mlflow_mnist.api"):

@@ -20,7 +20,7 @@ from typing import Any
 from mlflow_mnist import experiments, tracking
 from mlflow_mnist.executors import Executor
 from mlflow_mnist.lock import CampaignLock
-from mlflow_mnist.params import HyperparameterError, Params, check_choice
+from mlflow_mnist.params import HyperparameterError, Overrides, Params, check_choice
 from mlflow_mnist.planning import (
     CandidateRecord,
     FoldTask,
@@ -125,7 +125,7 @@ class Campaign:
         folds: int = 3,
         seed: int = 0,
         epochs: int | None = None,
-        overrides: str = "",
+        overrides: Overrides = "",
         experiment: str | None = None,
         precision: str = "float32",
         cv_repeats: int = 1,

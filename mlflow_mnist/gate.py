@@ -36,8 +36,9 @@ class PromotionRejected(RuntimeError):
     """The gate said no; the alias stays where it was."""
 
 
-class PromoteInputError(PromotionRejected):
-    """A value the user gave cannot be used (a threshold, a run id); nothing was read or written past it."""
+class PromoteInputError(ValueError):
+    """A value the user gave cannot be used (a threshold, a run id); nothing was read or written past it. Not a
+    :class:`PromotionRejected`: ``except PromotionRejected`` (the gate said no) caught a misspelt ``model`` too."""
 
 
 def check_min_accuracy(value: float) -> float:

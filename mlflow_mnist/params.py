@@ -9,10 +9,12 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 Params = dict[str, Any]
+#: ``--overrides``' text, or (Python callers) the dict itself.
+Overrides = str | Mapping[str, Any]
 
 
 class HyperparameterError(ValueError):
@@ -111,10 +113,19 @@ def parse_value(text: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def parse_overrides(text: str | None, known: Iterable[str]) -> Params:
-    """``"neurons_3=10,kernel_size=(5,5)"`` -> {"neurons_3": 10, "kernel_size": (5, 5)}; keys must be ``known``."""
+def parse_overrides(text: Overrides | None, known: Iterable[str]) -> Params:
+    """``"neurons_3=10,kernel_size=(5,5)"`` -> {"neurons_3": 10, "kernel_size": (5, 5)}; keys must be ``known``.
+    Python callers may give the dict itself (its text values read as typed ones are)."""
     known = tuple(known)
     overrides: Params = {}
+    if isinstance(text, Mapping):
+        for key, value in text.items():
+            if key not in known:
+                raise HyperparameterError(f"unknown hyperparameter {key!r} in overrides: known are {', '.join(known)}")
+            overrides[key] = parse_value(value) if isinstance(value, str) else value
+        return overrides
+    if text is not None and not isinstance(text, str):
+        raise StageError(f"overrides={text!r} is neither text nor a dict: write e.g. '{known[0]}=10'")
     if not text or not text.strip():
         return overrides
     for item in _SPLIT_OVERRIDES.split(text.strip()):

@@ -597,3 +597,17 @@ def test_the_figure_stores_tool_takes_help_and_refuses_a_missing_folder(tmp_path
     assert missing.returncode == 2 and "the following arguments are required: out" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_api_analyze_has_the_signature_of_what_it_calls():
+    """`mlflow_mnist.analyze` was `(**options)`: help() and a notebook's completion showed no argument."""
+    import inspect
+
+    import mlflow_mnist
+    from analysis.cli import analyze_api
+
+    ours, theirs = inspect.signature(mlflow_mnist.analyze), inspect.signature(analyze_api)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+    assert ours.parameters and all(p.kind is p.KEYWORD_ONLY for p in ours.parameters.values())

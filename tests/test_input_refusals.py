@@ -309,3 +309,74 @@ def test_a_notice_quoting_the_store_is_one_line(capsys):
     _notify("waiting for the lock held by host1\nerror: forged \x1b[2J")
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["waiting for the lock held by host1\\nerror: forged \\x1b[2J"]
+
+
+# --- the Python API: what the CLI's click types refuse, refused for Python callers too -----------------------------
+
+API_MISTAKES = {  # call -> the line's words; every one refused before a store, a pool or a run is made
+    "no trials": (
+        lambda api: api.tune(strategy="random", space="seed", trials=0, data="sample"),
+        "trials=0 must be at least 1",
+    ),
+    "a halving factor of one": (
+        lambda api: api.tune(strategy="halving", stage="kernel_size", halving_factor=1, data="sample"),
+        "halving_factor=1 must be at least 2",
+    ),
+    "negative first-rung epochs": (
+        lambda api: api.tune(strategy="asha", space="seed", min_epochs=-1, data="sample"),
+        "min_epochs=-1 must be at least 0",
+    ),
+    "a negative warm start": (
+        lambda api: api.tune(strategy="asha", space="seed", warm_start=-1, data="sample"),
+        "warm_start=-1 must be at least 0",
+    ),
+    "epochs as text": (lambda api: api.tune(stage="kernel_size", epochs="1", data="sample"), "epochs='1' must be"),
+    "repeats as text": (lambda api: api.final(repeats="2", data="sample"), "repeats='2' must be a whole number"),
+    "seeds as a float": (lambda api: api.final(seed=1.5, data="sample"), "seed=1.5 must be a whole number"),
+    "overrides neither text nor a dict": (
+        lambda api: api.tune(stage="kernel_size", overrides=["neurons_1=3"], data="sample"),
+        "is neither text nor a dict",
+    ),
+    "a NaN ROPE": (lambda api: api.analyze(rope=float("nan")), "rope=nan must be a number from 0 to 0.5"),
+    "a negative ROPE": (lambda api: api.analyze(rope=-1), "rope=-1 must be a number from 0 to 0.5"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(API_MISTAKES))
+def test_the_python_api_refuses_what_the_cli_refuses(store, tmp_path, mistake):
+    """From an audit of the Python API: `trials=0` returned an empty result, `halving_factor=1` raised
+    ZeroDivisionError, `min_epochs=-1` and `warm_start=-1` ran and wrote runs, `epochs="1"` raised a TypeError from
+    deep inside, and `analyze(rope=nan)` drew a report: click refused each for the CLI, nothing did for Python."""
+    import mlflow_mnist
+    from mlflow_mnist.params import HyperparameterError, StageError
+
+    call, words = API_MISTAKES[mistake]
+    with pytest.raises((HyperparameterError, StageError, ValueError)) as refused:
+        call(mlflow_mnist)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+    assert not list(tmp_path.iterdir())  # no store, no report folder
+
+
+def test_the_python_api_takes_overrides_as_a_dict_and_one_experiment_as_a_name(store, tmp_path):
+    """`overrides={"neurons_1": 3}` raised AttributeError ('dict' has no 'strip'); `analyze(experiments="mnist")`
+    looked for experiments 'm', 'n', 'i', 's', 't'."""
+    import mlflow_mnist
+    from mlflow_mnist.tasks import get_task
+
+    task = get_task("mnist")
+    assert task.parse_overrides({"neurons_1": 3, "kernel_size": "(5,5)"}) == task.parse_overrides(
+        "neurons_1=3,kernel_size=(5,5)"
+    )
+    tracking.connect().create_experiment("mnist")
+    with pytest.raises(ValueError, match=r"^no finished steps in experiment\(s\) mnist: "):
+        mlflow_mnist.analyze(experiments="mnist", out=tmp_path / "report")
+
+
+def test_a_mistake_given_to_promote_is_not_the_gates_refusal(store):
+    """`except PromotionRejected` (the gate said no, as the README puts it) also caught `promote(model="bogus")`."""
+    import mlflow_mnist
+    from mlflow_mnist.gate import PromoteInputError, PromotionRejected
+
+    with pytest.raises(PromoteInputError) as refused:
+        mlflow_mnist.promote(model="bogus")
+    assert not isinstance(refused.value, PromotionRejected)

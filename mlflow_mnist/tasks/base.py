@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlflow_mnist.params import HyperparameterError, Params, StageError, check_known, parse_overrides
+from mlflow_mnist.params import HyperparameterError, Overrides, Params, StageError, check_known, parse_overrides
 from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.spaces import Space
 from mlflow_mnist.stages import Step
@@ -258,7 +258,7 @@ class Task:
             raise StageError(f"unknown search space {name!r} of task {self.name}: choose one of {known}")
         return self.spaces[name]
 
-    def parse_overrides(self, text: str | None) -> Params:
+    def parse_overrides(self, text: Overrides | None) -> Params:
         return parse_overrides(text, self.known)
 
     @staticmethod
