@@ -35,9 +35,17 @@ class Progress:
             return
         if self.clock is not None:
             self.clock.begin()
-        if self.bar is None:
-            self.bar = tqdm(total=0, desc=plan.group.name, unit="fold", disable=not self.enabled, dynamic_ncols=True)
-        self.bar.total += len(plan.to_train)
+        if self.bar is None:  # made with its first folds: a notebook's widget keeps the total it is made with
+            self.bar = tqdm(
+                total=len(plan.to_train),
+                desc=plan.group.name,
+                unit="fold",
+                disable=not self.enabled,
+                dynamic_ncols=True,
+            )
+        else:
+            self.bar.total += len(plan.to_train)
+            _widget_grows_to(self.bar)
         self.bar.refresh()
 
     def fold_finished(self, plan: Plan, task: FoldTask, result: FoldResult) -> None:
@@ -64,3 +72,11 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _widget_grows_to(bar) -> None:
+    """A notebook's bar (tqdm.notebook: label, bar, text) to ``bar.total``: its widget's maximum is fixed when it is
+    made (a bar made empty stayed full, in its "info" style, whatever the count said); a terminal's has none."""
+    children = getattr(getattr(bar, "container", None), "children", ())
+    if len(children) == 3 and hasattr(children[1], "max"):
+        children[1].max = bar.total

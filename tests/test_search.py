@@ -325,3 +325,33 @@ def test_tune_prints_what_each_step_carried_in(store, capsys):
         "learn_rate rung 1/2": "carried in: batch_size=20 (batch_size), momentum=0.2 (momentum)",
     }, lines
     assert any(lines[i].startswith("learn_rate rung 2/2") for i in starts)  # a later rung: no second saying
+
+
+def test_a_notebook_progress_bar_counts_to_the_folds_of_every_group(monkeypatch):
+    """From an audit of the Python API: the bar was made with a total of 0 and grown per group; tqdm.notebook's
+    widget keeps the maximum it is made with, so a notebook's bar sat full, in its 'info' style, from the start.
+    (ipywidgets is not a dependency: the widget here is the part of tqdm.notebook's that holds the maximum.)"""
+    from types import SimpleNamespace
+
+    import tqdm.auto
+    from tqdm.std import tqdm as terminal_bar
+
+    from mlflow_mnist.progress import Progress
+
+    class NotebookBar(terminal_bar):  # as tqdm.notebook.tqdm: (label, bar, text), the bar's max fixed at creation
+        def __init__(self, *args, total=None, **kwargs):
+            super().__init__(*args, total=total, **kwargs)
+            self.container = SimpleNamespace(children=(None, SimpleNamespace(max=total or 1), None))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", NotebookBar)
+
+    def plan(name: str, folds: int):
+        group = SimpleNamespace(name=name, carry=None)
+        return SimpleNamespace(group=group, candidates=[], to_train=[object()] * folds, reused=[])
+
+    progress = Progress(enabled=True)
+    progress.group_started(plan("step 1", 6))
+    assert progress.bar.container.children[1].max == progress.bar.total == 6
+    progress.group_started(plan("step 2", 4))
+    assert progress.bar.container.children[1].max == progress.bar.total == 10
+    progress.close()
