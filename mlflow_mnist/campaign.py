@@ -90,10 +90,15 @@ def _rank(candidate: CandidateRecord) -> tuple:
     return rank_key(row, candidate.tags.trial or 0)
 
 
-def data_source(task: Task, data: str) -> str:
+def data_source(task: Task, data: str | os.PathLike) -> str:
     """Where workers load the data from: a path made absolute (workers may start elsewhere), a name the task
     knows (``sample``) as it is, or "" for the task's default. Without ``--data``, the task's own environment
-    variable (``Task.data_env``) may name it."""
+    variable (``Task.data_env``) may name it. A Python caller may give a ``Path``."""
+    if not isinstance(data, str | os.PathLike):  # data=123 raised a TypeError inside pathlib
+        raise DataError(
+            f"data={data!r} is neither a path nor a name: give a folder or file path, or a name such as 'sample'"
+        )
+    data = os.fspath(data)
     chosen = data or (os.environ.get(task.data_env, "") if task.data_env else "")
     if not chosen or chosen in task.named_sources:
         return chosen

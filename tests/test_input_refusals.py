@@ -337,6 +337,10 @@ API_MISTAKES = {  # call -> the line's words; every one refused before a store, 
         lambda api: api.tune(stage="kernel_size", overrides=["neurons_1=3"], data="sample"),
         "is neither text nor a dict",
     ),
+    "data neither a path nor a name": (
+        lambda api: api.tune(stage="kernel_size", data=123),
+        "data=123 is neither a path nor a name",
+    ),
     "a NaN ROPE": (lambda api: api.analyze(rope=float("nan")), "rope=nan must be a number from 0 to 0.5"),
     "a negative ROPE": (lambda api: api.analyze(rope=-1), "rope=-1 must be a number from 0 to 0.5"),
 }
