@@ -340,6 +340,8 @@ def test_a_killed_holder_on_this_machine_is_taken_over_at_once(uri, client, key)
         CampaignLock(client, key, command="newcomer", ttl=60.0, wait=0).acquire()
     assert f"mlflow-mnist tune child (pid {child.pid} on " in str(refused.value)
     assert "running on this machine" in str(refused.value)
+    # A process paused with SIGSTOP is running too: the line said a "stopped" driver's lock is taken over at once.
+    assert "has exited, killed included, its lock is taken over at once" in str(refused.value)
     _kill(child)
     started = time.monotonic()
     lock = CampaignLock(client, key, command="newcomer", ttl=60.0, wait=0).acquire()  # wait=0: no watching
