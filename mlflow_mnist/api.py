@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow_mnist.params import HyperparameterError, Overrides
+from mlflow_mnist.params import HyperparameterError, Overrides, check_number
 from mlflow_mnist.schema import EPOCHS
 from mlflow_mnist.tasks import DEFAULT_TASK
 
@@ -72,10 +72,10 @@ def _check_counts(**counts: tuple[Any, int | None]) -> None:
     ``epochs="1"`` raised a TypeError deep inside). Ranges with a message of their own (folds, epochs, seed) are
     left to the campaign."""
     for name, (value, minimum) in counts.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # check_number would convert "1"
             raise HyperparameterError(f"{name}={value!r} must be a whole number (int)")
-        if minimum is not None and value < minimum:
-            raise HyperparameterError(f"{name}={value} must be at least {minimum}")
+        if minimum is not None:
+            check_number(name, value, int, minimum, None)
 
 
 def _check_settings(*, epochs: int | None, folds: int, cv_repeats: int, seed: int, n_jobs: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import tempfile
 import threading
 import time
@@ -280,14 +279,9 @@ class RunWriter:
         self.client.log_dict(run_id, dict(values), artifact_file)
 
     def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
-        """Log a matplotlib figure; one pyplot made is closed (pyplot keeps every open figure: a final's seeds
-        leaked theirs), one of our own is freed with its last reference."""
+        """Log a matplotlib ``Figure`` made outside pyplot (the final's are: pyplot would keep every one open, and
+        choose a back end for the caller's process); it is freed with its last reference."""
         self.client.log_figure(run_id, figure, artifact_file)
-        if "matplotlib.pyplot" in sys.modules:
-            import matplotlib.pyplot as plt
-
-            if plt.fignum_exists(getattr(figure, "number", -1)):
-                plt.close(figure)
 
     def describe(self, run_id: str, markdown: str) -> None:
         self.client.set_tag(run_id, NOTE, redact(markdown))
