@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import kill_harness
 import numpy as np
 import pytest
-from conftest import ROOT, FoldWatcher
+from conftest import ROOT, FoldWatcher, python
 
 from mlflow_mnist import schema, tracking
 
@@ -70,19 +71,32 @@ def _fold_runs_finished(uri) -> int:
 
 
 def test_resume_after_kill_trains_only_what_is_missing(store):
+    """A second driver on the experiment is refused while the first one lives, naming it; once the first is killed
+    with kill -9, the rerun takes its lock over at once and trains exactly the missing folds."""
     args = kill_harness.stage_command(n_jobs=1)
     proc = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     )
-    assert FoldWatcher(proc.stderr).wait_for(3, timeout=300), "fewer than 3 folds finished"
+    folds = FoldWatcher(proc.stderr)
+    assert folds.wait_for(1, timeout=300), "the first driver finished no fold"
+    # Forked from the tests' CLI server (the libraries imported): refused in a second or two, while the first
+    # driver has most of its ten folds still to train.
+    second = python(*args[1:], timeout=120)
+    assert second.returncode == 2 and proc.poll() is None, second.stderr[-2000:]
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: another driver is working on this experiment: mlflow-mnist tune")
+    assert f"pid {proc.pid}" in line
+    assert folds.wait_for(3, timeout=300), "fewer than 3 folds finished"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished_before = _fold_runs_finished(store)
     assert 3 <= finished_before < 10
     assert any(r.info.status == "RUNNING" for r in _runs(store))
 
+    started = time.monotonic()
     rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert time.monotonic() - started < 300  # the killed driver's lock is taken over at once, not after its lease
     assert f"trained {10 - finished_before} folds, reused {finished_before}" in rerun.stdout
     runs = _runs(store)
     assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -358,14 +358,15 @@ def test_credentials_never_appear_in_messages():
 def test_ctrl_c_marks_open_runs_killed(store, tmp_path, sent, code):
     """Ctrl-C, and SIGTERM (kill, timeout, a CI job cancelled, docker stop: before, it left the runs RUNNING and
     said nothing), mark the open runs KILLED and say so."""
-    # Ten epochs keep the remaining seven folds busy after the first one reports, so the signal lands mid-stage
-    # even on a slow CI machine; the first fold is seen on the progress line, not by polling the store.
+    # The signal is sent as soon as the first fold reports; at three epochs each, the nine folds left keep the stage
+    # busy for many seconds more, so it lands mid-stage even on a slow CI machine; the first fold is seen on the
+    # progress line, not by polling the store.
     # The child gets Python's own SIGINT handler, as in a terminal: a CI job started in the background (`cmd &`
     # in a script) inherits SIGINT *ignored*, and Python keeps an ignored SIGINT, so Ctrl-C would never arrive.
     interactive = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     interactive += "runpy.run_module('mlflow_mnist', run_name='__main__', alter_sys=True)"
     proc = subprocess.Popen(
-        [sys.executable, "-c", interactive, *STAGE, "--epochs", "10", "--n-jobs", "1"],
+        [sys.executable, "-c", interactive, *STAGE, "--epochs", "3", "--n-jobs", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -508,7 +509,7 @@ def test_a_basic_auth_server_stopped_mid_stage_then_resumed_keeps_every_fold_onc
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         }
-        args = [*stage, "--epochs", "2", "--n-jobs", "1", "--experiment", "mnist"]
+        args = [*stage, "--n-jobs", "1", "--experiment", "mnist"]  # STAGE's one epoch: nine folds after the first
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # this test's own client reads the server too
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.admin[1])
