@@ -104,29 +104,28 @@ def _refused(folder: Path, *args: str, timeout: float = 120, **env: str) -> str:
     return lines[0]
 
 
-def test_a_local_dask_cluster_gives_the_same_cv_results_as_joblib(tmp_path, monkeypatch):
+def test_a_local_dask_cluster_trains_every_fold_over_tls_on_loopback_without_the_trim_setting(tmp_path, monkeypatch):
+    """A search on the local cluster ``--executor dask`` starts. That it scores what joblib scores (to 1e-9, every
+    candidate) is test_reliability's test_kill_nine_at_random_moments_loses_and_duplicates_nothing[dask]: a killed
+    and resumed Dask stage against joblib's uninterrupted one."""
     from mlflow_mnist.campaign import Campaign
-    from mlflow_mnist.executors import JoblibExecutor
     from mlflow_mnist.executors.dask import DaskExecutor
     from mlflow_mnist.strategies import make_strategy
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    means = {}
-    for name, executor in (("joblib", JoblibExecutor(2)), ("dask", DaskExecutor(n_workers=2))):
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/{name}.db")
-        campaign = Campaign.open("sample", "2,7", folds=2, epochs=1, experiment="same")
-        steps = tuple(campaign.task.steps_of("kernel_size"))
-        strategy = make_strategy("staged", campaign.request(stage="kernel_size", steps=steps))
-        with executor:
-            (outcome,) = campaign.search(strategy, executor=executor, with_model=False, progress=False).groups
-            if name == "dask":  # the nanny's MALLOC_TRIM_THRESHOLD_ would slow TensorFlow: our workers lack it
-                assert set(executor.client.run(os.environ.get, TRIM_ENV).values()) == {None}
-                # Other users of this machine reach loopback too: the local cluster speaks TLS, on loopback only.
-                assert executor.cluster.scheduler_address.startswith("tls://127.0.0.1:")
-                assert all(address.startswith("tls://127.0.0.1:") for address in executor.client.nthreads())
-        means[name] = {row["candidate"]: row["mean_test_score"] for row in outcome.rows}
-        assert outcome.trained == 2 * len(outcome.rows) >= 8  # every candidate's two folds, nothing reused
-    assert means["dask"] == means["joblib"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/dask.db")
+    campaign = Campaign.open("sample", "2,7", folds=2, epochs=1, experiment="same")
+    steps = tuple(campaign.task.steps_of("kernel_size"))
+    strategy = make_strategy("staged", campaign.request(stage="kernel_size", steps=steps))
+    with DaskExecutor(n_workers=2) as executor:
+        (outcome,) = campaign.search(strategy, executor=executor, with_model=False, progress=False).groups
+        # The nanny's MALLOC_TRIM_THRESHOLD_ would slow TensorFlow: our workers lack it.
+        assert set(executor.client.run(os.environ.get, TRIM_ENV).values()) == {None}
+        # Other users of this machine reach loopback too: the local cluster speaks TLS, on loopback only.
+        assert executor.cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        assert all(address.startswith("tls://127.0.0.1:") for address in executor.client.nthreads())
+    assert outcome.trained == 2 * len(outcome.rows) >= 8  # every candidate's two folds, nothing reused
+    assert all(0 < row["mean_test_score"] <= 1 for row in outcome.rows)
 
 
 FAULTS = """

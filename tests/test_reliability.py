@@ -423,7 +423,7 @@ def test_a_signal_while_the_program_exits_ends_it_at_once(sent, code):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> tuple[float, dict[str, float]]:
     """The kill scenario run to completion once (joblib, 2 workers): its time and scores, which every executor
-    gives alike (test_cluster compares them)."""
+    gives alike (the Dask case below compares its killed and resumed stage with them, to 1e-9)."""
     return kill_harness.reference_run(tmp_path_factory.mktemp("kill") / "reference", n_jobs=2)
 
 
