@@ -195,6 +195,15 @@ def _reference(row) -> str:
     return f"{row.reference_value} ({REFERENCE_WORDS.get(row.reference_state, row.reference_state)})"
 
 
+def _counts(report: Report) -> str:
+    """What the verdicts below stand on; a campaign of joint searches alone has none (it read "0 fold results in 0
+    steps" of a search that had trained folds)."""
+    if len(report.verdicts):
+        return f"{len(report.folds)} fold results in {len(report.verdicts)} steps."
+    runs = f"{report.searches} search run{'' if report.searches == 1 else 's'}"
+    return f"No staged step among the {runs} read, so no verdicts: a joint search's trials are in its figures."
+
+
 def render_html(report: Report, experiments: list[str], *, rope: float) -> str:
     v = report.verdicts
     table = pd.DataFrame(
@@ -225,7 +234,7 @@ def render_html(report: Report, experiments: list[str], *, rope: float) -> str:
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}} img{{max-width:100%}}
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}</style></head>
 <body><h1>Campaign report: {html.escape(", ".join(experiments))}</h1>
-<p>{len(report.folds)} fold results in {len(v)} steps. Each candidate is compared with its step's reference, fixed
+<p>{_counts(report)} Each candidate is compared with its step's reference, fixed
 before the step's scores: the carried-in configuration trained afresh in the step (on older stores, the carried-in
 grid point; its folds reused from the step that chose it are marked, as they bias verdicts toward "worse"; a step
 whose carried-in value was not trained has no reference and decides nothing). The test is the corrected repeated

@@ -505,6 +505,21 @@ def test_analyze_prints_the_reports_warnings_as_one_line_each(store, tmp_path):
     assert all(line.startswith(("warning: ", "experiment 'mnist'")) for line in lines), proc.stderr
 
 
+def test_a_report_of_joint_searches_alone_says_it_has_no_staged_step(store, tmp_path):
+    """From a contributor's walk-through: a campaign of joint searches only was headed "0 fold results in 0 steps"
+    although its search had trained folds."""
+    from mlflow_mnist.strategies.random import RandomSearch
+    from mlflow_mnist.tasks.mnist.steps import SEED
+
+    campaign = open_campaign(store, dataset=DATA, experiment="mnist", folds=2, epochs=6, task="mnist")
+    search = RandomSearch(SEED, n_trials=2, batch=2, seed=0, overrides={}, search_key="joint")
+    run(campaign, search, worker=lambda task: fold_result(task, 0.97), with_model=False)
+    report = build_report(tracking.connect(store), ["mnist"], tmp_path / "out")
+    text = report.html_path.read_text()
+    assert report.verdicts.empty and report.searches == 1
+    assert "No staged step among the 1 search run read, so no verdicts" in text and "0 fold results" not in text
+
+
 def test_a_report_names_the_figures_it_had_no_data_for_instead_of_showing_placeholders(store, tmp_path):
     """A search of two trials has no importance or interaction to draw: the report shows neither as a figure of its
     own (it showed boxes of text) and says, in one line, what was not drawn and why; the placeholders' files are
