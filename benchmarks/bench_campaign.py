@@ -30,6 +30,7 @@ import machine  # noqa: E402
 
 from mlflow_mnist import schema  # noqa: E402
 from mlflow_mnist.campaign import data_source  # noqa: E402
+from mlflow_mnist.strategies import STAGE_FORM, STRATEGIES  # noqa: E402
 from mlflow_mnist.tasks import DEFAULT_TASK, Task, get_task  # noqa: E402
 from mlflow_mnist.tasks.mnist.data import DATA_ENV_VAR  # noqa: E402
 
@@ -126,18 +127,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-JOINT = ("optuna", "random")  # strategies that search a space (--space, --trials) rather than --stage's steps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=DEFAULT_TASK, help="a registered task [default: mnist]")
     parser.add_argument("--data", default=None, help="the task's data [default: mnist: $MLFLOW_MNIST_DATA]")
-    parser.add_argument("--strategy", default="staged")
+    joint = ", ".join(name for name, strategy in STRATEGIES.items() if STAGE_FORM not in strategy.searches)
+    parser.add_argument("--strategy", default="staged", choices=list(STRATEGIES))
     parser.add_argument("--stage", default="all")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--space", default=None, help="optuna, random: the search space [default: mnist: seed]")
-    parser.add_argument("--trials", default="40", help="optuna, random: the number of trials")
+    parser.add_argument("--space", default=None, help=f"{joint}: the search space [default: mnist: seed]")
+    parser.add_argument("--trials", default="40", help=f"{joint}: the number of trials")
     parser.add_argument("--reuse-reference", action="store_true", help="staged steps: the older reference rule")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -147,7 +146,8 @@ def main() -> None:
     if mnist and not data:
         sys.exit("error: real MNIST is needed: pass --data or set MLFLOW_MNIST_DATA")
     store = Path(tempfile.mkdtemp(prefix="campaign-"))
-    joint = args.strategy in JOINT
+    # A strategy that searches a space only gets --space and --trials; the others run --stage's steps.
+    joint = STAGE_FORM not in STRATEGIES[args.strategy].searches
     stage = "" if joint else args.stage
     space = args.space if args.space is not None else ("seed" if mnist else "")
     extra = [f"space={space}", f"trials={args.trials}"] if joint else []

@@ -36,7 +36,7 @@ def timed(call, **options):
 def run(task: str, trials: int, folds: int, out: Path) -> dict:
     import mlflow_mnist
     from mlflow_mnist import schema
-    from mlflow_mnist.strategies import STRATEGIES
+    from mlflow_mnist.strategies import STAGE_FORM, STRATEGIES
     from mlflow_mnist.tasks import get_task
 
     chosen = get_task(task)
@@ -44,7 +44,7 @@ def run(task: str, trials: int, folds: int, out: Path) -> dict:
     common = {"task": task, "folds": folds, "progress": False, "experiment": task, "log_models": False}
     rows = []
     for strategy in STRATEGIES:
-        joint = strategy not in ("staged", "halving")  # halving runs the same stage; the others search the space
+        joint = STAGE_FORM not in STRATEGIES[strategy].searches  # those taking a stage run the same one
         options = {"trials": trials} if joint else {"stage": stage}
         minutes, result = timed(mlflow_mnist.tune, strategy=strategy, **options, **common)
         rows.append(

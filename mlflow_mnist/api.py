@@ -138,7 +138,7 @@ def tune(
 
     from mlflow_mnist.executors import make_executor, resolve_n_jobs
     from mlflow_mnist.lock import lease_seconds
-    from mlflow_mnist.strategies import STRATEGIES, check_options, make_strategy
+    from mlflow_mnist.strategies import SPACE_FORM, STAGE_FORM, STRATEGIES, check_options, make_strategy, searching
     from mlflow_mnist.strategies.base import SearchRequest
     from mlflow_mnist.tasks import get_task
 
@@ -153,18 +153,20 @@ def tune(
         from mlflow_mnist.params import StageError
 
         raise StageError(
-            f"--stage {stage} and --space {space}: a staged or halving search runs a stage's grid, a joint search a "
-            f"space; give one of them"
+            f"--stage {stage} and --space {space}: --stage is a stage's grid ({', '.join(searching(STAGE_FORM))}), "
+            f"--space a joint search's trials ({', '.join(searching(SPACE_FORM))}); give one of them"
         )
     # An option only other strategies read (the registry says which), given a value of its own, is refused.
     defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
     check_options(strategy, arguments, defaults)
-    if stage and trials != defaults["trials"]:  # halving reads --trials over a space only: it was ignored here
+    form = STRATEGIES[strategy]
+    if stage and STAGE_FORM in form.searches and trials != defaults["trials"]:
+        # A strategy that also searches a space (halving) reads --trials there only: it would be ignored here.
         from mlflow_mnist.params import StageError
 
         raise StageError(
-            f"--trials {trials}: --strategy {strategy} --stage {stage} halves the stage's grid, not sampled trials: "
-            f"leave --trials out, or give --space instead of --stage"
+            f"--trials {trials}: --strategy {strategy} --stage {stage} searches the stage's grid, not sampled "
+            f"trials: leave --trials out, or give --space instead of --stage"
         )
     steps = tuple(chosen.steps_of(stage)) if stage else ()
     chosen_space = chosen.get_space(space) if not steps and chosen.spaces else None
@@ -178,7 +180,7 @@ def tune(
     _check_grids(chosen, steps, overrides, dry_epochs)
     if chosen_space is not None:
         _check_space_covers_start(chosen, chosen_space, overrides)
-    budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides)
+    budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides, by_rungs=form.by_rungs)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign, announce = open_campaign(
             notify=notify,
@@ -228,16 +230,18 @@ def tune(
     )
 
 
-def _joint_budget_note(task, space, epochs: int | None, overrides: Overrides) -> str:
+def _joint_budget_note(task, space, epochs: int | None, overrides: Overrides, *, by_rungs: bool = True) -> str:
     """A line for ``--epochs`` (or an ``epochs`` override) given to a joint search, whose epochs are its space's
     budget: the value is a campaign setting (the staged steps' epochs, part of the settings key), not this
-    search's, and said so rather than dropped without a word."""
+    search's, and said so rather than dropped without a word. ``by_rungs``: the strategy reaches that budget rung
+    by rung (else each trial trains at it)."""
     asked = epochs if epochs is not None else task.parse_overrides(overrides).get(EPOCHS)
     if space is None or asked is None or int(asked) == space.max_epochs:
         return ""
     return (
         f"note: epochs {asked} is the campaign's setting for staged steps; a joint search trains up to its space's "
-        f"budget ({space.max_epochs} epochs in space {space.name}), rung by rung"
+        f"budget ({space.max_epochs} epochs in space {space.name}), "
+        + ("rung by rung" if by_rungs else "every trial at that budget")
     )
 
 

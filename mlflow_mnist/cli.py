@@ -22,7 +22,7 @@ import click  # noqa: E402
 
 from mlflow_mnist.executors import EXECUTORS  # noqa: E402
 from mlflow_mnist.params import HyperparameterError, StageError  # noqa: E402
-from mlflow_mnist.strategies import STRATEGIES  # noqa: E402
+from mlflow_mnist.strategies import SPACE_FORM, STAGE_FORM, STRATEGIES  # noqa: E402
 from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
 from mlflow_mnist.tasks import DEFAULT_TASK, DataError  # noqa: E402
 
@@ -416,10 +416,11 @@ def spaces(task) -> None:
 
 @main.command()
 def strategies() -> None:
-    """List the search strategies."""
+    """List the search strategies: what each searches (--stage, --space) and the options it reads."""
     for name, strategy in STRATEGIES.items():
+        forms = " or ".join(f"--{form}" for form in (STAGE_FORM, SPACE_FORM) if form in strategy.searches)
         flags = ", ".join("--" + option.replace("_", "-") for option in sorted(strategy.options))
-        click.echo(f"{name}: {strategy.help} [reads {flags}]")
+        click.echo(f"{name}: {strategy.help} [searches {forms}; reads {flags}]")
 
 
 EXECUTOR_OPTION = click.option(

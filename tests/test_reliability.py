@@ -112,7 +112,7 @@ BAD_INPUTS = [
         "halving a stage with --trials",
         ["--strategy", "halving", "--trials", "8"],
         {},
-        "--trials 8: --strategy halving --stage kernel_size halves the stage's grid, not sampled trials",
+        "--trials 8: --strategy halving --stage kernel_size searches the stage's grid, not sampled trials",
     ),
     ("one fold", ["--folds", "1"], {}, "at least 2 folds"),
     ("negative seed", ["--seed", "-1"], {}, "seed=-1 must be 0 to 2147483647: give --seed 0 or a larger whole"),

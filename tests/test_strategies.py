@@ -87,6 +87,48 @@ def test_each_strategy_names_the_tune_options_it_reads_and_tune_refuses_the_othe
                 check_options(name, {option: changed}, defaults)
 
 
+def test_what_each_strategy_searches_is_read_from_the_registry(store, tmp_path):
+    """Each strategy declares its form (a stage's grid, a space's trials); `strategies`, the README's rows, the API's
+    refusals and its epochs note read it there. A contributor's walk-through found them guessing: `--strategy random
+    --stage width --trials 4` was told random "halves the stage's grid", and random's note said "rung by rung"."""
+    import re
+    from pathlib import Path
+
+    from conftest import cli
+
+    import mlflow_mnist
+    from mlflow_mnist.api import _joint_budget_note
+    from mlflow_mnist.strategies import SPACE_FORM, STAGE_FORM, STRATEGIES, searching
+
+    printed = cli("strategies").stdout.splitlines()
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    strategy_row = next(line for line in readme if line.startswith("| `--strategy`"))
+    trials_row = next(line for line in readme if line.startswith("| `--trials`"))
+    for name, strategy in STRATEGIES.items():
+        assert strategy.searches and strategy.searches <= {STAGE_FORM, SPACE_FORM}, name
+        line = next(line for line in printed if line.startswith(f"{name}: "))
+        forms = re.search(r"\[searches (.+?);", line).group(1)
+        assert forms.split(" or ") == [f"--{form}" for form in (STAGE_FORM, SPACE_FORM) if form in strategy.searches]
+        assert f"`{name}`" in strategy_row
+        assert (re.search(rf"\b{name}\b", trials_row) is not None) == (SPACE_FORM in strategy.searches), name
+    assert searching(STAGE_FORM) == ("staged", "halving")
+    with pytest.raises(StageError) as both:
+        mlflow_mnist.tune(task="digits", stage="width", space="small")
+    assert f"({', '.join(searching(STAGE_FORM))})" in str(both.value)
+    assert f"({', '.join(searching(SPACE_FORM))})" in str(both.value)
+    for name in searching(SPACE_FORM):
+        if STAGE_FORM not in STRATEGIES[name].searches:  # --trials is its own: --stage is what it refuses
+            with pytest.raises(StageError, match="this strategy searches a space, not a stage: leave out --stage"):
+                mlflow_mnist.tune(task="digits", strategy=name, stage="width", trials=4)
+    assert list(tmp_path.iterdir()) == []  # refused before the store was made
+    digits = get_task("digits")
+    space = digits.get_space("small")
+    for name in searching(SPACE_FORM):
+        note = _joint_budget_note(digits, space, 1, "", by_rungs=STRATEGIES[name].by_rungs)
+        said = "rung by rung" if name in ("halving", "optuna", "asha") else "every trial at that budget"
+        assert note.endswith(said), (name, note)
+
+
 def test_rung_budgets():
     assert rung_budgets(4, 6, 3) == [2, 6] and rung_budgets(10, 6, 3) == [1, 2, 6] and rung_budgets(2, 6, 3) == [6]
     assert rungs(18, 3) == [2, 6, 18] and rungs(6, 3) == [2, 6] and rungs(20, 3) == [20]

@@ -298,6 +298,8 @@ def report(rows: list[Row], runs: dict[str, StoreRun]) -> None:
 
 
 def main() -> None:
+    from mlflow_mnist.strategies import SPACE_FORM, searching
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", type=Path, help="folder holding mlflow.db [default: make one]")
     parser.add_argument("--experiment", default="ui-check")
@@ -305,7 +307,7 @@ def main() -> None:
     parser.add_argument("--stage", help="the staged stage to run [default: mnist kernel_size, else the first]")
     parser.add_argument(
         "--joint",
-        choices=["random", "optuna", "halving", "none"],
+        choices=[*searching(SPACE_FORM), "none"],
         help="also a joint search of the task's default space [default: random, none for mnist]",
     )
     parser.add_argument("--trials", type=int, default=2, help="configurations of the joint search")

@@ -10,7 +10,7 @@ from typing import Any
 
 from mlflow_mnist.params import StageError
 from mlflow_mnist.strategies.asha import AsyncHalving
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest, Strategy
+from mlflow_mnist.strategies.base import SPACE_FORM, STAGE_FORM, Evaluate, SearchRequest, Strategy
 from mlflow_mnist.strategies.halving import SuccessiveHalving
 from mlflow_mnist.strategies.optuna import OptunaSearch
 from mlflow_mnist.strategies.random import RandomSearch
@@ -23,6 +23,12 @@ STRATEGIES: dict[str, type[Strategy]] = {
     RandomSearch.name: RandomSearch,
     AsyncHalving.name: AsyncHalving,
 }
+
+
+def searching(form: str) -> tuple[str, ...]:
+    """The registered strategies that take ``form`` (:data:`STAGE_FORM`: a stage's grids; :data:`SPACE_FORM`: trials
+    from a named space), in the registry's order."""
+    return tuple(name for name, strategy in STRATEGIES.items() if form in strategy.searches)
 
 
 def check_options(name: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
@@ -44,4 +50,14 @@ def make_strategy(name: str, request: SearchRequest) -> Strategy:
     return STRATEGIES[name].from_request(request)
 
 
-__all__ = ["STRATEGIES", "Evaluate", "SearchRequest", "Strategy", "check_options", "make_strategy"]
+__all__ = [
+    "SPACE_FORM",
+    "STAGE_FORM",
+    "STRATEGIES",
+    "Evaluate",
+    "SearchRequest",
+    "Strategy",
+    "check_options",
+    "make_strategy",
+    "searching",
+]

@@ -56,7 +56,7 @@ from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
 from mlflow_mnist.results import near_chance
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import SearchRequest
+from mlflow_mnist.strategies.base import SPACE_FORM, SearchRequest
 from mlflow_mnist.strategies.sampling import resumed_seed
 
 
@@ -146,6 +146,8 @@ class _Result:
 
 class AsyncHalving:
     name = "asha"
+    searches = frozenset({SPACE_FORM})
+    by_rungs = True
     help = (
         "asynchronous successive halving with TPE over --space: no worker waits, promoted trials continue their "
         "models; --brackets hedges the first rung, --promotion eager lets a rung's first best go on, "

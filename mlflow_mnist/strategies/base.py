@@ -19,6 +19,10 @@ from mlflow_mnist.tasks.base import Task
 
 Rows = list[dict[str, Any]]
 
+#: What a strategy searches (:attr:`Strategy.searches`): a stage's grids (``--stage``), or trials drawn from a named
+#: space (``--space``, ``--trials``). The API, the CLI's help and the benchmarks read the form from the registry.
+STAGE_FORM, SPACE_FORM = "stage", "space"
+
 
 class Evaluate(Protocol):
     """Cross-validate ``candidates`` (full hyperparameter dicts, or :class:`Spec` with a label, role or trial)
@@ -79,6 +83,8 @@ class SearchRequest:
 
 class Strategy(Protocol):
     """``name`` tags the search run; ``help`` is the CLI's line; ``options`` names the ``tune`` options it reads;
+    ``searches`` the forms it takes (:data:`STAGE_FORM`, :data:`SPACE_FORM`); ``by_rungs`` says a search over a
+    space trains its trials on an epoch budget that grows rung by rung, not at the space's full budget at once;
     ``single_group`` says the search is one group (its run is the search run); ``carries_forward`` says the
     search's result is its last group's best (each group builds on the one before) rather than the best of all its
     groups; ``search_options`` (trials, rung ratio, ...) are logged on the search run, so the UI says how it
@@ -89,6 +95,8 @@ class Strategy(Protocol):
     # The `tune` options it reads beyond the campaign's and its stage or space: another option given a value of
     # its own would be ignored, so `tune` refuses it (strategies.check_options).
     options: ClassVar[frozenset[str]]
+    searches: ClassVar[frozenset[str]]
+    by_rungs: ClassVar[bool]
     single_group: bool
     carries_forward: bool
     search_name: str

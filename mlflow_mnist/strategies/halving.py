@@ -18,7 +18,7 @@ from mlflow_mnist.params import Params
 from mlflow_mnist.planning import Group, Spec, StoreState
 from mlflow_mnist.schema import EPOCHS, Rung
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate, Rows, SearchRequest
+from mlflow_mnist.strategies.base import SPACE_FORM, STAGE_FORM, Evaluate, Rows, SearchRequest
 from mlflow_mnist.strategies.sampling import sample_configs
 from mlflow_mnist.strategies.staged import StagedGrid, step_candidates, step_group
 
@@ -77,6 +77,8 @@ class SuccessiveHalving:
     configurations sampled from ``--space`` and halved once."""
 
     name = "halving"
+    searches = frozenset({STAGE_FORM, SPACE_FORM})
+    by_rungs = True
     help = "successive halving over epochs: of --stage's steps, else of --trials configurations from --space"
     options = frozenset({"trials", "halving_factor"})
     carries_forward = False  # set per instance: halving steps carry forward like the staged grid

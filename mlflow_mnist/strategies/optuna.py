@@ -30,7 +30,7 @@ from mlflow_mnist.params import Params
 from mlflow_mnist.planning import CandidateRecord, Group, Spec, StoreState
 from mlflow_mnist.schema import TRIAL_ROLE, Rung
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest, numbered
+from mlflow_mnist.strategies.base import SPACE_FORM, Evaluate, SearchRequest, numbered
 from mlflow_mnist.strategies.sampling import resumed_seed
 
 
@@ -44,6 +44,8 @@ class OptunaSearch:
     """TPE over ``space``; ``n_trials`` in all (store's included), ``batch`` trials in flight at a time."""
 
     name = "optuna"
+    searches = frozenset({SPACE_FORM})
+    by_rungs = True
     help = "TPE over --space with successive-halving pruning over epochs; --trials in all"
     options = frozenset({"trials", "halving_factor"})
     single_group = False

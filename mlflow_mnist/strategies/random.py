@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 from mlflow_mnist.planning import Group, StoreState
 from mlflow_mnist.spaces import Space
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest, numbered
+from mlflow_mnist.strategies.base import SPACE_FORM, Evaluate, SearchRequest, numbered
 from mlflow_mnist.strategies.sampling import sample_configs
 
 
 class RandomSearch:
     name = "random"
+    searches = frozenset({SPACE_FORM})
+    by_rungs = False
     help = "--trials configurations drawn at random from --space, each at the full budget"
     options = frozenset({"trials"})
     single_group = False

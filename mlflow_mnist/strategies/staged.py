@@ -26,7 +26,7 @@ from mlflow_mnist.planning import (
 )
 from mlflow_mnist.schema import FRESH, REFERENCE, REUSED_RULE
 from mlflow_mnist.stages import Step
-from mlflow_mnist.strategies.base import Evaluate, SearchRequest
+from mlflow_mnist.strategies.base import STAGE_FORM, Evaluate, SearchRequest
 from mlflow_mnist.tasks.base import Task
 
 REFERENCE_LABEL = "reference"
@@ -68,6 +68,8 @@ class StagedGrid:
     """One evaluate call per step; a step's fixed values come from the store as it stands before the step."""
 
     name = "staged"
+    searches = frozenset({STAGE_FORM})
+    by_rungs = False
     help = "the task's steps in order, each over its grid, with carry-forward (--stage)"
     options = frozenset({"reuse_reference"})
     carries_forward = True
