@@ -20,7 +20,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downlo
 
 import click  # noqa: E402
 
-from mlflow_mnist.executors import EXECUTORS  # noqa: E402
+from mlflow_mnist.executors import EXECUTORS, REGISTRY  # noqa: E402
 from mlflow_mnist.params import HyperparameterError, StageError  # noqa: E402
 from mlflow_mnist.strategies import SPACE_FORM, STAGE_FORM, STRATEGIES  # noqa: E402
 from mlflow_mnist.strategies.asha import PROMOTION_RULES  # noqa: E402
@@ -428,7 +428,7 @@ EXECUTOR_OPTION = click.option(
     default="joblib",
     show_default=True,
     type=click.Choice(EXECUTORS),
-    help="Where folds run: a local process pool (joblib), this process (serial), or Dask (dask).",
+    help="Where folds run: " + "; ".join(f"{entry.help} ({name})" for name, entry in REGISTRY.items()) + ".",
 )
 SCHEDULER_OPTION = click.option(
     "--scheduler",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mlflow_mnist.executors.base import (
     Executor,
@@ -35,13 +36,22 @@ def _dask(n_jobs: int | None, scheduler: str | None) -> Executor:
     return DaskExecutor(scheduler, n_workers=resolve_n_jobs(n_jobs))
 
 
+@dataclass(frozen=True)
+class Registered:
+    """An executor as the registry knows it: how it is made from ``n_jobs`` and ``scheduler``, and the words the
+    CLI's ``--executor`` help gives it."""
+
+    make: Callable[[int | None, str | None], Executor]
+    help: str
+
+
 DASK = "dask"  # DaskExecutor.name, without importing it: the one executor that takes a scheduler
-#: Every executor by name (the CLI's choices, in this order), each made from ``n_jobs`` and ``scheduler``: a new
-#: executor is one entry. Dask's class is imported only when it is made.
-REGISTRY: dict[str, Callable[[int | None, str | None], Executor]] = {
-    JoblibExecutor.name: _joblib,
-    SerialExecutor.name: _serial,
-    DASK: _dask,
+#: Every executor by name (the CLI's choices and help, in this order): a new executor is one entry. Dask's class
+#: is imported only when it is made.
+REGISTRY: dict[str, Registered] = {
+    JoblibExecutor.name: Registered(_joblib, "a local process pool"),
+    SerialExecutor.name: Registered(_serial, "this process"),
+    DASK: Registered(_dask, "a Dask cluster, local or --scheduler's"),
 }
 EXECUTORS = tuple(REGISTRY)
 
@@ -63,7 +73,7 @@ def make_executor(name: str = "joblib", *, n_jobs: int | None = None, scheduler:
             f"--scheduler {redact(scheduler)} is for --executor dask, not {name}: add --executor dask or leave "
             f"--scheduler out"
         )
-    return REGISTRY[name](n_jobs, scheduler)
+    return REGISTRY[name].make(n_jobs, scheduler)
 
 
 def remote_scheduler(scheduler: str | None) -> str:
@@ -78,6 +88,8 @@ __all__ = [
     "JoblibExecutor",
     "ExecutorOptionError",
     "NJobsError",
+    "REGISTRY",
+    "Registered",
     "SerialExecutor",
     "make_executor",
     "resolve_n_jobs",
