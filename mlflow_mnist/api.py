@@ -159,8 +159,8 @@ def tune(
     # An option only other strategies read (the registry says which), given a value of its own, is refused.
     defaults = {name: parameter.default for name, parameter in inspect.signature(tune).parameters.items()}
     check_options(strategy, arguments, defaults)
-    form = STRATEGIES[strategy]
-    if stage and STAGE_FORM in form.searches and trials != defaults["trials"]:
+    strategy_class = STRATEGIES[strategy]
+    if stage and STAGE_FORM in strategy_class.searches and trials != defaults["trials"]:
         # A strategy that also searches a space (halving) reads --trials there only: it would be ignored here.
         from mlflow_mnist.params import StageError
 
@@ -180,7 +180,7 @@ def tune(
     _check_grids(chosen, steps, overrides, dry_epochs)
     if chosen_space is not None:
         _check_space_covers_start(chosen, chosen_space, overrides)
-    budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides, by_rungs=form.by_rungs)
+    budget_note = _joint_budget_note(chosen, chosen_space, epochs, overrides, by_rungs=strategy_class.by_rungs)
     with make_executor(executor, n_jobs=n_jobs, scheduler=scheduler or None) as pool:
         campaign, announce = open_campaign(
             notify=notify,
