@@ -118,7 +118,7 @@ def test_what_each_strategy_searches_is_read_from_the_registry(store, tmp_path):
     assert f"({', '.join(searching(SPACE_FORM))})" in str(both.value)
     for name in searching(SPACE_FORM):
         if STAGE_FORM not in STRATEGIES[name].searches:  # --trials is its own: --stage is what it refuses
-            with pytest.raises(StageError, match="this strategy searches a space, not a stage: leave out --stage"):
+            with pytest.raises(StageError, match=f"--strategy {name} searches a space, not a stage: leave out --stage"):
                 mlflow_mnist.tune(task="digits", strategy=name, stage="width", trials=4)
     assert list(tmp_path.iterdir()) == []  # refused before the store was made
     digits = get_task("digits")

@@ -207,7 +207,7 @@ class AsyncHalving:
 
     @classmethod
     def from_request(cls, request: SearchRequest) -> AsyncHalving:
-        space = request.need_space()
+        space = request.need_space(cls.name)
         parts = (cls.name, space.name, request.factor, request.seed, request.min_epochs, request.brackets)
         # Defaults add nothing to the key, so that searches stored before an option resume as before.
         if request.promotion != "quota":

@@ -70,14 +70,14 @@ class SearchRequest:
             raise StageError(f"--stage is required for --strategy {strategy}: e.g. --stage {first} (see `stages`)")
         return self.steps
 
-    def need_space(self) -> Space:
+    def need_space(self, strategy: str) -> Space:
         if self.space is None and self.steps:
             raise StageError(
-                f"this strategy searches a space, not a stage: leave out --stage {self.stage} "
+                f"--strategy {strategy} searches a space, not a stage: leave out --stage {self.stage} "
                 "(see `mlflow-mnist spaces`)"
             )
         if self.space is None:
-            raise StageError("this strategy searches a space: give --space (see `mlflow-mnist spaces`)")
+            raise StageError(f"--strategy {strategy} searches a space: give --space (see `mlflow-mnist spaces`)")
         return self.space
 
 

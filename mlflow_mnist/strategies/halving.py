@@ -110,7 +110,7 @@ class SuccessiveHalving:
         if request.steps:
             staged = StagedGrid(request.task, request.steps, overrides=request.overrides, epochs=request.epochs)
             return cls(staged=staged, factor=request.factor, search_name=f"{request.stage} (halving)")
-        space = request.need_space()
+        space = request.need_space(cls.name)
         key = request.search_key(cls.name, space.name, request.factor, request.seed, request.trials)
         group = Group(name=f"halving:{space.name}", step=f"halving:{space.name}", varied=space.names, search_key=key)
 

@@ -70,7 +70,7 @@ class OptunaSearch:
 
     @classmethod
     def from_request(cls, request: SearchRequest) -> OptunaSearch:
-        space = request.need_space()
+        space = request.need_space(cls.name)
         return cls(
             space,
             n_trials=request.trials,

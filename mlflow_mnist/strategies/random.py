@@ -36,7 +36,7 @@ class RandomSearch:
 
     @classmethod
     def from_request(cls, request: SearchRequest) -> RandomSearch:
-        space = request.need_space()
+        space = request.need_space(cls.name)
         return cls(
             space,
             n_trials=request.trials,
