@@ -326,8 +326,8 @@ def test_the_documented_cluster_keeps_its_secrets_and_survives_a_killed_worker_a
         progress.join()
         assert stage.returncode == 0, progress.text()[-3000:]
         keys = _finished_fold_keys(uri, name)
-        first, _ = _summary((tmp_path / "kernel_size.out").read_text())
-        assert len(keys) == first >= 8 and set(keys.values()) == {1}
+        first, reused = _summary((tmp_path / "kernel_size.out").read_text())
+        assert len(keys) == first >= 8 and reused == 0 and set(keys.values()) == {1}
         assert not [r for r in _runs(uri, name) if r.info.status == "RUNNING"]
         search = f"{server.uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
         assert server.uri.startswith("https://")

@@ -20,7 +20,7 @@ from mlflow_mnist.tasks.base import Task
 Rows = list[dict[str, Any]]
 
 #: What a strategy searches (:attr:`Strategy.searches`): a stage's grids (``--stage``), or trials drawn from a named
-#: space (``--space``, ``--trials``). The API, the CLI's help and the benchmarks read the form from the registry.
+#: space (``--space``, ``--trials``). The API's refusals and note, `mlflow-mnist strategies` and the benchmarks read it.
 STAGE_FORM, SPACE_FORM = "stage", "space"
 
 
