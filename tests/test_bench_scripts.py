@@ -109,20 +109,32 @@ def test_bench_asha_quick_reports_what_each_store_holds(tmp_path, stores):
 
 
 def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
-    """The two peers, each in its own process, on the same draws, and the finals of their picks. ``ours`` is left
-    out here: it is the `tune --strategy asha` run and store reading that the bench_asha test above checks (the same
-    functions), and its first draws are ``sample_configs``'s (``test_asha_first_draws_are_the_seeded_sample``)."""
+    """The two peers, each in its own process, on the same draws, and the finals of their picks: scikit-learn's
+    halving run alone first, then plain Optuna with halving's result taken from that report (``--others-from``:
+    each peer trains once). ``ours`` is left out here: it is the `tune --strategy asha` run and store reading that
+    the bench_asha test above checks (the same functions), and its first draws are ``sample_configs``'s
+    (``test_asha_first_draws_are_the_seeded_sample``)."""
     from mlflow_mnist.params import from_json
     from mlflow_mnist.strategies.sampling import sample_configs
     from mlflow_mnist.tasks import get_task
 
-    out = tmp_path / "out"
-    args = ("--quick", "--peers", "optuna,halving", "--final-seeds", "1", "--target", "0.5", "--out", str(out))
-    proc = _bench("bench_peers.py", *args, "--same-draws", "--stores", str(stores), fresh=True)
+    first, out = tmp_path / "first", tmp_path / "out"
+    common = ("--quick", "--target", "0.5", "--same-draws")
+    alone_args = ("--peers", "halving", "--out", str(first), "--stores", str(stores))
+    proc = _bench("bench_peers.py", *common, *alone_args, fresh=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = json.loads((first / "peers-seed-samedraws.json").read_text())
+    assert list(alone["results"]) == ["halving"] and alone["finals"] == {}
+    args = ("--peers", "optuna", "--final-seeds", "1", "--out", str(out), "--stores", str(tmp_path / "then"))
+    earlier = ("--others-from", str(first / "peers-seed-samedraws.json"))
+    proc = _bench("bench_peers.py", *common, *args, *earlier, fresh=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "peers-seed-samedraws.json").read_text())
     results = report["results"]
-    assert list(results) == ["optuna", "halving"]
+    assert list(results) == ["optuna", "halving"] and report["peers"] == ["optuna"]
+    # Halving's result as the first report had it, marked as taken; plain Optuna trained here.
+    assert results["halving"] == {**alone["results"]["halving"], "taken_from": "peers-seed-samedraws"}
+    assert "taken_from" not in results["optuna"]
     task = get_task("mnist")
     for name, entry in results.items():
         _check_curve(entry, numbered=name == "optuna")
@@ -134,13 +146,14 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     # --same-draws: plain Optuna's trials are the seeded draws halving took (its own threads would draw others).
     drawn = [spec.sampled for spec in sample_configs(task.get_space("seed"), 2, seed=0)]
     assert [optuna["sampled"][str(n)] for n in range(2)] == drawn
-    _, runs = _fold_runs(stores / "optuna")
+    _, runs = _fold_runs(tmp_path / "then" / "optuna")
     assert sorted(r.info.run_name for r in runs) == sorted(optuna["epochs_per_trial"])
     # scikit-learn: 2 candidates x 2 folds, all in one iteration at the full 6 epochs, every fold traced.
     lines = [json.loads(line) for line in (stores / "halving" / "scored_folds.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {(line["epochs"], line["budget"]) for line in lines} == {(6, 6)}
     assert results["halving"]["fold_epochs"] == 24
-    # Each pick tested once with seed 0: its errors are its accuracy on the sample's 2-vs-7 test images.
+    # Each pick, the taken one's too, tested once with seed 0: its errors are its accuracy on the sample's 2-vs-7
+    # test images.
     test_size = len(task.load("sample").y_test)
     assert set(report["finals"]) == set(results)
     for final in report["finals"].values():
@@ -150,21 +163,7 @@ def test_bench_peers_quick_reports_what_each_peer_trained(tmp_path, stores):
     assert (out / "peers-seed-samedraws.png").read_bytes().startswith(PNG)
     text = (out / "peers-seed-samedraws.md").read_text()
     assert "| halving |" in text and "Same draws" in text
-
-    # Halving rerun alone, plain Optuna taken from the report above: its result as it was, and the report says so.
-    again = tmp_path / "again"
-    args = ("--quick", "--peers", "halving", "--target", "0.5", "--out", str(again), "--same-draws")
-    rerun_stores = ("--stores", str(tmp_path / "rerun"))  # a quick run's default folder would outlive the test
-    earlier = ("--others-from", str(out / "peers-seed-samedraws.json"))
-    proc = _bench("bench_peers.py", *args, *rerun_stores, *earlier, fresh=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rerun = json.loads((again / "peers-seed-samedraws.json").read_text())
-    assert list(rerun["results"]) == ["optuna", "halving"] and rerun["peers"] == ["halving"]
-    assert rerun["results"]["optuna"] == {**optuna, "taken_from": "peers-seed-samedraws"}
-    assert rerun["results"]["halving"]["folder"] != results["halving"]["folder"]  # trained again, elsewhere
-    assert "taken_from" not in rerun["results"]["halving"]
-    text = (again / "peers-seed-samedraws.md").read_text()
-    assert "optuna: taken from peers-seed-samedraws, an earlier run of the same settings." in text
+    assert "halving: taken from peers-seed-samedraws, an earlier run of the same settings." in text
 
 
 @pytest.mark.parametrize(
