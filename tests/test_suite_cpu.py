@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -28,8 +29,6 @@ def test_the_cpu_of_a_tests_child_process_is_counted_against_that_test(tmp_path)
     command += ["-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / "test_burner.py")]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    import json
-
     tests = json.loads(summary.read_text())["tests"]
     burned = [cpu for name, cpu in tests.items() if name.endswith("test_burner.py::test_burns_in_a_child")]
     assert len(burned) == 1 and 0.5 <= burned[0] < 5, tests  # the child's 0.6 s, charged to its test

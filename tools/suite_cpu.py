@@ -6,7 +6,7 @@
 The suite is CPU-bound (three test processes on two cores), so it gets shorter only by spending less CPU, and a
 test's wall time cannot say how much it spends: every test is slowed by the others. This runs pytest with the
 arguments given and a ``sitecustomize`` module first on ``PYTHONPATH`` that records, as each Python process exits, its
-own CPU time, its command line, the test that started it (``$PYTEST_CURRENT_TEST``, which every process a test starts
+own CPU time, the test that started it (``$PYTEST_CURRENT_TEST``, which every process a test starts
 inherits) and whether it imported TensorFlow. Not counted: processes that end without exit handlers (SIGKILL,
 ``os._exit``: killed pool workers), and processes that are not Python (PostgreSQL). Another ``sitecustomize`` on the
 path is shadowed for the run. Nothing is written outside a temporary folder.
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Written as each Python process of the run exits; the folder comes from the environment the run is given.
 RECORDER = """
-import atexit, json, os, resource, sys
+import atexit, json, os, resource, sys, uuid
 
 
 def _record():
@@ -35,12 +35,11 @@ def _record():
         used = resource.getrusage(resource.RUSAGE_SELF)
         entry = {
             "cpu": used.ru_utime + used.ru_stime,
-            "argv": sys.argv[:6],
             "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
             "tensorflow": "tensorflow" in sys.modules,
         }
         folder = os.environ["SUITE_CPU_RECORDS"]
-        with open(os.path.join(folder, f"{os.getpid()}-{id(entry)}.json"), "w") as out:
+        with open(os.path.join(folder, f"{uuid.uuid4().hex}.json"), "w") as out:
             json.dump(entry, out)
     except Exception:  # a measurement must never change how a process ends
         pass
@@ -87,7 +86,7 @@ def table(summary: dict, top: int) -> str:
     tests = sorted(summary["tests"].items(), key=lambda item: -item[1])
     lines += ["", "| test (the processes it started; pytest's own processes: the table above) | CPU s |"]
     lines += ["| --- | ---: |"]
-    lines += [f"| {name} | {cpu:.1f} |" for name, cpu in tests[:top] if name != TEST_PROCESS]
+    lines += [f"| {name} | {cpu:.1f} |" for name, cpu in [t for t in tests if t[0] != TEST_PROCESS][:top]]
     return "\n".join(lines)
 
 
